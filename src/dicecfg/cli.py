@@ -1,0 +1,132 @@
+"""The `dice` command line: flags -> a job dataclass -> one library call. Defaults live in the dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .distill import DistillConfig
+from .errors import DiceError
+from .jobs import SampleJob, TrainJob, run_sample, run_train
+
+EPILOG = """examples:
+  dice sample "a small red circle left of a blue square" --method dice
+  dice sample --prompts prompts.txt --model ./sd15 --sharpener runs/sd15 --negative-prompt "blurry"
+  dice train --model ./sd15 --prompts prompts.txt --steps 8000 --batch-size 16 --out runs/sd15
+"""
+
+
+def _given(ns: argparse.Namespace, names: Sequence[str]) -> dict:
+    """Options the user actually gave (None means: keep the dataclass default)."""
+    return {k: getattr(ns, k) for k in names if getattr(ns, k, None) is not None}
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """One-line help per dataclass field, read from the comment beside it (the single source of defaults)."""
+    import inspect
+    import re
+
+    pat = re.compile(r"^\s+(\w+): [^=]+= .*?#\s*(.+)$")
+    return {m[1]: m[2] for line in inspect.getsource(cls).splitlines() if (m := pat.match(line))}
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="hub id or local diffusers folder (default: the shipped mini model)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="model dtype (default: per device)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dice", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="DICE: distil classifier-free guidance into a text-embedding sharpener, then sample "
+        "with one network evaluation per step.",
+    )
+    parser.add_argument("--version", action="version", version=f"dicecfg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("sample", help="generate images with dice, cfg, unguided or scaling")
+    s.add_argument("prompts", nargs="*", help="prompts (or use --prompts FILE)")
+    s.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="text file, one prompt per line, or JSONL")
+    _add_model_flags(s)
+    s.add_argument("--sharpener", help="sharpener folder or hub id (default with the mini model: the shipped one)")
+    s.add_argument("--method", choices=["dice", "cfg", "unguided", "scaling"])
+    s.add_argument("--guidance-scale", type=float, help="CFG scale w for --method cfg (default 5)")
+    s.add_argument("--alpha", type=float, help="edit strength for --method dice (default 1)")
+    s.add_argument("--scale", type=float, help="embedding scale s for --method scaling (default 1.2)")
+    s.add_argument("--negative-prompt", help="negative prompt (c_neg for cfg and dice)")
+    s.add_argument("--steps", type=int, help="sampling steps (default 20)")
+    s.add_argument("--seed", type=int, help="seed of the first image; image i uses seed+i (default 0)")
+    s.add_argument("--batch-size", type=int, help="images per pipeline call (default 8)")
+    s.add_argument("--height", type=int)
+    s.add_argument("--width", type=int)
+    s.add_argument("--out", help="output folder (default ./samples)")
+    s.set_defaults(func=_sample)
+
+    t = sub.add_parser("train", help="distil CFG into a sharpener (re-run the same command to resume)")
+    _add_model_flags(t)
+    t.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="training prompts (prompt-only mode)")
+    t.add_argument("--images", metavar="DIR", help="captioned images: metadata.jsonl or NAME.txt sidecars")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, stats.jsonl, final sharpener")
+    docs = field_help(DistillConfig)
+    for f in dataclasses.fields(DistillConfig):
+        if f.name in ("progress", "validation_prompts"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{docs.get(f.name, '')} (default {f.default})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            t.add_argument(flag, type=kind, default=None, help=f"{docs.get(f.name, '')} (default {f.default})")
+    t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="PROMPT")
+    t.set_defaults(func=_train)
+    return parser
+
+
+def _sample(ns: argparse.Namespace) -> None:
+    names = [f.name for f in dataclasses.fields(SampleJob) if f.name not in ("prompts", "progress")]
+    job = SampleJob(prompts=tuple(ns.prompts), progress=not ns.quiet, **_given(ns, names))
+    paths = run_sample(job)
+    print(f"wrote {len(paths)} images to {paths[0].parent}")
+
+
+def _train(ns: argparse.Namespace) -> None:
+    fields = [f.name for f in dataclasses.fields(DistillConfig)]
+    opts = _given(ns, fields)
+    if "validation_prompts" in opts:
+        opts["validation_prompts"] = tuple(opts["validation_prompts"])
+    config = DistillConfig(progress=not ns.quiet, **{k: v for k, v in opts.items() if k != "progress"})
+    job = TrainJob(config=config, **_given(ns, ["out", "model", "prompts_file", "images", "device", "dtype"]))
+    sharp = run_train(job)
+    print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        ns.func(ns)
+    except DiceError as e:
+        if ns.debug:
+            raise
+        print(f"dice: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dice: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Training inputs: prompt files and folders of captioned images."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+CAPTION_KEYS = ("text", "prompt", "caption")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise InputError(f"Prompt file {path} does not exist.") from e
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}). Save the file as UTF-8.") from e
+
+
+def _caption_of(record: dict, where: str) -> str:
+    for key in CAPTION_KEYS:
+        if isinstance(record.get(key), str):
+            return record[key]
+    raise InputError(f"{where}: no caption field; expected one of {', '.join(CAPTION_KEYS)}.")
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line; blank lines skipped) or a JSONL file (field text/prompt/caption)."""
+    path = Path(path)
+    text = _read_text(path)
+    prompts: list[str] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: invalid JSON ({e.msg}).") from e
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object per line.")
+            prompts.append(_caption_of(record, f"{path}:{n}").strip())
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise InputError(f"{path} holds no prompts (empty or only blank lines).")
+    return prompts
+
+
+class ImageCaptionFolder:
+    """A folder of images with captions: ``metadata.jsonl`` (``file_name`` + ``text``, the diffusers/HF
+    imagefolder layout) or a sidecar ``NAME.txt`` beside each image. Images are center-cropped and resized."""
+
+    def __init__(self, root: str | Path, resolution: int) -> None:
+        self.root, self.resolution = Path(root), resolution
+        if not self.root.is_dir():
+            raise InputError(f"Image folder {self.root} does not exist.")
+        self.items: list[tuple[Path, str]] = []
+        meta = self.root / "metadata.jsonl"
+        if meta.is_file():
+            for n, line in enumerate(_read_text(meta).splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{meta}:{n}: invalid JSON ({e.msg}).") from e
+                if "file_name" not in rec:
+                    raise InputError(f"{meta}:{n}: missing 'file_name'.")
+                self.items.append((self.root / rec["file_name"], _caption_of(rec, f"{meta}:{n}")))
+        else:
+            skipped = 0
+            for p in sorted(self.root.iterdir()):
+                if p.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                txt = p.with_suffix(".txt")
+                if txt.is_file():
+                    self.items.append((p, _read_text(txt).strip()))
+                else:
+                    skipped += 1
+            if skipped:
+                log.warning("%s: skipped %d images without a caption (.txt sidecar)", self.root, skipped)
+        if not self.items:
+            raise InputError(
+                f"{self.root} has no captioned images: add metadata.jsonl (file_name, text) or NAME.txt sidecars."
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def captions(self) -> list[str]:
+        return [c for _, c in self.items]
+
+    def load(self, i: int) -> torch.Tensor:
+        """Image i as a (3, R, R) float tensor in [-1, 1]."""
+        path = self.items[i][0]
+        try:
+            img = Image.open(path).convert("RGB")
+        except (OSError, ValueError) as e:
+            raise InputError(f"Cannot read image {path} ({e}).") from e
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        img = img.resize((self.resolution, self.resolution), Image.BICUBIC)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+        return arr.permute(2, 0, 1)
+
+    def batch(self, idx: list[int]) -> torch.Tensor:
+        return torch.stack([self.load(i) for i in idx])

@@ -1,0 +1,238 @@
+"""CFG-supervised distillation of a sharpener (PAPER.md, "Training objective").
+
+    min_r  E_{x_t, t, prompt} || eps(x_t, t, c + r(c, c_neg)) - [eps_u + w (eps_c - eps_u)] ||
+
+Only r trains; the denoiser, VAE and text encoder stay frozen and gradients flow through the denoiser into r.
+Randomness of step k (batch, timestep, noise) is drawn from a generator seeded by (seed, k), so a run that is
+interrupted and resumed from its checkpoint ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageCaptionFolder
+from .errors import InputError
+from .families import Cond, Family, family_of
+from .pipeline import model_id
+from .runs import (
+    append_stats, git_commit, load_checkpoint, save_checkpoint, truncate_stats, versions, write_run_json,
+)
+from .sharpener import Sharpener
+from .xt import ImageSource, TeacherSource, XtSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 8000  # optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)
+    batch_size: int = 16  # samples per update (paper: 16 per GPU x 8 GPUs for SD1.5)
+    lr: float = 2e-4  # AdamW, constant, no warm-up (paper)
+    weight_decay: float = 1e-2  # AdamW weight decay (paper)
+    guidance_scale: float = 5.0  # teacher CFG scale w (paper: 5)
+    loss: str = "l1"  # "l1" (paper, SD1.5) or "l2" (paper, SDXL); summed over elements, mean over the batch
+    xt_source: str = "auto"  # "images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"
+    teacher_pool: int = 256  # teacher mode: CFG samples made once per run, re-noised at every step
+    teacher_steps: int = 20  # teacher mode: sampling steps of those CFG samples
+    shared_timestep: bool = True  # one t for the whole batch (paper)
+    mixed_precision: str = "auto"  # "bf16" autocast on CUDA, "no" elsewhere ("auto")
+    gradient_checkpointing: bool = False  # recompute denoiser activations in backward (less memory)
+    checkpoint_every: int = 500  # steps between atomic checkpoints
+    eval_every: int = 250  # steps between held-out distillation-loss evaluations (0: start and end only)
+    eval_pairs: int = 16  # fixed (x_0, noise, t, prompt) tuples never trained on
+    log_every: int = 10  # steps between stats.jsonl records
+    validate_every: int = 0  # steps between validation image grids (0: never)
+    validation_prompts: tuple[str, ...] = ()  # prompts of the validation grids
+    seed: int = 0  # seeds every random draw of the run
+    resolution: int | None = None  # training resolution in pixels (default: the model's native size)
+    inner_dim: int = 512  # sharpener attention width (paper: 8 heads x 64)
+    heads: int = 8  # sharpener attention heads (paper: 8)
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.loss in ("l1", "l2"), "loss must be 'l1' or 'l2'"),
+            (self.xt_source in ("auto", "images", "teacher"), "xt_source must be auto, images or teacher"),
+            (self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision must be auto, bf16 or no"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.eval_pairs >= 1, "eval_pairs must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(f"DistillConfig: {msg}.")
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that shape the result (a resumed run must repeat them; steps may grow)."""
+        skip = {"steps", "progress", "checkpoint_every", "eval_every", "log_every", "validate_every"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """L1 or L2 distance summed over elements, averaged over the batch (PAPER.md)."""
+    d = pred.float() - target.float()
+    per = d.abs() if kind == "l1" else d.square()
+    return per.sum() / pred.shape[0]
+
+
+def cfg_target(pipe, fam: Family, x_t, t, cond: Cond, neg: Cond, w: float) -> torch.Tensor:
+    """Teacher: eps_u + w (eps_c - eps_u) from one batched call of the frozen denoiser."""
+    with torch.no_grad():
+        both = fam.denoise(pipe, torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([neg, cond]))
+        eps_u, eps_c = both.chunk(2)
+        return eps_u + w * (eps_c - eps_u)
+
+
+def student(pipe, fam: Family, sharpener: Sharpener, x_t, t, cond: Cond, neg: Cond) -> torch.Tensor:
+    """Student: the same frozen denoiser on the sharpened embedding c + r(c, c_neg), no guidance."""
+    sharp = sharpener.edit(cond.tokens, neg.tokens, 1.0, neg_mask=fam.key_mask(neg))
+    return fam.denoise(pipe, x_t, t, cond.with_tokens(sharp))
+
+
+@dataclass
+class _Ctx:
+    pipe: Any
+    fam: Family
+    cfg: DistillConfig
+    source: XtSource
+    neg: Cond
+    autocast: Any = field(default=contextlib.nullcontext)
+
+    def batch_loss(self, sharpener: Sharpener, x0, noise, t, cond: Cond) -> torch.Tensor:
+        x_t = self.source.add_noise(x0, noise, t)
+        neg = self.neg.expand(len(cond))
+        with self.autocast():
+            target = cfg_target(self.pipe, self.fam, x_t, t, cond, neg, self.cfg.guidance_scale)
+            pred = student(self.pipe, self.fam, sharpener, x_t, t, cond, neg)
+        return loss_fn(pred, target, self.cfg.loss)
+
+    @torch.no_grad()
+    def eval_loss(self, sharpener: Sharpener) -> float:
+        """Mean held-out distillation loss over the fixed evaluation tuples."""
+        total, n = 0.0, 0
+        for x0, noise, t, cond in self.source.eval_batches(self.cfg.batch_size):
+            total += self.batch_loss(sharpener, x0, noise, t, cond).item() * len(cond)
+            n += len(cond)
+        return total / n
+
+
+def distill(
+    pipe: Any,
+    prompts: list[str] | None,
+    *,
+    config: DistillConfig = DistillConfig(),
+    images: str | Path | None = None,
+    output_dir: str | Path,
+) -> Sharpener:
+    """Train a sharpener for ``pipe`` by CFG-supervised distillation; resumes from ``output_dir``.
+
+    Args:
+        pipe: a supported diffusers pipeline, already on its device and dtype (it is not modified).
+        prompts: training prompts (prompt-only mode); ignored in image mode, where captions are used.
+        config: hyper-parameters (defaults: the paper's SD1.5 recipe).
+        images: folder of captioned images (metadata.jsonl or .txt sidecars) for the paper's x_t source.
+        output_dir: run folder: run.json, stats.jsonl, checkpoint.safetensors and the final sharpener.
+    """
+    cfg, fam = config, family_of(pipe)
+    run_dir = Path(output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pipe._execution_device
+    mode = cfg.xt_source if cfg.xt_source != "auto" else ("images" if images else "teacher")
+    if mode == "images" and images is None:
+        raise InputError("xt_source='images' needs an image folder (--images).")
+    if mode == "teacher" and not prompts:
+        raise InputError("Prompt-only distillation needs prompts (--prompts FILE).")
+    resolution = cfg.resolution or fam.default_size(pipe)
+    identity = {**cfg.identity(), "xt_source": mode, "family": fam.name, "base_model": model_id(pipe),
+                "images": str(images) if images else None, "num_prompts": len(prompts or [])}
+    write_run_json(run_dir, {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit()}, identity)
+
+    use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    for module in (fam.denoiser(pipe), pipe.vae, getattr(pipe, "text_encoder", None)):
+        if module is not None:
+            module.requires_grad_(False)
+    neg = fam.encode(pipe, [""])
+    if mode == "images":
+        folder = ImageCaptionFolder(images, resolution)
+        source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir)
+    else:
+        source = TeacherSource(pipe, fam, list(prompts), neg, cfg, run_dir, resolution)
+    ctx = _Ctx(pipe, fam, cfg, source, neg, autocast)
+
+    sharpener = Sharpener(
+        fam.dim(pipe), cfg.inner_dim, cfg.heads, family=fam.name, num_tokens=fam.num_tokens(pipe),
+        copy_first_token=fam.copy_first_token, base_model=model_id(pipe),
+        base_revision=getattr(pipe, "_dicecfg_revision", None), guidance_scale=cfg.guidance_scale, loss=cfg.loss,
+    ).to(device)
+    torch.manual_seed(cfg.seed)  # nothing random is drawn from the global generator; kept for user code
+    optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = load_checkpoint(run_dir, sharpener, optimizer)
+    truncate_stats(run_dir, start)
+    if start:
+        log.info("resuming %s from step %d", run_dir, start)
+    if start == 0:
+        append_stats(run_dir, {"step": 0, "eval_loss": ctx.eval_loss(sharpener)})
+
+    denoiser = fam.denoiser(pipe)
+    if cfg.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
+        denoiser.enable_gradient_checkpointing()
+    bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", disable=not cfg.progress)
+    step, t_log, n_log = start, time.perf_counter(), 0
+    try:
+        while step < cfg.steps:
+            x0, noise, t, cond = source.train_batch(step)
+            loss = ctx.batch_loss(sharpener, x0, noise, t, cond)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Loss became {loss.item()} at step {step + 1}; the last checkpoint in {run_dir} is kept. "
+                    "Lower the learning rate or use mixed_precision='no'."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            n_log += len(cond)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.perf_counter() - t_log
+                rec = {"step": step, "loss": loss.item(), "samples_per_s": n_log / max(dt, 1e-9)}
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
+                append_stats(run_dir, rec)
+                t_log, n_log = time.perf_counter(), 0
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(run_dir, step, sharpener, optimizer)
+            if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
+                _validation_grid(pipe, sharpener, cfg, run_dir, step)
+    except KeyboardInterrupt:
+        save_checkpoint(run_dir, step, sharpener, optimizer)
+        log.warning("interrupted at step %d; checkpoint written to %s (run the same command to resume)", step, run_dir)
+        raise
+    finally:
+        bar.close()
+        if cfg.gradient_checkpointing and hasattr(denoiser, "disable_gradient_checkpointing"):
+            denoiser.disable_gradient_checkpointing()
+    sharpener.config["train_steps"] = step
+    sharpener.save_pretrained(run_dir)
+    return sharpener.eval()
+
+
+def _validation_grid(pipe, sharpener: Sharpener, cfg: DistillConfig, run_dir: Path, step: int) -> None:
+    from .imageutil import save_grid
+    from .sampling import generate
+
+    samples = list(generate(pipe, list(cfg.validation_prompts), method="dice", sharpener=sharpener, progress=False))
+    save_grid([s.image for s in samples], run_dir / "validation" / f"step_{step:07d}.png",
+              labels=[s.prompt for s in samples])

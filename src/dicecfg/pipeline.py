@@ -1,0 +1,90 @@
+"""Loading diffusers pipelines (hub id, local folder, or the shipped mini model)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "mini"
+
+
+def resolve_model(name_or_path: str | os.PathLike | None) -> str:
+    """``None`` or ``"mini"`` -> the shipped mini model's folder; anything else unchanged."""
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        from .assets import shipped_model_dir
+
+        return str(shipped_model_dir())
+    return str(name_or_path)
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+):
+    """Load a text-to-image pipeline and check that dicecfg supports its family.
+
+    Args:
+        name_or_path: a hub id, a local diffusers folder, or None / "mini" for the shipped mini model.
+        dtype: torch dtype (or its name: "float16", "bfloat16", "float32"); default float32.
+        device: where to move the pipeline; default CPU.
+        kwargs: passed to ``DiffusionPipeline.from_pretrained`` (e.g. ``revision``, ``variant``).
+    """
+    from diffusers import DiffusionPipeline
+
+    from .families import family_of
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    path = resolve_model(name_or_path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise ModelNotFoundError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json). Save one with "
+                "`pipe.save_pretrained(folder)` or pass a hub id."
+            )
+        if _declares_safety_checker(path):
+            kwargs.setdefault("safety_checker", None)
+    elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise ModelNotFoundError(f"No diffusers pipeline folder at {path}.")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path, **{_dtype_kwarg(): dtype or torch.float32}, **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"Could not load '{path}' ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
+            "No network here? Download the model elsewhere and pass its local folder."
+        ) from e
+    family_of(pipe)  # raises a clear error for unsupported pipelines
+    if device is not None:
+        pipe = pipe.to(device)
+    pipe._dicecfg_source = str(name_or_path or DEFAULT_MODEL)
+    return pipe
+
+
+def _dtype_kwarg() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); use whichever this version knows."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _declares_safety_checker(path: str) -> bool:
+    """True when a local folder lists a safety_checker (SD1.x exports): it is loaded as None."""
+    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+        return "safety_checker" in json.load(f)
+
+
+def model_id(pipe: Any) -> str | None:
+    """Best-effort id of the model a pipeline came from (for sharpener metadata)."""
+    return getattr(pipe, "_dicecfg_source", None) or getattr(pipe, "name_or_path", None) or pipe.config.get(
+        "_name_or_path"
+    )

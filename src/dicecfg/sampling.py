@@ -1,0 +1,230 @@
+"""One sampling code path for every method: unguided, cfg, scaling and dice.
+
+Every method hands the stock diffusers pipeline its own ``prompt_embeds`` (PAPER.md, "Sampling"):
+- ``unguided``: c, guidance_scale=1 (one network evaluation per step);
+- ``cfg``:      c and c_neg, guidance_scale=w (two evaluations per step);
+- ``scaling``:  c' = s * c (the paper's training-free baseline; token 0 kept), guidance_scale=1;
+- ``dice``:     c' = c + alpha * r(c, c_neg), guidance_scale=1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InputError
+from .families import Cond, Family, check_compatible, family_of
+from .sharpener import Sharpener
+
+log = logging.getLogger(__name__)
+METHODS = ("unguided", "cfg", "scaling", "dice")
+
+
+@dataclass
+class Sample:
+    """One generated image and how it was made."""
+
+    index: int
+    prompt: str
+    seed: int
+    method: str
+    image: np.ndarray  # uint8 (H, W, 3)
+    nfe: int  # network evaluations per image (each CFG step counts two)
+    seconds: float  # wall time of its batch divided by the batch size
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.image)
+
+
+def _as_list(x: str | Sequence[str] | None, n: int, what: str) -> list[str]:
+    if x is None:
+        return [""] * n
+    if isinstance(x, str):
+        return [x] * n
+    x = list(x)
+    if len(x) == 1:
+        return x * n
+    if len(x) != n:
+        raise InputError(f"{what}: got {len(x)} entries for {n} prompts; give one, or one per prompt.")
+    return x
+
+
+def sharpen_cond(
+    pipe: Any, fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0
+) -> Cond:
+    """c' = c + alpha * r(c, c_neg) on an encoded batch (PAPER.md, "The method")."""
+    sharpener.to(cond.tokens.device)
+    with torch.no_grad():
+        tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg))
+    return cond.with_tokens(tokens)
+
+
+def sharpen(
+    pipe: Any,
+    sharpener: Sharpener,
+    prompt: str | Sequence[str],
+    *,
+    negative_prompt: str | Sequence[str] | None = None,
+    alpha: float = 1.0,
+    num_images_per_prompt: int = 1,
+) -> dict[str, Any]:
+    """Pipeline keyword arguments that sample the sharpened prompts without guidance.
+
+    Use as ``pipe(**sharpen(pipe, sharp, prompts), guidance_scale=1.0)``. ``negative_prompt`` is passed to
+    the sharpener as c_neg (default: the empty prompt, as in training). ``alpha=0`` is plain unguided sampling.
+    """
+    fam = check_compatible(pipe, sharpener)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise InputError("sharpen() needs at least one prompt.")
+    cond = fam.encode(pipe, prompts)
+    neg = fam.encode(pipe, _as_list(negative_prompt, len(prompts), "negative_prompt"))
+    kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(pipe, fam, sharpener, cond, neg, alpha))
+    kwargs["num_images_per_prompt"] = num_images_per_prompt
+    return kwargs
+
+
+def scale_cond(cond: Cond, s: float) -> Cond:
+    """The scaling baseline: c' = s * c, token 0 kept (its state is the same for every CLIP prompt)."""
+    t = cond.tokens
+    return cond.with_tokens(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
+
+
+def method_kwargs(
+    pipe: Any,
+    fam: Family,
+    method: str,
+    cond: Cond,
+    neg: Cond,
+    *,
+    sharpener: Sharpener | None,
+    guidance_scale: float,
+    scale: float,
+    alpha: float,
+) -> tuple[dict[str, Any], int]:
+    """Pipeline kwargs for one batch and the network evaluations per step (1 or 2)."""
+    if method == "unguided":
+        return {**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0}, 1
+    if method == "cfg":
+        return {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": guidance_scale}, 2
+    if method == "scaling":
+        return {**fam.pipeline_kwargs(pipe, scale_cond(cond, scale)), "guidance_scale": 1.0}, 1
+    if method == "dice":
+        if sharpener is None:
+            raise InputError("method 'dice' needs a sharpener (Sharpener.from_pretrained(...)).")
+        sharp = sharpen_cond(pipe, fam, sharpener, cond, neg, alpha)
+        return {**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0}, 1
+    raise InputError(f"Unknown method '{method}'. Choose one of: {', '.join(METHODS)}.")
+
+
+def sample_batch(
+    pipe: Any,
+    fam: Family,
+    method: str,
+    cond: Cond,
+    neg: Cond,
+    generators: list[torch.Generator],
+    *,
+    sharpener: Sharpener | None = None,
+    guidance_scale: float = 5.0,
+    scale: float = 1.2,
+    alpha: float = 1.0,
+    num_inference_steps: int = 20,
+    output_type: str = "np",
+    **pipe_kwargs: Any,
+) -> tuple[Any, int]:
+    """Run the stock pipeline once on an encoded batch; returns its images/latents and passes per step."""
+    kwargs, passes = method_kwargs(
+        pipe, fam, method, cond, neg,
+        sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha,
+    )
+    out = pipe(
+        **kwargs, **pipe_kwargs, num_inference_steps=num_inference_steps, generator=generators,
+        output_type=output_type,
+    )
+    return out.images, passes
+
+
+def generate(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    method: str = "dice",
+    seeds: Sequence[int] | int = 0,
+    sharpener: Sharpener | None = None,
+    negative_prompt: str | Sequence[str] | None = None,
+    guidance_scale: float = 5.0,
+    scale: float = 1.2,
+    alpha: float = 1.0,
+    num_inference_steps: int = 20,
+    batch_size: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = True,
+    **pipe_kwargs: Any,
+) -> Iterator[Sample]:
+    """Generate one image per prompt with ``method``, yielding ``Sample``s in prompt order.
+
+    Seeds: an int gives seeds ``seed, seed+1, ...``; a list gives one seed per prompt. Each image has its own
+    ``torch.Generator``, so an image does not depend on the batch it was made in.
+    """
+    prompts = list(prompts)
+    if method not in METHODS:
+        raise InputError(f"Unknown method '{method}'. Choose one of: {', '.join(METHODS)}.")
+    if num_inference_steps < 1:
+        raise InputError(f"num_inference_steps must be >= 1 (got {num_inference_steps}).")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1 (got {batch_size}).")
+    seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
+    if len(seeds) != len(prompts):
+        raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
+    negs = _as_list(negative_prompt, len(prompts), "negative_prompt")
+    fam = family_of(pipe) if sharpener is None or method != "dice" else check_compatible(pipe, sharpener)
+    device = pipe._execution_device
+    gen_device = "cpu" if device.type == "mps" else device
+    saved_bar = getattr(pipe, "_progress_bar_config", None)
+    pipe.set_progress_bar_config(disable=True)
+    bar = tqdm(total=len(prompts), desc=f"{method}", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch, batch_seeds = prompts[sl], seeds[sl]
+            t0 = time.perf_counter()
+            cond, neg = fam.encode(pipe, batch), fam.encode(pipe, negs[sl])
+            generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in batch_seeds]
+            out, passes = sample_batch(
+                pipe, fam, method, cond, neg, generators,
+                sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha,
+                num_inference_steps=num_inference_steps, height=height, width=width, output_type="np",
+                **pipe_kwargs,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            per_image = (time.perf_counter() - t0) / len(batch)
+            params = {"guidance_scale": guidance_scale} if method == "cfg" else {}
+            params |= {"scale": scale} if method == "scaling" else {}
+            params |= {"alpha": alpha} if method == "dice" else {}
+            for i, img in enumerate(out):
+                yield Sample(
+                    index=start + i, prompt=batch[i], seed=int(batch_seeds[i]), method=method,
+                    image=(np.clip(img, 0, 1) * 255).round().astype(np.uint8),
+                    nfe=num_inference_steps * passes, seconds=per_image,
+                    params=params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
+                )
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if saved_bar is None:
+            del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = saved_bar

@@ -1,0 +1,221 @@
+"""The DICE sharpener: a small network that edits a prompt's text embedding once (PAPER.md, "The method").
+
+    c' = c + alpha * r(c, c_neg)            (first token copied back unchanged)
+
+r: a shared Linear(d -> inner) + ReLU on both c and c_neg; multi-head cross-attention (queries from c,
+keys/values from c_neg, no q/k/v biases) with an output projection; ReLU; Linear(inner -> d).
+About 1.8M parameters at d=768, 3.2M at d=2048, 5.3M at d=4096.
+
+Our choice (not the paper's): the last layer starts at zero, so an untrained sharpener is exactly
+unguided sampling and training starts from the unguided model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from . import __version__
+from .errors import SharpenerLoadError
+from .io import atomic_save_tensors, atomic_write_json
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+DEFAULT_NAME = "mini"  # the sharpener shipped with the package (see dicecfg.assets)
+
+
+class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["dice", "cfg-distillation"]):
+    """Edit r(c, c_neg) of a text embedding. See the module docstring for the equation.
+
+    Args:
+        dim: token width d of the text embedding (768 SD1.x, 1024 SD2.x, 2048 SDXL, 4096 PixArt).
+        inner_dim: width of the attention block (8 heads x 64 in the paper).
+        heads: number of attention heads.
+        family: model family the sharpener was trained for (``sd``, ``sdxl``, ``pixart``).
+        num_tokens: sequence length of the embedding it was trained on (77 for CLIP).
+        copy_first_token: keep token 0 (<SOS> for CLIP) unchanged, as the paper does.
+        mask_mode: how an attention mask over padding is treated (PixArt only; ``keep`` or ``open``).
+        base_model, base_revision, guidance_scale, train_steps, loss: training metadata.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        inner_dim: int = 512,
+        heads: int = 8,
+        *,
+        family: str = "sd",
+        num_tokens: int = 77,
+        copy_first_token: bool = True,
+        mask_mode: str = "keep",
+        base_model: str | None = None,
+        base_revision: str | None = None,
+        guidance_scale: float | None = None,
+        train_steps: int = 0,
+        loss: str | None = None,
+        dicecfg_version: str = __version__,
+    ) -> None:
+        super().__init__()
+        if inner_dim % heads:
+            raise ValueError(f"inner_dim ({inner_dim}) must be divisible by heads ({heads})")
+        self.config: dict[str, Any] = dict(
+            dim=dim,
+            inner_dim=inner_dim,
+            heads=heads,
+            family=family,
+            num_tokens=num_tokens,
+            copy_first_token=copy_first_token,
+            mask_mode=mask_mode,
+            base_model=base_model,
+            base_revision=base_revision,
+            guidance_scale=guidance_scale,
+            train_steps=train_steps,
+            loss=loss,
+            dicecfg_version=dicecfg_version,
+        )
+        self.heads = heads
+        self.proj_in = nn.Linear(dim, inner_dim)  # shared by c and c_neg
+        self.to_q = nn.Linear(inner_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(inner_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(inner_dim, inner_dim, bias=False)
+        self.attn_out = nn.Linear(inner_dim, inner_dim)
+        self.proj_out = nn.Linear(inner_dim, dim)
+        nn.init.zeros_(self.proj_out.weight)  # untrained sharpener == unguided sampling
+        nn.init.zeros_(self.proj_out.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.config["dim"]
+
+    def forward(
+        self, c: torch.Tensor, c_neg: torch.Tensor, neg_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return the edit r(c, c_neg), shaped like ``c`` (B, N, d). ``c_neg`` may have batch 1.
+
+        ``neg_mask`` (B, M) marks the valid key positions of c_neg (1 = attend), for masked encoders.
+        """
+        dtype = self.proj_in.weight.dtype
+        c, c_neg = c.to(dtype), c_neg.to(dtype)
+        if c_neg.shape[0] == 1 and c.shape[0] > 1:
+            c_neg = c_neg.expand(c.shape[0], -1, -1)
+        h = F.relu(self.proj_in(c))
+        m = F.relu(self.proj_in(c_neg))
+        b, n, _ = h.shape
+        q = self.to_q(h).view(b, n, self.heads, -1).transpose(1, 2)
+        k = self.to_k(m).view(b, m.shape[1], self.heads, -1).transpose(1, 2)
+        v = self.to_v(m).view(b, m.shape[1], self.heads, -1).transpose(1, 2)
+        attn_mask = None
+        if neg_mask is not None:
+            if neg_mask.shape[0] == 1 and b > 1:
+                neg_mask = neg_mask.expand(b, -1)
+            attn_mask = neg_mask.bool()[:, None, None, :]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        a = a.transpose(1, 2).reshape(b, n, -1)
+        return self.proj_out(F.relu(self.attn_out(a)))
+
+    def edit(
+        self,
+        c: torch.Tensor,
+        c_neg: torch.Tensor,
+        alpha: float = 1.0,
+        neg_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """c' = c + alpha * r(c, c_neg), token 0 copied back when ``copy_first_token``. Same dtype as c."""
+        delta = self(c, c_neg, neg_mask).to(c.dtype)
+        if self.config["copy_first_token"]:
+            delta = torch.cat([torch.zeros_like(delta[:, :1]), delta[:, 1:]], dim=1)
+        return c + alpha * delta
+
+    # ---- save / load (safetensors + config.json, never pickle) -------------------------------------
+    def _save_pretrained(self, save_directory: Path) -> None:
+        atomic_save_tensors(
+            save_directory / WEIGHTS_NAME,
+            self.state_dict(),
+            metadata={"format": "pt", "dicecfg_config": json.dumps(self.config, sort_keys=True)},
+        )
+        atomic_write_json(save_directory / CONFIG_NAME, self.config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_NAME, **kwargs):
+        """Load from a folder (config.json + model.safetensors), a hub id, or ``"mini"`` (shipped)."""
+        name = str(pretrained_model_name_or_path)
+        if name == DEFAULT_NAME:
+            from .assets import shipped_sharpener_dir
+
+            name = str(shipped_sharpener_dir())
+        path = Path(name)
+        if path.is_file():
+            raise SharpenerLoadError(
+                f"{path} is a file; a sharpener is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
+                "(as written by `dice train` or Sharpener.save_pretrained). Pass the folder."
+            )
+        if path.is_dir():
+            missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]
+            if missing:
+                raise SharpenerLoadError(
+                    f"{path} is not a sharpener folder: missing {', '.join(missing)}. "
+                    "Point to the output folder of `dice train` (it holds config.json and model.safetensors)."
+                )
+            try:
+                json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SharpenerLoadError(f"{path / CONFIG_NAME} is not valid JSON ({e}).") from e
+        elif (os.sep in name or name.startswith(".")) and not path.exists():
+            raise SharpenerLoadError(f"No sharpener at {path}: the folder does not exist.")
+        try:
+            return super().from_pretrained(name, **kwargs)
+        except TypeError as e:
+            raise SharpenerLoadError(f"{name}/{CONFIG_NAME} does not describe a sharpener ({e}).") from e
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only,
+                         token, map_location: str = "cpu", **model_kwargs):
+        if os.path.isdir(model_id):
+            model_file = os.path.join(model_id, WEIGHTS_NAME)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            try:
+                model_file = hf_hub_download(
+                    repo_id=model_id, filename=WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
+                    force_download=force_download, token=token, local_files_only=local_files_only,
+                )
+            except Exception as e:  # offline, missing repo, bad id: say what was tried
+                raise SharpenerLoadError(
+                    f"Could not get sharpener '{model_id}' from the hub ({type(e).__name__}). "
+                    "If it is a local folder, check the path; hub downloads need network access."
+                ) from e
+        model = cls(**model_kwargs)
+        model.load_weights(model_file, map_location)
+        return model.eval()
+
+    def load_weights(self, model_file: str | os.PathLike, map_location: str = "cpu") -> None:
+        """Load a safetensors state dict strictly, with clear errors for damaged or mismatched files."""
+        try:
+            state = load_file(str(model_file), device=map_location)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise SharpenerLoadError(
+                f"{model_file} is not a readable safetensors file ({e}). It may be truncated or corrupt; "
+                "re-copy it or retrain. (Pickled .pt/.bin files are never loaded.)"
+            ) from e
+        own = self.state_dict()
+        if set(state) != set(own):
+            raise SharpenerLoadError(
+                f"{model_file} does not hold a sharpener: expected tensors {sorted(own)}, found {sorted(state)}."
+            )
+        for k, v in state.items():
+            if v.shape != own[k].shape:
+                raise SharpenerLoadError(
+                    f"{model_file}: tensor {k} has shape {tuple(v.shape)} but config.json says "
+                    f"{tuple(own[k].shape)} (dim={self.dim}). The weights and config do not match."
+                )
+        self.load_state_dict(state, strict=True)

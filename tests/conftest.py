@@ -1,0 +1,108 @@
+"""Tiny random pipelines, built by the tests and saved to disk, then loaded through the real loading code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ("a", "red", "blue", "green", "circle", "square", "triangle", "small", "large", "left", "right", "of",
+         "the", "to", "above", "below", "corgi", "on", "beach", "photo", "cat", "dog")
+PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "triangle")] + [
+    f"a {z} {c} {s} to the left of a {c2} {s2}"
+    for z in ("small", "large")
+    for c, c2 in (("red", "blue"), ("green", "red"), ("blue", "green"))
+    for s, s2 in (("circle", "square"), ("triangle", "circle"))
+]
+
+
+def write_clip_tokenizer(out: Path, words=WORDS) -> None:
+    """A real CLIP BPE tokenizer whose every word is one token (merges build each word from characters)."""
+    from transformers import CLIPTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    merges: list[str] = []
+
+    def add(tok: str) -> None:
+        vocab.setdefault(tok, len(vocab))
+
+    for tok in ("<|startoftext|>", "<|endoftext|>"):
+        add(tok)
+    chars = sorted({ch for w in words for ch in w})
+    for ch in chars:
+        add(ch)
+        add(ch + "</w>")
+    for w in words:
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            add(pieces[0])
+    seen, uniq = set(), []
+    for m in merges:
+        if m not in seen:
+            seen.add(m)
+            uniq.append(m)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(uniq) + "\n")
+    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77,
+                        pad_token="<|endoftext|>")
+    tok.save_pretrained(str(out))
+
+
+def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 32, seed: int = 0) -> Path:
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    write_clip_tokenizer(out / "tokenizer_src")
+    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer_src"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=hidden, attention_head_dim=8, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8, sample_size=16,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction_type,
+        algorithm_type="dpmsolver++", solver_order=2, steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out / "pipe"))
+    return out / "pipe"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v_dir(tmp_path_factory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd_v"), prediction_type="v_prediction", seed=1)
+
+
+@pytest.fixture()
+def tiny_sd(tiny_sd_dir):
+    from dicecfg import load_pipeline
+
+    return load_pipeline(tiny_sd_dir)
+
+
+@pytest.fixture(scope="session")
+def prompts() -> list[str]:
+    return list(PROMPTS)

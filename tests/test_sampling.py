@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from dicecfg import Sharpener, generate, sharpen
+from dicecfg.errors import InputError
+
+STEPS = 4
+P = ["a red circle", "a blue square to the left of a green triangle", "a small green circle", "a large red square"]
+
+
+def _images(pipe, method, **kw):
+    return np.stack([s.image for s in generate(pipe, P, method=method, num_inference_steps=STEPS, progress=False, **kw)])
+
+
+def _random_sharpener(dim=32, seed=0):
+    torch.manual_seed(seed)
+    s = Sharpener(dim, inner_dim=64, heads=4)
+    for p in s.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return s
+
+
+def test_alpha_zero_and_untrained_equal_unguided(tiny_sd):
+    base = _images(tiny_sd, "unguided", batch_size=4)
+    assert np.array_equal(base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), alpha=0.0, batch_size=4))
+    assert np.array_equal(base, _images(tiny_sd, "dice", sharpener=Sharpener(32, 64, 4), batch_size=4))
+    assert not np.array_equal(base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), batch_size=4))
+
+
+def test_sharpen_kwargs_run_stock_pipeline_like_generate(tiny_sd):
+    sharp = _random_sharpener()
+    kwargs = sharpen(tiny_sd, sharp, P[:2])
+    assert kwargs["prompt_embeds"].shape == (2, 77, 32)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    direct = tiny_sd(**kwargs, guidance_scale=1.0, num_inference_steps=STEPS, generator=gens, output_type="np").images
+    via = [s.image for s in generate(tiny_sd, P[:2], method="dice", sharpener=sharp, num_inference_steps=STEPS,
+                                     progress=False)]
+    assert np.array_equal((np.clip(direct, 0, 1) * 255).round().astype(np.uint8), np.stack(via))
+
+
+def test_same_seed_same_image_at_batch_1_and_4(tiny_sd):
+    sharp = _random_sharpener()
+    for method in ("cfg", "dice"):
+        a = _images(tiny_sd, method, sharpener=sharp, batch_size=1, seeds=[5, 6, 7, 8])
+        b = _images(tiny_sd, method, sharpener=sharp, batch_size=4, seeds=[5, 6, 7, 8])
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, method  # 1 level of 255: float rounding only
+
+
+def test_methods_differ_and_report_nfe(tiny_sd):
+    out = {m: list(generate(tiny_sd, P[:1], method=m, sharpener=_random_sharpener(), num_inference_steps=STEPS,
+                            progress=False))[0] for m in ("unguided", "cfg", "scaling", "dice")}
+    assert out["cfg"].nfe == 2 * STEPS and out["dice"].nfe == STEPS and out["unguided"].nfe == STEPS
+    assert not np.array_equal(out["cfg"].image, out["unguided"].image)
+    assert not np.array_equal(out["scaling"].image, out["unguided"].image)
+
+
+def test_negative_prompt_changes_dice_and_cfg(tiny_sd):
+    sharp = _random_sharpener()
+    for method in ("dice", "cfg"):
+        a = _images(tiny_sd, method, sharpener=sharp)
+        b = _images(tiny_sd, method, sharpener=sharp, negative_prompt="a blue triangle")
+        assert not np.array_equal(a, b), method
+
+
+def test_v_prediction_pipeline_samples(tiny_sd_v_dir):
+    from dicecfg import load_pipeline
+
+    pipe = load_pipeline(tiny_sd_v_dir)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert np.array_equal(_images(pipe, "unguided"), _images(pipe, "dice", sharpener=Sharpener(32, 64, 4)))
+
+
+def test_bad_inputs(tiny_sd):
+    with pytest.raises(InputError, match="Unknown method"):
+        list(generate(tiny_sd, P, method="magic"))
+    with pytest.raises(InputError, match="needs a sharpener"):
+        list(generate(tiny_sd, P, method="dice", num_inference_steps=1, progress=False))
+    with pytest.raises(InputError, match="seeds"):
+        list(generate(tiny_sd, P, method="cfg", seeds=[1, 2]))
+    with pytest.raises(InputError, match=">= 1"):
+        list(generate(tiny_sd, P, method="cfg", num_inference_steps=0))
