@@ -1,0 +1,170 @@
+"""Scenes of the shapes world: one or two coloured shapes on a plain background.
+
+A scene is pure data (frozen dataclasses); :func:`sample_scene` draws valid scenes whose stated
+relation holds in the geometry with a clear margin. Every random draw goes through
+``rng.random()`` (raw PCG64 doubles), whose stream numpy keeps stable, so scenes drawn from a
+fixed seed are the same on every machine and numpy version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+COLOUR_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "orange": (245, 135, 10),
+    "yellow": (240, 225, 30),
+    "green": (30, 170, 50),
+    "cyan": (30, 200, 230),
+    "blue": (30, 60, 220),
+    "purple": (140, 40, 190),
+}
+COLOURS = tuple(COLOUR_RGB)
+SIZES = ("small", "large")
+RELATIONS = ("left of", "right of", "above", "below")
+BACKGROUND_RGB: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+}
+BACKGROUNDS = tuple(BACKGROUND_RGB)
+
+RESOLUTION = 64
+HALF_EXTENT_PX = {"small": 7.0, "large": 12.0}  # half the bounding-box side of a shape, in pixels
+GAP_PX = 4.0  # least free space between two objects' bounding boxes along the relation axis
+MAX_OFF_AXIS = 0.5  # |offset across the relation axis| <= this * |offset along it|
+P_SINGLE = 0.3  # share of one-object scenes when max_objects == 2
+
+INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One shape; ``x``, ``y`` is the centre of its bounding box in [0, 1] (y grows downwards)."""
+
+    shape: str
+    colour: str
+    size: str
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One or two objects; ``relation`` is that of ``objects[0]`` to ``objects[1]`` (None for one)."""
+
+    objects: tuple[Obj, ...]
+    background: str
+    relation: str | None
+
+
+def pick(rng: np.random.Generator, options: Sequence[T]) -> T:
+    """Uniform choice from one raw double (stable across numpy versions, unlike ``rng.choice``)."""
+    return options[min(int(rng.random() * len(options)), len(options) - 1)]
+
+
+def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(rng.random())
+
+
+def _centre_range(size: str) -> tuple[float, float]:
+    """Pixel range of a centre that keeps the shape one pixel inside the image."""
+    r = HALF_EXTENT_PX[size]
+    return r + 1.0, RESOLUTION - 1.0 - r
+
+
+def _place_pair(rng: np.random.Generator, size0: str, size1: str, relation: str) -> tuple[float, ...]:
+    """Pixel centres (x0, y0, x1, y1) with ``relation`` of object 0 to object 1 clearly true."""
+    lo0, hi0 = _centre_range(size0)
+    lo1, hi1 = _centre_range(size1)
+    min_sep = HALF_EXTENT_PX[size0] + HALF_EXTENT_PX[size1] + GAP_PX
+    sign = -1.0 if relation in ("left of", "above") else 1.0  # sign of (object 0 - object 1) on the axis
+    while True:
+        a0, a1 = _uniform(rng, lo0, hi0), _uniform(rng, lo1, hi1)
+        if sign * (a0 - a1) >= min_sep:
+            break
+    d = abs(a0 - a1) * MAX_OFF_AXIS
+    b1 = _uniform(rng, lo1, hi1)
+    b0 = _uniform(rng, max(lo0, b1 - d), min(hi0, b1 + d))
+    if relation in ("left of", "right of"):
+        return a0, b0, a1, b1
+    return b0, a0, b1, a1
+
+
+def sample_scene(rng: np.random.Generator, max_objects: int = 2) -> Scene:
+    """Draw a valid scene: distinct colours, no overlap, the relation true with a clear margin.
+
+    With ``max_objects=2`` about 30% of scenes hold one object and 70% two objects with a relation.
+    """
+    if max_objects not in (1, 2):
+        raise ValueError(f"max_objects must be 1 or 2, got {max_objects}")
+    background = pick(rng, BACKGROUNDS)
+    n = 1 if max_objects == 1 or rng.random() < P_SINGLE else 2
+    if n == 1:
+        shape, colour, size = pick(rng, SHAPES), pick(rng, COLOURS), pick(rng, SIZES)
+        lo, hi = _centre_range(size)
+        x, y = _uniform(rng, lo, hi), _uniform(rng, lo, hi)
+        return Scene((Obj(shape, colour, size, x / RESOLUTION, y / RESOLUTION),), background, None)
+    shapes = (pick(rng, SHAPES), pick(rng, SHAPES))
+    c0 = pick(rng, COLOURS)
+    c1 = pick(rng, [c for c in COLOURS if c != c0])
+    sizes = (pick(rng, SIZES), pick(rng, SIZES))
+    relation = pick(rng, RELATIONS)
+    x0, y0, x1, y1 = _place_pair(rng, sizes[0], sizes[1], relation)
+    objects = (
+        Obj(shapes[0], c0, sizes[0], x0 / RESOLUTION, y0 / RESOLUTION),
+        Obj(shapes[1], c1, sizes[1], x1 / RESOLUTION, y1 / RESOLUTION),
+    )
+    return Scene(objects, background, relation)
+
+
+def relation_holds(relation: str, dx: float, dy: float) -> bool:
+    """The relation rule shared by sampler and oracle: the dominant axis of (dx, dy) and its sign.
+
+    ``dx, dy`` is object 0's centre minus object 1's (image y grows downwards).
+    """
+    if relation == "left of":
+        return dx < 0 and abs(dx) > abs(dy)
+    if relation == "right of":
+        return dx > 0 and abs(dx) > abs(dy)
+    if relation == "above":
+        return dy < 0 and abs(dy) > abs(dx)
+    if relation == "below":
+        return dy > 0 and abs(dy) > abs(dx)
+    raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
+
+
+def validate_scene(scene: Scene) -> None:
+    """Raise ValueError if the scene breaks a rule of the world (used by tests and loaders)."""
+    if scene.background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {scene.background!r}")
+    if not 1 <= len(scene.objects) <= 2:
+        raise ValueError(f"a scene holds 1 or 2 objects, got {len(scene.objects)}")
+    boxes = []
+    for o in scene.objects:
+        if o.shape not in SHAPES or o.colour not in COLOURS or o.size not in SIZES:
+            raise ValueError(f"unknown attribute in {o}")
+        r = HALF_EXTENT_PX[o.size]
+        cx, cy = o.x * RESOLUTION, o.y * RESOLUTION
+        if not (r < cx < RESOLUTION - r and r < cy < RESOLUTION - r):
+            raise ValueError(f"{o} leaves the image")
+        boxes.append((cx - r, cy - r, cx + r, cy + r))
+    if len(scene.objects) == 1:
+        if scene.relation is not None:
+            raise ValueError("a one-object scene has no relation")
+        return
+    a, b = scene.objects
+    if a.colour == b.colour:
+        raise ValueError("the two objects of a scene have distinct colours")
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+    if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+        raise ValueError("objects overlap")
+    if scene.relation is None or not relation_holds(scene.relation, a.x - b.x, a.y - b.y):
+        raise ValueError(f"relation {scene.relation!r} does not hold in the geometry")
