@@ -88,14 +88,19 @@ def _noun_phrase(o: ObjSpec, rng: np.random.Generator) -> str:
     return " ".join([_article(words[0]), *words])
 
 
-def caption_spec(scene: Scene, rng: np.random.Generator) -> tuple[str, Spec]:
-    """A random paraphrase of the scene and exactly what it asserts."""
-    objects = [ObjSpec(o.shape, o.colour, o.size if rng.random() < P_SIZE else None) for o in scene.objects]
+def caption_spec(
+    scene: Scene, rng: np.random.Generator, *, p_size: float = P_SIZE, p_background: float = P_BACKGROUND
+) -> tuple[str, Spec]:
+    """A random paraphrase of the scene and exactly what it asserts.
+
+    ``p_size`` / ``p_background``: chance that each object's size / the background is named.
+    """
+    objects = [ObjSpec(o.shape, o.colour, o.size if rng.random() < p_size else None) for o in scene.objects]
     relation = scene.relation
     if len(objects) == 2 and rng.random() < P_SWAP:
         objects.reverse()
         relation = INVERSE_RELATION[relation]
-    background = scene.background if rng.random() < P_BACKGROUND else None
+    background = scene.background if rng.random() < p_background else None
     prefix = pick(rng, PREFIXES)
     parts = [prefix] if prefix else []
     parts.append(_noun_phrase(objects[0], rng))

@@ -106,23 +106,43 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 2) -> Scene:
     if max_objects not in (1, 2):
         raise ValueError(f"max_objects must be 1 or 2, got {max_objects}")
     background = pick(rng, BACKGROUNDS)
-    n = 1 if max_objects == 1 or rng.random() < P_SINGLE else 2
-    if n == 1:
-        shape, colour, size = pick(rng, SHAPES), pick(rng, COLOURS), pick(rng, SIZES)
-        lo, hi = _centre_range(size)
-        x, y = _uniform(rng, lo, hi), _uniform(rng, lo, hi)
-        return Scene((Obj(shape, colour, size, x / RESOLUTION, y / RESOLUTION),), background, None)
+    if max_objects == 1 or rng.random() < P_SINGLE:
+        return place_scene(rng, [(pick(rng, SHAPES), pick(rng, COLOURS), pick(rng, SIZES))], None, background)
     shapes = (pick(rng, SHAPES), pick(rng, SHAPES))
     c0 = pick(rng, COLOURS)
     c1 = pick(rng, [c for c in COLOURS if c != c0])
     sizes = (pick(rng, SIZES), pick(rng, SIZES))
     relation = pick(rng, RELATIONS)
-    x0, y0, x1, y1 = _place_pair(rng, sizes[0], sizes[1], relation)
-    objects = (
-        Obj(shapes[0], c0, sizes[0], x0 / RESOLUTION, y0 / RESOLUTION),
-        Obj(shapes[1], c1, sizes[1], x1 / RESOLUTION, y1 / RESOLUTION),
-    )
-    return Scene(objects, background, relation)
+    return place_scene(rng, [(shapes[0], c0, sizes[0]), (shapes[1], c1, sizes[1])], relation, background)
+
+
+def place_scene(
+    rng: np.random.Generator,
+    objects: Sequence[tuple[str, str, str]],
+    relation: str | None,
+    background: str,
+) -> Scene:
+    """Place given (shape, colour, size) objects at random valid positions so that ``relation`` holds."""
+    if len(objects) == 1:
+        shape, colour, size = objects[0]
+        lo, hi = _centre_range(size)
+        x, y = _uniform(rng, lo, hi), _uniform(rng, lo, hi)
+        scene = Scene((Obj(shape, colour, size, x / RESOLUTION, y / RESOLUTION),), background, None)
+    else:
+        (s0, c0, z0), (s1, c1, z1) = objects
+        if relation not in RELATIONS:
+            raise ValueError(f"two objects need a relation from {RELATIONS}, got {relation!r}")
+        x0, y0, x1, y1 = _place_pair(rng, z0, z1, relation)
+        scene = Scene(
+            (
+                Obj(s0, c0, z0, x0 / RESOLUTION, y0 / RESOLUTION),
+                Obj(s1, c1, z1, x1 / RESOLUTION, y1 / RESOLUTION),
+            ),
+            background,
+            relation,
+        )
+    validate_scene(scene)
+    return scene
 
 
 def relation_holds(relation: str, dx: float, dy: float) -> bool:
