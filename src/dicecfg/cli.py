@@ -50,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)  # the same two flags also after the command
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
 
-    s = sub.add_parser("sample", help="generate images with dice, cfg, unguided or scaling")
+    s = sub.add_parser("sample", parents=[common], help="generate images with dice, cfg, unguided or scaling")
     s.add_argument("prompts", nargs="*", help="prompts (or use --prompts FILE)")
     s.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="text file, one prompt per line, or JSONL")
     _add_model_flags(s)
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default ./samples)")
     s.set_defaults(func=_sample)
 
-    t = sub.add_parser("train", help="distil CFG into a sharpener (re-run the same command to resume)")
+    t = sub.add_parser("train", parents=[common], help="distil CFG into a sharpener (re-run the same command to resume)")
     _add_model_flags(t)
     t.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="training prompts (prompt-only mode)")
     t.add_argument("--images", metavar="DIR", help="captioned images: metadata.jsonl or NAME.txt sidecars")

@@ -40,6 +40,7 @@ def git_commit() -> str | None:
 def write_run_json(run_dir: Path, record: dict[str, Any], compare_keys: dict[str, Any]) -> None:
     """Write run.json; when one exists, refuse if the settings that shape the result differ."""
     path = run_dir / "run.json"
+    compare_keys = json.loads(json.dumps(compare_keys, default=str))  # tuples -> lists, as stored
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
         changed = sorted(k for k in set(old) | set(compare_keys) if old.get(k) != compare_keys.get(k))

@@ -135,14 +135,22 @@ def oracle_accuracy(
     return {k: float(v.mean()) for k, v in Oracle().score(images, [it.spec for it in items]).items()}
 
 
-if __name__ == "__main__":  # python -m dicecfg.world.heldout: the oracle accuracy table of docs/world.md
+CONDITIONS = (  # (name, blur sigma in px, noise std in [0, 1] units) of docs/world.md's table
+    ("clean", 0.0, 0.0),
+    ("blur 0.7", 0.7, 0.0),
+    ("noise 0.05", 0.0, 0.05),
+    ("blur 0.7 + noise 0.05", 0.7, 0.05),
+    ("blur 1.0", 1.0, 0.0),
+    ("noise 0.1", 0.0, 0.1),
+    ("blur 1.0 + noise 0.08", 1.0, 0.08),
+)
+
+
+def oracle_table(n: int = 512) -> str:
+    """The oracle accuracy table of docs/world.md, as text."""
     keys = ("count", "shape", "colour", "size", "relation", "background", "all")
-    print("condition          " + " ".join(f"{k:>10}" for k in keys))
-    for name, blur, noise in [
-        ("clean", 0, 0),
-        ("blur 0.7", 0.7, 0),
-        ("noise 0.05", 0, 0.05),
-        ("both", 0.7, 0.05),
-    ]:
-        acc = oracle_accuracy(512, blur=blur, noise=noise)
-        print(f"{name:<18} " + " ".join(f"{acc[k]:>10.4f}" for k in keys))
+    lines = [f"{'condition':<22} " + " ".join(f"{k:>10}" for k in keys)]
+    for name, blur, noise in CONDITIONS:
+        acc = oracle_accuracy(n, blur=blur, noise=noise)
+        lines.append(f"{name:<22} " + " ".join(f"{acc[k]:>10.4f}" for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dicecfg import DistillConfig, Sharpener, distill
+from dicecfg.errors import InputError
+from dicecfg.runs import read_stats
+
+FAST = dict(batch_size=8, lr=2e-3, teacher_pool=16, teacher_steps=3, eval_pairs=8, log_every=5, eval_every=0,
+            checkpoint_every=10, progress=False)
+
+
+def _eval_losses(run_dir):
+    return [r["eval_loss"] for r in read_stats(run_dir) if "eval_loss" in r]
+
+
+def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
+    sharp = distill(tiny_sd, prompts, config=DistillConfig(steps=40, **FAST), output_dir=tmp_path / "run")
+    first, last = _eval_losses(tmp_path / "run")[0], _eval_losses(tmp_path / "run")[-1]
+    assert last < 0.8 * first, (first, last)
+    assert sharp.config["train_steps"] == 40 and sharp.config["guidance_scale"] == 5.0
+    loaded = Sharpener.from_pretrained(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values()))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["config"]["steps"] == 40 and "torch" in run["versions"]
+
+
+def _image_folder(root, prompts, n=40):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(n):
+            arr = np.zeros((24, 20, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+            arr[6:14, 5:12] = rng.integers(0, 255, 3, dtype=np.uint8)
+            Image.fromarray(arr).save(root / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": prompts[i % len(prompts)]}) + "\n")
+    return root
+
+
+def test_image_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
+    folder = _image_folder(tmp_path / "imgs", prompts)
+    distill(tiny_sd, None, config=DistillConfig(steps=40, **FAST), images=folder, output_dir=tmp_path / "run")
+    losses = _eval_losses(tmp_path / "run")
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_interrupted_resume_equals_uninterrupted(tiny_sd, prompts, tmp_path):
+    cfg = DistillConfig(steps=20, **{**FAST, "checkpoint_every": 5})
+    full = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "full")
+    distill(tiny_sd, prompts, config=DistillConfig(steps=10, **{**FAST, "checkpoint_every": 5}),
+            output_dir=tmp_path / "part")
+    resumed = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "part")
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    steps = [r["step"] for r in read_stats(tmp_path / "part") if "loss" in r]
+    assert steps == sorted(set(steps)) == [5, 10, 15, 20]
+
+
+def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
+    distill(tiny_sd, prompts, config=DistillConfig(steps=2, **FAST), output_dir=tmp_path / "run")
+    with pytest.raises(InputError, match="different settings.*lr"):
+        distill(tiny_sd, prompts, config=DistillConfig(steps=4, **{**FAST, "lr": 1e-4}), output_dir=tmp_path / "run")
+
+
+def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
+    sharp = distill(tiny_sd, prompts, config=DistillConfig(steps=3, **{**FAST, "loss": "l2"}), output_dir=tmp_path / "r")
+    assert sharp.config["loss"] == "l2"
+    with pytest.raises(InputError, match="loss"):
+        DistillConfig(loss="huber")
+    with pytest.raises(InputError, match="needs prompts"):
+        distill(tiny_sd, None, config=DistillConfig(steps=1, **FAST), output_dir=tmp_path / "x")
