@@ -111,10 +111,22 @@ def _train(ns: argparse.Namespace) -> None:
     print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
 
 
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' own loading bars and info logs."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if ns.quiet:
+        quiet_libraries()
     if not getattr(ns, "func", None):
         parser.print_help()
         return 0

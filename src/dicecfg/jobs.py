@@ -78,14 +78,14 @@ def run_sample(job: SampleJob) -> list[Path]:
     if job.method not in METHODS:
         raise InputError(f"Unknown method '{job.method}'. Choose one of: {', '.join(METHODS)}.")
     prompts = collect_prompts(job.prompts, job.prompts_file)
-    device = job.device or default_device()
-    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     sharp = None
-    if job.method == "dice":
+    if job.method == "dice":  # load the small file first: a bad path fails before the model loads
         name = job.sharpener or ("mini" if job.model in (None, "mini") else None)
         if name is None:
             raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
         sharp = Sharpener.from_pretrained(name)
+    device = job.device or default_device()
+    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     paths, records = [], []
