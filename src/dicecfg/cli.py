@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument(flag, type=kind, default=None, help=f"{docs.get(f.name, '')} (default {f.default})")
     t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="PROMPT")
     t.set_defaults(func=_train)
+
+    d = sub.add_parser("demo", parents=[common], help="unguided vs CFG vs DICE on the shipped mini model (CPU)")
+    d.add_argument("--prompts", type=int, help="held-out prompts shown (default 8)")
+    d.add_argument("--steps", type=int, help="sampling steps (default 20)")
+    d.add_argument("--out", help="output folder (default ./dice-demo)")
+    d.add_argument("--device", help="default cpu")
+    d.set_defaults(func=_demo)
     return parser
 
 
@@ -109,6 +116,14 @@ def _train(ns: argparse.Namespace) -> None:
     job = TrainJob(config=config, **_given(ns, ["out", "model", "prompts_file", "images", "device", "dtype"]))
     sharp = run_train(job)
     print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
+
+
+def _demo(ns: argparse.Namespace) -> None:
+    from .demo import DemoJob, format_table, run_demo
+
+    summary = run_demo(DemoJob(progress=not ns.quiet, **_given(ns, ["prompts", "steps", "out", "device"])))
+    print(format_table(summary))
+    print(f"grid: {summary['grid']}  (rows: unguided, cfg, dice; same seeds)")
 
 
 def quiet_libraries() -> None:
