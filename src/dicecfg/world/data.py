@@ -61,3 +61,32 @@ def make_dataset(n: int, seed: int, *, workers: int = 1) -> tuple[np.ndarray, li
     images = np.concatenate([p[0] for p in parts], axis=0)
     captions = [c for p in parts for c in p[1]]
     return images, captions
+
+
+def export_image_folder(out, n: int, seed: int, *, workers: int = 1) -> int:
+    """Write ``n`` training renders as PNGs plus ``metadata.jsonl`` (file_name, text): the captioned-image
+    folder layout that ``dice train --images`` reads. Returns the number of images written."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, captions = make_dataset(n, seed, workers=workers)
+    lines = []
+    for i, (img, cap) in enumerate(zip(images, captions, strict=True)):
+        name = f"{i:07d}.png"
+        Image.fromarray(img).save(out / name)
+        lines.append(json.dumps({"file_name": name, "text": cap}))
+    (out / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return n
+
+
+def export_prompts(path, n: int, seed: int) -> int:
+    """Write ``n`` training captions (one per line, never held-out combinations) for prompt-only training."""
+    from pathlib import Path
+
+    _, captions = sample_training_scenes(n, seed, chunk=0)
+    Path(path).write_text("\n".join(captions) + "\n", encoding="utf-8")
+    return n
