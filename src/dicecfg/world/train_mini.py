@@ -1,0 +1,281 @@
+"""Train the mini model in resumable stages: ``data -> vae -> unet -> assemble -> eval``.
+
+    python -m dicecfg.world.train_mini STAGE --out DIR [--device cuda] [--max-minutes 8] ...
+
+Each stage is one function taking a :class:`MiniTrainConfig`; re-running a stage with the same ``--out``
+resumes it. ``DIR`` gets ``run_<stage>.json`` (resolved config, versions), ``stats.jsonl`` and, at the end,
+``pipeline/``: the StableDiffusionPipeline folder that is shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dicecfg.io import atomic_write_json
+from dicecfg.world import minimodel as mm
+from dicecfg.world.mini_data import encode_latents, load_data, render_shards, to_float
+from dicecfg.world.mini_loop import LoopConfig, append_stats, final_weights, read_checkpoint, train
+from dicecfg.world.mini_report import quick_eval, write_model_card
+
+log = logging.getLogger(__name__)
+STAGES = ("data", "vae", "unet", "assemble", "eval")
+
+
+@dataclass(frozen=True)
+class MiniTrainConfig:
+    out: str  # run directory (scratch data, checkpoints, final pipeline/)
+    device: str = "auto"  # "auto" = cuda if available
+    seed: int = 0  # base seed of every stage
+    preset: str = "default"  # model sizes, a key of minimodel.PRESETS
+    progress: bool = True  # tqdm progress bars
+    max_minutes: float = 8.5  # each command checkpoints and stops before this wall time
+    ckpt_every: int = 1000  # checkpoint period (steps)
+    # data
+    n_images: int = 300_000  # training renders
+    shard_size: int = 25_000  # renders per .npy shard (data stage resumes per shard)
+    n_eval: int = 1024  # held-out renders for the VAE's PSNR
+    workers: int = 0  # render processes (0 = all CPUs)
+    # vae
+    vae_steps: int = 8000
+    vae_batch: int = 256
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6  # weight of the KL term (keeps latents near N(0, s^2))
+    edge_weight: float = 0.5  # L1 on image gradients: sharp edges without a GAN
+    # unet + text encoder (trained jointly)
+    unet_steps: int = 100_000  # upper bound; --max-minutes usually stops first
+    unet_batch: int = 512
+    unet_lr: float = 4e-4
+    warmup: int = 500
+    caption_dropout: float = 0.1  # share of captions replaced by "" (the unconditional embedding)
+    snr_gamma: float = 5.0  # min-SNR loss weighting (0 = plain epsilon MSE)
+    ema_decay: float = 0.9995
+    # eval
+    eval_n: int = 64  # held-out prompts in quick_eval
+    eval_steps: int = 20
+    eval_guidance: float = 5.0
+
+
+def _device(cfg: MiniTrainConfig) -> torch.device:
+    return torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+
+
+def _start(cfg: MiniTrainConfig, stage: str) -> tuple[Path, torch.device, float]:
+    """Create the run dir, write run_<stage>.json, return (out, device, deadline)."""
+    out, device = Path(cfg.out), _device(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    import diffusers
+    import transformers
+
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    info = {"config": dataclasses.asdict(cfg), "stage": stage, "card": card, "torch": torch.__version__}
+    info.update(diffusers=diffusers.__version__, transformers=transformers.__version__)
+    atomic_write_json(out / f"run_{stage}.json", info)
+    append_stats(out, {"stage": stage, "event": "start", "card": card, "time": time.time()})
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)  # initial weights; per-step randomness is re-seeded by the loop
+    return out, device, time.monotonic() + 60 * cfg.max_minutes
+
+
+# ---------------------------------------------------------------- data
+def stage_data(cfg: MiniTrainConfig) -> Path:
+    """Render the training set in shards (``data/images_KKK.npy`` + captions JSON) and an eval set."""
+    out, _, deadline = _start(cfg, "data")
+    workers = cfg.workers or os.cpu_count() or 1
+    for row in render_shards(
+        out / "data", cfg.n_images, cfg.shard_size, cfg.n_eval, cfg.seed, workers, deadline
+    ):
+        append_stats(out, {"stage": "data", **row})
+    return out / "data"
+
+
+# ---------------------------------------------------------------- vae
+def stage_vae(cfg: MiniTrainConfig) -> Path:
+    """Train the AutoencoderKL (L1 + L2 + edge L1 + small KL); set scaling_factor = 1/std(latents)."""
+    out, device, deadline = _start(cfg, "vae")
+    images = torch.from_numpy(load_data(out)[0]).to(device)
+    mcfg = mm.PRESETS[cfg.preset]
+    vae = mm.make_vae(mcfg).to(device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def loss_fn(g: torch.Generator) -> torch.Tensor:
+        x = to_float(images[torch.randint(len(images), (cfg.vae_batch,), generator=g, device=device)])
+        with amp:
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=g)).sample.float()
+        edge = sum(F.l1_loss(rec.diff(dim=d), x.diff(dim=d)) for d in (2, 3))
+        kl = post.kl().float().mean() / x[0].numel()
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.edge_weight * edge + cfg.kl_weight * kl
+
+    loop = LoopConfig(
+        cfg.vae_steps,
+        cfg.vae_lr,
+        ckpt_every=cfg.ckpt_every,
+        deadline=deadline,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    meta = train(
+        out / "vae", out, "vae", {"vae": vae}, loss_fn, loop, device, {"model": mm.config_dict(mcfg)}
+    )
+    if not meta["finished"]:
+        return out / "vae"
+    vae.eval()
+    with torch.no_grad():
+        gen = torch.Generator(device).manual_seed(cfg.seed)
+        sub = images[torch.randint(len(images), (min(8192, len(images)),), generator=gen, device=device)]
+        z = torch.cat([vae.encode(to_float(b)).latent_dist.sample(generator=gen) for b in sub.split(512)])
+        vae.register_to_config(scaling_factor=float(1.0 / z.float().std()))
+        ev = torch.from_numpy(load_data(out, "eval")[0]).to(device)
+        rec = torch.cat([vae(to_float(b)).sample for b in ev.split(512)])
+        rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round()
+        mse = ((rec_u8 - ev.permute(0, 3, 1, 2).float()) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        psnr = (10 * torch.log10(255.0**2 / mse)).mean().item()
+    vae.save_pretrained(out / "vae" / "final")
+    row = {"stage": "vae", "event": "done", "psnr_eval": psnr, "scaling_factor": vae.config.scaling_factor}
+    append_stats(out, {**row, "step": meta["step"], "elapsed_s": meta["elapsed_s"]})
+    log.info("vae: held-out PSNR %.2f dB, scaling_factor %.4f", psnr, vae.config.scaling_factor)
+    return out / "vae" / "final"
+
+
+# ---------------------------------------------------------------- unet + text encoder
+def stage_unet(cfg: MiniTrainConfig) -> Path:
+    """Train UNet2DConditionModel and CLIPTextModel jointly (epsilon prediction, caption dropout)."""
+    from dicecfg.world.captions import VOCAB
+
+    out, device, deadline = _start(cfg, "unet")
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    vae = AutoencoderKL.from_pretrained(out / "vae" / "final").to(device).eval().requires_grad_(False)
+    lat = encode_latents(out, vae, device)
+    scale = vae.config.scaling_factor
+    tokenizer = mm.build_tokenizer(VOCAB, out / "tokenizer")
+    captions = load_data(out, images=False)[1]
+    unique = sorted(set(captions) | {""})
+    ids_unique = mm.tokenize(tokenizer, unique).to(device)
+    where = {c: i for i, c in enumerate(unique)}
+    cap_idx = torch.tensor([where[c] for c in captions], device=device)
+    empty = where[""]
+    mcfg = mm.PRESETS[cfg.preset]
+    text_encoder, unet = mm.make_text_encoder(mcfg, tokenizer).to(device), mm.make_unet(mcfg).to(device)
+    ac = DDPMScheduler.from_config(mm.make_scheduler().config).alphas_cumprod.to(device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def loss_fn(g: torch.Generator) -> torch.Tensor:
+        b = cfg.unet_batch
+        idx = torch.randint(len(cap_idx), (b,), generator=g, device=device)
+        mean, std = lat["mean"][idx].float(), lat["std"][idx].float()
+        z0 = (mean + std * torch.randn(mean.shape, generator=g, device=device)) * scale
+        t = torch.randint(0, len(ac), (b,), generator=g, device=device)
+        eps = torch.randn(z0.shape, generator=g, device=device)
+        a = ac[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # DDPM forward process q(z_t | z_0)
+        drop = torch.rand(b, generator=g, device=device) < cfg.caption_dropout
+        ids = ids_unique[torch.where(drop, empty, cap_idx[idx])]
+        with amp:
+            emb = text_encoder(ids)[0]  # last hidden state after final LN, as encode_prompt(clip_skip=None)
+            pred = unet(zt, t, emb).sample.float()
+        mse = ((pred - eps) ** 2).mean(dim=(1, 2, 3))
+        if cfg.snr_gamma > 0:  # min-SNR-gamma weighting for epsilon prediction (Hang et al. 2023)
+            snr = a.view(-1) / (1 - a.view(-1))
+            mse = mse * snr.clamp(max=cfg.snr_gamma) / snr
+        return mse.mean()
+
+    loop = LoopConfig(
+        cfg.unet_steps,
+        cfg.unet_lr,
+        warmup=cfg.warmup,
+        weight_decay=0.01,
+        ema_decay=cfg.ema_decay,
+        ckpt_every=cfg.ckpt_every,
+        deadline=deadline,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    modules = {"text_encoder": text_encoder, "unet": unet}
+    meta = train(out / "unet", out, "unet", modules, loss_fn, loop, device, {"model": mm.config_dict(mcfg)})
+    append_stats(
+        out, {"stage": "unet", "event": "end", **{k: meta[k] for k in ("step", "elapsed_s", "loss")}}
+    )
+    return out / "unet"
+
+
+# ---------------------------------------------------------------- assemble, eval
+def stage_assemble(cfg: MiniTrainConfig) -> Path:
+    """Write ``pipeline/`` (fp16 weights, EMA if trained with it) and its model card."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    out, _, _ = _start(cfg, "assemble")
+    mcfg = mm.config_from_dict(read_checkpoint(out / "unet")[1]["model"])  # sizes the UNet was trained at
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    text_encoder, unet = mm.make_text_encoder(mcfg, tokenizer), mm.make_unet(mcfg)
+    text_encoder.load_state_dict(final_weights(out / "unet", "text_encoder"))
+    unet.load_state_dict(final_weights(out / "unet", "unet"))
+    vae = AutoencoderKL.from_pretrained(out / "vae" / "final")
+    pipe = mm.assemble_pipeline(text_encoder, tokenizer, unet, vae, mm.make_scheduler())
+    mm.save_pipeline(pipe, out / "pipeline")
+    write_model_card(out)
+    return out / "pipeline"
+
+
+def stage_eval(cfg: MiniTrainConfig) -> dict[str, float]:
+    """quick_eval on the assembled pipeline; appends to stats.jsonl and refreshes the model card."""
+    out, device, _ = _start(cfg, "eval")
+    t = time.monotonic()
+    res = quick_eval(out / "pipeline", cfg.eval_n, cfg.eval_steps, str(device), cfg.eval_guidance)
+    row = {
+        "n": cfg.eval_n,
+        "steps": cfg.eval_steps,
+        "guidance": cfg.eval_guidance,
+        "seconds": time.monotonic() - t,
+    }
+    append_stats(out, {"stage": "eval", "event": "done", **res, **row})
+    write_model_card(out)
+    return res
+
+
+def run_stage(stage: str, cfg: MiniTrainConfig):
+    return {
+        "data": stage_data,
+        "vae": stage_vae,
+        "unet": stage_unet,
+        "assemble": stage_assemble,
+        "eval": stage_eval,
+    }[stage](cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: one option per MiniTrainConfig field (``--max-minutes``, ``--no-progress``, ...)."""
+    p = argparse.ArgumentParser(prog="python -m dicecfg.world.train_mini", description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=STAGES)
+    for f in dataclasses.fields(MiniTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.name == "out":
+            p.add_argument(flag, required=True)
+        else:
+            p.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=f.default)
+    args = vars(p.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = run_stage(args.pop("stage"), MiniTrainConfig(**args))
+    if isinstance(result, dict):
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

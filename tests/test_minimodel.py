@@ -1,0 +1,227 @@
+"""The mini model: tokenizer, configs and budget, resumable training stages, the assembled pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from dicecfg.world import minimodel as mm
+from dicecfg.world.captions import VOCAB
+from dicecfg.world.mini_loop import read_checkpoint
+from dicecfg.world.train_mini import MiniTrainConfig, main, run_stage
+
+CAPTIONS = ["a small red circle to the left of a blue square", "there is a big green triangle", ""]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return mm.build_tokenizer(VOCAB, tmp_path_factory.mktemp("tok"))
+
+
+def test_every_grammar_word_is_one_token(tokenizer):
+    for word in VOCAB:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    assert tokenizer.pad_token == tokenizer.eos_token == mm.EOS
+    assert tokenizer.model_max_length == 77
+
+
+def test_caption_round_trips_and_reloads(tokenizer, tmp_path):
+    cap = CAPTIONS[0]
+    ids = tokenizer(cap).input_ids
+    assert len(ids) == len(cap.split()) + 2 and ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == cap
+    tokenizer.save_pretrained(tmp_path)
+    again = mm.CLIPTokenizer.from_pretrained(tmp_path)
+    assert again(cap).input_ids == ids
+    padded = mm.tokenize(again, [cap, ""])
+    assert padded.shape == (2, 77) and (padded[1, 2:] == again.pad_token_id).all()
+
+
+def test_unknown_words_still_tokenize(tokenizer):
+    ids = tokenizer("zebra", add_special_tokens=False).input_ids
+    assert len(ids) > 1 and tokenizer.unk_token_id not in ids
+
+
+def test_default_config_fits_budget(tokenizer):
+    cfg = mm.PRESETS["default"]
+    modules = {
+        "text_encoder": mm.make_text_encoder(cfg, tokenizer),
+        "vae": mm.make_vae(cfg),
+        "unet": mm.make_unet(cfg),
+    }
+    sizes = mm.weight_bytes(modules, bytes_per_param=2)
+    assert max(sizes.values()) <= mm.WEIGHT_FILE_LIMIT, sizes
+    assert sum(sizes.values()) <= mm.WEIGHT_TOTAL_LIMIT, sizes
+    assert modules["unet"].config.cross_attention_dim == modules["text_encoder"].config.hidden_size
+    assert modules["text_encoder"].config.eos_token_id == tokenizer.eos_token_id
+    with torch.no_grad():
+        z = modules["vae"].encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert z.shape == (1, 4, 16, 16)
+
+
+# ---------------------------------------------------------------- stages on a tiny run
+def _fake_make_dataset(n, seed, *, workers=1):
+    """Stand-in for dicecfg.world.data.make_dataset while it does not exist: coloured squares."""
+    rng = np.random.default_rng(seed)
+    images = np.full((n, 64, 64, 3), 255, np.uint8)
+    captions = []
+    for i in range(n):
+        colour = int(rng.integers(3))
+        x = int(rng.integers(0, 48))
+        images[i, 20:36, x : x + 16] = 0
+        images[i, 20:36, x : x + 16, colour] = 220
+        captions.append(f"a {('red', 'green', 'blue')[colour]} square")
+    return images, captions
+
+
+@pytest.fixture(autouse=True)
+def _world_data(monkeypatch):
+    if importlib.util.find_spec("dicecfg.world.data") is None:
+        monkeypatch.setitem(
+            sys.modules, "dicecfg.world.data", types.SimpleNamespace(make_dataset=_fake_make_dataset)
+        )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+TINY = dict(
+    preset="tiny",
+    device="cpu",
+    progress=False,
+    n_images=12,
+    shard_size=8,
+    n_eval=4,
+    workers=1,
+    vae_batch=4,
+    unet_batch=4,
+    warmup=2,
+    ckpt_every=1,
+)
+
+
+def _cfg(out, **kw) -> MiniTrainConfig:
+    return MiniTrainConfig(out=str(out), **{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Data + VAE + UNet + assemble of a tiny run (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:
+        if importlib.util.find_spec("dicecfg.world.data") is None:
+            mp.setitem(
+                sys.modules, "dicecfg.world.data", types.SimpleNamespace(make_dataset=_fake_make_dataset)
+            )
+        main(
+            [
+                "data",
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--n-images",
+                "12",
+                "--shard-size",
+                "8",
+                "--n-eval",
+                "4",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        for stage in ("vae", "unet", "assemble"):
+            run_stage(stage, _cfg(out, vae_steps=3, unet_steps=3))
+    return out
+
+
+def test_data_stage_writes_shards(run_dir):
+    names = sorted(p.name for p in (run_dir / "data").glob("images_*.npy"))
+    assert names == ["images_000.npy", "images_001.npy", "images_eval.npy"]
+    assert np.load(run_dir / "data" / "images_001.npy").shape == (4, 64, 64, 3)
+
+
+def test_vae_sets_scaling_factor(run_dir):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "final")
+    assert vae.config.scaling_factor != 0.18215 and np.isfinite(vae.config.scaling_factor)
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet"])
+def test_resume_is_bitwise_identical(run_dir, tmp_path, stage):
+    """2 steps, stop, resume to 4 == 4 steps straight."""
+    steps = {"vae": "vae_steps", "unet": "unet_steps"}[stage]
+    dirs = []
+    for name, plan in (("straight", [4]), ("resumed", [2, 4])):
+        out = tmp_path / name
+        shutil.copytree(run_dir / "data", out / "data")
+        if stage == "unet":
+            shutil.copytree(run_dir / "vae" / "final", out / "vae" / "final")
+        for n in plan:
+            run_stage(stage, _cfg(out, **{steps: n}))
+        dirs.append(out)
+    (a, ma), (b, mb) = (read_checkpoint(d / stage) for d in dirs)
+    assert ma["step"] == mb["step"] == 4
+    assert a.keys() == b.keys() and any(k.startswith("opt.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_time_limit_stops_with_checkpoint(run_dir, tmp_path):
+    out = tmp_path / "limited"
+    shutil.copytree(run_dir / "data", out / "data")
+    run_stage("vae", _cfg(out, vae_steps=100, max_minutes=0.0))
+    tensors, meta = read_checkpoint(out / "vae")
+    assert meta["step"] == 0 and not meta["finished"]
+    assert not (out / "vae" / "final").exists()
+
+
+def test_assembled_pipeline_loads_offline_and_generates(run_dir):
+    from diffusers import StableDiffusionPipeline
+
+    folder = run_dir / "pipeline"
+    assert (folder / "README.md").exists() and "training renders | 12" in (folder / "README.md").read_text()
+    sizes = mm.check_budget(folder)
+    assert set(sizes) == {
+        f"{c}/{f}"
+        for c, f in [
+            ("text_encoder", "model.safetensors"),
+            ("unet", "diffusion_pytorch_model.safetensors"),
+            ("vae", "diffusion_pytorch_model.safetensors"),
+        ]
+    }
+    assert {"vocab.json", "merges.txt"} <= {p.name for p in (folder / "tokenizer").iterdir()}
+    slow = mm.CLIPTokenizer(
+        vocab=str(folder / "tokenizer" / "vocab.json"), merges=str(folder / "tokenizer" / "merges.txt")
+    )
+    assert (
+        slow(CAPTIONS[0]).input_ids
+        == mm.CLIPTokenizer.from_pretrained(folder / "tokenizer")(CAPTIONS[0]).input_ids
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    assert pipe.unet.dtype == torch.float32 and pipe.tokenizer.model_max_length == 77
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    out = pipe(CAPTIONS[:2], num_inference_steps=2, guidance_scale=5.0, generator=gens, output_type="np")
+    assert out.images.shape == (2, 64, 64, 3) and np.isfinite(out.images).all()
+    # per-image generators: the first image does not depend on the batch
+    one = pipe(
+        CAPTIONS[:1],
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        generator=[torch.Generator().manual_seed(0)],
+        output_type="np",
+    ).images
+    np.testing.assert_allclose(one[0], out.images[0], atol=1e-4)
+
+
+def test_config_round_trip():
+    cfg = mm.PRESETS["tiny"]
+    assert mm.config_from_dict(dataclasses.asdict(cfg)) == cfg
