@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="output folder (default ./dice-demo)")
     d.add_argument("--device", help="default cpu")
     d.set_defaults(func=_demo)
+    _add_eval_commands(sub, common)
     return parser
 
 
@@ -126,6 +127,79 @@ def _demo(ns: argparse.Namespace) -> None:
     print(f"grid: {summary['grid']}  (rows: unguided, cfg, dice; same seeds)")
 
 
+def _add_config_flags(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), flags: dict | None = None) -> None:
+    """One flag per dataclass field (help from the field's comment); tuples take one or more values."""
+    docs, flags = field_help(cls), flags or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag, kind = flags.get(f.name, "--" + f.name.replace("_", "-")), str(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f"{docs.get(f.name, '')} (default {default})"
+        if kind == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            continue
+        elem = {"int": int, "float": float}.get(kind.removeprefix("tuple[").split(",")[0].split(" ")[0], str)
+        nargs = {"nargs": "+", "action": "extend"} if kind.startswith("tuple[") else {}
+        p.add_argument(flag, dest=f.name, type=elem, default=None, help=text, **nargs)
+
+
+def _config(ns: argparse.Namespace, cls: type, **fixed):
+    """The dataclass from the flags the user gave (tuples for list flags); defaults stay in the dataclass."""
+    opts = _given(ns, [f.name for f in dataclasses.fields(cls) if f.name not in fixed])
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}, **fixed)
+
+
+def _add_eval_commands(sub, common: argparse.ArgumentParser) -> None:
+    from .analysis import AnalyzeConfig
+    from .bench import BenchConfig
+    from .evaluate import EvalConfig
+
+    e = sub.add_parser("eval", parents=[common], help="method x metric table (resumable): alignment, FID, speed")
+    e.add_argument("prompts", nargs="*", help="prompts (default: the shapes world's held-out set)")
+    _add_config_flags(e, EvalConfig, skip=("prompts", "progress"),
+                      flags={"sharpeners": "--sharpener", "prompts_file": "--prompts"})
+    e.set_defaults(func=_eval)
+    a = sub.add_parser("analyze", parents=[common], help="where the sharpener's edit lands (words vs padding)")
+    a.add_argument("prompts", nargs="*", help="prompts (default: the shapes world's held-out set)")
+    _add_config_flags(a, AnalyzeConfig, skip=("prompts",), flags={"prompts_file": "--prompts"})
+    a.set_defaults(func=_analyze)
+    b = sub.add_parser("bench", parents=[common], help="CFG vs DICE sampling time (random full-size models or --model)")
+    _add_config_flags(b, BenchConfig, skip=("command",), flags={"archs": "--arch"})
+    b.set_defaults(func=_bench)
+
+
+def _eval(ns: argparse.Namespace) -> None:
+    from .eval_report import markdown_table
+    from .evaluate import EvalConfig, run_eval
+
+    ns.prompts = tuple(ns.prompts) or None
+    report = run_eval(_config(ns, EvalConfig, progress=not ns.quiet))
+    made = sum(r["generated"] for r in report["rows"])
+    print(f"{len(report['rows'])} rows over {report['n']} prompts ({made} images generated now); "
+          f"wrote {report['config']['out']}/eval.json, eval.md")
+    print(markdown_table(report["rows"]))
+
+
+def _analyze(ns: argparse.Namespace) -> None:
+    from .analysis import AnalyzeConfig, run_analyze, summary
+
+    ns.prompts = tuple(ns.prompts) or None
+    cfg = _config(ns, AnalyzeConfig)
+    stats = run_analyze(cfg)
+    print(f"wrote {cfg.out}/analysis.json, analysis.md, analysis.png")
+    print(summary(stats))
+
+
+def _bench(ns: argparse.Namespace) -> None:
+    from .bench import BenchConfig, markdown_table, run_bench
+
+    rows = run_bench(_config(ns, BenchConfig, command=" ".join(["dice", *ns.argv])))
+    if ns.out:
+        print(f"wrote {ns.out}")
+    print(markdown_table(rows))
+
+
 def quiet_libraries() -> None:
     """Silence diffusers' and transformers' own loading bars and info logs."""
     from diffusers.utils import logging as dlog
@@ -139,6 +213,7 @@ def quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    ns.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by benchmarks
     logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if ns.quiet:
         quiet_libraries()

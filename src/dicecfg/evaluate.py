@@ -1,0 +1,284 @@
+"""Method x metric tables from ``generate()``'s stream (`dice eval`).
+
+Each row is one method with one setting (cfg at w, scaling at s, dice at alpha with one sharpener, unguided)
+at one step count. Its images are saved as PNG under ``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png``; a re-run
+regenerates only what is missing, so an interrupted or extended evaluation resumes. Metrics are computed from
+the saved images: oracle alignment and an oracle-feature Frechet distance on the shapes world, PSNR/SSIM
+against the CFG image of the same prompt and seed, and FID / CLIP / aesthetic scores when weights are given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .io import _atomic_write, atomic_write_json, atomic_write_text
+from .sampling import METHODS, generate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    out: str = "eval"  # output folder: images/, eval.json, eval.md, eval_nfe.png (re-run to resume)
+    model: str | None = None  # hub id or local diffusers folder; None: the shipped mini model
+    sharpeners: tuple[str, ...] = ()  # sharpener folders for dice rows; none with the mini model: the shipped one
+    prompts: tuple[str, ...] = ()  # prompts given directly (instead of the held-out set)
+    prompts_file: str | None = None  # text file or JSONL of prompts (instead of the held-out set)
+    limit: int = 64  # use the first N prompts of the set
+    seed: int = 0  # prompt i gets seed + i (held-out items carry their own fixed seeds)
+    methods: tuple[str, ...] = METHODS  # which methods to run
+    cfg_scales: tuple[float, ...] = (5.0,)  # CFG scales w; the first is the fidelity reference
+    scales: tuple[float, ...] = (1.2,)  # embedding scales s of the scaling baseline
+    alphas: tuple[float, ...] = (1.0,)  # DICE edit strengths
+    steps: tuple[int, ...] = (20,)  # sampling step counts; every method runs at each
+    negative_prompt: str | None = None  # also run cfg and dice with this negative prompt
+    batch_size: int = 16  # images per pipeline call (results do not depend on it)
+    height: int | None = None  # default: the model's native size
+    width: int | None = None
+    device: str | None = None  # default: cuda if available
+    dtype: str | None = None  # default: fp16 on CUDA, fp32 on CPU
+    clip: str | None = None  # local CLIP model folder: CLIP score
+    aesthetic: str | None = None  # local LAION aesthetic MLP weights (.pth or .safetensors)
+    aesthetic_clip: str | None = None  # local CLIP ViT-L/14 folder for the aesthetic head (default: --clip)
+    inception: str | None = None  # local torch-fidelity Inception weights: FID
+    fid_ref: str | None = None  # FID reference: .npz with mu/sigma, or a folder of reference images
+    plot: bool = True  # write eval_nfe.png
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method setting at one step count."""
+
+    method: str
+    steps: int
+    value: float | None = None  # w (cfg), s (scaling) or alpha (dice)
+    sharpener: str | None = None  # tag of the sharpener (dice)
+    negative_prompt: str | None = None
+
+    @property
+    def nfe(self) -> int:
+        return self.steps * (2 if self.method == "cfg" else 1)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        name = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}.get(self.method)
+        out: dict[str, Any] = {name: self.value} if name else {}
+        out |= {"sharpener": self.sharpener} if self.sharpener else {}
+        return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
+
+    @property
+    def key(self) -> str:
+        """Folder name of the row's images: method, setting, steps (and sharpener, negative prompt)."""
+        letter = {"cfg": "w", "scaling": "s", "dice": "a"}.get(self.method, "")
+        parts = [self.method + (f"-{letter}{self.value:g}" if letter else ""), f"steps{self.steps}"]
+        if self.sharpener:
+            parts.append(self.sharpener)
+        if self.negative_prompt:
+            parts.append("neg" + hashlib.sha1(self.negative_prompt.encode()).hexdigest()[:8])
+        return "_".join(parts)
+
+    @property
+    def label(self) -> str:
+        return self.method + ("+neg" if self.negative_prompt else "")
+
+
+@dataclass
+class PromptSet:
+    name: str
+    prompts: list[str]
+    seeds: list[int]
+    specs: list | None = None  # world Specs when every prompt is in the grammar
+    scenes: list | None = None  # world Scenes the prompts were written from (held-out set)
+    extra: dict = field(default_factory=dict)
+
+
+def prompt_set(cfg: EvalConfig) -> PromptSet:
+    """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
+    from .metrics.world import world_specs
+
+    if cfg.limit < 1:
+        raise InputError(f"--limit must be >= 1 (got {cfg.limit}).")
+    if cfg.prompts or cfg.prompts_file:
+        from .jobs import collect_prompts
+
+        prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
+        return PromptSet("prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts))
+    from .world import heldout_set
+
+    items = heldout_set(cfg.limit)
+    return PromptSet("heldout", [it.prompt for it in items], [it.seed for it in items],
+                     [it.spec for it in items], [it.scene for it in items])
+
+
+def sharpener_tag(name: str) -> str:
+    """A short folder-safe name for a sharpener: its folder name and a hash of its weights."""
+    path = Path(name)
+    if name == "mini":
+        from .assets import shipped_sharpener_dir
+
+        path = shipped_sharpener_dir()
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", path.name or name).strip("-")[:32] or "sharpener"
+    weights = path / "model.safetensors"
+    return f"{slug}-{hashlib.sha1(weights.read_bytes()).hexdigest()[:8]}" if weights.is_file() else slug
+
+
+def make_rows(cfg: EvalConfig, sharpener_tags: list[str]) -> list[Row]:
+    """Rows in table order: unguided, cfg (each w), scaling (each s), dice (each sharpener and alpha)."""
+    unknown = set(cfg.methods) - set(METHODS)
+    if unknown:
+        raise InputError(f"Unknown method(s) {', '.join(sorted(unknown))}. Choose from: {', '.join(METHODS)}.")
+    if any(s < 1 for s in cfg.steps):
+        raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
+    rows = []
+    for steps in cfg.steps:
+        rows += [Row("unguided", steps)] if "unguided" in cfg.methods else []
+        rows += [Row("cfg", steps, w) for w in cfg.cfg_scales] if "cfg" in cfg.methods else []
+        rows += [Row("scaling", steps, s) for s in cfg.scales] if "scaling" in cfg.methods else []
+        rows += [Row("dice", steps, a, t) for t in sharpener_tags for a in cfg.alphas] if "dice" in cfg.methods else []
+        if cfg.negative_prompt:
+            neg = cfg.negative_prompt
+            rows += [Row("cfg", steps, cfg.cfg_scales[0], None, neg)] if "cfg" in cfg.methods else []
+            rows += [Row("dice", steps, a, t, neg) for t in sharpener_tags for a in cfg.alphas] \
+                if "dice" in cfg.methods else []
+    return rows
+
+
+def ensure_images(pipe, row: Row, ps: PromptSet, folder: Path, *, sharpener=None, batch_size: int = 16,
+                  height: int | None = None, width: int | None = None, progress: bool = True) -> int:
+    """Generate the row's missing images (PNG + a line in meta.jsonl each); returns how many were made."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = image_paths(folder, ps)
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if not missing:
+        return 0
+    log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
+    knobs = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}
+    extra = {knobs[row.method]: row.value} if row.method in knobs else {}
+    stream = generate(
+        pipe, [ps.prompts[i] for i in missing], method=row.method, seeds=[ps.seeds[i] for i in missing],
+        sharpener=sharpener, negative_prompt=row.negative_prompt, num_inference_steps=row.steps,
+        batch_size=batch_size, height=height, width=width, progress=progress, **extra,
+    )
+    with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
+        for s in stream:
+            i = missing[s.index]
+            _atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
+            meta.write(json.dumps({"index": i, "seed": s.seed, "prompt": s.prompt, "nfe": s.nfe,
+                                   "seconds": s.seconds}) + "\n")
+            meta.flush()
+    return len(missing)
+
+
+def image_paths(folder: Path, ps: PromptSet) -> list[Path]:
+    """One PNG per prompt, named by index, seed and a hash of the prompt (a changed prompt is regenerated)."""
+    return [folder / f"{i:05d}-seed{seed}-{hashlib.sha1(p.encode()).hexdigest()[:6]}.png"
+            for i, (p, seed) in enumerate(zip(ps.prompts, ps.seeds, strict=True))]
+
+
+def load_images(folder: Path, ps: PromptSet) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, ps)])
+
+
+def seconds_per_image(folder: Path, n: int) -> float | None:
+    """Mean generation time of the row's images, from the runs that made them."""
+    path = folder / "meta.jsonl"
+    if not path.is_file():
+        return None
+    recs = {r["index"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r["index"] < n}
+    return float(np.mean([r["seconds"] for r in recs.values()])) if recs else None
+
+
+def row_metrics(images: np.ndarray, ps: PromptSet, reference: np.ndarray | None, real=None) -> dict[str, float]:
+    """Every metric that applies to one row's images."""
+    from .metrics import fidelity
+
+    out: dict[str, float] = {}
+    if ps.specs is not None:
+        from .metrics.world import alignment, oracle_frechet
+
+        out |= {f"align_{k}": float(v.mean()) for k, v in alignment(images, ps.specs).items()}
+        if ps.scenes is not None and len(images) > 1:
+            out["fd_oracle"] = oracle_frechet(images, ps.scenes)
+    if reference is not None:
+        out["psnr"] = float(fidelity.psnr(images, reference).mean())
+        out["ssim"] = float(fidelity.ssim(images, reference).mean())
+    if real is not None and real.enabled:
+        out |= real(images, ps.prompts)
+    return out
+
+
+def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None) -> dict[str, Any]:
+    """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot)."""
+    from .eval_report import markdown_table, plot_nfe
+    from .runs import versions
+
+    out = Path(cfg.out)
+    rows = make_rows(cfg, list(sharpeners))
+    made = {}
+    for row in rows:
+        made[row.key] = ensure_images(
+            pipe, row, ps, out / "images" / row.key, sharpener=sharpeners.get(row.sharpener),
+            batch_size=cfg.batch_size, height=cfg.height, width=cfg.width, progress=cfg.progress,
+        )
+    refs: dict[int, np.ndarray] = {}
+    results = []
+    for row in rows:
+        folder = out / "images" / row.key
+        images = load_images(folder, ps)
+        ref_row = Row("cfg", row.steps, cfg.cfg_scales[0]) if "cfg" in cfg.methods else None
+        if ref_row is not None and row.steps not in refs:
+            refs[row.steps] = images if ref_row == row else load_images(out / "images" / ref_row.key, ps)
+        results.append({
+            "label": row.label, "method": row.method, "key": row.key, "params": row.params, "steps": row.steps,
+            "nfe": row.nfe, "n": len(images), "generated": made[row.key],
+            "seconds_per_image": seconds_per_image(folder, len(images)),
+            **row_metrics(images, ps, refs.get(row.steps), real),
+        })
+        log.info("%s: %s", row.key, {k: v for k, v in results[-1].items() if isinstance(v, float)})
+    report = {"prompt_set": ps.name, "n": len(ps.prompts), "config": asdict(cfg), "versions": versions(),
+              "fidelity_reference": f"cfg w={cfg.cfg_scales[0]} at the row's step count", "rows": results}
+    atomic_write_json(out / "eval.json", report)
+    atomic_write_text(out / "eval.md", markdown_table(results) + "\n")
+    if cfg.plot:
+        plot_nfe(results, out / "eval_nfe.png")
+    return report
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
+    import torch
+
+    from .jobs import default_device, resolve_dtype
+    from .metrics.real import RealMetrics
+    from .pipeline import load_pipeline, model_id
+    from .runs import write_run_json
+    from .sharpener import Sharpener
+
+    names = list(cfg.sharpeners) or (["mini"] if cfg.model in (None, "mini") else [])
+    if "dice" in cfg.methods and not names:
+        raise InputError("dice rows need --sharpener (a folder written by `dice train`), or drop dice from --methods.")
+    names = names if "dice" in cfg.methods else []
+    sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
+    ps = prompt_set(cfg)
+    device = cfg.device or default_device()
+    real = RealMetrics(clip=cfg.clip, aesthetic=cfg.aesthetic, aesthetic_clip=cfg.aesthetic_clip,
+                       inception=cfg.inception, fid_ref=cfg.fid_ref, device=device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
+    identity = {"model": model_id(pipe), "dtype": str(dtype), "device_type": torch.device(device).type,
+                "height": cfg.height, "width": cfg.width}
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_run_json(Path(cfg.out), {"config": asdict(cfg)}, identity)
+    return evaluate(pipe, cfg, ps, sharpeners, real)

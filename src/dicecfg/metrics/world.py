@@ -1,0 +1,47 @@
+"""Shapes-world metrics: oracle alignment per attribute and a Frechet distance in oracle features."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+RENDER_SIZE = 64  # the world's images are 64 x 64
+
+
+def world_specs(prompts: Sequence[str]) -> list | None:
+    """Each prompt's :class:`~dicecfg.world.Spec`, or None when any prompt is outside the world grammar."""
+    from ..world import parse
+
+    try:
+        return [parse(p) for p in prompts]
+    except ValueError:
+        return None
+
+
+def _world_size(images: np.ndarray) -> np.ndarray:
+    """Resize to the world's 64 x 64 when a model samples at another size (the oracle's sizes are in px)."""
+    if images.shape[1:3] == (RENDER_SIZE, RENDER_SIZE):
+        return images
+    from PIL import Image
+
+    log.warning("resizing %s images to %d px for the oracle", images.shape[1:3], RENDER_SIZE)
+    size = (RENDER_SIZE, RENDER_SIZE)
+    return np.stack([np.asarray(Image.fromarray(im).resize(size, Image.BILINEAR)) for im in images])
+
+
+def alignment(images: np.ndarray, specs: Sequence, oracle=None) -> dict[str, np.ndarray]:
+    """Per-image 0/1 oracle scores: count, shape, colour, size, relation, background and all-correct."""
+    from ..world import Oracle
+
+    return (oracle or Oracle()).score(_world_size(images), list(specs))
+
+
+def oracle_frechet(images: np.ndarray, scenes: Sequence, oracle=None) -> float:
+    """Frechet distance between oracle features of ``images`` and of clean renders of the same scenes."""
+    from ..world import Oracle, frechet_distance, render
+
+    oracle = oracle or Oracle()
+    return frechet_distance(oracle.features(_world_size(images)), oracle.features(render(list(scenes))))

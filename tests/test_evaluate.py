@@ -1,0 +1,202 @@
+"""dice eval / dice analyze and the metrics, on tiny random pipelines and tiny random CLIP models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dicecfg.cli import main
+from dicecfg.evaluate import EvalConfig, run_eval
+from dicecfg.metrics import PSNR_CAP, psnr, ssim
+from dicecfg.metrics.real import MissingWeightsError, RealMetrics, feature_stats, fid, frechet_from_stats
+
+FREE_PROMPTS = ("a corgi on the beach", "a photo of a cat", "a dog on the beach")  # outside the world grammar
+
+
+@pytest.fixture(scope="module")
+def sharp_dir(tmp_path_factory):
+    """A non-zero random sharpener for the tiny pipeline (d = 32)."""
+    from dicecfg.bench import random_sharpener
+
+    path = tmp_path_factory.mktemp("sharp")
+    random_sharpener(32, "sd", 77, seed=3).save_pretrained(path)
+    return path
+
+
+def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    cfg = EvalConfig(out=str(out), model=str(tiny_sd_dir), sharpeners=(str(sharp_dir),), prompts=FREE_PROMPTS,
+                     steps=(2,), cfg_scales=(5.0,), alphas=(1.0,), device="cpu", batch_size=3, progress=False)
+    report = run_eval(cfg)
+    rows = {(r["method"], r["steps"]): r for r in report["rows"]}
+    assert [k[0] for k in rows] == ["unguided", "cfg", "scaling", "dice"] and len(report["rows"]) == 4
+    for (method, steps), r in rows.items():
+        assert r["nfe"] == steps * (2 if method == "cfg" else 1) and r["n"] == 3 and r["generated"] == 3
+        assert r["seconds_per_image"] > 0 and "align_all" not in r  # no world specs for these prompts
+    assert rows["cfg", 2]["psnr"] == PSNR_CAP and rows["cfg", 2]["ssim"] == pytest.approx(1.0)
+    for m in ("unguided", "scaling", "dice"):
+        assert rows[m, 2]["psnr"] < PSNR_CAP and rows[m, 2]["ssim"] < 1.0
+    table = (out / "eval.md").read_text()
+    assert "| method | setting | steps | NFE | s/img | PSNR vs CFG | SSIM vs CFG |" in table
+    assert (out / "eval_nfe.png").stat().st_size > 0
+    pngs = sorted((out / "images").rglob("*.png"))
+    assert len(pngs) == 12
+    mtimes = [p.stat().st_mtime_ns for p in pngs]
+
+    # again through the CLI, cfg and dice at one more step count: only the two new rows are generated
+    code = main(["-q", "eval", *FREE_PROMPTS, "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
+                 "--methods", "cfg", "dice", "--steps", "1", "2", "--batch-size", "2", "--device", "cpu",
+                 "--out", str(out), "--no-plot"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "(6 images generated now)" in printed and "| cfg | w=5 | 1 | 2 |" in printed
+    again = json.loads((out / "eval.json").read_text())
+    made = {(r["method"], r["steps"]): r["generated"] for r in again["rows"]}
+    assert made == {("cfg", 1): 3, ("dice", 1): 3, ("cfg", 2): 0, ("dice", 2): 0}
+    assert {(r["method"], r["steps"]): r["nfe"] for r in again["rows"]} == {
+        ("cfg", 1): 2, ("dice", 1): 1, ("cfg", 2): 4, ("dice", 2): 2}
+    assert [p.stat().st_mtime_ns for p in pngs] == mtimes
+    r1 = {r["key"]: r for r in report["rows"]}
+    for r in again["rows"]:  # metrics of untouched rows are recomputed from the same PNGs
+        if r["key"] in r1:
+            assert r["psnr"] == pytest.approx(r1[r["key"]]["psnr"])
+
+
+def test_eval_errors_are_clear(tiny_sd_dir, tmp_path, capsys):
+    code = main(["-q", "eval", "a cat", "--model", str(tiny_sd_dir), "--methods", "cfg", "--device", "cpu",
+                 "--out", str(tmp_path / "e"), "--clip", str(tmp_path / "no-clip")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Download" in err and "--clip" in err and "no-clip" in err
+    code = main(["-q", "eval", "a cat", "--model", str(tiny_sd_dir), "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert code == 2 and "--sharpener" in capsys.readouterr().err
+
+
+def test_fidelity_metrics():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    assert np.all(psnr(x, x) == PSNR_CAP) and np.allclose(ssim(x, x), 1.0)
+    noisy = np.clip(x + rng.normal(0, 20, x.shape), 0, 255).astype(np.uint8)
+    worse = np.clip(x + rng.normal(0, 60, x.shape), 0, 255).astype(np.uint8)
+    assert np.all(psnr(worse, x) < psnr(noisy, x)) and np.all(ssim(worse, x) < ssim(noisy, x)) and np.all(ssim(noisy, x) < 1)
+    mse = ((noisy.astype(float) - x) ** 2).reshape(2, -1).mean(1)
+    assert np.allclose(psnr(noisy, x), 10 * np.log10(255**2 / mse))
+    # flat images: variances vanish, so SSIM reduces to the luminance term (2 m1 m2 + C1) / (m1^2 + m2^2 + C1)
+    a, b = np.full((1, 16, 16, 3), 100, np.uint8), np.full((1, 16, 16, 3), 150, np.uint8)
+    c1 = (0.01 * 255) ** 2
+    assert ssim(a, b)[0] == pytest.approx((2 * 100 * 150 + c1) / (100**2 + 150**2 + c1))
+
+
+def test_world_metrics_on_renders():
+    from dicecfg.metrics.world import alignment, oracle_frechet, world_specs
+    from dicecfg.world import heldout_set, render
+
+    items = heldout_set(24)
+    images = render([it.scene for it in items])
+    specs = [it.spec for it in items]
+    assert world_specs([it.prompt for it in items]) == specs and world_specs(FREE_PROMPTS) is None
+    right = alignment(images, specs)
+    wrong = alignment(images, specs[1:] + specs[:1])  # every image scored against another item's prompt
+    assert right["all"].mean() == 1.0 and wrong["all"].mean() < 0.2 and wrong["colour"].mean() < right["colour"].mean()
+    assert oracle_frechet(images, [it.scene for it in items]) == pytest.approx(0.0, abs=1e-6)
+    assert oracle_frechet(images[::-1].copy(), [it.scene for it in items[:12]] * 2) > 0.1
+
+
+def _tiny_clip(path, tmp_path):
+    from conftest import write_clip_tokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    write_clip_tokenizer(tmp_path / "cliptok")
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path / "cliptok"))
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(str(path))
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(str(path))
+    return path
+
+
+def test_real_metrics_offline(tmp_path):
+    from safetensors.torch import save_file
+
+    from dicecfg.metrics.real import AestheticMLP, ClipEmbedder, clip_score
+
+    clip_dir = _tiny_clip(tmp_path / "clip", tmp_path)
+    torch.manual_seed(1)
+    head = AestheticMLP(16).eval()
+    save_file(head.state_dict(), str(tmp_path / "aesthetic.safetensors"))
+    torch.save(head.state_dict(), str(tmp_path / "aesthetic.pth"))  # the published format (a plain state dict)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    prompts = ["a red circle", "a blue square", "a cat"]
+    metrics = RealMetrics(clip=str(clip_dir), aesthetic=str(tmp_path / "aesthetic.pth"))
+    out = metrics(images, prompts)
+    emb = ClipEmbedder(clip_dir)
+    scores = clip_score(emb, images, prompts)
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 100))
+    assert out["clip_score"] == pytest.approx(scores.mean())
+    cos = (emb.images(images) * emb.texts(prompts)).sum(-1)
+    assert np.allclose(scores, 100 * cos.clamp(min=0).numpy(), atol=1e-4)
+    with torch.no_grad():
+        expected = head(emb.images(images)).squeeze(-1).numpy()
+    assert out["aesthetic"] == pytest.approx(expected.mean(), abs=1e-5)
+    same = RealMetrics(aesthetic=str(tmp_path / "aesthetic.safetensors"), aesthetic_clip=str(clip_dir))
+    assert same(images, prompts)["aesthetic"] == pytest.approx(out["aesthetic"], abs=1e-5)
+    with pytest.raises(MissingWeightsError, match="sac\\+logos\\+ava1-l14-linearMSE.pth.*--aesthetic"):
+        RealMetrics(clip=str(clip_dir), aesthetic=str(tmp_path / "missing.pth"))
+    with pytest.raises(MissingWeightsError, match="Inception.*--inception"):
+        RealMetrics(inception=str(tmp_path / "nope.pth"), fid_ref=str(tmp_path / "aesthetic.pth"))
+
+
+def test_fid_with_stand_in_extractor(tmp_path):
+    """FID arithmetic and reference statistics, with a stand-in feature extractor (Inception weights are not
+    available offline; the Inception path itself is only exercised on a machine that has them)."""
+
+    def extractor(images):  # per-channel mean and std: a 6-d feature
+        x = images.reshape(len(images), -1, 3).astype(np.float64)
+        return np.concatenate([x.mean(1), x.std(1)], axis=1)
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "ref.npz", **dict(zip(("mu", "sigma"), feature_stats(extractor(ref)), strict=True)))
+    from dicecfg.metrics.real import reference_stats
+
+    stats = reference_stats(tmp_path / "ref.npz", extractor)
+    assert fid(ref, extractor, stats) == pytest.approx(0.0, abs=1e-6)
+    darker = (ref // 2).astype(np.uint8)
+    assert fid(darker, extractor, stats) > 100
+    mu, sigma = np.zeros(2), np.eye(2)
+    assert frechet_from_stats(mu + [3, 4], sigma, mu, sigma) == pytest.approx(25.0)  # |dmu|^2, equal covariances
+    assert frechet_from_stats(mu, 4 * sigma, mu, sigma) == pytest.approx(2.0)  # tr(4I + I - 2*2I) = 2
+
+
+def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_path, capsys):
+    from dicecfg.analysis import analyze, token_groups
+    from dicecfg.sharpener import Sharpener
+
+    sharp = Sharpener.from_pretrained(sharp_dir)
+    prompts = ["a corgi on the beach", "a cat"]
+    groups = token_groups(tiny_sd.tokenizer, prompts, 77)
+    assert groups[0, :7].tolist() == [0, 1, 1, 1, 1, 1, 2] and groups[1, :4].tolist() == [0, 1, 1, 2]
+    assert (groups[0, 7:] == 3).all() and (groups[1, 4:] == 3).all()
+    s1 = analyze(tiny_sd, sharp, prompts, alpha=1.0)
+    g = s1["groups"]
+    assert g["sos"]["edit_norm"] == 0 and g["sos"]["cosine"] == pytest.approx(1.0)  # token 0 is copied back
+    assert sum(x["tokens"] for x in g.values()) == 2 * 77
+    assert sum(x["sq_edit"] for x in g.values()) == pytest.approx(s1["total_sq_edit"], rel=1e-9)
+    assert sum(x["edit_share"] for x in g.values()) == pytest.approx(1.0)
+    assert g["words"]["edit_norm"] > 0 and g["padding"]["cosine"] < 1
+    s2 = analyze(tiny_sd, sharp, prompts, alpha=2.0)  # delta is linear in alpha
+    for name in ("words", "eos", "padding"):
+        assert s2["groups"][name]["edit_norm"] == pytest.approx(2 * g[name]["edit_norm"], rel=1e-5)
+        assert s2["groups"][name]["edit_share"] == pytest.approx(g[name]["edit_share"], rel=1e-5)
+    assert analyze(tiny_sd, sharp, prompts, alpha=0.0)["total_sq_edit"] == 0
+    code = main(["-q", "analyze", *prompts, "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
+                 "--device", "cpu", "--out", str(tmp_path / "an")])
+    assert code == 0 and "End-of-text and padding positions hold" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    assert saved["groups"]["padding"]["edit_share"] == pytest.approx(g["padding"]["edit_share"], rel=1e-6)
+    assert (tmp_path / "an" / "analysis.png").stat().st_size > 0
