@@ -113,17 +113,25 @@ def summary(stats: dict[str, Any]) -> str:
     """Markdown table per group and a one-line reading of the paper's claim."""
     head = "| group | tokens | share of positions | share of squared edit | mean edit norm | edit / token norm | cos(c, c') |"
     lines = [head, "|---|---|---|---|---|---|---|"]
-    for name, g in stats["groups"].items():
+    for name in (n for n in GROUPS if n in stats["groups"]):
+        g = stats["groups"][name]
         lines.append(f"| {name} | {g['tokens']} | {g['position_share']:.3f} | {g['edit_share']:.3f} | "
                      f"{g['edit_norm']:.4g} | {g['relative_edit']:.4g} | {g['cosine']:.4f} |")
     groups = stats["groups"]
     tail = sum(groups[k]["edit_share"] for k in ("eos", "padding") if k in groups)
     tail_pos = sum(groups[k]["position_share"] for k in ("eos", "padding") if k in groups)
     words = groups.get("words", {})
+
+    def rms(names: tuple[str, ...]) -> float:  # root-mean-square per-token edit over some groups
+        sq, n = (sum(groups[k][f] for k in names if k in groups) for f in ("sq_edit", "tokens"))
+        return (sq / n) ** 0.5 if n else float("nan")
+
+    ratio = rms(("eos", "padding")) / rms(("words",)) if rms(("words",)) > 0 else float("inf")
     lines.append("")
     lines.append(f"End-of-text and padding positions hold {tail:.1%} of the squared edit on {tail_pos:.1%} of the "
-                 f"positions; word tokens: {words.get('edit_share', 0):.1%} of the edit, mean cos(c, c') "
-                 f"{words.get('cosine', float('nan')):.4f} ({stats['n_prompts']} prompts, alpha={stats['alpha']:g}).")
+                 f"positions; their per-token edit (RMS) is {ratio:.2f}x that of word tokens, whose mean "
+                 f"cos(c, c') is {words.get('cosine', float('nan')):.4f} ({stats['n_prompts']} prompts, "
+                 f"alpha={stats['alpha']:g}).")
     return "\n".join(lines)
 
 
@@ -139,7 +147,7 @@ def plot(stats: dict[str, Any], path: str | Path) -> Path | None:
     a.bar(range(len(stats["per_position"]["edit_norm"])), stats["per_position"]["edit_norm"], width=1.0)
     a.set_xlabel("token position")
     a.set_ylabel("mean |c' - c|")
-    names = list(stats["groups"])
+    names = [n for n in GROUPS if n in stats["groups"]]
     x = np.arange(len(names))
     b.bar(x - 0.2, [stats["groups"][n]["position_share"] for n in names], 0.4, label="positions")
     b.bar(x + 0.2, [stats["groups"][n]["edit_share"] for n in names], 0.4, label="squared edit")
