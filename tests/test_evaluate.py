@@ -200,3 +200,34 @@ def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_pat
     saved = json.loads((tmp_path / "an" / "analysis.json").read_text())
     assert saved["groups"]["padding"]["edit_share"] == pytest.approx(g["padding"]["edit_share"], rel=1e-6)
     assert (tmp_path / "an" / "analysis.png").stat().st_size > 0
+
+
+def test_inception_weights_are_read_safely(tmp_path, monkeypatch):
+    """The FID glue with a stand-in for torch-fidelity's Inception class (its real weights are not available
+    offline): the weights file is read with weights_only=True and handed on as plain tensors."""
+    import sys
+    import types
+
+    from dicecfg.metrics.real import inception_extractor
+
+    class FakeInception(torch.nn.Module):
+        def __init__(self, name, features_list, path):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 4)
+            self.load_state_dict(torch.load(path, weights_only=True))
+
+        def forward(self, x):  # uint8 (N, 3, H, W) -> a tuple with one (N, 4) feature tensor, like torch-fidelity
+            assert x.dtype == torch.uint8 and x.shape[1] == 3
+            return (self.proj(x.float().mean(dim=(2, 3))),)
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = FakeInception
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    weights = tmp_path / "inception.pth"
+    torch.save({f"proj.{k}": v for k, v in torch.nn.Linear(3, 4).state_dict().items()}, weights)
+    feats = inception_extractor(weights, batch_size=2)(np.zeros((3, 8, 8, 3), np.uint8))
+    assert feats.shape == (3, 4) and feats.dtype == np.float64
+    torch.save({"weight": torch.zeros(1), "note": types.SimpleNamespace(x=1)}, tmp_path / "evil.pth")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        inception_extractor(tmp_path / "evil.pth")

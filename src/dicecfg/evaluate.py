@@ -1,11 +1,11 @@
 """Method x metric tables from ``generate()``'s stream (`dice eval`).
 
 Each row is one method with one setting (cfg at w, scaling at s, dice at alpha with one sharpener, unguided)
-at one step count. Its images are saved as PNG under ``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png``; a re-run
-regenerates only what is missing, so an interrupted or extended evaluation resumes. Metrics are computed from
-the saved images: oracle alignment and an oracle-feature Frechet distance on the shapes world, PSNR/SSIM
-against the CFG image of the same prompt and seed, and FID / CLIP / aesthetic scores when weights are given.
-"""
+at one step count. Its images are saved as ``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png``;
+a re-run regenerates only what is missing, so an interrupted or extended evaluation resumes. Metrics are
+computed from the saved images: oracle alignment and an oracle-feature Frechet distance on the shapes world,
+PSNR/SSIM against the CFG image of the same prompt and seed, FID / CLIP / aesthetic scores when weights are
+given."""
 
 from __future__ import annotations
 
