@@ -260,6 +260,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
     import torch
 
+    from .families import check_compatible
     from .jobs import default_device, resolve_dtype
     from .metrics.real import RealMetrics
     from .pipeline import load_pipeline, model_id
@@ -277,6 +278,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                        inception=cfg.inception, fid_ref=cfg.fid_ref, device=device)
     dtype = resolve_dtype(cfg.dtype, device)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
+    for sharp in sharpeners.values():  # a mismatched sharpener fails before any sampling
+        check_compatible(pipe, sharp)
     identity = {"model": model_id(pipe), "dtype": str(dtype), "device_type": torch.device(device).type,
                 "height": cfg.height, "width": cfg.width}
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
