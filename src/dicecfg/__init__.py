@@ -8,6 +8,8 @@ The public names are imported lazily, so ``import dicecfg.world`` or ``dice --he
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -30,6 +32,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import load_pipeline
     from .sampling import Sample, generate, sharpen
     from .sharpener import Sharpener
+
+
+class _Package(types.ModuleType):
+    """``dicecfg.distill`` is the function, as with eager imports: importing the submodule of the same name
+    (``from .distill import ...`` anywhere) would otherwise rebind the package attribute to the module, and
+    ``from dicecfg import distill`` would then return the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
