@@ -106,3 +106,94 @@ def tiny_sd(tiny_sd_dir):
 @pytest.fixture(scope="session")
 def prompts() -> list[str]:
     return list(PROMPTS)
+
+
+# ---- SDXL and PixArt-alpha (issue 5) ------------------------------------------------------------------------
+def _tiny_vae(blocks: int = 2):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * blocks, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        norm_num_groups=4, sample_size=16,
+    )
+
+
+def build_tiny_sdxl(out: Path, *, seed: int = 0) -> Path:
+    """Two CLIP encoders (hidden 32 + 32: token width 64), the second with projection; a text_time UNet.
+
+    Random weights would send most of the text's effect through the pooled embedding (which DICE passes through
+    unchanged), so its input to the added time embedding is damped: as in the real SDXL, the prompt then acts
+    mainly through cross-attention on the token states.
+    """
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    write_clip_tokenizer(out / "tokenizer_src")
+    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer_src"))
+    te_cfg = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                  projection_dim=32)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=64, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 1),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=8,
+    )
+    with torch.no_grad():
+        unet.add_embedding.linear_1.weight[:, :32] *= 0.1  # the pooled text embedding comes first
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", algorithm_type="dpmsolver++",
+        solver_order=2, steps_offset=1,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(**te_cfg)), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te_cfg)), tokenizer_2=tokenizer, unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(str(out / "pipe"))
+    return out / "pipe"
+
+
+def build_tiny_pixart(out: Path, *, seed: int = 0) -> Path:
+    """A tiny T5 encoder (d_model 32) with a word-level T5 tokenizer the test builds, and a tiny PixArt DiT.
+
+    The stock pipeline only accepts sample sizes 32/64/128 (its resolution bins), so the latent is 32 x 32 with a
+    x8 VAE (256-px images) and a 4 x 4 patch (64 image tokens).
+    """
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from dicecfg.archs import word_t5_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = word_t5_tokenizer(WORDS)
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", is_gated_act=True, dense_act_fn="gelu_new", pad_token_id=0, eos_token_id=1,
+    ))
+    transformer = PixArtTransformer2DModel(
+        sample_size=32, in_channels=4, out_channels=8, patch_size=4, num_layers=2, num_attention_heads=2,
+        attention_head_dim=16, cross_attention_dim=32, caption_channels=32, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.0001, beta_end=0.02, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2,
+    )
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(4),
+                               transformer=transformer, scheduler=scheduler)
+    pipe.save_pretrained(str(out / "pipe"))
+    return out / "pipe"
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_dir(tmp_path_factory) -> Path:
+    return build_tiny_pixart(tmp_path_factory.mktemp("tiny_pixart"))

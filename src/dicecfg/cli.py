@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder: checkpoints, stats.jsonl, final sharpener")
     docs = field_help(DistillConfig)
     for f in dataclasses.fields(DistillConfig):
-        if f.name in ("progress", "validation_prompts"):
+        if f.name in ("progress", "validation_prompts", "negative_prompts"):
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             t.add_argument(flag, type=kind, default=None, help=f"{docs.get(f.name, '')} (default {f.default})")
     t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="PROMPT")
+    t.add_argument("--negative-prompts", dest="negative_prompts_file", metavar="FILE",
+                   help="negative prompts, one per line: each sample uses a random one as c_neg with probability "
+                   "--negative-prob (default: always the empty prompt)")
     t.set_defaults(func=_train)
 
     d = sub.add_parser("demo", parents=[common], help="unguided vs CFG vs DICE on the shipped mini model (CPU)")
@@ -113,6 +116,10 @@ def _train(ns: argparse.Namespace) -> None:
     opts = _given(ns, fields)
     if "validation_prompts" in opts:
         opts["validation_prompts"] = tuple(opts["validation_prompts"])
+    if getattr(ns, "negative_prompts_file", None):
+        from .data import load_prompts
+
+        opts["negative_prompts"] = tuple(load_prompts(ns.negative_prompts_file))
     config = DistillConfig(progress=not ns.quiet, **{k: v for k, v in opts.items() if k != "progress"})
     job = TrainJob(config=config, **_given(ns, ["out", "model", "prompts_file", "images", "device", "dtype"]))
     sharp = run_train(job)

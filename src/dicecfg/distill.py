@@ -24,7 +24,13 @@ from .errors import InputError
 from .families import Cond, Family, family_of
 from .pipeline import model_id
 from .runs import (
-    append_stats, git_commit, load_checkpoint, save_checkpoint, truncate_stats, versions, write_run_json,
+    append_stats,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_stats,
+    versions,
+    write_run_json,
 )
 from .sharpener import Sharpener
 from .xt import ImageSource, TeacherSource, XtSource
@@ -56,6 +62,9 @@ class DistillConfig:
     resolution: int | None = None  # training resolution in pixels (default: the model's native size)
     inner_dim: int = 512  # sharpener attention width (paper: 8 heads x 64)
     heads: int = 8  # sharpener attention heads (paper: 8)
+    mask_mode: str = "keep"  # PixArt: c' keeps the prompt's mask ("keep") or opens it over padding ("open")
+    negative_prompts: tuple[str, ...] = ()  # negative prompts sometimes used as c_neg instead of "" (not in paper)
+    negative_prob: float = 0.5  # probability that a sample uses a random one of negative_prompts as c_neg
     progress: bool = True  # show a progress bar
 
     def __post_init__(self) -> None:
@@ -67,6 +76,9 @@ class DistillConfig:
             (self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision must be auto, bf16 or no"),
             (self.lr > 0, "lr must be > 0"),
             (self.eval_pairs >= 1, "eval_pairs must be >= 1"),
+            (self.mask_mode in ("keep", "open"), "mask_mode must be 'keep' or 'open'"),
+            (0.0 <= self.negative_prob <= 1.0, "negative_prob must be in [0, 1]"),
+            (isinstance(self.negative_prompts, tuple), "negative_prompts must be a tuple of strings"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -75,6 +87,10 @@ class DistillConfig:
     def identity(self) -> dict[str, Any]:
         """Settings that shape the result (a resumed run must repeat them; steps may grow)."""
         skip = {"steps", "progress", "checkpoint_every", "eval_every", "log_every", "validate_every"}
+        if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
+            skip |= {"negative_prompts", "negative_prob"}
+        if self.mask_mode == "keep":
+            skip.add("mask_mode")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -96,7 +112,7 @@ def cfg_target(pipe, fam: Family, x_t, t, cond: Cond, neg: Cond, w: float) -> to
 def student(pipe, fam: Family, sharpener: Sharpener, x_t, t, cond: Cond, neg: Cond) -> torch.Tensor:
     """Student: the same frozen denoiser on the sharpened embedding c + r(c, c_neg), no guidance."""
     sharp = sharpener.edit(cond.tokens, neg.tokens, 1.0, neg_mask=fam.key_mask(neg))
-    return fam.denoise(pipe, x_t, t, cond.with_tokens(sharp))
+    return fam.denoise(pipe, x_t, t, fam.edited(cond, sharp, sharpener.config["mask_mode"]))
 
 
 @dataclass
@@ -108,9 +124,10 @@ class _Ctx:
     neg: Cond
     autocast: Any = field(default=contextlib.nullcontext)
 
-    def batch_loss(self, sharpener: Sharpener, x0, noise, t, cond: Cond) -> torch.Tensor:
+    def batch_loss(self, sharpener: Sharpener, x0, noise, t, cond: Cond, neg: Cond | None = None) -> torch.Tensor:
+        """Distillation loss of one batch; c_neg is "" unless ``neg`` gives one per sample."""
         x_t = self.source.add_noise(x0, noise, t)
-        neg = self.neg.expand(len(cond))
+        neg = self.neg.expand(len(cond)) if neg is None else neg
         with self.autocast():
             target = cfg_target(self.pipe, self.fam, x_t, t, cond, neg, self.cfg.guidance_scale)
             pred = student(self.pipe, self.fam, sharpener, x_t, t, cond, neg)
@@ -172,7 +189,7 @@ def distill(
 
     sharpener = Sharpener(
         fam.dim(pipe), cfg.inner_dim, cfg.heads, family=fam.name, num_tokens=fam.num_tokens(pipe),
-        copy_first_token=fam.copy_first_token, base_model=model_id(pipe),
+        copy_first_token=fam.copy_first_token, mask_mode=cfg.mask_mode, base_model=model_id(pipe),
         base_revision=getattr(pipe, "_dicecfg_revision", None), guidance_scale=cfg.guidance_scale, loss=cfg.loss,
     ).to(device)
     torch.manual_seed(cfg.seed)  # nothing random is drawn from the global generator; kept for user code
@@ -192,7 +209,7 @@ def distill(
     try:
         while step < cfg.steps:
             x0, noise, t, cond = source.train_batch(step)
-            loss = ctx.batch_loss(sharpener, x0, noise, t, cond)
+            loss = ctx.batch_loss(sharpener, x0, noise, t, cond, source.negatives(step, len(cond)))
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"Loss became {loss.item()} at step {step + 1}; the last checkpoint in {run_dir} is kept. "

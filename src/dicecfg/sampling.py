@@ -66,7 +66,7 @@ def sharpen_cond(
     sharpener.to(cond.tokens.device)
     with torch.no_grad():
         tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg))
-    return cond.with_tokens(tokens)
+    return fam.edited(cond, tokens, sharpener.config.get("mask_mode", "keep"))
 
 
 def sharpen(

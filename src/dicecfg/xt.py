@@ -86,6 +86,18 @@ class XtSource:
         t = torch.linspace(0, self.num_timesteps - 1, n).round().long().to(self.device)
         return noise, t
 
+    def negatives(self, step: int, n: int) -> Cond | None:
+        """Per-sample c_neg of training step ``step``: with probability negative_prob a random entry of
+        negative_prompts, else "" (None: all ""). Drawn from a generator seeded by the step, so resume is exact;
+        the held-out evaluation always uses ""."""
+        negs, p = self.cfg.negative_prompts, self.cfg.negative_prob
+        if not negs or p <= 0:
+            return None
+        g = self.generator(step, salt=3)
+        use = (torch.rand(n, generator=g) < p).tolist()
+        pick = torch.randint(0, len(negs), (n,), generator=g).tolist()
+        return self.text([negs[k] if u else "" for u, k in zip(use, pick, strict=True)])
+
     def train_batch(self, step: int) -> Batch:
         raise NotImplementedError
 

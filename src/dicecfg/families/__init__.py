@@ -5,7 +5,7 @@ Adding a family is one new module that subclasses ``Family`` and decorates it wi
 
 from __future__ import annotations
 
+from . import pixart, sd, sdxl  # noqa: F401  (register the built-in families)
 from .base import FAMILIES, Cond, Family, check_compatible, family_of, get_family, register
-from . import sd  # noqa: F401,E402  (registers the built-in family)
 
 __all__ = ["FAMILIES", "Cond", "Family", "check_compatible", "family_of", "get_family", "register"]

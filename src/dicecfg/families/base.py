@@ -76,6 +76,14 @@ class Family:
         """Valid positions of ``cond`` as sharpener keys (None: all valid)."""
         return None
 
+    def edited(self, cond: Cond, tokens: torch.Tensor, mask_mode: str = "keep") -> Cond:
+        """The conditioning that carries the sharpened tokens c' (the family's other conditioning kept).
+
+        ``mask_mode`` comes from the sharpener's config, so training and sampling treat masks alike; only
+        families with an attention mask over padding (PixArt) use it.
+        """
+        return cond.with_tokens(tokens)
+
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
         """Keyword arguments for the stock pipeline's ``__call__`` (embeddings instead of prompts)."""
         raise NotImplementedError
