@@ -59,8 +59,9 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
             "alignment": float(correct.mean()), "correct": correct.tolist(),
         })
     out = Path(job.out)
-    labels = [f"{m['method']}: {p}" for m in table for p in prompts]
-    save_grid([img for r in rows for img in r], out / "grid.png", cols=len(prompts), labels=labels)
+    labels = [f"{m['method']} #{i + 1}" for m in table for i in range(len(prompts))]
+    tiles = [img.repeat(2, axis=0).repeat(2, axis=1) for r in rows for img in r]  # 2x nearest, easier to see
+    save_grid(tiles, out / "grid.png", cols=len(prompts), labels=labels)
     summary = {"job": asdict(job), "prompts": prompts, "seeds": seeds, "methods": table,
                "grid": str(out / "grid.png")}
     atomic_write_json(out / "demo.json", summary)
@@ -73,4 +74,5 @@ def format_table(summary: dict[str, Any]) -> str:
     for m in summary["methods"]:
         lines.append(f"| {m['method']} | {m['nfe']} | {m['seconds_per_image']:.3f} | "
                      f"{m['alignment']:.2f} ({int(round(m['alignment'] * n))}/{n}) |")
+    lines += [""] + [f"#{i + 1}: {p}" for i, p in enumerate(summary["prompts"])]
     return "\n".join(lines)
