@@ -187,12 +187,14 @@ def distill(
         source = TeacherSource(pipe, fam, list(prompts), neg, cfg, run_dir, resolution)
     ctx = _Ctx(pipe, fam, cfg, source, neg, autocast)
 
-    sharpener = Sharpener(
-        fam.dim(pipe), cfg.inner_dim, cfg.heads, family=fam.name, num_tokens=fam.num_tokens(pipe),
-        copy_first_token=fam.copy_first_token, mask_mode=cfg.mask_mode, base_model=model_id(pipe),
-        base_revision=getattr(pipe, "_dicecfg_revision", None), guidance_scale=cfg.guidance_scale, loss=cfg.loss,
-    ).to(device)
-    torch.manual_seed(cfg.seed)  # nothing random is drawn from the global generator; kept for user code
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
+        torch.manual_seed(cfg.seed)
+        sharpener = Sharpener(
+            fam.dim(pipe), cfg.inner_dim, cfg.heads, family=fam.name, num_tokens=fam.num_tokens(pipe),
+            copy_first_token=fam.copy_first_token, mask_mode=cfg.mask_mode, base_model=model_id(pipe),
+            base_revision=getattr(pipe, "_dicecfg_revision", None), guidance_scale=cfg.guidance_scale,
+            loss=cfg.loss,
+        ).to(device)
     optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(run_dir, sharpener, optimizer)
     truncate_stats(run_dir, start)
