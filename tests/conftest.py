@@ -54,7 +54,12 @@ def write_clip_tokenizer(out: Path, words=WORDS) -> None:
 
 
 def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 32, seed: int = 0) -> Path:
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)

@@ -25,7 +25,7 @@ def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     assert last < 0.8 * first, (first, last)
     assert sharp.config["train_steps"] == 40 and sharp.config["guidance_scale"] == 5.0
     loaded = Sharpener.from_pretrained(tmp_path / "run")
-    assert all(torch.equal(a, b) for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values(), strict=True))
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["steps"] == 40 and "torch" in run["versions"]
 

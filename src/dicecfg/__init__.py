@@ -27,11 +27,11 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .distill import DistillConfig, distill
-    from .errors import DiceError
-    from .pipeline import load_pipeline
-    from .sampling import Sample, generate, sharpen
-    from .sharpener import Sharpener
+    from .distill import DistillConfig, distill  # noqa: F401
+    from .errors import DiceError  # noqa: F401
+    from .pipeline import load_pipeline  # noqa: F401
+    from .sampling import Sample, generate, sharpen  # noqa: F401
+    from .sharpener import Sharpener  # noqa: F401
 
 
 class _Package(types.ModuleType):
