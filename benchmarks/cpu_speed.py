@@ -30,14 +30,18 @@ def main() -> None:
 
     def run(method: str) -> float:
         t0 = time.perf_counter()
-        list(generate(pipe, prompts, method=method, seeds=seeds, sharpener=sharp, batch_size=8, progress=False))
+        list(
+            generate(pipe, prompts, method=method, seeds=seeds, sharpener=sharp, batch_size=8, progress=False)
+        )
         return time.perf_counter() - t0
 
     for m in ("unguided", "cfg", "dice"):
         run(m)  # warm-up
     times = {m: statistics.median(run(m) for _ in range(a.repeats)) for m in ("unguided", "cfg", "dice")}
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, torch {torch.__version__}")
+    print(
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, torch {torch.__version__}"
+    )
     print("| method | NFE per image | seconds for 8 images x 20 steps |\n|---|---|---|")
     for m, nfe in (("unguided", 20), ("cfg", 40), ("dice", 20)):
         print(f"| {m} | {nfe} | {times[m]:.2f} |")

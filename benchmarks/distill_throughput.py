@@ -31,22 +31,39 @@ def main() -> None:
     a = ap.parse_args()
     pipe = random_pipeline(a.arch, dtype=torch.bfloat16, device="cuda")
     prompts = ["a photo of a cat on the beach", "a red car in the city at night", "a dog", "a blue car"] * 8
-    cfg = DistillConfig(steps=a.steps, batch_size=a.batch_size, teacher_pool=a.batch_size, teacher_steps=2,
-                        eval_pairs=a.batch_size, eval_every=0, log_every=5, checkpoint_every=10**9,
-                        gradient_checkpointing=a.gradient_checkpointing, progress=False)
+    cfg = DistillConfig(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        teacher_pool=a.batch_size,
+        teacher_steps=2,
+        eval_pairs=a.batch_size,
+        eval_every=0,
+        log_every=5,
+        checkpoint_every=10**9,
+        gradient_checkpointing=a.gradient_checkpointing,
+        progress=False,
+    )
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as run:
         t0 = time.perf_counter()
         distill(pipe, prompts, config=cfg, output_dir=run)
         wall = time.perf_counter() - t0
-        rates = [r["samples_per_s"] for r in read_stats(run) if "samples_per_s" in r][1:]  # drop warm-up window
+        rates = [r["samples_per_s"] for r in read_stats(run) if "samples_per_s" in r][
+            1:
+        ]  # drop warm-up window
     rate = statistics.median(rates)
     row = {
-        "card": torch.cuda.get_device_name(), "arch": a.arch, "dtype": "bf16 weights + bf16 autocast",
-        "resolution": pipe.unet.config.sample_size * pipe.vae_scale_factor, "batch": a.batch_size,
-        "grad_ckpt": a.gradient_checkpointing, "samples_per_s": round(rate, 2),
-        "s_per_step": round(a.batch_size / rate, 3), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-        "hours_for_1M_samples_1gpu": round(1e6 / rate / 3600, 1), "wall_s": round(wall, 1),
+        "card": torch.cuda.get_device_name(),
+        "arch": a.arch,
+        "dtype": "bf16 weights + bf16 autocast",
+        "resolution": pipe.unet.config.sample_size * pipe.vae_scale_factor,
+        "batch": a.batch_size,
+        "grad_ckpt": a.gradient_checkpointing,
+        "samples_per_s": round(rate, 2),
+        "s_per_step": round(a.batch_size / rate, 3),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        "hours_for_1M_samples_1gpu": round(1e6 / rate / 3600, 1),
+        "wall_s": round(wall, 1),
         "torch": torch.__version__,
     }
     print(json.dumps(row))
@@ -54,8 +71,10 @@ def main() -> None:
         with open(a.json, "a") as f:
             f.write(json.dumps(row) + "\n")
     print("| card | arch | res | batch | grad ckpt | samples/s | s/step | peak GiB | h per 1M samples |")
-    print(f"| {row['card']} | {a.arch} | {row['resolution']} | {a.batch_size} | {a.gradient_checkpointing} | "
-          f"{row['samples_per_s']} | {row['s_per_step']} | {row['peak_mem_gib']} | {row['hours_for_1M_samples_1gpu']} |")
+    print(
+        f"| {row['card']} | {a.arch} | {row['resolution']} | {a.batch_size} | {a.gradient_checkpointing} | "
+        f"{row['samples_per_s']} | {row['s_per_step']} | {row['peak_mem_gib']} | {row['hours_for_1M_samples_1gpu']} |"
+    )
 
 
 if __name__ == "__main__":

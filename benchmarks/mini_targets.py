@@ -45,11 +45,30 @@ def main() -> None:
     rows = []
     for method, kw in runs:
         t0 = time.perf_counter()
-        samples = list(generate(pipe, prompts, method=method, seeds=seeds, sharpener=sharp, num_inference_steps=a.steps,
-                                batch_size=a.batch_size, progress=False, **kw))
+        samples = list(
+            generate(
+                pipe,
+                prompts,
+                method=method,
+                seeds=seeds,
+                sharpener=sharp,
+                num_inference_steps=a.steps,
+                batch_size=a.batch_size,
+                progress=False,
+                **kw,
+            )
+        )
         score = oracle.score(np.stack([s.image for s in samples]), specs)
-        rows.append({"method": method, **kw, "nfe": samples[0].nfe, "all": float(score["all"].mean()),
-                     **{k: float(score[k].mean()) for k in ATTRS}, "wall_s": round(time.perf_counter() - t0, 1)})
+        rows.append(
+            {
+                "method": method,
+                **kw,
+                "nfe": samples[0].nfe,
+                "all": float(score["all"].mean()),
+                **{k: float(score[k].mean()) for k in ATTRS},
+                "wall_s": round(time.perf_counter() - t0, 1),
+            }
+        )
     card = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     meta = {"card": card, "n": a.n, "steps": a.steps, "torch": torch.__version__}
     if a.json:
@@ -60,11 +79,17 @@ def main() -> None:
     print("|---|---|---|---|" + "---|" * len(ATTRS))
     for r in rows:
         knob = ", ".join(f"{k}={r[k]}" for k in ("guidance_scale", "scale", "alpha") if k in r)
-        print(f"| {r['method']} | {knob} | {r['nfe']} | {r['all']:.3f} | " + " | ".join(f"{r[k]:.3f}" for k in ATTRS) + " |")
+        print(
+            f"| {r['method']} | {knob} | {r['nfe']} | {r['all']:.3f} | "
+            + " | ".join(f"{r[k]:.3f}" for k in ATTRS)
+            + " |"
+        )
     by = {r["method"]: r for r in rows}
-    print(f"cfg - unguided = {by['cfg']['all'] - by['unguided']['all']:+.3f}; "
-          f"dice - cfg = {by['dice']['all'] - by['cfg']['all']:+.3f}; "
-          f"best scaling = {max(r['all'] for r in rows if r['method'] == 'scaling'):.3f}")
+    print(
+        f"cfg - unguided = {by['cfg']['all'] - by['unguided']['all']:+.3f}; "
+        f"dice - cfg = {by['dice']['all'] - by['cfg']['all']:+.3f}; "
+        f"best scaling = {max(r['all'] for r in rows if r['method'] == 'scaling'):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,30 @@ from pathlib import Path
 import pytest
 import torch
 
-WORDS = ("a", "red", "blue", "green", "circle", "square", "triangle", "small", "large", "left", "right", "of",
-         "the", "to", "above", "below", "corgi", "on", "beach", "photo", "cat", "dog")
+WORDS = (
+    "a",
+    "red",
+    "blue",
+    "green",
+    "circle",
+    "square",
+    "triangle",
+    "small",
+    "large",
+    "left",
+    "right",
+    "of",
+    "the",
+    "to",
+    "above",
+    "below",
+    "corgi",
+    "on",
+    "beach",
+    "photo",
+    "cat",
+    "dog",
+)
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "triangle")] + [
     f"a {z} {c} {s} to the left of a {c2} {s2}"
     for z in ("small", "large")
@@ -48,8 +70,9 @@ def write_clip_tokenizer(out: Path, words=WORDS) -> None:
             uniq.append(m)
     (out / "vocab.json").write_text(json.dumps(vocab))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(uniq) + "\n")
-    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77,
-                        pad_token="<|endoftext|>")
+    tok = CLIPTokenizer(
+        str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>"
+    )
     tok.save_pretrained(str(out))
 
 
@@ -65,27 +88,60 @@ def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 
     torch.manual_seed(seed)
     write_clip_tokenizer(out / "tokenizer_src")
     tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer_src"))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=hidden, attention_head_dim=8, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=hidden,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=16,
     )
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction_type,
-        algorithm_type="dpmsolver++", solver_order=2, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(str(out / "pipe"))
     return out / "pipe"
@@ -118,9 +174,15 @@ def _tiny_vae(blocks: int = 2):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * blocks, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-        norm_num_groups=4, sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8,) * blocks,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        norm_num_groups=4,
+        sample_size=16,
     )
 
 
@@ -137,25 +199,52 @@ def build_tiny_sdxl(out: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     write_clip_tokenizer(out / "tokenizer_src")
     tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer_src"))
-    te_cfg = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                  projection_dim=32)
+    te_cfg = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=32,
+    )
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
-        cross_attention_dim=64, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 1),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=8,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=64,
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 1),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        norm_num_groups=8,
     )
     with torch.no_grad():
         unet.add_embedding.linear_1.weight[:, :32] *= 0.1  # the pooled text embedding comes first
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", algorithm_type="dpmsolver++",
-        solver_order=2, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        steps_offset=1,
     )
     pipe = StableDiffusionXLPipeline(
-        vae=_tiny_vae(), text_encoder=CLIPTextModel(CLIPTextConfig(**te_cfg)), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te_cfg)), tokenizer_2=tokenizer, unet=unet,
+        vae=_tiny_vae(),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**te_cfg)),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te_cfg)),
+        tokenizer_2=tokenizer,
+        unet=unet,
         scheduler=scheduler,
     )
     pipe.save_pretrained(str(out / "pipe"))
@@ -175,21 +264,52 @@ def build_tiny_pixart(out: Path, *, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = word_t5_tokenizer(WORDS)
-    text_encoder = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        feed_forward_proj="gated-gelu", is_gated_act=True, dense_act_fn="gelu_new", pad_token_id=0, eos_token_id=1,
-    ))
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            is_gated_act=True,
+            dense_act_fn="gelu_new",
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     transformer = PixArtTransformer2DModel(
-        sample_size=32, in_channels=4, out_channels=8, patch_size=4, num_layers=2, num_attention_heads=2,
-        attention_head_dim=16, cross_attention_dim=32, caption_channels=32, attention_bias=True,
-        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6,
+        sample_size=32,
+        in_channels=4,
+        out_channels=8,
+        patch_size=4,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        cross_attention_dim=32,
+        caption_channels=32,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
     )
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.0001, beta_end=0.02, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
     )
-    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(4),
-                               transformer=transformer, scheduler=scheduler)
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_tiny_vae(4),
+        transformer=transformer,
+        scheduler=scheduler,
+    )
     pipe.save_pretrained(str(out / "pipe"))
     return out / "pipe"
 

@@ -11,7 +11,9 @@ from dicecfg.cli import main
 
 def _dice(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "dicecfg.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "dicecfg.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 def test_help_reads_well():
@@ -25,16 +27,58 @@ def test_train_then_sample_end_to_end(tiny_sd_dir, prompts, tmp_path):
     pfile = tmp_path / "prompts.txt"
     pfile.write_text("\n".join(prompts) + "\n\n")
     run = tmp_path / "run"
-    res = _dice("-q", "train", "--model", str(tiny_sd_dir), "--prompts", str(pfile), "--steps", "3",
-                "--batch-size", "4", "--teacher-pool", "8", "--teacher-steps", "2", "--eval-pairs", "4",
-                "--loss", "l2", "--guidance-scale", "4", "--out", str(run), "--device", "cpu")
+    res = _dice(
+        "-q",
+        "train",
+        "--model",
+        str(tiny_sd_dir),
+        "--prompts",
+        str(pfile),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--teacher-pool",
+        "8",
+        "--teacher-steps",
+        "2",
+        "--eval-pairs",
+        "4",
+        "--loss",
+        "l2",
+        "--guidance-scale",
+        "4",
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train_steps"] == 3 and cfg["loss"] == "l2" and cfg["guidance_scale"] == 4.0
     out = tmp_path / "samples"
-    res = _dice("-q", "sample", "a red circle", "a blue square", "--model", str(tiny_sd_dir), "--sharpener", str(run),
-                "--method", "dice", "--steps", "2", "--seed", "3", "--negative-prompt", "a green triangle",
-                "--out", str(out), "--device", "cpu")
+    res = _dice(
+        "-q",
+        "sample",
+        "a red circle",
+        "a blue square",
+        "--model",
+        str(tiny_sd_dir),
+        "--sharpener",
+        str(run),
+        "--method",
+        "dice",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--negative-prompt",
+        "a green triangle",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     records = [json.loads(ln) for ln in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["seed"] for r in records] == [3, 4] and records[0]["negative_prompt"] == "a green triangle"
@@ -43,13 +87,36 @@ def test_train_then_sample_end_to_end(tiny_sd_dir, prompts, tmp_path):
 
 
 def test_errors_are_one_line_exit_2(tiny_sd_dir, tmp_path, capsys):
-    code = main(["sample", "x", "--model", str(tiny_sd_dir), "--sharpener", str(tmp_path / "missing"),
-                 "--device", "cpu", "-q"])
+    code = main(
+        [
+            "sample",
+            "x",
+            "--model",
+            str(tiny_sd_dir),
+            "--sharpener",
+            str(tmp_path / "missing"),
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("dice: error:") and "does not exist" in err and "Traceback" not in err
     (tmp_path / "empty.txt").write_text("\n \n")
-    code = main(["sample", "--prompts", str(tmp_path / "empty.txt"), "--model", str(tiny_sd_dir), "--method", "cfg",
-                 "--device", "cpu", "-q"])
+    code = main(
+        [
+            "sample",
+            "--prompts",
+            str(tmp_path / "empty.txt"),
+            "--model",
+            str(tiny_sd_dir),
+            "--method",
+            "cfg",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     assert code == 2 and "no prompts" in capsys.readouterr().err
     code = main(["sample", "x", "--model", str(tmp_path), "--device", "cpu", "-q", "--method", "cfg"])
     assert code == 2 and "model_index.json" in capsys.readouterr().err

@@ -9,8 +9,17 @@ from dicecfg import DistillConfig, Sharpener, distill
 from dicecfg.errors import InputError
 from dicecfg.runs import read_stats
 
-FAST = dict(batch_size=8, lr=2e-3, teacher_pool=16, teacher_steps=3, eval_pairs=8, log_every=5, eval_every=0,
-            checkpoint_every=10, progress=False)
+FAST = dict(
+    batch_size=8,
+    lr=2e-3,
+    teacher_pool=16,
+    teacher_steps=3,
+    eval_pairs=8,
+    log_every=5,
+    eval_every=0,
+    checkpoint_every=10,
+    progress=False,
+)
 
 
 def _eval_losses(run_dir):
@@ -25,7 +34,10 @@ def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     assert last < 0.8 * first, (first, last)
     assert sharp.config["train_steps"] == 40 and sharp.config["guidance_scale"] == 5.0
     loaded = Sharpener.from_pretrained(tmp_path / "run")
-    assert all(torch.equal(a, b) for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["steps"] == 40 and "torch" in run["versions"]
 
@@ -52,8 +64,12 @@ def test_image_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
 def test_interrupted_resume_equals_uninterrupted(tiny_sd, prompts, tmp_path):
     cfg = DistillConfig(steps=20, **{**FAST, "checkpoint_every": 5})
     full = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "full")
-    distill(tiny_sd, prompts, config=DistillConfig(steps=10, **{**FAST, "checkpoint_every": 5}),
-            output_dir=tmp_path / "part")
+    distill(
+        tiny_sd,
+        prompts,
+        config=DistillConfig(steps=10, **{**FAST, "checkpoint_every": 5}),
+        output_dir=tmp_path / "part",
+    )
     resumed = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "part")
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
@@ -64,11 +80,18 @@ def test_interrupted_resume_equals_uninterrupted(tiny_sd, prompts, tmp_path):
 def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
     distill(tiny_sd, prompts, config=DistillConfig(steps=2, **FAST), output_dir=tmp_path / "run")
     with pytest.raises(InputError, match="different settings.*lr"):
-        distill(tiny_sd, prompts, config=DistillConfig(steps=4, **{**FAST, "lr": 1e-4}), output_dir=tmp_path / "run")
+        distill(
+            tiny_sd,
+            prompts,
+            config=DistillConfig(steps=4, **{**FAST, "lr": 1e-4}),
+            output_dir=tmp_path / "run",
+        )
 
 
 def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
-    sharp = distill(tiny_sd, prompts, config=DistillConfig(steps=3, **{**FAST, "loss": "l2"}), output_dir=tmp_path / "r")
+    sharp = distill(
+        tiny_sd, prompts, config=DistillConfig(steps=3, **{**FAST, "loss": "l2"}), output_dir=tmp_path / "r"
+    )
     assert sharp.config["loss"] == "l2"
     with pytest.raises(InputError, match="loss"):
         DistillConfig(loss="huber")
@@ -82,4 +105,6 @@ def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
     a = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "a")
     torch.manual_seed(456)
     b = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "b")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )

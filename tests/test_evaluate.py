@@ -26,8 +26,18 @@ def sharp_dir(tmp_path_factory):
 
 def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    cfg = EvalConfig(out=str(out), model=str(tiny_sd_dir), sharpeners=(str(sharp_dir),), prompts=FREE_PROMPTS,
-                     steps=(2,), cfg_scales=(5.0,), alphas=(1.0,), device="cpu", batch_size=3, progress=False)
+    cfg = EvalConfig(
+        out=str(out),
+        model=str(tiny_sd_dir),
+        sharpeners=(str(sharp_dir),),
+        prompts=FREE_PROMPTS,
+        steps=(2,),
+        cfg_scales=(5.0,),
+        alphas=(1.0,),
+        device="cpu",
+        batch_size=3,
+        progress=False,
+    )
     report = run_eval(cfg)
     rows = {(r["method"], r["steps"]): r for r in report["rows"]}
     assert [k[0] for k in rows] == ["unguided", "cfg", "scaling", "dice"] and len(report["rows"]) == 4
@@ -45,9 +55,30 @@ def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, ca
     mtimes = [p.stat().st_mtime_ns for p in pngs]
 
     # again through the CLI, cfg and dice at one more step count: only the two new rows are generated
-    code = main(["-q", "eval", *FREE_PROMPTS, "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
-                 "--methods", "cfg", "dice", "--steps", "1", "2", "--batch-size", "2", "--device", "cpu",
-                 "--out", str(out), "--no-plot"])
+    code = main(
+        [
+            "-q",
+            "eval",
+            *FREE_PROMPTS,
+            "--model",
+            str(tiny_sd_dir),
+            "--sharpener",
+            str(sharp_dir),
+            "--methods",
+            "cfg",
+            "dice",
+            "--steps",
+            "1",
+            "2",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-plot",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "(6 images generated now)" in printed and "| cfg | w=5 | 1 | 2 |" in printed
@@ -55,7 +86,11 @@ def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, ca
     made = {(r["method"], r["steps"]): r["generated"] for r in again["rows"]}
     assert made == {("cfg", 1): 3, ("dice", 1): 3, ("cfg", 2): 0, ("dice", 2): 0}
     assert {(r["method"], r["steps"]): r["nfe"] for r in again["rows"]} == {
-        ("cfg", 1): 2, ("dice", 1): 1, ("cfg", 2): 4, ("dice", 2): 2}
+        ("cfg", 1): 2,
+        ("dice", 1): 1,
+        ("cfg", 2): 4,
+        ("dice", 2): 2,
+    }
     assert [p.stat().st_mtime_ns for p in pngs] == mtimes
     r1 = {r["key"]: r for r in report["rows"]}
     for r in again["rows"]:  # metrics of untouched rows are recomputed from the same PNGs
@@ -64,11 +99,28 @@ def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, ca
 
 
 def test_eval_errors_are_clear(tiny_sd_dir, tmp_path, capsys):
-    code = main(["-q", "eval", "a cat", "--model", str(tiny_sd_dir), "--methods", "cfg", "--device", "cpu",
-                 "--out", str(tmp_path / "e"), "--clip", str(tmp_path / "no-clip")])
+    code = main(
+        [
+            "-q",
+            "eval",
+            "a cat",
+            "--model",
+            str(tiny_sd_dir),
+            "--methods",
+            "cfg",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "e"),
+            "--clip",
+            str(tmp_path / "no-clip"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Download" in err and "--clip" in err and "no-clip" in err
-    code = main(["-q", "eval", "a cat", "--model", str(tiny_sd_dir), "--device", "cpu", "--out", str(tmp_path / "e")])
+    code = main(
+        ["-q", "eval", "a cat", "--model", str(tiny_sd_dir), "--device", "cpu", "--out", str(tmp_path / "e")]
+    )
     assert code == 2 and "--sharpener" in capsys.readouterr().err
 
 
@@ -78,7 +130,11 @@ def test_fidelity_metrics():
     assert np.all(psnr(x, x) == PSNR_CAP) and np.allclose(ssim(x, x), 1.0)
     noisy = np.clip(x + rng.normal(0, 20, x.shape), 0, 255).astype(np.uint8)
     worse = np.clip(x + rng.normal(0, 60, x.shape), 0, 255).astype(np.uint8)
-    assert np.all(psnr(worse, x) < psnr(noisy, x)) and np.all(ssim(worse, x) < ssim(noisy, x)) and np.all(ssim(noisy, x) < 1)
+    assert (
+        np.all(psnr(worse, x) < psnr(noisy, x))
+        and np.all(ssim(worse, x) < ssim(noisy, x))
+        and np.all(ssim(noisy, x) < 1)
+    )
     mse = ((noisy.astype(float) - x) ** 2).reshape(2, -1).mean(1)
     assert np.allclose(psnr(noisy, x), 10 * np.log10(255**2 / mse))
     # flat images: variances vanish, so SSIM reduces to the luminance term (2 m1 m2 + C1) / (m1^2 + m2^2 + C1)
@@ -97,7 +153,11 @@ def test_world_metrics_on_renders():
     assert world_specs([it.prompt for it in items]) == specs and world_specs(FREE_PROMPTS) is None
     right = alignment(images, specs)
     wrong = alignment(images, specs[1:] + specs[:1])  # every image scored against another item's prompt
-    assert right["all"].mean() == 1.0 and wrong["all"].mean() < 0.2 and wrong["colour"].mean() < right["colour"].mean()
+    assert (
+        right["all"].mean() == 1.0
+        and wrong["all"].mean() < 0.2
+        and wrong["colour"].mean() < right["colour"].mean()
+    )
     assert oracle_frechet(images, [it.scene for it in items]) == pytest.approx(0.0, abs=1e-6)
     assert oracle_frechet(images[::-1].copy(), [it.scene for it in items[:12]] * 2) > 0.1
 
@@ -109,11 +169,28 @@ def _tiny_clip(path, tmp_path):
     write_clip_tokenizer(tmp_path / "cliptok")
     tok = CLIPTokenizer.from_pretrained(str(tmp_path / "cliptok"))
     torch.manual_seed(0)
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
-                  patch_size=8)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(str(path))
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
+        str(path)
+    )
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(str(path))
     return path
@@ -128,7 +205,9 @@ def test_real_metrics_offline(tmp_path):
     torch.manual_seed(1)
     head = AestheticMLP(16).eval()
     save_file(head.state_dict(), str(tmp_path / "aesthetic.safetensors"))
-    torch.save(head.state_dict(), str(tmp_path / "aesthetic.pth"))  # the published format (a plain state dict)
+    torch.save(
+        head.state_dict(), str(tmp_path / "aesthetic.pth")
+    )  # the published format (a plain state dict)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
     prompts = ["a red circle", "a blue square", "a cat"]
@@ -169,7 +248,9 @@ def test_fid_with_stand_in_extractor(tmp_path):
     darker = (ref // 2).astype(np.uint8)
     assert fid(darker, extractor, stats) > 100
     mu, sigma = np.zeros(2), np.eye(2)
-    assert frechet_from_stats(mu + [3, 4], sigma, mu, sigma) == pytest.approx(25.0)  # |dmu|^2, equal covariances
+    assert frechet_from_stats(mu + [3, 4], sigma, mu, sigma) == pytest.approx(
+        25.0
+    )  # |dmu|^2, equal covariances
     assert frechet_from_stats(mu, 4 * sigma, mu, sigma) == pytest.approx(2.0)  # tr(4I + I - 2*2I) = 2
 
 
@@ -194,8 +275,21 @@ def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_pat
         assert s2["groups"][name]["edit_norm"] == pytest.approx(2 * g[name]["edit_norm"], rel=1e-5)
         assert s2["groups"][name]["edit_share"] == pytest.approx(g[name]["edit_share"], rel=1e-5)
     assert analyze(tiny_sd, sharp, prompts, alpha=0.0)["total_sq_edit"] == 0
-    code = main(["-q", "analyze", *prompts, "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
-                 "--device", "cpu", "--out", str(tmp_path / "an")])
+    code = main(
+        [
+            "-q",
+            "analyze",
+            *prompts,
+            "--model",
+            str(tiny_sd_dir),
+            "--sharpener",
+            str(sharp_dir),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "an"),
+        ]
+    )
     assert code == 0 and "End-of-text and padding positions hold" in capsys.readouterr().out
     saved = json.loads((tmp_path / "an" / "analysis.json").read_text())
     assert saved["groups"]["padding"]["edit_share"] == pytest.approx(g["padding"]["edit_share"], rel=1e-6)
@@ -216,7 +310,9 @@ def test_inception_weights_are_read_safely(tmp_path, monkeypatch):
             self.proj = torch.nn.Linear(3, 4)
             self.load_state_dict(torch.load(path, weights_only=True))
 
-        def forward(self, x):  # uint8 (N, 3, H, W) -> a tuple with one (N, 4) feature tensor, like torch-fidelity
+        def forward(
+            self, x
+        ):  # uint8 (N, 3, H, W) -> a tuple with one (N, 4) feature tensor, like torch-fidelity
             assert x.dtype == torch.uint8 and x.shape[1] == 3
             return (self.proj(x.float().mean(dim=(2, 3))),)
 

@@ -12,9 +12,23 @@ from dicecfg.runs import read_stats
 STEPS = 2
 P = ["a red circle", "a blue square to the left of a green triangle"]
 FAMILIES = ("sdxl", "pixart")
-EXPECT = {"sdxl": dict(dim=64, tokens=77, copy_first=True), "pixart": dict(dim=32, tokens=120, copy_first=False)}
-FAST = dict(batch_size=4, lr=3e-3, teacher_pool=8, teacher_steps=2, eval_pairs=4, log_every=5, eval_every=0,
-            checkpoint_every=5, inner_dim=64, heads=4, progress=False)
+EXPECT = {
+    "sdxl": dict(dim=64, tokens=77, copy_first=True),
+    "pixart": dict(dim=32, tokens=120, copy_first=False),
+}
+FAST = dict(
+    batch_size=4,
+    lr=3e-3,
+    teacher_pool=8,
+    teacher_steps=2,
+    eval_pairs=4,
+    log_every=5,
+    eval_every=0,
+    checkpoint_every=5,
+    inner_dim=64,
+    heads=4,
+    progress=False,
+)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -35,8 +49,15 @@ def pixart(tiny_pixart_dir):
 def _sharpener(pipe, seed=0, mask_mode="keep", std=0.3):
     fam = family_of(pipe)
     torch.manual_seed(seed)
-    s = Sharpener(fam.dim(pipe), 64, 4, family=fam.name, num_tokens=fam.num_tokens(pipe),
-                  copy_first_token=fam.copy_first_token, mask_mode=mask_mode)
+    s = Sharpener(
+        fam.dim(pipe),
+        64,
+        4,
+        family=fam.name,
+        num_tokens=fam.num_tokens(pipe),
+        copy_first_token=fam.copy_first_token,
+        mask_mode=mask_mode,
+    )
     if std:
         for p in s.parameters():
             torch.nn.init.normal_(p, std=std)
@@ -51,7 +72,11 @@ def _images(pipe, method, **kw):
 def test_detection_and_dims(pipe):
     fam = family_of(pipe)
     exp = EXPECT[fam.name]
-    assert (fam.dim(pipe), fam.num_tokens(pipe), fam.copy_first_token) == (exp["dim"], exp["tokens"], exp["copy_first"])
+    assert (fam.dim(pipe), fam.num_tokens(pipe), fam.copy_first_token) == (
+        exp["dim"],
+        exp["tokens"],
+        exp["copy_first"],
+    )
     cond = fam.encode(pipe, P)
     assert cond.tokens.shape == (2, exp["tokens"], exp["dim"])
 
@@ -70,12 +95,16 @@ def test_kwargs_have_stock_shapes_and_run_the_pipeline(pipe):
     assert kwargs["prompt_embeds"].shape == (2, n, d)
     if fam.name == "sdxl":
         assert kwargs["pooled_prompt_embeds"].shape == (2, 32)
-        assert torch.equal(kwargs["prompt_embeds"][:, 0], fam.encode(pipe, P).tokens[:, 0])  # <SOS> copied back
+        assert torch.equal(
+            kwargs["prompt_embeds"][:, 0], fam.encode(pipe, P).tokens[:, 0]
+        )  # <SOS> copied back
     else:
         assert kwargs["prompt_attention_mask"].shape == (2, 120)
         assert torch.equal(kwargs["prompt_attention_mask"], fam.encode(pipe, P).extras["attention_mask"])
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    direct = pipe(**kwargs, guidance_scale=1.0, num_inference_steps=STEPS, generator=gens, output_type="np").images
+    direct = pipe(
+        **kwargs, guidance_scale=1.0, num_inference_steps=STEPS, generator=gens, output_type="np"
+    ).images
     via = _images(pipe, "dice", sharpener=sharp, negative_prompt="a blue triangle")
     assert np.array_equal((np.clip(direct, 0, 1) * 255).round().astype(np.uint8), via)
 
@@ -83,8 +112,10 @@ def test_kwargs_have_stock_shapes_and_run_the_pipeline(pipe):
 def test_negative_prompt_changes_dice_and_cfg(pipe):
     sharp = _sharpener(pipe)
     for method in ("dice", "cfg"):
-        assert not np.array_equal(_images(pipe, method, sharpener=sharp),
-                                  _images(pipe, method, sharpener=sharp, negative_prompt="a blue triangle")), method
+        assert not np.array_equal(
+            _images(pipe, method, sharpener=sharp),
+            _images(pipe, method, sharpener=sharp, negative_prompt="a blue triangle"),
+        ), method
 
 
 def test_wrong_family_or_dim_is_refused(sdxl, pixart):
@@ -107,13 +138,22 @@ def test_pixart_mask_modes(pixart):
     # an edit written only into padding: invisible with "keep", seen by the transformer with "open"
     tokens = cond.tokens + 3.0 * pad[..., None]
     gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
-    run = lambda c: pixart(**fam.pipeline_kwargs(pixart, c), guidance_scale=1.0, num_inference_steps=STEPS,  # noqa: E731
-                           generator=gens(), output_type="latent").images
+    run = lambda c: (
+        pixart(
+            **fam.pipeline_kwargs(pixart, c),
+            guidance_scale=1.0,
+            num_inference_steps=STEPS,  # noqa: E731
+            generator=gens(),
+            output_type="latent",
+        ).images
+    )
     assert torch.equal(run(fam.edited(cond, tokens, "keep")), run(cond))
     assert fam.edited(cond, tokens, "open").extras["attention_mask"].all()
     assert not torch.equal(run(fam.edited(cond, tokens, "open")), run(fam.edited(cond, cond.tokens, "open")))
     keep, open_ = _sharpener(pixart, mask_mode="keep"), _sharpener(pixart, mask_mode="open")
-    assert not np.array_equal(_images(pixart, "dice", sharpener=keep), _images(pixart, "dice", sharpener=open_))
+    assert not np.array_equal(
+        _images(pixart, "dice", sharpener=keep), _images(pixart, "dice", sharpener=open_)
+    )
     assert sharpen(pixart, open_, P)["prompt_attention_mask"].all()
     with pytest.raises(InputError, match="mask_mode"):
         DistillConfig(mask_mode="half")
@@ -123,7 +163,9 @@ def test_sdxl_negative_is_encoded_empty_prompt_and_flag_untouched(sdxl, prompts,
     fam = family_of(sdxl)
     assert sdxl.config.force_zeros_for_empty_prompt is True
     empty = fam.encode(sdxl, [""])
-    assert empty.tokens.abs().sum() > 0 and empty.extras["pooled"].abs().sum() > 0  # not the zeros of the flag
+    assert (
+        empty.tokens.abs().sum() > 0 and empty.extras["pooled"].abs().sum() > 0
+    )  # not the zeros of the flag
     kwargs = fam.pipeline_kwargs(sdxl, fam.encode(sdxl, P), empty)
     assert torch.equal(kwargs["negative_prompt_embeds"][1], empty.tokens[0])
     assert torch.equal(kwargs["negative_pooled_prompt_embeds"][1], empty.extras["pooled"][0])
@@ -138,14 +180,19 @@ def test_distill_lowers_heldout_loss_and_round_trips(family, mask_mode, request,
     pipe = load_pipeline(request.getfixturevalue(f"tiny_{family}_dir"))
     # a tiny random DiT gives erratic CFG targets at w=5; w=2 keeps the test about the loop, not about chaos
     recipe = dict(lr=5e-3) if family == "sdxl" else dict(lr=1e-3, guidance_scale=2.0)
-    cfg = DistillConfig(steps=40, mask_mode=mask_mode, loss="l2", **{**FAST, **recipe})  # l2: the paper's SDXL loss
+    cfg = DistillConfig(
+        steps=40, mask_mode=mask_mode, loss="l2", **{**FAST, **recipe}
+    )  # l2: the paper's SDXL loss
     sharp = distill(pipe, prompts, config=cfg, output_dir=tmp_path / "run")
     losses = [r["eval_loss"] for r in read_stats(tmp_path / "run") if "eval_loss" in r]
     assert losses[-1] < 0.8 * losses[0], losses
     loaded = Sharpener.from_pretrained(tmp_path / "run")
     assert loaded.config["family"] == family and loaded.config["mask_mode"] == mask_mode
     assert loaded.config["copy_first_token"] == EXPECT[family]["copy_first"]
-    assert all(torch.equal(a, b) for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
     assert np.array_equal(_images(pipe, "dice", sharpener=sharp), _images(pipe, "dice", sharpener=loaded))
 
 
@@ -157,7 +204,12 @@ def test_training_with_negative_prompts_resumes_exactly(sdxl, prompts, tmp_path)
     torch.manual_seed(0)
     full = distill(sdxl, prompts, config=cfg, output_dir=tmp_path / "full")
     torch.manual_seed(0)
-    distill(sdxl, prompts, config=DistillConfig(steps=3, negative_prompts=negs, **fast), output_dir=tmp_path / "part")
+    distill(
+        sdxl,
+        prompts,
+        config=DistillConfig(steps=3, negative_prompts=negs, **fast),
+        output_dir=tmp_path / "part",
+    )
     resumed = distill(sdxl, prompts, config=cfg, output_dir=tmp_path / "part")
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
@@ -165,8 +217,12 @@ def test_training_with_negative_prompts_resumes_exactly(sdxl, prompts, tmp_path)
     plain = distill(sdxl, prompts, config=DistillConfig(steps=6, **fast), output_dir=tmp_path / "plain")
     assert not torch.equal(plain.proj_out.weight, full.proj_out.weight)  # the negatives were used
     with pytest.raises(InputError, match="different settings.*negative_prompts"):
-        distill(sdxl, prompts, config=DistillConfig(steps=9, negative_prompts=negs[:1], **fast),
-                output_dir=tmp_path / "full")
+        distill(
+            sdxl,
+            prompts,
+            config=DistillConfig(steps=9, negative_prompts=negs[:1], **fast),
+            output_dir=tmp_path / "full",
+        )
 
 
 def test_cli_reads_negative_prompts_file(tmp_path, monkeypatch):
@@ -175,8 +231,20 @@ def test_cli_reads_negative_prompts_file(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "run_train", lambda job: seen.setdefault("job", job) and Sharpener(8))
     (tmp_path / "negs.txt").write_text("blurry\n\na blue square\n")
-    code = cli.main(["-q", "train", "--out", str(tmp_path / "r"), "--negative-prompts", str(tmp_path / "negs.txt"),
-                     "--negative-prob", "0.25", "--mask-mode", "open"])
+    code = cli.main(
+        [
+            "-q",
+            "train",
+            "--out",
+            str(tmp_path / "r"),
+            "--negative-prompts",
+            str(tmp_path / "negs.txt"),
+            "--negative-prob",
+            "0.25",
+            "--mask-mode",
+            "open",
+        ]
+    )
     cfg = seen["job"].config
     assert code == 0 and cfg.negative_prompts == ("blurry", "a blue square") and cfg.negative_prob == 0.25
     assert cfg.mask_mode == "open"

@@ -6,11 +6,18 @@ from dicecfg import Sharpener, generate, sharpen
 from dicecfg.errors import InputError
 
 STEPS = 4
-P = ["a red circle", "a blue square to the left of a green triangle", "a small green circle", "a large red square"]
+P = [
+    "a red circle",
+    "a blue square to the left of a green triangle",
+    "a small green circle",
+    "a large red square",
+]
 
 
 def _images(pipe, method, **kw):
-    return np.stack([s.image for s in generate(pipe, P, method=method, num_inference_steps=STEPS, progress=False, **kw)])
+    return np.stack(
+        [s.image for s in generate(pipe, P, method=method, num_inference_steps=STEPS, progress=False, **kw)]
+    )
 
 
 def _random_sharpener(dim=32, seed=0):
@@ -23,7 +30,9 @@ def _random_sharpener(dim=32, seed=0):
 
 def test_alpha_zero_and_untrained_equal_unguided(tiny_sd):
     base = _images(tiny_sd, "unguided", batch_size=4)
-    assert np.array_equal(base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), alpha=0.0, batch_size=4))
+    assert np.array_equal(
+        base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), alpha=0.0, batch_size=4)
+    )
     assert np.array_equal(base, _images(tiny_sd, "dice", sharpener=Sharpener(32, 64, 4), batch_size=4))
     assert not np.array_equal(base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), batch_size=4))
 
@@ -33,9 +42,15 @@ def test_sharpen_kwargs_run_stock_pipeline_like_generate(tiny_sd):
     kwargs = sharpen(tiny_sd, sharp, P[:2])
     assert kwargs["prompt_embeds"].shape == (2, 77, 32)
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    direct = tiny_sd(**kwargs, guidance_scale=1.0, num_inference_steps=STEPS, generator=gens, output_type="np").images
-    via = [s.image for s in generate(tiny_sd, P[:2], method="dice", sharpener=sharp, num_inference_steps=STEPS,
-                                     progress=False)]
+    direct = tiny_sd(
+        **kwargs, guidance_scale=1.0, num_inference_steps=STEPS, generator=gens, output_type="np"
+    ).images
+    via = [
+        s.image
+        for s in generate(
+            tiny_sd, P[:2], method="dice", sharpener=sharp, num_inference_steps=STEPS, progress=False
+        )
+    ]
     assert np.array_equal((np.clip(direct, 0, 1) * 255).round().astype(np.uint8), np.stack(via))
 
 
@@ -48,8 +63,19 @@ def test_same_seed_same_image_at_batch_1_and_4(tiny_sd):
 
 
 def test_methods_differ_and_report_nfe(tiny_sd):
-    out = {m: list(generate(tiny_sd, P[:1], method=m, sharpener=_random_sharpener(), num_inference_steps=STEPS,
-                            progress=False))[0] for m in ("unguided", "cfg", "scaling", "dice")}
+    out = {
+        m: list(
+            generate(
+                tiny_sd,
+                P[:1],
+                method=m,
+                sharpener=_random_sharpener(),
+                num_inference_steps=STEPS,
+                progress=False,
+            )
+        )[0]
+        for m in ("unguided", "cfg", "scaling", "dice")
+    }
     assert out["cfg"].nfe == 2 * STEPS and out["dice"].nfe == STEPS and out["unguided"].nfe == STEPS
     assert not np.array_equal(out["cfg"].image, out["unguided"].image)
     assert not np.array_equal(out["scaling"].image, out["unguided"].image)

@@ -11,7 +11,9 @@ from dicecfg.families import check_compatible
 from dicecfg.metrics.fidelity import psnr, ssim
 from dicecfg.world import Oracle, heldout_set
 
-pytestmark = pytest.mark.skipif(not (MINI_MODEL / "model_index.json").is_file(), reason="assets not installed")
+pytestmark = pytest.mark.skipif(
+    not (MINI_MODEL / "model_index.json").is_file(), reason="assets not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,10 @@ def test_shipped_pair_loads_offline_and_fits(pair):
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.dtype.is_floating_point
     assert check_compatible(pipe, sharp).name == "sd" and sharp.config["train_steps"] > 0
     assert load_pipeline("mini").unet.config == pipe.unet.config
-    sizes = [p.stat().st_size for p in list(MINI_MODEL.rglob("*.safetensors")) + list(MINI_SHARPENER.glob("*.safetensors"))]
+    sizes = [
+        p.stat().st_size
+        for p in list(MINI_MODEL.rglob("*.safetensors")) + list(MINI_SHARPENER.glob("*.safetensors"))
+    ]
     assert max(sizes) <= 16 * 2**20 and sum(sizes) <= 25 * 2**20
 
 
@@ -33,9 +38,23 @@ def images(pair):
     """32 held-out prompts (spread over the set), their seeds, 20 steps: the setting of BENCHMARKS.md."""
     pipe, sharp = pair
     items = heldout_set()[::16][:32]
-    out = {m: np.stack([s.image for s in generate(pipe, [i.prompt for i in items], method=m, sharpener=sharp,
-                                                  seeds=[i.seed for i in items], batch_size=16, progress=False)])
-           for m in ("unguided", "cfg", "dice")}
+    out = {
+        m: np.stack(
+            [
+                s.image
+                for s in generate(
+                    pipe,
+                    [i.prompt for i in items],
+                    method=m,
+                    sharpener=sharp,
+                    seeds=[i.seed for i in items],
+                    batch_size=16,
+                    progress=False,
+                )
+            ]
+        )
+        for m in ("unguided", "cfg", "dice")
+    }
     return items, out
 
 

@@ -41,8 +41,9 @@ class AnalyzeConfig:
 
 def token_groups(tokenizer: Any, prompts: Sequence[str], num_tokens: int) -> torch.Tensor:
     """(B, N) group index into :data:`GROUPS` for each position, from the tokenizer's mask and special ids."""
-    enc = tokenizer(list(prompts), padding="max_length", max_length=num_tokens, truncation=True,
-                    return_tensors="pt")
+    enc = tokenizer(
+        list(prompts), padding="max_length", max_length=num_tokens, truncation=True, return_tensors="pt"
+    )
     ids, mask = enc["input_ids"], enc["attention_mask"].bool()
     length = mask.sum(1)  # real tokens, start and end tokens included
     pos = torch.arange(ids.shape[1])[None]
@@ -87,8 +88,15 @@ def edit_stats(c: torch.Tensor, c_new: torch.Tensor, groups: torch.Tensor) -> di
     return out
 
 
-def analyze(pipe: Any, sharpener: Any, prompts: Sequence[str], *, alpha: float = 1.0,
-            negative_prompt: str | None = None, batch_size: int = 64) -> dict[str, Any]:
+def analyze(
+    pipe: Any,
+    sharpener: Any,
+    prompts: Sequence[str],
+    *,
+    alpha: float = 1.0,
+    negative_prompt: str | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
     """Edit statistics of ``sharpener`` on ``prompts``, encoded and sharpened exactly as sampling does."""
     from .families import check_compatible
     from .sampling import _as_list, sharpen_cond
@@ -105,7 +113,12 @@ def analyze(pipe: Any, sharpener: Any, prompts: Sequence[str], *, alpha: float =
         cps.append(sharpen_cond(pipe, fam, sharpener, cond, neg, alpha).tokens)
         gs.append(token_groups(pipe.tokenizer, prompts[s : s + batch_size], cond.tokens.shape[1]))
     stats = edit_stats(torch.cat(cs), torch.cat(cps), torch.cat(gs))
-    stats |= {"n_prompts": len(prompts), "alpha": alpha, "negative_prompt": negative_prompt, "family": fam.name}
+    stats |= {
+        "n_prompts": len(prompts),
+        "alpha": alpha,
+        "negative_prompt": negative_prompt,
+        "family": fam.name,
+    }
     return stats
 
 
@@ -115,8 +128,10 @@ def summary(stats: dict[str, Any]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|"]
     for name in (n for n in GROUPS if n in stats["groups"]):
         g = stats["groups"][name]
-        lines.append(f"| {name} | {g['tokens']} | {g['position_share']:.3f} | {g['edit_share']:.3f} | "
-                     f"{g['edit_norm']:.4g} | {g['relative_edit']:.4g} | {g['cosine']:.4f} |")
+        lines.append(
+            f"| {name} | {g['tokens']} | {g['position_share']:.3f} | {g['edit_share']:.3f} | "
+            f"{g['edit_norm']:.4g} | {g['relative_edit']:.4g} | {g['cosine']:.4f} |"
+        )
     groups = stats["groups"]
     tail = sum(groups[k]["edit_share"] for k in ("eos", "padding") if k in groups)
     tail_pos = sum(groups[k]["position_share"] for k in ("eos", "padding") if k in groups)
@@ -128,10 +143,12 @@ def summary(stats: dict[str, Any]) -> str:
 
     ratio = rms(("eos", "padding")) / rms(("words",)) if rms(("words",)) > 0 else float("inf")
     lines.append("")
-    lines.append(f"End-of-text and padding positions hold {tail:.1%} of the squared edit on {tail_pos:.1%} of the "
-                 f"positions; their per-token edit (RMS) is {ratio:.2f}x that of word tokens, whose mean "
-                 f"cos(c, c') is {words.get('cosine', float('nan')):.4f} ({stats['n_prompts']} prompts, "
-                 f"alpha={stats['alpha']:g}).")
+    lines.append(
+        f"End-of-text and padding positions hold {tail:.1%} of the squared edit on {tail_pos:.1%} of the "
+        f"positions; their per-token edit (RMS) is {ratio:.2f}x that of word tokens, whose mean "
+        f"cos(c, c') is {words.get('cosine', float('nan')):.4f} ({stats['n_prompts']} prompts, "
+        f"alpha={stats['alpha']:g})."
+    )
     return "\n".join(lines)
 
 

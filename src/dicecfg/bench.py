@@ -103,8 +103,17 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
 
     def run(method: str) -> None:
         gens = [torch.Generator(gen_device).manual_seed(i) for i in range(batch)]
-        out, _ = sample_batch(pipe, fam, method, cond, neg, gens, sharpener=sharpener,
-                              guidance_scale=cfg.guidance_scale, **common)
+        out, _ = sample_batch(
+            pipe,
+            fam,
+            method,
+            cond,
+            neg,
+            gens,
+            sharpener=sharpener,
+            guidance_scale=cfg.guidance_scale,
+            **common,
+        )
         latents[:] = [out]
 
     def sharpen() -> None:
@@ -123,10 +132,17 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         decode_ms = _decode_ms(pipe, latents[0], timer, max(1, cfg.repeats // 2)) if cfg.decode else None
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "batch": batch, "cfg_ms": med["cfg"], "dice_ms": med["dice"], "ratio": med["cfg"] / med["dice"],
-        "sharpener_ms": med["sharpener"], "sharpener_pct": 100.0 * med["sharpener"] / med["dice"],
-        "decode_ms": decode_ms, "cfg_ms_per_image": med["cfg"] / batch, "dice_ms_per_image": med["dice"] / batch,
-        "times_ms": times, "latent_shape": list(latents[0].shape),
+        "batch": batch,
+        "cfg_ms": med["cfg"],
+        "dice_ms": med["dice"],
+        "ratio": med["cfg"] / med["dice"],
+        "sharpener_ms": med["sharpener"],
+        "sharpener_pct": 100.0 * med["sharpener"] / med["dice"],
+        "decode_ms": decode_ms,
+        "cfg_ms_per_image": med["cfg"] / batch,
+        "dice_ms_per_image": med["dice"] / batch,
+        "times_ms": times,
+        "latent_shape": list(latents[0].shape),
     }
 
 
@@ -166,21 +182,38 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     if not cfg.model:
         unknown = set(names) - set(archs.available())
         if unknown:
-            raise InputError(f"Unknown architecture(s) {', '.join(sorted(unknown))}; known: {', '.join(archs.available())}.")
+            raise InputError(
+                f"Unknown architecture(s) {', '.join(sorted(unknown))}; known: {', '.join(archs.available())}."
+            )
     out = Path(cfg.out) if cfg.out else None
     rows = _load_rows(out)
-    env = {"device": device_name(device), "dtype": str(dtype).replace("torch.", ""), "steps": cfg.steps,
-           "height": cfg.height, "width": cfg.width, "guidance_scale": cfg.guidance_scale}
+    env = {
+        "device": device_name(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "steps": cfg.steps,
+        "height": cfg.height,
+        "width": cfg.width,
+        "guidance_scale": cfg.guidance_scale,
+    }
     for name in names:
-        todo = [b for b in cfg.batch_sizes if not any(r["name"] == name and r["batch"] == b and
-                                                        all(r.get(k) == v for k, v in env.items()) for r in rows)]
+        todo = [
+            b
+            for b in cfg.batch_sizes
+            if not any(
+                r["name"] == name and r["batch"] == b and all(r.get(k) == v for k, v in env.items())
+                for r in rows
+            )
+        ]
         if not todo:
             log.info("%s: all rows already in %s", name, out)
             continue
         pipe = _pipeline(name, cfg, dtype, device)
         fam = family_of(pipe)
-        sharp = (_load_sharpener(cfg.sharpener) if cfg.model and cfg.sharpener
-                 else random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe)))
+        sharp = (
+            _load_sharpener(cfg.sharpener)
+            if cfg.model and cfg.sharpener
+            else random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe))
+        )
         for b in todo:
             log.info("%s: batch %d", name, b)
             try:
@@ -218,15 +251,21 @@ def _load_sharpener(path: str):
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The short table `dice bench` prints last."""
-    head = ("| model | device | dtype | batch | steps | CFG ms | DICE ms | CFG/DICE | sharpener % | decode ms |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| model | device | dtype | batch | steps | CFG ms | DICE ms | CFG/DICE | sharpener % | decode ms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r['device']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
-                         f"{r['error']} | | | | |")
+            lines.append(
+                f"| {r['name']} | {r['device']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
+                f"{r['error']} | | | | |"
+            )
             continue
         dec = f"{r['decode_ms']:.1f}" if r.get("decode_ms") is not None else "-"
-        lines.append(f"| {r['name']} | {r['device']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
-                     f"{r['cfg_ms']:.1f} | {r['dice_ms']:.1f} | {r['ratio']:.3f} | {r['sharpener_pct']:.2f} | {dec} |")
+        lines.append(
+            f"| {r['name']} | {r['device']} | {r['dtype']} | {r['batch']} | {r['steps']} | "
+            f"{r['cfg_ms']:.1f} | {r['dice_ms']:.1f} | {r['ratio']:.3f} | {r['sharpener_pct']:.2f} | {dec} |"
+        )
     return "\n".join(lines)

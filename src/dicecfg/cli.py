@@ -42,7 +42,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dice", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="dice",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
         description="DICE: distil classifier-free guidance into a text-embedding sharpener, then sample "
         "with one network evaluation per step.",
     )
@@ -51,14 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)  # the same two flags also after the command
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks"
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
 
     s = sub.add_parser("sample", parents=[common], help="generate images with dice, cfg, unguided or scaling")
     s.add_argument("prompts", nargs="*", help="prompts (or use --prompts FILE)")
-    s.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="text file, one prompt per line, or JSONL")
+    s.add_argument(
+        "--prompts", dest="prompts_file", metavar="FILE", help="text file, one prompt per line, or JSONL"
+    )
     _add_model_flags(s)
-    s.add_argument("--sharpener", help="sharpener folder or hub id (default with the mini model: the shipped one)")
+    s.add_argument(
+        "--sharpener", help="sharpener folder or hub id (default with the mini model: the shipped one)"
+    )
     s.add_argument("--method", choices=["dice", "cfg", "unguided", "scaling"])
     s.add_argument("--guidance-scale", type=float, help="CFG scale w for --method cfg (default 5)")
     s.add_argument("--alpha", type=float, help="edit strength for --method dice (default 1)")
@@ -72,9 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default ./samples)")
     s.set_defaults(func=_sample)
 
-    t = sub.add_parser("train", parents=[common], help="distil CFG into a sharpener (re-run the same command to resume)")
+    t = sub.add_parser(
+        "train", parents=[common], help="distil CFG into a sharpener (re-run the same command to resume)"
+    )
     _add_model_flags(t)
-    t.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="training prompts (prompt-only mode)")
+    t.add_argument(
+        "--prompts", dest="prompts_file", metavar="FILE", help="training prompts (prompt-only mode)"
+    )
     t.add_argument("--images", metavar="DIR", help="captioned images: metadata.jsonl or NAME.txt sidecars")
     t.add_argument("--out", required=True, help="run folder: checkpoints, stats.jsonl, final sharpener")
     docs = field_help(DistillConfig)
@@ -83,18 +97,30 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{docs.get(f.name, '')} (default {f.default})")
+            t.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{docs.get(f.name, '')} (default {f.default})",
+            )
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            t.add_argument(flag, type=kind, default=None, help=f"{docs.get(f.name, '')} (default {f.default})")
+            t.add_argument(
+                flag, type=kind, default=None, help=f"{docs.get(f.name, '')} (default {f.default})"
+            )
     t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="PROMPT")
-    t.add_argument("--negative-prompts", dest="negative_prompts_file", metavar="FILE",
-                   help="negative prompts, one per line: each sample uses a random one as c_neg with probability "
-                   "--negative-prob (default: always the empty prompt)")
+    t.add_argument(
+        "--negative-prompts",
+        dest="negative_prompts_file",
+        metavar="FILE",
+        help="negative prompts, one per line: each sample uses a random one as c_neg with probability "
+        "--negative-prob (default: always the empty prompt)",
+    )
     t.set_defaults(func=_train)
 
-    d = sub.add_parser("demo", parents=[common], help="unguided vs CFG vs DICE on the shipped mini model (CPU)")
+    d = sub.add_parser(
+        "demo", parents=[common], help="unguided vs CFG vs DICE on the shipped mini model (CPU)"
+    )
     d.add_argument("--prompts", type=int, help="held-out prompts shown (default 8)")
     d.add_argument("--steps", type=int, help="sampling steps (default 20)")
     d.add_argument("--out", help="output folder (default ./dice-demo)")
@@ -134,7 +160,9 @@ def _demo(ns: argparse.Namespace) -> None:
     print(f"grid: {summary['grid']}  (rows: unguided, cfg, dice; same seeds)")
 
 
-def _add_config_flags(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), flags: dict | None = None) -> None:
+def _add_config_flags(
+    p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), flags: dict | None = None
+) -> None:
     """One flag per dataclass field (help from the field's comment); tuples take one or more values."""
     docs, flags = field_help(cls), flags or {}
     for f in dataclasses.fields(cls):
@@ -162,16 +190,26 @@ def _add_eval_commands(sub, common: argparse.ArgumentParser) -> None:
     from .bench import BenchConfig
     from .evaluate import EvalConfig
 
-    e = sub.add_parser("eval", parents=[common], help="method x metric table (resumable): alignment, FID, speed")
+    e = sub.add_parser(
+        "eval", parents=[common], help="method x metric table (resumable): alignment, FID, speed"
+    )
     e.add_argument("prompts", nargs="*", help="prompts (default: the shapes world's held-out set)")
-    _add_config_flags(e, EvalConfig, skip=("prompts", "progress"),
-                      flags={"sharpeners": "--sharpener", "prompts_file": "--prompts"})
+    _add_config_flags(
+        e,
+        EvalConfig,
+        skip=("prompts", "progress"),
+        flags={"sharpeners": "--sharpener", "prompts_file": "--prompts"},
+    )
     e.set_defaults(func=_eval)
-    a = sub.add_parser("analyze", parents=[common], help="where the sharpener's edit lands (words vs padding)")
+    a = sub.add_parser(
+        "analyze", parents=[common], help="where the sharpener's edit lands (words vs padding)"
+    )
     a.add_argument("prompts", nargs="*", help="prompts (default: the shapes world's held-out set)")
     _add_config_flags(a, AnalyzeConfig, skip=("prompts",), flags={"prompts_file": "--prompts"})
     a.set_defaults(func=_analyze)
-    b = sub.add_parser("bench", parents=[common], help="CFG vs DICE sampling time (random full-size models or --model)")
+    b = sub.add_parser(
+        "bench", parents=[common], help="CFG vs DICE sampling time (random full-size models or --model)"
+    )
     _add_config_flags(b, BenchConfig, skip=("command",), flags={"archs": "--arch"})
     b.set_defaults(func=_bench)
 
@@ -183,8 +221,10 @@ def _eval(ns: argparse.Namespace) -> None:
     ns.prompts = tuple(ns.prompts) or None
     report = run_eval(_config(ns, EvalConfig, progress=not ns.quiet))
     made = sum(r["generated"] for r in report["rows"])
-    print(f"{len(report['rows'])} rows over {report['n']} prompts ({made} images generated now); "
-          f"wrote {report['config']['out']}/eval.json, eval.md")
+    print(
+        f"{len(report['rows'])} rows over {report['n']} prompts ({made} images generated now); "
+        f"wrote {report['config']['out']}/eval.json, eval.md"
+    )
     print(markdown_table(report["rows"]))
 
 
@@ -221,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     ns.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by benchmarks
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(message)s"
+    )
     if ns.quiet:
         quiet_libraries()
     if not getattr(ns, "func", None):

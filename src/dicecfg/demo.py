@@ -47,23 +47,42 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     oracle = Oracle()
     rows, table = [], []
     for method in ("unguided", "cfg", "dice"):
-        samples = list(generate(
-            pipe, prompts, method=method, seeds=seeds, sharpener=sharp, guidance_scale=job.guidance_scale,
-            num_inference_steps=job.steps, batch_size=len(prompts), progress=job.progress,
-        ))
+        samples = list(
+            generate(
+                pipe,
+                prompts,
+                method=method,
+                seeds=seeds,
+                sharpener=sharp,
+                guidance_scale=job.guidance_scale,
+                num_inference_steps=job.steps,
+                batch_size=len(prompts),
+                progress=job.progress,
+            )
+        )
         images = np.stack([s.image for s in samples])
         correct = oracle.score(images, [it.spec for it in picked])["all"].astype(float)
         rows.append(images)
-        table.append({
-            "method": method, "nfe": samples[0].nfe, "seconds_per_image": float(np.mean([s.seconds for s in samples])),
-            "alignment": float(correct.mean()), "correct": correct.tolist(),
-        })
+        table.append(
+            {
+                "method": method,
+                "nfe": samples[0].nfe,
+                "seconds_per_image": float(np.mean([s.seconds for s in samples])),
+                "alignment": float(correct.mean()),
+                "correct": correct.tolist(),
+            }
+        )
     out = Path(job.out)
     labels = [f"{m['method']} #{i + 1}" for m in table for i in range(len(prompts))]
     tiles = [img.repeat(2, axis=0).repeat(2, axis=1) for r in rows for img in r]  # 2x nearest, easier to see
     save_grid(tiles, out / "grid.png", cols=len(prompts), labels=labels)
-    summary = {"job": asdict(job), "prompts": prompts, "seeds": seeds, "methods": table,
-               "grid": str(out / "grid.png")}
+    summary = {
+        "job": asdict(job),
+        "prompts": prompts,
+        "seeds": seeds,
+        "methods": table,
+        "grid": str(out / "grid.png"),
+    }
     atomic_write_json(out / "demo.json", summary)
     return summary
 
@@ -72,7 +91,9 @@ def format_table(summary: dict[str, Any]) -> str:
     n = len(summary["prompts"])
     lines = ["| method | NFE | s / image | oracle alignment |", "|---|---|---|---|"]
     for m in summary["methods"]:
-        lines.append(f"| {m['method']} | {m['nfe']} | {m['seconds_per_image']:.3f} | "
-                     f"{m['alignment']:.2f} ({int(round(m['alignment'] * n))}/{n}) |")
+        lines.append(
+            f"| {m['method']} | {m['nfe']} | {m['seconds_per_image']:.3f} | "
+            f"{m['alignment']:.2f} ({int(round(m['alignment'] * n))}/{n}) |"
+        )
     lines += [""] + [f"#{i + 1}: {p}" for i, p in enumerate(summary["prompts"])]
     return "\n".join(lines)

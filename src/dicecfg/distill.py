@@ -63,7 +63,9 @@ class DistillConfig:
     inner_dim: int = 512  # sharpener attention width (paper: 8 heads x 64)
     heads: int = 8  # sharpener attention heads (paper: 8)
     mask_mode: str = "keep"  # PixArt: c' keeps the prompt's mask ("keep") or opens it over padding ("open")
-    negative_prompts: tuple[str, ...] = ()  # negative prompts sometimes used as c_neg instead of "" (not in paper)
+    negative_prompts: tuple[
+        str, ...
+    ] = ()  # negative prompts sometimes used as c_neg instead of "" (not in paper)
     negative_prob: float = 0.5  # probability that a sample uses a random one of negative_prompts as c_neg
     progress: bool = True  # show a progress bar
 
@@ -124,7 +126,9 @@ class _Ctx:
     neg: Cond
     autocast: Any = field(default=contextlib.nullcontext)
 
-    def batch_loss(self, sharpener: Sharpener, x0, noise, t, cond: Cond, neg: Cond | None = None) -> torch.Tensor:
+    def batch_loss(
+        self, sharpener: Sharpener, x0, noise, t, cond: Cond, neg: Cond | None = None
+    ) -> torch.Tensor:
         """Distillation loss of one batch; c_neg is "" unless ``neg`` gives one per sample."""
         x_t = self.source.add_noise(x0, noise, t)
         neg = self.neg.expand(len(cond)) if neg is None else neg
@@ -170,12 +174,22 @@ def distill(
     if mode == "teacher" and not prompts:
         raise InputError("Prompt-only distillation needs prompts (--prompts FILE).")
     resolution = cfg.resolution or fam.default_size(pipe)
-    identity = {**cfg.identity(), "xt_source": mode, "family": fam.name, "base_model": model_id(pipe),
-                "images": str(images) if images else None, "num_prompts": len(prompts or [])}
-    write_run_json(run_dir, {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit()}, identity)
+    identity = {
+        **cfg.identity(),
+        "xt_source": mode,
+        "family": fam.name,
+        "base_model": model_id(pipe),
+        "images": str(images) if images else None,
+        "num_prompts": len(prompts or []),
+    }
+    write_run_json(
+        run_dir, {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit()}, identity
+    )
 
     use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    )
     for module in (fam.denoiser(pipe), pipe.vae, getattr(pipe, "text_encoder", None)):
         if module is not None:
             module.requires_grad_(False)
@@ -190,9 +204,16 @@ def distill(
     with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
         torch.manual_seed(cfg.seed)
         sharpener = Sharpener(
-            fam.dim(pipe), cfg.inner_dim, cfg.heads, family=fam.name, num_tokens=fam.num_tokens(pipe),
-            copy_first_token=fam.copy_first_token, mask_mode=cfg.mask_mode, base_model=model_id(pipe),
-            base_revision=getattr(pipe, "_dicecfg_revision", None), guidance_scale=cfg.guidance_scale,
+            fam.dim(pipe),
+            cfg.inner_dim,
+            cfg.heads,
+            family=fam.name,
+            num_tokens=fam.num_tokens(pipe),
+            copy_first_token=fam.copy_first_token,
+            mask_mode=cfg.mask_mode,
+            base_model=model_id(pipe),
+            base_revision=getattr(pipe, "_dicecfg_revision", None),
+            guidance_scale=cfg.guidance_scale,
             loss=cfg.loss,
         ).to(device)
     optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -237,7 +258,9 @@ def distill(
                 _validation_grid(pipe, sharpener, cfg, run_dir, step)
     except KeyboardInterrupt:
         save_checkpoint(run_dir, step, sharpener, optimizer)
-        log.warning("interrupted at step %d; checkpoint written to %s (run the same command to resume)", step, run_dir)
+        log.warning(
+            "interrupted at step %d; checkpoint written to %s (run the same command to resume)", step, run_dir
+        )
         raise
     finally:
         bar.close()
@@ -252,6 +275,11 @@ def _validation_grid(pipe, sharpener: Sharpener, cfg: DistillConfig, run_dir: Pa
     from .imageutil import save_grid
     from .sampling import generate
 
-    samples = list(generate(pipe, list(cfg.validation_prompts), method="dice", sharpener=sharpener, progress=False))
-    save_grid([s.image for s in samples], run_dir / "validation" / f"step_{step:07d}.png",
-              labels=[s.prompt for s in samples])
+    samples = list(
+        generate(pipe, list(cfg.validation_prompts), method="dice", sharpener=sharpener, progress=False)
+    )
+    save_grid(
+        [s.image for s in samples],
+        run_dir / "validation" / f"step_{step:07d}.png",
+        labels=[s.prompt for s in samples],
+    )

@@ -28,14 +28,22 @@ COLUMNS = (
     ("aesthetic", "aesthetic", "{:.2f}"),
 )
 # metric for the plot (the first one present) and its axis title
-PLOT_METRICS = (("align_all", "all-correct (oracle)"), ("fid", "FID"), ("clip_score", "CLIP score"),
-                ("ssim", "SSIM vs CFG"))
+PLOT_METRICS = (
+    ("align_all", "all-correct (oracle)"),
+    ("fid", "FID"),
+    ("clip_score", "CLIP score"),
+    ("ssim", "SSIM vs CFG"),
+)
 
 
 def setting(row: dict[str, Any]) -> str:
     """Short text for a row's method setting, e.g. ``w=5``, ``alpha=1 (mini-1a2b3c4d)``."""
     p = row["params"]
-    parts = [f"{short}={p[k]:g}" for k, short in (("guidance_scale", "w"), ("scale", "s"), ("alpha", "alpha")) if k in p]
+    parts = [
+        f"{short}={p[k]:g}"
+        for k, short in (("guidance_scale", "w"), ("scale", "s"), ("alpha", "alpha"))
+        if k in p
+    ]
     if "sharpener" in p:
         parts.append(f"({p['sharpener']})")
     if "negative_prompt" in p:
@@ -56,8 +64,10 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | None = None) -> Path | None:
     """Metric versus NFE: CFG as one curve per w over the step counts, other methods as points."""
-    metric, title = next(((k, t) for k, t in PLOT_METRICS if metric in (None, k) and
-                          any(r.get(k) is not None for r in rows)), (None, None))
+    metric, title = next(
+        ((k, t) for k, t in PLOT_METRICS if metric in (None, k) and any(r.get(k) is not None for r in rows)),
+        (None, None),
+    )
     if metric is None:
         log.info("no metric to plot")
         return None
@@ -75,8 +85,14 @@ def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | Non
         if r["method"] == "cfg":
             curves.setdefault(name, []).append((r["nfe"], r[metric]))
         else:
-            ax.scatter(r["nfe"], r[metric], marker=markers.get(r["method"], "o"), s=80 if r["method"] == "dice" else 40,
-                       label=name, zorder=3)
+            ax.scatter(
+                r["nfe"],
+                r[metric],
+                marker=markers.get(r["method"], "o"),
+                s=80 if r["method"] == "dice" else 40,
+                label=name,
+                zorder=3,
+            )
     for name, pts in curves.items():
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", label=name)

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     out: str = "eval"  # output folder: images/, eval.json, eval.md, eval_nfe.png (re-run to resume)
     model: str | None = None  # hub id or local diffusers folder; None: the shipped mini model
-    sharpeners: tuple[str, ...] = ()  # sharpener folders for dice rows; none with the mini model: the shipped one
+    sharpeners: tuple[
+        str, ...
+    ] = ()  # sharpener folders for dice rows; none with the mini model: the shipped one
     prompts: tuple[str, ...] = ()  # prompts given directly (instead of the held-out set)
     prompts_file: str | None = None  # text file or JSONL of prompts (instead of the held-out set)
     limit: int = 64  # use the first N prompts of the set
@@ -112,12 +114,19 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
         from .jobs import collect_prompts
 
         prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
-        return PromptSet("prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts))
+        return PromptSet(
+            "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
+        )
     from .world import heldout_set
 
     items = heldout_set(cfg.limit)
-    return PromptSet("heldout", [it.prompt for it in items], [it.seed for it in items],
-                     [it.spec for it in items], [it.scene for it in items])
+    return PromptSet(
+        "heldout",
+        [it.prompt for it in items],
+        [it.seed for it in items],
+        [it.spec for it in items],
+        [it.scene for it in items],
+    )
 
 
 def sharpener_tag(name: str) -> str:
@@ -136,7 +145,9 @@ def make_rows(cfg: EvalConfig, sharpener_tags: list[str]) -> list[Row]:
     """Rows in table order: unguided, cfg (each w), scaling (each s), dice (each sharpener and alpha)."""
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
-        raise InputError(f"Unknown method(s) {', '.join(sorted(unknown))}. Choose from: {', '.join(METHODS)}.")
+        raise InputError(
+            f"Unknown method(s) {', '.join(sorted(unknown))}. Choose from: {', '.join(METHODS)}."
+        )
     if any(s < 1 for s in cfg.steps):
         raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
     rows = []
@@ -144,17 +155,34 @@ def make_rows(cfg: EvalConfig, sharpener_tags: list[str]) -> list[Row]:
         rows += [Row("unguided", steps)] if "unguided" in cfg.methods else []
         rows += [Row("cfg", steps, w) for w in cfg.cfg_scales] if "cfg" in cfg.methods else []
         rows += [Row("scaling", steps, s) for s in cfg.scales] if "scaling" in cfg.methods else []
-        rows += [Row("dice", steps, a, t) for t in sharpener_tags for a in cfg.alphas] if "dice" in cfg.methods else []
+        rows += (
+            [Row("dice", steps, a, t) for t in sharpener_tags for a in cfg.alphas]
+            if "dice" in cfg.methods
+            else []
+        )
         if cfg.negative_prompt:
             neg = cfg.negative_prompt
             rows += [Row("cfg", steps, cfg.cfg_scales[0], None, neg)] if "cfg" in cfg.methods else []
-            rows += [Row("dice", steps, a, t, neg) for t in sharpener_tags for a in cfg.alphas] \
-                if "dice" in cfg.methods else []
+            rows += (
+                [Row("dice", steps, a, t, neg) for t in sharpener_tags for a in cfg.alphas]
+                if "dice" in cfg.methods
+                else []
+            )
     return rows
 
 
-def ensure_images(pipe, row: Row, ps: PromptSet, folder: Path, *, sharpener=None, batch_size: int = 16,
-                  height: int | None = None, width: int | None = None, progress: bool = True) -> int:
+def ensure_images(
+    pipe,
+    row: Row,
+    ps: PromptSet,
+    folder: Path,
+    *,
+    sharpener=None,
+    batch_size: int = 16,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = True,
+) -> int:
     """Generate the row's missing images (PNG + a line in meta.jsonl each); returns how many were made."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = image_paths(folder, ps)
@@ -165,24 +193,39 @@ def ensure_images(pipe, row: Row, ps: PromptSet, folder: Path, *, sharpener=None
     knobs = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}
     extra = {knobs[row.method]: row.value} if row.method in knobs else {}
     stream = generate(
-        pipe, [ps.prompts[i] for i in missing], method=row.method, seeds=[ps.seeds[i] for i in missing],
-        sharpener=sharpener, negative_prompt=row.negative_prompt, num_inference_steps=row.steps,
-        batch_size=batch_size, height=height, width=width, progress=progress, **extra,
+        pipe,
+        [ps.prompts[i] for i in missing],
+        method=row.method,
+        seeds=[ps.seeds[i] for i in missing],
+        sharpener=sharpener,
+        negative_prompt=row.negative_prompt,
+        num_inference_steps=row.steps,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        progress=progress,
+        **extra,
     )
     with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
         for s in stream:
             i = missing[s.index]
             _atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
-            meta.write(json.dumps({"index": i, "seed": s.seed, "prompt": s.prompt, "nfe": s.nfe,
-                                   "seconds": s.seconds}) + "\n")
+            meta.write(
+                json.dumps(
+                    {"index": i, "seed": s.seed, "prompt": s.prompt, "nfe": s.nfe, "seconds": s.seconds}
+                )
+                + "\n"
+            )
             meta.flush()
     return len(missing)
 
 
 def image_paths(folder: Path, ps: PromptSet) -> list[Path]:
     """One PNG per prompt, named by index, seed and a hash of the prompt (a changed prompt is regenerated)."""
-    return [folder / f"{i:05d}-seed{seed}-{hashlib.sha1(p.encode()).hexdigest()[:6]}.png"
-            for i, (p, seed) in enumerate(zip(ps.prompts, ps.seeds, strict=True))]
+    return [
+        folder / f"{i:05d}-seed{seed}-{hashlib.sha1(p.encode()).hexdigest()[:6]}.png"
+        for i, (p, seed) in enumerate(zip(ps.prompts, ps.seeds, strict=True))
+    ]
 
 
 def load_images(folder: Path, ps: PromptSet) -> np.ndarray:
@@ -196,11 +239,17 @@ def seconds_per_image(folder: Path, n: int) -> float | None:
     path = folder / "meta.jsonl"
     if not path.is_file():
         return None
-    recs = {r["index"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r["index"] < n}
+    recs = {
+        r["index"]: r
+        for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+        if r["index"] < n
+    }
     return float(np.mean([r["seconds"] for r in recs.values()])) if recs else None
 
 
-def row_metrics(images: np.ndarray, ps: PromptSet, reference: np.ndarray | None, real=None) -> dict[str, float]:
+def row_metrics(
+    images: np.ndarray, ps: PromptSet, reference: np.ndarray | None, real=None
+) -> dict[str, float]:
     """Every metric that applies to one row's images."""
     from .metrics import fidelity
 
@@ -229,8 +278,15 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
     made = {}
     for row in rows:
         made[row.key] = ensure_images(
-            pipe, row, ps, out / "images" / row.key, sharpener=sharpeners.get(row.sharpener),
-            batch_size=cfg.batch_size, height=cfg.height, width=cfg.width, progress=cfg.progress,
+            pipe,
+            row,
+            ps,
+            out / "images" / row.key,
+            sharpener=sharpeners.get(row.sharpener),
+            batch_size=cfg.batch_size,
+            height=cfg.height,
+            width=cfg.width,
+            progress=cfg.progress,
         )
     refs: dict[int, np.ndarray] = {}
     results = []
@@ -240,15 +296,29 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
         ref_row = Row("cfg", row.steps, cfg.cfg_scales[0]) if "cfg" in cfg.methods else None
         if ref_row is not None and row.steps not in refs:
             refs[row.steps] = images if ref_row == row else load_images(out / "images" / ref_row.key, ps)
-        results.append({
-            "label": row.label, "method": row.method, "key": row.key, "params": row.params, "steps": row.steps,
-            "nfe": row.nfe, "n": len(images), "generated": made[row.key],
-            "seconds_per_image": seconds_per_image(folder, len(images)),
-            **row_metrics(images, ps, refs.get(row.steps), real),
-        })
+        results.append(
+            {
+                "label": row.label,
+                "method": row.method,
+                "key": row.key,
+                "params": row.params,
+                "steps": row.steps,
+                "nfe": row.nfe,
+                "n": len(images),
+                "generated": made[row.key],
+                "seconds_per_image": seconds_per_image(folder, len(images)),
+                **row_metrics(images, ps, refs.get(row.steps), real),
+            }
+        )
         log.info("%s: %s", row.key, {k: v for k, v in results[-1].items() if isinstance(v, float)})
-    report = {"prompt_set": ps.name, "n": len(ps.prompts), "config": asdict(cfg), "versions": versions(),
-              "fidelity_reference": f"cfg w={cfg.cfg_scales[0]} at the row's step count", "rows": results}
+    report = {
+        "prompt_set": ps.name,
+        "n": len(ps.prompts),
+        "config": asdict(cfg),
+        "versions": versions(),
+        "fidelity_reference": f"cfg w={cfg.cfg_scales[0]} at the row's step count",
+        "rows": results,
+    }
     atomic_write_json(out / "eval.json", report)
     atomic_write_text(out / "eval.md", markdown_table(results) + "\n")
     if cfg.plot:
@@ -269,19 +339,32 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     names = list(cfg.sharpeners) or (["mini"] if cfg.model in (None, "mini") else [])
     if "dice" in cfg.methods and not names:
-        raise InputError("dice rows need --sharpener (a folder written by `dice train`), or drop dice from --methods.")
+        raise InputError(
+            "dice rows need --sharpener (a folder written by `dice train`), or drop dice from --methods."
+        )
     names = names if "dice" in cfg.methods else []
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
     ps = prompt_set(cfg)
     device = cfg.device or default_device()
-    real = RealMetrics(clip=cfg.clip, aesthetic=cfg.aesthetic, aesthetic_clip=cfg.aesthetic_clip,
-                       inception=cfg.inception, fid_ref=cfg.fid_ref, device=device)
+    real = RealMetrics(
+        clip=cfg.clip,
+        aesthetic=cfg.aesthetic,
+        aesthetic_clip=cfg.aesthetic_clip,
+        inception=cfg.inception,
+        fid_ref=cfg.fid_ref,
+        device=device,
+    )
     dtype = resolve_dtype(cfg.dtype, device)
     pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
     for sharp in sharpeners.values():  # a mismatched sharpener fails before any sampling
         check_compatible(pipe, sharp)
-    identity = {"model": model_id(pipe), "dtype": str(dtype), "device_type": torch.device(device).type,
-                "height": cfg.height, "width": cfg.width}
+    identity = {
+        "model": model_id(pipe),
+        "dtype": str(dtype),
+        "device_type": torch.device(device).type,
+        "height": cfg.height,
+        "width": cfg.width,
+    }
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     write_run_json(Path(cfg.out), {"config": asdict(cfg)}, identity)
     return evaluate(pipe, cfg, ps, sharpeners, real)

@@ -10,7 +10,10 @@ from PIL import Image, ImageDraw
 
 
 def make_grid(
-    images: Sequence[np.ndarray], cols: int | None = None, labels: Sequence[str] | None = None, label_h: int = 0
+    images: Sequence[np.ndarray],
+    cols: int | None = None,
+    labels: Sequence[str] | None = None,
+    label_h: int = 0,
 ) -> Image.Image:
     """Tile uint8 (H, W, 3) images row-major; optional one-line label above each tile."""
     n = len(images)

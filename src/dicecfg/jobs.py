@@ -32,9 +32,9 @@ def resolve_dtype(dtype: str | None, device: str, training: bool = False) -> tor
     """float16 for sampling / bfloat16 for training on CUDA, float32 on CPU, unless given."""
     if dtype:
         try:
-            return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype) or getattr(
-                torch, dtype
-            )
+            return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
+                dtype
+            ) or getattr(torch, dtype)
         except AttributeError as e:
             raise InputError(f"Unknown dtype '{dtype}': use fp16, bf16 or fp32.") from e
     if device.startswith("cuda"):
@@ -56,7 +56,9 @@ class SampleJob:
     prompts: tuple[str, ...] = ()  # prompts given on the command line
     prompts_file: str | None = None  # text file (one prompt per line) or JSONL
     model: str | None = None  # hub id or local diffusers folder; None: the shipped mini model
-    sharpener: str | None = None  # sharpener folder or hub id; None: the shipped one ("mini") for the mini model
+    sharpener: str | None = (
+        None  # sharpener folder or hub id; None: the shipped one ("mini") for the mini model
+    )
     method: str = "dice"  # unguided | cfg | scaling | dice
     guidance_scale: float = 5.0  # CFG scale w (method cfg)
     alpha: float = 1.0  # edit strength (method dice)
@@ -90,15 +92,35 @@ def run_sample(job: SampleJob) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths, records = [], []
     for s in generate(
-        pipe, prompts, method=job.method, seeds=job.seed, sharpener=sharp, negative_prompt=job.negative_prompt,
-        guidance_scale=job.guidance_scale, scale=job.scale, alpha=job.alpha, num_inference_steps=job.steps,
-        batch_size=job.batch_size, height=job.height, width=job.width, progress=job.progress,
+        pipe,
+        prompts,
+        method=job.method,
+        seeds=job.seed,
+        sharpener=sharp,
+        negative_prompt=job.negative_prompt,
+        guidance_scale=job.guidance_scale,
+        scale=job.scale,
+        alpha=job.alpha,
+        num_inference_steps=job.steps,
+        batch_size=job.batch_size,
+        height=job.height,
+        width=job.width,
+        progress=job.progress,
     ):
         path = out / f"{s.index:04d}_{s.method}_seed{s.seed}.png"
         s.pil().save(path)
         paths.append(path)
-        records.append({"file": path.name, "prompt": s.prompt, "seed": s.seed, "method": s.method, "nfe": s.nfe,
-                        "seconds": round(s.seconds, 4), **s.params})
+        records.append(
+            {
+                "file": path.name,
+                "prompt": s.prompt,
+                "seed": s.seed,
+                "method": s.method,
+                "nfe": s.nfe,
+                "seconds": round(s.seconds, 4),
+                **s.params,
+            }
+        )
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return paths
 

@@ -85,6 +85,8 @@ def _declares_safety_checker(path: str) -> bool:
 
 def model_id(pipe: Any) -> str | None:
     """Best-effort id of the model a pipeline came from (for sharpener metadata)."""
-    return getattr(pipe, "_dicecfg_source", None) or getattr(pipe, "name_or_path", None) or pipe.config.get(
-        "_name_or_path"
+    return (
+        getattr(pipe, "_dicecfg_source", None)
+        or getattr(pipe, "name_or_path", None)
+        or pipe.config.get("_name_or_path")
     )

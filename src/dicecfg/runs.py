@@ -31,7 +31,9 @@ def versions() -> dict[str, str]:
 def git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         return res.stdout.strip() or None if res.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -63,7 +65,11 @@ def truncate_stats(run_dir: Path, step: int) -> None:
     path = run_dir / "stats.jsonl"
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = [
+        ln
+        for ln in path.read_text(encoding="utf-8").splitlines()
+        if ln.strip() and json.loads(ln)["step"] <= step
+    ]
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -74,7 +80,9 @@ def read_stats(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def save_checkpoint(
+    run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, state in opt["state"].items():

@@ -145,11 +145,21 @@ def sample_batch(
 ) -> tuple[Any, int]:
     """Run the stock pipeline once on an encoded batch; returns its images/latents and passes per step."""
     kwargs, passes = method_kwargs(
-        pipe, fam, method, cond, neg,
-        sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha,
+        pipe,
+        fam,
+        method,
+        cond,
+        neg,
+        sharpener=sharpener,
+        guidance_scale=guidance_scale,
+        scale=scale,
+        alpha=alpha,
     )
     out = pipe(
-        **kwargs, **pipe_kwargs, num_inference_steps=num_inference_steps, generator=generators,
+        **kwargs,
+        **pipe_kwargs,
+        num_inference_steps=num_inference_steps,
+        generator=generators,
         output_type=output_type,
     )
     return out.images, passes
@@ -203,9 +213,20 @@ def generate(
             cond, neg = fam.encode(pipe, batch), fam.encode(pipe, negs[sl])
             generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in batch_seeds]
             out, passes = sample_batch(
-                pipe, fam, method, cond, neg, generators,
-                sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha,
-                num_inference_steps=num_inference_steps, height=height, width=width, output_type="np",
+                pipe,
+                fam,
+                method,
+                cond,
+                neg,
+                generators,
+                sharpener=sharpener,
+                guidance_scale=guidance_scale,
+                scale=scale,
+                alpha=alpha,
+                num_inference_steps=num_inference_steps,
+                height=height,
+                width=width,
+                output_type="np",
                 **pipe_kwargs,
             )
             if device.type == "cuda":
@@ -216,9 +237,13 @@ def generate(
             params |= {"alpha": alpha} if method == "dice" else {}
             for i, img in enumerate(out):
                 yield Sample(
-                    index=start + i, prompt=batch[i], seed=int(batch_seeds[i]), method=method,
+                    index=start + i,
+                    prompt=batch[i],
+                    seed=int(batch_seeds[i]),
+                    method=method,
                     image=(np.clip(img, 0, 1) * 255).round().astype(np.uint8),
-                    nfe=num_inference_steps * passes, seconds=per_image,
+                    nfe=num_inference_steps * passes,
+                    seconds=per_image,
                     params=params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
                 )
             bar.update(len(batch))

@@ -177,8 +177,18 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             raise SharpenerLoadError(f"{name}/{CONFIG_NAME} does not describe a sharpener ({e}).") from e
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only,
-                         token, map_location: str = "cpu", **model_kwargs):
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision,
+        cache_dir,
+        force_download,
+        local_files_only,
+        token,
+        map_location: str = "cpu",
+        **model_kwargs,
+    ):
         if os.path.isdir(model_id):
             model_file = os.path.join(model_id, WEIGHTS_NAME)
         else:
@@ -186,8 +196,13 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
 
             try:
                 model_file = hf_hub_download(
-                    repo_id=model_id, filename=WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
-                    force_download=force_download, token=token, local_files_only=local_files_only,
+                    repo_id=model_id,
+                    filename=WEIGHTS_NAME,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
                 )
             except Exception as e:  # offline, missing repo, bad id: say what was tried
                 raise SharpenerLoadError(

@@ -125,20 +125,35 @@ class TeacherSource(XtSource):
             atomic_save_tensors(path, {"pool": self.pool, "eval": self.eval_x0})
         self.eval_noise, self.eval_t = self.fixed_eval(len(self.eval_prompts))
 
-    def _sample(self, prompts: list[str], neg: Cond, resolution: int, seed_base: int, what: str) -> torch.Tensor:
+    def _sample(
+        self, prompts: list[str], neg: Cond, resolution: int, seed_base: int, what: str
+    ) -> torch.Tensor:
         from tqdm.auto import tqdm
 
         from .sampling import sample_batch
 
         out, bs = [], self.cfg.batch_size
         gen_device = self.device if self.device.type != "mps" else torch.device("cpu")
-        for s in tqdm(range(0, len(prompts), bs), desc=f"CFG samples ({what})", disable=not self.cfg.progress):
+        for s in tqdm(
+            range(0, len(prompts), bs), desc=f"CFG samples ({what})", disable=not self.cfg.progress
+        ):
             batch = prompts[s : s + bs]
-            gens = [torch.Generator(gen_device).manual_seed(self.cfg.seed + seed_base + s + i) for i in range(len(batch))]
+            gens = [
+                torch.Generator(gen_device).manual_seed(self.cfg.seed + seed_base + s + i)
+                for i in range(len(batch))
+            ]
             lat, _ = sample_batch(
-                self.pipe, self.fam, "cfg", self.text(batch), neg.expand(len(batch)), gens,
-                guidance_scale=self.cfg.guidance_scale, num_inference_steps=self.cfg.teacher_steps,
-                height=resolution, width=resolution, output_type="latent",
+                self.pipe,
+                self.fam,
+                "cfg",
+                self.text(batch),
+                neg.expand(len(batch)),
+                gens,
+                guidance_scale=self.cfg.guidance_scale,
+                num_inference_steps=self.cfg.teacher_steps,
+                height=resolution,
+                width=resolution,
+                output_type="latent",
             )
             out.append(lat.float())
         return torch.cat(out)
@@ -147,7 +162,12 @@ class TeacherSource(XtSource):
         g = self.generator(step)
         idx = torch.randint(0, len(self.pool), (self.cfg.batch_size,), generator=g)
         noise, t = self.draw(g, len(idx))
-        return self.pool[idx.to(self.device)], noise, t, self.text([self.pool_prompts[i] for i in idx.tolist()])
+        return (
+            self.pool[idx.to(self.device)],
+            noise,
+            t,
+            self.text([self.pool_prompts[i] for i in idx.tolist()]),
+        )
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         for s in range(0, len(self.eval_prompts), batch_size):

@@ -20,7 +20,23 @@ from typing import Any
 import torch
 
 ARCH_DIR = Path(__file__).resolve().parent
-WORDS = ("a", "photo", "of", "the", "cat", "dog", "on", "beach", "red", "blue", "car", "in", "city", "at", "night")
+WORDS = (
+    "a",
+    "photo",
+    "of",
+    "the",
+    "cat",
+    "dog",
+    "on",
+    "beach",
+    "red",
+    "blue",
+    "car",
+    "in",
+    "city",
+    "at",
+    "night",
+)
 
 
 def available() -> list[str]:
@@ -56,15 +72,21 @@ def word_clip_tokenizer(words=WORDS, max_length: int = 77):
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "vocab.json").write_text(json.dumps(vocab))
         (Path(d) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-        return CLIPTokenizer(str(Path(d) / "vocab.json"), str(Path(d) / "merges.txt"),
-                             model_max_length=max_length, pad_token="<|endoftext|>")
+        return CLIPTokenizer(
+            str(Path(d) / "vocab.json"),
+            str(Path(d) / "merges.txt"),
+            model_max_length=max_length,
+            pad_token="<|endoftext|>",
+        )
 
 
 def word_t5_tokenizer(words=WORDS, max_length: int = 120):
     """A real T5 tokenizer (Unigram, via the tokenizers library) whose vocabulary is a few whole words."""
     from transformers import T5Tokenizer
 
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [("\u2581" + w, -1.0) for w in words]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [
+        ("\u2581" + w, -1.0) for w in words
+    ]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
 
 
@@ -101,15 +123,20 @@ def build_components(cfg: dict[str, Any], *, full_text_encoder: bool = False) ->
     elif family == "sdxl":
         from diffusers import UNet2DConditionModel
 
-        out |= {"unet": UNet2DConditionModel(**cfg["unet"]), "text_encoder": _clip(cfg["text_encoder"]),
-                "text_encoder_2": _clip(cfg["text_encoder_2"], with_projection=True)}
+        out |= {
+            "unet": UNet2DConditionModel(**cfg["unet"]),
+            "text_encoder": _clip(cfg["text_encoder"]),
+            "text_encoder_2": _clip(cfg["text_encoder_2"], with_projection=True),
+        }
     elif family == "pixart":
         from diffusers import PixArtTransformer2DModel
         from transformers import T5Config, T5EncoderModel
 
         te = cfg["text_encoder"] if full_text_encoder else {**cfg["text_encoder"], **cfg["stub_text_encoder"]}
-        out |= {"transformer": PixArtTransformer2DModel(**cfg["transformer"]),
-                "text_encoder": T5EncoderModel(T5Config(**te))}
+        out |= {
+            "transformer": PixArtTransformer2DModel(**cfg["transformer"]),
+            "text_encoder": T5EncoderModel(T5Config(**te)),
+        }
     else:
         raise ValueError(f"No random builder for family {family}")
     return out
@@ -123,7 +150,11 @@ def param_counts(name: str, *, full_text_encoder: bool = True) -> dict[str, int]
 
 
 def random_pipeline(
-    name: str, *, dtype: torch.dtype = torch.float16, device: str = "cuda", seed: int = 0,
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float16,
+    device: str = "cuda",
+    seed: int = 0,
     full_text_encoder: bool = False,
 ):
     """A stock diffusers pipeline of architecture ``name`` (``available()``) with random weights.
@@ -142,13 +173,20 @@ def random_pipeline(
     if family == "sd":
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline(**mods, tokenizer=word_clip_tokenizer(), scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            **mods,
+            tokenizer=word_clip_tokenizer(),
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     elif family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 
-        pipe = StableDiffusionXLPipeline(**mods, tokenizer=word_clip_tokenizer(), tokenizer_2=word_clip_tokenizer(),
-                                         scheduler=scheduler)
+        pipe = StableDiffusionXLPipeline(
+            **mods, tokenizer=word_clip_tokenizer(), tokenizer_2=word_clip_tokenizer(), scheduler=scheduler
+        )
     else:
         from diffusers import PixArtAlphaPipeline
 

@@ -28,7 +28,9 @@ class Cond:
         return Cond(self.tokens[idx], {k: v[idx] for k, v in self.extras.items()})
 
     def to(self, *args: Any, **kwargs: Any) -> Cond:
-        return Cond(self.tokens.to(*args, **kwargs), {k: v.to(*args, **kwargs) for k, v in self.extras.items()})
+        return Cond(
+            self.tokens.to(*args, **kwargs), {k: v.to(*args, **kwargs) for k, v in self.extras.items()}
+        )
 
     def expand(self, n: int) -> Cond:
         """Broadcast a batch-1 Cond to batch n (no copy)."""
@@ -120,7 +122,9 @@ def register(cls: type[Family]) -> type[Family]:
 
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
-        raise UnsupportedPipelineError(f"Unknown family '{name}'. Known families: {', '.join(sorted(FAMILIES))}.")
+        raise UnsupportedPipelineError(
+            f"Unknown family '{name}'. Known families: {', '.join(sorted(FAMILIES))}."
+        )
     return FAMILIES[name]
 
 

@@ -58,8 +58,11 @@ class PixArtAlphaFamily(Family):
     @torch.no_grad()
     def encode(self, pipe: Any, texts: list[str]) -> Cond:
         embeds, mask, _, _ = pipe.encode_prompt(
-            list(texts), do_classifier_free_guidance=False, num_images_per_prompt=1,
-            device=pipe._execution_device, clean_caption=_clean_caption_available(),
+            list(texts),
+            do_classifier_free_guidance=False,
+            num_images_per_prompt=1,
+            device=pipe._execution_device,
+            clean_caption=_clean_caption_available(),
             max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
         return Cond(embeds, {"attention_mask": mask})
@@ -71,7 +74,8 @@ class PixArtAlphaFamily(Family):
 
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "prompt_embeds": cond.tokens, "prompt_attention_mask": cond.extras["attention_mask"],
+            "prompt_embeds": cond.tokens,
+            "prompt_attention_mask": cond.extras["attention_mask"],
         }
         if neg is not None:
             neg = neg.expand(len(cond))
@@ -94,11 +98,15 @@ class PixArtAlphaFamily(Family):
     def denoise(self, pipe: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         tr = pipe.transformer
         out = tr(
-            x_t.to(tr.dtype), encoder_hidden_states=cond.tokens.to(tr.dtype),
-            encoder_attention_mask=cond.extras["attention_mask"], timestep=t,
+            x_t.to(tr.dtype),
+            encoder_hidden_states=cond.tokens.to(tr.dtype),
+            encoder_attention_mask=cond.extras["attention_mask"],
+            timestep=t,
             added_cond_kwargs=self.added_cond(pipe, x_t, tr.dtype),
         ).sample
-        if tr.config.out_channels // 2 == x_t.shape[1]:  # learned sigma: keep the epsilon half, as the pipeline does
+        if (
+            tr.config.out_channels // 2 == x_t.shape[1]
+        ):  # learned sigma: keep the epsilon half, as the pipeline does
             out = out.chunk(2, dim=1)[0]
         return out
 

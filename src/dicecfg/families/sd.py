@@ -23,7 +23,10 @@ class StableDiffusionFamily(Family):
     @torch.no_grad()
     def encode(self, pipe: Any, texts: list[str]) -> Cond:
         embeds, _ = pipe.encode_prompt(
-            list(texts), device=pipe._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            list(texts),
+            device=pipe._execution_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
         )
         return Cond(embeds)
 

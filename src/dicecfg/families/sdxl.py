@@ -34,7 +34,10 @@ class StableDiffusionXLFamily(Family):
     @torch.no_grad()
     def encode(self, pipe: Any, texts: list[str]) -> Cond:
         embeds, _, pooled, _ = pipe.encode_prompt(
-            list(texts), device=pipe._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            list(texts),
+            device=pipe._execution_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
         )
         return Cond(embeds, {"pooled": pooled})
 
@@ -54,7 +57,10 @@ class StableDiffusionXLFamily(Family):
 
     def denoise(self, pipe: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         unet = pipe.unet
-        added = {"text_embeds": cond.extras["pooled"].to(unet.dtype), "time_ids": self.time_ids(pipe, x_t, unet.dtype)}
+        added = {
+            "text_embeds": cond.extras["pooled"].to(unet.dtype),
+            "time_ids": self.time_ids(pipe, x_t, unet.dtype),
+        }
         return unet(
             x_t.to(unet.dtype), t, encoder_hidden_states=cond.tokens.to(unet.dtype), added_cond_kwargs=added
         ).sample

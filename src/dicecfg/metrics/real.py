@@ -46,7 +46,9 @@ def require(path: str | os.PathLike | None, what: str, flag: str) -> Path:
     """Return ``path`` if it exists; otherwise raise a message saying what to download and where to pass it."""
     if path is None or not Path(path).exists():
         where = f"nothing at {path}" if path is not None else "no path given"
-        raise MissingWeightsError(f"{what}: {where}. Download {HOW[what]}, then pass its local path with {flag}.")
+        raise MissingWeightsError(
+            f"{what}: {where}. Download {HOW[what]}, then pass its local path with {flag}."
+        )
     return Path(path)
 
 
@@ -72,7 +74,9 @@ class ClipEmbedder:
         out = []
         for s in range(0, len(images), batch_size):
             px = self.processor(images=list(images[s : s + batch_size]), return_tensors="pt")["pixel_values"]
-            feats = self._tensor(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
+            feats = self._tensor(
+                self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype))
+            )
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
         return torch.cat(out)
 
@@ -81,8 +85,9 @@ class ClipEmbedder:
         """L2-normalised projected text embeddings (N, D); texts are truncated to the model's length."""
         out = []
         for s in range(0, len(texts), batch_size):
-            tok = self.processor.tokenizer(list(texts[s : s + batch_size]), padding=True, truncation=True,
-                                           return_tensors="pt").to(self.device)
+            tok = self.processor.tokenizer(
+                list(texts[s : s + batch_size]), padding=True, truncation=True, return_tensors="pt"
+            ).to(self.device)
             feats = self._tensor(self.model.get_text_features(**tok))
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
         return torch.cat(out)
@@ -101,8 +106,14 @@ class AestheticMLP(nn.Module):
     def __init__(self, dim: int = 768) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,8 +143,10 @@ class AestheticScorer:
         self.mlp, self.clip = AestheticMLP.load(mlp_path), clip
         dim = self.mlp.layers[0].in_features
         if clip.model.config.projection_dim != dim:
-            raise InputError(f"The aesthetic head expects {dim}-d CLIP embeddings but the CLIP model gives "
-                             f"{clip.model.config.projection_dim}-d; it needs CLIP ViT-L/14 (--aesthetic-clip).")
+            raise InputError(
+                f"The aesthetic head expects {dim}-d CLIP embeddings but the CLIP model gives "
+                f"{clip.model.config.projection_dim}-d; it needs CLIP ViT-L/14 (--aesthetic-clip)."
+            )
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -141,7 +154,9 @@ class AestheticScorer:
 
 
 # ---- FID ---------------------------------------------------------------------------------------------
-def inception_extractor(weights: str | os.PathLike | None, device: str = "cpu", batch_size: int = 64) -> Extractor:
+def inception_extractor(
+    weights: str | os.PathLike | None, device: str = "cpu", batch_size: int = 64
+) -> Extractor:
     """torch-fidelity's Inception-v3 (2048-d pool features) from a local weights file."""
     path = require(weights, "inception", "--inception")
     try:
@@ -153,7 +168,9 @@ def inception_extractor(weights: str | os.PathLike | None, device: str = "cpu", 
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     with tempfile.TemporaryDirectory() as d:
         torch.save({k: v for k, v in state.items()}, os.path.join(d, "w.pth"))
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], os.path.join(d, "w.pth")).to(device)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], os.path.join(d, "w.pth")).to(
+            device
+        )
 
     @torch.no_grad()
     def extract(images: np.ndarray) -> np.ndarray:
@@ -206,14 +223,24 @@ def fid(images: np.ndarray, extractor: Extractor, ref_stats: tuple[np.ndarray, n
 class RealMetrics:
     """The real-model metrics the user gave weights for; paths are checked when this is built."""
 
-    def __init__(self, *, clip: str | None = None, aesthetic: str | None = None, aesthetic_clip: str | None = None,
-                 inception: str | None = None, fid_ref: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        *,
+        clip: str | None = None,
+        aesthetic: str | None = None,
+        aesthetic_clip: str | None = None,
+        inception: str | None = None,
+        fid_ref: str | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.clip = ClipEmbedder(clip, device) if clip else None
         self.aesthetic = None
         if aesthetic or aesthetic_clip:
             require(aesthetic, "aesthetic", "--aesthetic")
             same = aesthetic_clip in (None, clip)
-            head_clip = self.clip if same and self.clip else ClipEmbedder(aesthetic_clip, device, "--aesthetic-clip")
+            head_clip = (
+                self.clip if same and self.clip else ClipEmbedder(aesthetic_clip, device, "--aesthetic-clip")
+            )
             self.aesthetic = AestheticScorer(aesthetic, head_clip)
         self.fid = None
         if inception or fid_ref:
