@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -41,39 +40,11 @@ PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "s
 
 
 def write_clip_tokenizer(out: Path, words=WORDS) -> None:
-    """A real CLIP BPE tokenizer whose every word is one token (merges build each word from characters)."""
-    from transformers import CLIPTokenizer
+    """A real CLIP BPE tokenizer whose every word is one token (<|startoftext|> = 0, <|endoftext|> = 1 = pad)."""
+    from dicecfg.archs import word_clip_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    merges: list[str] = []
-
-    def add(tok: str) -> None:
-        vocab.setdefault(tok, len(vocab))
-
-    for tok in ("<|startoftext|>", "<|endoftext|>"):
-        add(tok)
-    chars = sorted({ch for w in words for ch in w})
-    for ch in chars:
-        add(ch)
-        add(ch + "</w>")
-    for w in words:
-        pieces = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-            add(pieces[0])
-    seen, uniq = set(), []
-    for m in merges:
-        if m not in seen:
-            seen.add(m)
-            uniq.append(m)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(uniq) + "\n")
-    tok = CLIPTokenizer(
-        str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>"
-    )
-    tok.save_pretrained(str(out))
+    word_clip_tokenizer(words).save_pretrained(str(out))
 
 
 def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 32, seed: int = 0) -> Path:
