@@ -94,9 +94,12 @@ def sharpen(
     return kwargs
 
 
-def scale_cond(cond: Cond, s: float) -> Cond:
-    """The scaling baseline: c' = s * c, token 0 kept (its state is the same for every CLIP prompt)."""
+def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
+    """The scaling baseline c' = s * c; token 0 is kept when the family copies it (CLIP's <SOS> state is the
+    same for every prompt), and scaled too where it is a real token (T5)."""
     t = cond.tokens
+    if not keep_first:
+        return cond.with_tokens(s * t)
     return cond.with_tokens(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
 
 
@@ -118,7 +121,7 @@ def method_kwargs(
     if method == "cfg":
         return {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": guidance_scale}, 2
     if method == "scaling":
-        return {**fam.pipeline_kwargs(pipe, scale_cond(cond, scale)), "guidance_scale": 1.0}, 1
+        return {**fam.pipeline_kwargs(pipe, scale_cond(cond, scale, fam.copy_first_token)), "guidance_scale": 1.0}, 1
     if method == "dice":
         if sharpener is None:
             raise InputError("method 'dice' needs a sharpener (Sharpener.from_pretrained(...)).")
