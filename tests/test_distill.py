@@ -108,3 +108,10 @@ def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
     assert all(
         torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
+
+
+def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
+    cfg = DistillConfig(steps=2, **{**FAST, "validate_every": 1}, validation_prompts=("a red circle", "a blue square"))
+    distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
+    grids = sorted(p.name for p in (tmp_path / "run" / "validation").glob("*.png"))
+    assert grids == ["step_0000001.png", "step_0000002.png"]
