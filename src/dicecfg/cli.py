@@ -276,9 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dice: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # SIGINT -> 130, SIGTERM -> 143 (128 + signal number)
         print("dice: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     return 0
 
 

@@ -20,8 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageCaptionFolder
-from .errors import InputError
+from .errors import InputError, TrainingDivergedError, TrainingInterrupted
 from .families import Cond, Family, family_of
+from .faults import StopFlag, run_lock, warn_truncated
 from .pipeline import model_id
 from .runs import (
     append_stats,
@@ -163,10 +164,18 @@ def distill(
         config: hyper-parameters (defaults: the paper's SD1.5 recipe).
         images: folder of captioned images (metadata.jsonl or .txt sidecars) for the paper's x_t source.
         output_dir: run folder: run.json, stats.jsonl, checkpoint.safetensors and the final sharpener.
+
+    Raises ``RunLockedError`` when another live process trains into ``output_dir``, ``TrainingDivergedError``
+    on a NaN/Inf loss and ``TrainingInterrupted`` after SIGINT / SIGTERM (both keep the last checkpoint).
     """
-    cfg, fam = config, family_of(pipe)
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _distill(pipe, prompts, config, images, run_dir)
+
+
+def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, run_dir: Path) -> Sharpener:
+    fam = family_of(pipe)
     device = pipe._execution_device
     mode = cfg.xt_source if cfg.xt_source != "auto" else ("images" if images else "teacher")
     if mode == "images" and images is None:
@@ -196,8 +205,10 @@ def distill(
     neg = fam.encode(pipe, [""])
     if mode == "images":
         folder = ImageCaptionFolder(images, resolution)
+        warn_truncated(pipe, fam, [*folder.captions, *cfg.negative_prompts])
         source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir)
     else:
+        warn_truncated(pipe, fam, [*prompts, *cfg.negative_prompts])
         source = TeacherSource(pipe, fam, list(prompts), neg, cfg, run_dir, resolution)
     ctx = _Ctx(pipe, fam, cfg, source, neg, autocast)
 
@@ -228,15 +239,17 @@ def distill(
     if cfg.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
         denoiser.enable_gradient_checkpointing()
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", disable=not cfg.progress)
-    step, t_log, n_log = start, time.perf_counter(), 0
+    step, t_log, n_log, saved = start, time.perf_counter(), 0, start
+    stop = StopFlag()
     try:
+        stop.__enter__()
         while step < cfg.steps:
             x0, noise, t, cond = source.train_batch(step)
             loss = ctx.batch_loss(sharpener, x0, noise, t, cond, source.negatives(step, len(cond)))
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Loss became {loss.item()} at step {step + 1}; the last checkpoint in {run_dir} is kept. "
-                    "Lower the learning rate or use mixed_precision='no'."
+                raise TrainingDivergedError(
+                    f"Loss became {loss.item()} at step {step + 1}; the last good checkpoint (step {saved}) "
+                    f"in {run_dir} is kept. Lower the learning rate or use mixed_precision='no'."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -254,15 +267,27 @@ def distill(
                 append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(run_dir, step, sharpener, optimizer)
+                saved = step
             if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
                 _validation_grid(pipe, sharpener, cfg, run_dir, step)
-    except KeyboardInterrupt:
-        save_checkpoint(run_dir, step, sharpener, optimizer)
-        log.warning(
-            "interrupted at step %d; checkpoint written to %s (run the same command to resume)", step, run_dir
-        )
+            if stop.signum is not None:  # SIGINT / SIGTERM: stop at this step boundary, checkpointed
+                if saved != step:
+                    save_checkpoint(run_dir, step, sharpener, optimizer)
+                log.warning(
+                    "stopped at step %d; checkpoint in %s (run the same command to resume)", step, run_dir
+                )
+                raise TrainingInterrupted(stop.signum, step)
+    except KeyboardInterrupt as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
+        if not isinstance(e, TrainingInterrupted):
+            log.warning(
+                "interrupted during step %d; the checkpoint of step %d in %s is kept",
+                step + 1,
+                saved,
+                run_dir,
+            )
         raise
     finally:
+        stop.__exit__()
         bar.close()
         if cfg.gradient_checkpointing and hasattr(denoiser, "disable_gradient_checkpointing"):
             denoiser.disable_gradient_checkpointing()

@@ -25,3 +25,30 @@ class ModelNotFoundError(DiceError, OSError):
 
 class InputError(DiceError, ValueError):
     """Bad user input: prompts file, image folder, option values."""
+
+
+class RunLockedError(DiceError, RuntimeError):
+    """Another live process holds the run folder's ``run.lock``."""
+
+
+class TrainingDivergedError(DiceError, FloatingPointError):
+    """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class CheckpointWriteError(DiceError, OSError):
+    """A checkpoint could not be written (full disk, failing device); the previous one is intact."""
+
+
+class OutOfMemoryError(DiceError, RuntimeError):
+    """The accelerator ran out of memory; the message says which option to lower."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM stopped training at a step boundary after writing a checkpoint.
+
+    ``signum`` is the signal; the CLI exits with 128 + signum (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by signal {signum} at step {step}")
+        self.signum, self.step = signum, step

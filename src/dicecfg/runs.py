@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import InputError
+from .errors import CheckpointWriteError, InputError
 from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -89,7 +89,13 @@ def save_checkpoint(
         for k, v in state.items():
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     meta = {"step": str(step), "param_groups": json.dumps(opt["param_groups"])}
-    atomic_save_tensors(run_dir / CHECKPOINT, tensors, metadata=meta)
+    try:
+        atomic_save_tensors(run_dir / CHECKPOINT, tensors, metadata=meta)
+    except OSError as e:  # the temporary file is gone and the previous checkpoint untouched (io.py)
+        raise CheckpointWriteError(
+            f"Could not write the checkpoint of step {step} to {run_dir} ({e.strerror or e}). The previous "
+            "checkpoint is intact; free disk space and run the same command to resume."
+        ) from e
 
 
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:

@@ -1,0 +1,148 @@
+"""Fault handling shared by training and sampling: the run lock, graceful stop on SIGINT / SIGTERM, and
+up-front input checks (prompt length, image size, alpha). See docs/reliability.md for the guarantees."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, RunLockedError
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "run.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold ``run_dir/run.lock`` (created with O_EXCL, holding "pid host") while the block runs.
+
+    A lock of a live process (or of another host, which we cannot check) is refused; a lock whose process is
+    dead on this host is stale and taken over with a warning. The lock is removed on exit.
+    """
+    path = Path(run_dir) / LOCK_NAME
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid_s, _, host = path.read_text(encoding="utf-8").strip().partition(" ")
+                pid = int(pid_s)
+            except (OSError, ValueError):  # unreadable or half-written lock: treat as stale
+                pid, host = -1, socket.gethostname()
+            if host != socket.gethostname() or (pid > 0 and _pid_alive(pid)):
+                raise RunLockedError(
+                    f"{run_dir} is in use by another run (pid {pid} on {host or 'this host'}). Wait for it, "
+                    f"or use another --out; if that process is gone, delete {path}."
+                ) from None
+            log.warning("taking over the stale lock %s (pid %s is not running)", path, pid)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(me + "\n")
+        break
+    else:  # pragma: no cover - another process keeps re-creating it
+        raise RunLockedError(f"could not take {path}: another process keeps creating it.")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text(encoding="utf-8").strip() == me:
+                path.unlink()
+
+
+class StopFlag:
+    """Turn the first SIGINT / SIGTERM into a request to stop at the next step boundary.
+
+    The loop polls ``signum``; a second signal raises KeyboardInterrupt at once (no checkpoint then: the last
+    one on disk stays intact). Outside the main thread signals cannot be caught and nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("signal %d received: stopping after this step (send it again to stop now)", signum)
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def warn_truncated(pipe: Any, fam: Any, prompts: Sequence[str]) -> int:
+    """Warn once with the number of prompts longer than the text encoder's limit; returns that number."""
+    tok, limit = getattr(pipe, "tokenizer", None), fam.num_tokens(pipe)
+    if tok is None or not prompts:
+        return 0
+    unique = sorted(set(prompts))
+    lengths = [len(ids) for ids in tok(unique, truncation=False)["input_ids"]]
+    long = {p for p, n in zip(unique, lengths, strict=True) if n > limit}
+    count = sum(p in long for p in prompts)
+    if count:
+        example = max(long, key=len)
+        log.warning(
+            "%d of %d prompts are longer than the text encoder's %d tokens and are truncated "
+            "(longest starts: %r)",
+            count,
+            len(prompts),
+            limit,
+            example[:60],
+        )
+    return count
+
+
+def check_size(pipe: Any, fam: Any, height: int | None, width: int | None) -> None:
+    """Refuse image sizes the pipeline cannot make, before any work: positive multiples of the VAE factor
+    (x the patch size for transformers) and of 8 (the stock pipelines' own check)."""
+    patch = getattr(fam.denoiser(pipe).config, "patch_size", None) or 1
+    m = math.lcm(8, int(pipe.vae_scale_factor) * int(patch))
+    for name, v in (("height", height), ("width", width)):
+        if v is not None and (v <= 0 or v % m):
+            ok = max(m, round(v / m) * m)
+            raise InputError(
+                f"{name}={v} is not a positive multiple of {m} (VAE factor {pipe.vae_scale_factor}"
+                f"{f' x patch {patch}' if patch > 1 else ''}, and 8); try {ok}."
+            )
+
+
+def check_alpha(alpha: float) -> None:
+    """Warn for edit strengths outside the range the method was tested on (0 to 4)."""
+    if not math.isfinite(alpha):
+        raise InputError(f"alpha must be a finite number (got {alpha}).")
+    if alpha < 0 or alpha > 4:
+        log.warning(
+            "alpha=%g is outside the usual range 0..4: %s",
+            alpha,
+            "a negative alpha moves away from the guided result" if alpha < 0 else "expect oversaturation",
+        )
