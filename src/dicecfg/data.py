@@ -94,6 +94,16 @@ class ImageCaptionFolder:
             raise InputError(
                 f"{self.root} has no captioned images: add metadata.jsonl (file_name, text) or NAME.txt sidecars."
             )
+        listed = len(self.items)
+        self.items = [
+            (p, c) for p, c in self.items if _readable(p)
+        ]  # same folder -> same list: resume is exact
+        if len(self.items) < listed:
+            log.warning("%s: skipped %d unreadable or missing images", self.root, listed - len(self.items))
+        if not self.items:
+            raise InputError(
+                f"{self.root}: none of its {listed} captioned images can be read (corrupt or missing)."
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -106,7 +116,7 @@ class ImageCaptionFolder:
         """Image i as a (3, R, R) float tensor in [-1, 1]."""
         path = self.items[i][0]
         try:
-            img = Image.open(path).convert("RGB")
+            img = _to_rgb(Image.open(path))
         except (OSError, ValueError) as e:
             raise InputError(f"Cannot read image {path} ({e}).") from e
         w, h = img.size
@@ -118,3 +128,24 @@ class ImageCaptionFolder:
 
     def batch(self, idx: list[int]) -> torch.Tensor:
         return torch.stack([self.load(i) for i in idx])
+
+
+def _readable(path: Path) -> bool:
+    """Cheap up-front check (header and structure, no full decode) that PIL can open an image."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:  # PIL raises many types for damaged files (OSError, SyntaxError, struct.error, ...)
+        return False
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as the VAE expects: grey and palette images are expanded, transparency is composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")

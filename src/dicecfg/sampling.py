@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import InputError, OutOfMemoryError
 from .families import Cond, Family, check_compatible, family_of
+from .faults import check_alpha, check_size, warn_truncated
 from .sharpener import Sharpener
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def sharpen(
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise InputError("sharpen() needs at least one prompt.")
+    check_alpha(alpha)
+    warn_truncated(pipe, fam, prompts)
     cond = fam.encode(pipe, prompts)
     neg = fam.encode(pipe, _as_list(negative_prompt, len(prompts), "negative_prompt"))
     kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(pipe, fam, sharpener, cond, neg, alpha))
@@ -121,7 +124,10 @@ def method_kwargs(
     if method == "cfg":
         return {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": guidance_scale}, 2
     if method == "scaling":
-        return {**fam.pipeline_kwargs(pipe, scale_cond(cond, scale, fam.copy_first_token)), "guidance_scale": 1.0}, 1
+        return {
+            **fam.pipeline_kwargs(pipe, scale_cond(cond, scale, fam.copy_first_token)),
+            "guidance_scale": 1.0,
+        }, 1
     if method == "dice":
         if sharpener is None:
             raise InputError("method 'dice' needs a sharpener (Sharpener.from_pretrained(...)).")
@@ -158,13 +164,19 @@ def sample_batch(
         scale=scale,
         alpha=alpha,
     )
-    out = pipe(
-        **kwargs,
-        **pipe_kwargs,
-        num_inference_steps=num_inference_steps,
-        generator=generators,
-        output_type=output_type,
-    )
+    try:
+        out = pipe(
+            **kwargs,
+            **pipe_kwargs,
+            num_inference_steps=num_inference_steps,
+            generator=generators,
+            output_type=output_type,
+        )
+    except torch.OutOfMemoryError as e:
+        raise OutOfMemoryError(
+            f"Out of accelerator memory while sampling a batch of {len(generators)} images ({method}). "
+            "Use a smaller --batch-size (batch_size=); results do not depend on it."
+        ) from e
     return out.images, passes
 
 
@@ -203,6 +215,10 @@ def generate(
         raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
     negs = _as_list(negative_prompt, len(prompts), "negative_prompt")
     fam = family_of(pipe) if sharpener is None or method != "dice" else check_compatible(pipe, sharpener)
+    check_size(pipe, fam, height, width)
+    if method == "dice":
+        check_alpha(alpha)
+    warn_truncated(pipe, fam, [*prompts, *(n for n in negs if n)])
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
     saved_bar = getattr(pipe, "_progress_bar_config", None)

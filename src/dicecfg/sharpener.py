@@ -31,6 +31,7 @@ from .io import atomic_save_tensors, atomic_write_json
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 DEFAULT_NAME = "mini"  # the sharpener shipped with the package (see dicecfg.assets)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")  # refused by name, never opened
 
 
 class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["dice", "cfg-distillation"]):
@@ -153,6 +154,11 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
 
             name = str(shipped_sharpener_dir())
         path = Path(name)
+        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+            raise SharpenerLoadError(
+                f"{path} is a pickled PyTorch file; dicecfg never loads pickles (loading one can run code). "
+                f"Pass a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or convert it where you trust it."
+            )
         if path.is_file():
             raise SharpenerLoadError(
                 f"{path} is a file; a sharpener is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
@@ -161,14 +167,22 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         if path.is_dir():
             missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]
             if missing:
+                pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+                note = (
+                    f" It holds pickled files ({', '.join(pickles)}), which are never loaded."
+                    if pickles
+                    else ""
+                )
                 raise SharpenerLoadError(
-                    f"{path} is not a sharpener folder: missing {', '.join(missing)}. "
+                    f"{path} is not a sharpener folder: missing {', '.join(missing)}.{note} "
                     "Point to the output folder of `dice train` (it holds config.json and model.safetensors)."
                 )
             try:
-                json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+                config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise SharpenerLoadError(f"{path / CONFIG_NAME} is not valid JSON ({e}).") from e
+            if not isinstance(config, dict) or "dim" not in config:
+                raise SharpenerLoadError(f"{path / CONFIG_NAME} does not describe a sharpener (no 'dim').")
         elif (os.sep in name or name.startswith(".")) and not path.exists():
             raise SharpenerLoadError(f"No sharpener at {path}: the folder does not exist.")
         try:
