@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageCaptionFolder
-from .errors import InputError, TrainingDivergedError, TrainingInterrupted
+from .errors import InputError, TrainingInterrupted
 from .families import Cond, Family, family_of
-from .faults import StopFlag, run_lock, warn_truncated
+from .faults import StopFlag, check_finite, run_lock, warn_truncated
 from .pipeline import model_id
 from .runs import (
     append_stats,
@@ -240,17 +240,12 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
         denoiser.enable_gradient_checkpointing()
     bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", disable=not cfg.progress)
     step, t_log, n_log, saved = start, time.perf_counter(), 0, start
-    stop = StopFlag()
+    stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
-        stop.__enter__()
         while step < cfg.steps:
             x0, noise, t, cond = source.train_batch(step)
             loss = ctx.batch_loss(sharpener, x0, noise, t, cond, source.negatives(step, len(cond)))
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"Loss became {loss.item()} at step {step + 1}; the last good checkpoint (step {saved}) "
-                    f"in {run_dir} is kept. Lower the learning rate or use mixed_precision='no'."
-                )
+            check_finite(loss, step + 1, saved, run_dir)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -270,7 +265,7 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
                 saved = step
             if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
                 _validation_grid(pipe, sharpener, cfg, run_dir, step)
-            if stop.signum is not None:  # SIGINT / SIGTERM: stop at this step boundary, checkpointed
+            if stop.signum is not None:
                 if saved != step:
                     save_checkpoint(run_dir, step, sharpener, optimizer)
                 log.warning(
@@ -279,12 +274,7 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
                 raise TrainingInterrupted(stop.signum, step)
     except KeyboardInterrupt as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
         if not isinstance(e, TrainingInterrupted):
-            log.warning(
-                "interrupted during step %d; the checkpoint of step %d in %s is kept",
-                step + 1,
-                saved,
-                run_dir,
-            )
+            log.warning("interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir)
         raise
     finally:
         stop.__exit__()

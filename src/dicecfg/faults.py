@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, RunLockedError
+from .errors import InputError, RunLockedError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"
@@ -98,6 +98,15 @@ class StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+def check_finite(loss: Any, step: int, saved: int, run_dir: Path) -> None:
+    """Stop on a NaN / Inf training loss before it reaches the weights, naming the step and the kept checkpoint."""
+    if not bool(loss.isfinite()):
+        raise TrainingDivergedError(
+            f"Loss became {loss.item()} at step {step}; the last good checkpoint (step {saved}) in {run_dir} "
+            "is kept. Lower the learning rate or use mixed_precision='no'."
+        )
 
 
 def warn_truncated(pipe: Any, fam: Any, prompts: Sequence[str]) -> int:
