@@ -127,6 +127,18 @@ def test_prompt_files_blank_lines_and_jsonl_fields(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"text": "a"}\n\n{"prompt": "b"}\n{"label": "c"}\n')
     with pytest.raises(InputError, match=r"p.jsonl:4: no caption field"):
         load_prompts(tmp_path / "p.jsonl")
+    (tmp_path / "bad.txt").write_bytes(b"a red circle\nblue \xff\xfe square\n")
+    with pytest.raises(InputError, match=r"bad.txt:2: not valid UTF-8"):
+        load_prompts(tmp_path / "bad.txt")
+
+
+def test_images_without_captions_skipped_with_count(tmp_path, caplog):
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "0.txt").write_text("a red circle")
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        assert ImageCaptionFolder(tmp_path, 8).captions == ["a red circle"]
+    assert any("skipped 2 images without a caption" in r.getMessage() for r in caplog.records)
 
 
 # ---- image folders ---------------------------------------------------------------------------------------------
