@@ -36,13 +36,28 @@ def main() -> None:
     seeds = list(range(len(prompts)))
     pipe, sharp, oracle = load_pipeline(a.model), Sharpener.from_pretrained(a.sharpener), Oracle()
     runs = [("unguided", None), ("cfg", None), ("cfg", negs), ("dice", None), ("dice", negs)]
-    print(f"{len(prompts)} images per row ({len(SHAPES)} shapes x {len(COLOURS)} negated colours x {a.seeds} "
-          f"seeds), {a.steps} steps, torch {torch.__version__}")
+    print(
+        f"{len(prompts)} images per row ({len(SHAPES)} shapes x {len(COLOURS)} negated colours x {a.seeds} "
+        f"seeds), {a.steps} steps, torch {torch.__version__}"
+    )
     print("| method | negative prompt | negated colour present | any object found |\n|---|---|---|---|")
     for method, neg in runs:
-        imgs = np.stack([s.image for s in generate(pipe, prompts, method=method, seeds=seeds, sharpener=sharp,
-                                                   negative_prompt=neg, num_inference_steps=a.steps,
-                                                   batch_size=28, progress=False)])
+        imgs = np.stack(
+            [
+                s.image
+                for s in generate(
+                    pipe,
+                    prompts,
+                    method=method,
+                    seeds=seeds,
+                    sharpener=sharp,
+                    negative_prompt=neg,
+                    num_inference_steps=a.steps,
+                    batch_size=28,
+                    progress=False,
+                )
+            ]
+        )
         dets, _ = oracle.detect(imgs)
         hit = np.mean([any(d.colour == c for d in ds) for ds, c in zip(dets, negated, strict=True)])
         found = np.mean([len(ds) > 0 for ds in dets])

@@ -111,7 +111,9 @@ def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
 
 
 def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
-    cfg = DistillConfig(steps=2, **{**FAST, "validate_every": 1}, validation_prompts=("a red circle", "a blue square"))
+    cfg = DistillConfig(
+        steps=2, **{**FAST, "validate_every": 1}, validation_prompts=("a red circle", "a blue square")
+    )
     distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
     grids = sorted(p.name for p in (tmp_path / "run" / "validation").glob("*.png"))
     assert grids == ["step_0000001.png", "step_0000002.png"]

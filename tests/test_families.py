@@ -138,15 +138,16 @@ def test_pixart_mask_modes(pixart):
     # an edit written only into padding: invisible with "keep", seen by the transformer with "open"
     tokens = cond.tokens + 3.0 * pad[..., None]
     gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
-    run = lambda c: (
-        pixart(
+
+    def run(c):
+        return pixart(
             **fam.pipeline_kwargs(pixart, c),
             guidance_scale=1.0,
-            num_inference_steps=STEPS,  # noqa: E731
+            num_inference_steps=STEPS,
             generator=gens(),
             output_type="latent",
         ).images
-    )
+
     assert torch.equal(run(fam.edited(cond, tokens, "keep")), run(cond))
     assert fam.edited(cond, tokens, "open").extras["attention_mask"].all()
     assert not torch.equal(run(fam.edited(cond, tokens, "open")), run(fam.edited(cond, cond.tokens, "open")))
