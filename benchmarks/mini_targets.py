@@ -13,10 +13,10 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
-from dicecfg import Sharpener, generate, load_pipeline
+from dicecfg import Sharpener, load_pipeline
+from dicecfg.metrics.world import sample_and_score
 from dicecfg.world import Oracle, heldout_set
 
 ATTRS = ("count", "shape", "colour", "size", "relation", "background")
@@ -35,7 +35,6 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
     items = heldout_set(a.n)
-    prompts, seeds, specs = [i.prompt for i in items], [i.seed for i in items], [i.spec for i in items]
     pipe = load_pipeline(a.model, device=a.device)
     sharp = Sharpener.from_pretrained(a.sharpener)
     oracle = Oracle()
@@ -45,20 +44,17 @@ def main() -> None:
     rows = []
     for method, kw in runs:
         t0 = time.perf_counter()
-        samples = list(
-            generate(
-                pipe,
-                prompts,
-                method=method,
-                seeds=seeds,
-                sharpener=sharp,
-                num_inference_steps=a.steps,
-                batch_size=a.batch_size,
-                progress=False,
-                **kw,
-            )
+        _, samples, score = sample_and_score(
+            pipe,
+            items,
+            method,
+            oracle=oracle,
+            sharpener=sharp,
+            num_inference_steps=a.steps,
+            batch_size=a.batch_size,
+            progress=False,
+            **kw,
         )
-        score = oracle.score(np.stack([s.image for s in samples]), specs)
         rows.append(
             {
                 "method": method,

@@ -15,8 +15,8 @@ import numpy as np
 
 from .imageutil import save_grid
 from .io import atomic_write_json
+from .metrics.world import sample_and_score
 from .pipeline import load_pipeline
-from .sampling import generate
 from .sharpener import Sharpener
 
 log = logging.getLogger(__name__)
@@ -47,21 +47,18 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     oracle = Oracle()
     rows, table = [], []
     for method in ("unguided", "cfg", "dice"):
-        samples = list(
-            generate(
-                pipe,
-                prompts,
-                method=method,
-                seeds=seeds,
-                sharpener=sharp,
-                guidance_scale=job.guidance_scale,
-                num_inference_steps=job.steps,
-                batch_size=len(prompts),
-                progress=job.progress,
-            )
+        images, samples, score = sample_and_score(
+            pipe,
+            picked,
+            method,
+            oracle=oracle,
+            sharpener=sharp,
+            guidance_scale=job.guidance_scale,
+            num_inference_steps=job.steps,
+            batch_size=len(prompts),
+            progress=job.progress,
         )
-        images = np.stack([s.image for s in samples])
-        correct = oracle.score(images, [it.spec for it in picked])["all"].astype(float)
+        correct = score["all"].astype(float)
         rows.append(images)
         table.append(
             {
