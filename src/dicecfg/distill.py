@@ -229,7 +229,7 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
         ).to(device)
     optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = load_checkpoint(run_dir, sharpener, optimizer)
-    truncate_stats(run_dir, start)
+    truncate_stats(run_dir, start if start else -1)  # a fresh start also drops an earlier step-0 record
     if start:
         log.info("resuming %s from step %d", run_dir, start)
     if start == 0:
