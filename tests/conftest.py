@@ -47,6 +47,26 @@ def write_clip_tokenizer(out: Path, words=WORDS) -> None:
     word_clip_tokenizer(words).save_pretrained(str(out))
 
 
+def tiny_clip(out: Path, hidden: int, **extra):
+    """The word-level tokenizer (saved under out/tokenizer_src) and a matching tiny CLIP text config."""
+    from transformers import CLIPTokenizer
+
+    write_clip_tokenizer(out / "tokenizer_src")
+    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer_src"))
+    cfg = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return tokenizer, {**cfg, **extra}
+
+
 def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 32, seed: int = 0) -> Path:
     from diffusers import (
         AutoencoderKL,
@@ -54,24 +74,11 @@ def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    write_clip_tokenizer(out / "tokenizer_src")
-    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer_src"))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    tokenizer, te_cfg = tiny_clip(out, hidden)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -165,23 +172,10 @@ def build_tiny_sdxl(out: Path, *, seed: int = 0) -> Path:
     mainly through cross-attention on the token states.
     """
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    write_clip_tokenizer(out / "tokenizer_src")
-    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer_src"))
-    te_cfg = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        projection_dim=32,
-    )
+    tokenizer, te_cfg = tiny_clip(out, 32, projection_dim=32)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
