@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument(
                 flag, type=kind, default=None, help=f"{docs.get(f.name, '')} (default {f.default})"
             )
+    t.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="train data-parallel in N processes, one per GPU (relaunches itself through torch.distributed.run; "
+        "--batch-size is per process, the global batch is N times it; see docs/parallel.md)",
+    )
     t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="PROMPT")
     t.add_argument(
         "--negative-prompts",
@@ -137,7 +144,20 @@ def _sample(ns: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} images to {paths[0].parent}")
 
 
-def _train(ns: argparse.Namespace) -> None:
+def _train(ns: argparse.Namespace) -> int | None:
+    import os
+
+    if (ns.gpus or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        from .parallel import relaunch
+
+        argv, skip = [], False
+        for a in ns.argv:  # the same command without --gpus, once per process
+            if skip or a == "--gpus":
+                skip = not skip and a == "--gpus"
+                continue
+            if not a.startswith("--gpus="):
+                argv.append(a)
+        return relaunch(argv, ns.gpus)
     fields = [f.name for f in dataclasses.fields(DistillConfig)]
     opts = _given(ns, fields)
     if "validation_prompts" in opts:
@@ -149,6 +169,8 @@ def _train(ns: argparse.Namespace) -> None:
     config = DistillConfig(progress=not ns.quiet, **{k: v for k, v in opts.items() if k != "progress"})
     job = TrainJob(config=config, **_given(ns, ["out", "model", "prompts_file", "images", "device", "dtype"]))
     sharp = run_train(job)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
     print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
 
 
@@ -270,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        ns.func(ns)
+        code = ns.func(ns)
     except DiceError as e:
         if ns.debug:
             raise
@@ -279,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # SIGINT -> 130, SIGTERM -> 143 (128 + signal number)
         print("dice: interrupted", file=sys.stderr)
         return 128 + getattr(e, "signum", 2)
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":  # pragma: no cover

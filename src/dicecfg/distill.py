@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .data import ImageCaptionFolder
 from .errors import InputError, TrainingInterrupted
 from .families import Cond, Family, family_of
 from .faults import StopFlag, check_finite, run_lock, warn_truncated
+from .parallel import Parallel
 from .pipeline import model_id
 from .runs import (
     append_stats,
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DistillConfig:
     steps: int = 8000  # optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)
-    batch_size: int = 16  # samples per update (paper: 16 per GPU x 8 GPUs for SD1.5)
+    batch_size: int = 16  # samples per update and process (global batch: x processes; paper: 16 x 8 GPUs)
     lr: float = 2e-4  # AdamW, constant, no warm-up (paper)
     weight_decay: float = 1e-2  # AdamW weight decay (paper)
     guidance_scale: float = 5.0  # teacher CFG scale w (paper: 5)
@@ -142,7 +144,7 @@ class _Ctx:
     def eval_loss(self, sharpener: Sharpener) -> float:
         """Mean held-out distillation loss over the fixed evaluation tuples."""
         total, n = 0.0, 0
-        for x0, noise, t, cond in self.source.eval_batches(self.cfg.batch_size):
+        for x0, noise, t, cond in self.source.eval_batches(self.source.global_batch):
             total += self.batch_loss(sharpener, x0, noise, t, cond).item() * len(cond)
             n += len(cond)
         return total / n
@@ -167,14 +169,31 @@ def distill(
 
     Raises ``RunLockedError`` when another live process trains into ``output_dir``, ``TrainingDivergedError``
     on a NaN/Inf loss and ``TrainingInterrupted`` after SIGINT / SIGTERM (both keep the last checkpoint).
+
+    Under ``torchrun`` / ``accelerate launch`` (WORLD_SIZE > 1) it runs data-parallel: ``config.batch_size`` is
+    the batch of each process, rank 0 alone holds the lock and writes the run folder (docs/parallel.md).
     """
     run_dir = Path(output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        return _distill(pipe, prompts, config, images, run_dir)
+    par = Parallel.current(pipe._execution_device)
+    if par.world == 1:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            return _distill(pipe, prompts, config, images, run_dir, par)
+    with contextlib.ExitStack() as stack:
+        err = None
+        if par.main:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(run_lock(run_dir))
+            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+                err = e
+        par.share_error(err)
+        return _distill(pipe, prompts, config, images, run_dir, par)
 
 
-def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, run_dir: Path) -> Sharpener:
+def _distill(
+    pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, run_dir: Path, par: Parallel
+) -> Sharpener:
     fam = family_of(pipe)
     device = pipe._execution_device
     mode = cfg.xt_source if cfg.xt_source != "auto" else ("images" if images else "teacher")
@@ -191,9 +210,16 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
         "images": str(images) if images else None,
         "num_prompts": len(prompts or []),
     }
-    write_run_json(
-        run_dir, {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit()}, identity
-    )
+    if par.world > 1:  # left out for one process, so earlier runs resume
+        identity["world_size"] = par.world
+    err = None
+    if par.main:
+        try:
+            record = {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit()}
+            write_run_json(run_dir, record, identity)
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            err = e
+    par.share_error(err)
 
     use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
     autocast = (
@@ -203,13 +229,22 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
         if module is not None:
             module.requires_grad_(False)
     neg = fam.encode(pipe, [""])
-    if mode == "images":
-        folder = ImageCaptionFolder(images, resolution)
-        warn_truncated(pipe, fam, [*folder.captions, *cfg.negative_prompts])
-        source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir)
-    else:
-        warn_truncated(pipe, fam, [*prompts, *cfg.negative_prompts])
-        source = TeacherSource(pipe, fam, list(prompts), neg, cfg, run_dir, resolution)
+    for turn in (True, False):  # rank 0 first: it makes the teacher pool, the others then load it
+        if par.main != turn:
+            par.barrier()
+            continue
+        if mode == "images":
+            folder = ImageCaptionFolder(images, resolution)
+            if par.main:
+                warn_truncated(pipe, fam, [*folder.captions, *cfg.negative_prompts])
+            source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir, par.rank, par.world)
+        else:
+            if par.main:
+                warn_truncated(pipe, fam, [*prompts, *cfg.negative_prompts])
+            source = TeacherSource(
+                pipe, fam, list(prompts), neg, cfg, run_dir, resolution, par.rank, par.world
+            )
+        par.barrier()
     ctx = _Ctx(pipe, fam, cfg, source, neg, autocast)
 
     with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
@@ -228,50 +263,51 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
             loss=cfg.loss,
         ).to(device)
     optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = load_checkpoint(run_dir, sharpener, optimizer)
-    truncate_stats(run_dir, start if start else -1)  # a fresh start also drops an earlier step-0 record
-    if start:
-        log.info("resuming %s from step %d", run_dir, start)
-    if start == 0:
-        append_stats(run_dir, {"step": 0, "eval_loss": ctx.eval_loss(sharpener)})
+    start = load_checkpoint(run_dir, sharpener, optimizer)  # every rank: the same checkpoint
+    par.barrier()  # all have read it before rank 0 may write the next one
+    if par.main:
+        truncate_stats(run_dir, start if start else -1)  # a fresh start also drops an earlier step-0 record
+        if start:
+            log.info("resuming %s from step %d", run_dir, start)
+        if start == 0:
+            append_stats(run_dir, {"step": 0, "eval_loss": ctx.eval_loss(sharpener)})
 
     denoiser = fam.denoiser(pipe)
     if cfg.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
         denoiser.enable_gradient_checkpointing()
-    bar = tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", disable=not cfg.progress)
+    bar = tqdm(
+        total=cfg.steps, initial=start, desc="distill", unit="step", disable=not (cfg.progress and par.main)
+    )
     step, t_log, n_log, saved = start, time.perf_counter(), 0, start
     stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
         while step < cfg.steps:
             x0, noise, t, cond = source.train_batch(step)
             loss = ctx.batch_loss(sharpener, x0, noise, t, cond, source.negatives(step, len(cond)))
-            check_finite(loss, step + 1, saved, run_dir)
+            mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
+            check_finite(mean_loss, step + 1, saved, run_dir)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            par.average_gradients(list(sharpener.parameters()))
             optimizer.step()
             step += 1
-            n_log += len(cond)
+            n_log += len(cond) * par.world
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                dt = time.perf_counter() - t_log
-                rec = {"step": step, "loss": loss.item(), "samples_per_s": n_log / max(dt, 1e-9)}
+            rec = _bookkeeping(ctx, sharpener, optimizer, run_dir, step, mean_loss, n_log, t_log, par)
+            if rec:
                 bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
-                append_stats(run_dir, rec)
+            if step % cfg.log_every == 0 or step == cfg.steps:
                 t_log, n_log = time.perf_counter(), 0
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(run_dir, step, sharpener, optimizer)
                 saved = step
-            if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
-                _validation_grid(pipe, sharpener, cfg, run_dir, step)
-            if stop.signum is not None:
-                if saved != step:
+            if stopping or (par.world == 1 and stop.signum is not None):
+                if saved != step and par.main:
                     save_checkpoint(run_dir, step, sharpener, optimizer)
+                par.barrier()
                 log.warning(
                     "stopped at step %d; checkpoint in %s (run the same command to resume)", step, run_dir
                 )
-                raise TrainingInterrupted(stop.signum, step)
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
     except KeyboardInterrupt as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
         if not isinstance(e, TrainingInterrupted):
             log.warning("interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir)
@@ -282,8 +318,30 @@ def _distill(pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, r
         if cfg.gradient_checkpointing and hasattr(denoiser, "disable_gradient_checkpointing"):
             denoiser.disable_gradient_checkpointing()
     sharpener.config["train_steps"] = step
-    sharpener.save_pretrained(run_dir)
+    if par.main:
+        sharpener.save_pretrained(run_dir)
+    par.barrier()
     return sharpener.eval()
+
+
+def _bookkeeping(
+    ctx: _Ctx, sharpener, optimizer, run_dir: Path, step: int, loss, n_log: int, t_log: float, par: Parallel
+) -> dict | None:
+    """Rank 0 after each update: stats, held-out evaluation, checkpoint, validation grid."""
+    cfg, rec = ctx.cfg, None
+    if not par.main:
+        return None
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        dt = time.perf_counter() - t_log
+        rec = {"step": step, "loss": loss.item(), "samples_per_s": n_log / max(dt, 1e-9)}
+        append_stats(run_dir, rec)
+    if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
+    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        save_checkpoint(run_dir, step, sharpener, optimizer)
+    if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
+        _validation_grid(ctx.pipe, sharpener, cfg, run_dir, step)
+    return rec
 
 
 def _validation_grid(pipe, sharpener: Sharpener, cfg: DistillConfig, run_dir: Path, step: int) -> None:

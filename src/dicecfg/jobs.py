@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,9 @@ class TrainJob:
 
 def run_train(job: TrainJob) -> Sharpener:
     device = job.device or default_device()
+    local_rank = os.environ.get("LOCAL_RANK")  # one GPU per process under torchrun / accelerate launch
+    if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
+        device = f"cuda:{int(local_rank)}"
     prompts = load_prompts(job.prompts_file) if job.prompts_file else None
     if prompts is None and job.images is None:
         raise InputError("dice train needs --prompts FILE (prompt-only) or --images DIR (captioned images).")

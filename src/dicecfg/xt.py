@@ -44,12 +44,22 @@ class TextCache:
 
 
 class XtSource:
-    """Base: per-step randomness from a generator seeded by (seed, step); the forward noising process."""
+    """Base: per-step randomness from a generator seeded by (seed, step); the forward noising process.
 
-    def __init__(self, pipe: Any, fam: Family, cfg: Any, shape: tuple[int, int, int]) -> None:
+    Data-parallel (``world`` > 1 processes): every rank draws the whole global batch of step k
+    (``batch_size`` x ``world``) from the (seed, k) generator and keeps its own slice ``rank``, so the ranks see
+    different data and noise, a function of (seed, rank, k), and together exactly the batch that one process
+    with the global batch size draws at step k.
+    """
+
+    def __init__(
+        self, pipe: Any, fam: Family, cfg: Any, shape: tuple[int, int, int], rank: int = 0, world: int = 1
+    ) -> None:
         from diffusers import DDPMScheduler
 
         self.pipe, self.fam, self.cfg, self.shape = pipe, fam, cfg, shape
+        self.rank, self.world = rank, world
+        self.global_batch = cfg.batch_size * world
         self.device = pipe._execution_device
         sched = DDPMScheduler.from_config(pipe.scheduler.config)
         self.alphas_cumprod = sched.alphas_cumprod.to(self.device, torch.float32)
@@ -58,6 +68,10 @@ class XtSource:
 
     def generator(self, step: int, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 7 + salt)
+
+    def mine(self) -> slice:
+        """This rank's slice of a global batch."""
+        return slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM forward process)."""
@@ -94,9 +108,11 @@ class XtSource:
         if not negs or p <= 0:
             return None
         g = self.generator(step, salt=3)
-        use = (torch.rand(n, generator=g) < p).tolist()
-        pick = torch.randint(0, len(negs), (n,), generator=g).tolist()
-        return self.text([negs[k] if u else "" for u, k in zip(use, pick, strict=True)])
+        n_all = n * self.world
+        use = (torch.rand(n_all, generator=g) < p).tolist()
+        pick = torch.randint(0, len(negs), (n_all,), generator=g).tolist()
+        texts = [negs[k] if u else "" for u, k in zip(use, pick, strict=True)]
+        return self.text(texts[n * self.rank : n * (self.rank + 1)])
 
     def train_batch(self, step: int) -> Batch:
         raise NotImplementedError
@@ -106,9 +122,21 @@ class XtSource:
 
 
 class TeacherSource(XtSource):
-    def __init__(self, pipe, fam, prompts: list[str], neg: Cond, cfg, run_dir: Path, resolution: int) -> None:
+    def __init__(
+        self,
+        pipe,
+        fam,
+        prompts: list[str],
+        neg: Cond,
+        cfg,
+        run_dir: Path,
+        resolution: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         f = pipe.vae_scale_factor
-        super().__init__(pipe, fam, cfg, (fam.latent_channels(pipe), resolution // f, resolution // f))
+        shape = (fam.latent_channels(pipe), resolution // f, resolution // f)
+        super().__init__(pipe, fam, cfg, shape, rank, world)
         self.prompts = prompts
         train_idx, eval_idx = self.split(len(prompts))
         g = self.generator(-1, salt=2)
@@ -132,7 +160,7 @@ class TeacherSource(XtSource):
 
         from .sampling import sample_batch
 
-        out, bs = [], self.cfg.batch_size
+        out, bs = [], self.global_batch
         gen_device = self.device if self.device.type != "mps" else torch.device("cpu")
         for s in tqdm(
             range(0, len(prompts), bs), desc=f"CFG samples ({what})", disable=not self.cfg.progress
@@ -160,8 +188,9 @@ class TeacherSource(XtSource):
 
     def train_batch(self, step: int) -> Batch:
         g = self.generator(step)
-        idx = torch.randint(0, len(self.pool), (self.cfg.batch_size,), generator=g)
+        idx = torch.randint(0, len(self.pool), (self.global_batch,), generator=g)
         noise, t = self.draw(g, len(idx))
+        idx, noise, t = idx[self.mine()], noise[self.mine()], t[self.mine()]
         return (
             self.pool[idx.to(self.device)],
             noise,
@@ -176,10 +205,10 @@ class TeacherSource(XtSource):
 
 
 class ImageSource(XtSource):
-    def __init__(self, pipe, fam, folder, cfg, run_dir: Path) -> None:
+    def __init__(self, pipe, fam, folder, cfg, run_dir: Path, rank: int = 0, world: int = 1) -> None:
         f = pipe.vae_scale_factor
         r = folder.resolution
-        super().__init__(pipe, fam, cfg, (fam.latent_channels(pipe), r // f, r // f))
+        super().__init__(pipe, fam, cfg, (fam.latent_channels(pipe), r // f, r // f), rank, world)
         self.folder = folder
         self.train_idx, self.eval_idx = self.split(len(folder))
         self.eval_x0 = self._encode(self.eval_idx)
@@ -192,9 +221,10 @@ class ImageSource(XtSource):
 
     def train_batch(self, step: int) -> Batch:
         g = self.generator(step)
-        pick = torch.randint(0, len(self.train_idx), (self.cfg.batch_size,), generator=g).tolist()
+        pick = torch.randint(0, len(self.train_idx), (self.global_batch,), generator=g).tolist()
         idx = [self.train_idx[i] for i in pick]
         noise, t = self.draw(g, len(idx))
+        idx, noise, t = idx[self.mine()], noise[self.mine()], t[self.mine()]
         return self._encode(idx), noise, t, self.text([self.folder.captions[i] for i in idx])
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:

@@ -1,0 +1,48 @@
+"""Data-parallel distillation (issue 7): 2 CPU processes (gloo) equal 1 process with the same global batch."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from dicecfg import DistillConfig, Sharpener, distill
+from dicecfg.runs import read_stats
+
+ARGS = ["--teacher-pool", "16", "--teacher-steps", "3", "--eval-pairs", "8", "--lr", "0.002"]
+ARGS += ["--log-every", "2", "--eval-every", "0", "--checkpoint-every", "2", "--steps", "4"]
+
+
+def test_two_processes_equal_one_with_the_global_batch(tiny_sd_dir, tiny_sd, prompts, tmp_path):
+    pfile, run = tmp_path / "prompts.txt", tmp_path / "run2"
+    pfile.write_text("\n".join(prompts) + "\n")
+    cmd = [sys.executable, "-m", "dicecfg.cli", "-q", "train", "--model", str(tiny_sd_dir), "--device", "cpu"]
+    cmd += ["--prompts", str(pfile), "--out", str(run), "--batch-size", "4", "--gpus", "2", *ARGS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("sharpener (4 steps) saved") == 1  # rank 0 alone reports and writes
+
+    cfg = DistillConfig(
+        steps=4,
+        batch_size=8,
+        teacher_pool=16,
+        teacher_steps=3,
+        eval_pairs=8,
+        lr=2e-3,
+        log_every=2,
+        eval_every=0,
+        checkpoint_every=2,
+        progress=False,
+    )
+    one = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run1")
+    two = Sharpener.from_pretrained(run)
+    for k, v in one.state_dict().items():
+        assert torch.allclose(v, two.state_dict()[k], atol=1e-5), k
+    a, b = read_stats(tmp_path / "run1"), read_stats(run)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 2, 4, 4]
+    for x, y in zip(a, b, strict=True):
+        for key in ("loss", "eval_loss"):
+            if key in x:
+                assert abs(x[key] - y[key]) <= 1e-4 * abs(x[key]), (key, x, y)
+    assert json.loads((run / "run.json").read_text())["identity"]["world_size"] == 2
+    assert not (run / "run.lock").exists()
