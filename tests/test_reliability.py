@@ -176,7 +176,7 @@ def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog)
 # ---- training faults -------------------------------------------------------------------------------------------
 def _fail_at(monkeypatch, k, exc):
     """Make the k-th training loss (1-based) raise ``exc`` (or return it when it is a tensor)."""
-    d = importlib.import_module("dicecfg.distill")  # the module (dicecfg.distill is also the function)
+    d = importlib.import_module("dicecfg.objective")  # where the training loss is computed
 
     real, calls = d.loss_fn, {"n": 0}
 

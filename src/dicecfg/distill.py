@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from .data import ImageCaptionFolder
 from .errors import InputError, TrainingInterrupted
-from .families import Cond, Family, family_of
+from .families import family_of
 from .faults import StopFlag, check_finite, run_lock, warn_truncated
+from .objective import Objective
 from .parallel import Parallel
 from .pipeline import model_id
 from .runs import (
@@ -97,57 +98,6 @@ class DistillConfig:
         if self.mask_mode == "keep":
             skip.add("mask_mode")
         return {k: v for k, v in asdict(self).items() if k not in skip}
-
-
-def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """L1 or L2 distance summed over elements, averaged over the batch (PAPER.md)."""
-    d = pred.float() - target.float()
-    per = d.abs() if kind == "l1" else d.square()
-    return per.sum() / pred.shape[0]
-
-
-def cfg_target(pipe, fam: Family, x_t, t, cond: Cond, neg: Cond, w: float) -> torch.Tensor:
-    """Teacher: eps_u + w (eps_c - eps_u) from one batched call of the frozen denoiser."""
-    with torch.no_grad():
-        both = fam.denoise(pipe, torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([neg, cond]))
-        eps_u, eps_c = both.chunk(2)
-        return eps_u + w * (eps_c - eps_u)
-
-
-def student(pipe, fam: Family, sharpener: Sharpener, x_t, t, cond: Cond, neg: Cond) -> torch.Tensor:
-    """Student: the same frozen denoiser on the sharpened embedding c + r(c, c_neg), no guidance."""
-    sharp = sharpener.edit(cond.tokens, neg.tokens, 1.0, neg_mask=fam.key_mask(neg))
-    return fam.denoise(pipe, x_t, t, fam.edited(cond, sharp, sharpener.config["mask_mode"]))
-
-
-@dataclass
-class _Ctx:
-    pipe: Any
-    fam: Family
-    cfg: DistillConfig
-    source: XtSource
-    neg: Cond
-    autocast: Any = field(default=contextlib.nullcontext)
-
-    def batch_loss(
-        self, sharpener: Sharpener, x0, noise, t, cond: Cond, neg: Cond | None = None
-    ) -> torch.Tensor:
-        """Distillation loss of one batch; c_neg is "" unless ``neg`` gives one per sample."""
-        x_t = self.source.add_noise(x0, noise, t)
-        neg = self.neg.expand(len(cond)) if neg is None else neg
-        with self.autocast():
-            target = cfg_target(self.pipe, self.fam, x_t, t, cond, neg, self.cfg.guidance_scale)
-            pred = student(self.pipe, self.fam, sharpener, x_t, t, cond, neg)
-        return loss_fn(pred, target, self.cfg.loss)
-
-    @torch.no_grad()
-    def eval_loss(self, sharpener: Sharpener) -> float:
-        """Mean held-out distillation loss over the fixed evaluation tuples."""
-        total, n = 0.0, 0
-        for x0, noise, t, cond in self.source.eval_batches(self.source.global_batch):
-            total += self.batch_loss(sharpener, x0, noise, t, cond).item() * len(cond)
-            n += len(cond)
-        return total / n
 
 
 def distill(
@@ -245,7 +195,7 @@ def _distill(
                 pipe, fam, list(prompts), neg, cfg, run_dir, resolution, par.rank, par.world
             )
         par.barrier()
-    ctx = _Ctx(pipe, fam, cfg, source, neg, autocast)
+    ctx = Objective(pipe, fam, cfg, source, neg, autocast)
 
     with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
         torch.manual_seed(cfg.seed)
@@ -325,7 +275,15 @@ def _distill(
 
 
 def _bookkeeping(
-    ctx: _Ctx, sharpener, optimizer, run_dir: Path, step: int, loss, n_log: int, t_log: float, par: Parallel
+    ctx: Objective,
+    sharpener,
+    optimizer,
+    run_dir: Path,
+    step: int,
+    loss,
+    n_log: int,
+    t_log: float,
+    par: Parallel,
 ) -> dict | None:
     """Rank 0 after each update: stats, held-out evaluation, checkpoint, validation grid."""
     cfg, rec = ctx.cfg, None
