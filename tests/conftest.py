@@ -71,7 +71,6 @@ def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 
     from diffusers import (
         AutoencoderKL,
         DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -111,16 +110,9 @@ def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 
         solver_order=2,
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    from dicecfg.world.minimodel import assemble_pipeline
+
+    pipe = assemble_pipeline(text_encoder, tokenizer, unet, vae, scheduler)
     pipe.save_pretrained(str(out / "pipe"))
     return out / "pipe"
 
