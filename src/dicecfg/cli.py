@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="sampling steps (default 20)")
     s.add_argument("--seed", type=int, help="seed of the first image; image i uses seed+i (default 0)")
     s.add_argument("--batch-size", type=int, help="images per pipeline call (default 8)")
+    s.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="replay the denoiser as CUDA graphs: same images, fewer kernel launches (CUDA only; "
+        "eager with a notice elsewhere; docs/fast.md)",
+    )
     s.add_argument("--height", type=int)
     s.add_argument("--width", type=int)
     s.add_argument("--out", help="output folder (default ./samples)")

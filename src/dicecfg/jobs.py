@@ -73,6 +73,7 @@ class SampleJob:
     out: str = "samples"  # output folder
     device: str | None = None  # default: cuda if available
     dtype: str | None = None  # default: fp16 on CUDA, fp32 on CPU
+    fast: bool = False  # replay the denoiser as CUDA graphs (eager with a notice off CUDA)
     progress: bool = True
 
 
@@ -107,6 +108,7 @@ def run_sample(job: SampleJob) -> list[Path]:
         height=job.height,
         width=job.width,
         progress=job.progress,
+        fast=job.fast,
     ):
         path = out / f"{s.index:04d}_{s.method}_seed{s.seed}.png"
         s.pil().save(path)

@@ -1,0 +1,215 @@
+"""The fast sampling path: the denoiser replayed as CUDA graphs (``generate(..., fast=True)``, ``--fast``).
+
+At batch 1 an eager denoiser call is bound by kernel launches, so CFG's batch of 2 costs about what DICE's
+batch of 1 costs and halving the evaluations buys little. Replaying the call as a CUDA graph removes the
+launches. How it works:
+- the stock pipeline still runs its own loop (one sampling code path); only the denoiser's ``forward`` is
+  swapped, for the duration of one pipeline call, for a ``GraphedForward``;
+- a call's tensors are copied into static input buffers and one graph is replayed; a graph is captured the
+  first time a call signature is seen (the structure of the arguments, every tensor's shape, dtype and
+  device, every other argument's value), and kept on the denoiser, so it is reused across calls and prompts;
+  all graphs of a denoiser share one memory pool;
+- the output is copied out of the graph's static buffer, so a later replay cannot overwrite it;
+- CFG gets the same treatment (its batch of 2B is one more signature), so comparisons stay fair.
+
+Unsupported setups (no CUDA device, a pipeline with accelerate offload hooks, a call whose arguments cannot be
+keyed, a failed capture) run eager with a one-line notice. ``torch.compile(mode="reduce-overhead")`` was
+measured against these hand-made graphs; see BENCHMARKS.md ("Fast sampling path") for why graphs are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+MAX_GRAPHS = 16  # signatures per denoiser; more means the arguments change per step (eager is then better)
+_ATOMS = (type(None), bool, int, float, str)
+_noticed: set[str] = set()
+
+
+class Unkeyable(Exception):
+    """An argument that cannot be part of a graph's signature (the call runs eager)."""
+
+
+def flatten(obj: Any) -> tuple[list[torch.Tensor], Any]:
+    """Tensors of a nested call (tuples, lists, dicts) and a hashable spec that rebuilds it around them."""
+    leaves: list[torch.Tensor] = []
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            leaves.append(x)
+            return ("T", tuple(x.shape), x.dtype, str(x.device))
+        if isinstance(x, (tuple, list)):
+            return (type(x), tuple(walk(v) for v in x))
+        if isinstance(x, dict):
+            return (type(x), tuple((k, walk(v)) for k, v in x.items()))
+        if isinstance(x, _ATOMS):
+            return ("A", x)
+        raise Unkeyable(f"argument of type {type(x).__name__}")
+
+    return leaves, walk(obj)
+
+
+def unflatten(spec: Any, leaves: Iterator[torch.Tensor]) -> Any:
+    """Inverse of ``flatten``: the same structure, with ``leaves`` in place of its tensors."""
+    if spec[0] == "T":
+        return next(leaves)
+    if spec[0] == "A":
+        return spec[1]
+    kind, items = spec
+    if issubclass(kind, dict):
+        return kind(**{k: unflatten(v, leaves) for k, v in items})
+    return kind(unflatten(v, leaves) for v in items)
+
+
+@dataclass
+class Graph:
+    """One captured call: static inputs, static outputs, and how to replay."""
+
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+    out_spec: Any
+    replay: Callable[[], None]
+    capture_ms: float
+
+
+def cuda_capture(fn: Callable[[], Any], device: torch.device, pool: Any, warmup: int = 2) -> tuple[Any, Any]:
+    """Capture ``fn`` (which reads static buffers) as a CUDA graph; returns (its output, replay)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):  # warm-up off the capture (cuBLAS workspaces, lazy inits)
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return out, graph.replay
+
+
+def eager_capture(fn: Callable[[], Any], device: torch.device, pool: Any) -> tuple[Any, Any]:
+    """A stand-in for ``cuda_capture`` that "replays" by running ``fn`` again into the same output buffers.
+
+    It runs anywhere, so the buffer handling (signatures, copies in and out) is tested on CPU."""
+    out = fn()
+    outs, _ = flatten(out)
+
+    def replay() -> None:
+        with torch.no_grad():
+            for buf, new in zip(outs, flatten(fn())[0], strict=True):
+                buf.copy_(new)
+
+    return out, replay
+
+
+@dataclass
+class GraphedForward:
+    """A denoiser ``forward`` that replays one graph per call signature."""
+
+    forward: Callable[..., Any]  # the denoiser's own forward
+    device: torch.device
+    capture: Callable[..., tuple[Any, Any]] = cuda_capture
+    graphs: dict[Any, Graph] = field(default_factory=dict)
+    failed: bool = False
+    pool: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed:
+            return self.forward(*args, **kwargs)
+        try:
+            leaves, spec = flatten((args, kwargs))
+        except Unkeyable as e:
+            notice(f"fast sampling: {e} cannot be captured; this call runs eager")
+            return self.forward(*args, **kwargs)
+        graph = self.graphs.get(spec)
+        if graph is None:
+            if len(self.graphs) >= MAX_GRAPHS:
+                notice(f"fast sampling: over {MAX_GRAPHS} call signatures; running eager from now on")
+                self.failed = True
+                return self.forward(*args, **kwargs)
+            try:
+                graph = self._capture(leaves, spec)
+            except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager, said once
+                notice(f"fast sampling: capture failed ({type(e).__name__}: {e}); running eager")
+                self.failed = True
+                return self.forward(*args, **kwargs)
+            self.graphs[spec] = graph
+        with torch.no_grad():
+            for buf, x in zip(graph.inputs, leaves, strict=True):
+                buf.copy_(x)
+        graph.replay()
+        return unflatten(graph.out_spec, iter([o.clone() for o in graph.outputs]))
+
+    def _capture(self, leaves: list[torch.Tensor], spec: Any) -> Graph:
+        t0 = time.perf_counter()
+        with torch.inference_mode(False), torch.no_grad():  # buffers usable in and out of inference mode
+            inputs = [x.detach().clone() for x in leaves]
+        args, kwargs = unflatten(spec, iter(inputs))
+        if self.pool is None and self.device.type == "cuda":
+            self.pool = torch.cuda.graph_pool_handle()
+        with torch.no_grad():
+            out, replay = self.capture(lambda: self.forward(*args, **kwargs), self.device, self.pool)
+        outputs, out_spec = flatten(out)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return Graph(inputs, outputs, out_spec, replay, (time.perf_counter() - t0) * 1000.0)
+
+    @property
+    def capture_ms(self) -> float:
+        return sum(g.capture_ms for g in self.graphs.values())
+
+
+def notice(msg: str) -> None:
+    """A one-line warning, said once per process."""
+    if msg not in _noticed:
+        _noticed.add(msg)
+        log.warning(msg)
+
+
+def unsupported(module: torch.nn.Module, device: torch.device) -> str | None:
+    """Why the fast path cannot run here (None: it can)."""
+    if device.type != "cuda":
+        return f"fast sampling needs a CUDA device (this pipeline runs on {device.type}); running eager"
+    if not torch.cuda.is_available():
+        return "fast sampling needs CUDA, which this torch build lacks; running eager"
+    if hasattr(module, "_hf_hook"):
+        return "fast sampling does not combine with accelerate offload hooks; running eager"
+    return None
+
+
+@contextlib.contextmanager
+def fast_denoiser(
+    pipe: Any, denoiser: torch.nn.Module, *, capture: Callable[..., tuple[Any, Any]] | None = None
+) -> Iterator[GraphedForward | None]:
+    """Swap ``denoiser.forward`` for its graphed version while the block runs (restored after).
+
+    Yields the ``GraphedForward`` (its graphs persist on the denoiser between blocks), or None when this
+    setup runs eager. ``capture`` replaces CUDA-graph capture (tests pass ``eager_capture``).
+    """
+    device = pipe._execution_device
+    reason = None if capture is not None else unsupported(denoiser, device)
+    if reason is not None:
+        notice(reason)
+        yield None
+        return
+    graphed = denoiser.__dict__.get("_dice_graphed")
+    if graphed is None or graphed.capture is not (capture or cuda_capture):
+        graphed = GraphedForward(denoiser.forward, device, capture or cuda_capture)
+        denoiser.__dict__["_dice_graphed"] = graphed
+    had_own = "forward" in denoiser.__dict__
+    saved = denoiser.__dict__.get("forward")
+    denoiser.__dict__["forward"] = graphed
+    try:
+        yield graphed
+    finally:
+        if had_own:
+            denoiser.__dict__["forward"] = saved
+        else:
+            del denoiser.__dict__["forward"]
