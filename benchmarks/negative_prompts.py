@@ -1,6 +1,6 @@
 """Negative prompts on the shapes world: does the negated colour stay away?
 
-    python benchmarks/negative_prompts.py [--seeds 4] [--steps 20] [--sharpener mini]
+    python benchmarks/negative_prompts.py [--seeds 4] [--steps 20] [--sharpener mini [--sharpener RUN ...]]
 
 Prompts name a shape and leave the colour open ("a circle"); the negative prompt names one colour of that shape
 ("a red circle"). For every method the same prompts and seeds are used; the oracle detects the objects and we
@@ -24,8 +24,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--model")
-    ap.add_argument("--sharpener", default="mini")
+    ap.add_argument("--sharpener", action="append", help="repeatable; default: the shipped one (mini)")
+    ap.add_argument("--device", help="default: cuda if available")
     a = ap.parse_args()
+    names = a.sharpener or ["mini"]
     prompts, negs, negated = [], [], []
     for shape in SHAPES:
         for colour in COLOURS:
@@ -34,14 +36,18 @@ def main() -> None:
                 negs.append(f"a {colour} {shape}")
                 negated.append(colour)
     seeds = list(range(len(prompts)))
-    pipe, sharp, oracle = load_pipeline(a.model), Sharpener.from_pretrained(a.sharpener), Oracle()
-    runs = [("unguided", None), ("cfg", None), ("cfg", negs), ("dice", None), ("dice", negs)]
+    pipe, oracle = load_pipeline(a.model, device=a.device), Oracle()
+    runs = [("unguided", None, None), ("cfg", None, None), ("cfg", negs, None)]
+    for name in names:
+        sharp = Sharpener.from_pretrained(name)
+        runs += [("dice", None, (name, sharp)), ("dice", negs, (name, sharp))]
     print(
         f"{len(prompts)} images per row ({len(SHAPES)} shapes x {len(COLOURS)} negated colours x {a.seeds} "
         f"seeds), {a.steps} steps, torch {torch.__version__}"
     )
-    print("| method | negative prompt | negated colour present | any object found |\n|---|---|---|---|")
-    for method, neg in runs:
+    print("| method | sharpener | negative prompt | negated colour present | any object found |")
+    print("|---|---|---|---|---|")
+    for method, neg, named in runs:
         imgs = np.stack(
             [
                 s.image
@@ -50,7 +56,7 @@ def main() -> None:
                     prompts,
                     method=method,
                     seeds=seeds,
-                    sharpener=sharp,
+                    sharpener=named[1] if named else None,
                     negative_prompt=neg,
                     num_inference_steps=a.steps,
                     batch_size=28,
@@ -61,7 +67,8 @@ def main() -> None:
         dets, _ = oracle.detect(imgs)
         hit = np.mean([any(d.colour == c for d in ds) for ds, c in zip(dets, negated, strict=True)])
         found = np.mean([len(ds) > 0 for ds in dets])
-        print(f"| {method} | {'a COLOUR SHAPE' if neg else '-'} | {hit:.3f} | {found:.3f} |")
+        label = named[0] if named else "-"
+        print(f"| {method} | {label} | {'a COLOUR SHAPE' if neg else '-'} | {hit:.3f} | {found:.3f} |")
 
 
 if __name__ == "__main__":
