@@ -20,7 +20,11 @@ def test_help_reads_well():
     res = _dice("--help")
     assert res.returncode == 0 and "sample" in res.stdout and "train" in res.stdout
     res = _dice("train", "--help")
-    assert "optimizer updates" in res.stdout and "--guidance-scale" in res.stdout
+    assert (
+        "optimizer updates" in res.stdout
+        and "--guidance-scale" in res.stdout
+        and "--grad-accum" in res.stdout
+    )
 
 
 def test_train_then_sample_end_to_end(tiny_sd_dir, prompts, tmp_path):
@@ -120,3 +124,9 @@ def test_errors_are_one_line_exit_2(tiny_sd_dir, tmp_path, capsys):
     assert code == 2 and "no prompts" in capsys.readouterr().err
     code = main(["sample", "x", "--model", str(tmp_path), "--device", "cpu", "-q", "--method", "cfg"])
     assert code == 2 and "model_index.json" in capsys.readouterr().err
+    code = main(
+        ["train", "--model", str(tiny_sd_dir), "--out", str(tmp_path / "run"), "--grad-accum", "0", "-q"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "grad_accum must be an integer >= 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before any work

@@ -86,6 +86,9 @@ def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
             config=DistillConfig(steps=4, **{**FAST, "lr": 1e-4}),
             output_dir=tmp_path / "run",
         )
+    split = DistillConfig(steps=4, **{**FAST, "batch_size": 4, "grad_accum": 2})  # same 8, split differently
+    with pytest.raises(InputError, match=r"settings \(batch_size: 8 -> 4, grad_accum: default -> 2\)"):
+        distill(tiny_sd, prompts, config=split, output_dir=tmp_path / "run")
 
 
 def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
@@ -95,6 +98,9 @@ def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
     assert sharp.config["loss"] == "l2"
     with pytest.raises(InputError, match="loss"):
         DistillConfig(loss="huber")
+    for bad in (0, -2, 1.5):
+        with pytest.raises(InputError, match="grad_accum must be an integer >= 1"):
+            DistillConfig(grad_accum=bad)
     with pytest.raises(InputError, match="needs prompts"):
         distill(tiny_sd, None, config=DistillConfig(steps=1, **FAST), output_dir=tmp_path / "x")
 
@@ -117,3 +123,44 @@ def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
     distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
     grids = sorted(p.name for p in (tmp_path / "run" / "validation").glob("*.png"))
     assert grids == ["step_0000001.png", "step_0000002.png"]
+
+
+def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch):
+    """batch 2 x grad_accum 3 = batch 6: the same gradients (one all-reduce per update), weights and logs."""
+    import importlib
+    import itertools
+    import types
+
+    from dicecfg.parallel import Parallel
+
+    d = importlib.import_module("dicecfg.distill")  # the module (dicecfg.distill is also the function)
+
+    grads = []
+
+    def average_gradients(self, params):  # one process: records what the all-reduce would average
+        grads.append([p.grad.clone() for p in params])
+
+    monkeypatch.setattr(Parallel, "average_gradients", average_gradients)
+    clock = itertools.count()  # every interval between two logs lasts one tick: samples/s = samples logged
+    monkeypatch.setattr(d, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    negs = dict(negative_prompts=("a dog", "a cat"), negative_prob=0.5)  # c_neg is sliced like the batch
+    out = {}
+    for b, a in ((6, 1), (2, 3)):
+        cfg = DistillConfig(steps=3, **{**FAST, "batch_size": b, "grad_accum": a, "log_every": 1}, **negs)
+        out[a] = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / f"accum{a}")
+    assert len(grads) == 6  # 3 updates per run
+    for one, acc in zip(grads[:3], grads[3:], strict=True):
+        for g1, g3 in zip(one, acc, strict=True):
+            assert torch.allclose(g1, g3, rtol=1e-4, atol=1e-7), (g1 - g3).abs().max()
+    for k, v in out[1].state_dict().items():
+        assert torch.allclose(v, out[3].state_dict()[k], atol=1e-5), k
+    stats1, stats3 = read_stats(tmp_path / "accum1"), read_stats(tmp_path / "accum3")
+    assert [r["step"] for r in stats1] == [r["step"] for r in stats3] == [0, 1, 2, 3, 3]
+    for x, y in zip(stats1, stats3, strict=True):
+        for key in ("loss", "eval_loss"):
+            if key in x:
+                assert abs(x[key] - y[key]) <= 1e-5 * abs(x[key]), (key, x, y)
+        assert x.get("samples_per_s") == y.get("samples_per_s")  # counts the whole batch of an update
+    ident1 = json.loads((tmp_path / "accum1" / "run.json").read_text())["identity"]
+    ident3 = json.loads((tmp_path / "accum3" / "run.json").read_text())["identity"]
+    assert "grad_accum" not in ident1 and ident3["grad_accum"] == 3  # runs from before grad_accum resume

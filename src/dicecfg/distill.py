@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DistillConfig:
     steps: int = 8000  # optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)
-    batch_size: int = 16  # samples per update and process (global batch: x processes; paper: 16 x 8 GPUs)
+    batch_size: int = 16  # samples per forward pass and process (paper: 16 per GPU x 8 GPUs)
+    grad_accum: int = 1  # micro-batches per update and process; global batch = batch-size x gpus x grad-accum
     lr: float = 2e-4  # AdamW, constant, no warm-up (paper)
     weight_decay: float = 1e-2  # AdamW weight decay (paper)
     guidance_scale: float = 5.0  # teacher CFG scale w (paper: 5)
@@ -77,6 +78,7 @@ class DistillConfig:
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum must be an integer >= 1"),
             (self.loss in ("l1", "l2"), "loss must be 'l1' or 'l2'"),
             (self.xt_source in ("auto", "images", "teacher"), "xt_source must be auto, images or teacher"),
             (self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision must be auto, bf16 or no"),
@@ -97,6 +99,8 @@ class DistillConfig:
             skip |= {"negative_prompts", "negative_prob"}
         if self.mask_mode == "keep":
             skip.add("mask_mode")
+        if self.grad_accum == 1:
+            skip.add("grad_accum")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -122,6 +126,8 @@ def distill(
 
     Under ``torchrun`` / ``accelerate launch`` (WORLD_SIZE > 1) it runs data-parallel: ``config.batch_size`` is
     the batch of each process, rank 0 alone holds the lock and writes the run folder (docs/parallel.md).
+    Each update averages the loss over the global batch, ``batch_size`` x processes x ``grad_accum`` (every
+    process sums the gradients of its ``grad_accum`` micro-batches), whatever the split (up to rounding).
     """
     run_dir = Path(output_dir)
     par = Parallel.current(pipe._execution_device)
@@ -232,16 +238,14 @@ def _distill(
     stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
         while step < cfg.steps:
-            x0, noise, t, cond = source.train_batch(step)
-            loss = ctx.batch_loss(sharpener, x0, noise, t, cond, source.negatives(step, len(cond)))
+            optimizer.zero_grad(set_to_none=True)
+            loss = ctx.accumulate(sharpener, step)  # backward over grad_accum micro-batches
             mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
             check_finite(mean_loss, step + 1, saved, run_dir)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            par.average_gradients(list(sharpener.parameters()))
+            par.average_gradients(list(sharpener.parameters()))  # one all-reduce per update
             optimizer.step()
             step += 1
-            n_log += len(cond) * par.world
+            n_log += source.global_batch
             bar.update(1)
             rec = _bookkeeping(ctx, sharpener, optimizer, run_dir, step, mean_loss, n_log, t_log, par)
             if rec:

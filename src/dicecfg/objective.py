@@ -1,6 +1,8 @@
 """The CFG-supervised distillation objective (PAPER.md, "Training objective").
 
 loss = || eps(x_t, t, c + r(c, c_neg)) - [eps_u + w (eps_c - eps_u)] ||   (L1 or L2, summed over elements)
+
+averaged over the global batch of a step (each process may go through its share in several micro-batches).
 """
 
 from __future__ import annotations
@@ -59,11 +61,26 @@ class Objective:
             pred = student(self.pipe, self.fam, sharpener, x_t, t, cond, neg)
         return loss_fn(pred, target, self.cfg.loss)
 
+    def accumulate(self, sharpener: Sharpener, step: int) -> torch.Tensor:
+        """Backward pass of step ``step`` over this process's slice of the global batch, in ``grad_accum``
+        micro-batches; adds to the gradients and returns the slice's mean loss (detached).
+
+        Each micro-batch loss is a mean over ``batch_size`` samples, so dividing it by ``grad_accum`` makes the
+        summed gradients those of the mean over the slice; averaging them over the processes then gives the
+        gradient of the mean over the global batch, as one process with the whole batch computes it.
+        """
+        total = None
+        for x0, noise, t, cond, neg in self.source.train_batches(step):
+            loss = self.batch_loss(sharpener, x0, noise, t, cond, neg) / self.cfg.grad_accum
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
+
     @torch.no_grad()
     def eval_loss(self, sharpener: Sharpener) -> float:
         """Mean held-out distillation loss over the fixed evaluation tuples."""
         total, n = 0.0, 0
-        for x0, noise, t, cond in self.source.eval_batches(self.source.global_batch):
+        for x0, noise, t, cond in self.source.eval_batches(self.source.infer_batch):
             total += self.batch_loss(sharpener, x0, noise, t, cond).item() * len(cond)
             n += len(cond)
         return total / n

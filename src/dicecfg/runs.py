@@ -39,6 +39,11 @@ def git_commit() -> str | None:
         return None
 
 
+def _shown(identity: dict[str, Any], key: str) -> str:
+    """A setting in a message; settings at their defaults are left out of a run's identity."""
+    return repr(identity[key]) if key in identity else "default"
+
+
 def write_run_json(run_dir: Path, record: dict[str, Any], compare_keys: dict[str, Any]) -> None:
     """Write run.json; when one exists, refuse if the settings that shape the result differ."""
     path = run_dir / "run.json"
@@ -47,7 +52,7 @@ def write_run_json(run_dir: Path, record: dict[str, Any], compare_keys: dict[str
         old = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
         changed = sorted(k for k in set(old) | set(compare_keys) if old.get(k) != compare_keys.get(k))
         if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {compare_keys.get(k)!r}" for k in changed)
+            detail = ", ".join(f"{k}: {_shown(old, k)} -> {_shown(compare_keys, k)}" for k in changed)
             raise InputError(
                 f"{run_dir} holds a run with different settings ({detail}). "
                 "Use a new output folder, or repeat the original settings to resume."

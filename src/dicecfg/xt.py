@@ -23,6 +23,7 @@ from .io import atomic_save_tensors, load_tensors
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond]  # x0, noise, t, cond
+TrainBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond, Cond | None]  # ... and c_neg (None: "")
 
 
 class TextCache:
@@ -46,10 +47,11 @@ class TextCache:
 class XtSource:
     """Base: per-step randomness from a generator seeded by (seed, step); the forward noising process.
 
-    Data-parallel (``world`` > 1 processes): every rank draws the whole global batch of step k
-    (``batch_size`` x ``world``) from the (seed, k) generator and keeps its own slice ``rank``, so the ranks see
-    different data and noise, a function of (seed, rank, k), and together exactly the batch that one process
-    with the global batch size draws at step k.
+    Data-parallel (``world`` > 1 processes) and gradient accumulation: every rank draws the whole global batch
+    of step k (``batch_size`` x ``world`` x ``grad_accum``) from the (seed, k) generator, keeps its own slice
+    ``rank`` and yields it in ``grad_accum`` micro-batches of ``batch_size``, so the ranks see different data
+    and noise, a function of (seed, rank, k), and together exactly the batch that one process with the global
+    batch size draws at step k (one timestep for all of it when ``shared_timestep``).
     """
 
     def __init__(
@@ -59,7 +61,9 @@ class XtSource:
 
         self.pipe, self.fam, self.cfg, self.shape = pipe, fam, cfg, shape
         self.rank, self.world = rank, world
-        self.global_batch = cfg.batch_size * world
+        self.per_rank = cfg.batch_size * cfg.grad_accum  # samples of one rank per optimizer step
+        self.global_batch = self.per_rank * world  # samples of all ranks per optimizer step
+        self.infer_batch = cfg.batch_size * world  # gradient-free passes: teacher pool, held-out
         self.device = pipe._execution_device
         sched = DDPMScheduler.from_config(pipe.scheduler.config)
         self.alphas_cumprod = sched.alphas_cumprod.to(self.device, torch.float32)
@@ -71,7 +75,7 @@ class XtSource:
 
     def mine(self) -> slice:
         """This rank's slice of a global batch."""
-        return slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
+        return slice(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM forward process)."""
@@ -79,11 +83,11 @@ class XtSource:
         return (a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()).to(x0.dtype)
 
     def draw(self, g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise and timesteps for n samples (one t shared by the batch when cfg.shared_timestep)."""
+        """Noise and timesteps for n samples, on the CPU (one t shared by all n when cfg.shared_timestep)."""
         noise = torch.randn((n, *self.shape), generator=g)
         k = 1 if self.cfg.shared_timestep else n
         t = torch.randint(0, self.num_timesteps, (k,), generator=g).expand(n)
-        return noise.to(self.device), t.to(self.device)
+        return noise, t
 
     def split(self, n: int) -> tuple[list[int], list[int]]:
         """Train / held-out indices: hold out the last eval_pairs items when there are enough of them."""
@@ -100,21 +104,38 @@ class XtSource:
         t = torch.linspace(0, self.num_timesteps - 1, n).round().long().to(self.device)
         return noise, t
 
-    def negatives(self, step: int, n: int) -> Cond | None:
-        """Per-sample c_neg of training step ``step``: with probability negative_prob a random entry of
-        negative_prompts, else "" (None: all ""). Drawn from a generator seeded by the step, so resume is exact;
-        the held-out evaluation always uses ""."""
+    def negatives(self, step: int) -> list[str] | None:
+        """Per-sample c_neg texts of this rank's slice of step ``step``: with probability negative_prob a random
+        entry of negative_prompts, else "" (None: all ""). Drawn for the global batch from a generator seeded by
+        the step, so resume is exact; the held-out evaluation always uses ""."""
         negs, p = self.cfg.negative_prompts, self.cfg.negative_prob
         if not negs or p <= 0:
             return None
         g = self.generator(step, salt=3)
-        n_all = n * self.world
-        use = (torch.rand(n_all, generator=g) < p).tolist()
-        pick = torch.randint(0, len(negs), (n_all,), generator=g).tolist()
-        texts = [negs[k] if u else "" for u, k in zip(use, pick, strict=True)]
-        return self.text(texts[n * self.rank : n * (self.rank + 1)])
+        use = (torch.rand(self.global_batch, generator=g) < p).tolist()
+        pick = torch.randint(0, len(negs), (self.global_batch,), generator=g).tolist()
+        return [negs[k] if u else "" for u, k in zip(use, pick, strict=True)][self.mine()]
 
-    def train_batch(self, step: int) -> Batch:
+    def train_batches(self, step: int) -> Iterator[TrainBatch]:
+        """This rank's slice of the global batch of step ``step``, in grad_accum micro-batches of batch_size."""
+        g = self.generator(step)
+        pick = torch.randint(0, self.num_train, (self.global_batch,), generator=g)
+        noise, t = self.draw(g, self.global_batch)
+        negs, mine, b = self.negatives(step), self.mine(), self.cfg.batch_size
+        pick, noise, t = pick[mine].tolist(), noise[mine], t[mine]
+        for s in range(0, self.per_rank, b):
+            x0, texts = self.train_items(pick[s : s + b])
+            neg = None if negs is None else self.text(negs[s : s + b])
+            dev = self.device
+            yield x0, noise[s : s + b].to(dev), t[s : s + b].to(dev), self.text(texts), neg
+
+    @property
+    def num_train(self) -> int:
+        """Number of training items (step batches pick from them uniformly, with replacement)."""
+        raise NotImplementedError
+
+    def train_items(self, pick: list[int]) -> tuple[torch.Tensor, list[str]]:
+        """x_0 on the device and texts of the picked training items."""
         raise NotImplementedError
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
@@ -160,7 +181,7 @@ class TeacherSource(XtSource):
 
         from .sampling import sample_batch
 
-        out, bs = [], self.global_batch
+        out, bs = [], self.infer_batch
         gen_device = self.device if self.device.type != "mps" else torch.device("cpu")
         for s in tqdm(
             range(0, len(prompts), bs), desc=f"CFG samples ({what})", disable=not self.cfg.progress
@@ -186,17 +207,12 @@ class TeacherSource(XtSource):
             out.append(lat.float())
         return torch.cat(out)
 
-    def train_batch(self, step: int) -> Batch:
-        g = self.generator(step)
-        idx = torch.randint(0, len(self.pool), (self.global_batch,), generator=g)
-        noise, t = self.draw(g, len(idx))
-        idx, noise, t = idx[self.mine()], noise[self.mine()], t[self.mine()]
-        return (
-            self.pool[idx.to(self.device)],
-            noise,
-            t,
-            self.text([self.pool_prompts[i] for i in idx.tolist()]),
-        )
+    @property
+    def num_train(self) -> int:
+        return len(self.pool)
+
+    def train_items(self, pick: list[int]) -> tuple[torch.Tensor, list[str]]:
+        return self.pool[torch.tensor(pick, device=self.device)], [self.pool_prompts[i] for i in pick]
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         for s in range(0, len(self.eval_prompts), batch_size):
@@ -219,13 +235,13 @@ class ImageSource(XtSource):
     def _encode(self, idx: list[int]) -> torch.Tensor:
         return self.fam.encode_images(self.pipe, self.folder.batch(idx)).float()
 
-    def train_batch(self, step: int) -> Batch:
-        g = self.generator(step)
-        pick = torch.randint(0, len(self.train_idx), (self.global_batch,), generator=g).tolist()
+    @property
+    def num_train(self) -> int:
+        return len(self.train_idx)
+
+    def train_items(self, pick: list[int]) -> tuple[torch.Tensor, list[str]]:
         idx = [self.train_idx[i] for i in pick]
-        noise, t = self.draw(g, len(idx))
-        idx, noise, t = idx[self.mine()], noise[self.mine()], t[self.mine()]
-        return self._encode(idx), noise, t, self.text([self.folder.captions[i] for i in idx])
+        return self._encode(idx), [self.folder.captions[i] for i in idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         for s in range(0, len(self.eval_idx), batch_size):
