@@ -1,4 +1,6 @@
-"""Data-parallel distillation (issue 7): 2 CPU processes (gloo) equal 1 process with the same global batch."""
+"""Data-parallel distillation (issue 7): 2 CPU processes (gloo) with gradient accumulation equal 1 process with
+the same global batch. One 2-process run (its start-up dominates the time) covers both: batch 1 x 2 processes x
+grad_accum 3 = batch 6, three different factors, so a slice taken with the wrong one fails."""
 
 import json
 import subprocess
@@ -13,18 +15,19 @@ ARGS = ["--teacher-pool", "16", "--teacher-steps", "3", "--eval-pairs", "8", "--
 ARGS += ["--log-every", "2", "--eval-every", "0", "--checkpoint-every", "2", "--steps", "4"]
 
 
-def test_two_processes_equal_one_with_the_global_batch(tiny_sd_dir, tiny_sd, prompts, tmp_path):
+def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, prompts, tmp_path):
     pfile, run = tmp_path / "prompts.txt", tmp_path / "run2"
     pfile.write_text("\n".join(prompts) + "\n")
     cmd = [sys.executable, "-m", "dicecfg.cli", "-q", "train", "--model", str(tiny_sd_dir), "--device", "cpu"]
-    cmd += ["--prompts", str(pfile), "--out", str(run), "--batch-size", "4", "--gpus", "2", *ARGS]
+    cmd += ["--prompts", str(pfile), "--out", str(run), "--batch-size", "1", "--gpus", "2"]
+    cmd += ["--grad-accum", "3", *ARGS]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("sharpener (4 steps) saved") == 1  # rank 0 alone reports and writes
 
     cfg = DistillConfig(
         steps=4,
-        batch_size=8,
+        batch_size=6,
         teacher_pool=16,
         teacher_steps=3,
         eval_pairs=8,
@@ -34,7 +37,12 @@ def test_two_processes_equal_one_with_the_global_batch(tiny_sd_dir, tiny_sd, pro
         checkpoint_every=2,
         progress=False,
     )
-    one = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun gives each rank: the same CPU kernels, the same float rounding
+    try:
+        one = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run1")
+    finally:
+        torch.set_num_threads(threads)
     two = Sharpener.from_pretrained(run)
     for k, v in one.state_dict().items():
         assert torch.allclose(v, two.state_dict()[k], atol=1e-5), k
@@ -44,5 +52,6 @@ def test_two_processes_equal_one_with_the_global_batch(tiny_sd_dir, tiny_sd, pro
         for key in ("loss", "eval_loss"):
             if key in x:
                 assert abs(x[key] - y[key]) <= 1e-4 * abs(x[key]), (key, x, y)
-    assert json.loads((run / "run.json").read_text())["identity"]["world_size"] == 2
+    identity = json.loads((run / "run.json").read_text())["identity"]
+    assert identity["world_size"] == 2 and identity["grad_accum"] == 3
     assert not (run / "run.lock").exists()

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="train data-parallel in N processes, one per GPU (relaunches itself through torch.distributed.run; "
-        "--batch-size is per process, the global batch is N times it; see docs/parallel.md)",
+        "--batch-size is per process: global batch = batch-size x N x grad-accum; see docs/parallel.md)",
     )
     t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="PROMPT")
     t.add_argument(
