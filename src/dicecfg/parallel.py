@@ -40,6 +40,8 @@ class Parallel:
             if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
                 return cls()
             backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+            if backend == "nccl":  # collectives on objects (broadcast_object_list) use the current device
+                torch.cuda.set_device(device)
             dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
         return cls(dist.get_rank(), dist.get_world_size())
 
