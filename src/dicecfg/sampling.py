@@ -138,6 +138,20 @@ def method_kwargs(
     raise InputError(f"Unknown method '{method}'. Choose one of: {', '.join(METHODS)}.")
 
 
+@contextlib.contextmanager
+def no_step_bar(pipe: Any) -> Iterator[None]:
+    """Silence the pipeline's per-step progress bar for one call (callers show their own), then restore it."""
+    saved = getattr(pipe, "_progress_bar_config", None)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = saved
+
+
 def sample_batch(
     pipe: Any,
     fam: Family,
@@ -172,7 +186,7 @@ def sample_batch(
     )
     speed = fast_denoiser(pipe, fam.denoiser(pipe)) if fast else contextlib.nullcontext()
     try:
-        with speed:
+        with speed, no_step_bar(pipe):
             out = pipe(
                 **kwargs,
                 **pipe_kwargs,
@@ -231,8 +245,6 @@ def generate(
     warn_truncated(pipe, fam, [*prompts, *(n for n in negs if n)])
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
-    saved_bar = getattr(pipe, "_progress_bar_config", None)
-    pipe.set_progress_bar_config(disable=True)
     bar = tqdm(total=len(prompts), desc=f"{method}", unit="img", disable=not progress)
     try:
         for start in range(0, len(prompts), batch_size):
@@ -279,7 +291,3 @@ def generate(
             bar.update(len(batch))
     finally:
         bar.close()
-        if saved_bar is None:
-            del pipe._progress_bar_config
-        else:
-            pipe._progress_bar_config = saved_bar
