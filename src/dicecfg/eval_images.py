@@ -1,0 +1,98 @@
+"""The images of a `dice eval` row on disk: made once through ``generate()``, named so a re-run resumes.
+
+``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png`` plus ``meta.jsonl`` (seed, NFE, seconds per image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .io import _atomic_write
+from .sampling import generate
+
+if TYPE_CHECKING:
+    from .evaluate import PromptSet, Row
+
+log = logging.getLogger("dicecfg.evaluate")
+
+
+def ensure_images(
+    pipe,
+    row: Row,
+    ps: PromptSet,
+    folder: Path,
+    *,
+    sharpener=None,
+    batch_size: int = 16,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Generate the row's missing images (PNG + a line in meta.jsonl each); returns how many were made."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = image_paths(folder, ps)
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if not missing:
+        return 0
+    log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
+    knobs = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}
+    extra = {knobs[row.method]: row.value} if row.method in knobs else {}
+    stream = generate(
+        pipe,
+        [ps.prompts[i] for i in missing],
+        method=row.method,
+        seeds=[ps.seeds[i] for i in missing],
+        sharpener=sharpener,
+        negative_prompt=row.negative_prompt,
+        num_inference_steps=row.steps,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        progress=progress,
+        **extra,
+    )
+    with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
+        for s in stream:
+            i = missing[s.index]
+            _atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
+            meta.write(
+                json.dumps(
+                    {"index": i, "seed": s.seed, "prompt": s.prompt, "nfe": s.nfe, "seconds": s.seconds}
+                )
+                + "\n"
+            )
+            meta.flush()
+    return len(missing)
+
+
+def image_paths(folder: Path, ps: PromptSet) -> list[Path]:
+    """One PNG per prompt, named by index, seed and a hash of the prompt (a changed prompt is regenerated)."""
+    return [
+        folder / f"{i:05d}-seed{seed}-{hashlib.sha1(p.encode()).hexdigest()[:6]}.png"
+        for i, (p, seed) in enumerate(zip(ps.prompts, ps.seeds, strict=True))
+    ]
+
+
+def load_images(folder: Path, ps: PromptSet) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, ps)])
+
+
+def seconds_per_image(folder: Path, n: int) -> float | None:
+    """Mean generation time of the row's images, from the runs that made them."""
+    path = folder / "meta.jsonl"
+    if not path.is_file():
+        return None
+    recs = {
+        r["index"]: r
+        for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+        if r["index"] < n
+    }
+    return float(np.mean([r["seconds"] for r in recs.values()])) if recs else None
