@@ -185,23 +185,21 @@ def unsupported(module: torch.nn.Module, device: torch.device) -> str | None:
 
 
 @contextlib.contextmanager
-def fast_denoiser(
-    pipe: Any, denoiser: torch.nn.Module, *, capture: Callable[..., tuple[Any, Any]] | None = None
-) -> Iterator[GraphedForward | None]:
+def fast_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[GraphedForward | None]:
     """Swap ``denoiser.forward`` for its graphed version while the block runs (restored after).
 
     Yields the ``GraphedForward`` (its graphs persist on the denoiser between blocks), or None when this
-    setup runs eager. ``capture`` replaces CUDA-graph capture (tests pass ``eager_capture``).
+    setup runs eager. Tests swap the module's ``cuda_capture`` for ``eager_capture`` to run this on CPU.
     """
     device = pipe._execution_device
-    reason = None if capture is not None else unsupported(denoiser, device)
+    reason = unsupported(denoiser, device)
     if reason is not None:
         notice(reason)
         yield None
         return
     graphed = denoiser.__dict__.get("_dice_graphed")
-    if graphed is None or graphed.capture is not (capture or cuda_capture):
-        graphed = GraphedForward(denoiser.forward, device, capture or cuda_capture)
+    if graphed is None or graphed.capture is not cuda_capture:
+        graphed = GraphedForward(denoiser.forward, device, cuda_capture)
         denoiser.__dict__["_dice_graphed"] = graphed
     had_own = "forward" in denoiser.__dict__
     saved = denoiser.__dict__.get("forward")
