@@ -100,6 +100,9 @@ TINY = dict(
     workers=1,
     vae_batch=4,
     unet_batch=4,
+    text_captions=50,
+    text_steps=3,
+    text_batch=4,
     warmup=2,
     ckpt_every=1,
 )
@@ -136,7 +139,7 @@ def run_dir(tmp_path_factory):
                 "--no-progress",
             ]
         )
-        for stage in ("vae", "unet", "assemble"):
+        for stage in ("text", "vae", "unet", "assemble"):
             run_stage(stage, _cfg(out, vae_steps=3, unet_steps=3))
     return out
 
@@ -154,16 +157,17 @@ def test_vae_sets_scaling_factor(run_dir):
     assert vae.config.scaling_factor != 0.18215 and np.isfinite(vae.config.scaling_factor)
 
 
-@pytest.mark.parametrize("stage", ["vae", "unet"])
+@pytest.mark.parametrize("stage", ["text", "vae", "unet"])
 def test_resume_is_bitwise_identical(run_dir, tmp_path, stage):
     """2 steps, stop, resume to 4 == 4 steps straight."""
-    steps = {"vae": "vae_steps", "unet": "unet_steps"}[stage]
+    steps = {"text": "text_steps", "vae": "vae_steps", "unet": "unet_steps"}[stage]
     dirs = []
     for name, plan in (("straight", [4]), ("resumed", [2, 4])):
         out = tmp_path / name
         shutil.copytree(run_dir / "data", out / "data")
         if stage == "unet":
-            shutil.copytree(run_dir / "vae" / "final", out / "vae" / "final")
+            for part in ("vae/final", "text/final", "tokenizer"):
+                shutil.copytree(run_dir / part, out / part)
         for n in plan:
             run_stage(stage, _cfg(out, **{steps: n}))
         dirs.append(out)
@@ -225,3 +229,36 @@ def test_assembled_pipeline_loads_offline_and_generates(run_dir):
 def test_config_round_trip():
     cfg = mm.PRESETS["tiny"]
     assert mm.config_from_dict(dataclasses.asdict(cfg)) == cfg
+
+
+def test_unet_trains_on_the_frozen_pretrained_text_encoder(run_dir, tmp_path):
+    from transformers import CLIPTextModel
+
+    shipped = CLIPTextModel.from_pretrained(run_dir / "pipeline" / "text_encoder").state_dict()
+    pretrained = CLIPTextModel.from_pretrained(run_dir / "text" / "final").state_dict()
+    assert shipped.keys() == pretrained.keys()
+    for k in shipped:  # the pipeline stores fp16; the encoder was not trained any further
+        torch.testing.assert_close(shipped[k].float(), pretrained[k].half().float(), rtol=0, atol=0)
+    assert not any(
+        k.startswith(("model.text_encoder", "ema.text_encoder")) for k in read_checkpoint(run_dir / "unet")[0]
+    )
+    out = tmp_path / "no-text"
+    shutil.copytree(run_dir / "data", out / "data")
+    shutil.copytree(run_dir / "vae" / "final", out / "vae" / "final")
+    with pytest.raises(FileNotFoundError, match="run the text stage first"):
+        run_stage("unet", _cfg(out))
+
+
+def test_vae_can_be_reused(run_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    out = tmp_path / "reuse"
+    shutil.copytree(run_dir / "data", out / "data")
+    run_stage("vae", _cfg(out, vae_from=str(run_dir / "vae" / "final")))
+    a = AutoencoderKL.from_pretrained(run_dir / "vae" / "final").state_dict()
+    b = AutoencoderKL.from_pretrained(out / "vae" / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "vae" / "ckpt.safetensors").exists()
+    row = [r for r in map(__import__("json").loads, (out / "stats.jsonl").read_text().splitlines())][-1]
+    assert row["event"] == "done" and row["source"] == str(run_dir / "vae" / "final")
+    assert np.isfinite(row["psnr_eval"])

@@ -33,18 +33,23 @@ def write_model_card(out: str | Path) -> Path:
     out = Path(out)
     rows = _rows(out)
     runs = {
-        s: json.loads(p.read_text()) for s in ("data", "vae", "unet") if (p := out / f"run_{s}.json").exists()
+        s: json.loads(p.read_text())
+        for s in ("data", "text", "vae", "unet")
+        if (p := out / f"run_{s}.json").exists()
     }
     shards = {r["shard"]: r for r in rows if r.get("stage") == "data" and "shard" in r}
     n_train = sum(r["n"] for k, r in shards.items() if k != "eval")
     data_s = sum(r["seconds"] for r in shards.values())
     vae, unet, ev = _last(rows, "vae", "done"), _last(rows, "unet", "end"), _last(rows, "eval", "done")
+    text = _last(rows, "text", "done")
     sizes = mm.check_budget(out / "pipeline")
     cards = sorted(
-        {r["card"] for r in rows if r.get("event") == "start" and r.get("stage") in ("vae", "unet")}
+        {r["card"] for r in rows if r.get("event") == "start" and r.get("stage") in ("text", "vae", "unet")}
     )
-    wall = data_s + (vae.get("elapsed_s") or 0) + (unet.get("elapsed_s") or 0)
+    wall = data_s + sum(r.get("elapsed_s") or 0 for r in (text, vae, unet))
     cfg = runs.get("unet", {}).get("config", {})
+    tcfg = runs.get("text", {}).get("config", {})
+    vae_steps = f"reused from `{vae['source']}`" if vae.get("source") else f"{_fmt(vae.get('step'))} steps"
     lines = [
         "---",
         "library_name: diffusers",
@@ -54,20 +59,24 @@ def write_model_card(out: str | Path) -> Path:
         "# dicecfg mini model (shapes world)",
         "",
         "A small `StableDiffusionPipeline` trained from scratch by `dicecfg.world.train_mini` on procedurally",
-        "rendered 64x64 captioned scenes of the shapes world. Text encoder (CLIPTextModel) and UNet were",
-        "trained jointly with 10% caption dropout to the empty prompt, so classifier-free guidance works with",
-        "the stock pipeline; the text encoder is frozen afterwards.",
+        "rendered 64x64 captioned scenes of the shapes world. The text encoder (CLIPTextModel) is pre-trained",
+        "to parse captions into a canonical scene code (which colour is where, its shape and size; see",
+        "`dicecfg/world/mini_text.py`), then frozen; the UNet is trained on it with"
+        f" {cfg.get('caption_dropout', 'n/a')} caption dropout",
+        "to the empty prompt, so classifier-free guidance works with the stock pipeline.",
         "",
         "| field | value |",
         "|---|---|",
         f"| training renders | {n_train} ({_fmt(data_s, '.0f')} s to render) |",
-        f"| VAE steps / held-out PSNR | {_fmt(vae.get('step'))} / {_fmt(vae.get('psnr_eval'), '.2f')} dB |",
+        f"| text encoder pre-training steps / batch | {_fmt(text.get('step'))} / {tcfg.get('text_batch', 'n/a')} |",
+        f"| held-out prompts parsed exactly | {_fmt(text.get('heldout_exact'), '.4f')} |",
+        f"| VAE / held-out PSNR | {vae_steps} / {_fmt(vae.get('psnr_eval'), '.2f')} dB |",
         f"| VAE scaling_factor | {_fmt(vae.get('scaling_factor'), '.4f')} |",
-        f"| UNet+text steps / batch | {_fmt(unet.get('step'))} / {cfg.get('unet_batch', 'n/a')} |",
+        f"| UNet steps / batch | {_fmt(unet.get('step'))} / {cfg.get('unet_batch', 'n/a')} |",
         f"| final training loss | {_fmt(unet.get('loss'), '.4f')} |",
         f"| caption dropout / lr / EMA | {cfg.get('caption_dropout', 'n/a')} / {cfg.get('unet_lr', 'n/a')}"
         f" / {cfg.get('ema_decay', 'n/a')} |",
-        f"| training wall time (data + VAE + UNet) | {wall / 60:.1f} min |",
+        f"| training wall time (data + text + VAE + UNet) | {wall / 60:.1f} min |",
         f"| card | {', '.join(cards) or 'n/a'} |",
         f"| versions | torch {runs.get('unet', {}).get('torch', 'n/a')},"
         f" diffusers {runs.get('unet', {}).get('diffusers', 'n/a')} |",
@@ -76,7 +85,8 @@ def write_model_card(out: str | Path) -> Path:
     if ev:
         lines.append(
             f"| held-out oracle accuracy ({ev['n']} prompts, {ev['steps']} steps) | CFG w={ev['guidance']}:"
-            f" {ev['cfg']:.3f}, unguided: {ev['unguided']:.3f} |"
+            f" {ev['cfg']:.3f}, unguided: {ev['unguided']:.3f} (relation: {_fmt(ev.get('cfg_relation'), '.3f')},"
+            f" {_fmt(ev.get('unguided_relation'), '.3f')}) |"
         )
     lines += [
         "",
@@ -124,7 +134,8 @@ def quick_eval(
                 output_type="np",
             ).images
             images.append((out * 255).round().astype(np.uint8))
-        scores = oracle.score(np.concatenate(images), [it.spec for it in items])["all"]
-        result[name] = float(np.mean(scores))
+        scores = oracle.score(np.concatenate(images), [it.spec for it in items])
+        result[name] = float(np.mean(scores["all"]))
+        result[f"{name}_relation"] = float(np.mean(scores["relation"]))
     result["gap"] = result["cfg"] - result["unguided"]
     return result

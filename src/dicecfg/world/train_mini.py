@@ -1,4 +1,4 @@
-"""Train the mini model in resumable stages: ``data -> vae -> unet -> assemble -> eval``.
+"""Train the mini model in resumable stages: ``data -> text -> vae -> unet -> assemble -> eval``.
 
     python -m dicecfg.world.train_mini STAGE --out DIR [--device cuda] [--max-minutes 8] ...
 
@@ -29,7 +29,7 @@ from dicecfg.world.mini_loop import LoopConfig, append_stats, final_weights, rea
 from dicecfg.world.mini_report import quick_eval, write_model_card
 
 log = logging.getLogger(__name__)
-STAGES = ("data", "vae", "unet", "assemble", "eval")
+STAGES = ("data", "text", "vae", "unet", "assemble", "eval")
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,20 @@ class MiniTrainConfig:
     shard_size: int = 25_000  # renders per .npy shard (data stage resumes per shard)
     n_eval: int = 1024  # held-out renders for the VAE's PSNR
     workers: int = 0  # render processes (0 = all CPUs)
+    # text encoder, pre-trained to parse captions (world/mini_text.py), then frozen
+    text_captions: int = 200_000  # training captions (drawn afresh; never held-out combinations)
+    text_steps: int = 3000
+    text_batch: int = 256
+    text_lr: float = 5e-4
+    relation_margin: float = 0.3  # least relative L2 change of the tail states when a relation is reversed
     # vae
     vae_steps: int = 8000
     vae_batch: int = 256
     vae_lr: float = 1e-3
+    vae_from: str = ""  # a trained AutoencoderKL folder to reuse instead of training one
     kl_weight: float = 1e-6  # weight of the KL term (keeps latents near N(0, s^2))
     edge_weight: float = 0.5  # L1 on image gradients: sharp edges without a GAN
-    # unet + text encoder (trained jointly)
+    # unet (the pre-trained text encoder frozen)
     unet_steps: int = 100_000  # upper bound; --max-minutes usually stops first
     unet_batch: int = 512
     unet_lr: float = 4e-4
@@ -102,10 +109,89 @@ def stage_data(cfg: MiniTrainConfig) -> Path:
     return out / "data"
 
 
+# ---------------------------------------------------------------- text encoder
+def stage_text(cfg: MiniTrainConfig) -> Path:
+    """Pre-train the CLIPTextModel to parse captions into the canonical scene code (``mini_text``)."""
+    from dicecfg.world import mini_text as mt
+    from dicecfg.world.captions import VOCAB
+    from dicecfg.world.data import sample_training_scenes
+
+    out, device, deadline = _start(cfg, "text")
+    tokenizer = mm.build_tokenizer(VOCAB, out / "tokenizer")
+    data = mt.pretraining_data(tokenizer, sample_training_scenes(cfg.text_captions, cfg.seed + 1)[1], device)
+    mcfg = mm.PRESETS[cfg.preset]
+    text_encoder = mm.make_text_encoder(mcfg, tokenizer).to(device)
+    head = mt.ParseHead(mcfg.text_hidden).to(device)
+    loss_fn = mt.pretraining_loss(text_encoder, head, data, cfg, tokenizer.eos_token_id)
+    loop = LoopConfig(
+        cfg.text_steps,
+        cfg.text_lr,
+        warmup=cfg.warmup,
+        weight_decay=0.01,
+        ckpt_every=cfg.ckpt_every,
+        deadline=deadline,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    modules = {"text_encoder": text_encoder, "head": head}
+    meta = train(out / "text", out, "text", modules, loss_fn, loop, device, {"model": mm.config_dict(mcfg)})
+    if not meta["finished"]:
+        return out / "text"
+    text_encoder.eval()
+    exact = mt.heldout_exact(text_encoder, tokenizer, head, device)
+    text_encoder.save_pretrained(out / "text" / "final")
+    append_stats(
+        out,
+        {
+            "stage": "text",
+            "event": "done",
+            "step": meta["step"],
+            "elapsed_s": meta["elapsed_s"],
+            "loss": meta["loss"],
+            "heldout_exact": exact,
+        },
+    )
+    log.info("text: held-out prompts parsed exactly at every tail position: %.4f", exact)
+    return out / "text" / "final"
+
+
+def _pretrained_text_encoder(out: Path):
+    from transformers import CLIPTextModel
+
+    path = out / "text" / "final"
+    if not path.exists():
+        raise FileNotFoundError(f"no pre-trained text encoder at {path}; run the text stage first")
+    return CLIPTextModel.from_pretrained(path).float()
+
+
 # ---------------------------------------------------------------- vae
+def _reuse_vae(cfg: MiniTrainConfig, out: Path, device: torch.device) -> Path:
+    """Copy a trained AutoencoderKL (``--vae-from``) as this run's VAE; its PSNR is measured again."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(cfg.vae_from).float().to(device).eval()
+    psnr = _vae_psnr(vae, out, device)
+    vae.save_pretrained(out / "vae" / "final")
+    row = {"stage": "vae", "event": "done", "psnr_eval": psnr, "scaling_factor": vae.config.scaling_factor}
+    append_stats(out, {**row, "source": cfg.vae_from, "step": None, "elapsed_s": 0.0})
+    return out / "vae" / "final"
+
+
+def _vae_psnr(vae, out: Path, device: torch.device) -> float:
+    """Mean PSNR (dB, uint8 pixels) of the VAE's reconstructions of the held-out renders."""
+    ev = torch.from_numpy(load_data(out, "eval")[0]).to(device)
+    with torch.no_grad():
+        rec = torch.cat([vae(to_float(b)).sample for b in ev.split(512)])
+    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round()
+    mse = ((rec_u8 - ev.permute(0, 3, 1, 2).float()) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return (10 * torch.log10(255.0**2 / mse)).mean().item()
+
+
 def stage_vae(cfg: MiniTrainConfig) -> Path:
     """Train the AutoencoderKL (L1 + L2 + edge L1 + small KL); set scaling_factor = 1/std(latents)."""
     out, device, deadline = _start(cfg, "vae")
+    if cfg.vae_from:
+        return _reuse_vae(cfg, out, device)
     images = torch.from_numpy(load_data(out)[0]).to(device)
     mcfg = mm.PRESETS[cfg.preset]
     vae = mm.make_vae(mcfg).to(device)
@@ -139,11 +225,7 @@ def stage_vae(cfg: MiniTrainConfig) -> Path:
         sub = images[torch.randint(len(images), (min(8192, len(images)),), generator=gen, device=device)]
         z = torch.cat([vae.encode(to_float(b)).latent_dist.sample(generator=gen) for b in sub.split(512)])
         vae.register_to_config(scaling_factor=float(1.0 / z.float().std()))
-        ev = torch.from_numpy(load_data(out, "eval")[0]).to(device)
-        rec = torch.cat([vae(to_float(b)).sample for b in ev.split(512)])
-        rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round()
-        mse = ((rec_u8 - ev.permute(0, 3, 1, 2).float()) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-        psnr = (10 * torch.log10(255.0**2 / mse)).mean().item()
+    psnr = _vae_psnr(vae, out, device)
     vae.save_pretrained(out / "vae" / "final")
     row = {"stage": "vae", "event": "done", "psnr_eval": psnr, "scaling_factor": vae.config.scaling_factor}
     append_stats(out, {**row, "step": meta["step"], "elapsed_s": meta["elapsed_s"]})
@@ -151,18 +233,19 @@ def stage_vae(cfg: MiniTrainConfig) -> Path:
     return out / "vae" / "final"
 
 
-# ---------------------------------------------------------------- unet + text encoder
+# ---------------------------------------------------------------- unet
 def stage_unet(cfg: MiniTrainConfig) -> Path:
-    """Train UNet2DConditionModel and CLIPTextModel jointly (epsilon prediction, caption dropout)."""
-    from dicecfg.world.captions import VOCAB
+    """Train the UNet2DConditionModel (epsilon prediction, caption dropout) on the frozen text encoder."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTokenizer
 
     out, device, deadline = _start(cfg, "unet")
-    from diffusers import AutoencoderKL, DDPMScheduler
-
-    vae = AutoencoderKL.from_pretrained(out / "vae" / "final").to(device).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(out / "vae" / "final").float()
+    vae = vae.to(device).eval().requires_grad_(False)
     lat = encode_latents(out, vae, device)
     scale = vae.config.scaling_factor
-    tokenizer = mm.build_tokenizer(VOCAB, out / "tokenizer")
+    text_encoder = _pretrained_text_encoder(out).to(device).eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     captions = load_data(out, images=False)[1]
     unique = sorted(set(captions) | {""})
     ids_unique = mm.tokenize(tokenizer, unique).to(device)
@@ -170,7 +253,7 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
     cap_idx = torch.tensor([where[c] for c in captions], device=device)
     empty = where[""]
     mcfg = mm.PRESETS[cfg.preset]
-    text_encoder, unet = mm.make_text_encoder(mcfg, tokenizer).to(device), mm.make_unet(mcfg).to(device)
+    unet = mm.make_unet(mcfg).to(device)
     ac = DDPMScheduler.from_config(mm.make_scheduler().config).alphas_cumprod.to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -186,7 +269,8 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
         drop = torch.rand(b, generator=g, device=device) < cfg.caption_dropout
         ids = ids_unique[torch.where(drop, empty, cap_idx[idx])]
         with amp:
-            emb = text_encoder(ids)[0]  # last hidden state after final LN, as encode_prompt(clip_skip=None)
+            with torch.no_grad():  # last hidden state after final LN, as encode_prompt(clip_skip=None)
+                emb = text_encoder(ids)[0]
             pred = unet(zt, t, emb).sample.float()
         mse = ((pred - eps) ** 2).mean(dim=(1, 2, 3))
         if cfg.snr_gamma > 0:  # min-SNR-gamma weighting for epsilon prediction (Hang et al. 2023)
@@ -205,7 +289,7 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    modules = {"text_encoder": text_encoder, "unet": unet}
+    modules = {"unet": unet}
     meta = train(out / "unet", out, "unet", modules, loss_fn, loop, device, {"model": mm.config_dict(mcfg)})
     append_stats(
         out, {"stage": "unet", "event": "end", **{k: meta[k] for k in ("step", "elapsed_s", "loss")}}
@@ -222,8 +306,7 @@ def stage_assemble(cfg: MiniTrainConfig) -> Path:
     out, _, _ = _start(cfg, "assemble")
     mcfg = mm.config_from_dict(read_checkpoint(out / "unet")[1]["model"])  # sizes the UNet was trained at
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
-    text_encoder, unet = mm.make_text_encoder(mcfg, tokenizer), mm.make_unet(mcfg)
-    text_encoder.load_state_dict(final_weights(out / "unet", "text_encoder"))
+    text_encoder, unet = _pretrained_text_encoder(out), mm.make_unet(mcfg)
     unet.load_state_dict(final_weights(out / "unet", "unet"))
     vae = AutoencoderKL.from_pretrained(out / "vae" / "final")
     pipe = mm.assemble_pipeline(text_encoder, tokenizer, unet, vae, mm.make_scheduler())
@@ -251,6 +334,7 @@ def stage_eval(cfg: MiniTrainConfig) -> dict[str, float]:
 def run_stage(stage: str, cfg: MiniTrainConfig):
     return {
         "data": stage_data,
+        "text": stage_text,
         "vae": stage_vae,
         "unet": stage_unet,
         "assemble": stage_assemble,
