@@ -1,6 +1,7 @@
 """The shapes-world targets of the mini model and its sharpener, on the full held-out set.
 
-    python benchmarks/mini_targets.py [--model DIR] [--sharpener DIR] [--n 512] [--steps 20] [--json OUT]
+    python benchmarks/mini_targets.py [--model DIR] [--sharpener DIR] [--n 512] [--steps 20] [--alphas 1,2]
+                                      [--json OUT]
 
 Every method samples the same held-out prompts from the same per-item seeds through ``generate()``; the oracle
 scores each image against the scene its prompt describes. Prints one Markdown table (method, NFE, oracle
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance-scale", type=float, default=5.0)
     ap.add_argument("--scales", default="1.1,1.2,1.5,2.0")
+    ap.add_argument("--alphas", default="1.0", help="DICE edit strengths (comma-separated); 1.0 = as trained")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json")
@@ -40,7 +42,7 @@ def main() -> None:
     oracle = Oracle()
     runs = [("unguided", {}), ("cfg", {"guidance_scale": a.guidance_scale})]
     runs += [("scaling", {"scale": float(s)}) for s in a.scales.split(",")]
-    runs += [("dice", {"alpha": 1.0})]
+    runs += [("dice", {"alpha": float(x)}) for x in a.alphas.split(",")]
     rows = []
     for method, kw in runs:
         t0 = time.perf_counter()
@@ -80,7 +82,7 @@ def main() -> None:
             + " | ".join(f"{r[k]:.3f}" for k in ATTRS)
             + " |"
         )
-    by = {r["method"]: r for r in rows}
+    by = {r["method"]: r for r in rows if r.get("alpha", 1.0) == 1.0}
     print(
         f"cfg - unguided = {by['cfg']['all'] - by['unguided']['all']:+.3f}; "
         f"dice - cfg = {by['dice']['all'] - by['cfg']['all']:+.3f}; "

@@ -35,9 +35,9 @@ def test_shipped_pair_loads_offline_and_fits(pair):
 
 @pytest.fixture(scope="module")
 def images(pair):
-    """32 held-out prompts (spread over the set), their seeds, 20 steps: the setting of BENCHMARKS.md."""
+    """64 held-out prompts (every 8th of the set), their seeds, 20 steps, as `dice eval` makes them."""
     pipe, sharp = pair
-    items = heldout_set()[::16][:32]
+    items = heldout_set()[::8][:64]
     out = {
         m: np.stack(
             [
@@ -59,22 +59,23 @@ def images(pair):
 
 
 def test_dice_moves_toward_cfg(images):
-    # measured on this machine (2-core CPU): PSNR vs CFG 22.8 dB (dice) vs 20.2 dB (unguided); SSIM 0.84 vs 0.78
+    # measured on these 64 prompts (2-core CPU, fp32): PSNR vs CFG 25.07 dB (dice) vs 22.35 dB (unguided);
+    # SSIM 0.862 vs 0.810 (full held-out set: 24.83 vs 23.61 dB, BENCHMARKS.md)
     _, out = images
     gain_psnr = psnr(out["dice"], out["cfg"]).mean() - psnr(out["unguided"], out["cfg"]).mean()
     gain_ssim = ssim(out["dice"], out["cfg"]).mean() - ssim(out["unguided"], out["cfg"]).mean()
-    assert gain_psnr > 1.0 and gain_ssim > 0.02, (gain_psnr, gain_ssim)
+    assert gain_psnr > 1.5 and gain_ssim > 0.025, (gain_psnr, gain_ssim)
 
 
 def test_alignment_of_shipped_pair(images):
+    # measured on these 64 prompts (2-core CPU, fp32), oracle all-correct: unguided 0.906, CFG 1.000, DICE 0.953
+    # (full held-out set: 0.877 / 0.984 / 0.908). One prompt is 0.016: the thresholds leave two of room.
     items, out = images
     oracle = Oracle()
-    score = {m: oracle.score(v, [i.spec for i in items]) for m, v in out.items()}
-    objects = {m: float((s["shape"] * s["colour"] * s["size"]).mean()) for m, s in score.items()}
-    # the model draws the named objects well under every method; CFG and DICE do not fall below unguided by
-    # more than CPU noise (BENCHMARKS.md: the relation, not the objects, limits all-correct alignment)
-    assert min(objects.values()) > 0.8, objects
-    assert score["dice"]["all"].mean() >= score["unguided"]["all"].mean() - 0.07
+    score = {m: float(oracle.score(v, [i.spec for i in items])["all"].mean()) for m, v in out.items()}
+    assert score["cfg"] >= score["unguided"] + 0.06, score
+    assert score["dice"] >= score["unguided"] + 0.015, score
+    assert score["dice"] >= score["cfg"] - 0.08, score
 
 
 def test_demo_smoke(tmp_path):
@@ -85,3 +86,21 @@ def test_demo_smoke(tmp_path):
     assert [m["method"] for m in summary["methods"]] == ["unguided", "cfg", "dice"]
     assert [m["nfe"] for m in summary["methods"]] == [3, 6, 3]
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_shipped_text_encoder_keeps_relations_apart(pair):
+    # measured: reversing the relation changes the 77 token states by 0.665 (left/right) and 0.624
+    # (above/below), relative L2; the first, jointly trained encoder: 0.008 and 0.022 (BENCHMARKS.md)
+    import torch
+
+    from dicecfg.families import family_of
+
+    pipe, _ = pair
+    fam = family_of(pipe)
+    for a, b in [
+        ("a red circle left of a blue square", "a red circle right of a blue square"),
+        ("a red circle above a blue square", "a red circle below a blue square"),
+    ]:
+        with torch.no_grad():
+            c = fam.encode(pipe, [a, b]).tokens.float()
+        assert ((c[0] - c[1]).norm() / c[0].norm()).item() > 0.4, (a, b)
