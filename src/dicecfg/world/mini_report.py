@@ -93,6 +93,7 @@ def write_model_card(out: str | Path) -> Path:
         "```python",
         "import torch",
         "from diffusers import StableDiffusionPipeline",
+        "",
         'pipe = StableDiffusionPipeline.from_pretrained("<this folder>", torch_dtype=torch.float32)',
         'image = pipe("a small red circle to the left of a blue square", num_inference_steps=20).images[0]',
         "```",
