@@ -1,4 +1,4 @@
-"""A small resumable training loop shared by the mini model's stages (VAE, UNet + text encoder).
+"""A small resumable training loop shared by the mini model's stages (text encoder, VAE, UNet).
 
 A run directory holds ``ckpt.safetensors`` (weights, EMA and AdamW state; metadata = step, param groups,
 elapsed time) written atomically every ``ckpt_every`` steps and when the time limit is near. Running the

@@ -2,7 +2,7 @@
 
 Components are stock diffusers / transformers classes built from small configs:
 a ``CLIPTokenizer`` whose BPE merges make every grammar word one token, a small ``CLIPTextModel``
-(trained from scratch jointly with the denoiser, then frozen), a 64x64x3 -> 16x16x4 ``AutoencoderKL``,
+(pre-trained from scratch to parse captions, then frozen: ``mini_text``), a 64x64x3 -> 16x16x4 ``AutoencoderKL``,
 a small ``UNet2DConditionModel`` and a ``DPMSolverMultistepScheduler`` with SD1.5's betas.
 Training lives in :mod:`dicecfg.world.train_mini`.
 """
