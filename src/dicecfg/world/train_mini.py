@@ -56,6 +56,13 @@ def _start(cfg: MiniTrainConfig, stage: str) -> tuple[Path, torch.device, float]
     return out, device, time.monotonic() + 60 * cfg.max_minutes
 
 
+def _loop(cfg: MiniTrainConfig, deadline: float, steps: int, lr: float, **kw) -> LoopConfig:
+    """A stage's LoopConfig: its steps, LR and extras, plus the run-wide checkpointing, deadline, seed, bar."""
+    return LoopConfig(
+        steps, lr, ckpt_every=cfg.ckpt_every, deadline=deadline, seed=cfg.seed, progress=cfg.progress, **kw
+    )
+
+
 # ---------------------------------------------------------------- data
 def stage_data(cfg: MiniTrainConfig) -> Path:
     """Render the training set in shards (``data/images_KKK.npy`` + captions JSON) and an eval set."""
@@ -82,16 +89,7 @@ def stage_text(cfg: MiniTrainConfig) -> Path:
     text_encoder = mm.make_text_encoder(mcfg, tokenizer).to(device)
     head = mt.ParseHead(mcfg.text_hidden).to(device)
     loss_fn = mt.pretraining_loss(text_encoder, head, data, cfg, tokenizer.eos_token_id)
-    loop = LoopConfig(
-        cfg.text_steps,
-        cfg.text_lr,
-        warmup=cfg.warmup,
-        weight_decay=0.01,
-        ckpt_every=cfg.ckpt_every,
-        deadline=deadline,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
+    loop = _loop(cfg, deadline, cfg.text_steps, cfg.text_lr, warmup=cfg.warmup, weight_decay=0.01)
     modules = {"text_encoder": text_encoder, "head": head}
     meta = train(out / "text", out, "text", modules, loss_fn, loop, device, {"model": mm.config_dict(mcfg)})
     if not meta["finished"]:
@@ -165,14 +163,7 @@ def stage_vae(cfg: MiniTrainConfig) -> Path:
         kl = post.kl().float().mean() / x[0].numel()
         return F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.edge_weight * edge + cfg.kl_weight * kl
 
-    loop = LoopConfig(
-        cfg.vae_steps,
-        cfg.vae_lr,
-        ckpt_every=cfg.ckpt_every,
-        deadline=deadline,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
+    loop = _loop(cfg, deadline, cfg.vae_steps, cfg.vae_lr)
     meta = train(
         out / "vae", out, "vae", {"vae": vae}, loss_fn, loop, device, {"model": mm.config_dict(mcfg)}
     )
@@ -237,16 +228,14 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
             mse = mse * snr.clamp(max=cfg.snr_gamma) / snr
         return mse.mean()
 
-    loop = LoopConfig(
+    loop = _loop(
+        cfg,
+        deadline,
         cfg.unet_steps,
         cfg.unet_lr,
         warmup=cfg.warmup,
         weight_decay=0.01,
         ema_decay=cfg.ema_decay,
-        ckpt_every=cfg.ckpt_every,
-        deadline=deadline,
-        seed=cfg.seed,
-        progress=cfg.progress,
     )
     modules = {"unet": unet}
     meta = train(out / "unet", out, "unet", modules, loss_fn, loop, device, {"model": mm.config_dict(mcfg)})
