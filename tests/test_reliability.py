@@ -178,11 +178,11 @@ def _fail_at(monkeypatch, k, exc):
     """Make the k-th training loss (1-based) raise ``exc`` (or return it when it is a tensor)."""
     d = importlib.import_module("dicecfg.objective")  # where the training loss is computed
 
-    real, calls = d.loss_fn, {"n": 0}
+    real, calls = d.sample_loss, {"n": 0}
 
-    def loss_fn(pred, target, kind):
+    def sample_loss(pred, target, kind):
         out = real(pred, target, kind)
-        if torch.is_grad_enabled():
+        if out.requires_grad:  # the student's loss (not the teacher-side scale of "relative" weighting)
             calls["n"] += 1
             if calls["n"] == k:
                 if isinstance(exc, torch.Tensor):
@@ -190,7 +190,7 @@ def _fail_at(monkeypatch, k, exc):
                 raise exc
         return out
 
-    monkeypatch.setattr(d, "loss_fn", loss_fn)
+    monkeypatch.setattr(d, "sample_loss", sample_loss)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_sd, prompts, tmp_path, monkeypatch, capsys):

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", help="default cpu")
     d.set_defaults(func=_demo)
     _add_eval_commands(sub, common)
+    _add_ceiling_command(sub, common)
     return parser
 
 
@@ -241,6 +242,30 @@ def _add_eval_commands(sub, common: argparse.ArgumentParser) -> None:
     )
     _add_config_flags(b, BenchConfig, skip=("command",), flags={"archs": "--arch"})
     b.set_defaults(func=_bench)
+
+
+def _add_ceiling_command(sub, common: argparse.ArgumentParser) -> None:
+    from .ceiling import CeilingConfig, CeilingJob
+
+    c = sub.add_parser(
+        "ceiling",
+        parents=[common],
+        help="how much of CFG a free per-prompt embedding edit buys (vs unguided, CFG, a sharpener)",
+    )
+    c.add_argument("prompts", nargs="*", help="prompts (default with the mini model: held-out prompts)")
+    _add_config_flags(c, CeilingJob, skip=("prompts", "config"), flags={"prompts_file": "--prompts"})
+    _add_config_flags(c, CeilingConfig, skip=("progress",))
+    c.set_defaults(func=_ceiling)
+
+
+def _ceiling(ns: argparse.Namespace) -> None:
+    from .ceiling import CeilingConfig, CeilingJob, run_ceiling
+
+    ns.prompts = tuple(ns.prompts)
+    config = _config(ns, CeilingConfig, progress=not ns.quiet)
+    report = run_ceiling(_config(ns, CeilingJob, config=config))
+    print(f"wrote {report.output_dir}/ceiling.json, ceiling.md, grid.png")
+    print(report.table())
 
 
 def _eval(ns: argparse.Namespace) -> None:

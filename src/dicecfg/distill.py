@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from .data import ImageCaptionFolder
 from .errors import InputError, TrainingInterrupted
 from .families import family_of
 from .faults import StopFlag, check_finite, run_lock, warn_truncated
-from .objective import Objective
+from .objective import LOSS_WEIGHTINGS, Objective
 from .parallel import Parallel
 from .pipeline import model_id
 from .runs import (
@@ -36,10 +37,12 @@ from .runs import (
     versions,
     write_run_json,
 )
-from .sharpener import Sharpener
+from .sharpener import ARCHS, Sharpener
 from .xt import ImageSource, TeacherSource, XtSource
 
 log = logging.getLogger(__name__)
+# Options added after runs existed: left out of a run's identity at their defaults, so old runs resume.
+LATER_OPTIONS = ("mask_mode", "grad_accum", "loss_weighting", "lr_schedule", "warmup", "grad_clip", "arch")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,14 @@ class DistillConfig:
     xt_source: str = "auto"  # "images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"
     teacher_pool: int = 256  # teacher mode: CFG samples made once per run, re-noised at every step
     teacher_steps: int = 20  # teacher mode: sampling steps of those CFG samples
-    shared_timestep: bool = True  # one t for the whole batch (paper)
+    shared_timestep: bool = True  # one t for the whole batch (paper); false: one t per sample
+    loss_weighting: str = (
+        "none"  # "none" (paper), "x0" (error of the implied x_0) or "relative" (docs/recipes.md)
+    )
+    lr_schedule: str = "constant"  # "constant" (paper) or "cosine" (decay to 0 over the run's steps)
+    warmup: float = 0.0  # fraction of the steps with a linear lr warm-up (paper: none)
+    grad_clip: float = 0.0  # clip the update's gradient norm to this (0: off, paper)
+    arch: str = "paper"  # sharpener architecture: "paper" or "block" (a residual transformer block)
     mixed_precision: str = "auto"  # "bf16" autocast on CUDA, "no" elsewhere ("auto")
     gradient_checkpointing: bool = False  # recompute denoiser activations in backward (less memory)
     checkpoint_every: int = 500  # steps between atomic checkpoints
@@ -85,6 +95,14 @@ class DistillConfig:
             (self.lr > 0, "lr must be > 0"),
             (self.eval_pairs >= 1, "eval_pairs must be >= 1"),
             (self.mask_mode in ("keep", "open"), "mask_mode must be 'keep' or 'open'"),
+            (
+                self.loss_weighting in LOSS_WEIGHTINGS,
+                f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}",
+            ),
+            (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'"),
+            (0.0 <= self.warmup < 1.0, "warmup must be a fraction in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0: off)"),
+            (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}"),
             (0.0 <= self.negative_prob <= 1.0, "negative_prob must be in [0, 1]"),
             (isinstance(self.negative_prompts, tuple), "negative_prompts must be a tuple of strings"),
         ]
@@ -97,11 +115,23 @@ class DistillConfig:
         skip = {"steps", "progress", "checkpoint_every", "eval_every", "log_every", "validate_every"}
         if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
             skip |= {"negative_prompts", "negative_prob"}
-        if self.mask_mode == "keep":
-            skip.add("mask_mode")
-        if self.grad_accum == 1:
-            skip.add("grad_accum")
+        skip |= {
+            f.name for f in fields(self) if f.name in LATER_OPTIONS and getattr(self, f.name) == f.default
+        }
+        if self.lr_schedule != "constant" or self.warmup:
+            skip.discard("steps")  # the schedule is a function of the run's length: it cannot grow on resume
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def lr_at(cfg: DistillConfig, step: int) -> float:
+    """Learning rate of update ``step`` (0-based): linear warm-up over ``warmup`` of the steps, then constant
+    or cosine decay to 0 at ``steps``. A function of the step alone, so a resumed run follows the same curve."""
+    warm = round(cfg.warmup * cfg.steps)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+    return cfg.lr
 
 
 def distill(
@@ -213,6 +243,7 @@ def _distill(
             num_tokens=fam.num_tokens(pipe),
             copy_first_token=fam.copy_first_token,
             mask_mode=cfg.mask_mode,
+            arch=cfg.arch,
             base_model=model_id(pipe),
             base_revision=getattr(pipe, "_dicecfg_revision", None),
             guidance_scale=cfg.guidance_scale,
@@ -239,10 +270,14 @@ def _distill(
     try:
         while step < cfg.steps:
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
             loss = ctx.accumulate(sharpener, step)  # backward over grad_accum micro-batches
             mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
             check_finite(mean_loss, step + 1, saved, run_dir)
             par.average_gradients(list(sharpener.parameters()))  # one all-reduce per update
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(sharpener.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
             n_log += source.global_batch

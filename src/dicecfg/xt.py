@@ -26,6 +26,21 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond]  # x0, noise, t, c
 TrainBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond, Cond | None]  # ... and c_neg (None: "")
 
 
+def add_noise(
+    alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM forward process)."""
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return (a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()).to(x0.dtype)
+
+
+def train_alphas(pipe: Any, device: torch.device) -> torch.Tensor:
+    """abar_t of the model's training noise schedule (DDPM's), as float32 on ``device``."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(device, torch.float32)
+
+
 class TextCache:
     """Prompt -> encoded Cond on the device; the text encoder is frozen, so each prompt is encoded once."""
 
@@ -57,16 +72,13 @@ class XtSource:
     def __init__(
         self, pipe: Any, fam: Family, cfg: Any, shape: tuple[int, int, int], rank: int = 0, world: int = 1
     ) -> None:
-        from diffusers import DDPMScheduler
-
         self.pipe, self.fam, self.cfg, self.shape = pipe, fam, cfg, shape
         self.rank, self.world = rank, world
         self.per_rank = cfg.batch_size * cfg.grad_accum  # samples of one rank per optimizer step
         self.global_batch = self.per_rank * world  # samples of all ranks per optimizer step
         self.infer_batch = cfg.batch_size * world  # gradient-free passes: teacher pool, held-out
         self.device = pipe._execution_device
-        sched = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.alphas_cumprod = sched.alphas_cumprod.to(self.device, torch.float32)
+        self.alphas_cumprod = train_alphas(pipe, self.device)
         self.num_timesteps = len(self.alphas_cumprod)
         self.text = TextCache(pipe, fam)
 
@@ -78,9 +90,7 @@ class XtSource:
         return slice(self.rank * self.per_rank, (self.rank + 1) * self.per_rank)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM forward process)."""
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return (a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()).to(x0.dtype)
+        return add_noise(self.alphas_cumprod, x0, noise, t)
 
     def draw(self, g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise and timesteps for n samples, on the CPU (one t shared by all n when cfg.shared_timestep)."""

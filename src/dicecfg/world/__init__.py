@@ -2,7 +2,7 @@
 
 from .captions import VOCAB, ObjSpec, Spec, caption, caption_spec, parse, spec_of
 from .data import make_dataset, sample_training_scenes
-from .heldout import HELDOUT_PAIRS, HELDOUT_SINGLES, EvalItem, heldout_set, is_heldout
+from .heldout import HELDOUT_PAIRS, HELDOUT_SINGLES, EvalItem, heldout_set, is_heldout, validation_set
 from .oracle import Detection, Oracle, frechet_distance, to_uint8_hwc
 from .render import degrade, render
 from .scenes import (
@@ -55,4 +55,5 @@ __all__ = [
     "spec_of",
     "to_uint8_hwc",
     "validate_scene",
+    "validation_set",
 ]

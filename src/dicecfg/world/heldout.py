@@ -23,11 +23,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from .captions import Spec, caption_spec
-from .scenes import BACKGROUNDS, COLOURS, INVERSE_RELATION, SHAPES, SIZES, Scene, pick, place_scene
+from .scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    INVERSE_RELATION,
+    SHAPES,
+    SIZES,
+    Scene,
+    pick,
+    place_scene,
+    sample_scene,
+)
 
 HELDOUT_SEED = 20240611
 N_PAIRS, N_SINGLES = 192, 8
 SAMPLER_SEED_BASE = 1_000_000  # item i is sampled (by a diffusion model) with seed SAMPLER_SEED_BASE + i
+VALIDATION_SEED = 424_242  # the validation items' scenes and captions
+VALIDATION_SEED_BASE = 3_000_000  # validation item i is sampled with seed VALIDATION_SEED_BASE + i
 
 PairKey = tuple[str, str, str, str, str]
 SingleKey = tuple[str, str, str]
@@ -119,6 +131,30 @@ def heldout_set(n: int = 512) -> list[EvalItem]:
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     return list(_items(n))
+
+
+@functools.lru_cache(maxsize=4)
+def _validation_items(n: int) -> tuple[EvalItem, ...]:
+    rng = np.random.default_rng(VALIDATION_SEED)
+    items: list[EvalItem] = []
+    while len(items) < n:
+        scene = sample_scene(rng)
+        if is_heldout(scene):
+            continue
+        prompt, spec = caption_spec(scene, rng)
+        items.append(EvalItem(prompt, spec, scene, VALIDATION_SEED_BASE + len(items)))
+    return tuple(items)
+
+
+def validation_set(n: int = 512) -> list[EvalItem]:
+    """``n`` items to choose methods and recipes on, so that the held-out set stays a clean test.
+
+    Fresh scenes of the training distribution (never a held-out combination), captioned by the same grammar,
+    from their own generator, with sampler seeds of their own; any ``n`` gives a prefix of the same list.
+    """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    return list(_validation_items(n))
 
 
 def oracle_accuracy(
