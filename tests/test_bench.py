@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dicecfg.bench import BenchConfig, markdown_table, run_bench
+from dicecfg.bench.speed import BenchConfig, markdown_table, run_bench
 from dicecfg.cli import main
 
 

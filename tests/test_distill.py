@@ -7,7 +7,7 @@ from PIL import Image
 
 from dicecfg import DistillConfig, Sharpener, distill
 from dicecfg.errors import InputError
-from dicecfg.runs import read_stats
+from dicecfg.runs.folder import read_stats
 
 FAST = dict(
     batch_size=8,
@@ -131,9 +131,9 @@ def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch
     import itertools
     import types
 
-    from dicecfg.parallel import Parallel
+    from dicecfg.training.parallel import Parallel
 
-    d = importlib.import_module("dicecfg.distill")  # the module (dicecfg.distill is also the function)
+    d = importlib.import_module("dicecfg.training.loop")  # the training loop module
 
     grads = []
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from dicecfg.world import minimodel as mm
+from dicecfg.minimodel import model as mm
+from dicecfg.minimodel.loop import read_checkpoint
+from dicecfg.minimodel.train import MiniTrainConfig, main, run_stage
 from dicecfg.world.captions import VOCAB
-from dicecfg.world.mini_loop import read_checkpoint
-from dicecfg.world.train_mini import MiniTrainConfig, main, run_stage
 
 CAPTIONS = ["a small red circle to the left of a blue square", "there is a big green triangle", ""]
 

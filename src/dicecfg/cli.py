@@ -9,9 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .distill import DistillConfig
 from .errors import DiceError
-from .jobs import SampleJob, TrainJob, run_sample, run_train
+from .sampling.job import SampleJob, TrainJob, run_sample, run_train
+from .training.loop import DistillConfig
 
 EPILOG = """examples:
   dice sample "a small red circle left of a blue square" --method dice
@@ -155,7 +155,7 @@ def _train(ns: argparse.Namespace) -> int | None:
     import os
 
     if (ns.gpus or 1) > 1 and "WORLD_SIZE" not in os.environ:
-        from .parallel import relaunch
+        from .training.parallel import relaunch
 
         argv, skip = [], False
         for a in ns.argv:  # the same command without --gpus, once per process
@@ -170,7 +170,7 @@ def _train(ns: argparse.Namespace) -> int | None:
     if "validation_prompts" in opts:
         opts["validation_prompts"] = tuple(opts["validation_prompts"])
     if getattr(ns, "negative_prompts_file", None):
-        from .data import load_prompts
+        from .training.data import load_prompts
 
         opts["negative_prompts"] = tuple(load_prompts(ns.negative_prompts_file))
     config = DistillConfig(progress=not ns.quiet, **{k: v for k, v in opts.items() if k != "progress"})
@@ -182,7 +182,7 @@ def _train(ns: argparse.Namespace) -> int | None:
 
 
 def _demo(ns: argparse.Namespace) -> None:
-    from .demo import DemoJob, format_table, run_demo
+    from .evaluation.demo import DemoJob, format_table, run_demo
 
     summary = run_demo(DemoJob(progress=not ns.quiet, **_given(ns, ["prompts", "steps", "out", "device"])))
     print(format_table(summary))
@@ -215,9 +215,9 @@ def _config(ns: argparse.Namespace, cls: type, **fixed):
 
 
 def _add_eval_commands(sub, common: argparse.ArgumentParser) -> None:
-    from .analysis import AnalyzeConfig
-    from .bench import BenchConfig
-    from .evaluate import EvalConfig
+    from .bench.speed import BenchConfig
+    from .evaluation.analysis import AnalyzeConfig
+    from .evaluation.evaluate import EvalConfig
 
     e = sub.add_parser(
         "eval", parents=[common], help="method x metric table (resumable): alignment, FID, speed"
@@ -244,8 +244,8 @@ def _add_eval_commands(sub, common: argparse.ArgumentParser) -> None:
 
 
 def _eval(ns: argparse.Namespace) -> None:
-    from .eval_report import markdown_table
-    from .evaluate import EvalConfig, run_eval
+    from .evaluation.evaluate import EvalConfig, run_eval
+    from .evaluation.report import markdown_table
 
     ns.prompts = tuple(ns.prompts) or None
     report = run_eval(_config(ns, EvalConfig, progress=not ns.quiet))
@@ -258,7 +258,7 @@ def _eval(ns: argparse.Namespace) -> None:
 
 
 def _analyze(ns: argparse.Namespace) -> None:
-    from .analysis import AnalyzeConfig, run_analyze, summary
+    from .evaluation.analysis import AnalyzeConfig, run_analyze, summary
 
     ns.prompts = tuple(ns.prompts) or None
     cfg = _config(ns, AnalyzeConfig)
@@ -268,7 +268,7 @@ def _analyze(ns: argparse.Namespace) -> None:
 
 
 def _bench(ns: argparse.Namespace) -> None:
-    from .bench import BenchConfig, markdown_table, run_bench
+    from .bench.speed import BenchConfig, markdown_table, run_bench
 
     rows = run_bench(_config(ns, BenchConfig, command=" ".join(["dice", *ns.argv])))
     if ns.out:

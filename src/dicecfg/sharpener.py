@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .errors import SharpenerLoadError
-from .io import atomic_save_tensors, atomic_write_json
+from .runs.io import atomic_save_tensors, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

@@ -50,7 +50,7 @@ def oracle_frechet(images: np.ndarray, scenes: Sequence, oracle=None) -> float:
 def sample_and_score(pipe, items: Sequence, method: str, *, oracle=None, **generate_kwargs):
     """Sample held-out ``items`` (EvalItem: prompt, spec, seed) with ``method`` through ``generate()`` and
     score them: returns the images (N, H, W, 3), the samples, and the per-image oracle scores."""
-    from ..sampling import generate
+    from ..sampling.generate import generate
 
     samples = list(
         generate(

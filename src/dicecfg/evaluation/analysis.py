@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 GROUPS = ("sos", "words", "eos", "padding")
@@ -98,8 +98,8 @@ def analyze(
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """Edit statistics of ``sharpener`` on ``prompts``, encoded and sharpened exactly as sampling does."""
-    from .families import check_compatible
-    from .sampling import _as_list, sharpen_cond
+    from ..families import check_compatible
+    from ..sampling.generate import _as_list, sharpen_cond
 
     fam = check_compatible(pipe, sharpener)
     prompts = list(prompts)
@@ -154,7 +154,7 @@ def summary(stats: dict[str, Any]) -> str:
 
 def plot(stats: dict[str, Any], path: str | Path) -> Path | None:
     """Mean edit norm per position (left) and squared-edit share vs position share per group (right)."""
-    from .eval_report import pyplot
+    from .report import pyplot
 
     plt = pyplot()
     if plt is None:
@@ -179,10 +179,10 @@ def plot(stats: dict[str, Any], path: str | Path) -> Path | None:
 
 def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     """`dice analyze`: writes analysis.json, analysis.md and analysis.png under ``cfg.out``."""
-    from .io import atomic_write_json, atomic_write_text
-    from .jobs import collect_prompts, default_device, resolve_dtype
-    from .pipeline import load_pipeline
-    from .sharpener import Sharpener
+    from ..pipeline import load_pipeline
+    from ..runs.io import atomic_write_json, atomic_write_text
+    from ..sampling.job import collect_prompts, default_device, resolve_dtype
+    from ..sharpener import Sharpener
 
     name = cfg.sharpener or ("mini" if cfg.model in (None, "mini") else None)
     if name is None:
@@ -191,7 +191,7 @@ def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     if cfg.prompts or cfg.prompts_file:
         prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
     else:
-        from .world import heldout_set
+        from ..world import heldout_set
 
         prompts = [it.prompt for it in heldout_set(cfg.limit)]
     device = cfg.device or default_device()

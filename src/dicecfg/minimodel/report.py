@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicecfg.io import atomic_write_text
-from dicecfg.world import minimodel as mm
+from dicecfg.minimodel import model as mm
+from dicecfg.runs.io import atomic_write_text
 
 
 def _rows(out: Path) -> list[dict]:
@@ -58,10 +58,10 @@ def write_model_card(out: str | Path) -> Path:
         "---",
         "# dicecfg mini model (shapes world)",
         "",
-        "A small `StableDiffusionPipeline` trained from scratch by `dicecfg.world.train_mini` on procedurally",
+        "A small `StableDiffusionPipeline` trained from scratch by `dicecfg.minimodel.train` on procedurally",
         "rendered 64x64 captioned scenes of the shapes world. The text encoder (CLIPTextModel) is pre-trained",
         "to parse captions into a canonical scene code (which colour is where, its shape and size; see",
-        "`dicecfg/world/mini_text.py`), then frozen; the UNet is trained on it with"
+        "`dicecfg/minimodel/text.py`), then frozen; the UNet is trained on it with"
         f" {cfg.get('caption_dropout', 'n/a')} caption dropout",
         "to the empty prompt, so classifier-free guidance works with the stock pipeline.",
         "",

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .captions import Spec, parse
-from .scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES
+from ..world.captions import Spec, parse
+from ..world.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
 ROLES = ("absent", "only", "left", "right", "top", "bottom")
 _ROLE_OF = {"left of": ("left", "right"), "right of": ("right", "left"), "above": ("top", "bottom")}
@@ -88,8 +88,8 @@ def parse_loss(
 def heldout_exact(text_encoder, tokenizer, head: ParseHead, device: torch.device, n: int = 512) -> float:
     """Share of held-out prompts (unseen attribute combinations) whose code is read exactly at the
     end-of-text token and at every padding position."""
-    from . import minimodel as mm
-    from .heldout import heldout_set
+    from ..world.heldout import heldout_set
+    from . import model as mm
 
     prompts = [it.prompt for it in heldout_set(n)]
     ids = mm.tokenize(tokenizer, prompts).to(device)
@@ -116,7 +116,7 @@ _FLIP = {
 def flipped(caption: str) -> str | None:
     """The caption with its relation reversed ("left" <-> "right", ...), or None if that caption is of a
     held-out combination (never shown in training) or has no relation."""
-    from .heldout import is_heldout
+    from ..world.heldout import is_heldout
 
     flip = " ".join(_FLIP.get(w, w) for w in caption.split())
     return None if flip == caption or is_heldout(parse(flip)) else flip
@@ -129,7 +129,7 @@ def relation_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> t
 
 
 def pretraining_loss(text_encoder, head: ParseHead, data: dict[str, torch.Tensor], cfg, eos_id: int):
-    """A closure ``loss_fn(generator)`` for :func:`mini_loop.train`.
+    """A closure ``loss_fn(generator)`` for :func:`minimodel.loop.train`.
 
     ``data``: ``ids``/``codes`` of the captions (row 0 = the empty prompt) and ``flip_ids``/``flip_codes``
     of their relation-reversed twins (the caption itself where :func:`flipped` gives None), ``has_flip``.
@@ -161,7 +161,7 @@ def pretraining_loss(text_encoder, head: ParseHead, data: dict[str, torch.Tensor
 
 def pretraining_data(tokenizer, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
     """Token ids and codes of ``[""] + captions`` and of their relation-reversed twins."""
-    from . import minimodel as mm
+    from . import model as mm
 
     captions = ["", *captions]
     flips = [flipped(c) if c else None for c in captions]

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .errors import CheckpointWriteError, InputError
+from .. import __version__
+from ..errors import CheckpointWriteError, InputError
 from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .families import Cond, Family
-from .io import atomic_save_tensors, load_tensors
+from ..families import Cond, Family
+from ..runs.io import atomic_save_tensors, load_tensors
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond]  # x0, noise, t, cond
@@ -179,7 +179,7 @@ class TeacherSource(XtSource):
     ) -> torch.Tensor:
         from tqdm.auto import tqdm
 
-        from .sampling import sample_batch
+        from ..sampling.generate import sample_batch
 
         out, bs = [], self.infer_batch
         gen_device = self.device if self.device.type != "mps" else torch.device("cpu")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicecfg.io import atomic_save_tensors, atomic_write_json, load_tensors
+from dicecfg.runs.io import atomic_save_tensors, atomic_write_json, load_tensors
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DiceError
+from ..errors import DiceError
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 Components are stock diffusers / transformers classes built from small configs:
 a ``CLIPTokenizer`` whose BPE merges make every grammar word one token, a small ``CLIPTextModel``
-(pre-trained from scratch to parse captions, then frozen: ``mini_text``), a 64x64x3 -> 16x16x4 ``AutoencoderKL``,
+(pre-trained from scratch to parse captions, then frozen: ``minimodel.text``), a 64x64x3 -> 16x16x4 ``AutoencoderKL``,
 a small ``UNet2DConditionModel`` and a ``DPMSolverMultistepScheduler`` with SD1.5's betas.
-Training lives in :mod:`dicecfg.world.train_mini`.
+Training lives in :mod:`dicecfg.minimodel.train`.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .families import Cond, Family
-from .sharpener import Sharpener
-from .xt import XtSource
+from ..families import Cond, Family
+from ..sharpener import Sharpener
+from .sources import XtSource
 
 
 def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import _atomic_write
-from .sampling import generate
+from ..runs.io import _atomic_write
+from ..sampling.generate import generate
 
 if TYPE_CHECKING:
     from .evaluate import PromptSet, Row
 
-log = logging.getLogger("dicecfg.evaluate")
+log = logging.getLogger("dicecfg.evaluation.evaluate")
 
 
 def ensure_images(

@@ -1,6 +1,6 @@
 """Train the mini model in resumable stages: ``data -> text -> vae -> unet -> assemble -> eval``.
 
-    python -m dicecfg.world.train_mini STAGE --out DIR [--device cuda] [--max-minutes 8] ...
+    python -m dicecfg.minimodel.train STAGE --out DIR [--device cuda] [--max-minutes 8] ...
 
 Each stage is one function taking a :class:`MiniTrainConfig`; re-running a stage with the same ``--out``
 resumes it. ``DIR`` gets ``run_<stage>.json`` (resolved config, versions), ``stats.jsonl`` and, at the end,
@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dicecfg.io import atomic_write_json
-from dicecfg.world import minimodel as mm
-from dicecfg.world.mini_config import MiniTrainConfig
-from dicecfg.world.mini_data import encode_latents, load_data, render_shards, to_float
-from dicecfg.world.mini_loop import LoopConfig, append_stats, final_weights, read_checkpoint, train
-from dicecfg.world.mini_report import quick_eval, write_model_card
+from dicecfg.minimodel import model as mm
+from dicecfg.minimodel.config import MiniTrainConfig
+from dicecfg.minimodel.data import encode_latents, load_data, render_shards, to_float
+from dicecfg.minimodel.loop import LoopConfig, append_stats, final_weights, read_checkpoint, train
+from dicecfg.minimodel.report import quick_eval, write_model_card
+from dicecfg.runs.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 STAGES = ("data", "text", "vae", "unet", "assemble", "eval")
@@ -77,8 +77,8 @@ def stage_data(cfg: MiniTrainConfig) -> Path:
 
 # ---------------------------------------------------------------- text encoder
 def stage_text(cfg: MiniTrainConfig) -> Path:
-    """Pre-train the CLIPTextModel to parse captions into the canonical scene code (``mini_text``)."""
-    from dicecfg.world import mini_text as mt
+    """Pre-train the CLIPTextModel to parse captions into the canonical scene code (``minimodel.text``)."""
+    from dicecfg.minimodel import text as mt
     from dicecfg.world.captions import VOCAB
     from dicecfg.world.data import sample_training_scenes
 
@@ -292,7 +292,7 @@ def run_stage(stage: str, cfg: MiniTrainConfig):
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: one option per MiniTrainConfig field (``--max-minutes``, ``--no-progress``, ...)."""
-    p = argparse.ArgumentParser(prog="python -m dicecfg.world.train_mini", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dicecfg.minimodel.train", description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=STAGES)
     for f in dataclasses.fields(MiniTrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -1,4 +1,4 @@
-"""Every option of the mini model's training stages (one ``--flag`` each in ``python -m dicecfg.world.train_mini``)."""
+"""Every option of the mini model's training stages (one ``--flag`` each in ``python -m dicecfg.minimodel.train``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class MiniTrainConfig:
     out: str  # run directory (scratch data, checkpoints, final pipeline/)
     device: str = "auto"  # "auto" = cuda if available
     seed: int = 0  # base seed of every stage
-    preset: str = "default"  # model sizes, a key of minimodel.PRESETS
+    preset: str = "default"  # model sizes, a key of model.PRESETS
     progress: bool = True  # tqdm progress bars
     max_minutes: float = 8.5  # each command checkpoints and stops before this wall time
     ckpt_every: int = 1000  # checkpoint period (steps)
@@ -19,7 +19,7 @@ class MiniTrainConfig:
     shard_size: int = 25_000  # renders per .npy shard (data stage resumes per shard)
     n_eval: int = 1024  # held-out renders for the VAE's PSNR
     workers: int = 0  # render processes (0 = all CPUs)
-    # text encoder, pre-trained to parse captions (world/mini_text.py), then frozen
+    # text encoder, pre-trained to parse captions (minimodel/text.py), then frozen
     text_captions: int = 200_000  # training captions (drawn afresh; never held-out combinations)
     text_steps: int = 3000
     text_batch: int = 256

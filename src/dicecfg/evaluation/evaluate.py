@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .eval_images import ensure_images, load_images, seconds_per_image
-from .io import atomic_write_json, atomic_write_text
-from .sampling import METHODS
+from ..errors import InputError
+from ..runs.io import atomic_write_json, atomic_write_text
+from ..sampling.generate import METHODS
+from .images import ensure_images, load_images, seconds_per_image
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +106,18 @@ class PromptSet:
 
 def prompt_set(cfg: EvalConfig) -> PromptSet:
     """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
-    from .metrics.world import world_specs
+    from ..metrics.world import world_specs
 
     if cfg.limit < 1:
         raise InputError(f"--limit must be >= 1 (got {cfg.limit}).")
     if cfg.prompts or cfg.prompts_file:
-        from .jobs import collect_prompts
+        from ..sampling.job import collect_prompts
 
         prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
         return PromptSet(
             "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
         )
-    from .world import heldout_set
+    from ..world import heldout_set
 
     items = heldout_set(cfg.limit)
     return PromptSet(
@@ -133,7 +133,7 @@ def sharpener_tag(name: str) -> str:
     """A short folder-safe name for a sharpener: its folder name and a hash of its weights."""
     path = Path(name)
     if name == "mini":
-        from .assets import shipped_sharpener_dir
+        from ..assets import shipped_sharpener_dir
 
         path = shipped_sharpener_dir()
     slug = re.sub(r"[^A-Za-z0-9.-]+", "-", path.name or name).strip("-")[:32] or "sharpener"
@@ -175,11 +175,11 @@ def row_metrics(
     images: np.ndarray, ps: PromptSet, reference: np.ndarray | None, real=None
 ) -> dict[str, float]:
     """Every metric that applies to one row's images."""
-    from .metrics import fidelity
+    from ..metrics import fidelity
 
     out: dict[str, float] = {}
     if ps.specs is not None:
-        from .metrics.world import alignment, oracle_frechet
+        from ..metrics.world import alignment, oracle_frechet
 
         out |= {f"align_{k}": float(v.mean()) for k, v in alignment(images, ps.specs).items()}
         if ps.scenes is not None and len(images) > 1:
@@ -194,8 +194,8 @@ def row_metrics(
 
 def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None) -> dict[str, Any]:
     """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot)."""
-    from .eval_report import markdown_table, plot_nfe
-    from .runs import versions
+    from ..runs.folder import versions
+    from .report import markdown_table, plot_nfe
 
     out = Path(cfg.out)
     rows = make_rows(cfg, list(sharpeners))
@@ -254,12 +254,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
     import torch
 
-    from .families import check_compatible
-    from .jobs import default_device, resolve_dtype
-    from .metrics.real import RealMetrics
-    from .pipeline import load_pipeline, model_id
-    from .runs import write_run_json
-    from .sharpener import Sharpener
+    from ..families import check_compatible
+    from ..metrics.real import RealMetrics
+    from ..pipeline import load_pipeline, model_id
+    from ..runs.folder import write_run_json
+    from ..sampling.job import default_device, resolve_dtype
+    from ..sharpener import Sharpener
 
     names = list(cfg.sharpeners) or (["mini"] if cfg.model in (None, "mini") else [])
     if "dice" in cfg.methods and not names:

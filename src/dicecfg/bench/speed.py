@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .bench_report import markdown_table  # noqa: F401  (re-exported: dicecfg.bench.markdown_table)
-from .errors import InputError
+from ..errors import InputError
+from .report import markdown_table  # noqa: F401  (re-exported: dicecfg.bench.markdown_table)
 
 log = logging.getLogger(__name__)
 PROMPT = "a photo of a red car in the city at night"
@@ -73,7 +73,7 @@ class Timer:
 
 def random_sharpener(dim: int, family: str, num_tokens: int, seed: int = 0):
     """A sharpener of the paper's size with random weights (speed does not depend on weights)."""
-    from .sharpener import Sharpener
+    from ..sharpener import Sharpener
 
     torch.manual_seed(seed)
     sharp = Sharpener(dim, family=family, num_tokens=num_tokens)
@@ -96,8 +96,8 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     sampling (the floor DICE is held to); the first fast call of each shape (warm-up and graph capture) is
     reported apart from the steady-state medians.
     """
-    from .families import family_of
-    from .sampling import sample_batch, sharpen_cond
+    from ..families import family_of
+    from ..sampling.generate import sample_batch, sharpen_cond
 
     fam = family_of(pipe)
     device = pipe._execution_device
@@ -220,11 +220,11 @@ def _load_rows(path: Path | None) -> list[dict[str, Any]]:
 
 def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     """Time every (architecture or model) x batch size; returns the rows (also written to ``cfg.out``)."""
+    from ..families import family_of
+    from ..runs.folder import versions
+    from ..runs.io import atomic_write_json
+    from ..sampling.job import default_device, resolve_dtype
     from . import archs
-    from .families import family_of
-    from .io import atomic_write_json
-    from .jobs import default_device, resolve_dtype
-    from .runs import versions
 
     if cfg.steps < 1 or cfg.repeats < 1 or cfg.warmup < 0 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise InputError("bench needs steps >= 1, repeats >= 1, warmup >= 0 and batch sizes >= 1.")
@@ -285,7 +285,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
 
 def _pipeline(name: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device):
     if cfg.model:
-        from .pipeline import load_pipeline
+        from ..pipeline import load_pipeline
 
         pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
     else:
@@ -297,6 +297,6 @@ def _pipeline(name: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.dev
 
 
 def _load_sharpener(path: str):
-    from .sharpener import Sharpener
+    from ..sharpener import Sharpener
 
     return Sharpener.from_pretrained(path)

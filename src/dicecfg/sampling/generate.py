@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InputError, OutOfMemoryError
-from .families import Cond, Family, check_compatible, family_of
+from ..errors import InputError, OutOfMemoryError
+from ..families import Cond, Family, check_compatible, family_of
+from ..runs.guards import check_alpha, check_size, warn_truncated
+from ..sharpener import Sharpener
 from .fast import fast_denoiser
-from .faults import check_alpha, check_size, warn_truncated
-from .sharpener import Sharpener
 
 log = logging.getLogger(__name__)
 METHODS = ("unguided", "cfg", "scaling", "dice")

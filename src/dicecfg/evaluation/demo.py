@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .imageutil import save_grid
-from .io import atomic_write_json
-from .metrics.world import sample_and_score
-from .pipeline import load_pipeline
-from .sharpener import Sharpener
+from ..metrics.world import sample_and_score
+from ..pipeline import load_pipeline
+from ..runs.io import atomic_write_json
+from ..sampling.grid import save_grid
+from ..sharpener import Sharpener
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class DemoJob:
 
 def run_demo(job: DemoJob) -> dict[str, Any]:
     """Run the demo; returns the summary that is also written to ``out/demo.json``."""
-    from .world import Oracle, heldout_set
+    from ..world import Oracle, heldout_set
 
     items = heldout_set()
     step = max(1, len(items) // job.prompts)

@@ -20,14 +20,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageCaptionFolder
-from .errors import InputError, TrainingInterrupted
-from .families import family_of
-from .faults import StopFlag, check_finite, run_lock, warn_truncated
-from .objective import Objective
-from .parallel import Parallel
-from .pipeline import model_id
-from .runs import (
+from ..errors import InputError, TrainingInterrupted
+from ..families import family_of
+from ..pipeline import model_id
+from ..runs.folder import (
     append_stats,
     git_commit,
     load_checkpoint,
@@ -36,8 +32,12 @@ from .runs import (
     versions,
     write_run_json,
 )
-from .sharpener import Sharpener
-from .xt import ImageSource, TeacherSource, XtSource
+from ..runs.guards import StopFlag, check_finite, run_lock, warn_truncated
+from ..sharpener import Sharpener
+from .data import ImageCaptionFolder
+from .objective import Objective
+from .parallel import Parallel
+from .sources import ImageSource, TeacherSource, XtSource
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +307,8 @@ def _bookkeeping(
 
 
 def _validation_grid(pipe, sharpener: Sharpener, cfg: DistillConfig, run_dir: Path, step: int) -> None:
-    from .imageutil import save_grid
-    from .sampling import generate
+    from ..sampling.generate import generate
+    from ..sampling.grid import save_grid
 
     samples = list(
         generate(pipe, list(cfg.validation_prompts), method="dice", sharpener=sharpener, progress=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dicecfg.io import atomic_save_tensors, load_tensors
+from dicecfg.runs.io import atomic_save_tensors, load_tensors
 
 log = logging.getLogger(__name__)
 CKPT = "ckpt.safetensors"

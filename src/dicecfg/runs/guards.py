@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, RunLockedError, TrainingDivergedError
+from ..errors import InputError, RunLockedError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"

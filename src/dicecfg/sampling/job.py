@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .data import load_prompts
-from .distill import DistillConfig, distill
-from .errors import InputError
-from .io import atomic_write_text
-from .pipeline import load_pipeline
-from .sampling import METHODS, generate
-from .sharpener import Sharpener
+from ..errors import InputError
+from ..pipeline import load_pipeline
+from ..runs.io import atomic_write_text
+from ..sharpener import Sharpener
+from ..training.data import load_prompts
+from ..training.loop import DistillConfig, distill
+from .generate import METHODS, generate
 
 log = logging.getLogger(__name__)
 
