@@ -27,7 +27,8 @@ from dicecfg.errors import (
     TrainingDivergedError,
 )
 from dicecfg.runs.folder import CHECKPOINT, read_stats
-from dicecfg.training.data import ImageCaptionFolder, load_prompts
+from dicecfg.sampling.prompts import load_prompts
+from dicecfg.training.data import ImageCaptionFolder
 
 FAST = dict(
     batch_size=4,

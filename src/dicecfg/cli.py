@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import DiceError
-from .sampling.job import SampleJob, TrainJob, run_sample, run_train
+from .sampling.job import SampleJob, run_sample
+from .training.job import TrainJob, run_train
 from .training.loop import DistillConfig
 
 EPILOG = """examples:
@@ -157,20 +158,13 @@ def _train(ns: argparse.Namespace) -> int | None:
     if (ns.gpus or 1) > 1 and "WORLD_SIZE" not in os.environ:
         from .training.parallel import relaunch
 
-        argv, skip = [], False
-        for a in ns.argv:  # the same command without --gpus, once per process
-            if skip or a == "--gpus":
-                skip = not skip and a == "--gpus"
-                continue
-            if not a.startswith("--gpus="):
-                argv.append(a)
-        return relaunch(argv, ns.gpus)
+        return relaunch(ns.argv, ns.gpus)
     fields = [f.name for f in dataclasses.fields(DistillConfig)]
     opts = _given(ns, fields)
     if "validation_prompts" in opts:
         opts["validation_prompts"] = tuple(opts["validation_prompts"])
     if getattr(ns, "negative_prompts_file", None):
-        from .training.data import load_prompts
+        from .sampling.prompts import load_prompts
 
         opts["negative_prompts"] = tuple(load_prompts(ns.negative_prompts_file))
     config = DistillConfig(progress=not ns.quiet, **{k: v for k, v in opts.items() if k != "progress"})

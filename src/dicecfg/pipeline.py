@@ -1,4 +1,4 @@
-"""Loading diffusers pipelines (hub id, local folder, or the shipped mini model)."""
+"""Loading diffusers pipelines (hub id, local folder, or the shipped mini model); device and dtype defaults."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelNotFoundError
+from .errors import InputError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "mini"
@@ -90,3 +90,24 @@ def model_id(pipe: Any) -> str | None:
         or getattr(pipe, "name_or_path", None)
         or pipe.config.get("_name_or_path")
     )
+
+
+def resolve_device(device: str | None) -> str:
+    """The device to run on: as given, else (None or "auto") cuda when available, cpu otherwise."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str, training: bool = False) -> torch.dtype:
+    """float16 for sampling / bfloat16 for training on CUDA, float32 on CPU, unless given."""
+    if dtype:
+        try:
+            return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
+                dtype
+            ) or getattr(torch, dtype)
+        except AttributeError as e:
+            raise InputError(f"Unknown dtype '{dtype}': use fp16, bf16 or fp32.") from e
+    if device.startswith("cuda"):
+        return torch.bfloat16 if training else torch.float16
+    return torch.float32

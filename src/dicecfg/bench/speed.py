@@ -221,14 +221,14 @@ def _load_rows(path: Path | None) -> list[dict[str, Any]]:
 def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     """Time every (architecture or model) x batch size; returns the rows (also written to ``cfg.out``)."""
     from ..families import family_of
+    from ..pipeline import resolve_device, resolve_dtype
     from ..runs.folder import versions
     from ..runs.io import atomic_write_json
-    from ..sampling.job import default_device, resolve_dtype
     from . import archs
 
     if cfg.steps < 1 or cfg.repeats < 1 or cfg.warmup < 0 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise InputError("bench needs steps >= 1, repeats >= 1, warmup >= 0 and batch sizes >= 1.")
-    device = torch.device(cfg.device or default_device())
+    device = torch.device(resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device.type)
     names = [cfg.model] if cfg.model else list(cfg.archs or archs.available())
     if not cfg.model:

@@ -99,13 +99,13 @@ def analyze(
 ) -> dict[str, Any]:
     """Edit statistics of ``sharpener`` on ``prompts``, encoded and sharpened exactly as sampling does."""
     from ..families import check_compatible
-    from ..sampling.generate import _as_list, sharpen_cond
+    from ..sampling.generate import per_prompt, sharpen_cond
 
     fam = check_compatible(pipe, sharpener)
     prompts = list(prompts)
     if not prompts:
         raise InputError("analyze needs at least one prompt.")
-    negs = _as_list(negative_prompt, len(prompts), "negative_prompt")
+    negs = per_prompt(negative_prompt, len(prompts), "negative_prompt")
     cs, cps, gs = [], [], []
     for s in range(0, len(prompts), batch_size):
         cond, neg = fam.encode(pipe, prompts[s : s + batch_size]), fam.encode(pipe, negs[s : s + batch_size])
@@ -179,9 +179,9 @@ def plot(stats: dict[str, Any], path: str | Path) -> Path | None:
 
 def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     """`dice analyze`: writes analysis.json, analysis.md and analysis.png under ``cfg.out``."""
-    from ..pipeline import load_pipeline
+    from ..pipeline import load_pipeline, resolve_device, resolve_dtype
     from ..runs.io import atomic_write_json, atomic_write_text
-    from ..sampling.job import collect_prompts, default_device, resolve_dtype
+    from ..sampling.prompts import collect_prompts
     from ..sharpener import Sharpener
 
     name = cfg.sharpener or ("mini" if cfg.model in (None, "mini") else None)
@@ -194,7 +194,7 @@ def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
         from ..world import heldout_set
 
         prompts = [it.prompt for it in heldout_set(cfg.limit)]
-    device = cfg.device or default_device()
+    device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg.model, dtype=resolve_dtype(cfg.dtype, device), device=device)
     stats = analyze(pipe, sharp, prompts, alpha=cfg.alpha, negative_prompt=cfg.negative_prompt)
     stats["config"] = asdict(cfg)

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.world import sample_and_score
 from ..pipeline import load_pipeline
 from ..runs.io import atomic_write_json
 from ..sampling.grid import save_grid
 from ..sharpener import Sharpener
+from .evaluate import sample_and_score
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..runs.io import atomic_write_json, atomic_write_text
-from ..sampling.generate import METHODS
-from .images import ensure_images, load_images, seconds_per_image
+from ..sampling.generate import METHODS, generate
+from .images import Row, ensure_images, load_images, seconds_per_image
 
 log = logging.getLogger(__name__)
 
@@ -57,43 +58,6 @@ class EvalConfig:
     progress: bool = True
 
 
-@dataclass(frozen=True)
-class Row:
-    """One method setting at one step count."""
-
-    method: str
-    steps: int
-    value: float | None = None  # w (cfg), s (scaling) or alpha (dice)
-    sharpener: str | None = None  # tag of the sharpener (dice)
-    negative_prompt: str | None = None
-
-    @property
-    def nfe(self) -> int:
-        return self.steps * (2 if self.method == "cfg" else 1)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        name = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}.get(self.method)
-        out: dict[str, Any] = {name: self.value} if name else {}
-        out |= {"sharpener": self.sharpener} if self.sharpener else {}
-        return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
-
-    @property
-    def key(self) -> str:
-        """Folder name of the row's images: method, setting, steps (and sharpener, negative prompt)."""
-        letter = {"cfg": "w", "scaling": "s", "dice": "a"}.get(self.method, "")
-        parts = [self.method + (f"-{letter}{self.value:g}" if letter else ""), f"steps{self.steps}"]
-        if self.sharpener:
-            parts.append(self.sharpener)
-        if self.negative_prompt:
-            parts.append("neg" + hashlib.sha1(self.negative_prompt.encode()).hexdigest()[:8])
-        return "_".join(parts)
-
-    @property
-    def label(self) -> str:
-        return self.method + ("+neg" if self.negative_prompt else "")
-
-
 @dataclass
 class PromptSet:
     name: str
@@ -111,7 +75,7 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
     if cfg.limit < 1:
         raise InputError(f"--limit must be >= 1 (got {cfg.limit}).")
     if cfg.prompts or cfg.prompts_file:
-        from ..sampling.job import collect_prompts
+        from ..sampling.prompts import collect_prompts
 
         prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
         return PromptSet(
@@ -204,7 +168,8 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
         made[row.key] = ensure_images(
             pipe,
             row,
-            ps,
+            ps.prompts,
+            ps.seeds,
             out / "images" / row.key,
             sharpener=sharpeners.get(row.sharpener),
             batch_size=cfg.batch_size,
@@ -216,10 +181,12 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
     results = []
     for row in rows:
         folder = out / "images" / row.key
-        images = load_images(folder, ps)
+        images = load_images(folder, ps.prompts, ps.seeds)
         ref_row = Row("cfg", row.steps, cfg.cfg_scales[0]) if "cfg" in cfg.methods else None
         if ref_row is not None and row.steps not in refs:
-            refs[row.steps] = images if ref_row == row else load_images(out / "images" / ref_row.key, ps)
+            refs[row.steps] = (
+                images if ref_row == row else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
+            )
         results.append(
             {
                 "label": row.label,
@@ -256,9 +223,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     from ..families import check_compatible
     from ..metrics.real import RealMetrics
-    from ..pipeline import load_pipeline, model_id
+    from ..pipeline import load_pipeline, model_id, resolve_device, resolve_dtype
     from ..runs.folder import write_run_json
-    from ..sampling.job import default_device, resolve_dtype
     from ..sharpener import Sharpener
 
     names = list(cfg.sharpeners) or (["mini"] if cfg.model in (None, "mini") else [])
@@ -269,7 +235,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     names = names if "dice" in cfg.methods else []
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
     ps = prompt_set(cfg)
-    device = cfg.device or default_device()
+    device = resolve_device(cfg.device)
     real = RealMetrics(
         clip=cfg.clip,
         aesthetic=cfg.aesthetic,
@@ -292,3 +258,21 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     write_run_json(Path(cfg.out), {"config": asdict(cfg)}, identity)
     return evaluate(pipe, cfg, ps, sharpeners, real)
+
+
+def sample_and_score(pipe, items: Sequence, method: str, *, oracle=None, **generate_kwargs):
+    """Sample held-out ``items`` (EvalItem: prompt, spec, seed) with ``method`` through ``generate()`` and
+    score them: returns the images (N, H, W, 3), the samples, and the per-image oracle scores."""
+    from ..metrics.world import alignment
+
+    samples = list(
+        generate(
+            pipe,
+            [it.prompt for it in items],
+            method=method,
+            seeds=[it.seed for it in items],
+            **generate_kwargs,
+        )
+    )
+    images = np.stack([s.image for s in samples])
+    return images, samples, alignment(images, [it.spec for it in items], oracle)

@@ -1,4 +1,4 @@
-"""The images of a `dice eval` row on disk: made once through ``generate()``, named so a re-run resumes.
+"""The rows of `dice eval` and their images on disk: made once through ``generate()``, named so a re-run resumes.
 
 ``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png`` plus ``meta.jsonl`` (seed, NFE, seconds per image).
 """
@@ -8,24 +8,61 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from ..runs.io import _atomic_write
+from ..runs.io import atomic_write
 from ..sampling.generate import generate
 
-if TYPE_CHECKING:
-    from .evaluate import PromptSet, Row
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("dicecfg.evaluation.evaluate")
+
+@dataclass(frozen=True)
+class Row:
+    """One method setting at one step count."""
+
+    method: str
+    steps: int
+    value: float | None = None  # w (cfg), s (scaling) or alpha (dice)
+    sharpener: str | None = None  # tag of the sharpener (dice)
+    negative_prompt: str | None = None
+
+    @property
+    def nfe(self) -> int:
+        return self.steps * (2 if self.method == "cfg" else 1)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        name = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}.get(self.method)
+        out: dict[str, Any] = {name: self.value} if name else {}
+        out |= {"sharpener": self.sharpener} if self.sharpener else {}
+        return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
+
+    @property
+    def key(self) -> str:
+        """Folder name of the row's images: method, setting, steps (and sharpener, negative prompt)."""
+        letter = {"cfg": "w", "scaling": "s", "dice": "a"}.get(self.method, "")
+        parts = [self.method + (f"-{letter}{self.value:g}" if letter else ""), f"steps{self.steps}"]
+        if self.sharpener:
+            parts.append(self.sharpener)
+        if self.negative_prompt:
+            parts.append("neg" + hashlib.sha1(self.negative_prompt.encode()).hexdigest()[:8])
+        return "_".join(parts)
+
+    @property
+    def label(self) -> str:
+        return self.method + ("+neg" if self.negative_prompt else "")
 
 
 def ensure_images(
     pipe,
     row: Row,
-    ps: PromptSet,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
     folder: Path,
     *,
     sharpener=None,
@@ -36,7 +73,7 @@ def ensure_images(
 ) -> int:
     """Generate the row's missing images (PNG + a line in meta.jsonl each); returns how many were made."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = image_paths(folder, ps)
+    paths = image_paths(folder, prompts, seeds)
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if not missing:
         return 0
@@ -45,9 +82,9 @@ def ensure_images(
     extra = {knobs[row.method]: row.value} if row.method in knobs else {}
     stream = generate(
         pipe,
-        [ps.prompts[i] for i in missing],
+        [prompts[i] for i in missing],
         method=row.method,
-        seeds=[ps.seeds[i] for i in missing],
+        seeds=[seeds[i] for i in missing],
         sharpener=sharpener,
         negative_prompt=row.negative_prompt,
         num_inference_steps=row.steps,
@@ -60,7 +97,7 @@ def ensure_images(
     with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
         for s in stream:
             i = missing[s.index]
-            _atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
+            atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
             meta.write(
                 json.dumps(
                     {"index": i, "seed": s.seed, "prompt": s.prompt, "nfe": s.nfe, "seconds": s.seconds}
@@ -71,18 +108,18 @@ def ensure_images(
     return len(missing)
 
 
-def image_paths(folder: Path, ps: PromptSet) -> list[Path]:
+def image_paths(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> list[Path]:
     """One PNG per prompt, named by index, seed and a hash of the prompt (a changed prompt is regenerated)."""
     return [
         folder / f"{i:05d}-seed{seed}-{hashlib.sha1(p.encode()).hexdigest()[:6]}.png"
-        for i, (p, seed) in enumerate(zip(ps.prompts, ps.seeds, strict=True))
+        for i, (p, seed) in enumerate(zip(prompts, seeds, strict=True))
     ]
 
 
-def load_images(folder: Path, ps: PromptSet) -> np.ndarray:
+def load_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
     from PIL import Image
 
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, ps)])
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, prompts, seeds)])
 
 
 def seconds_per_image(folder: Path, n: int) -> float | None:

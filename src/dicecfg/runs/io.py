@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)``, fsync the result, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -63,7 +63,7 @@ def atomic_save_tensors(
 ) -> Path:
     """Save a flat dict of tensors as safetensors, atomically."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:

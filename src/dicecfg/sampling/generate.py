@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, OutOfMemoryError
 from ..families import Cond, Family, check_compatible, family_of
-from ..runs.guards import check_alpha, check_size, warn_truncated
 from ..sharpener import Sharpener
+from .checks import check_alpha, check_size, warn_truncated
 from .fast import fast_denoiser
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class Sample:
         return Image.fromarray(self.image)
 
 
-def _as_list(x: str | Sequence[str] | None, n: int, what: str) -> list[str]:
+def per_prompt(x: str | Sequence[str] | None, n: int, what: str) -> list[str]:
+    """One text per prompt from None (all ""), one text, or a list of one or ``n`` texts."""
     if x is None:
         return [""] * n
     if isinstance(x, str):
@@ -93,7 +94,7 @@ def sharpen(
     check_alpha(alpha)
     warn_truncated(pipe, fam, prompts)
     cond = fam.encode(pipe, prompts)
-    neg = fam.encode(pipe, _as_list(negative_prompt, len(prompts), "negative_prompt"))
+    neg = fam.encode(pipe, per_prompt(negative_prompt, len(prompts), "negative_prompt"))
     kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(pipe, fam, sharpener, cond, neg, alpha))
     kwargs["num_images_per_prompt"] = num_images_per_prompt
     return kwargs
@@ -237,7 +238,7 @@ def generate(
     seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts):
         raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
-    negs = _as_list(negative_prompt, len(prompts), "negative_prompt")
+    negs = per_prompt(negative_prompt, len(prompts), "negative_prompt")
     fam = family_of(pipe) if sharpener is None or method != "dice" else check_compatible(pipe, sharpener)
     check_size(pipe, fam, height, width)
     if method == "dice":

@@ -32,7 +32,7 @@ def make_grid(
 
 
 def save_grid(images: Sequence[np.ndarray], path: str | Path, **kwargs) -> Path:
-    from ..runs.io import _atomic_write
+    from ..runs.io import atomic_write
 
     grid = make_grid(images, **kwargs)
-    return _atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))

@@ -1,55 +1,24 @@
-"""The jobs behind the `dice` commands: a frozen dataclass of options and one function each.
+"""`dice sample`: the options of a sampling run (a frozen dataclass) and the one function that runs it.
 
-The CLI parses flags into these dataclasses; everything else (loading, running, writing) happens here, so the
-same jobs are usable from Python.
+The CLI parses flags into the dataclass; loading, sampling and writing happen here, so the same job is usable
+from Python.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import InputError
-from ..pipeline import load_pipeline
+from ..pipeline import load_pipeline, resolve_device, resolve_dtype
 from ..runs.io import atomic_write_text
 from ..sharpener import Sharpener
-from ..training.data import load_prompts
-from ..training.loop import DistillConfig, distill
 from .generate import METHODS, generate
+from .prompts import collect_prompts
 
 log = logging.getLogger(__name__)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: str | None, device: str, training: bool = False) -> torch.dtype:
-    """float16 for sampling / bfloat16 for training on CUDA, float32 on CPU, unless given."""
-    if dtype:
-        try:
-            return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
-                dtype
-            ) or getattr(torch, dtype)
-        except AttributeError as e:
-            raise InputError(f"Unknown dtype '{dtype}': use fp16, bf16 or fp32.") from e
-    if device.startswith("cuda"):
-        return torch.bfloat16 if training else torch.float16
-    return torch.float32
-
-
-def collect_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:
-    out = list(prompts)
-    if prompts_file:
-        out += load_prompts(prompts_file)
-    if not out:
-        raise InputError("No prompts: pass prompts as arguments or --prompts FILE.")
-    return out
 
 
 @dataclass(frozen=True)
@@ -88,7 +57,7 @@ def run_sample(job: SampleJob) -> list[Path]:
         if name is None:
             raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
         sharp = Sharpener.from_pretrained(name)
-    device = job.device or default_device()
+    device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,27 +95,3 @@ def run_sample(job: SampleJob) -> list[Path]:
         )
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return paths
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    out: str  # run folder (re-running the same command resumes)
-    model: str | None = None  # hub id or local folder; None: the shipped mini model
-    prompts_file: str | None = None  # prompt-only mode
-    images: str | None = None  # image mode: folder of captioned images
-    device: str | None = None
-    dtype: str | None = None  # frozen model dtype; default bf16 on CUDA, fp32 on CPU
-    config: DistillConfig = field(default_factory=DistillConfig)
-
-
-def run_train(job: TrainJob) -> Sharpener:
-    device = job.device or default_device()
-    local_rank = os.environ.get("LOCAL_RANK")  # one GPU per process under torchrun / accelerate launch
-    if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
-        device = f"cuda:{int(local_rank)}"
-    prompts = load_prompts(job.prompts_file) if job.prompts_file else None
-    if prompts is None and job.images is None:
-        raise InputError("dice train needs --prompts FILE (prompt-only) or --images DIR (captioned images).")
-    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device, training=True), device=device)
-    log.info("training a sharpener: %s", json.dumps(asdict(job.config)))
-    return distill(pipe, prompts, config=job.config, images=job.images, output_dir=job.out)

@@ -1,4 +1,4 @@
-"""Training inputs: prompt files and folders of captioned images."""
+"""Training images: folders of captioned images (prompt files are read by ``sampling.prompts``)."""
 
 from __future__ import annotations
 
@@ -11,50 +11,10 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..sampling.prompts import caption_of, read_text
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-CAPTION_KEYS = ("text", "prompt", "caption")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise InputError(f"Prompt file {path} does not exist.") from e
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}). Save the file as UTF-8.") from e
-
-
-def _caption_of(record: dict, where: str) -> str:
-    for key in CAPTION_KEYS:
-        if isinstance(record.get(key), str):
-            return record[key]
-    raise InputError(f"{where}: no caption field; expected one of {', '.join(CAPTION_KEYS)}.")
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line; blank lines skipped) or a JSONL file (field text/prompt/caption)."""
-    path = Path(path)
-    text = _read_text(path)
-    prompts: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: invalid JSON ({e.msg}).") from e
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object per line.")
-            prompts.append(_caption_of(record, f"{path}:{n}").strip())
-        else:
-            prompts.append(line.strip())
-    if not prompts:
-        raise InputError(f"{path} holds no prompts (empty or only blank lines).")
-    return prompts
 
 
 class ImageCaptionFolder:
@@ -68,7 +28,7 @@ class ImageCaptionFolder:
         self.items: list[tuple[Path, str]] = []
         meta = self.root / "metadata.jsonl"
         if meta.is_file():
-            for n, line in enumerate(_read_text(meta).splitlines(), 1):
+            for n, line in enumerate(read_text(meta).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -77,7 +37,7 @@ class ImageCaptionFolder:
                     raise InputError(f"{meta}:{n}: invalid JSON ({e.msg}).") from e
                 if "file_name" not in rec:
                     raise InputError(f"{meta}:{n}: missing 'file_name'.")
-                self.items.append((self.root / rec["file_name"], _caption_of(rec, f"{meta}:{n}")))
+                self.items.append((self.root / rec["file_name"], caption_of(rec, f"{meta}:{n}")))
         else:
             skipped = 0
             for p in sorted(self.root.iterdir()):
@@ -85,7 +45,7 @@ class ImageCaptionFolder:
                     continue
                 txt = p.with_suffix(".txt")
                 if txt.is_file():
-                    self.items.append((p, _read_text(txt).strip()))
+                    self.items.append((p, read_text(txt).strip()))
                 else:
                     skipped += 1
             if skipped:

@@ -32,7 +32,8 @@ from ..runs.folder import (
     versions,
     write_run_json,
 )
-from ..runs.guards import StopFlag, check_finite, run_lock, warn_truncated
+from ..runs.guards import StopFlag, check_finite, run_lock
+from ..sampling.checks import warn_truncated
 from ..sharpener import Sharpener
 from .data import ImageCaptionFolder
 from .objective import Objective

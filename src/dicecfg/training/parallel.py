@@ -94,10 +94,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def without_gpus(argv: Sequence[str]) -> list[str]:
+    """The command line without its ``--gpus N`` (or ``--gpus=N``): what each launched process runs."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a == "--gpus":
+            skip = not skip and a == "--gpus"
+            continue
+        if not a.startswith("--gpus="):
+            out.append(a)
+    return out
+
+
 def relaunch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``dice <argv>`` in ``nproc`` processes through torch.distributed.run on this host; returns its code."""
+    """Run ``dice <argv>`` (less ``--gpus``) in ``nproc`` processes through torch.distributed.run on this host;
+    returns its exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc)]
-    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "dicecfg.cli", *argv]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "dicecfg.cli"]
+    cmd += without_gpus(argv)
     try:
         return subprocess.run(cmd, check=False).returncode
     except KeyboardInterrupt:  # the launcher forwards the signal to the ranks, which checkpoint and stop
