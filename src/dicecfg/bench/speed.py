@@ -97,7 +97,8 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     reported apart from the steady-state medians.
     """
     from ..families import family_of
-    from ..sampling.generate import sample_batch, sharpen_cond
+    from ..sampling.generate import sample_batch
+    from ..sampling.methods import sharpen_cond
 
     fam = family_of(pipe)
     device = pipe._execution_device

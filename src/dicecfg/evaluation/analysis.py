@@ -99,7 +99,8 @@ def analyze(
 ) -> dict[str, Any]:
     """Edit statistics of ``sharpener`` on ``prompts``, encoded and sharpened exactly as sampling does."""
     from ..families import check_compatible
-    from ..sampling.generate import per_prompt, sharpen_cond
+    from ..sampling.generate import per_prompt
+    from ..sampling.methods import sharpen_cond
 
     fam = check_compatible(pipe, sharpener)
     prompts = list(prompts)

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..runs.io import atomic_write_json, atomic_write_text
-from ..sampling.generate import METHODS, generate
+from ..sampling.generate import generate
+from ..sampling.methods import METHODS
 from .images import Row, ensure_images, load_images, seconds_per_image
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..runs.io import atomic_write
 from ..sampling.generate import generate
+from ..sampling.methods import TABLE
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +34,24 @@ class Row:
 
     @property
     def nfe(self) -> int:
-        return self.steps * (2 if self.method == "cfg" else 1)
+        return TABLE[self.method].nfe(self.steps)
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        """``{knob: value}``: the keyword of ``generate()`` that sets the row's method."""
+        knob = TABLE[self.method].knob
+        return {knob: self.value} if knob else {}
 
     @property
     def params(self) -> dict[str, Any]:
-        name = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}.get(self.method)
-        out: dict[str, Any] = {name: self.value} if name else {}
-        out |= {"sharpener": self.sharpener} if self.sharpener else {}
+        out = self.setting | ({"sharpener": self.sharpener} if self.sharpener else {})
         return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
 
     @property
     def key(self) -> str:
         """Folder name of the row's images: method, setting, steps (and sharpener, negative prompt)."""
-        letter = {"cfg": "w", "scaling": "s", "dice": "a"}.get(self.method, "")
-        parts = [self.method + (f"-{letter}{self.value:g}" if letter else ""), f"steps{self.steps}"]
+        tag = TABLE[self.method].tag
+        parts = [self.method + (f"-{tag}{self.value:g}" if tag else ""), f"steps{self.steps}"]
         if self.sharpener:
             parts.append(self.sharpener)
         if self.negative_prompt:
@@ -78,8 +83,6 @@ def ensure_images(
     if not missing:
         return 0
     log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
-    knobs = {"cfg": "guidance_scale", "scaling": "scale", "dice": "alpha"}
-    extra = {knobs[row.method]: row.value} if row.method in knobs else {}
     stream = generate(
         pipe,
         [prompts[i] for i in missing],
@@ -92,7 +95,7 @@ def ensure_images(
         height=height,
         width=width,
         progress=progress,
-        **extra,
+        **row.setting,
     )
     with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
         for s in stream:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..sampling.methods import TABLE
+
 log = logging.getLogger(__name__)
 
 # (result key, column title, format); columns appear only when some row has the metric
@@ -39,11 +41,7 @@ PLOT_METRICS = (
 def setting(row: dict[str, Any]) -> str:
     """Short text for a row's method setting, e.g. ``w=5``, ``alpha=1 (mini-1a2b3c4d)``."""
     p = row["params"]
-    parts = [
-        f"{short}={p[k]:g}"
-        for k, short in (("guidance_scale", "w"), ("scale", "s"), ("alpha", "alpha"))
-        if k in p
-    ]
+    parts = [f"{m.short}={p[m.knob]:g}" for m in TABLE.values() if m.knob in p]
     if "sharpener" in p:
         parts.append(f"({p['sharpener']})")
     if "negative_prompt" in p:

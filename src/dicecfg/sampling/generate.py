@@ -1,10 +1,6 @@
-"""One sampling code path for every method: unguided, cfg, scaling and dice.
+"""One sampling code path for every method (``sampling.methods``): prompts -> ``generate`` -> ``Sample``s.
 
-Every method hands the stock diffusers pipeline its own ``prompt_embeds`` (PAPER.md, "Sampling"):
-- ``unguided``: c, guidance_scale=1 (one network evaluation per step);
-- ``cfg``:      c and c_neg, guidance_scale=w (two evaluations per step);
-- ``scaling``:  c' = s * c (the paper's training-free baseline; token 0 kept), guidance_scale=1;
-- ``dice``:     c' = c + alpha * r(c, c_neg), guidance_scale=1.
+``sharpen`` gives the stock pipeline's keyword arguments for DICE, for callers that run the pipeline themselves.
 """
 
 from __future__ import annotations
@@ -25,9 +21,9 @@ from ..families import Cond, Family, check_compatible, family_of
 from ..sharpener import Sharpener
 from .checks import check_alpha, check_size, warn_truncated
 from .fast import fast_denoiser
+from .methods import lookup, sharpen_cond
 
 log = logging.getLogger(__name__)
-METHODS = ("unguided", "cfg", "scaling", "dice")
 
 
 @dataclass
@@ -63,16 +59,6 @@ def per_prompt(x: str | Sequence[str] | None, n: int, what: str) -> list[str]:
     return x
 
 
-def sharpen_cond(
-    pipe: Any, fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0
-) -> Cond:
-    """c' = c + alpha * r(c, c_neg) on an encoded batch (PAPER.md, "The method")."""
-    sharpener.to(cond.tokens.device)
-    with torch.no_grad():
-        tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg))
-    return fam.edited(cond, tokens, sharpener.config.get("mask_mode", "keep"))
-
-
 def sharpen(
     pipe: Any,
     sharpener: Sharpener,
@@ -98,45 +84,6 @@ def sharpen(
     kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(pipe, fam, sharpener, cond, neg, alpha))
     kwargs["num_images_per_prompt"] = num_images_per_prompt
     return kwargs
-
-
-def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
-    """The scaling baseline c' = s * c; token 0 is kept when the family copies it (CLIP's <SOS> state is the
-    same for every prompt), and scaled too where it is a real token (T5)."""
-    t = cond.tokens
-    if not keep_first:
-        return cond.with_tokens(s * t)
-    return cond.with_tokens(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
-
-
-def method_kwargs(
-    pipe: Any,
-    fam: Family,
-    method: str,
-    cond: Cond,
-    neg: Cond,
-    *,
-    sharpener: Sharpener | None,
-    guidance_scale: float,
-    scale: float,
-    alpha: float,
-) -> tuple[dict[str, Any], int]:
-    """Pipeline kwargs for one batch and the network evaluations per step (1 or 2)."""
-    if method == "unguided":
-        return {**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0}, 1
-    if method == "cfg":
-        return {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": guidance_scale}, 2
-    if method == "scaling":
-        return {
-            **fam.pipeline_kwargs(pipe, scale_cond(cond, scale, fam.copy_first_token)),
-            "guidance_scale": 1.0,
-        }, 1
-    if method == "dice":
-        if sharpener is None:
-            raise InputError("method 'dice' needs a sharpener (Sharpener.from_pretrained(...)).")
-        sharp = sharpen_cond(pipe, fam, sharpener, cond, neg, alpha)
-        return {**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0}, 1
-    raise InputError(f"Unknown method '{method}'. Choose one of: {', '.join(METHODS)}.")
 
 
 @contextlib.contextmanager
@@ -174,17 +121,9 @@ def sample_batch(
 
     ``fast=True`` replays the denoiser as CUDA graphs (``dicecfg.fast``; eager with a notice where unsupported).
     """
-    kwargs, passes = method_kwargs(
-        pipe,
-        fam,
-        method,
-        cond,
-        neg,
-        sharpener=sharpener,
-        guidance_scale=guidance_scale,
-        scale=scale,
-        alpha=alpha,
-    )
+    m = lookup(method)
+    value = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha).get(m.knob)
+    kwargs = m.kwargs(pipe, fam, cond, neg, sharpener, value)
     speed = fast_denoiser(pipe, fam.denoiser(pipe)) if fast else contextlib.nullcontext()
     try:
         with speed, no_step_bar(pipe):
@@ -200,7 +139,7 @@ def sample_batch(
             f"Out of accelerator memory while sampling a batch of {len(generators)} images ({method}). "
             "Use a smaller --batch-size (batch_size=); results do not depend on it."
         ) from e
-    return out.images, passes
+    return out.images, m.passes
 
 
 def generate(
@@ -229,8 +168,7 @@ def generate(
     denoiser as CUDA graphs (same images within fp16 tolerance; eager with a one-line notice off CUDA).
     """
     prompts = list(prompts)
-    if method not in METHODS:
-        raise InputError(f"Unknown method '{method}'. Choose one of: {', '.join(METHODS)}.")
+    m = lookup(method)
     if num_inference_steps < 1:
         raise InputError(f"num_inference_steps must be >= 1 (got {num_inference_steps}).")
     if batch_size < 1:
@@ -254,7 +192,7 @@ def generate(
             t0 = time.perf_counter()
             cond, neg = fam.encode(pipe, batch), fam.encode(pipe, negs[sl])
             generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in batch_seeds]
-            out, passes = sample_batch(
+            out, _ = sample_batch(
                 pipe,
                 fam,
                 method,
@@ -275,9 +213,7 @@ def generate(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             per_image = (time.perf_counter() - t0) / len(batch)
-            params = {"guidance_scale": guidance_scale} if method == "cfg" else {}
-            params |= {"scale": scale} if method == "scaling" else {}
-            params |= {"alpha": alpha} if method == "dice" else {}
+            params = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha)
             for i, img in enumerate(out):
                 yield Sample(
                     index=start + i,
@@ -285,7 +221,7 @@ def generate(
                     seed=int(batch_seeds[i]),
                     method=method,
                     image=(np.clip(img, 0, 1) * 255).round().astype(np.uint8),
-                    nfe=num_inference_steps * passes,
+                    nfe=m.nfe(num_inference_steps),
                     seconds=per_image,
                     params=params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
                 )

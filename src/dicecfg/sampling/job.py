@@ -15,7 +15,8 @@ from ..errors import InputError
 from ..pipeline import load_pipeline, resolve_device, resolve_dtype
 from ..runs.io import atomic_write_text
 from ..sharpener import Sharpener
-from .generate import METHODS, generate
+from .generate import generate
+from .methods import lookup
 from .prompts import collect_prompts
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,7 @@ class SampleJob:
 
 def run_sample(job: SampleJob) -> list[Path]:
     """Generate and write ``out/NNNN_method_seedS.png`` plus ``samples.jsonl``; returns the image paths."""
-    if job.method not in METHODS:
-        raise InputError(f"Unknown method '{job.method}'. Choose one of: {', '.join(METHODS)}.")
+    lookup(job.method)  # an unknown method fails before anything loads
     prompts = collect_prompts(job.prompts, job.prompts_file)
     sharp = None
     if job.method == "dice":  # load the small file first: a bad path fails before the model loads
