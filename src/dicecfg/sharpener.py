@@ -34,6 +34,15 @@ DEFAULT_NAME = "mini"  # the sharpener shipped with the package (see dicecfg.ass
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")  # refused by name, never opened
 
 
+def resolve_sharpener(name_or_path: str | os.PathLike) -> str:
+    """``"mini"`` -> the shipped sharpener's folder; anything else unchanged."""
+    if str(name_or_path) == DEFAULT_NAME:
+        from .assets import shipped_sharpener_dir
+
+        return str(shipped_sharpener_dir())
+    return str(name_or_path)
+
+
 class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["dice", "cfg-distillation"]):
     """Edit r(c, c_neg) of a text embedding. See the module docstring for the equation.
 
@@ -148,11 +157,7 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_NAME, **kwargs):
         """Load from a folder (config.json + model.safetensors), a hub id, or ``"mini"`` (shipped)."""
-        name = str(pretrained_model_name_or_path)
-        if name == DEFAULT_NAME:
-            from .assets import shipped_sharpener_dir
-
-            name = str(shipped_sharpener_dir())
+        name = resolve_sharpener(pretrained_model_name_or_path)
         path = Path(name)
         if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
             raise SharpenerLoadError(

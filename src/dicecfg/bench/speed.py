@@ -97,7 +97,7 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     reported apart from the steady-state medians.
     """
     from ..families import family_of
-    from ..sampling.generate import sample_batch
+    from ..sampling.generate import generators, sample_batch
     from ..sampling.methods import sharpen_cond
 
     fam = family_of(pipe)
@@ -105,19 +105,17 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     timer = Timer(device)
     cond, neg = fam.encode(pipe, [PROMPT] * batch), fam.encode(pipe, [""] * batch)  # excluded: same for both
     sharpener.to(device=device, dtype=cond.tokens.dtype)
-    gen_device = "cpu" if device.type == "mps" else device
     common = dict(num_inference_steps=cfg.steps, output_type="latent", height=cfg.height, width=cfg.width)
     latents: list[torch.Tensor] = []
 
     def run(method: str, fast: bool = False) -> None:
-        gens = [torch.Generator(gen_device).manual_seed(i) for i in range(batch)]
         out, _ = sample_batch(
             pipe,
             fam,
             method,
             cond,
             neg,
-            gens,
+            generators(device, range(batch)),
             sharpener=sharpener,
             guidance_scale=cfg.guidance_scale,
             fast=fast,

@@ -180,12 +180,12 @@ def plot(stats: dict[str, Any], path: str | Path) -> Path | None:
 
 def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     """`dice analyze`: writes analysis.json, analysis.md and analysis.png under ``cfg.out``."""
-    from ..pipeline import load_pipeline, resolve_device, resolve_dtype
+    from ..pipeline import default_sharpener, load_pipeline, resolve_device, resolve_dtype
     from ..runs.io import atomic_write_json, atomic_write_text
     from ..sampling.prompts import collect_prompts
     from ..sharpener import Sharpener
 
-    name = cfg.sharpener or ("mini" if cfg.model in (None, "mini") else None)
+    name = default_sharpener(cfg.model, cfg.sharpener)
     if name is None:
         raise InputError("dice analyze needs --sharpener (a folder written by `dice train`).")
     sharp = Sharpener.from_pretrained(name)

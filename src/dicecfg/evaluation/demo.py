@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline import load_pipeline
+from ..errors import InputError
+from ..pipeline import default_sharpener, load_pipeline
 from ..runs.io import atomic_write_json
 from ..sampling.grid import save_grid
 from ..sharpener import Sharpener
@@ -42,8 +43,11 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     step = max(1, len(items) // job.prompts)
     picked = items[::step][: job.prompts]
     prompts, seeds = [it.prompt for it in picked], [it.seed for it in picked]
+    name = default_sharpener(job.model, job.sharpener)
+    if name is None:
+        raise InputError("dice demo with a model of your own needs its sharpener (sharpener=...).")
+    sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
     pipe = load_pipeline(job.model, device=job.device)
-    sharp = Sharpener.from_pretrained(job.sharpener or "mini")
     oracle = Oracle()
     rows, table = [], []
     for method in ("unguided", "cfg", "dice"):

@@ -96,11 +96,9 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
 
 def sharpener_tag(name: str) -> str:
     """A short folder-safe name for a sharpener: its folder name and a hash of its weights."""
-    path = Path(name)
-    if name == "mini":
-        from ..assets import shipped_sharpener_dir
+    from ..sharpener import resolve_sharpener
 
-        path = shipped_sharpener_dir()
+    path = Path(resolve_sharpener(name))
     slug = re.sub(r"[^A-Za-z0-9.-]+", "-", path.name or name).strip("-")[:32] or "sharpener"
     weights = path / "model.safetensors"
     return f"{slug}-{hashlib.sha1(weights.read_bytes()).hexdigest()[:8]}" if weights.is_file() else slug
@@ -224,11 +222,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     from ..families import check_compatible
     from ..metrics.real import RealMetrics
-    from ..pipeline import load_pipeline, model_id, resolve_device, resolve_dtype
+    from ..pipeline import default_sharpener, load_pipeline, model_id, resolve_device, resolve_dtype
     from ..runs.folder import write_run_json
     from ..sharpener import Sharpener
 
-    names = list(cfg.sharpeners) or (["mini"] if cfg.model in (None, "mini") else [])
+    shipped = default_sharpener(cfg.model, None)
+    names = list(cfg.sharpeners) or ([shipped] if shipped else [])
     if "dice" in cfg.methods and not names:
         raise InputError(
             "dice rows need --sharpener (a folder written by `dice train`), or drop dice from --methods."

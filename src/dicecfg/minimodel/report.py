@@ -116,6 +116,7 @@ def quick_eval(
     """
     from diffusers import StableDiffusionPipeline
 
+    from dicecfg.sampling.generate import generators
     from dicecfg.world.heldout import heldout_set
     from dicecfg.world.oracle import Oracle
 
@@ -126,7 +127,7 @@ def quick_eval(
         images = []
         for i in range(0, len(items), batch):
             chunk = items[i : i + batch]
-            gens = [torch.Generator(device).manual_seed(int(it.seed)) for it in chunk]
+            gens = generators(torch.device(device), [it.seed for it in chunk])
             out = pipe(
                 [it.prompt for it in chunk],
                 num_inference_steps=steps,

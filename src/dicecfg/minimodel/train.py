@@ -26,6 +26,7 @@ from dicecfg.minimodel.config import MiniTrainConfig
 from dicecfg.minimodel.data import encode_latents, load_data, render_shards, to_float
 from dicecfg.minimodel.loop import LoopConfig, append_stats, final_weights, read_checkpoint, train
 from dicecfg.minimodel.report import quick_eval, write_model_card
+from dicecfg.pipeline import resolve_device
 from dicecfg.runs.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,7 @@ STAGES = ("data", "text", "vae", "unet", "assemble", "eval")
 
 
 def _device(cfg: MiniTrainConfig) -> torch.device:
-    return torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
+    return torch.device(resolve_device(cfg.device))
 
 
 def _start(cfg: MiniTrainConfig, stage: str) -> tuple[Path, torch.device, float]:

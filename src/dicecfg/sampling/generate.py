@@ -86,6 +86,13 @@ def sharpen(
     return kwargs
 
 
+def generators(device: torch.device, seeds: Sequence[int]) -> list[torch.Generator]:
+    """One seeded generator per image, on the pipeline's device (on the CPU for MPS devices), so an image
+    depends on its seed alone, not on the batch it is made in."""
+    where = "cpu" if device.type == "mps" else device
+    return [torch.Generator(where).manual_seed(int(s)) for s in seeds]
+
+
 @contextlib.contextmanager
 def no_step_bar(pipe: Any) -> Iterator[None]:
     """Silence the pipeline's per-step progress bar for one call (callers show their own), then restore it."""
@@ -183,7 +190,6 @@ def generate(
         check_alpha(alpha)
     warn_truncated(pipe, fam, [*prompts, *(n for n in negs if n)])
     device = pipe._execution_device
-    gen_device = "cpu" if device.type == "mps" else device
     bar = tqdm(total=len(prompts), desc=f"{method}", unit="img", disable=not progress)
     try:
         for start in range(0, len(prompts), batch_size):
@@ -191,14 +197,13 @@ def generate(
             batch, batch_seeds = prompts[sl], seeds[sl]
             t0 = time.perf_counter()
             cond, neg = fam.encode(pipe, batch), fam.encode(pipe, negs[sl])
-            generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in batch_seeds]
             out, _ = sample_batch(
                 pipe,
                 fam,
                 method,
                 cond,
                 neg,
-                generators,
+                generators(device, batch_seeds),
                 sharpener=sharpener,
                 guidance_scale=guidance_scale,
                 scale=scale,

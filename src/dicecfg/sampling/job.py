@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..pipeline import load_pipeline, resolve_device, resolve_dtype
+from ..pipeline import default_sharpener, load_pipeline, resolve_device, resolve_dtype
 from ..runs.io import atomic_write_text
 from ..sharpener import Sharpener
 from .generate import generate
@@ -53,7 +53,7 @@ def run_sample(job: SampleJob) -> list[Path]:
     prompts = collect_prompts(job.prompts, job.prompts_file)
     sharp = None
     if job.method == "dice":  # load the small file first: a bad path fails before the model loads
-        name = job.sharpener or ("mini" if job.model in (None, "mini") else None)
+        name = default_sharpener(job.model, job.sharpener)
         if name is None:
             raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
         sharp = Sharpener.from_pretrained(name)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, TrainingInterrupted
 from ..families import family_of
-from ..pipeline import model_id
+from ..pipeline import model_id, model_revision
 from ..runs.folder import (
     append_stats,
     git_commit,
@@ -173,6 +173,7 @@ def _distill(
     if par.main:
         try:
             record = {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit()}
+            record["base_revision"] = model_revision(pipe)
             write_run_json(run_dir, record, identity)
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             err = e
@@ -215,7 +216,7 @@ def _distill(
             copy_first_token=fam.copy_first_token,
             mask_mode=cfg.mask_mode,
             base_model=model_id(pipe),
-            base_revision=getattr(pipe, "_dicecfg_revision", None),
+            base_revision=model_revision(pipe),
             guidance_scale=cfg.guidance_scale,
             loss=cfg.loss,
         ).to(device)

@@ -179,18 +179,14 @@ class TeacherSource(XtSource):
     ) -> torch.Tensor:
         from tqdm.auto import tqdm
 
-        from ..sampling.generate import sample_batch
+        from ..sampling.generate import generators, sample_batch
 
         out, bs = [], self.infer_batch
-        gen_device = self.device if self.device.type != "mps" else torch.device("cpu")
         for s in tqdm(
             range(0, len(prompts), bs), desc=f"CFG samples ({what})", disable=not self.cfg.progress
         ):
             batch = prompts[s : s + bs]
-            gens = [
-                torch.Generator(gen_device).manual_seed(self.cfg.seed + seed_base + s + i)
-                for i in range(len(batch))
-            ]
+            gens = generators(self.device, [self.cfg.seed + seed_base + s + i for i in range(len(batch))])
             lat, _ = sample_batch(
                 self.pipe,
                 self.fam,
