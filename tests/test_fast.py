@@ -107,7 +107,8 @@ def test_capture_failure_runs_eager(monkeypatch, tiny_sd, caplog):
 
 
 def test_bench_fast_columns(stand_in_capture, tiny_sd_dir):
-    from dicecfg.bench.speed import BenchConfig, markdown_table, run_bench
+    from dicecfg.bench.speed import BenchConfig, run_bench
+    from dicecfg.evaluation.report import bench_table
 
     cfg = BenchConfig(
         model=str(tiny_sd_dir),
@@ -126,7 +127,7 @@ def test_bench_fast_columns(stand_in_capture, tiny_sd_dir):
     assert row["speedup_vs_eager_cfg"] == pytest.approx(row["cfg_ms"] / row["fast_dice_ms"])
     assert row["fast_path"].startswith("cuda graphs (2 captured")
     assert row["fast_cfg_max_abs_diff"] == 0.0 and row["fast_dice_max_rel_diff"] == 0.0  # same kernels on CPU
-    table = markdown_table([row])
+    table = bench_table([row])
     assert "| fast DICE ms |" in table and table.splitlines()[2].count("|") == table.splitlines()[0].count(
         "|"
     )

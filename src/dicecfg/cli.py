@@ -176,10 +176,11 @@ def _train(ns: argparse.Namespace) -> int | None:
 
 
 def _demo(ns: argparse.Namespace) -> None:
-    from .evaluation.demo import DemoJob, format_table, run_demo
+    from .evaluation.demo import DemoJob, run_demo
+    from .evaluation.report import demo_table
 
     summary = run_demo(DemoJob(progress=not ns.quiet, **_given(ns, ["prompts", "steps", "out", "device"])))
-    print(format_table(summary))
+    print(demo_table(summary))
     print(f"grid: {summary['grid']}  (rows: unguided, cfg, dice; same seeds)")
 
 
@@ -239,7 +240,7 @@ def _add_eval_commands(sub, common: argparse.ArgumentParser) -> None:
 
 def _eval(ns: argparse.Namespace) -> None:
     from .evaluation.evaluate import EvalConfig, run_eval
-    from .evaluation.report import markdown_table
+    from .evaluation.report import eval_table
 
     ns.prompts = tuple(ns.prompts) or None
     report = run_eval(_config(ns, EvalConfig, progress=not ns.quiet))
@@ -248,26 +249,28 @@ def _eval(ns: argparse.Namespace) -> None:
         f"{len(report['rows'])} rows over {report['n']} prompts ({made} images generated now); "
         f"wrote {report['config']['out']}/eval.json, eval.md"
     )
-    print(markdown_table(report["rows"]))
+    print(eval_table(report["rows"]))
 
 
 def _analyze(ns: argparse.Namespace) -> None:
-    from .evaluation.analysis import AnalyzeConfig, run_analyze, summary
+    from .evaluation.analysis import AnalyzeConfig, run_analyze
+    from .evaluation.report import analysis_summary
 
     ns.prompts = tuple(ns.prompts) or None
     cfg = _config(ns, AnalyzeConfig)
     stats = run_analyze(cfg)
     print(f"wrote {cfg.out}/analysis.json, analysis.md, analysis.png")
-    print(summary(stats))
+    print(analysis_summary(stats))
 
 
 def _bench(ns: argparse.Namespace) -> None:
-    from .bench.speed import BenchConfig, markdown_table, run_bench
+    from .bench.speed import BenchConfig, run_bench
+    from .evaluation.report import bench_table
 
     rows = run_bench(_config(ns, BenchConfig, command=" ".join(["dice", *ns.argv])))
     if ns.out:
         print(f"wrote {ns.out}")
-    print(markdown_table(rows))
+    print(bench_table(rows))
 
 
 def quiet_libraries() -> None:

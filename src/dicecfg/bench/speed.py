@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .report import markdown_table  # noqa: F401  (re-exported: dicecfg.bench.markdown_table)
 
 log = logging.getLogger(__name__)
 PROMPT = "a photo of a red car in the city at night"

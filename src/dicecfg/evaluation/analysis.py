@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import InputError
@@ -123,67 +122,13 @@ def analyze(
     return stats
 
 
-def summary(stats: dict[str, Any]) -> str:
-    """Markdown table per group and a one-line reading of the paper's claim."""
-    head = "| group | tokens | share of positions | share of squared edit | mean edit norm | edit / token norm | cos(c, c') |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for name in (n for n in GROUPS if n in stats["groups"]):
-        g = stats["groups"][name]
-        lines.append(
-            f"| {name} | {g['tokens']} | {g['position_share']:.3f} | {g['edit_share']:.3f} | "
-            f"{g['edit_norm']:.4g} | {g['relative_edit']:.4g} | {g['cosine']:.4f} |"
-        )
-    groups = stats["groups"]
-    tail = sum(groups[k]["edit_share"] for k in ("eos", "padding") if k in groups)
-    tail_pos = sum(groups[k]["position_share"] for k in ("eos", "padding") if k in groups)
-    words = groups.get("words", {})
-
-    def rms(names: tuple[str, ...]) -> float:  # root-mean-square per-token edit over some groups
-        sq, n = (sum(groups[k][f] for k in names if k in groups) for f in ("sq_edit", "tokens"))
-        return (sq / n) ** 0.5 if n else float("nan")
-
-    ratio = rms(("eos", "padding")) / rms(("words",)) if rms(("words",)) > 0 else float("inf")
-    lines.append("")
-    lines.append(
-        f"End-of-text and padding positions hold {tail:.1%} of the squared edit on {tail_pos:.1%} of the "
-        f"positions; their per-token edit (RMS) is {ratio:.2f}x that of word tokens, whose mean "
-        f"cos(c, c') is {words.get('cosine', float('nan')):.4f} ({stats['n_prompts']} prompts, "
-        f"alpha={stats['alpha']:g})."
-    )
-    return "\n".join(lines)
-
-
-def plot(stats: dict[str, Any], path: str | Path) -> Path | None:
-    """Mean edit norm per position (left) and squared-edit share vs position share per group (right)."""
-    from .report import pyplot
-
-    plt = pyplot()
-    if plt is None:
-        return None
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
-    a.bar(range(len(stats["per_position"]["edit_norm"])), stats["per_position"]["edit_norm"], width=1.0)
-    a.set_xlabel("token position")
-    a.set_ylabel("mean |c' - c|")
-    names = [n for n in GROUPS if n in stats["groups"]]
-    x = np.arange(len(names))
-    b.bar(x - 0.2, [stats["groups"][n]["position_share"] for n in names], 0.4, label="positions")
-    b.bar(x + 0.2, [stats["groups"][n]["edit_share"] for n in names], 0.4, label="squared edit")
-    b.set_xticks(x, names)
-    b.set_ylabel("share")
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
 def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     """`dice analyze`: writes analysis.json, analysis.md and analysis.png under ``cfg.out``."""
     from ..pipeline import default_sharpener, load_pipeline, resolve_device, resolve_dtype
     from ..runs.io import atomic_write_json, atomic_write_text
     from ..sampling.prompts import collect_prompts
     from ..sharpener import Sharpener
+    from .report import analysis_summary, plot_analysis
 
     name = default_sharpener(cfg.model, cfg.sharpener)
     if name is None:
@@ -201,6 +146,6 @@ def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     stats["config"] = asdict(cfg)
     out = Path(cfg.out)
     atomic_write_json(out / "analysis.json", stats)
-    atomic_write_text(out / "analysis.md", summary(stats) + "\n")
-    plot(stats, out / "analysis.png")
+    atomic_write_text(out / "analysis.md", analysis_summary(stats) + "\n")
+    plot_analysis(stats, out / "analysis.png")
     return stats

@@ -86,15 +86,3 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     }
     atomic_write_json(out / "demo.json", summary)
     return summary
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    n = len(summary["prompts"])
-    lines = ["| method | NFE | s / image | oracle alignment |", "|---|---|---|---|"]
-    for m in summary["methods"]:
-        lines.append(
-            f"| {m['method']} | {m['nfe']} | {m['seconds_per_image']:.3f} | "
-            f"{m['alignment']:.2f} ({int(round(m['alignment'] * n))}/{n}) |"
-        )
-    lines += [""] + [f"#{i + 1}: {p}" for i, p in enumerate(summary["prompts"])]
-    return "\n".join(lines)

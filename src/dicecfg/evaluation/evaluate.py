@@ -158,7 +158,7 @@ def row_metrics(
 def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None) -> dict[str, Any]:
     """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot)."""
     from ..runs.folder import versions
-    from .report import markdown_table, plot_nfe
+    from .report import eval_table, plot_nfe
 
     out = Path(cfg.out)
     rows = make_rows(cfg, list(sharpeners))
@@ -210,7 +210,7 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
         "rows": results,
     }
     atomic_write_json(out / "eval.json", report)
-    atomic_write_text(out / "eval.md", markdown_table(results) + "\n")
+    atomic_write_text(out / "eval.md", eval_table(results) + "\n")
     if cfg.plot:
         plot_nfe(results, out / "eval_nfe.png")
     return report

@@ -1,15 +1,26 @@
-"""Presenting `dice eval` results: a Markdown table and a metric-versus-NFE plot."""
+"""Every table and plot of the evaluation commands: `dice eval` (method x metric table, metric versus NFE),
+`dice analyze` (where the edit lands), `dice demo` and `dice bench`, on one Markdown table builder."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..sampling.methods import TABLE
 
 log = logging.getLogger(__name__)
+
+
+def markdown(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table: the header, the separator line and one line per row (cells shown with ``str``)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
 
 # (result key, column title, format); columns appear only when some row has the metric
 COLUMNS = (
@@ -49,15 +60,18 @@ def setting(row: dict[str, Any]) -> str:
     return " ".join(parts) or "-"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def eval_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The `dice eval` table: one line per row, a column per metric that some row has."""
     cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     head = ["method", "setting", "steps"] + [title for _, title, _ in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["label"], setting(r), str(r["steps"])]
-        cells += [fmt.format(r[k]) if r.get(k) is not None else "" for k, _, fmt in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown(
+        head,
+        (
+            [r["label"], setting(r), str(r["steps"])]
+            + [fmt.format(r[k]) if r.get(k) is not None else "" for k, _, fmt in cols]
+            for r in rows
+        ),
+    )
 
 
 def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | None = None) -> Path | None:
@@ -103,6 +117,117 @@ def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | Non
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def analysis_summary(stats: dict[str, Any]) -> str:
+    """The `dice analyze` table (one line per token group) and a one-line reading of the paper's claim."""
+    head = [
+        "group",
+        "tokens",
+        "share of positions",
+        "share of squared edit",
+        "mean edit norm",
+        "edit / token norm",
+        "cos(c, c')",
+    ]
+    groups = stats["groups"]  # in token order: sos, words, eos, padding
+    table = markdown(
+        head,
+        (
+            [
+                name,
+                g["tokens"],
+                f"{g['position_share']:.3f}",
+                f"{g['edit_share']:.3f}",
+                f"{g['edit_norm']:.4g}",
+            ]
+            + [f"{g['relative_edit']:.4g}", f"{g['cosine']:.4f}"]
+            for name, g in groups.items()
+        ),
+    )
+    tail = sum(groups[k]["edit_share"] for k in ("eos", "padding") if k in groups)
+    tail_pos = sum(groups[k]["position_share"] for k in ("eos", "padding") if k in groups)
+    words = groups.get("words", {})
+
+    def rms(names: tuple[str, ...]) -> float:  # root-mean-square per-token edit over some groups
+        sq, n = (sum(groups[k][f] for k in names if k in groups) for f in ("sq_edit", "tokens"))
+        return (sq / n) ** 0.5 if n else float("nan")
+
+    ratio = rms(("eos", "padding")) / rms(("words",)) if rms(("words",)) > 0 else float("inf")
+    return table + (
+        "\n\n"
+        f"End-of-text and padding positions hold {tail:.1%} of the squared edit on {tail_pos:.1%} of the "
+        f"positions; their per-token edit (RMS) is {ratio:.2f}x that of word tokens, whose mean "
+        f"cos(c, c') is {words.get('cosine', float('nan')):.4f} ({stats['n_prompts']} prompts, "
+        f"alpha={stats['alpha']:g})."
+    )
+
+
+def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path | None:
+    """Mean edit norm per position (left) and squared-edit share vs position share per group (right)."""
+    plt = pyplot()
+    if plt is None:
+        return None
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
+    a.bar(range(len(stats["per_position"]["edit_norm"])), stats["per_position"]["edit_norm"], width=1.0)
+    a.set_xlabel("token position")
+    a.set_ylabel("mean |c' - c|")
+    names = list(stats["groups"])
+    x = np.arange(len(names))
+    b.bar(x - 0.2, [stats["groups"][n]["position_share"] for n in names], 0.4, label="positions")
+    b.bar(x + 0.2, [stats["groups"][n]["edit_share"] for n in names], 0.4, label="squared edit")
+    b.set_xticks(x, names)
+    b.set_ylabel("share")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def demo_table(summary: dict[str, Any]) -> str:
+    """The `dice demo` table (one line per method) and its numbered prompts."""
+    n = len(summary["prompts"])
+    table = markdown(
+        ["method", "NFE", "s / image", "oracle alignment"],
+        (
+            [m["method"], m["nfe"], f"{m['seconds_per_image']:.3f}"]
+            + [f"{m['alignment']:.2f} ({int(round(m['alignment'] * n))}/{n})"]
+            for m in summary["methods"]
+        ),
+    )
+    return "\n".join([table, "", *(f"#{i + 1}: {p}" for i, p in enumerate(summary["prompts"]))])
+
+
+def bench_table(rows: list[dict[str, Any]]) -> str:
+    """The short table `dice bench` prints last (with fast-path columns when any row has them)."""
+    cols = ["model", "device", "dtype", "batch", "steps", "CFG ms", "DICE ms", "CFG/DICE", "sharpener %"]
+    cols.append("decode ms")
+    fast = any("fast_dice_ms" in r for r in rows)
+    if fast:
+        cols += ["fast CFG ms", "fast DICE ms", "fast unguided ms", "eager CFG / fast DICE", "capture ms"]
+    body = []
+    for r in rows:
+        cells = [r["name"], r["device"], r["dtype"], r["batch"], r["steps"]]
+        if "error" in r:
+            cells += [r["error"]] + [""] * (len(cols) - len(cells) - 1)
+        else:
+            dec = f"{r['decode_ms']:.1f}" if r.get("decode_ms") is not None else "-"
+            cells += [f"{r['cfg_ms']:.1f}", f"{r['dice_ms']:.1f}", f"{r['ratio']:.3f}"]
+            cells += [f"{r['sharpener_pct']:.2f}", dec]
+            if fast and "fast_dice_ms" in r:
+                capture = sum(v for k, v in r.items() if k.endswith("_first_ms"))
+                cells += [
+                    f"{r['fast_cfg_ms']:.1f}",
+                    f"{r['fast_dice_ms']:.1f}",
+                    f"{r['fast_unguided_ms']:.1f}",
+                ]
+                cells += [f"{r['speedup_vs_eager_cfg']:.3f}", f"{capture:.0f}"]
+            elif fast:
+                cells += [""] * 5
+        body.append(cells)
+    return markdown(cols, body)
 
 
 def pyplot():

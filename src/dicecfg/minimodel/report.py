@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dicecfg.evaluation.report import markdown
 from dicecfg.minimodel import model as mm
 from dicecfg.runs.io import atomic_write_text
 
@@ -65,29 +66,39 @@ def write_model_card(out: str | Path) -> Path:
         f" {cfg.get('caption_dropout', 'n/a')} caption dropout",
         "to the empty prompt, so classifier-free guidance works with the stock pipeline.",
         "",
-        "| field | value |",
-        "|---|---|",
-        f"| training renders | {n_train} ({_fmt(data_s, '.0f')} s to render) |",
-        f"| text encoder pre-training steps / batch | {_fmt(text.get('step'))} / {tcfg.get('text_batch', 'n/a')} |",
-        f"| held-out prompts parsed exactly | {_fmt(text.get('heldout_exact'), '.4f')} |",
-        f"| VAE / held-out PSNR | {vae_steps} / {_fmt(vae.get('psnr_eval'), '.2f')} dB |",
-        f"| VAE scaling_factor | {_fmt(vae.get('scaling_factor'), '.4f')} |",
-        f"| UNet steps / batch | {_fmt(unet.get('step'))} / {cfg.get('unet_batch', 'n/a')} |",
-        f"| final training loss | {_fmt(unet.get('loss'), '.4f')} |",
-        f"| caption dropout / lr / EMA | {cfg.get('caption_dropout', 'n/a')} / {cfg.get('unet_lr', 'n/a')}"
-        f" / {cfg.get('ema_decay', 'n/a')} |",
-        f"| training wall time (data + text + VAE + UNet) | {wall / 60:.1f} min |",
-        f"| card | {', '.join(cards) or 'n/a'} |",
-        f"| versions | torch {runs.get('unet', {}).get('torch', 'n/a')},"
-        f" diffusers {runs.get('unet', {}).get('diffusers', 'n/a')} |",
-        f"| weights (fp16) | {sum(sizes.values())} bytes in {len(sizes)} files |",
+    ]
+    fields = [
+        ("training renders", f"{n_train} ({_fmt(data_s, '.0f')} s to render)"),
+        (
+            "text encoder pre-training steps / batch",
+            f"{_fmt(text.get('step'))} / {tcfg.get('text_batch', 'n/a')}",
+        ),
+        ("held-out prompts parsed exactly", _fmt(text.get("heldout_exact"), ".4f")),
+        ("VAE / held-out PSNR", f"{vae_steps} / {_fmt(vae.get('psnr_eval'), '.2f')} dB"),
+        ("VAE scaling_factor", _fmt(vae.get("scaling_factor"), ".4f")),
+        ("UNet steps / batch", f"{_fmt(unet.get('step'))} / {cfg.get('unet_batch', 'n/a')}"),
+        ("final training loss", _fmt(unet.get("loss"), ".4f")),
+        (
+            "caption dropout / lr / EMA",
+            f"{cfg.get('caption_dropout', 'n/a')} / {cfg.get('unet_lr', 'n/a')} / {cfg.get('ema_decay', 'n/a')}",
+        ),
+        ("training wall time (data + text + VAE + UNet)", f"{wall / 60:.1f} min"),
+        ("card", ", ".join(cards) or "n/a"),
+        (
+            "versions",
+            f"torch {runs.get('unet', {}).get('torch', 'n/a')}, diffusers {runs.get('unet', {}).get('diffusers', 'n/a')}",
+        ),
+        ("weights (fp16)", f"{sum(sizes.values())} bytes in {len(sizes)} files"),
     ]
     if ev:
-        lines.append(
-            f"| held-out oracle accuracy ({ev['n']} prompts, {ev['steps']} steps) | CFG w={ev['guidance']}:"
-            f" {ev['cfg']:.3f}, unguided: {ev['unguided']:.3f} (relation: {_fmt(ev.get('cfg_relation'), '.3f')},"
-            f" {_fmt(ev.get('unguided_relation'), '.3f')}) |"
+        fields.append(
+            (
+                f"held-out oracle accuracy ({ev['n']} prompts, {ev['steps']} steps)",
+                f"CFG w={ev['guidance']}: {ev['cfg']:.3f}, unguided: {ev['unguided']:.3f} (relation: "
+                f"{_fmt(ev.get('cfg_relation'), '.3f')}, {_fmt(ev.get('unguided_relation'), '.3f')})",
+            )
         )
+    lines.append(markdown(["field", "value"], fields))
     lines += [
         "",
         "```python",
