@@ -223,7 +223,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     from ..families import check_compatible
     from ..metrics.real import RealMetrics
     from ..pipeline import default_sharpener, load_pipeline, model_id, resolve_device, resolve_dtype
-    from ..runs.folder import write_run_json
+    from ..runs.folder import run_record, write_run_json
     from ..sharpener import Sharpener
 
     shipped = default_sharpener(cfg.model, None)
@@ -256,7 +256,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "width": cfg.width,
     }
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_run_json(Path(cfg.out), {"config": asdict(cfg)}, identity)
+    write_run_json(Path(cfg.out), run_record(cfg), identity)
     return evaluate(pipe, cfg, ps, sharpeners, real)
 
 

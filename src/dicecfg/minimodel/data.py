@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,18 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicecfg.runs.io import atomic_save_tensors, atomic_write_json, load_tensors
+from dicecfg.runs.io import atomic_save_tensors, atomic_write, atomic_write_json, load_tensors
 
 log = logging.getLogger(__name__)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, array)
+
+    atomic_write(path, write)
 
 
 def render_shards(

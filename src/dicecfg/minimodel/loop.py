@@ -1,14 +1,14 @@
 """A small resumable training loop shared by the mini model's stages (text encoder, VAE, UNet).
 
-A run directory holds ``ckpt.safetensors`` (weights, EMA and AdamW state; metadata = step, param groups,
-elapsed time) written atomically every ``ckpt_every`` steps and when the time limit is near. Running the
-same stage again resumes from it. Randomness is drawn from a generator re-seeded from ``(seed, step)`` at
-every step, so a resumed run is bitwise identical to an uninterrupted one (on CPU).
+A stage's folder holds ``ckpt.safetensors``, a checkpoint in the shared run-folder format (``runs.folder``:
+weights, AdamW state, the EMA as ``ema.*``; metadata = step, param groups, elapsed time, last loss) written
+atomically every ``ckpt_every`` steps and when the time limit is near. Running the same stage again resumes
+from it. Randomness is drawn from a generator re-seeded from ``(seed, step)`` at every step, so a resumed run
+is bitwise identical to an uninterrupted one (on CPU).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dicecfg.runs.io import atomic_save_tensors, load_tensors
+from dicecfg.runs.folder import append_stats, read_checkpoint, restore_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 CKPT = "ckpt.safetensors"
@@ -39,36 +39,9 @@ class LoopConfig:
     progress: bool = True  # tqdm progress bar
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
-    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, i, k = key.split(".", 2)
-            state.setdefault(int(i), {})[k] = v
-    return {"state": state, "param_groups": groups}
-
-
-def read_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """(tensors, metadata) of a stage's latest checkpoint, or None."""
-    path = Path(run_dir) / CKPT
-    if not path.exists():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return load_tensors(path), meta
-
-
 def final_weights(run_dir: str | Path, name: str, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
     """State dict of module ``name`` from a checkpoint (its EMA if present and preferred)."""
-    ck = read_checkpoint(run_dir)
+    ck = read_checkpoint(run_dir, CKPT)
     if ck is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}; run the stage first")
     tensors = ck[0]
@@ -78,12 +51,6 @@ def final_weights(run_dir: str | Path, name: str, prefer_ema: bool = True) -> di
         if sd:
             return sd
     raise KeyError(f"module {name!r} not in {run_dir}/{CKPT}")
-
-
-def append_stats(out_dir: str | Path, row: dict) -> None:
-    """Append one JSON line to ``stats.jsonl`` (append-only log of every stage)."""
-    with open(Path(out_dir) / "stats.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=str) + "\n")
 
 
 def train(
@@ -100,29 +67,24 @@ def train(
 
     Returns the final metadata (step, elapsed seconds over all runs, last loss, whether finished).
     """
-    run_dir = Path(run_dir)
+    run_dir, model = Path(run_dir), torch.nn.ModuleDict(modules)
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     names = [f"{n}.{k}" for n, m in modules.items() for k, p in m.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     ema = [p.detach().clone().float() for p in params] if cfg.ema_decay else None
     meta = {"step": 0, "elapsed_s": 0.0, "loss": None}
-    if (ck := read_checkpoint(run_dir)) is not None:
+    if (ck := read_checkpoint(run_dir, CKPT)) is not None:
         tensors, meta = ck
-        for n, m in modules.items():
-            m.load_state_dict({k[len(n) + 7 :]: v for k, v in tensors.items() if k.startswith(f"model.{n}.")})
-        opt.load_state_dict(_unflatten_optimizer(tensors, meta.pop("param_groups")))
+        restore_checkpoint(tensors, meta, model, opt)
+        meta.pop("param_groups")
         if ema is not None:
             ema = [tensors[f"ema.{k}"].to(device) for k in names]
         log.info("%s: resumed at step %d from %s", stage, meta["step"], run_dir / CKPT)
 
     def save() -> None:
-        tensors = {f"model.{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}
-        opt_tensors, groups = _flatten_optimizer(opt)
-        tensors.update(opt_tensors)
-        if ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in zip(names, ema, strict=True)})
-        md = {**meta, **(extra_meta or {}), "param_groups": groups}
-        atomic_save_tensors(run_dir / CKPT, tensors, metadata={k: json.dumps(v) for k, v in md.items()})
+        extra = {f"ema.{k}": v for k, v in zip(names, ema, strict=True)} if ema is not None else {}
+        info = {k: v for k, v in meta.items() if k != "step"} | (extra_meta or {})
+        save_checkpoint(run_dir, meta["step"], model, opt, name=CKPT, extra=extra, meta=info)
 
     gen = torch.Generator(device=device)
     step, t_run, t_log, losses = meta["step"], time.monotonic(), time.monotonic(), []

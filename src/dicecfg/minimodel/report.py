@@ -10,14 +10,14 @@ import torch
 
 from dicecfg.evaluation.report import markdown
 from dicecfg.minimodel import model as mm
+from dicecfg.runs.folder import read_stats
 from dicecfg.runs.io import atomic_write_text
 
 
-def _rows(out: Path) -> list[dict]:
-    path = out / "stats.jsonl"
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+def _version(run: dict, package: str) -> str:
+    """A package version recorded in a stage's run json (runs written before the shared record kept them at
+    the top level)."""
+    return run.get("versions", run).get(package, "n/a")
 
 
 def _last(rows: list[dict], stage: str, event: str | None = None) -> dict:
@@ -32,7 +32,7 @@ def _fmt(v, spec: str = "") -> str:
 def write_model_card(out: str | Path) -> Path:
     """Write ``out/pipeline/README.md`` from ``stats.jsonl`` and ``run_*.json``."""
     out = Path(out)
-    rows = _rows(out)
+    rows = read_stats(out)
     runs = {
         s: json.loads(p.read_text())
         for s in ("data", "text", "vae", "unet")
@@ -86,7 +86,7 @@ def write_model_card(out: str | Path) -> Path:
         ("card", ", ".join(cards) or "n/a"),
         (
             "versions",
-            f"torch {runs.get('unet', {}).get('torch', 'n/a')}, diffusers {runs.get('unet', {}).get('diffusers', 'n/a')}",
+            f"torch {_version(runs.get('unet', {}), 'torch')}, diffusers {_version(runs.get('unet', {}), 'diffusers')}",
         ),
         ("weights (fp16)", f"{sum(sizes.values())} bytes in {len(sizes)} files"),
     ]

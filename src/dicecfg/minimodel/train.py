@@ -3,7 +3,8 @@
     python -m dicecfg.minimodel.train STAGE --out DIR [--device cuda] [--max-minutes 8] ...
 
 Each stage is one function taking a :class:`MiniTrainConfig`; re-running a stage with the same ``--out``
-resumes it. ``DIR`` gets ``run_<stage>.json`` (resolved config, versions), ``stats.jsonl`` and, at the end,
+resumes it. ``DIR`` gets ``run_<stage>.json`` (resolved config, versions, commit), ``stats.jsonl`` (the shared
+run-folder format of ``runs.folder``) and, at the end,
 ``pipeline/``: the StableDiffusionPipeline folder that is shipped.
 """
 
@@ -24,9 +25,10 @@ import torch.nn.functional as F
 from dicecfg.minimodel import model as mm
 from dicecfg.minimodel.config import MiniTrainConfig
 from dicecfg.minimodel.data import encode_latents, load_data, render_shards, to_float
-from dicecfg.minimodel.loop import LoopConfig, append_stats, final_weights, read_checkpoint, train
+from dicecfg.minimodel.loop import CKPT, LoopConfig, final_weights, train
 from dicecfg.minimodel.report import quick_eval, write_model_card
 from dicecfg.pipeline import resolve_device
+from dicecfg.runs.folder import append_stats, read_checkpoint, run_record
 from dicecfg.runs.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,8 @@ def _start(cfg: MiniTrainConfig, stage: str) -> tuple[Path, torch.device, float]
     """Create the run dir, write run_<stage>.json, return (out, device, deadline)."""
     out, device = Path(cfg.out), _device(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    import diffusers
-    import transformers
-
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    info = {"config": dataclasses.asdict(cfg), "stage": stage, "card": card, "torch": torch.__version__}
-    info.update(diffusers=diffusers.__version__, transformers=transformers.__version__)
-    atomic_write_json(out / f"run_{stage}.json", info)
+    atomic_write_json(out / f"run_{stage}.json", {**run_record(cfg), "stage": stage, "card": card})
     append_stats(out, {"stage": stage, "event": "start", "card": card, "time": time.time()})
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -251,7 +248,9 @@ def stage_assemble(cfg: MiniTrainConfig) -> Path:
     from transformers import CLIPTokenizer
 
     out, _, _ = _start(cfg, "assemble")
-    mcfg = mm.config_from_dict(read_checkpoint(out / "unet")[1]["model"])  # sizes the UNet was trained at
+    mcfg = mm.config_from_dict(
+        read_checkpoint(out / "unet", CKPT)[1]["model"]
+    )  # sizes the UNet was trained at
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     text_encoder, unet = _pretrained_text_encoder(out), mm.make_unet(mcfg)
     unet.load_state_dict(final_weights(out / "unet", "unet"))

@@ -1,11 +1,14 @@
-"""Run directories: ``run.json`` (resolved config, versions, commit), ``stats.jsonl`` (append-only),
-``checkpoint.safetensors`` (sharpener + optimizer state + step, one atomically written file)."""
+"""Run folders, shared by every trainer (``distill`` and the mini-model recipe): ``run.json`` (resolved config,
+versions, commit), ``stats.jsonl`` (append-only) and checkpoints: one atomically written safetensors file with
+the weights (``model.*``), the optimizer state (``optim.<i>.*``), any extra tensors of the trainer (the mini
+recipe's ``ema.*``) and JSON metadata (``step``, ``param_groups``, ...), so the same command resumes."""
 
 from __future__ import annotations
 
 import json
 import platform
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,11 @@ def git_commit() -> str | None:
         return None
 
 
+def run_record(config: Any) -> dict[str, Any]:
+    """What run.json records of a run: its resolved config (a dataclass), package versions and git commit."""
+    return {"config": asdict(config), "versions": versions(), "git_commit": git_commit()}
+
+
 def _shown(identity: dict[str, Any], key: str) -> str:
     """A setting in a message; settings at their defaults are left out of a run's identity."""
     return repr(identity[key]) if key in identity else "default"
@@ -60,9 +68,10 @@ def write_run_json(run_dir: Path, record: dict[str, Any], compare_keys: dict[str
     atomic_write_json(path, {**record, "identity": compare_keys})
 
 
-def append_stats(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / "stats.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+def append_stats(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``run_dir/stats.jsonl``."""
+    with open(Path(run_dir) / "stats.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
 
 
 def truncate_stats(run_dir: Path, step: int) -> None:
@@ -86,16 +95,25 @@ def read_stats(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    name: str = CHECKPOINT,
+    extra: dict[str, torch.Tensor] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> None:
+    """Write ``run_dir/name`` atomically: weights, optimizer state, ``extra`` tensors and ``meta`` (JSON)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, state in opt["state"].items():
         for k, v in state.items():
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    meta = {"step": str(step), "param_groups": json.dumps(opt["param_groups"])}
+    tensors |= extra or {}
+    meta = {**(meta or {}), "step": step, "param_groups": opt["param_groups"]}
     try:
-        atomic_save_tensors(run_dir / CHECKPOINT, tensors, metadata=meta)
+        atomic_save_tensors(run_dir / name, tensors, metadata={k: json.dumps(v) for k, v in meta.items()})
     except OSError as e:  # the temporary file is gone and the previous checkpoint untouched (io.py)
         raise CheckpointWriteError(
             f"Could not write the checkpoint of step {step} to {run_dir} ({e.strerror or e}). The previous "
@@ -103,22 +121,45 @@ def save_checkpoint(
         ) from e
 
 
-def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore model and optimizer from run_dir; returns the step (0 when there is no checkpoint)."""
-    path = run_dir / CHECKPOINT
+def read_checkpoint(
+    run_dir: str | Path, name: str = CHECKPOINT
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(tensors, metadata) of ``run_dir/name``, or None when there is no checkpoint."""
+    path = Path(run_dir) / name
     if not path.is_file():
-        return 0
+        return None
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    tensors = load_tensors(path)
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    return load_tensors(path), meta
+
+
+def restore_checkpoint(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load a checkpoint's weights (strictly) and optimizer state into ``model`` and ``optimizer``.
+
+    Optimizer keys are ``optim.<i>.<name>``; mini-model runs written before the shared format used ``opt.``."""
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
-        if k.startswith("optim."):
+        if k.startswith(("optim.", "opt.")):
             _, i, name = k.split(".", 2)
             state.setdefault(int(i), {})[name] = v if name == "step" else v.to(device)
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    return int(meta["step"])
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def load_checkpoint(
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str = CHECKPOINT
+) -> int:
+    """Restore model and optimizer from run_dir; returns the step (0 when there is no checkpoint)."""
+    checkpoint = read_checkpoint(run_dir, name)
+    if checkpoint is None:
+        return 0
+    restore_checkpoint(*checkpoint, model, optimizer)
+    return int(checkpoint[1]["step"])

@@ -25,11 +25,10 @@ from ..families import family_of
 from ..pipeline import model_id, model_revision
 from ..runs.folder import (
     append_stats,
-    git_commit,
     load_checkpoint,
+    run_record,
     save_checkpoint,
     truncate_stats,
-    versions,
     write_run_json,
 )
 from ..runs.guards import StopFlag, check_finite, run_lock
@@ -172,8 +171,7 @@ def _distill(
     err = None
     if par.main:
         try:
-            record = {"config": asdict(cfg), "versions": versions(), "git_commit": git_commit()}
-            record["base_revision"] = model_revision(pipe)
+            record = {**run_record(cfg), "base_revision": model_revision(pipe)}
             write_run_json(run_dir, record, identity)
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             err = e
