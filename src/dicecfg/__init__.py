@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DiceError": "errors",
-    "DistillConfig": "training.loop",
+    "DistillConfig": "training.config",
     "Sample": "sampling.generate",
     "Sharpener": "sharpener",
     "distill": "training.loop",
@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import load_pipeline  # noqa: F401
     from .sampling.generate import Sample, generate, sharpen  # noqa: F401
     from .sharpener import Sharpener  # noqa: F401
-    from .training.loop import DistillConfig, distill  # noqa: F401
+    from .training.config import DistillConfig  # noqa: F401
+    from .training.loop import distill  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import DiceError
 from .sampling.job import SampleJob, run_sample
+from .training.config import DistillConfig
 from .training.job import TrainJob, run_train
-from .training.loop import DistillConfig
 
 EPILOG = """examples:
   dice sample "a small red circle left of a blue square" --method dice

@@ -11,7 +11,8 @@ from ..errors import InputError
 from ..pipeline import load_pipeline, resolve_device, resolve_dtype
 from ..sampling.prompts import load_prompts
 from ..sharpener import Sharpener
-from .loop import DistillConfig, distill
+from .config import DistillConfig
+from .loop import distill
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,70 @@
+"""The training recipe of ``distill``: every hyper-parameter of a run, with the paper's values as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 8000  # optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)
+    batch_size: int = 16  # samples per forward pass and process (paper: 16 per GPU x 8 GPUs)
+    grad_accum: int = 1  # micro-batches per update and process; global batch = batch-size x gpus x grad-accum
+    lr: float = 2e-4  # AdamW, constant, no warm-up (paper)
+    weight_decay: float = 1e-2  # AdamW weight decay (paper)
+    guidance_scale: float = 5.0  # teacher CFG scale w (paper: 5)
+    loss: str = "l1"  # "l1" (paper, SD1.5) or "l2" (paper, SDXL); summed over elements, mean over the batch
+    xt_source: str = "auto"  # "images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"
+    teacher_pool: int = 256  # teacher mode: CFG samples made once per run, re-noised at every step
+    teacher_steps: int = 20  # teacher mode: sampling steps of those CFG samples
+    shared_timestep: bool = True  # one t for the whole batch (paper)
+    mixed_precision: str = "auto"  # "bf16" autocast on CUDA, "no" elsewhere ("auto")
+    gradient_checkpointing: bool = False  # recompute denoiser activations in backward (less memory)
+    checkpoint_every: int = 500  # steps between atomic checkpoints
+    eval_every: int = 250  # steps between held-out distillation-loss evaluations (0: start and end only)
+    eval_pairs: int = 16  # fixed (x_0, noise, t, prompt) tuples never trained on
+    log_every: int = 10  # steps between stats.jsonl records
+    validate_every: int = 0  # steps between validation image grids (0: never)
+    validation_prompts: tuple[str, ...] = ()  # prompts of the validation grids
+    seed: int = 0  # seeds every random draw of the run
+    resolution: int | None = None  # training resolution in pixels (default: the model's native size)
+    inner_dim: int = 512  # sharpener attention width (paper: 8 heads x 64)
+    heads: int = 8  # sharpener attention heads (paper: 8)
+    mask_mode: str = "keep"  # PixArt: c' keeps the prompt's mask ("keep") or opens it over padding ("open")
+    negative_prompts: tuple[
+        str, ...
+    ] = ()  # negative prompts sometimes used as c_neg instead of "" (not in paper)
+    negative_prob: float = 0.5  # probability that a sample uses a random one of negative_prompts as c_neg
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum must be an integer >= 1"),
+            (self.loss in ("l1", "l2"), "loss must be 'l1' or 'l2'"),
+            (self.xt_source in ("auto", "images", "teacher"), "xt_source must be auto, images or teacher"),
+            (self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision must be auto, bf16 or no"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.eval_pairs >= 1, "eval_pairs must be >= 1"),
+            (self.mask_mode in ("keep", "open"), "mask_mode must be 'keep' or 'open'"),
+            (0.0 <= self.negative_prob <= 1.0, "negative_prob must be in [0, 1]"),
+            (isinstance(self.negative_prompts, tuple), "negative_prompts must be a tuple of strings"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(f"DistillConfig: {msg}.")
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that shape the result (a resumed run must repeat them; steps may grow)."""
+        skip = {"steps", "progress", "checkpoint_every", "eval_every", "log_every", "validate_every"}
+        if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
+            skip |= {"negative_prompts", "negative_prob"}
+        if self.mask_mode == "keep":
+            skip.add("mask_mode")
+        if self.grad_accum == 1:
+            skip.add("grad_accum")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
