@@ -32,7 +32,8 @@ def field_help(cls: type) -> dict[str, str]:
     import re
 
     pat = re.compile(r"^\s+(\w+): [^=]+= .*?#\s*(.+)$")
-    return {m[1]: m[2] for line in inspect.getsource(cls).splitlines() if (m := pat.match(line))}
+    comments = {m[1]: m[2] for line in inspect.getsource(cls).splitlines() if (m := pat.match(line))}
+    return comments | {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:

@@ -6,39 +6,50 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import InputError
+from ..flags import opt
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    steps: int = 8000  # optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)
-    batch_size: int = 16  # samples per forward pass and process (paper: 16 per GPU x 8 GPUs)
-    grad_accum: int = 1  # micro-batches per update and process; global batch = batch-size x gpus x grad-accum
-    lr: float = 2e-4  # AdamW, constant, no warm-up (paper)
-    weight_decay: float = 1e-2  # AdamW weight decay (paper)
-    guidance_scale: float = 5.0  # teacher CFG scale w (paper: 5)
-    loss: str = "l1"  # "l1" (paper, SD1.5) or "l2" (paper, SDXL); summed over elements, mean over the batch
-    xt_source: str = "auto"  # "images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"
-    teacher_pool: int = 256  # teacher mode: CFG samples made once per run, re-noised at every step
-    teacher_steps: int = 20  # teacher mode: sampling steps of those CFG samples
-    shared_timestep: bool = True  # one t for the whole batch (paper)
-    mixed_precision: str = "auto"  # "bf16" autocast on CUDA, "no" elsewhere ("auto")
-    gradient_checkpointing: bool = False  # recompute denoiser activations in backward (less memory)
-    checkpoint_every: int = 500  # steps between atomic checkpoints
-    eval_every: int = 250  # steps between held-out distillation-loss evaluations (0: start and end only)
-    eval_pairs: int = 16  # fixed (x_0, noise, t, prompt) tuples never trained on
-    log_every: int = 10  # steps between stats.jsonl records
-    validate_every: int = 0  # steps between validation image grids (0: never)
-    validation_prompts: tuple[str, ...] = ()  # prompts of the validation grids
-    seed: int = 0  # seeds every random draw of the run
-    resolution: int | None = None  # training resolution in pixels (default: the model's native size)
-    inner_dim: int = 512  # sharpener attention width (paper: 8 heads x 64)
-    heads: int = 8  # sharpener attention heads (paper: 8)
-    mask_mode: str = "keep"  # PixArt: c' keeps the prompt's mask ("keep") or opens it over padding ("open")
-    negative_prompts: tuple[
-        str, ...
-    ] = ()  # negative prompts sometimes used as c_neg instead of "" (not in paper)
-    negative_prob: float = 0.5  # probability that a sample uses a random one of negative_prompts as c_neg
-    progress: bool = True  # show a progress bar
+    steps: int = opt(8000, "optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)")
+    batch_size: int = opt(16, "samples per forward pass and process (paper: 16 per GPU x 8 GPUs)")
+    grad_accum: int = opt(
+        1, "micro-batches per update and process; global batch = batch-size x gpus x grad-accum"
+    )
+    lr: float = opt(2e-4, "AdamW, constant, no warm-up (paper)")
+    weight_decay: float = opt(1e-2, "AdamW weight decay (paper)")
+    guidance_scale: float = opt(5.0, "teacher CFG scale w (paper: 5)")
+    loss: str = opt(
+        "l1", '"l1" (paper, SD1.5) or "l2" (paper, SDXL); summed over elements, mean over the batch'
+    )
+    xt_source: str = opt("auto", '"images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"')
+    teacher_pool: int = opt(256, "teacher mode: CFG samples made once per run, re-noised at every step")
+    teacher_steps: int = opt(20, "teacher mode: sampling steps of those CFG samples")
+    shared_timestep: bool = opt(True, "one t for the whole batch (paper)")
+    mixed_precision: str = opt("auto", '"bf16" autocast on CUDA, "no" elsewhere ("auto")')
+    gradient_checkpointing: bool = opt(False, "recompute denoiser activations in backward (less memory)")
+    checkpoint_every: int = opt(500, "steps between atomic checkpoints")
+    eval_every: int = opt(250, "steps between held-out distillation-loss evaluations (0: start and end only)")
+    eval_pairs: int = opt(16, "fixed (x_0, noise, t, prompt) tuples never trained on")
+    log_every: int = opt(10, "steps between stats.jsonl records")
+    validate_every: int = opt(0, "steps between validation image grids (0: never)")
+    validation_prompts: tuple[str, ...] = opt(
+        (), "prompts of the validation grids", flag="--validation-prompt", metavar="PROMPT"
+    )
+    seed: int = opt(0, "seeds every random draw of the run")
+    resolution: int | None = opt(None, "training resolution in pixels (default: the model's native size)")
+    inner_dim: int = opt(512, "sharpener attention width (paper: 8 heads x 64)")
+    heads: int = opt(8, "sharpener attention heads (paper: 8)")
+    mask_mode: str = opt(
+        "keep", 'PixArt: c\' keeps the prompt\'s mask ("keep") or opens it over padding ("open")'
+    )
+    negative_prompts: tuple[str, ...] = opt(
+        (), 'negative prompts sometimes used as c_neg instead of "" (not in paper)', cli=False
+    )
+    negative_prob: float = opt(
+        0.5, "probability that a sample uses a random one of negative_prompts as c_neg"
+    )
+    progress: bool = opt(True, "show a progress bar", cli=False)
 
     def __post_init__(self) -> None:
         checks = [
