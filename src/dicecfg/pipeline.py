@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .errors import InputError, ModelNotFoundError
+from .flags import opt
 from .sharpener import DEFAULT_NAME as SHIPPED_SHARPENER
 
 log = logging.getLogger(__name__)
@@ -147,3 +148,20 @@ def resolve_dtype(dtype: str | None, device: str, training: bool = False) -> tor
     if device.startswith("cuda"):
         return torch.bfloat16 if training else torch.float16
     return torch.float32
+
+
+def model_option() -> Any:
+    """The ``model`` option of a command."""
+    return opt(None, "hub id or local diffusers folder (default: the shipped mini model)")
+
+
+def device_option() -> Any:
+    """The ``device`` option of a command."""
+    return opt(None, "cuda, cuda:1, cpu, ... (default: cuda if available)")
+
+
+def dtype_option(training: bool = False) -> Any:
+    """The ``dtype`` option of a command (the frozen model's dtype when training)."""
+    return opt(
+        None, f"fp16, bf16 or fp32 (default: {'bf16' if training else 'fp16'} on CUDA, fp32 elsewhere)"
+    )

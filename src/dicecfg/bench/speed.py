@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..flags import opt
+from ..pipeline import device_option, dtype_option
 
 log = logging.getLogger(__name__)
 PROMPT = "a photo of a red car in the city at night"
@@ -33,22 +35,31 @@ PROMPT = "a photo of a red car in the city at night"
 
 @dataclass(frozen=True)
 class BenchConfig:
-    archs: tuple[str, ...] = ()  # random full-size architectures (dicecfg.archs); () = all, unless --model
-    model: str | None = None  # a diffusers folder or hub id to time instead (its real weights)
-    sharpener: str | None = None  # sharpener folder for --model (default: a random one of the right size)
-    batch_sizes: tuple[int, ...] = (1, 4, 16)  # images per call
-    steps: int = 20  # sampling steps
-    guidance_scale: float = 5.0  # w of the CFG runs (any w > 1 costs the same)
-    repeats: int = 5  # timed calls per method and row (the median is reported)
-    warmup: int = 2  # untimed calls per method first
-    height: int | None = None  # default: the model's native size
-    width: int | None = None
-    decode: bool = True  # also time the VAE decode (reported separately)
-    fast: bool = False  # also time the fast path (denoiser as CUDA graphs): fast CFG, DICE and unguided
-    device: str | None = None  # default: cuda if available
-    dtype: str | None = None  # default: fp16 on CUDA, fp32 on CPU
-    out: str | None = None  # JSON file: rows are appended as they finish; existing rows are skipped
-    command: str = ""  # the command line, recorded with every row
+    """`dice bench`: what to time (random full-size architectures or a model), at which batch sizes, how."""
+
+    archs: tuple[str, ...] = opt(
+        (),
+        "random full-size architectures (bench/archs; default: all, unless --model)",
+        flag="--arch",
+        metavar="ARCH",
+    )
+    model: str | None = opt(None, "a diffusers folder or hub id to time instead (its real weights)")
+    sharpener: str | None = opt(
+        None, "sharpener folder for --model (default: a random one of the right size)"
+    )
+    batch_sizes: tuple[int, ...] = opt((1, 4, 16), "images per call")
+    steps: int = opt(20, "sampling steps")
+    guidance_scale: float = opt(5.0, "w of the CFG runs (any w > 1 costs the same)")
+    repeats: int = opt(5, "timed calls per method and row (the median is reported)")
+    warmup: int = opt(2, "untimed calls per method first")
+    height: int | None = opt(None, "image height in pixels (default: the model's native size)")
+    width: int | None = opt(None, "image width in pixels (default: the model's native size)")
+    decode: bool = opt(True, "also time the VAE decode (reported separately)")
+    fast: bool = opt(False, "also time the fast path (denoiser as CUDA graphs): fast CFG, DICE and unguided")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
+    out: str | None = opt(None, "JSON file: rows are appended as they finish; existing rows are skipped")
+    command: str = opt("", "the command line, recorded with every row", cli=False)
 
 
 class Timer:

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..flags import opt
+from ..pipeline import device_option, dtype_option, model_option
 
 log = logging.getLogger(__name__)
 GROUPS = ("sos", "words", "eos", "padding")
@@ -26,16 +28,18 @@ GROUPS = ("sos", "words", "eos", "padding")
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
-    out: str = "analysis"  # output folder: analysis.json, analysis.md, analysis.png
-    model: str | None = None  # hub id or local diffusers folder; None: the shipped mini model
-    sharpener: str | None = None  # sharpener folder; None with the mini model: the shipped one
-    prompts: tuple[str, ...] = ()  # prompts given directly (default: the shapes world's held-out set)
-    prompts_file: str | None = None  # text file or JSONL of prompts
-    limit: int = 64  # use the first N prompts
-    alpha: float = 1.0  # edit strength: c' = c + alpha * r(c, c_neg)
-    negative_prompt: str | None = None  # c_neg (default: the empty prompt, as in training)
-    device: str | None = None  # default: cuda if available
-    dtype: str | None = None  # default: fp16 on CUDA, fp32 on CPU
+    """`dice analyze`: the sharpener, the prompts, and where to write the statistics."""
+
+    out: str = opt("analysis", "output folder: analysis.json, analysis.md, analysis.png")
+    model: str | None = model_option()
+    sharpener: str | None = opt(None, "sharpener folder (default with the mini model: the shipped one)")
+    prompts: tuple[str, ...] = opt((), "prompts (default: the shapes world's held-out set)", positional=True)
+    prompts_file: str | None = opt(None, "text file or JSONL of prompts", flag="--prompts", metavar="FILE")
+    limit: int = opt(64, "use the first N prompts")
+    alpha: float = opt(1.0, "edit strength: c' = c + alpha * r(c, c_neg)")
+    negative_prompt: str | None = opt(None, "c_neg (default: the empty prompt, as in training)")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
 
 
 def token_groups(tokenizer: Any, prompts: Sequence[str], num_tokens: int) -> torch.Tensor:

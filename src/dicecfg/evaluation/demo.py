@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..pipeline import default_sharpener, load_pipeline
+from ..flags import opt
+from ..pipeline import default_sharpener, load_pipeline, model_option
 from ..runs.io import atomic_write_json
 from ..sampling.grid import save_grid
 from ..sharpener import Sharpener
@@ -25,14 +26,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoJob:
-    prompts: int = 8  # held-out prompts shown (spread over the held-out set)
-    steps: int = 20  # DPM-Solver++ steps for every method
-    guidance_scale: float = 5.0  # CFG scale w (the paper's)
-    model: str | None = None  # default: the shipped mini model
-    sharpener: str | None = None  # default: the shipped sharpener
-    out: str = "dice-demo"  # folder for grid.png and demo.json
-    device: str = "cpu"
-    progress: bool = True
+    """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
+
+    prompts: int = opt(8, "held-out prompts shown (spread over the held-out set)", metavar="N")
+    steps: int = opt(20, "DPM-Solver++ steps for every method")
+    guidance_scale: float = opt(5.0, "CFG scale w (the paper's)")
+    model: str | None = model_option()
+    sharpener: str | None = opt(None, "sharpener folder (default with the mini model: the shipped one)")
+    out: str = opt("dice-demo", "folder for grid.png and demo.json")
+    device: str = opt("cpu", "cuda, cuda:1, cpu, ... (the demo is made for the CPU)")
+    progress: bool = opt(True, "progress bars", cli=False)
 
 
 def run_demo(job: DemoJob) -> dict[str, Any]:

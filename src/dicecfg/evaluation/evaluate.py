@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..flags import opt
+from ..pipeline import device_option, dtype_option, model_option
 from ..runs.io import atomic_write_json, atomic_write_text
 from ..sampling.generate import generate
 from ..sampling.methods import METHODS
@@ -30,33 +32,42 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    out: str = "eval"  # output folder: images/, eval.json, eval.md, eval_nfe.png (re-run to resume)
-    model: str | None = None  # hub id or local diffusers folder; None: the shipped mini model
-    sharpeners: tuple[
-        str, ...
-    ] = ()  # sharpener folders for dice rows; none with the mini model: the shipped one
-    prompts: tuple[str, ...] = ()  # prompts given directly (instead of the held-out set)
-    prompts_file: str | None = None  # text file or JSONL of prompts (instead of the held-out set)
-    limit: int = 64  # use the first N prompts of the set
-    seed: int = 0  # prompt i gets seed + i (held-out items carry their own fixed seeds)
-    methods: tuple[str, ...] = METHODS  # which methods to run
-    cfg_scales: tuple[float, ...] = (5.0,)  # CFG scales w; the first is the fidelity reference
-    scales: tuple[float, ...] = (1.2,)  # embedding scales s of the scaling baseline
-    alphas: tuple[float, ...] = (1.0,)  # DICE edit strengths
-    steps: tuple[int, ...] = (20,)  # sampling step counts; every method runs at each
-    negative_prompt: str | None = None  # also run cfg and dice with this negative prompt
-    batch_size: int = 16  # images per pipeline call (results do not depend on it)
-    height: int | None = None  # default: the model's native size
-    width: int | None = None
-    device: str | None = None  # default: cuda if available
-    dtype: str | None = None  # default: fp16 on CUDA, fp32 on CPU
-    clip: str | None = None  # local CLIP model folder: CLIP score
-    aesthetic: str | None = None  # local LAION aesthetic MLP weights (.pth or .safetensors)
-    aesthetic_clip: str | None = None  # local CLIP ViT-L/14 folder for the aesthetic head (default: --clip)
-    inception: str | None = None  # local torch-fidelity Inception weights: FID
-    fid_ref: str | None = None  # FID reference: .npz with mu/sigma, or a folder of reference images
-    plot: bool = True  # write eval_nfe.png
-    progress: bool = True
+    """`dice eval`: the rows (methods x settings x step counts), the prompts, the metrics and the folder."""
+
+    out: str = opt("eval", "output folder: images/, eval.json, eval.md, eval_nfe.png (re-run to resume)")
+    model: str | None = model_option()
+    sharpeners: tuple[str, ...] = opt(
+        (),
+        "sharpener folders for dice rows (default with the mini model: the shipped one)",
+        flag="--sharpener",
+        metavar="SHARPENER",
+    )
+    prompts: tuple[str, ...] = opt((), "prompts (default: the shapes world's held-out set)", positional=True)
+    prompts_file: str | None = opt(
+        None, "text file or JSONL of prompts (instead of the held-out set)", flag="--prompts", metavar="FILE"
+    )
+    limit: int = opt(64, "use the first N prompts of the set")
+    seed: int = opt(0, "prompt i gets seed + i (held-out items carry their own fixed seeds)")
+    methods: tuple[str, ...] = opt(METHODS, "which methods to run", choices=METHODS)
+    cfg_scales: tuple[float, ...] = opt((5.0,), "CFG scales w; the first is the fidelity reference")
+    scales: tuple[float, ...] = opt((1.2,), "embedding scales s of the scaling baseline")
+    alphas: tuple[float, ...] = opt((1.0,), "DICE edit strengths")
+    steps: tuple[int, ...] = opt((20,), "sampling step counts; every method runs at each")
+    negative_prompt: str | None = opt(None, "also run cfg and dice with this negative prompt")
+    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
+    height: int | None = opt(None, "image height in pixels (default: the model's native size)")
+    width: int | None = opt(None, "image width in pixels (default: the model's native size)")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
+    clip: str | None = opt(None, "local CLIP model folder: CLIP score")
+    aesthetic: str | None = opt(None, "local LAION aesthetic MLP weights (.pth or .safetensors)")
+    aesthetic_clip: str | None = opt(
+        None, "local CLIP ViT-L/14 folder for the aesthetic head (default: --clip)"
+    )
+    inception: str | None = opt(None, "local torch-fidelity Inception weights: FID")
+    fid_ref: str | None = opt(None, "FID reference: .npz with mu/sigma, or a folder of reference images")
+    plot: bool = opt(True, "write eval_nfe.png")
+    progress: bool = opt(True, "progress bars", cli=False)
 
 
 @dataclass

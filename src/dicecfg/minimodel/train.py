@@ -11,7 +11,6 @@ run-folder format of ``runs.folder``) and, at the end,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dicecfg.flags import add_flags, from_flags, opt
 from dicecfg.minimodel import model as mm
 from dicecfg.minimodel.data import encode_latents, load_data, render_shards, to_float
 from dicecfg.minimodel.loop import CKPT, LoopConfig, final_weights, train
@@ -37,43 +37,47 @@ STAGES = ("data", "text", "vae", "unet", "assemble", "eval")
 
 @dataclass(frozen=True)
 class MiniTrainConfig:
-    out: str  # run directory (scratch data, checkpoints, final pipeline/)
-    device: str = "auto"  # "auto" = cuda if available
-    seed: int = 0  # base seed of every stage
-    preset: str = "default"  # model sizes, a key of model.PRESETS
-    progress: bool = True  # tqdm progress bars
-    max_minutes: float = 8.5  # each command checkpoints and stops before this wall time
-    ckpt_every: int = 1000  # checkpoint period (steps)
+    """Every option of the stages (one ``--flag`` each in ``python -m dicecfg.minimodel.train``)."""
+
+    out: str = opt(help="run directory (scratch data, checkpoints, final pipeline/)")
+    device: str = opt("auto", '"auto" = cuda if available')
+    seed: int = opt(0, "base seed of every stage")
+    preset: str = opt("default", "model sizes, a key of model.PRESETS")
+    progress: bool = opt(True, "tqdm progress bars")
+    max_minutes: float = opt(8.5, "each command checkpoints and stops before this wall time")
+    ckpt_every: int = opt(1000, "checkpoint period (steps)")
     # data
-    n_images: int = 300_000  # training renders
-    shard_size: int = 25_000  # renders per .npy shard (data stage resumes per shard)
-    n_eval: int = 1024  # held-out renders for the VAE's PSNR
-    workers: int = 0  # render processes (0 = all CPUs)
+    n_images: int = opt(300_000, "training renders")
+    shard_size: int = opt(25_000, "renders per .npy shard (data stage resumes per shard)")
+    n_eval: int = opt(1024, "held-out renders for the VAE's PSNR")
+    workers: int = opt(0, "render processes (0 = all CPUs)")
     # text encoder, pre-trained to parse captions (minimodel/text.py), then frozen
-    text_captions: int = 200_000  # training captions (drawn afresh; never held-out combinations)
-    text_steps: int = 3000
-    text_batch: int = 256
-    text_lr: float = 5e-4
-    relation_margin: float = 0.3  # least relative L2 change of the tail states when a relation is reversed
+    text_captions: int = opt(200_000, "training captions (drawn afresh; never held-out combinations)")
+    text_steps: int = opt(3000, "text encoder pre-training steps")
+    text_batch: int = opt(256, "captions per text encoder step")
+    text_lr: float = opt(5e-4, "text encoder AdamW peak learning rate")
+    relation_margin: float = opt(
+        0.3, "least relative L2 change of the tail states when a relation is reversed"
+    )
     # vae
-    vae_steps: int = 8000
-    vae_batch: int = 256
-    vae_lr: float = 1e-3
-    vae_from: str = ""  # a trained AutoencoderKL folder to reuse instead of training one
-    kl_weight: float = 1e-6  # weight of the KL term (keeps latents near N(0, s^2))
-    edge_weight: float = 0.5  # L1 on image gradients: sharp edges without a GAN
+    vae_steps: int = opt(8000, "VAE training steps")
+    vae_batch: int = opt(256, "images per VAE step")
+    vae_lr: float = opt(1e-3, "VAE AdamW peak learning rate")
+    vae_from: str = opt("", "a trained AutoencoderKL folder to reuse instead of training one")
+    kl_weight: float = opt(1e-6, "weight of the KL term (keeps latents near N(0, s^2))")
+    edge_weight: float = opt(0.5, "L1 on image gradients: sharp edges without a GAN")
     # unet (the pre-trained text encoder frozen)
-    unet_steps: int = 100_000  # upper bound; --max-minutes usually stops first
-    unet_batch: int = 512
-    unet_lr: float = 4e-4
-    warmup: int = 500
-    caption_dropout: float = 0.1  # share of captions replaced by "" (the unconditional embedding)
-    snr_gamma: float = 5.0  # min-SNR loss weighting (0 = plain epsilon MSE)
-    ema_decay: float = 0.9995
+    unet_steps: int = opt(100_000, "UNet training steps: an upper bound; --max-minutes usually stops first")
+    unet_batch: int = opt(512, "latents per UNet step")
+    unet_lr: float = opt(4e-4, "UNet AdamW peak learning rate")
+    warmup: int = opt(500, "linear learning-rate warm-up steps of the text encoder and the UNet")
+    caption_dropout: float = opt(0.1, 'share of captions replaced by "" (the unconditional embedding)')
+    snr_gamma: float = opt(5.0, "min-SNR loss weighting (0 = plain epsilon MSE)")
+    ema_decay: float = opt(0.9995, "decay of the UNet's weight EMA (the shipped weights)")
     # eval
-    eval_n: int = 64  # held-out prompts in quick_eval
-    eval_steps: int = 20
-    eval_guidance: float = 5.0
+    eval_n: int = opt(64, "held-out prompts in quick_eval")
+    eval_steps: int = opt(20, "sampling steps in quick_eval")
+    eval_guidance: float = opt(5.0, "CFG scale w in quick_eval")
 
 
 def _device(cfg: MiniTrainConfig) -> torch.device:
@@ -329,21 +333,18 @@ def run_stage(stage: str, cfg: MiniTrainConfig):
     }[stage](cfg)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: one option per MiniTrainConfig field (``--max-minutes``, ``--no-progress``, ...)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the stage, then one option per MiniTrainConfig field (``--max-minutes``, ...)."""
     p = argparse.ArgumentParser(prog="python -m dicecfg.minimodel.train", description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=STAGES)
-    for f in dataclasses.fields(MiniTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif f.name == "out":
-            p.add_argument(flag, required=True)
-        else:
-            p.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=f.default)
-    args = vars(p.parse_args(argv))
+    p.add_argument("stage", choices=STAGES, help="the stage to run (or resume)")
+    add_flags(p, MiniTrainConfig)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = run_stage(args.pop("stage"), MiniTrainConfig(**args))
+    result = run_stage(ns.stage, from_flags(ns, MiniTrainConfig))
     if isinstance(result, dict):
         print(json.dumps(result))
 

@@ -12,11 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..pipeline import default_sharpener, load_pipeline, resolve_device, resolve_dtype
+from ..flags import opt
+from ..pipeline import (
+    default_sharpener,
+    device_option,
+    dtype_option,
+    load_pipeline,
+    model_option,
+    resolve_device,
+    resolve_dtype,
+)
 from ..runs.io import atomic_write_text
 from ..sharpener import Sharpener
 from .generate import generate
-from .methods import lookup
+from .methods import METHODS, lookup
 from .prompts import collect_prompts
 
 log = logging.getLogger(__name__)
@@ -24,27 +33,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampleJob:
-    prompts: tuple[str, ...] = ()  # prompts given on the command line
-    prompts_file: str | None = None  # text file (one prompt per line) or JSONL
-    model: str | None = None  # hub id or local diffusers folder; None: the shipped mini model
-    sharpener: str | None = (
-        None  # sharpener folder or hub id; None: the shipped one ("mini") for the mini model
+    """`dice sample`: what to generate, how, and where to write it."""
+
+    prompts: tuple[str, ...] = opt((), "prompts (or use --prompts FILE)", positional=True)
+    prompts_file: str | None = opt(
+        None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE"
     )
-    method: str = "dice"  # unguided | cfg | scaling | dice
-    guidance_scale: float = 5.0  # CFG scale w (method cfg)
-    alpha: float = 1.0  # edit strength (method dice)
-    scale: float = 1.2  # embedding scale s (method scaling)
-    negative_prompt: str | None = None  # c_neg for cfg and dice
-    steps: int = 20  # sampling steps
-    seed: int = 0  # seed of the first image; image i uses seed + i
-    batch_size: int = 8  # images per pipeline call (results do not depend on it)
-    height: int | None = None  # default: the model's native size
-    width: int | None = None
-    out: str = "samples"  # output folder
-    device: str | None = None  # default: cuda if available
-    dtype: str | None = None  # default: fp16 on CUDA, fp32 on CPU
-    fast: bool = False  # replay the denoiser as CUDA graphs (eager with a notice off CUDA)
-    progress: bool = True
+    model: str | None = model_option()
+    sharpener: str | None = opt(
+        None, "sharpener folder or hub id (default with the mini model: the shipped one)"
+    )
+    method: str = opt("dice", "sampling method", choices=METHODS)
+    guidance_scale: float = opt(5.0, "CFG scale w (method cfg)")
+    alpha: float = opt(1.0, "edit strength (method dice)")
+    scale: float = opt(1.2, "embedding scale s (method scaling)")
+    negative_prompt: str | None = opt(None, "negative prompt: c_neg for cfg and dice")
+    steps: int = opt(20, "sampling steps")
+    seed: int = opt(0, "seed of the first image; image i uses seed + i")
+    batch_size: int = opt(8, "images per pipeline call (results do not depend on it)")
+    height: int | None = opt(None, "image height in pixels (default: the model's native size)")
+    width: int | None = opt(None, "image width in pixels (default: the model's native size)")
+    out: str = opt("samples", "output folder")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
+    fast: bool = opt(
+        False,
+        "replay the denoiser as CUDA graphs: same images, fewer kernel launches (CUDA only; eager with a "
+        "notice elsewhere; docs/fast.md)",
+    )
+    progress: bool = opt(True, "progress bars", cli=False)
 
 
 def run_sample(job: SampleJob) -> list[Path]:

@@ -88,6 +88,11 @@ class Parallel:
             offset += n
 
 
+def launched() -> bool:
+    """Whether a launcher (torchrun, accelerate launch, ``relaunch``) started this process as one of several."""
+    return "WORLD_SIZE" in os.environ
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
