@@ -134,7 +134,7 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         latents[:] = [out]
 
     def sharpen() -> None:
-        sharpen_cond(pipe, fam, sharpener, cond, neg, 1.0)
+        sharpen_cond(fam, sharpener, cond, neg, 1.0)
 
     variants = {"cfg": ("cfg", False), "dice": ("dice", False)}
     if cfg.fast:

@@ -114,7 +114,7 @@ def analyze(
     for s in range(0, len(prompts), batch_size):
         cond, neg = fam.encode(pipe, prompts[s : s + batch_size]), fam.encode(pipe, negs[s : s + batch_size])
         cs.append(cond.tokens)
-        cps.append(sharpen_cond(pipe, fam, sharpener, cond, neg, alpha).tokens)
+        cps.append(sharpen_cond(fam, sharpener, cond, neg, alpha).tokens)
         gs.append(token_groups(pipe.tokenizer, prompts[s : s + batch_size], cond.tokens.shape[1]))
     stats = edit_stats(torch.cat(cs), torch.cat(cps), torch.cat(gs))
     stats |= {

@@ -81,7 +81,7 @@ def sharpen(
     warn_truncated(pipe, fam, prompts)
     cond = fam.encode(pipe, prompts)
     neg = fam.encode(pipe, per_prompt(negative_prompt, len(prompts), "negative_prompt"))
-    kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(pipe, fam, sharpener, cond, neg, alpha))
+    kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(fam, sharpener, cond, neg, alpha))
     kwargs["num_images_per_prompt"] = num_images_per_prompt
     return kwargs
 

@@ -21,9 +21,7 @@ from ..families import Cond, Family
 from ..sharpener import Sharpener
 
 
-def sharpen_cond(
-    pipe: Any, fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0
-) -> Cond:
+def sharpen_cond(fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0) -> Cond:
     """c' = c + alpha * r(c, c_neg) on an encoded batch (PAPER.md, "The method")."""
     sharpener.to(cond.tokens.device)
     with torch.no_grad():
@@ -55,7 +53,7 @@ def _scaling(pipe: Any, fam: Family, cond: Cond, neg: Cond, sharpener: Sharpener
 def _dice(pipe: Any, fam: Family, cond: Cond, neg: Cond, sharpener: Sharpener | None, alpha: float) -> dict:
     if sharpener is None:
         raise InputError("method 'dice' needs a sharpener (Sharpener.from_pretrained(...)).")
-    sharp = sharpen_cond(pipe, fam, sharpener, cond, neg, alpha)
+    sharp = sharpen_cond(fam, sharpener, cond, neg, alpha)
     return {**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0}
 
 
