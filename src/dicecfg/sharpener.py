@@ -1,4 +1,5 @@
-"""The DICE sharpener: a small network that edits a prompt's text embedding once (PAPER.md, "The method").
+"""The DICE sharpener: a small network that edits a prompt's text embedding once (docs/method.md, "The method"
+and "Sharpener architecture"; arXiv 2502.03726).
 
     c' = c + alpha * r(c, c_neg)            (first token copied back unchanged)
 

@@ -1,7 +1,7 @@
 """The sampling methods, one entry each: how the stock pipeline is called, what a step costs, and the method's
 one setting (its knob).
 
-Every method hands the stock diffusers pipeline its own ``prompt_embeds`` (PAPER.md, "Sampling"):
+Every method hands the stock diffusers pipeline its own ``prompt_embeds`` (docs/method.md, "Sampling"):
 - ``unguided``: c, guidance_scale=1 (one network evaluation per step);
 - ``cfg``:      c and c_neg, guidance_scale=w (two evaluations per step);
 - ``scaling``:  c' = s * c (the paper's training-free baseline; token 0 kept), guidance_scale=1;
@@ -22,7 +22,7 @@ from ..sharpener import Sharpener
 
 
 def sharpen_cond(fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0) -> Cond:
-    """c' = c + alpha * r(c, c_neg) on an encoded batch (PAPER.md, "The method")."""
+    """c' = c + alpha * r(c, c_neg) on an encoded batch (docs/method.md, "The method")."""
     sharpener.to(cond.tokens.device)
     with torch.no_grad():
         tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg))

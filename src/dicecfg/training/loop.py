@@ -1,4 +1,4 @@
-"""CFG-supervised distillation of a sharpener (PAPER.md, "Training objective").
+"""CFG-supervised distillation of a sharpener (docs/method.md, "Training objective"; arXiv 2502.03726).
 
     min_r  E_{x_t, t, prompt} || eps(x_t, t, c + r(c, c_neg)) - [eps_u + w (eps_c - eps_u)] ||
 

@@ -1,4 +1,4 @@
-"""The CFG-supervised distillation objective (PAPER.md, "Training objective").
+"""The CFG-supervised distillation objective (docs/method.md, "Training objective"; arXiv 2502.03726).
 
 loss = || eps(x_t, t, c + r(c, c_neg)) - [eps_u + w (eps_c - eps_u)] ||   (L1 or L2, summed over elements)
 
@@ -19,7 +19,7 @@ from .sources import XtSource
 
 
 def loss_fn(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """L1 or L2 distance summed over elements, averaged over the batch (PAPER.md)."""
+    """L1 or L2 distance summed over elements, averaged over the batch (docs/method.md, "Training objective")."""
     d = pred.float() - target.float()
     per = d.abs() if kind == "l1" else d.square()
     return per.sum() / pred.shape[0]
