@@ -1,4 +1,6 @@
-"""Loading diffusers pipelines (hub id, local folder, or the shipped mini model); device and dtype defaults."""
+"""Loading diffusers pipelines (hub id, local folder, or the shipped mini model) and what every command shares
+about them: the mini-model defaults, the model's id and revision, device and dtype resolution, and the
+``model`` / ``device`` / ``dtype`` options."""
 
 from __future__ import annotations
 
@@ -139,12 +141,11 @@ def resolve_device(device: str | None) -> str:
 def resolve_dtype(dtype: str | None, device: str, training: bool = False) -> torch.dtype:
     """float16 for sampling / bfloat16 for training on CUDA, float32 on CPU, unless given."""
     if dtype:
-        try:
-            return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
-                dtype
-            ) or getattr(torch, dtype)
-        except AttributeError as e:
-            raise InputError(f"Unknown dtype '{dtype}': use fp16, bf16 or fp32.") from e
+        value = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
+        value = value or getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise InputError(f"Unknown dtype '{dtype}': use fp16, bf16 or fp32.")
+        return value
     if device.startswith("cuda"):
         return torch.bfloat16 if training else torch.float16
     return torch.float32
