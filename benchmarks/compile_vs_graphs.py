@@ -1,4 +1,4 @@
-"""Hand-made CUDA graphs (dicecfg.fast) versus torch.compile(mode="reduce-overhead"), on one architecture.
+"""Hand-made CUDA graphs (dicecfg.sampling.fast) versus torch.compile(mode="reduce-overhead"), on one architecture.
 
     python benchmarks/compile_vs_graphs.py [--arch sd15] [--batch 1] [--steps 20] [--repeats 5] [--json OUT]
 
@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from dicecfg.archs import random_pipeline
-from dicecfg.bench import PROMPT, Timer, device_name
+from dicecfg.bench.archs import random_pipeline
+from dicecfg.bench.speed import PROMPT, Timer, device_name
 from dicecfg.families import family_of
-from dicecfg.sampling import sample_batch
+from dicecfg.sampling.generate import sample_batch
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ import time
 import torch
 
 from dicecfg import DistillConfig, distill
-from dicecfg.archs import random_pipeline
-from dicecfg.runs import read_stats
+from dicecfg.bench.archs import random_pipeline
+from dicecfg.runs.folder import read_stats
 
 
 def main() -> None:

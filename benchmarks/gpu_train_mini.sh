@@ -15,7 +15,7 @@ MAX_MINUTES=${MAX_MINUTES:-8}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more options for every stage, e.g. EXTRA="--unet-batch 256"
 # VAE_FROM=DIR reuses a trained AutoencoderKL folder (e.g. the shipped one) instead of training the VAE
-train() { $PY -m dicecfg.world.train_mini "$@" --out "$OUT" --no-progress $EXTRA; }
+train() { $PY -m dicecfg.minimodel.train "$@" --out "$OUT" --no-progress $EXTRA; }
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 for stage in $STAGES; do

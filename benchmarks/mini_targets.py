@@ -17,7 +17,7 @@ import time
 import torch
 
 from dicecfg import Sharpener, load_pipeline
-from dicecfg.metrics.world import sample_and_score
+from dicecfg.evaluation.evaluate import sample_and_score
 from dicecfg.world import Oracle, heldout_set
 
 ATTRS = ("count", "shape", "colour", "size", "relation", "background")

@@ -55,7 +55,13 @@ VARIANTS: dict[str, list[str]] = {
     "block-long": ["--no-shared-timestep", *SCHEDULE, *BLOCK],  # "block" again, in a folder of its own
     "block-4k": ["--no-shared-timestep", *SCHEDULE, *BLOCK],  # and again
     "block+negatives25-4k": [
-        "--no-shared-timestep", *SCHEDULE, *BLOCK, "--negative-prompts", "NEGATIVES", "--negative-prob", "0.25"
+        "--no-shared-timestep",
+        *SCHEDULE,
+        *BLOCK,
+        "--negative-prompts",
+        "NEGATIVES",
+        "--negative-prob",
+        "0.25",
     ],
 }
 SEED_B = 10_000_000  # the second seed set: item i of the held-out set sampled with seed + SEED_B
@@ -169,7 +175,8 @@ def evaluate(a: argparse.Namespace) -> None:
     import torch
 
     from dicecfg import Sharpener, load_pipeline
-    from dicecfg.metrics.world import oracle_frechet, sample_and_score
+    from dicecfg.evaluation.evaluate import sample_and_score
+    from dicecfg.metrics.world import oracle_frechet
     from dicecfg.world import Oracle
 
     work = Path(a.work)

@@ -41,7 +41,7 @@ PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "s
 
 def write_clip_tokenizer(out: Path, words=WORDS) -> None:
     """A real CLIP BPE tokenizer whose every word is one token (<|startoftext|> = 0, <|endoftext|> = 1 = pad)."""
-    from dicecfg.archs import word_clip_tokenizer
+    from dicecfg.bench.archs import word_clip_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     word_clip_tokenizer(words).save_pretrained(str(out))
@@ -110,7 +110,7 @@ def build_tiny_sd(out: Path, *, prediction_type: str = "epsilon", hidden: int = 
         solver_order=2,
         steps_offset=1,
     )
-    from dicecfg.world.minimodel import assemble_pipeline
+    from dicecfg.minimodel.model import assemble_pipeline
 
     pipe = assemble_pipeline(text_encoder, tokenizer, unet, vae, scheduler)
     pipe.save_pretrained(str(out / "pipe"))
@@ -217,7 +217,7 @@ def build_tiny_pixart(out: Path, *, seed: int = 0) -> Path:
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
-    from dicecfg.archs import word_t5_tokenizer
+    from dicecfg.bench.archs import word_t5_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = word_t5_tokenizer(WORDS)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from dicecfg.bench import BenchConfig, markdown_table, run_bench
+from dicecfg.bench.speed import BenchConfig, run_bench
 from dicecfg.cli import main
+from dicecfg.evaluation.report import bench_table
 
 
 def test_bench_cpu_tiny_pipeline_and_resume(tiny_sd_dir, tmp_path, capsys):
@@ -66,7 +67,7 @@ def test_bench_cpu_tiny_pipeline_and_resume(tiny_sd_dir, tmp_path, capsys):
         )
     )
     assert [r["batch"] for r in rows2] == [1, 2, 3] and rows2[:2] == rows and rows2[2]["decode_ms"] is None
-    assert "| 3 | 2 |" in markdown_table(rows2)
+    assert "| 3 | 2 |" in bench_table(rows2)
 
 
 def test_bench_rejects_unknown_arch():

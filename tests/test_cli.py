@@ -27,6 +27,22 @@ def test_help_reads_well():
     )
 
 
+def test_every_flag_of_every_command_has_help():
+    """Help comes from the options' dataclasses (flags.opt), for `dice` and for the mini-model recipe."""
+    import argparse
+
+    from dicecfg.cli import build_parser
+    from dicecfg.minimodel.train import build_parser as mini_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = {**sub.choices, "minimodel.train": mini_parser()}
+    assert {"sample", "train", "demo", "eval", "analyze", "bench"} <= set(parsers)
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            assert action.help and action.help.strip(), (name, action.option_strings or action.dest)
+    assert "(default: 0.0002)" in sub.choices["train"].format_help()  # the default comes from DistillConfig
+
+
 def test_train_then_sample_end_to_end(tiny_sd_dir, prompts, tmp_path):
     pfile = tmp_path / "prompts.txt"
     pfile.write_text("\n".join(prompts) + "\n\n")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from dicecfg import DistillConfig, Sharpener, distill
 from dicecfg.errors import InputError
-from dicecfg.runs import read_stats
+from dicecfg.runs.folder import read_stats
 
 FAST = dict(
     batch_size=8,
@@ -40,6 +40,19 @@ def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     )
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["steps"] == 40 and "torch" in run["versions"]
+    assert sharp.config["base_revision"] == run["base_revision"] == "unknown"  # a plain local folder
+
+
+def test_base_revision_of_a_hub_snapshot(tiny_sd_dir, tmp_path):
+    """A pipeline read from a hub-cache snapshot folder records that snapshot's commit."""
+    import shutil
+
+    from dicecfg.pipeline import load_pipeline, model_revision
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "models--org--name" / "snapshots" / commit
+    shutil.copytree(tiny_sd_dir, snapshot)
+    assert model_revision(load_pipeline(snapshot)) == commit
 
 
 def _image_folder(root, prompts, n=40):
@@ -131,9 +144,9 @@ def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch
     import itertools
     import types
 
-    from dicecfg.parallel import Parallel
+    from dicecfg.training.parallel import Parallel
 
-    d = importlib.import_module("dicecfg.distill")  # the module (dicecfg.distill is also the function)
+    d = importlib.import_module("dicecfg.training.loop")  # the training loop module
 
     grads = []
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dicecfg.cli import main
-from dicecfg.evaluate import EvalConfig, run_eval
+from dicecfg.evaluation.evaluate import EvalConfig, run_eval
 from dicecfg.metrics import PSNR_CAP, psnr, ssim
 from dicecfg.metrics.real import MissingWeightsError, RealMetrics, feature_stats, fid, frechet_from_stats
 
@@ -17,7 +17,7 @@ FREE_PROMPTS = ("a corgi on the beach", "a photo of a cat", "a dog on the beach"
 @pytest.fixture(scope="module")
 def sharp_dir(tmp_path_factory):
     """A non-zero random sharpener for the tiny pipeline (d = 32)."""
-    from dicecfg.bench import random_sharpener
+    from dicecfg.bench.speed import random_sharpener
 
     path = tmp_path_factory.mktemp("sharp")
     random_sharpener(32, "sd", 77, seed=3).save_pretrained(path)
@@ -255,7 +255,7 @@ def test_fid_with_stand_in_extractor(tmp_path):
 
 
 def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_path, capsys):
-    from dicecfg.analysis import analyze, token_groups
+    from dicecfg.evaluation.analysis import analyze, token_groups
     from dicecfg.sharpener import Sharpener
 
     sharp = Sharpener.from_pretrained(sharp_dir)

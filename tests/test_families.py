@@ -7,7 +7,7 @@ import torch
 from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline, sharpen
 from dicecfg.errors import InputError, SharpenerMismatchError
 from dicecfg.families import family_of
-from dicecfg.runs import read_stats
+from dicecfg.runs.folder import read_stats
 
 STEPS = 2
 P = ["a red circle", "a blue square to the left of a green triangle"]
@@ -246,13 +246,13 @@ def test_cli_reads_negative_prompts_file(tmp_path, monkeypatch):
             "open",
         ]
     )
-    cfg = seen["job"].config
+    cfg = seen["job"].recipe()  # the file is read into the recipe
     assert code == 0 and cfg.negative_prompts == ("blurry", "a blue square") and cfg.negative_prob == 0.25
     assert cfg.mask_mode == "open"
 
 
 def test_full_size_architectures_have_the_published_sizes():
-    from dicecfg.archs import arch_config, param_counts
+    from dicecfg.bench.archs import arch_config, param_counts
 
     sdxl, pixart = param_counts("sdxl"), param_counts("pixart")
     assert abs(sdxl["unet"] / 2.567e9 - 1) < 1e-3 and abs(pixart["transformer"] / 611e6 - 1) < 2e-3

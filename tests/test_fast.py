@@ -1,4 +1,4 @@
-"""The fast sampling path (dicecfg.fast): CPU fallback, and the graph plumbing with a CPU stand-in capture."""
+"""The fast sampling path (dicecfg.sampling.fast): CPU fallback, and the graph plumbing with a CPU stand-in capture."""
 
 import logging
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dicecfg import Sharpener, generate, load_pipeline
-from dicecfg import fast as fastmod
 from dicecfg.families import family_of
+from dicecfg.sampling import fast as fastmod
 
 STEPS = 3
 P = ["a red circle", "a blue square to the left of a green triangle"]
@@ -47,7 +47,7 @@ def test_flatten_round_trip_and_signature():
 def test_fast_on_cpu_falls_back_with_one_notice(tiny_sd, caplog):
     fastmod._noticed.clear()
     sharp = _sharpener(tiny_sd)
-    with caplog.at_level(logging.WARNING, logger="dicecfg.fast"):
+    with caplog.at_level(logging.WARNING, logger="dicecfg.sampling.fast"):
         fast = _images(tiny_sd, "dice", sharpener=sharp, fast=True)
         _images(tiny_sd, "cfg", fast=True)
     notices = [r.getMessage() for r in caplog.records if "fast sampling" in r.getMessage()]
@@ -100,14 +100,15 @@ def test_capture_failure_runs_eager(monkeypatch, tiny_sd, caplog):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(fastmod, "cuda_capture", broken)
-    with caplog.at_level(logging.WARNING, logger="dicecfg.fast"):
+    with caplog.at_level(logging.WARNING, logger="dicecfg.sampling.fast"):
         fast = _images(tiny_sd, "unguided", fast=True)
     assert np.array_equal(fast, _images(tiny_sd, "unguided"))
     assert any("capture failed (RuntimeError" in r.getMessage() for r in caplog.records)
 
 
 def test_bench_fast_columns(stand_in_capture, tiny_sd_dir):
-    from dicecfg.bench import BenchConfig, markdown_table, run_bench
+    from dicecfg.bench.speed import BenchConfig, run_bench
+    from dicecfg.evaluation.report import bench_table
 
     cfg = BenchConfig(
         model=str(tiny_sd_dir),
@@ -126,7 +127,7 @@ def test_bench_fast_columns(stand_in_capture, tiny_sd_dir):
     assert row["speedup_vs_eager_cfg"] == pytest.approx(row["cfg_ms"] / row["fast_dice_ms"])
     assert row["fast_path"].startswith("cuda graphs (2 captured")
     assert row["fast_cfg_max_abs_diff"] == 0.0 and row["fast_dice_max_rel_diff"] == 0.0  # same kernels on CPU
-    table = markdown_table([row])
+    table = bench_table([row])
     assert "| fast DICE ms |" in table and table.splitlines()[2].count("|") == table.splitlines()[0].count(
         "|"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dicecfg.world import mini_text as mt
+from dicecfg.minimodel import text as mt
 from dicecfg.world.captions import parse
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from dicecfg.world import minimodel as mm
+from dicecfg.minimodel import model as mm
+from dicecfg.minimodel.loop import CKPT
+from dicecfg.minimodel.train import MiniTrainConfig, main, run_stage
+from dicecfg.runs.folder import read_checkpoint
 from dicecfg.world.captions import VOCAB
-from dicecfg.world.mini_loop import read_checkpoint
-from dicecfg.world.train_mini import MiniTrainConfig, main, run_stage
 
 CAPTIONS = ["a small red circle to the left of a blue square", "there is a big green triangle", ""]
 
@@ -171,9 +172,32 @@ def test_resume_is_bitwise_identical(run_dir, tmp_path, stage):
         for n in plan:
             run_stage(stage, _cfg(out, **{steps: n}))
         dirs.append(out)
-    (a, ma), (b, mb) = (read_checkpoint(d / stage) for d in dirs)
+    (a, ma), (b, mb) = (read_checkpoint(d / stage, CKPT) for d in dirs)
     assert ma["step"] == mb["step"] == 4
-    assert a.keys() == b.keys() and any(k.startswith("opt.") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoints_with_the_old_optimizer_keys_resume_exactly(run_dir, tmp_path):
+    """Mini-model checkpoints written before the shared run-folder format named the optimizer state opt.*"""
+    import json
+
+    from safetensors.torch import save_file
+
+    dirs = []
+    for name, plan in (("straight", [3]), ("old", [2, 3])):
+        out = tmp_path / name
+        shutil.copytree(run_dir / "data", out / "data")
+        for n in plan:
+            if n == 3 and name == "old":  # rewrite the step-2 checkpoint with the old key names
+                tensors, meta = read_checkpoint(out / "vae", CKPT)
+                old = {("opt." + k[6:] if k.startswith("optim.") else k): v for k, v in tensors.items()}
+                save_file(old, str(out / "vae" / CKPT), metadata={k: json.dumps(v) for k, v in meta.items()})
+            run_stage("vae", _cfg(out, vae_steps=n))
+        dirs.append(out)
+    (a, _), (b, _) = (read_checkpoint(d / "vae", CKPT) for d in dirs)
+    assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -182,7 +206,7 @@ def test_time_limit_stops_with_checkpoint(run_dir, tmp_path):
     out = tmp_path / "limited"
     shutil.copytree(run_dir / "data", out / "data")
     run_stage("vae", _cfg(out, vae_steps=100, max_minutes=0.0))
-    tensors, meta = read_checkpoint(out / "vae")
+    tensors, meta = read_checkpoint(out / "vae", CKPT)
     assert meta["step"] == 0 and not meta["finished"]
     assert not (out / "vae" / "final").exists()
 
@@ -240,7 +264,8 @@ def test_unet_trains_on_the_frozen_pretrained_text_encoder(run_dir, tmp_path):
     for k in shipped:  # the pipeline stores fp16; the encoder was not trained any further
         torch.testing.assert_close(shipped[k].float(), pretrained[k].half().float(), rtol=0, atol=0)
     assert not any(
-        k.startswith(("model.text_encoder", "ema.text_encoder")) for k in read_checkpoint(run_dir / "unet")[0]
+        k.startswith(("model.text_encoder", "ema.text_encoder"))
+        for k in read_checkpoint(run_dir / "unet", CKPT)[0]
     )
     out = tmp_path / "no-text"
     shutil.copytree(run_dir / "data", out / "data")

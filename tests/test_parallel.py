@@ -9,7 +9,7 @@ import sys
 import torch
 
 from dicecfg import DistillConfig, Sharpener, distill
-from dicecfg.runs import read_stats
+from dicecfg.runs.folder import read_stats
 
 ARGS = ["--teacher-pool", "16", "--teacher-steps", "3", "--eval-pairs", "8", "--lr", "0.002"]
 ARGS += ["--log-every", "2", "--eval-every", "0", "--checkpoint-every", "2", "--steps", "4"]

@@ -18,7 +18,6 @@ from PIL import Image
 
 from dicecfg import DistillConfig, Sharpener, distill, generate, sharpen
 from dicecfg.cli import main
-from dicecfg.data import ImageCaptionFolder, load_prompts
 from dicecfg.errors import (
     CheckpointWriteError,
     InputError,
@@ -27,7 +26,9 @@ from dicecfg.errors import (
     SharpenerLoadError,
     TrainingDivergedError,
 )
-from dicecfg.runs import CHECKPOINT, read_stats
+from dicecfg.runs.folder import CHECKPOINT, read_stats
+from dicecfg.sampling.prompts import load_prompts
+from dicecfg.training.data import ImageCaptionFolder
 
 FAST = dict(
     batch_size=4,
@@ -176,7 +177,7 @@ def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog)
 # ---- training faults -------------------------------------------------------------------------------------------
 def _fail_at(monkeypatch, k, exc):
     """Make the k-th training loss (1-based) raise ``exc`` (or return it when it is a tensor)."""
-    d = importlib.import_module("dicecfg.objective")  # where the training loss is computed
+    d = importlib.import_module("dicecfg.training.objective")  # where the training loss is computed
 
     real, calls = d.sample_loss, {"n": 0}
 
@@ -205,7 +206,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_sd, prompts, tmp_pat
 
 @pytest.mark.parametrize("where", ["save_file", "os.replace"])
 def test_failing_checkpoint_write_keeps_previous(tiny_sd, prompts, tmp_path, monkeypatch, where):
-    import dicecfg.io as io
+    import dicecfg.runs.io as io
 
     run = tmp_path / "run"
     distill(tiny_sd, prompts, config=DistillConfig(steps=4, **FAST), output_dir=run)

@@ -110,7 +110,7 @@ def test_bad_inputs(tiny_sd):
 
 def test_pipeline_step_bar_silenced_and_restored(tiny_sd, capsys):
     from dicecfg.families import family_of
-    from dicecfg.sampling import sample_batch
+    from dicecfg.sampling.generate import sample_batch
 
     fam = family_of(tiny_sd)
     cond, neg = fam.encode(tiny_sd, P[:1]), fam.encode(tiny_sd, [""])

@@ -1,17 +1,30 @@
-"""The `dice` command line: flags -> a job dataclass -> one library call. Defaults live in the dataclasses."""
+"""The `dice` command line: flags -> the command's frozen dataclass -> one library call.
+
+Every option, its default and its help live in the command's dataclass (``flags.add_flags`` makes the flags);
+a command here only prints what its library call returns.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
-from .distill import DistillConfig
+from .bench.speed import BenchConfig, run_bench
 from .errors import DiceError
-from .jobs import SampleJob, TrainJob, run_sample, run_train
+from .evaluation import report
+from .evaluation.analysis import AnalyzeConfig, run_analyze
+from .evaluation.demo import DemoJob, run_demo
+from .evaluation.evaluate import EvalConfig, run_eval
+from .flags import add_flags, from_flags
+from .sampling.job import SampleJob, run_sample
+from .training.ceiling import CeilingJob, run_ceiling
+from .training.job import TrainJob, run_train
+from .training.parallel import launched, relaunch
 
 EPILOG = """examples:
   dice sample "a small red circle left of a blue square" --method dice
@@ -20,24 +33,69 @@ EPILOG = """examples:
 """
 
 
-def _given(ns: argparse.Namespace, names: Sequence[str]) -> dict:
-    """Options the user actually gave (None means: keep the dataclass default)."""
-    return {k: getattr(ns, k) for k in names if getattr(ns, k, None) is not None}
+def _sample(job: SampleJob, argv: list[str]) -> None:
+    paths = run_sample(job)
+    print(f"wrote {len(paths)} images to {paths[0].parent}")
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """One-line help per dataclass field, read from the comment beside it (the single source of defaults)."""
-    import inspect
-    import re
+def _train(job: TrainJob, argv: list[str]) -> int | None:
+    if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
+        return relaunch(argv, job.gpus)
+    sharp = run_train(job)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
+    return None
 
-    pat = re.compile(r"^\s+(\w+): [^=]+= .*?#\s*(.+)$")
-    return {m[1]: m[2] for line in inspect.getsource(cls).splitlines() if (m := pat.match(line))}
+
+def _demo(job: DemoJob, argv: list[str]) -> None:
+    summary = run_demo(job)
+    print(report.demo_table(summary))
+    print(f"grid: {summary['grid']}  (rows: unguided, cfg, dice; same seeds)")
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="hub id or local diffusers folder (default: the shipped mini model)")
-    p.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="model dtype (default: per device)")
+def _eval(job: EvalConfig, argv: list[str]) -> None:
+    result = run_eval(job)
+    made = sum(r["generated"] for r in result["rows"])
+    print(
+        f"{len(result['rows'])} rows over {result['n']} prompts ({made} images generated now); "
+        f"wrote {job.out}/eval.json, eval.md"
+    )
+    print(report.eval_table(result["rows"]))
+
+
+def _analyze(job: AnalyzeConfig, argv: list[str]) -> None:
+    stats = run_analyze(job)
+    print(f"wrote {job.out}/analysis.json, analysis.md, analysis.png")
+    print(report.analysis_summary(stats))
+
+
+def _bench(job: BenchConfig, argv: list[str]) -> None:
+    rows = run_bench(job)
+    if job.out:
+        print(f"wrote {job.out}")
+    print(report.bench_table(rows))
+
+
+def _ceiling(job: CeilingJob, argv: list[str]) -> None:
+    result = run_ceiling(job)
+    print(f"wrote {result.output_dir}/ceiling.json, ceiling.md, grid.png")
+    print(result.table())
+
+
+# command -> (its options, what runs it, one line of help)
+COMMANDS: dict[str, tuple[type, Callable[[Any, list[str]], int | None], str]] = {
+    "sample": (SampleJob, _sample, "generate images with dice, cfg, unguided or scaling"),
+    "train": (TrainJob, _train, "distil CFG into a sharpener (re-run the same command to resume)"),
+    "demo": (DemoJob, _demo, "unguided vs CFG vs DICE on the shipped mini model (CPU)"),
+    "eval": (EvalConfig, _eval, "method x metric table (resumable): alignment, FID, speed"),
+    "analyze": (AnalyzeConfig, _analyze, "where the sharpener's edit lands (words vs padding)"),
+    "bench": (BenchConfig, _bench, "CFG vs DICE sampling time (random full-size models or --model)"),
+    "ceiling": (
+        CeilingJob,
+        _ceiling,
+        "how much of CFG a free per-prompt embedding edit buys (vs a sharpener)",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,246 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
     )
-
-    s = sub.add_parser("sample", parents=[common], help="generate images with dice, cfg, unguided or scaling")
-    s.add_argument("prompts", nargs="*", help="prompts (or use --prompts FILE)")
-    s.add_argument(
-        "--prompts", dest="prompts_file", metavar="FILE", help="text file, one prompt per line, or JSONL"
-    )
-    _add_model_flags(s)
-    s.add_argument(
-        "--sharpener", help="sharpener folder or hub id (default with the mini model: the shipped one)"
-    )
-    s.add_argument("--method", choices=["dice", "cfg", "unguided", "scaling"])
-    s.add_argument("--guidance-scale", type=float, help="CFG scale w for --method cfg (default 5)")
-    s.add_argument("--alpha", type=float, help="edit strength for --method dice (default 1)")
-    s.add_argument("--scale", type=float, help="embedding scale s for --method scaling (default 1.2)")
-    s.add_argument("--negative-prompt", help="negative prompt (c_neg for cfg and dice)")
-    s.add_argument("--steps", type=int, help="sampling steps (default 20)")
-    s.add_argument("--seed", type=int, help="seed of the first image; image i uses seed+i (default 0)")
-    s.add_argument("--batch-size", type=int, help="images per pipeline call (default 8)")
-    s.add_argument(
-        "--fast",
-        action="store_true",
-        default=None,
-        help="replay the denoiser as CUDA graphs: same images, fewer kernel launches (CUDA only; "
-        "eager with a notice elsewhere; docs/fast.md)",
-    )
-    s.add_argument("--height", type=int)
-    s.add_argument("--width", type=int)
-    s.add_argument("--out", help="output folder (default ./samples)")
-    s.set_defaults(func=_sample)
-
-    t = sub.add_parser(
-        "train", parents=[common], help="distil CFG into a sharpener (re-run the same command to resume)"
-    )
-    _add_model_flags(t)
-    t.add_argument(
-        "--prompts", dest="prompts_file", metavar="FILE", help="training prompts (prompt-only mode)"
-    )
-    t.add_argument("--images", metavar="DIR", help="captioned images: metadata.jsonl or NAME.txt sidecars")
-    t.add_argument("--out", required=True, help="run folder: checkpoints, stats.jsonl, final sharpener")
-    docs = field_help(DistillConfig)
-    for f in dataclasses.fields(DistillConfig):
-        if f.name in ("progress", "validation_prompts", "negative_prompts"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            t.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{docs.get(f.name, '')} (default {f.default})",
-            )
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            t.add_argument(
-                flag, type=kind, default=None, help=f"{docs.get(f.name, '')} (default {f.default})"
-            )
-    t.add_argument(
-        "--gpus",
-        type=int,
-        metavar="N",
-        help="train data-parallel in N processes, one per GPU (relaunches itself through torch.distributed.run; "
-        "--batch-size is per process: global batch = batch-size x N x grad-accum; see docs/parallel.md)",
-    )
-    t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="PROMPT")
-    t.add_argument(
-        "--negative-prompts",
-        dest="negative_prompts_file",
-        metavar="FILE",
-        help="negative prompts, one per line: each sample uses a random one as c_neg with probability "
-        "--negative-prob (default: always the empty prompt)",
-    )
-    t.set_defaults(func=_train)
-
-    d = sub.add_parser(
-        "demo", parents=[common], help="unguided vs CFG vs DICE on the shipped mini model (CPU)"
-    )
-    d.add_argument("--prompts", type=int, help="held-out prompts shown (default 8)")
-    d.add_argument("--steps", type=int, help="sampling steps (default 20)")
-    d.add_argument("--out", help="output folder (default ./dice-demo)")
-    d.add_argument("--device", help="default cpu")
-    d.set_defaults(func=_demo)
-    _add_eval_commands(sub, common)
-    _add_ceiling_command(sub, common)
+    for name, (options, run, text) in COMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=text, description=text)
+        add_flags(p, options)
+        p.set_defaults(options=options, run=run)
     return parser
-
-
-def _sample(ns: argparse.Namespace) -> None:
-    names = [f.name for f in dataclasses.fields(SampleJob) if f.name not in ("prompts", "progress")]
-    job = SampleJob(prompts=tuple(ns.prompts), progress=not ns.quiet, **_given(ns, names))
-    paths = run_sample(job)
-    print(f"wrote {len(paths)} images to {paths[0].parent}")
-
-
-def _train(ns: argparse.Namespace) -> int | None:
-    import os
-
-    if (ns.gpus or 1) > 1 and "WORLD_SIZE" not in os.environ:
-        from .parallel import relaunch
-
-        argv, skip = [], False
-        for a in ns.argv:  # the same command without --gpus, once per process
-            if skip or a == "--gpus":
-                skip = not skip and a == "--gpus"
-                continue
-            if not a.startswith("--gpus="):
-                argv.append(a)
-        return relaunch(argv, ns.gpus)
-    fields = [f.name for f in dataclasses.fields(DistillConfig)]
-    opts = _given(ns, fields)
-    if "validation_prompts" in opts:
-        opts["validation_prompts"] = tuple(opts["validation_prompts"])
-    if getattr(ns, "negative_prompts_file", None):
-        from .data import load_prompts
-
-        opts["negative_prompts"] = tuple(load_prompts(ns.negative_prompts_file))
-    config = DistillConfig(progress=not ns.quiet, **{k: v for k, v in opts.items() if k != "progress"})
-    job = TrainJob(config=config, **_given(ns, ["out", "model", "prompts_file", "images", "device", "dtype"]))
-    sharp = run_train(job)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return None
-    print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
-
-
-def _demo(ns: argparse.Namespace) -> None:
-    from .demo import DemoJob, format_table, run_demo
-
-    summary = run_demo(DemoJob(progress=not ns.quiet, **_given(ns, ["prompts", "steps", "out", "device"])))
-    print(format_table(summary))
-    print(f"grid: {summary['grid']}  (rows: unguided, cfg, dice; same seeds)")
-
-
-def _add_config_flags(
-    p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), flags: dict | None = None
-) -> None:
-    """One flag per dataclass field (help from the field's comment); tuples take one or more values."""
-    docs, flags = field_help(cls), flags or {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag, kind = flags.get(f.name, "--" + f.name.replace("_", "-")), str(f.type)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{docs.get(f.name, '')} (default {default})"
-        if kind == "bool":
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-            continue
-        elem = {"int": int, "float": float}.get(kind.removeprefix("tuple[").split(",")[0].split(" ")[0], str)
-        nargs = {"nargs": "+", "action": "extend"} if kind.startswith("tuple[") else {}
-        p.add_argument(flag, dest=f.name, type=elem, default=None, help=text, **nargs)
-
-
-def _config(ns: argparse.Namespace, cls: type, **fixed):
-    """The dataclass from the flags the user gave (tuples for list flags); defaults stay in the dataclass."""
-    opts = _given(ns, [f.name for f in dataclasses.fields(cls) if f.name not in fixed])
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}, **fixed)
-
-
-def _add_eval_commands(sub, common: argparse.ArgumentParser) -> None:
-    from .analysis import AnalyzeConfig
-    from .bench import BenchConfig
-    from .evaluate import EvalConfig
-
-    e = sub.add_parser(
-        "eval", parents=[common], help="method x metric table (resumable): alignment, FID, speed"
-    )
-    e.add_argument("prompts", nargs="*", help="prompts (default: the shapes world's held-out set)")
-    _add_config_flags(
-        e,
-        EvalConfig,
-        skip=("prompts", "progress"),
-        flags={"sharpeners": "--sharpener", "prompts_file": "--prompts"},
-    )
-    e.set_defaults(func=_eval)
-    a = sub.add_parser(
-        "analyze", parents=[common], help="where the sharpener's edit lands (words vs padding)"
-    )
-    a.add_argument("prompts", nargs="*", help="prompts (default: the shapes world's held-out set)")
-    _add_config_flags(a, AnalyzeConfig, skip=("prompts",), flags={"prompts_file": "--prompts"})
-    a.set_defaults(func=_analyze)
-    b = sub.add_parser(
-        "bench", parents=[common], help="CFG vs DICE sampling time (random full-size models or --model)"
-    )
-    _add_config_flags(b, BenchConfig, skip=("command",), flags={"archs": "--arch"})
-    b.set_defaults(func=_bench)
-
-
-def _add_ceiling_command(sub, common: argparse.ArgumentParser) -> None:
-    from .ceiling import CeilingConfig, CeilingJob
-
-    c = sub.add_parser(
-        "ceiling",
-        parents=[common],
-        help="how much of CFG a free per-prompt embedding edit buys (vs unguided, CFG, a sharpener)",
-    )
-    c.add_argument("prompts", nargs="*", help="prompts (default with the mini model: held-out prompts)")
-    _add_config_flags(c, CeilingJob, skip=("prompts", "config"), flags={"prompts_file": "--prompts"})
-    _add_config_flags(c, CeilingConfig, skip=("progress",))
-    c.set_defaults(func=_ceiling)
-
-
-def _ceiling(ns: argparse.Namespace) -> None:
-    from .ceiling import CeilingConfig, CeilingJob, run_ceiling
-
-    ns.prompts = tuple(ns.prompts)
-    config = _config(ns, CeilingConfig, progress=not ns.quiet)
-    report = run_ceiling(_config(ns, CeilingJob, config=config))
-    print(f"wrote {report.output_dir}/ceiling.json, ceiling.md, grid.png")
-    print(report.table())
-
-
-def _eval(ns: argparse.Namespace) -> None:
-    from .eval_report import markdown_table
-    from .evaluate import EvalConfig, run_eval
-
-    ns.prompts = tuple(ns.prompts) or None
-    report = run_eval(_config(ns, EvalConfig, progress=not ns.quiet))
-    made = sum(r["generated"] for r in report["rows"])
-    print(
-        f"{len(report['rows'])} rows over {report['n']} prompts ({made} images generated now); "
-        f"wrote {report['config']['out']}/eval.json, eval.md"
-    )
-    print(markdown_table(report["rows"]))
-
-
-def _analyze(ns: argparse.Namespace) -> None:
-    from .analysis import AnalyzeConfig, run_analyze, summary
-
-    ns.prompts = tuple(ns.prompts) or None
-    cfg = _config(ns, AnalyzeConfig)
-    stats = run_analyze(cfg)
-    print(f"wrote {cfg.out}/analysis.json, analysis.md, analysis.png")
-    print(summary(stats))
-
-
-def _bench(ns: argparse.Namespace) -> None:
-    from .bench import BenchConfig, markdown_table, run_bench
-
-    rows = run_bench(_config(ns, BenchConfig, command=" ".join(["dice", *ns.argv])))
-    if ns.out:
-        print(f"wrote {ns.out}")
-    print(markdown_table(rows))
 
 
 def quiet_libraries() -> None:
@@ -314,17 +137,19 @@ def quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    ns.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by benchmarks
+    argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(message)s"
     )
     if ns.quiet:
         quiet_libraries()
-    if not getattr(ns, "func", None):
+    if not getattr(ns, "run", None):
         parser.print_help()
         return 0
     try:
-        code = ns.func(ns)
+        # what the command line knows beyond its flags: -q, and the command itself (recorded by bench)
+        job = from_flags(ns, ns.options, progress=not ns.quiet, command=" ".join(["dice", *argv]))
+        code = ns.run(job, argv)
     except DiceError as e:
         if ns.debug:
             raise

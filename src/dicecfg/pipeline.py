@@ -1,23 +1,41 @@
-"""Loading diffusers pipelines (hub id, local folder, or the shipped mini model)."""
+"""Loading diffusers pipelines (hub id, local folder, or the shipped mini model) and what every command shares
+about them: the mini-model defaults, the model's id and revision, device and dtype resolution, and the
+``model`` / ``device`` / ``dtype`` options."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import torch
 
-from .errors import ModelNotFoundError
+from .errors import InputError, ModelNotFoundError
+from .flags import opt
+from .sharpener import DEFAULT_NAME as SHIPPED_SHARPENER
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "mini"
+UNKNOWN_REVISION = "unknown"  # recorded when a model's revision cannot be known (a plain local folder)
+SNAPSHOT = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")  # a hub-cache snapshot folder
+
+
+def is_mini(name_or_path: str | os.PathLike | None) -> bool:
+    """Whether a model argument means the shipped mini model (``None``, the default, or ``"mini"``)."""
+    return name_or_path is None or str(name_or_path) == DEFAULT_MODEL
+
+
+def default_sharpener(model: str | None, sharpener: str | None) -> str | None:
+    """The sharpener to use with ``model``: the one given, else the shipped one when ``model`` is the shipped
+    mini model; None when there is none (the caller says which option is missing)."""
+    return sharpener or (SHIPPED_SHARPENER if is_mini(model) else None)
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     """``None`` or ``"mini"`` -> the shipped mini model's folder; anything else unchanged."""
-    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+    if is_mini(name_or_path):
         from .assets import shipped_model_dir
 
         return str(shipped_model_dir())
@@ -67,6 +85,7 @@ def load_pipeline(
     if device is not None:
         pipe = pipe.to(device)
     pipe._dicecfg_source = str(name_or_path or DEFAULT_MODEL)
+    pipe._dicecfg_revision = kwargs.get("revision")
     return pipe
 
 
@@ -89,4 +108,61 @@ def model_id(pipe: Any) -> str | None:
         getattr(pipe, "_dicecfg_source", None)
         or getattr(pipe, "name_or_path", None)
         or pipe.config.get("_name_or_path")
+    )
+
+
+def model_revision(pipe: Any) -> str:
+    """The revision of the model a pipeline came from (for sharpener metadata and run.json): the ``revision``
+    given to ``load_pipeline``, else the commit of the hub-cache snapshot its components were read from, else
+    ``"unknown"`` (a plain local folder has no revision)."""
+    given = getattr(pipe, "_dicecfg_revision", None)
+    if given:
+        return str(given)
+    configs = [getattr(pipe, "config", None)]
+    configs += [getattr(m, "config", None) for m in getattr(pipe, "components", {}).values()]
+    for config in configs:  # diffusers configs are dicts, transformers configs objects
+        path = (
+            config.get("_name_or_path")
+            if isinstance(config, dict)
+            else getattr(config, "_name_or_path", None)
+        )
+        if isinstance(path, str) and (m := SNAPSHOT.search(path)):
+            return m[1]
+    return UNKNOWN_REVISION
+
+
+def resolve_device(device: str | None) -> str:
+    """The device to run on: as given, else (None or "auto") cuda when available, cpu otherwise."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str, training: bool = False) -> torch.dtype:
+    """float16 for sampling / bfloat16 for training on CUDA, float32 on CPU, unless given."""
+    if dtype:
+        value = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
+        value = value or getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise InputError(f"Unknown dtype '{dtype}': use fp16, bf16 or fp32.")
+        return value
+    if device.startswith("cuda"):
+        return torch.bfloat16 if training else torch.float16
+    return torch.float32
+
+
+def model_option() -> Any:
+    """The ``model`` option of a command."""
+    return opt(None, "hub id or local diffusers folder (default: the shipped mini model)")
+
+
+def device_option() -> Any:
+    """The ``device`` option of a command."""
+    return opt(None, "cuda, cuda:1, cpu, ... (default: cuda if available)")
+
+
+def dtype_option(training: bool = False) -> Any:
+    """The ``dtype`` option of a command (the frozen model's dtype when training)."""
+    return opt(
+        None, f"fp16, bf16 or fp32 (default: {'bf16' if training else 'fp16'} on CUDA, fp32 elsewhere)"
     )

@@ -1,4 +1,5 @@
-"""The DICE sharpener: a small network that edits a prompt's text embedding once (PAPER.md, "The method").
+"""The DICE sharpener: a small network that edits a prompt's text embedding once (docs/method.md, "The method"
+and "Sharpener architecture"; arXiv 2502.03726).
 
     c' = c + alpha * r(c, c_neg)            (first token copied back unchanged)
 
@@ -35,13 +36,22 @@ from torch import nn
 
 from . import __version__
 from .errors import SharpenerLoadError
-from .io import atomic_save_tensors, atomic_write_json
+from .runs.io import atomic_save_tensors, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 ARCHS = ("paper", "block")  # see the module docstring
 DEFAULT_NAME = "mini"  # the sharpener shipped with the package (see dicecfg.assets)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")  # refused by name, never opened
+
+
+def resolve_sharpener(name_or_path: str | os.PathLike) -> str:
+    """``"mini"`` -> the shipped sharpener's folder; anything else unchanged."""
+    if str(name_or_path) == DEFAULT_NAME:
+        from .assets import shipped_sharpener_dir
+
+        return str(shipped_sharpener_dir())
+    return str(name_or_path)
 
 
 class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["dice", "cfg-distillation"]):
@@ -186,11 +196,7 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_NAME, **kwargs):
         """Load from a folder (config.json + model.safetensors), a hub id, or ``"mini"`` (shipped)."""
-        name = str(pretrained_model_name_or_path)
-        if name == DEFAULT_NAME:
-            from .assets import shipped_sharpener_dir
-
-            name = str(shipped_sharpener_dir())
+        name = resolve_sharpener(pretrained_model_name_or_path)
         path = Path(name)
         if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
             raise SharpenerLoadError(

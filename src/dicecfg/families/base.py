@@ -27,11 +27,6 @@ class Cond:
     def index(self, idx: torch.Tensor | slice | list[int]) -> Cond:
         return Cond(self.tokens[idx], {k: v[idx] for k, v in self.extras.items()})
 
-    def to(self, *args: Any, **kwargs: Any) -> Cond:
-        return Cond(
-            self.tokens.to(*args, **kwargs), {k: v.to(*args, **kwargs) for k, v in self.extras.items()}
-        )
-
     def expand(self, n: int) -> Cond:
         """Broadcast a batch-1 Cond to batch n (no copy)."""
         if len(self) == n:
@@ -118,14 +113,6 @@ FAMILIES: dict[str, Family] = {}
 def register(cls: type[Family]) -> type[Family]:
     FAMILIES[cls.name] = cls()
     return cls
-
-
-def get_family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise UnsupportedPipelineError(
-            f"Unknown family '{name}'. Known families: {', '.join(sorted(FAMILIES))}."
-        )
-    return FAMILIES[name]
 
 
 def family_of(pipe: Any) -> Family:

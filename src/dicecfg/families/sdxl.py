@@ -1,7 +1,7 @@
 """Stable Diffusion XL: two CLIP text encoders, a pooled embedding and size/crop time ids.
 
 What DICE edits: the two encoders' token states concatenated along the width (77 x (768 + 1280) = 77 x 2048),
-one sharpener, token 0 (<SOS>) copied back (PAPER.md, "Per family"). What passes through unchanged: the
+one sharpener, token 0 (<SOS>) copied back (docs/method.md, "Per family"). What passes through unchanged: the
 pooled embedding of the second encoder (``Cond.extras["pooled"]``) and the size/crop time ids, which the
 stock pipeline builds from ``height``/``width``/``original_size``/``crops_coords_top_left`` as usual.
 

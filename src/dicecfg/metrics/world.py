@@ -45,21 +45,3 @@ def oracle_frechet(images: np.ndarray, scenes: Sequence, oracle=None) -> float:
 
     oracle = oracle or Oracle()
     return frechet_distance(oracle.features(_world_size(images)), oracle.features(render(list(scenes))))
-
-
-def sample_and_score(pipe, items: Sequence, method: str, *, oracle=None, **generate_kwargs):
-    """Sample held-out ``items`` (EvalItem: prompt, spec, seed) with ``method`` through ``generate()`` and
-    score them: returns the images (N, H, W, 3), the samples, and the per-image oracle scores."""
-    from ..sampling import generate
-
-    samples = list(
-        generate(
-            pipe,
-            [it.prompt for it in items],
-            method=method,
-            seeds=[it.seed for it in items],
-            **generate_kwargs,
-        )
-    )
-    images = np.stack([s.image for s in samples])
-    return images, samples, alignment(images, [it.spec for it in items], oracle)

@@ -1,0 +1,311 @@
+"""Sampling speed of CFG versus DICE (`dice bench`), through the stock pipeline.
+
+What is timed, per row (architecture or model, batch size): one ``pipe(...)`` call with pre-computed
+embeddings and ``output_type="latent"`` (the scheduler loop and the denoiser), for CFG (guidance_scale=w: the
+stock pipeline runs c and c_neg as one batch of 2B) and for DICE (guidance_scale=1, batch B, the sharpener
+run inside the timed call). Text encoding is excluded: both methods encode the same prompt and the same
+negative prompt once. The VAE decode is excluded from both and reported in its own column (it is the same
+for both methods). The sharpener alone is timed too, as a percentage of the DICE run.
+
+On CUDA: warm-up calls, then CUDA-event timing of each call, CFG and DICE interleaved, median of the repeats.
+On CPU: the same with wall-clock timing. Rows are appended to the JSON file as they finish, and rows already
+in it are skipped, so a run cut short resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..flags import opt
+from ..pipeline import device_option, dtype_option
+
+log = logging.getLogger(__name__)
+PROMPT = "a photo of a red car in the city at night"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """`dice bench`: what to time (random full-size architectures or a model), at which batch sizes, how."""
+
+    archs: tuple[str, ...] = opt(
+        (),
+        "random full-size architectures (bench/archs; default: all, unless --model)",
+        flag="--arch",
+        metavar="ARCH",
+    )
+    model: str | None = opt(None, "a diffusers folder or hub id to time instead (its real weights)")
+    sharpener: str | None = opt(
+        None, "sharpener folder for --model (default: a random one of the right size)"
+    )
+    batch_sizes: tuple[int, ...] = opt((1, 4, 16), "images per call")
+    steps: int = opt(20, "sampling steps")
+    guidance_scale: float = opt(5.0, "w of the CFG runs (any w > 1 costs the same)")
+    repeats: int = opt(5, "timed calls per method and row (the median is reported)")
+    warmup: int = opt(2, "untimed calls per method first")
+    height: int | None = opt(None, "image height in pixels (default: the model's native size)")
+    width: int | None = opt(None, "image width in pixels (default: the model's native size)")
+    decode: bool = opt(True, "also time the VAE decode (reported separately)")
+    fast: bool = opt(False, "also time the fast path (denoiser as CUDA graphs): fast CFG, DICE and unguided")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
+    out: str | None = opt(None, "JSON file: rows are appended as they finish; existing rows are skipped")
+    command: str = opt("", "the command line, recorded with every row", cli=False)
+
+
+class Timer:
+    """Milliseconds of one call: CUDA events on a CUDA device, else wall clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000.0
+
+
+def random_sharpener(dim: int, family: str, num_tokens: int, seed: int = 0):
+    """A sharpener of the paper's size with random weights (speed does not depend on weights)."""
+    from ..sharpener import Sharpener
+
+    torch.manual_seed(seed)
+    sharp = Sharpener(dim, family=family, num_tokens=num_tokens)
+    torch.nn.init.normal_(sharp.proj_out.weight, std=0.02)
+    return sharp.eval()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[str, Any]:
+    """Time CFG and DICE sampling (and the sharpener, and the decode) for one batch size.
+
+    With ``cfg.fast`` the same calls are also timed on the fast path (``dicecfg.fast``), plus fast unguided
+    sampling (the floor DICE is held to); the first fast call of each shape (warm-up and graph capture) is
+    reported apart from the steady-state medians.
+    """
+    from ..families import family_of
+    from ..sampling.generate import generators, sample_batch
+    from ..sampling.methods import sharpen_cond
+
+    fam = family_of(pipe)
+    device = pipe._execution_device
+    timer = Timer(device)
+    cond, neg = fam.encode(pipe, [PROMPT] * batch), fam.encode(pipe, [""] * batch)  # excluded: same for both
+    sharpener.to(device=device, dtype=cond.tokens.dtype)
+    common = dict(num_inference_steps=cfg.steps, output_type="latent", height=cfg.height, width=cfg.width)
+    latents: list[torch.Tensor] = []
+
+    def run(method: str, fast: bool = False) -> None:
+        out, _ = sample_batch(
+            pipe,
+            fam,
+            method,
+            cond,
+            neg,
+            generators(device, range(batch)),
+            sharpener=sharpener,
+            guidance_scale=cfg.guidance_scale,
+            fast=fast,
+            **common,
+        )
+        latents[:] = [out]
+
+    def sharpen() -> None:
+        sharpen_cond(fam, sharpener, cond, neg, 1.0)
+
+    variants = {"cfg": ("cfg", False), "dice": ("dice", False)}
+    if cfg.fast:
+        variants |= {
+            "fast_cfg": ("cfg", True),
+            "fast_dice": ("dice", True),
+            "fast_unguided": ("unguided", True),
+        }
+    first: dict[str, float] = {}
+    with torch.inference_mode():
+        for i in range(max(cfg.warmup, 1 if cfg.fast else 0)):
+            for name, (method, fast) in variants.items():
+                if i == 0 and fast:  # the first fast call of a shape captures its graph: timed apart
+                    first[name] = timer(lambda m=method: run(m, True))
+                else:
+                    run(method, fast)
+            sharpen()
+        times: dict[str, list[float]] = {k: [] for k in [*variants, "sharpener"]}
+        for _ in range(cfg.repeats):  # interleaved, so drift (clocks, heat) hits every variant alike
+            for name, (method, fast) in variants.items():
+                times[name].append(timer(lambda m=method, f=fast: run(m, f)))
+            times["sharpener"].append(timer(sharpen))
+        decode_ms = _decode_ms(pipe, latents[0], timer, max(1, cfg.repeats // 2)) if cfg.decode else None
+        diff = _fast_vs_eager(run, latents, ("cfg", "dice")) if cfg.fast else {}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {
+        "batch": batch,
+        "cfg_ms": med["cfg"],
+        "dice_ms": med["dice"],
+        "ratio": med["cfg"] / med["dice"],
+        "sharpener_ms": med["sharpener"],
+        "sharpener_pct": 100.0 * med["sharpener"] / med["dice"],
+        "decode_ms": decode_ms,
+        "cfg_ms_per_image": med["cfg"] / batch,
+        "dice_ms_per_image": med["dice"] / batch,
+        "times_ms": times,
+        "latent_shape": list(latents[0].shape),
+    }
+    if cfg.fast:
+        row |= {f"{k}_ms": med[k] for k in ("fast_cfg", "fast_dice", "fast_unguided")}
+        row |= {f"{k}_first_ms": v for k, v in first.items()}
+        row |= {
+            "fast_ratio": med["fast_cfg"] / med["fast_dice"],  # fast CFG / fast DICE
+            "speedup_vs_eager_cfg": med["cfg"] / med["fast_dice"],  # the issue's target: >= 2.0 at batch 1
+            "fast_dice_over_unguided_pct": 100.0 * (med["fast_dice"] / med["fast_unguided"] - 1.0),
+            "fast_path": _fast_path_used(pipe, fam),
+            **diff,
+        }
+    return row
+
+
+def _fast_vs_eager(run: Callable[..., None], latents: list[torch.Tensor], methods: tuple[str, ...]) -> dict:
+    """Largest difference between fast and eager latents of the same seeds (absolute, and relative to the
+    largest eager value), per method."""
+    out = {}
+    for method in methods:
+        run(method, False)
+        eager = latents[0].float()
+        run(method, True)
+        err = (latents[0].float() - eager).abs().max().item()
+        out[f"fast_{method}_max_abs_diff"] = err
+        out[f"fast_{method}_max_rel_diff"] = err / max(eager.abs().max().item(), 1e-12)
+    return out
+
+
+def _fast_path_used(pipe: Any, fam: Any) -> str:
+    graphed = fam.denoiser(pipe).__dict__.get("_dice_graphed")
+    if graphed is None or graphed.failed:
+        return "eager (fallback)"
+    return f"cuda graphs ({len(graphed.graphs)} captured, {graphed.capture_ms:.0f} ms)"
+
+
+def _decode_ms(pipe: Any, latents: torch.Tensor, timer: Timer, repeats: int) -> float | None:
+    """Median time of the VAE decode of one batch of latents (None: no VAE, or out of memory)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return None
+    lat = latents / vae.config.scaling_factor
+    try:
+        vae.decode(lat)  # warm-up
+        return statistics.median(timer(lambda: vae.decode(lat)) for _ in range(repeats))
+    except torch.OutOfMemoryError:
+        log.warning("VAE decode of %s latents: out of memory", tuple(latents.shape))
+        return None
+
+
+def _load_rows(path: Path | None) -> list[dict[str, Any]]:
+    if path is None or not path.is_file():
+        return []
+    return json.loads(path.read_text(encoding="utf-8")).get("rows", [])
+
+
+def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Time every (architecture or model) x batch size; returns the rows (also written to ``cfg.out``)."""
+    from ..families import family_of
+    from ..pipeline import resolve_device, resolve_dtype
+    from ..runs.folder import versions
+    from ..runs.io import atomic_write_json
+    from . import archs
+
+    if cfg.steps < 1 or cfg.repeats < 1 or cfg.warmup < 0 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise InputError("bench needs steps >= 1, repeats >= 1, warmup >= 0 and batch sizes >= 1.")
+    device = torch.device(resolve_device(cfg.device))
+    dtype = resolve_dtype(cfg.dtype, device.type)
+    names = [cfg.model] if cfg.model else list(cfg.archs or archs.available())
+    if not cfg.model:
+        unknown = set(names) - set(archs.available())
+        if unknown:
+            raise InputError(
+                f"Unknown architecture(s) {', '.join(sorted(unknown))}; known: {', '.join(archs.available())}."
+            )
+    out = Path(cfg.out) if cfg.out else None
+    rows = _load_rows(out)
+    env = {
+        "device": device_name(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "steps": cfg.steps,
+        "height": cfg.height,
+        "width": cfg.width,
+        "guidance_scale": cfg.guidance_scale,
+        "fast": cfg.fast,
+    }
+    for name in names:
+        todo = [
+            b
+            for b in cfg.batch_sizes
+            if not any(
+                r["name"] == name and r["batch"] == b and all(r.get(k) == v for k, v in env.items())
+                for r in rows
+            )
+        ]
+        if not todo:
+            log.info("%s: all rows already in %s", name, out)
+            continue
+        pipe = _pipeline(name, cfg, dtype, device)
+        fam = family_of(pipe)
+        sharp = (
+            _load_sharpener(cfg.sharpener)
+            if cfg.model and cfg.sharpener
+            else random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe))
+        )
+        for b in todo:
+            log.info("%s: batch %d", name, b)
+            try:
+                row = bench_row(pipe, sharp, b, cfg)
+            except torch.OutOfMemoryError:
+                log.warning("%s batch %d: out of memory", name, b)
+                row = {"batch": b, "error": "out of memory"}
+            rows.append({"name": name, **env, **row, "versions": versions(), "command": cfg.command})
+            if out is not None:
+                atomic_write_json(out, {"config": asdict(cfg), "rows": rows})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        del pipe
+    return rows
+
+
+def _pipeline(name: str, cfg: BenchConfig, dtype: torch.dtype, device: torch.device):
+    if cfg.model:
+        from ..pipeline import load_pipeline
+
+        pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
+    else:
+        from .archs import random_pipeline
+
+        pipe = random_pipeline(name, dtype=dtype, device=str(device))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_sharpener(path: str):
+    from ..sharpener import Sharpener
+
+    return Sharpener.from_pretrained(path)

@@ -1,0 +1,289 @@
+"""Method x metric tables from ``generate()``'s stream (`dice eval`).
+
+Each row is one method with one setting (cfg at w, scaling at s, dice at alpha with one sharpener, unguided)
+at one step count. Its images are saved as ``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png``;
+a re-run regenerates only what is missing, so an interrupted or extended evaluation resumes. Metrics are
+computed from the saved images: oracle alignment and an oracle-feature Frechet distance on the shapes world,
+PSNR/SSIM against the CFG image of the same prompt and seed, FID / CLIP / aesthetic scores when weights are
+given."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..flags import opt
+from ..pipeline import device_option, dtype_option, model_option
+from ..runs.io import atomic_write_json, atomic_write_text
+from ..sampling.generate import generate
+from ..sampling.methods import METHODS
+from .images import Row, ensure_images, load_images, seconds_per_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`dice eval`: the rows (methods x settings x step counts), the prompts, the metrics and the folder."""
+
+    out: str = opt("eval", "output folder: images/, eval.json, eval.md, eval_nfe.png (re-run to resume)")
+    model: str | None = model_option()
+    sharpeners: tuple[str, ...] = opt(
+        (),
+        "sharpener folders for dice rows (default with the mini model: the shipped one)",
+        flag="--sharpener",
+        metavar="SHARPENER",
+    )
+    prompts: tuple[str, ...] = opt((), "prompts (default: the shapes world's held-out set)", positional=True)
+    prompts_file: str | None = opt(
+        None, "text file or JSONL of prompts (instead of the held-out set)", flag="--prompts", metavar="FILE"
+    )
+    limit: int = opt(64, "use the first N prompts of the set")
+    seed: int = opt(0, "prompt i gets seed + i (held-out items carry their own fixed seeds)")
+    methods: tuple[str, ...] = opt(METHODS, "which methods to run", choices=METHODS)
+    cfg_scales: tuple[float, ...] = opt((5.0,), "CFG scales w; the first is the fidelity reference")
+    scales: tuple[float, ...] = opt((1.2,), "embedding scales s of the scaling baseline")
+    alphas: tuple[float, ...] = opt((1.0,), "DICE edit strengths")
+    steps: tuple[int, ...] = opt((20,), "sampling step counts; every method runs at each")
+    negative_prompt: str | None = opt(None, "also run cfg and dice with this negative prompt")
+    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
+    height: int | None = opt(None, "image height in pixels (default: the model's native size)")
+    width: int | None = opt(None, "image width in pixels (default: the model's native size)")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
+    clip: str | None = opt(None, "local CLIP model folder: CLIP score")
+    aesthetic: str | None = opt(None, "local LAION aesthetic MLP weights (.pth or .safetensors)")
+    aesthetic_clip: str | None = opt(
+        None, "local CLIP ViT-L/14 folder for the aesthetic head (default: --clip)"
+    )
+    inception: str | None = opt(None, "local torch-fidelity Inception weights: FID")
+    fid_ref: str | None = opt(None, "FID reference: .npz with mu/sigma, or a folder of reference images")
+    plot: bool = opt(True, "write eval_nfe.png")
+    progress: bool = opt(True, "progress bars", cli=False)
+
+
+@dataclass
+class PromptSet:
+    name: str
+    prompts: list[str]
+    seeds: list[int]
+    specs: list | None = None  # world Specs when every prompt is in the grammar
+    scenes: list | None = None  # world Scenes the prompts were written from (held-out set)
+    extra: dict = field(default_factory=dict)
+
+
+def prompt_set(cfg: EvalConfig) -> PromptSet:
+    """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
+    from ..metrics.world import world_specs
+
+    if cfg.limit < 1:
+        raise InputError(f"--limit must be >= 1 (got {cfg.limit}).")
+    if cfg.prompts or cfg.prompts_file:
+        from ..sampling.prompts import collect_prompts
+
+        prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
+        return PromptSet(
+            "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
+        )
+    from ..world import heldout_set
+
+    items = heldout_set(cfg.limit)
+    return PromptSet(
+        "heldout",
+        [it.prompt for it in items],
+        [it.seed for it in items],
+        [it.spec for it in items],
+        [it.scene for it in items],
+    )
+
+
+def sharpener_tag(name: str) -> str:
+    """A short folder-safe name for a sharpener: its folder name and a hash of its weights."""
+    from ..sharpener import resolve_sharpener
+
+    path = Path(resolve_sharpener(name))
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", path.name or name).strip("-")[:32] or "sharpener"
+    weights = path / "model.safetensors"
+    return f"{slug}-{hashlib.sha1(weights.read_bytes()).hexdigest()[:8]}" if weights.is_file() else slug
+
+
+def make_rows(cfg: EvalConfig, sharpener_tags: list[str]) -> list[Row]:
+    """Rows in table order: unguided, cfg (each w), scaling (each s), dice (each sharpener and alpha)."""
+    unknown = set(cfg.methods) - set(METHODS)
+    if unknown:
+        raise InputError(
+            f"Unknown method(s) {', '.join(sorted(unknown))}. Choose from: {', '.join(METHODS)}."
+        )
+    if any(s < 1 for s in cfg.steps):
+        raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
+    rows = []
+    for steps in cfg.steps:
+        rows += [Row("unguided", steps)] if "unguided" in cfg.methods else []
+        rows += [Row("cfg", steps, w) for w in cfg.cfg_scales] if "cfg" in cfg.methods else []
+        rows += [Row("scaling", steps, s) for s in cfg.scales] if "scaling" in cfg.methods else []
+        rows += (
+            [Row("dice", steps, a, t) for t in sharpener_tags for a in cfg.alphas]
+            if "dice" in cfg.methods
+            else []
+        )
+        if cfg.negative_prompt:
+            neg = cfg.negative_prompt
+            rows += [Row("cfg", steps, cfg.cfg_scales[0], None, neg)] if "cfg" in cfg.methods else []
+            rows += (
+                [Row("dice", steps, a, t, neg) for t in sharpener_tags for a in cfg.alphas]
+                if "dice" in cfg.methods
+                else []
+            )
+    return rows
+
+
+def row_metrics(
+    images: np.ndarray, ps: PromptSet, reference: np.ndarray | None, real=None
+) -> dict[str, float]:
+    """Every metric that applies to one row's images."""
+    from ..metrics import fidelity
+
+    out: dict[str, float] = {}
+    if ps.specs is not None:
+        from ..metrics.world import alignment, oracle_frechet
+
+        out |= {f"align_{k}": float(v.mean()) for k, v in alignment(images, ps.specs).items()}
+        if ps.scenes is not None and len(images) > 1:
+            out["fd_oracle"] = oracle_frechet(images, ps.scenes)
+    if reference is not None:
+        out["psnr"] = float(fidelity.psnr(images, reference).mean())
+        out["ssim"] = float(fidelity.ssim(images, reference).mean())
+    if real is not None and real.enabled:
+        out |= real(images, ps.prompts)
+    return out
+
+
+def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None) -> dict[str, Any]:
+    """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot)."""
+    from ..runs.folder import versions
+    from .report import eval_table, plot_nfe
+
+    out = Path(cfg.out)
+    rows = make_rows(cfg, list(sharpeners))
+    made = {}
+    for row in rows:
+        made[row.key] = ensure_images(
+            pipe,
+            row,
+            ps.prompts,
+            ps.seeds,
+            out / "images" / row.key,
+            sharpener=sharpeners.get(row.sharpener),
+            batch_size=cfg.batch_size,
+            height=cfg.height,
+            width=cfg.width,
+            progress=cfg.progress,
+        )
+    refs: dict[int, np.ndarray] = {}
+    results = []
+    for row in rows:
+        folder = out / "images" / row.key
+        images = load_images(folder, ps.prompts, ps.seeds)
+        ref_row = Row("cfg", row.steps, cfg.cfg_scales[0]) if "cfg" in cfg.methods else None
+        if ref_row is not None and row.steps not in refs:
+            refs[row.steps] = (
+                images if ref_row == row else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
+            )
+        results.append(
+            {
+                "label": row.label,
+                "method": row.method,
+                "key": row.key,
+                "params": row.params,
+                "steps": row.steps,
+                "nfe": row.nfe,
+                "n": len(images),
+                "generated": made[row.key],
+                "seconds_per_image": seconds_per_image(folder, len(images)),
+                **row_metrics(images, ps, refs.get(row.steps), real),
+            }
+        )
+        log.info("%s: %s", row.key, {k: v for k, v in results[-1].items() if isinstance(v, float)})
+    report = {
+        "prompt_set": ps.name,
+        "n": len(ps.prompts),
+        "config": asdict(cfg),
+        "versions": versions(),
+        "fidelity_reference": f"cfg w={cfg.cfg_scales[0]} at the row's step count",
+        "rows": results,
+    }
+    atomic_write_json(out / "eval.json", report)
+    atomic_write_text(out / "eval.md", eval_table(results) + "\n")
+    if cfg.plot:
+        plot_nfe(results, out / "eval_nfe.png")
+    return report
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
+    import torch
+
+    from ..families import check_compatible
+    from ..metrics.real import RealMetrics
+    from ..pipeline import default_sharpener, load_pipeline, model_id, resolve_device, resolve_dtype
+    from ..runs.folder import run_record, write_run_json
+    from ..sharpener import Sharpener
+
+    shipped = default_sharpener(cfg.model, None)
+    names = list(cfg.sharpeners) or ([shipped] if shipped else [])
+    if "dice" in cfg.methods and not names:
+        raise InputError(
+            "dice rows need --sharpener (a folder written by `dice train`), or drop dice from --methods."
+        )
+    names = names if "dice" in cfg.methods else []
+    sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
+    ps = prompt_set(cfg)
+    device = resolve_device(cfg.device)
+    real = RealMetrics(
+        clip=cfg.clip,
+        aesthetic=cfg.aesthetic,
+        aesthetic_clip=cfg.aesthetic_clip,
+        inception=cfg.inception,
+        fid_ref=cfg.fid_ref,
+        device=device,
+    )
+    dtype = resolve_dtype(cfg.dtype, device)
+    pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
+    for sharp in sharpeners.values():  # a mismatched sharpener fails before any sampling
+        check_compatible(pipe, sharp)
+    identity = {
+        "model": model_id(pipe),
+        "dtype": str(dtype),
+        "device_type": torch.device(device).type,
+        "height": cfg.height,
+        "width": cfg.width,
+    }
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_run_json(Path(cfg.out), run_record(cfg), identity)
+    return evaluate(pipe, cfg, ps, sharpeners, real)
+
+
+def sample_and_score(pipe, items: Sequence, method: str, *, oracle=None, **generate_kwargs):
+    """Sample held-out ``items`` (EvalItem: prompt, spec, seed) with ``method`` through ``generate()`` and
+    score them: returns the images (N, H, W, 3), the samples, and the per-image oracle scores."""
+    from ..metrics.world import alignment
+
+    samples = list(
+        generate(
+            pipe,
+            [it.prompt for it in items],
+            method=method,
+            seeds=[it.seed for it in items],
+            **generate_kwargs,
+        )
+    )
+    images = np.stack([s.image for s in samples])
+    return images, samples, alignment(images, [it.spec for it in items], oracle)

@@ -1,0 +1,138 @@
+"""The rows of `dice eval` and their images on disk: made once through ``generate()``, named so a re-run resumes.
+
+``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png`` plus ``meta.jsonl`` (seed, NFE, seconds per image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runs.io import atomic_write
+from ..sampling.generate import generate
+from ..sampling.methods import TABLE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method setting at one step count."""
+
+    method: str
+    steps: int
+    value: float | None = None  # w (cfg), s (scaling) or alpha (dice)
+    sharpener: str | None = None  # tag of the sharpener (dice)
+    negative_prompt: str | None = None
+
+    @property
+    def nfe(self) -> int:
+        return TABLE[self.method].nfe(self.steps)
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        """``{knob: value}``: the keyword of ``generate()`` that sets the row's method."""
+        knob = TABLE[self.method].knob
+        return {knob: self.value} if knob else {}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        out = self.setting | ({"sharpener": self.sharpener} if self.sharpener else {})
+        return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
+
+    @property
+    def key(self) -> str:
+        """Folder name of the row's images: method, setting, steps (and sharpener, negative prompt)."""
+        tag = TABLE[self.method].tag
+        parts = [self.method + (f"-{tag}{self.value:g}" if tag else ""), f"steps{self.steps}"]
+        if self.sharpener:
+            parts.append(self.sharpener)
+        if self.negative_prompt:
+            parts.append("neg" + hashlib.sha1(self.negative_prompt.encode()).hexdigest()[:8])
+        return "_".join(parts)
+
+    @property
+    def label(self) -> str:
+        return self.method + ("+neg" if self.negative_prompt else "")
+
+
+def ensure_images(
+    pipe,
+    row: Row,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    folder: Path,
+    *,
+    sharpener=None,
+    batch_size: int = 16,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Generate the row's missing images (PNG + a line in meta.jsonl each); returns how many were made."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = image_paths(folder, prompts, seeds)
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if not missing:
+        return 0
+    log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
+    stream = generate(
+        pipe,
+        [prompts[i] for i in missing],
+        method=row.method,
+        seeds=[seeds[i] for i in missing],
+        sharpener=sharpener,
+        negative_prompt=row.negative_prompt,
+        num_inference_steps=row.steps,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        progress=progress,
+        **row.setting,
+    )
+    with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
+        for s in stream:
+            i = missing[s.index]
+            atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
+            meta.write(
+                json.dumps(
+                    {"index": i, "seed": s.seed, "prompt": s.prompt, "nfe": s.nfe, "seconds": s.seconds}
+                )
+                + "\n"
+            )
+            meta.flush()
+    return len(missing)
+
+
+def image_paths(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> list[Path]:
+    """One PNG per prompt, named by index, seed and a hash of the prompt (a changed prompt is regenerated)."""
+    return [
+        folder / f"{i:05d}-seed{seed}-{hashlib.sha1(p.encode()).hexdigest()[:6]}.png"
+        for i, (p, seed) in enumerate(zip(prompts, seeds, strict=True))
+    ]
+
+
+def load_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, prompts, seeds)])
+
+
+def seconds_per_image(folder: Path, n: int) -> float | None:
+    """Mean generation time of the row's images, from the runs that made them."""
+    path = folder / "meta.jsonl"
+    if not path.is_file():
+        return None
+    recs = {
+        r["index"]: r
+        for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+        if r["index"] < n
+    }
+    return float(np.mean([r["seconds"] for r in recs.values()])) if recs else None

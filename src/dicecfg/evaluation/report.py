@@ -1,0 +1,256 @@
+"""Every table and plot of the evaluation commands: `dice eval` (method x metric table, metric versus NFE),
+`dice analyze` (where the edit lands), `dice demo` and `dice bench`, on one Markdown table builder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..sampling.methods import TABLE
+
+log = logging.getLogger(__name__)
+
+
+def markdown(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table: the header, the separator line and one line per row (cells shown with ``str``)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# (result key, column title, format); columns appear only when some row has the metric
+COLUMNS = (
+    ("nfe", "NFE", "{:d}"),
+    ("seconds_per_image", "s/img", "{:.3f}"),
+    ("align_all", "all-correct", "{:.3f}"),
+    ("align_count", "count", "{:.3f}"),
+    ("align_shape", "shape", "{:.3f}"),
+    ("align_colour", "colour", "{:.3f}"),
+    ("align_size", "size", "{:.3f}"),
+    ("align_relation", "relation", "{:.3f}"),
+    ("align_background", "bg", "{:.3f}"),
+    ("fd_oracle", "FD (oracle)", "{:.2f}"),
+    ("psnr", "PSNR vs CFG", "{:.2f}"),
+    ("ssim", "SSIM vs CFG", "{:.3f}"),
+    ("fid", "FID", "{:.2f}"),
+    ("clip_score", "CLIP", "{:.2f}"),
+    ("aesthetic", "aesthetic", "{:.2f}"),
+)
+# metric for the plot (the first one present) and its axis title
+PLOT_METRICS = (
+    ("align_all", "all-correct (oracle)"),
+    ("fid", "FID"),
+    ("clip_score", "CLIP score"),
+    ("ssim", "SSIM vs CFG"),
+)
+
+
+def setting(row: dict[str, Any]) -> str:
+    """Short text for a row's method setting, e.g. ``w=5``, ``alpha=1 (mini-1a2b3c4d)``."""
+    p = row["params"]
+    parts = [f"{m.short}={p[m.knob]:g}" for m in TABLE.values() if m.knob in p]
+    if "sharpener" in p:
+        parts.append(f"({p['sharpener']})")
+    if "negative_prompt" in p:
+        parts.append(f"neg: {p['negative_prompt']!r}")
+    return " ".join(parts) or "-"
+
+
+def eval_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The `dice eval` table: one line per row, a column per metric that some row has."""
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    head = ["method", "setting", "steps"] + [title for _, title, _ in cols]
+    return markdown(
+        head,
+        (
+            [r["label"], setting(r), str(r["steps"])]
+            + [fmt.format(r[k]) if r.get(k) is not None else "" for k, _, fmt in cols]
+            for r in rows
+        ),
+    )
+
+
+def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | None = None) -> Path | None:
+    """Metric versus NFE: CFG as one curve per w over the step counts, other methods as points."""
+    metric, title = next(
+        ((k, t) for k, t in PLOT_METRICS if metric in (None, k) and any(r.get(k) is not None for r in rows)),
+        (None, None),
+    )
+    if metric is None:
+        log.info("no metric to plot")
+        return None
+    plt = pyplot()
+    if plt is None:
+        return None
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    markers = {"unguided": "x", "scaling": "s", "dice": "*", "cfg": "o"}
+    for r in rows:
+        if r.get(metric) is None:
+            continue
+        name = f"{r['label']} {setting(r)}"
+        if r["method"] == "cfg":
+            curves.setdefault(name, []).append((r["nfe"], r[metric]))
+        else:
+            ax.scatter(
+                r["nfe"],
+                r[metric],
+                marker=markers.get(r["method"], "o"),
+                s=80 if r["method"] == "dice" else 40,
+                label=name,
+                zorder=3,
+            )
+    for name, pts in curves.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", label=name)
+    ax.set_xlabel("network evaluations per image (NFE)")
+    ax.set_ylabel(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def analysis_summary(stats: dict[str, Any]) -> str:
+    """The `dice analyze` table (one line per token group) and a one-line reading of the paper's claim."""
+    head = [
+        "group",
+        "tokens",
+        "share of positions",
+        "share of squared edit",
+        "mean edit norm",
+        "edit / token norm",
+        "cos(c, c')",
+    ]
+    groups = stats["groups"]  # in token order: sos, words, eos, padding
+    table = markdown(
+        head,
+        (
+            [
+                name,
+                g["tokens"],
+                f"{g['position_share']:.3f}",
+                f"{g['edit_share']:.3f}",
+                f"{g['edit_norm']:.4g}",
+            ]
+            + [f"{g['relative_edit']:.4g}", f"{g['cosine']:.4f}"]
+            for name, g in groups.items()
+        ),
+    )
+    tail = sum(groups[k]["edit_share"] for k in ("eos", "padding") if k in groups)
+    tail_pos = sum(groups[k]["position_share"] for k in ("eos", "padding") if k in groups)
+    words = groups.get("words", {})
+
+    def rms(names: tuple[str, ...]) -> float:  # root-mean-square per-token edit over some groups
+        sq, n = (sum(groups[k][f] for k in names if k in groups) for f in ("sq_edit", "tokens"))
+        return (sq / n) ** 0.5 if n else float("nan")
+
+    ratio = rms(("eos", "padding")) / rms(("words",)) if rms(("words",)) > 0 else float("inf")
+    return table + (
+        "\n\n"
+        f"End-of-text and padding positions hold {tail:.1%} of the squared edit on {tail_pos:.1%} of the "
+        f"positions; their per-token edit (RMS) is {ratio:.2f}x that of word tokens, whose mean "
+        f"cos(c, c') is {words.get('cosine', float('nan')):.4f} ({stats['n_prompts']} prompts, "
+        f"alpha={stats['alpha']:g})."
+    )
+
+
+def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path | None:
+    """Mean edit norm per position (left) and squared-edit share vs position share per group (right)."""
+    plt = pyplot()
+    if plt is None:
+        return None
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
+    a.bar(range(len(stats["per_position"]["edit_norm"])), stats["per_position"]["edit_norm"], width=1.0)
+    a.set_xlabel("token position")
+    a.set_ylabel("mean |c' - c|")
+    names = list(stats["groups"])
+    x = np.arange(len(names))
+    b.bar(x - 0.2, [stats["groups"][n]["position_share"] for n in names], 0.4, label="positions")
+    b.bar(x + 0.2, [stats["groups"][n]["edit_share"] for n in names], 0.4, label="squared edit")
+    b.set_xticks(x, names)
+    b.set_ylabel("share")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def demo_table(summary: dict[str, Any]) -> str:
+    """The `dice demo` table (one line per method) and its numbered prompts."""
+    n = len(summary["prompts"])
+    table = markdown(
+        ["method", "NFE", "s / image", "oracle alignment"],
+        (
+            [m["method"], m["nfe"], f"{m['seconds_per_image']:.3f}"]
+            + [f"{m['alignment']:.2f} ({int(round(m['alignment'] * n))}/{n})"]
+            for m in summary["methods"]
+        ),
+    )
+    return "\n".join([table, "", *(f"#{i + 1}: {p}" for i, p in enumerate(summary["prompts"]))])
+
+
+def bench_table(rows: list[dict[str, Any]]) -> str:
+    """The short table `dice bench` prints last (with fast-path columns when any row has them)."""
+    cols = ["model", "device", "dtype", "batch", "steps", "CFG ms", "DICE ms", "CFG/DICE", "sharpener %"]
+    cols.append("decode ms")
+    fast = any("fast_dice_ms" in r for r in rows)
+    if fast:
+        cols += ["fast CFG ms", "fast DICE ms", "fast unguided ms", "eager CFG / fast DICE", "capture ms"]
+    body = []
+    for r in rows:
+        cells = [r["name"], r["device"], r["dtype"], r["batch"], r["steps"]]
+        if "error" in r:
+            cells += [r["error"]] + [""] * (len(cols) - len(cells) - 1)
+        else:
+            dec = f"{r['decode_ms']:.1f}" if r.get("decode_ms") is not None else "-"
+            cells += [f"{r['cfg_ms']:.1f}", f"{r['dice_ms']:.1f}", f"{r['ratio']:.3f}"]
+            cells += [f"{r['sharpener_pct']:.2f}", dec]
+            if fast and "fast_dice_ms" in r:
+                capture = sum(v for k, v in r.items() if k.endswith("_first_ms"))
+                cells += [
+                    f"{r['fast_cfg_ms']:.1f}",
+                    f"{r['fast_dice_ms']:.1f}",
+                    f"{r['fast_unguided_ms']:.1f}",
+                ]
+                cells += [f"{r['speedup_vs_eager_cfg']:.3f}", f"{capture:.0f}"]
+            elif fast:
+                cells += [""] * 5
+        body.append(cells)
+    return markdown(cols, body)
+
+
+def ceiling_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The `dice ceiling` table: per row NFE, held-out distillation loss and, on the shapes world, the oracle."""
+    keys = [k for k in ("all", "count", "shape", "colour", "size", "relation", "background") if k in rows[0]]
+    body = (
+        [r["row"], r["nfe"], "-" if r["eval_loss"] is None else f"{r['eval_loss']:.2f}"]
+        + [f"{r[k]:.3f}" for k in keys]
+        for r in rows
+    )
+    return markdown(
+        ["row", "NFE", "held-out loss", *(k if k != "all" else "all-correct" for k in keys)], body
+    )
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (with a warning) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot (pip install 'dicecfg[eval]')")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,1 @@
+"""The recipe of the shipped mini model: a small StableDiffusionPipeline trained on the shapes world."""

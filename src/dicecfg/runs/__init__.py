@@ -1,0 +1,1 @@
+"""Run folders shared by every trainer: atomic files, ``run.json``, ``stats.jsonl``, checkpoints, guards."""

@@ -1,0 +1,165 @@
+"""Run folders, shared by every trainer (``distill`` and the mini-model recipe): ``run.json`` (resolved config,
+versions, commit), ``stats.jsonl`` (append-only) and checkpoints: one atomically written safetensors file with
+the weights (``model.*``), the optimizer state (``optim.<i>.*``), any extra tensors of the trainer (the mini
+recipe's ``ema.*``) and JSON metadata (``step``, ``param_groups``, ...), so the same command resumes."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import CheckpointWriteError, InputError
+from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def versions() -> dict[str, str]:
+    out = {"dicecfg": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for name in ("diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:  # pragma: no cover
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return res.stdout.strip() or None if res.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_record(config: Any) -> dict[str, Any]:
+    """What run.json records of a run: its resolved config (a dataclass), package versions and git commit."""
+    return {"config": asdict(config), "versions": versions(), "git_commit": git_commit()}
+
+
+def _shown(identity: dict[str, Any], key: str) -> str:
+    """A setting in a message; settings at their defaults are left out of a run's identity."""
+    return repr(identity[key]) if key in identity else "default"
+
+
+def write_run_json(run_dir: Path, record: dict[str, Any], compare_keys: dict[str, Any]) -> None:
+    """Write run.json; when one exists, refuse if the settings that shape the result differ."""
+    path = run_dir / "run.json"
+    compare_keys = json.loads(json.dumps(compare_keys, default=str))  # tuples -> lists, as stored
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
+        changed = sorted(k for k in set(old) | set(compare_keys) if old.get(k) != compare_keys.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {_shown(old, k)} -> {_shown(compare_keys, k)}" for k in changed)
+            raise InputError(
+                f"{run_dir} holds a run with different settings ({detail}). "
+                "Use a new output folder, or repeat the original settings to resume."
+            )
+    atomic_write_json(path, {**record, "identity": compare_keys})
+
+
+def append_stats(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``run_dir/stats.jsonl``."""
+    with open(Path(run_dir) / "stats.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+
+
+def truncate_stats(run_dir: Path, step: int) -> None:
+    """Drop stats written after the checkpoint we resume from, so no step is logged twice."""
+    path = run_dir / "stats.jsonl"
+    if not path.is_file():
+        return
+    keep = [
+        ln
+        for ln in path.read_text(encoding="utf-8").splitlines()
+        if ln.strip() and json.loads(ln)["step"] <= step
+    ]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def read_stats(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "stats.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    name: str = CHECKPOINT,
+    extra: dict[str, torch.Tensor] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write ``run_dir/name`` atomically: weights, optimizer state, ``extra`` tensors and ``meta`` (JSON)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for i, state in opt["state"].items():
+        for k, v in state.items():
+            tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    tensors |= extra or {}
+    meta = {**(meta or {}), "step": step, "param_groups": opt["param_groups"]}
+    try:
+        atomic_save_tensors(run_dir / name, tensors, metadata={k: json.dumps(v) for k, v in meta.items()})
+    except OSError as e:  # the temporary file is gone and the previous checkpoint untouched (io.py)
+        raise CheckpointWriteError(
+            f"Could not write the checkpoint of step {step} to {run_dir} ({e.strerror or e}). The previous "
+            "checkpoint is intact; free disk space and run the same command to resume."
+        ) from e
+
+
+def read_checkpoint(
+    run_dir: str | Path, name: str = CHECKPOINT
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(tensors, metadata) of ``run_dir/name``, or None when there is no checkpoint."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    return load_tensors(path), meta
+
+
+def restore_checkpoint(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Load a checkpoint's weights (strictly) and optimizer state into ``model`` and ``optimizer``.
+
+    Optimizer keys are ``optim.<i>.<name>``; mini-model runs written before the shared format used ``opt.``."""
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith(("optim.", "opt.")):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v if name == "step" else v.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def load_checkpoint(
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str = CHECKPOINT
+) -> int:
+    """Restore model and optimizer from run_dir; returns the step (0 when there is no checkpoint)."""
+    checkpoint = read_checkpoint(run_dir, name)
+    if checkpoint is None:
+        return 0
+    restore_checkpoint(*checkpoint, model, optimizer)
+    return int(checkpoint[1]["step"])

@@ -1,0 +1,235 @@
+"""One sampling code path for every method (``sampling.methods``): prompts -> ``generate`` -> ``Sample``s.
+
+``sharpen`` gives the stock pipeline's keyword arguments for DICE, for callers that run the pipeline themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError, OutOfMemoryError
+from ..families import Cond, Family, check_compatible, family_of
+from ..sharpener import Sharpener
+from .checks import check_alpha, check_size, warn_truncated
+from .fast import fast_denoiser
+from .methods import lookup, sharpen_cond
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One generated image and how it was made."""
+
+    index: int
+    prompt: str
+    seed: int
+    method: str
+    image: np.ndarray  # uint8 (H, W, 3)
+    nfe: int  # network evaluations per image (each CFG step counts two)
+    seconds: float  # wall time of its batch divided by the batch size
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.image)
+
+
+def per_prompt(x: str | Sequence[str] | None, n: int, what: str) -> list[str]:
+    """One text per prompt from None (all ""), one text, or a list of one or ``n`` texts."""
+    if x is None:
+        return [""] * n
+    if isinstance(x, str):
+        return [x] * n
+    x = list(x)
+    if len(x) == 1:
+        return x * n
+    if len(x) != n:
+        raise InputError(f"{what}: got {len(x)} entries for {n} prompts; give one, or one per prompt.")
+    return x
+
+
+def sharpen(
+    pipe: Any,
+    sharpener: Sharpener,
+    prompt: str | Sequence[str],
+    *,
+    negative_prompt: str | Sequence[str] | None = None,
+    alpha: float = 1.0,
+    num_images_per_prompt: int = 1,
+) -> dict[str, Any]:
+    """Pipeline keyword arguments that sample the sharpened prompts without guidance.
+
+    Use as ``pipe(**sharpen(pipe, sharp, prompts), guidance_scale=1.0)``. ``negative_prompt`` is passed to
+    the sharpener as c_neg (default: the empty prompt, as in training). ``alpha=0`` is plain unguided sampling.
+    """
+    fam = check_compatible(pipe, sharpener)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise InputError("sharpen() needs at least one prompt.")
+    check_alpha(alpha)
+    warn_truncated(pipe, fam, prompts)
+    cond = fam.encode(pipe, prompts)
+    neg = fam.encode(pipe, per_prompt(negative_prompt, len(prompts), "negative_prompt"))
+    kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(fam, sharpener, cond, neg, alpha))
+    kwargs["num_images_per_prompt"] = num_images_per_prompt
+    return kwargs
+
+
+def generators(device: torch.device, seeds: Sequence[int]) -> list[torch.Generator]:
+    """One seeded generator per image, on the pipeline's device (on the CPU for MPS devices), so an image
+    depends on its seed alone, not on the batch it is made in."""
+    where = "cpu" if device.type == "mps" else device
+    return [torch.Generator(where).manual_seed(int(s)) for s in seeds]
+
+
+@contextlib.contextmanager
+def no_step_bar(pipe: Any) -> Iterator[None]:
+    """Silence the pipeline's per-step progress bar for one call (callers show their own), then restore it."""
+    saved = getattr(pipe, "_progress_bar_config", None)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = saved
+
+
+def sample_batch(
+    pipe: Any,
+    fam: Family,
+    method: str,
+    cond: Cond,
+    neg: Cond,
+    generators: list[torch.Generator],
+    *,
+    sharpener: Sharpener | None = None,
+    guidance_scale: float = 5.0,
+    scale: float = 1.2,
+    alpha: float = 1.0,
+    num_inference_steps: int = 20,
+    output_type: str = "np",
+    fast: bool = False,
+    **pipe_kwargs: Any,
+) -> tuple[Any, int]:
+    """Run the stock pipeline once on an encoded batch; returns its images/latents and passes per step.
+
+    ``fast=True`` replays the denoiser as CUDA graphs (``dicecfg.fast``; eager with a notice where unsupported).
+    """
+    m = lookup(method)
+    value = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha).get(m.knob)
+    kwargs = m.kwargs(pipe, fam, cond, neg, sharpener, value)
+    speed = fast_denoiser(pipe, fam.denoiser(pipe)) if fast else contextlib.nullcontext()
+    try:
+        with speed, no_step_bar(pipe):
+            out = pipe(
+                **kwargs,
+                **pipe_kwargs,
+                num_inference_steps=num_inference_steps,
+                generator=generators,
+                output_type=output_type,
+            )
+    except torch.OutOfMemoryError as e:
+        raise OutOfMemoryError(
+            f"Out of accelerator memory while sampling a batch of {len(generators)} images ({method}). "
+            "Use a smaller --batch-size (batch_size=); results do not depend on it."
+        ) from e
+    return out.images, m.passes
+
+
+def generate(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    method: str = "dice",
+    seeds: Sequence[int] | int = 0,
+    sharpener: Sharpener | None = None,
+    negative_prompt: str | Sequence[str] | None = None,
+    guidance_scale: float = 5.0,
+    scale: float = 1.2,
+    alpha: float = 1.0,
+    num_inference_steps: int = 20,
+    batch_size: int = 8,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = True,
+    fast: bool = False,
+    **pipe_kwargs: Any,
+) -> Iterator[Sample]:
+    """Generate one image per prompt with ``method``, yielding ``Sample``s in prompt order.
+
+    Seeds: an int gives seeds ``seed, seed+1, ...``; a list gives one seed per prompt. Each image has its own
+    ``torch.Generator``, so an image does not depend on the batch it was made in. ``fast=True`` replays the
+    denoiser as CUDA graphs (same images within fp16 tolerance; eager with a one-line notice off CUDA).
+    """
+    prompts = list(prompts)
+    m = lookup(method)
+    if num_inference_steps < 1:
+        raise InputError(f"num_inference_steps must be >= 1 (got {num_inference_steps}).")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1 (got {batch_size}).")
+    seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
+    if len(seeds) != len(prompts):
+        raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
+    negs = per_prompt(negative_prompt, len(prompts), "negative_prompt")
+    fam = family_of(pipe) if sharpener is None or method != "dice" else check_compatible(pipe, sharpener)
+    check_size(pipe, fam, height, width)
+    if method == "dice":
+        check_alpha(alpha)
+    warn_truncated(pipe, fam, [*prompts, *(n for n in negs if n)])
+    device = pipe._execution_device
+    bar = tqdm(total=len(prompts), desc=f"{method}", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch, batch_seeds = prompts[sl], seeds[sl]
+            t0 = time.perf_counter()
+            cond, neg = fam.encode(pipe, batch), fam.encode(pipe, negs[sl])
+            out, _ = sample_batch(
+                pipe,
+                fam,
+                method,
+                cond,
+                neg,
+                generators(device, batch_seeds),
+                sharpener=sharpener,
+                guidance_scale=guidance_scale,
+                scale=scale,
+                alpha=alpha,
+                num_inference_steps=num_inference_steps,
+                height=height,
+                width=width,
+                output_type="np",
+                fast=fast,
+                **pipe_kwargs,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            per_image = (time.perf_counter() - t0) / len(batch)
+            params = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha)
+            for i, img in enumerate(out):
+                yield Sample(
+                    index=start + i,
+                    prompt=batch[i],
+                    seed=int(batch_seeds[i]),
+                    method=method,
+                    image=(np.clip(img, 0, 1) * 255).round().astype(np.uint8),
+                    nfe=m.nfe(num_inference_steps),
+                    seconds=per_image,
+                    params=params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
+                )
+            bar.update(len(batch))
+    finally:
+        bar.close()

@@ -1,0 +1,63 @@
+"""Prompts from the command line and from files (one per line, or JSONL with a caption field)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import InputError
+
+CAPTION_KEYS = ("text", "prompt", "caption")
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file, with a clear error naming the file (and line) when it is missing or not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise InputError(f"Prompt file {path} does not exist.") from e
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}). Save the file as UTF-8.") from e
+
+
+def caption_of(record: dict, where: str) -> str:
+    """The caption of a JSON record (its first field among ``CAPTION_KEYS``); ``where`` names it in errors."""
+    for key in CAPTION_KEYS:
+        if isinstance(record.get(key), str):
+            return record[key]
+    raise InputError(f"{where}: no caption field; expected one of {', '.join(CAPTION_KEYS)}.")
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line; blank lines skipped) or a JSONL file (field text/prompt/caption)."""
+    path = Path(path)
+    text = read_text(path)
+    prompts: list[str] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: invalid JSON ({e.msg}).") from e
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object per line.")
+            prompts.append(caption_of(record, f"{path}:{n}").strip())
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise InputError(f"{path} holds no prompts (empty or only blank lines).")
+    return prompts
+
+
+def collect_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
+    """The prompts given as arguments followed by those of ``prompts_file``; refuses none at all."""
+    out = list(prompts)
+    if prompts_file:
+        out += load_prompts(prompts_file)
+    if not out:
+        raise InputError("No prompts: pass prompts as arguments or --prompts FILE.")
+    return out

@@ -1,0 +1,1 @@
+"""Training: prompts or captioned images -> ``distill`` -> a sharpener (CFG-supervised distillation)."""

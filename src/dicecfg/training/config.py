@@ -1,0 +1,126 @@
+"""The training recipe of ``distill``: every hyper-parameter of a run, with the paper's values as defaults."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import InputError
+from ..flags import opt
+from ..sharpener import ARCHS
+from .objective import LOSS_WEIGHTINGS
+
+# Options added after runs existed: left out of a run's identity at their defaults, so old runs resume.
+LATER_OPTIONS = ("mask_mode", "grad_accum", "loss_weighting", "lr_schedule", "warmup", "grad_clip", "arch")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = opt(8000, "optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)")
+    batch_size: int = opt(16, "samples per forward pass and process (paper: 16 per GPU x 8 GPUs)")
+    grad_accum: int = opt(
+        1, "micro-batches per update and process; global batch = batch-size x gpus x grad-accum"
+    )
+    lr: float = opt(2e-4, "AdamW, constant, no warm-up (paper)")
+    weight_decay: float = opt(1e-2, "AdamW weight decay (paper)")
+    guidance_scale: float = opt(5.0, "teacher CFG scale w (paper: 5)")
+    loss: str = opt(
+        "l1", '"l1" (paper, SD1.5) or "l2" (paper, SDXL); summed over elements, mean over the batch'
+    )
+    xt_source: str = opt("auto", '"images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"')
+    teacher_pool: int = opt(256, "teacher mode: CFG samples made once per run, re-noised at every step")
+    teacher_steps: int = opt(20, "teacher mode: sampling steps of those CFG samples")
+    shared_timestep: bool = opt(
+        True, "one t for the whole batch (paper); --no-shared-timestep: one per sample"
+    )
+    loss_weighting: str = opt(
+        "none",
+        '"none" (paper), "x0" (error of the implied x_0) or "relative" (error over the size of CFG\'s correction)',
+        choices=LOSS_WEIGHTINGS,
+    )
+    lr_schedule: str = opt(
+        "constant",
+        '"constant" (paper) or "cosine" (decay to 0 at the last step)',
+        choices=("constant", "cosine"),
+    )
+    warmup: float = opt(0.0, "fraction of the steps with a linear lr warm-up (paper: none)")
+    grad_clip: float = opt(0.0, "clip each update's gradient norm to this (0: off, as in the paper)")
+    arch: str = opt(
+        "paper",
+        'sharpener network: "paper" or "block" (a residual transformer block; docs/recipes.md)',
+        choices=ARCHS,
+    )
+    mixed_precision: str = opt("auto", '"bf16" autocast on CUDA, "no" elsewhere ("auto")')
+    gradient_checkpointing: bool = opt(False, "recompute denoiser activations in backward (less memory)")
+    checkpoint_every: int = opt(500, "steps between atomic checkpoints")
+    eval_every: int = opt(250, "steps between held-out distillation-loss evaluations (0: start and end only)")
+    eval_pairs: int = opt(16, "fixed (x_0, noise, t, prompt) tuples never trained on")
+    log_every: int = opt(10, "steps between stats.jsonl records")
+    validate_every: int = opt(0, "steps between validation image grids (0: never)")
+    validation_prompts: tuple[str, ...] = opt(
+        (), "prompts of the validation grids", flag="--validation-prompt", metavar="PROMPT"
+    )
+    seed: int = opt(0, "seeds every random draw of the run")
+    resolution: int | None = opt(None, "training resolution in pixels (default: the model's native size)")
+    inner_dim: int = opt(512, "sharpener attention width (paper: 8 heads x 64)")
+    heads: int = opt(8, "sharpener attention heads (paper: 8)")
+    mask_mode: str = opt(
+        "keep", 'PixArt: c\' keeps the prompt\'s mask ("keep") or opens it over padding ("open")'
+    )
+    negative_prompts: tuple[str, ...] = opt(
+        (), 'negative prompts sometimes used as c_neg instead of "" (not in paper)', cli=False
+    )
+    negative_prob: float = opt(
+        0.5, "probability that a sample uses a random one of negative_prompts as c_neg"
+    )
+    progress: bool = opt(True, "show a progress bar", cli=False)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum must be an integer >= 1"),
+            (self.loss in ("l1", "l2"), "loss must be 'l1' or 'l2'"),
+            (self.xt_source in ("auto", "images", "teacher"), "xt_source must be auto, images or teacher"),
+            (self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision must be auto, bf16 or no"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.eval_pairs >= 1, "eval_pairs must be >= 1"),
+            (self.mask_mode in ("keep", "open"), "mask_mode must be 'keep' or 'open'"),
+            (
+                self.loss_weighting in LOSS_WEIGHTINGS,
+                f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}",
+            ),
+            (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'"),
+            (0.0 <= self.warmup < 1.0, "warmup must be a fraction in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0: off)"),
+            (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}"),
+            (0.0 <= self.negative_prob <= 1.0, "negative_prob must be in [0, 1]"),
+            (isinstance(self.negative_prompts, tuple), "negative_prompts must be a tuple of strings"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(f"DistillConfig: {msg}.")
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that shape the result (a resumed run must repeat them; steps may grow)."""
+        skip = {"steps", "progress", "checkpoint_every", "eval_every", "log_every", "validate_every"}
+        if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
+            skip |= {"negative_prompts", "negative_prob"}
+        skip |= {
+            f.name for f in fields(self) if f.name in LATER_OPTIONS and getattr(self, f.name) == f.default
+        }
+        if self.lr_schedule != "constant" or self.warmup:
+            skip.discard("steps")  # the schedule is a function of the run's length: it cannot grow on resume
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def lr_at(cfg: DistillConfig, step: int) -> float:
+    """Learning rate of update ``step`` (0-based): linear warm-up over ``warmup`` of the steps, then constant
+    or cosine decay to 0 at ``steps``. A function of the step alone, so a resumed run follows the same curve."""
+    warm = round(cfg.warmup * cfg.steps)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+    return cfg.lr

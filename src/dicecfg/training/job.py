@@ -1,0 +1,71 @@
+"""`dice train`: the options of a training run (a frozen dataclass) and the one function that runs it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+
+from ..errors import InputError
+from ..flags import opt
+from ..pipeline import device_option, dtype_option, load_pipeline, model_option, resolve_device, resolve_dtype
+from ..sampling.prompts import load_prompts
+from ..sharpener import Sharpener
+from .config import DistillConfig
+from .loop import distill
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """`dice train`: the model, the training data, the run folder and the recipe (``config``)."""
+
+    out: str = opt(
+        help="run folder: checkpoints, stats.jsonl, the final sharpener (re-run the same command to resume)"
+    )
+    model: str | None = model_option()
+    prompts_file: str | None = opt(
+        None, "training prompts (prompt-only mode)", flag="--prompts", metavar="FILE"
+    )
+    images: str | None = opt(
+        None, "captioned images: metadata.jsonl or NAME.txt sidecars (image mode)", metavar="DIR"
+    )
+    negative_prompts_file: str | None = opt(
+        None,
+        "negative prompts, one per line: each sample uses a random one as c_neg with probability "
+        "--negative-prob (default: always the empty prompt)",
+        flag="--negative-prompts",
+        metavar="FILE",
+    )
+    gpus: int = opt(
+        1,
+        "train data-parallel in N processes, one per GPU (relaunches itself through torch.distributed.run; "
+        "--batch-size is per process: global batch = batch-size x N x grad-accum; see docs/parallel.md)",
+        metavar="N",
+    )
+    device: str | None = device_option()
+    dtype: str | None = dtype_option(training=True)
+    config: DistillConfig = opt(help="the training recipe", factory=DistillConfig)
+
+    def recipe(self) -> DistillConfig:
+        """``config`` with the negative prompts of ``negative_prompts_file`` (read here: a bad file fails before
+        the model loads)."""
+        if not self.negative_prompts_file:
+            return self.config
+        return replace(self.config, negative_prompts=tuple(load_prompts(self.negative_prompts_file)))
+
+
+def run_train(job: TrainJob) -> Sharpener:
+    config = job.recipe()
+    device = resolve_device(job.device)
+    local_rank = os.environ.get("LOCAL_RANK")  # one GPU per process under torchrun / accelerate launch
+    if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
+        device = f"cuda:{int(local_rank)}"
+    prompts = load_prompts(job.prompts_file) if job.prompts_file else None
+    if prompts is None and job.images is None:
+        raise InputError("dice train needs --prompts FILE (prompt-only) or --images DIR (captioned images).")
+    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device, training=True), device=device)
+    log.info("training a sharpener: %s", json.dumps(asdict(config)))
+    return distill(pipe, prompts, config=config, images=job.images, output_dir=job.out)

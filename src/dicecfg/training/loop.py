@@ -1,0 +1,260 @@
+"""CFG-supervised distillation of a sharpener (docs/method.md, "Training objective"; arXiv 2502.03726).
+
+    min_r  E_{x_t, t, prompt} || eps(x_t, t, c + r(c, c_neg)) - [eps_u + w (eps_c - eps_u)] ||
+
+Only r trains; the denoiser, VAE and text encoder stay frozen and gradients flow through the denoiser into r.
+Randomness of step k (batch, timestep, noise) is drawn from a generator seeded by (seed, k), so a run that is
+interrupted and resumed from its checkpoint ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError, TrainingInterrupted
+from ..families import family_of
+from ..pipeline import model_id, model_revision
+from ..runs.folder import (
+    append_stats,
+    load_checkpoint,
+    run_record,
+    save_checkpoint,
+    truncate_stats,
+    write_run_json,
+)
+from ..runs.guards import StopFlag, check_finite, run_lock
+from ..sampling.checks import warn_truncated
+from ..sharpener import Sharpener
+from .config import DistillConfig, lr_at
+from .data import ImageCaptionFolder
+from .objective import Objective, autocast_for
+from .parallel import Parallel
+from .sources import ImageSource, TeacherSource, XtSource
+
+log = logging.getLogger(__name__)
+
+
+def distill(
+    pipe: Any,
+    prompts: list[str] | None,
+    *,
+    config: DistillConfig = DistillConfig(),
+    images: str | Path | None = None,
+    output_dir: str | Path,
+) -> Sharpener:
+    """Train a sharpener for ``pipe`` by CFG-supervised distillation; resumes from ``output_dir``.
+
+    Args:
+        pipe: a supported diffusers pipeline, already on its device and dtype (it is not modified).
+        prompts: training prompts (prompt-only mode); ignored in image mode, where captions are used.
+        config: hyper-parameters (defaults: the paper's SD1.5 recipe).
+        images: folder of captioned images (metadata.jsonl or .txt sidecars) for the paper's x_t source.
+        output_dir: run folder: run.json, stats.jsonl, checkpoint.safetensors and the final sharpener.
+
+    Raises ``RunLockedError`` when another live process trains into ``output_dir``, ``TrainingDivergedError``
+    on a NaN/Inf loss and ``TrainingInterrupted`` after SIGINT / SIGTERM (both keep the last checkpoint).
+
+    Under ``torchrun`` / ``accelerate launch`` (WORLD_SIZE > 1) it runs data-parallel: ``config.batch_size`` is
+    the batch of each process, rank 0 alone holds the lock and writes the run folder (docs/parallel.md).
+    Each update averages the loss over the global batch, ``batch_size`` x processes x ``grad_accum`` (every
+    process sums the gradients of its ``grad_accum`` micro-batches), whatever the split (up to rounding).
+    """
+    run_dir = Path(output_dir)
+    par = Parallel.current(pipe._execution_device)
+    if par.world == 1:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            return _distill(pipe, prompts, config, images, run_dir, par)
+    with contextlib.ExitStack() as stack:
+        err = None
+        if par.main:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(run_lock(run_dir))
+            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+                err = e
+        par.share_error(err)
+        return _distill(pipe, prompts, config, images, run_dir, par)
+
+
+def _distill(
+    pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, run_dir: Path, par: Parallel
+) -> Sharpener:
+    fam = family_of(pipe)
+    device = pipe._execution_device
+    mode = cfg.xt_source if cfg.xt_source != "auto" else ("images" if images else "teacher")
+    if mode == "images" and images is None:
+        raise InputError("xt_source='images' needs an image folder (--images).")
+    if mode == "teacher" and not prompts:
+        raise InputError("Prompt-only distillation needs prompts (--prompts FILE).")
+    resolution = cfg.resolution or fam.default_size(pipe)
+    identity = {
+        **cfg.identity(),
+        "xt_source": mode,
+        "family": fam.name,
+        "base_model": model_id(pipe),
+        "images": str(images) if images else None,
+        "num_prompts": len(prompts or []),
+    }
+    if par.world > 1:  # left out for one process, so earlier runs resume
+        identity["world_size"] = par.world
+    err = None
+    if par.main:
+        try:
+            record = {**run_record(cfg), "base_revision": model_revision(pipe)}
+            write_run_json(run_dir, record, identity)
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            err = e
+    par.share_error(err)
+
+    autocast = autocast_for(device, cfg.mixed_precision)
+    for module in (fam.denoiser(pipe), pipe.vae, getattr(pipe, "text_encoder", None)):
+        if module is not None:
+            module.requires_grad_(False)
+    neg = fam.encode(pipe, [""])
+    for turn in (True, False):  # rank 0 first: it makes the teacher pool, the others then load it
+        if par.main != turn:
+            par.barrier()
+            continue
+        if mode == "images":
+            folder = ImageCaptionFolder(images, resolution)
+            if par.main:
+                warn_truncated(pipe, fam, [*folder.captions, *cfg.negative_prompts])
+            source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir, par.rank, par.world)
+        else:
+            if par.main:
+                warn_truncated(pipe, fam, [*prompts, *cfg.negative_prompts])
+            source = TeacherSource(
+                pipe, fam, list(prompts), neg, cfg, run_dir, resolution, par.rank, par.world
+            )
+        par.barrier()
+    ctx = Objective(pipe, fam, cfg, source, neg, autocast)
+
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
+        torch.manual_seed(cfg.seed)
+        sharpener = Sharpener(
+            fam.dim(pipe),
+            cfg.inner_dim,
+            cfg.heads,
+            family=fam.name,
+            num_tokens=fam.num_tokens(pipe),
+            copy_first_token=fam.copy_first_token,
+            mask_mode=cfg.mask_mode,
+            arch=cfg.arch,
+            base_model=model_id(pipe),
+            base_revision=model_revision(pipe),
+            guidance_scale=cfg.guidance_scale,
+            loss=cfg.loss,
+        ).to(device)
+    optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = load_checkpoint(run_dir, sharpener, optimizer)  # every rank: the same checkpoint
+    par.barrier()  # all have read it before rank 0 may write the next one
+    if par.main:
+        truncate_stats(run_dir, start if start else -1)  # a fresh start also drops an earlier step-0 record
+        if start:
+            log.info("resuming %s from step %d", run_dir, start)
+        if start == 0:
+            append_stats(run_dir, {"step": 0, "eval_loss": ctx.eval_loss(sharpener)})
+
+    denoiser = fam.denoiser(pipe)
+    if cfg.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
+        denoiser.enable_gradient_checkpointing()
+    bar = tqdm(
+        total=cfg.steps, initial=start, desc="distill", unit="step", disable=not (cfg.progress and par.main)
+    )
+    step, t_log, n_log, saved = start, time.perf_counter(), 0, start
+    stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
+    try:
+        while step < cfg.steps:
+            optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            loss = ctx.accumulate(sharpener, step)  # backward over grad_accum micro-batches
+            mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
+            check_finite(mean_loss, step + 1, saved, run_dir)
+            par.average_gradients(list(sharpener.parameters()))  # one all-reduce per update
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(sharpener.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            n_log += source.global_batch
+            bar.update(1)
+            rec = _bookkeeping(ctx, sharpener, optimizer, run_dir, step, mean_loss, n_log, t_log, par)
+            if rec:
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                t_log, n_log = time.perf_counter(), 0
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                saved = step
+            if stopping or (par.world == 1 and stop.signum is not None):
+                if saved != step and par.main:
+                    save_checkpoint(run_dir, step, sharpener, optimizer)
+                par.barrier()
+                log.warning(
+                    "stopped at step %d; checkpoint in %s (run the same command to resume)", step, run_dir
+                )
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
+    except KeyboardInterrupt as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
+        if not isinstance(e, TrainingInterrupted):
+            log.warning("interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir)
+        raise
+    finally:
+        stop.__exit__()
+        bar.close()
+        if cfg.gradient_checkpointing and hasattr(denoiser, "disable_gradient_checkpointing"):
+            denoiser.disable_gradient_checkpointing()
+    sharpener.config["train_steps"] = step
+    if par.main:
+        sharpener.save_pretrained(run_dir)
+    par.barrier()
+    return sharpener.eval()
+
+
+def _bookkeeping(
+    ctx: Objective,
+    sharpener,
+    optimizer,
+    run_dir: Path,
+    step: int,
+    loss,
+    n_log: int,
+    t_log: float,
+    par: Parallel,
+) -> dict | None:
+    """Rank 0 after each update: stats, held-out evaluation, checkpoint, validation grid."""
+    cfg, rec = ctx.cfg, None
+    if not par.main:
+        return None
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        dt = time.perf_counter() - t_log
+        rec = {"step": step, "loss": loss.item(), "samples_per_s": n_log / max(dt, 1e-9)}
+        append_stats(run_dir, rec)
+    if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
+    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        save_checkpoint(run_dir, step, sharpener, optimizer)
+    if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
+        _validation_grid(ctx.pipe, sharpener, cfg, run_dir, step)
+    return rec
+
+
+def _validation_grid(pipe, sharpener: Sharpener, cfg: DistillConfig, run_dir: Path, step: int) -> None:
+    from ..sampling.generate import generate
+    from ..sampling.grid import save_grid
+
+    samples = list(
+        generate(pipe, list(cfg.validation_prompts), method="dice", sharpener=sharpener, progress=False)
+    )
+    save_grid(
+        [s.image for s in samples],
+        run_dir / "validation" / f"step_{step:07d}.png",
+        labels=[s.prompt for s in samples],
+    )
