@@ -246,7 +246,7 @@ def test_cli_reads_negative_prompts_file(tmp_path, monkeypatch):
             "open",
         ]
     )
-    cfg = seen["job"].recipe()  # the file is read into the recipe
+    cfg = seen["job"].resolved_config()  # the file is read into the recipe
     assert code == 0 and cfg.negative_prompts == ("blurry", "a blue square") and cfg.negative_prob == 0.25
     assert cfg.mask_mode == "open"
 

@@ -122,8 +122,6 @@ class _Batch:
     def __init__(
         self, pipe, fam, prompts: list[str], neg: Cond, cfg: CeilingConfig, k: int, autocast
     ) -> None:
-        from .sampling import sample_batch
-
         self.pipe, self.fam, self.cfg, self.k, self.autocast = pipe, fam, cfg, k, autocast
         self.device = pipe._execution_device
         self.cond = fam.encode(pipe, prompts)

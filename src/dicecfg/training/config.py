@@ -1,4 +1,5 @@
-"""The training recipe of ``distill``: every hyper-parameter of a run, with the paper's values as defaults."""
+"""The training recipe of ``distill``: every hyper-parameter of a run, with the paper's values as defaults, and
+the named recipes (``RECIPES``) that `dice train --recipe` starts from (docs/recipes.md says why each)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,27 @@ class DistillConfig:
         if self.lr_schedule != "constant" or self.warmup:
             skip.discard("steps")  # the schedule is a function of the run's length: it cannot grow on resume
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+# name -> the settings that differ from DistillConfig's defaults (the paper's); `dice train --recipe NAME`
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},  # the paper's recipe, exactly (docs/method.md)
+    "dicecfg": {  # the recipe study's winner on the mini model (docs/recipes.md, BENCHMARKS.md)
+        "shared_timestep": False,  # one timestep per sample, not per batch
+        "lr_schedule": "cosine",
+        "warmup": 0.05,
+        "grad_clip": 1.0,
+        "arch": "block",  # the residual transformer-block sharpener
+    },
+}
+DEFAULT_RECIPE = "dicecfg"  # what `dice train` starts from unless --recipe says otherwise
+
+
+def recipe_config(name: str, **overrides: Any) -> DistillConfig:
+    """The named recipe (``RECIPES``) as a DistillConfig, with ``overrides`` on top."""
+    if name not in RECIPES:
+        raise InputError(f"Unknown recipe '{name}'. Choose one of: {', '.join(RECIPES)}.")
+    return DistillConfig(**{**RECIPES[name], **overrides})
 
 
 def lr_at(cfg: DistillConfig, step: int) -> float:

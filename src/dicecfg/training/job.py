@@ -12,7 +12,7 @@ from ..flags import opt
 from ..pipeline import device_option, dtype_option, load_pipeline, model_option, resolve_device, resolve_dtype
 from ..sampling.prompts import load_prompts
 from ..sharpener import Sharpener
-from .config import DistillConfig
+from .config import DEFAULT_RECIPE, RECIPES, DistillConfig
 from .loop import distill
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,17 @@ class TrainJob:
     )
     device: str | None = device_option()
     dtype: str | None = dtype_option(training=True)
+    recipe: str = opt(
+        DEFAULT_RECIPE,
+        "named recipe the options below start from (options given override it): 'dicecfg' (ours, docs/recipes.md) "
+        "or 'paper' (the paper's, exactly); in Python: training.config.recipe_config(NAME)",
+        choices=tuple(RECIPES),
+        presets=RECIPES,
+        presets_for="config",
+    )
     config: DistillConfig = opt(help="the training recipe", factory=DistillConfig)
 
-    def recipe(self) -> DistillConfig:
+    def resolved_config(self) -> DistillConfig:
         """``config`` with the negative prompts of ``negative_prompts_file`` (read here: a bad file fails before
         the model loads)."""
         if not self.negative_prompts_file:
@@ -58,7 +66,7 @@ class TrainJob:
 
 
 def run_train(job: TrainJob) -> Sharpener:
-    config = job.recipe()
+    config = job.resolved_config()
     device = resolve_device(job.device)
     local_rank = os.environ.get("LOCAL_RANK")  # one GPU per process under torchrun / accelerate launch
     if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":

@@ -1,0 +1,78 @@
+"""`dice ceiling`: the per-prompt optimum of the DICE objective, its resume and its report."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dicecfg.cli import main
+from dicecfg.errors import InputError
+from dicecfg.training import ceiling as ceiling_module
+from dicecfg.training.ceiling import CeilingConfig, ceiling
+
+CFG = dict(
+    steps=8,
+    lr=0.05,
+    draws=2,
+    pool=1,
+    eval_draws=4,
+    teacher_steps=2,
+    num_inference_steps=2,
+    prompts_per_batch=2,
+    checkpoint_every=2,
+    progress=False,
+)
+
+
+def test_optimum_lowers_the_heldout_loss_and_reports_every_row(tiny_sd, prompts, tmp_path):
+    report = ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "c", config=CeilingConfig(**CFG))
+    rows = {r["row"]: r for r in report.rows}
+    assert list(rows) == ["unguided", "cfg", "optimum"]  # no sharpener given
+    assert rows["optimum"]["eval_loss"] < rows["unguided"]["eval_loss"], rows
+    assert rows["cfg"]["nfe"] == 2 * rows["optimum"]["nfe"] == 4
+    assert "all" in rows["optimum"]  # these prompts are in the shapes-world grammar: the oracle scores them
+    saved = json.loads((tmp_path / "c" / "ceiling.json").read_text())
+    assert saved["rows"] == report.rows and (tmp_path / "c" / "grid.png").stat().st_size > 0
+    assert "| optimum | 2 |" in report.table()
+    edits = load_file(str(tmp_path / "c" / "edits" / "batch_0000.safetensors"))["delta"]
+    assert torch.all(edits[:, 0] == 0) and edits[:, 1:].abs().sum() > 0  # token 0 (<SOS>) is kept
+
+
+def test_interrupted_ceiling_resumes_to_the_same_edits(tiny_sd, prompts, tmp_path, monkeypatch):
+    ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "full", config=CeilingConfig(**CFG))
+    real, calls = ceiling_module._Batch.loss, {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 5:  # mid-way through the first batch, after the checkpoint of step 4
+                raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ceiling_module._Batch, "loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**CFG))
+    monkeypatch.setattr(ceiling_module._Batch, "loss", real)
+    report = ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**CFG))
+    for name in ("batch_0000.safetensors", "batch_0001.safetensors"):
+        a = load_file(str(tmp_path / "full" / "edits" / name))
+        b = load_file(str(tmp_path / "cut" / "edits" / name))
+        assert torch.allclose(a["delta"], b["delta"], atol=1e-6), name
+    full = json.loads((tmp_path / "full" / "ceiling.json").read_text())["rows"]
+    assert [r["eval_loss"] for r in report.rows] == pytest.approx([r["eval_loss"] for r in full], rel=1e-5)
+    with pytest.raises(InputError, match="other prompts, seeds or settings"):
+        ceiling(
+            tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**{**CFG, "steps": 9})
+        )
+
+
+def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
+    args = ["--limit", "2", "--steps", "2", "--pool", "1", "--draws", "1", "--eval-draws", "1"]
+    args += ["--teacher-steps", "2", "--num-inference-steps", "2", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(["-q", "ceiling", *args]) == 0
+    rows = json.loads((tmp_path / "ceiling.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["unguided", "cfg", "optimum", "sharpener"]  # the shipped one
+    assert all(0 <= r["all"] <= 1 for r in rows)
+    assert "held-out loss" in capsys.readouterr().out
+    assert main(["-q", "ceiling", "--limit", "0", "--out", str(tmp_path / "x")]) == 2

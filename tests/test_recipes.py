@@ -1,0 +1,136 @@
+"""The training recipes (issue 13): the block sharpener, loss weightings, the lr schedule, named recipes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline
+from dicecfg.cli import build_parser
+from dicecfg.errors import InputError
+from dicecfg.flags import from_flags
+from dicecfg.runs.folder import read_stats
+from dicecfg.training.config import LATER_OPTIONS, RECIPES, lr_at, recipe_config
+from dicecfg.training.job import TrainJob
+from dicecfg.training.objective import sample_loss, x0_weight
+
+TINY = dict(
+    batch_size=4,
+    teacher_pool=8,
+    teacher_steps=2,
+    eval_pairs=4,
+    log_every=1,
+    eval_every=0,
+    checkpoint_every=5,
+    inner_dim=64,
+    heads=4,
+    progress=False,
+)
+
+
+def test_lr_schedule_warmup_and_cosine():
+    cfg = DistillConfig(steps=100, lr=1.0, warmup=0.1, lr_schedule="cosine")
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 10) == pytest.approx(1.0)  # decay starts after the warm-up
+    assert lr_at(cfg, 55) == pytest.approx(0.5)  # half-way through the decay
+    assert 0 < lr_at(cfg, 99) < 1e-3
+    const = DistillConfig(steps=100, lr=2e-4)
+    assert {lr_at(const, s) for s in (0, 50, 99)} == {2e-4}
+
+
+def test_identity_keeps_old_runs_resumable_and_pins_the_schedule_length():
+    paper = DistillConfig().identity()
+    assert not set(LATER_OPTIONS) & set(paper) and "steps" not in paper  # old run.json files still match
+    ours = recipe_config("dicecfg").identity()
+    assert ours["arch"] == "block" and ours["shared_timestep"] is False
+    assert "steps" in ours  # a cosine schedule cannot grow on resume
+    with pytest.raises(InputError, match="Unknown recipe 'nope'"):
+        recipe_config("nope")
+    for bad in (dict(loss_weighting="snr"), dict(warmup=1.0), dict(grad_clip=-1), dict(arch="unet")):
+        with pytest.raises(InputError):
+            DistillConfig(**bad)
+
+
+def _train_job(*argv: str) -> TrainJob:
+    ns = build_parser().parse_args(["train", "--out", "r", "--prompts", "p.txt", *argv])
+    return from_flags(ns, TrainJob)
+
+
+def test_recipe_flag_starts_from_the_named_recipe_and_flags_override_it():
+    assert _train_job().config == recipe_config("dicecfg")  # dice train's default recipe
+    assert _train_job("--recipe", "paper").config == DistillConfig()
+    job = _train_job("--shared-timestep", "--arch", "paper", "--steps", "7")
+    assert job.config == recipe_config("dicecfg", shared_timestep=True, arch="paper", steps=7)
+    assert set(RECIPES["dicecfg"]) <= {f for f in DistillConfig.__dataclass_fields__}
+
+
+def test_block_sharpener_starts_as_identity_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    sharp = Sharpener(32, 64, 4, arch="block")
+    c, neg = torch.randn(2, 77, 32), torch.randn(1, 77, 32)
+    assert torch.equal(sharp.edit(c, neg), c)  # zero-initialised output layer: unguided sampling
+    torch.nn.init.normal_(sharp.proj_out.weight)
+    edit = sharp.edit(c, neg)
+    assert torch.equal(edit[:, 0], c[:, 0]) and not torch.allclose(edit, c)
+    # the block mixes tokens: changing one token moves the edit of another (the paper's network cannot)
+    c2 = c.clone()
+    c2[:, 5] += 1.0
+    assert not torch.allclose(sharp.edit(c2, neg)[:, 9], edit[:, 9])
+    sharp.save_pretrained(tmp_path / "s")
+    loaded = Sharpener.from_pretrained(tmp_path / "s")
+    assert loaded.config["arch"] == "block" and torch.equal(loaded.edit(c, neg), edit)
+    n = sum(p.numel() for p in Sharpener(768, 512, 8, arch="block").parameters())
+    assert n < 10_000_000 and sum(p.numel() for p in Sharpener(768).parameters()) == 1_836_800, n
+
+
+def test_paper_sharpener_edits_each_token_alone_when_c_neg_is_fixed():
+    torch.manual_seed(0)
+    sharp = Sharpener(32, 64, 4)
+    torch.nn.init.normal_(sharp.proj_out.weight)
+    c, neg = torch.randn(1, 77, 32), torch.randn(1, 77, 32)
+    c2 = c.clone()
+    c2[:, 5] += 1.0
+    assert torch.allclose(sharp.edit(c2, neg)[:, 9], sharp.edit(c, neg)[:, 9])
+
+
+def test_x0_weight_is_the_error_of_the_implied_x0():
+    torch.manual_seed(0)
+    abar = torch.tensor([0.9, 0.3, 0.01])
+    x_t, e1, e2 = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    a = abar.view(-1, 1, 1, 1)
+    for kind, pred in (("epsilon", "eps"), ("v_prediction", "v")):
+        if pred == "eps":
+            x0 = lambda out: (x_t - (1 - a).sqrt() * out) / a.sqrt()  # noqa: E731
+        else:
+            x0 = lambda out: a.sqrt() * x_t - (1 - a).sqrt() * out  # noqa: E731
+        for loss in ("l1", "l2"):
+            want = sample_loss(x0(e1), x0(e2), loss)
+            got = x0_weight(abar, kind, loss) * sample_loss(e1, e2, loss)
+            assert torch.allclose(got, want, rtol=1e-4), (kind, loss)
+
+
+def test_relative_loss_is_one_for_the_untrained_sharpener(tiny_sd, prompts, tmp_path):
+    # before the first update the student is the unguided model: it misses all of CFG's correction
+    cfg = DistillConfig(steps=1, loss_weighting="relative", **TINY)
+    distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
+    first = next(r for r in read_stats(tmp_path / "run") if "loss" in r)
+    assert first["loss"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "pixart"])
+def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompts, tmp_path):
+    pipe = load_pipeline(request.getfixturevalue(f"tiny_{family}_dir"))
+    cfg = recipe_config("dicecfg", steps=6, lr=3e-3, loss_weighting="x0", **TINY)
+    sharp = distill(pipe, prompts, config=cfg, output_dir=tmp_path / "run")
+    stats = read_stats(tmp_path / "run")
+    assert [r["step"] for r in stats if "loss" in r] == list(range(1, 7))
+    assert all(math.isfinite(r["loss"]) for r in stats if "loss" in r)
+    loaded = Sharpener.from_pretrained(tmp_path / "run")
+    assert loaded.config["arch"] == "block" and loaded.config["family"] == family
+
+    def images(s):
+        return np.stack([x.image for x in generate(pipe, prompts[:2], method="dice", sharpener=s, seeds=0,
+                                                   num_inference_steps=2, progress=False)])  # fmt: skip
+
+    assert np.array_equal(images(sharp), images(loaded))
