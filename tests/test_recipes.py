@@ -134,3 +134,18 @@ def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompt
                                                    num_inference_steps=2, progress=False)])  # fmt: skip
 
     assert np.array_equal(images(sharp), images(loaded))
+
+
+def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts, tmp_path, capsys):
+    from dicecfg.cli import main
+
+    (tmp_path / "p.txt").write_text("\n".join(prompts))
+    small = ["--batch-size", "4", "--teacher-pool", "8", "--teacher-steps", "2", "--eval-pairs", "4"]
+    small += ["--inner-dim", "64", "--heads", "4", "--device", "cpu", "--steps", "1"]
+    args = ["-q", "train", "--model", str(tiny_sd_dir), "--prompts", str(tmp_path / "p.txt"), *small]
+    assert main([*args, "--recipe", "paper", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main([*args, "--out", str(tmp_path / "run")]) == 2
+    )  # dice train's default is now the dicecfg recipe
+    assert "add --recipe paper to resume it" in capsys.readouterr().err
+    assert main([*args, "--recipe", "paper", "--steps", "2", "--out", str(tmp_path / "run")]) == 0

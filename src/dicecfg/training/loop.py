@@ -10,6 +10,7 @@ interrupted and resumed from its checkpoint ends with the same weights as one th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -33,7 +34,7 @@ from ..runs.folder import (
 from ..runs.guards import StopFlag, check_finite, run_lock
 from ..sampling.checks import warn_truncated
 from ..sharpener import Sharpener
-from .config import DistillConfig, lr_at
+from .config import RECIPES, DistillConfig, lr_at
 from .data import ImageCaptionFolder
 from .objective import Objective, autocast_for
 from .parallel import Parallel
@@ -111,6 +112,8 @@ def _distill(
         try:
             record = {**run_record(cfg), "base_revision": model_revision(pipe)}
             write_run_json(run_dir, record, identity)
+        except InputError as e:
+            err = _with_recipe_hint(e, run_dir, identity)
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             err = e
     par.share_error(err)
@@ -216,6 +219,24 @@ def _distill(
         sharpener.save_pretrained(run_dir)
     par.barrier()
     return sharpener.eval()
+
+
+def _with_recipe_hint(e: InputError, run_dir: Path, identity: dict[str, Any]) -> InputError:
+    """A refused resume of a run made with the paper's settings by a command that now uses another recipe (runs
+    from before `dice train --recipe` existed): say which flag resumes it."""
+
+    try:
+        old = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("identity", {})
+    except (OSError, ValueError):
+        return e
+    paper = DistillConfig()
+
+    def is_paper(ident: dict[str, Any]) -> bool:  # a setting left out of an identity is at its default
+        return all(ident.get(k, getattr(paper, k)) == getattr(paper, k) for k in RECIPES["dicecfg"])
+
+    if is_paper(old) and not is_paper(identity):
+        return InputError(f"{e} That run used the paper's recipe: add --recipe paper to resume it.")
+    return e
 
 
 def _bookkeeping(
