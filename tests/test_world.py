@@ -220,6 +220,20 @@ def test_heldout_set_is_fixed_and_disjoint_from_training():
     assert is_heldout(flipped)
 
 
+def test_validation_set_is_fixed_and_apart_from_heldout_and_training():
+    from dicecfg.world import validation_set
+
+    v = validation_set()
+    assert v == validation_set() and validation_set(600)[:512] == v and len(v) == 512
+    assert not any(is_heldout(it.scene) for it in v)  # never a held-out combination (as in training)
+    seeds = {it.seed for it in v}
+    assert len(seeds) == len(v) and not seeds & {it.seed for it in heldout_set()}
+    assert all(parse(it.prompt) == it.spec for it in v)  # each prompt says what its spec says
+    _, training = sample_training_scenes(512, seed=21)  # the shipped sharpener's training captions start so
+    assert [it.prompt for it in v] != training
+    assert sum(len(it.scene.objects) == 2 for it in v) > 256  # both kinds of scene, mostly pairs
+
+
 def test_make_dataset_is_deterministic_for_any_worker_count(monkeypatch):
     monkeypatch.setattr(world_data, "CHUNK", 128)
     images, captions = make_dataset(300, seed=5)
