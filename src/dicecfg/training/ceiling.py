@@ -98,7 +98,7 @@ class CeilingConfig:
 
 @dataclass
 class CeilingReport:
-    """What ``ceiling`` measured: one row per method, per-image oracle scores, and where files went."""
+    """What ``ceiling`` measured: one row per method (NFE, held-out loss, oracle scores) and where files went."""
 
     rows: list[dict[str, Any]]
     output_dir: Path
@@ -139,8 +139,8 @@ class _Batch:
             )  # fmt: skip
             return lat.float().view(p, n, *lat.shape[1:])
 
-        self.pool = teacher(cfg.pool, 10_000 * (2 * k))
-        self.eval_x0 = teacher(2, 10_000 * (2 * k + 1))
+        self.pool = teacher(cfg.pool, 10**8 * (2 * k))  # seeds of distinct batches and uses never overlap
+        self.eval_x0 = teacher(2, 10**8 * (2 * k + 1))
         g = _generator(cfg.seed, k, -1)
         e = cfg.eval_draws
         self.eval_pick = torch.randint(0, 2, (p, e), generator=g)
