@@ -88,6 +88,10 @@ class CeilingConfig:
             (self.loss in ("l1", "l2"), "loss must be 'l1' or 'l2'"),
             (self.teacher_steps >= 1 and self.num_inference_steps >= 1, "sampling steps must be >= 1"),
             (self.prompts_per_batch >= 1, "prompts_per_batch must be >= 1"),
+            (
+                self.prompts_per_batch * max(self.pool, 2) < 10_000,
+                "prompts_per_batch x pool must stay under 10,000",
+            ),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision must be auto, bf16 or no"),
         ]
@@ -139,8 +143,9 @@ class _Batch:
             )  # fmt: skip
             return lat.float().view(p, n, *lat.shape[1:])
 
-        self.pool = teacher(cfg.pool, 10**8 * (2 * k))  # seeds of distinct batches and uses never overlap
-        self.eval_x0 = teacher(2, 10**8 * (2 * k + 1))
+        # seeds: distinct for batches and uses while prompts_per_batch x pool stays under 10,000
+        self.pool = teacher(cfg.pool, 10_000 * (2 * k))
+        self.eval_x0 = teacher(2, 10_000 * (2 * k + 1))
         g = _generator(cfg.seed, k, -1)
         e = cfg.eval_draws
         self.eval_pick = torch.randint(0, 2, (p, e), generator=g)
