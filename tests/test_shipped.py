@@ -25,12 +25,13 @@ def test_shipped_pair_loads_offline_and_fits(pair):
     pipe, sharp = pair
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.dtype.is_floating_point
     assert check_compatible(pipe, sharp).name == "sd" and sharp.config["train_steps"] > 0
+    assert sharp.config["arch"] == "block"  # the dicecfg recipe's network (issue 13)
     assert load_pipeline("mini").unet.config == pipe.unet.config
     sizes = [
         p.stat().st_size
         for p in list(MINI_MODEL.rglob("*.safetensors")) + list(MINI_SHARPENER.glob("*.safetensors"))
     ]
-    assert max(sizes) <= 16 * 2**20 and sum(sizes) <= 25 * 2**20
+    assert max(sizes) <= 16 * 2**20 and sum(sizes) <= 25_000_000  # DESIGN.md's budget: 16 MB a file, 25 MB
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +60,18 @@ def images(pair):
 
 
 def test_dice_moves_toward_cfg(images):
-    # measured on these 64 prompts (2-core CPU, fp32): PSNR vs CFG 25.07 dB (dice) vs 22.35 dB (unguided);
-    # SSIM 0.862 vs 0.810 (full held-out set: 24.83 vs 23.61 dB, BENCHMARKS.md)
+    # measured on these 64 prompts (2-core CPU, fp32), the sharpener of issue 13: PSNR vs CFG 26.24 dB (dice)
+    # vs 22.35 dB (unguided), SSIM 0.890 vs 0.810 (the previous sharpener: 25.07 dB, 0.862)
     _, out = images
     gain_psnr = psnr(out["dice"], out["cfg"]).mean() - psnr(out["unguided"], out["cfg"]).mean()
     gain_ssim = ssim(out["dice"], out["cfg"]).mean() - ssim(out["unguided"], out["cfg"]).mean()
-    assert gain_psnr > 1.5 and gain_ssim > 0.025, (gain_psnr, gain_ssim)
+    assert gain_psnr > 2.5 and gain_ssim > 0.05, (gain_psnr, gain_ssim)
 
 
 def test_alignment_of_shipped_pair(images):
     # measured on these 64 prompts (2-core CPU, fp32), oracle all-correct: unguided 0.906, CFG 1.000, DICE 0.953
-    # (full held-out set: 0.877 / 0.984 / 0.908). One prompt is 0.016: the thresholds leave two of room.
+    # (the sharpener of issue 13; the previous one also 0.953 here; full held-out sets on an H200: 0.872 / 0.980
+    # / 0.942, BENCHMARKS.md). One prompt is 0.016: the thresholds leave two of room.
     items, out = images
     oracle = Oracle()
     score = {m: float(oracle.score(v, [i.spec for i in items])["all"].mean()) for m, v in out.items()}
