@@ -285,7 +285,7 @@ def test_signal_checkpoints_exits_and_resumes_exactly(tiny_sd_dir, prompts, tmp_
     args = ["--batch-size", "4", "--teacher-pool", "8", "--teacher-steps", "2", "--eval-pairs", "4"]
     args += ["--lr", "0.002", "--log-every", "1", "--checkpoint-every", "1000", "--eval-every", "0"]
     cmd = [sys.executable, "-m", "dicecfg.cli", "-q", "train", "--model", str(tiny_sd_dir), "--device", "cpu"]
-    cmd += ["--prompts", str(pfile), "--out", str(run), "--steps", "100000", *args]
+    cmd += ["--prompts", str(pfile), "--out", str(run), "--steps", "100000", "--recipe", "paper", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not _logged(run):
