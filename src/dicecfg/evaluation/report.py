@@ -84,8 +84,6 @@ def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | Non
         log.info("no metric to plot")
         return None
     plt = pyplot()
-    if plt is None:
-        return None
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -163,11 +161,9 @@ def analysis_summary(stats: dict[str, Any]) -> str:
     )
 
 
-def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path | None:
+def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path:
     """Mean edit norm per position (left) and squared-edit share vs position share per group (right)."""
     plt = pyplot()
-    if plt is None:
-        return None
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
     a.bar(range(len(stats["per_position"]["edit_norm"])), stats["per_position"]["edit_norm"], width=1.0)
@@ -244,12 +240,9 @@ def ceiling_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend, or None (with a warning) when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot (pip install 'dicecfg[eval]')")
-        return None
+    """matplotlib.pyplot on the Agg backend (matplotlib is a dependency: plots need no extra install)."""
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
