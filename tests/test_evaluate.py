@@ -327,3 +327,14 @@ def test_inception_weights_are_read_safely(tmp_path, monkeypatch):
     torch.save({"weight": torch.zeros(1), "note": types.SimpleNamespace(x=1)}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         inception_extractor(tmp_path / "evil.pth")
+
+
+def test_plots_need_no_extra_install():
+    """matplotlib is a plain dependency, so `dice eval` draws its plot after `pip install -e .` (issue 18)."""
+    from importlib.metadata import requires
+
+    from dicecfg.evaluation.report import pyplot
+
+    reqs = requires("dicecfg") or []
+    assert any(r.startswith("matplotlib") and "extra ==" not in r for r in reqs), reqs
+    assert pyplot().get_backend().lower() == "agg"

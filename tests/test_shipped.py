@@ -80,14 +80,54 @@ def test_alignment_of_shipped_pair(images):
     assert score["dice"] >= score["cfg"] - 0.08, score
 
 
-def test_demo_smoke(tmp_path):
-    from dicecfg.cli import main
+def test_demo_agrees_with_eval(tmp_path, capsys):
+    """`dice demo` and the `dice eval` command it names score the same images alike: every oracle verdict."""
+    import shlex
 
-    assert main(["-q", "demo", "--prompts", "2", "--steps", "3", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "demo.json").read_text())
-    assert [m["method"] for m in summary["methods"]] == ["unguided", "cfg", "dice"]
-    assert [m["nfe"] for m in summary["methods"]] == [3, 6, 3]
-    assert (tmp_path / "grid.png").stat().st_size > 0
+    from dicecfg.cli import main
+    from dicecfg.evaluation.images import load_images
+    from dicecfg.metrics.world import alignment
+
+    args = [
+        "--prompts",
+        "6",
+        "--shown",
+        "4",
+        "--steps",
+        "6",
+        "--batch-size",
+        "3",
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert main(["-q", "demo", *args]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "d" / "demo.json").read_text())
+    rows = summary["methods"]
+    assert [m["method"] for m in rows] == ["unguided", "cfg", "dice"] and [m["nfe"] for m in rows] == [
+        6,
+        12,
+        6,
+    ]
+    assert summary["eval_command"] in printed and "| DICE alpha=1 | 6 |" in printed
+    assert all(m["seconds_per_image"] > 0 for m in rows) and len(summary["shown"]) == 4
+    assert (tmp_path / "d" / "grid.png").stat().st_size > 0
+
+    command = shlex.split(summary["eval_command"])
+    assert command[:2] == ["dice", "eval"] and command[-2:] == ["--out", "runs/eval-demo"]
+    assert main(["-q", *command[1:-2], "--out", str(tmp_path / "e"), "--no-plot"]) == 0
+    report = json.loads((tmp_path / "e" / "eval.json").read_text())
+    items = heldout_set(6)
+    assert report["n"] == 6 and summary["prompts"] == [it.prompt for it in items]
+    for m, r in zip(rows, report["rows"], strict=True):
+        assert (r["method"], r["nfe"]) == (m["method"], m["nfe"])
+        for key in [k for k in r if k.startswith("align_")]:
+            assert r[key] == m[key], (m["method"], key)
+        images = load_images(tmp_path / "e" / "images" / r["key"], summary["prompts"], summary["seeds"])
+        scores = alignment(images, [it.spec for it in items])
+        assert scores["all"].astype(int).tolist() == m["correct"], m["method"]
+        failed = [[k for k in scores if k != "all" and not scores[k][i]] for i in range(6)]
+        assert failed == m["failed"], m["method"]
 
 
 def test_shipped_text_encoder_keeps_relations_apart(pair):

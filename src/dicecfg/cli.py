@@ -50,7 +50,7 @@ def _train(job: TrainJob, argv: list[str]) -> int | None:
 def _demo(job: DemoJob, argv: list[str]) -> None:
     summary = run_demo(job)
     print(report.demo_table(summary))
-    print(f"grid: {summary['grid']}  (rows: unguided, cfg, dice; same seeds)")
+    print(report.demo_summary(summary, commands=COMMANDS))
 
 
 def _eval(job: EvalConfig, argv: list[str]) -> None:

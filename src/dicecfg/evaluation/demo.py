@@ -1,36 +1,49 @@
-"""`dice demo`: unguided, CFG and DICE side by side on held-out shapes-world prompts, on CPU, in under a minute.
+"""`dice demo`: unguided, CFG and DICE side by side on held-out shapes-world prompts, on CPU, in about a minute.
 
-Every method samples the same prompts from the same seeds through ``generate()``; the oracle scores each image
-against the scene its prompt describes. Writes a labelled grid (rows: methods, columns: prompts) and a JSON.
+The prompts are the first N of the held-out set with their fixed seeds, so its alignment numbers are those of
+``dice eval --limit N`` on the same settings (the summary names that command; tests/test_shipped.py checks the
+agreement). Every method samples every batch through ``generate()``: after one untimed warm-up call per method,
+the methods take turns batch by batch (the order rotating), so each method's seconds per image are measured the
+same way. The oracle scores each image against the scene its prompt describes. Writes ``demo.json`` and an
+annotated grid of a readable subset of the prompts (``DemoJob.shown``; :func:`grid_columns` says which).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..flags import opt
 from ..pipeline import default_sharpener, load_pipeline, model_option
 from ..runs.io import atomic_write_json
-from ..sampling.grid import save_grid
+from ..sampling.generate import Sample, generate
+from ..sampling.grid import save_png
 from ..sharpener import Sharpener
-from .evaluate import sample_and_score
+from .evaluate import alignment_means
 
 log = logging.getLogger(__name__)
+
+DEMO_METHODS = ("unguided", "cfg", "dice")
 
 
 @dataclass(frozen=True)
 class DemoJob:
     """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
 
-    prompts: int = opt(8, "held-out prompts shown (spread over the held-out set)", metavar="N")
+    prompts: int = opt(
+        48, "the first N held-out prompts, with their fixed seeds (= dice eval --limit N)", metavar="N"
+    )
+    shown: int = opt(8, "prompts drawn in the grid (up to half where the methods disagree)", metavar="K")
     steps: int = opt(20, "DPM-Solver++ steps for every method")
     guidance_scale: float = opt(5.0, "CFG scale w (the paper's)")
+    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
     model: str | None = model_option()
     sharpener: str | None = opt(None, "sharpener folder (default with the mini model: the shipped one)")
     out: str = opt("dice-demo", "folder for grid.png and demo.json")
@@ -38,54 +51,144 @@ class DemoJob:
     progress: bool = opt(True, "progress bars", cli=False)
 
 
+def sample_in_turns(
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    methods: Sequence[str],
+    *,
+    batch_size: int,
+    progress: bool = True,
+    **generate_kwargs: Any,
+) -> dict[str, list[Sample]]:
+    """Every method on every batch through ``generate()``, timed alike: first one untimed one-step call per
+    method on the first batch (allocations and kernel set-up of those shapes are paid there), then the methods
+    take turns batch by batch, the order rotating, so a slow spell of the machine falls on all of them."""
+    prompts, seeds, methods = list(prompts), list(seeds), list(methods)
+    generate_kwargs |= {"batch_size": batch_size, "progress": False}
+    first = slice(0, batch_size)
+    for m in methods:
+        warm = generate_kwargs | {"num_inference_steps": 1}
+        for _ in generate(pipe, prompts[first], method=m, seeds=seeds[first], **warm):
+            pass
+    out: dict[str, list[Sample]] = {m: [] for m in methods}
+    bar = tqdm(total=len(prompts) * len(methods), desc="demo", unit="img", disable=not progress)
+    try:
+        for b, start in enumerate(range(0, len(prompts), batch_size)):
+            sl = slice(start, start + batch_size)
+            for m in methods[b % len(methods) :] + methods[: b % len(methods)]:
+                out[m] += generate(pipe, prompts[sl], method=m, seeds=seeds[sl], **generate_kwargs)
+                bar.update(len(prompts[sl]))
+    finally:
+        bar.close()
+    return out
+
+
+def stderr(x: np.ndarray) -> float:
+    """Standard error of the mean of ``x`` (sample standard deviation / sqrt(n); 0 for one value)."""
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def paired(correct: np.ndarray, base: np.ndarray) -> dict[str, Any]:
+    """A method against a baseline on the same prompts and seeds: the difference in all-correct and its
+    standard error (of the per-prompt differences), and on how many prompts it fixed or broke the baseline."""
+    d = correct - base
+    return {
+        "diff": float(d.mean()),
+        "stderr": stderr(d),
+        "fixed": int((d > 0).sum()),
+        "broken": int((d < 0).sum()),
+    }
+
+
+def grid_columns(correct: Sequence[np.ndarray], k: int) -> tuple[list[int], int]:
+    """The grid's prompts, in held-out order: the first ceil(k/2) prompts on which the methods' verdicts differ,
+    then the first ones on which they all agree, k in all (one kind short: more of the other). Returns the
+    indices and how many prompts the methods disagree on."""
+    v = np.stack(correct)
+    differ = np.flatnonzero(v.min(0) != v.max(0))
+    agree = np.flatnonzero(v.min(0) == v.max(0))
+    k = min(k, v.shape[1])
+    n_differ = min(len(differ), max((k + 1) // 2, k - len(agree)))
+    return sorted(int(i) for i in (*differ[:n_differ], *agree[: k - n_differ])), len(differ)
+
+
+def eval_command(job: DemoJob) -> str:
+    """The `dice eval` command that scores the demo's prompts, seeds and settings (the same numbers)."""
+    parts = ["dice eval", f"--limit {job.prompts}", "--methods unguided cfg dice", f"--steps {job.steps}"]
+    parts += [
+        f"--cfg-scales {job.guidance_scale:g}",
+        f"--batch-size {job.batch_size}",
+        f"--device {job.device}",
+    ]
+    parts += [f"--model {job.model}"] if job.model else []
+    parts += [f"--sharpener {job.sharpener}"] if job.sharpener else []
+    return " ".join([*parts, "--out runs/eval-demo"])
+
+
 def run_demo(job: DemoJob) -> dict[str, Any]:
     """Run the demo; returns the summary that is also written to ``out/demo.json``."""
+    from ..families import check_compatible
+    from ..metrics.world import alignment
     from ..world import Oracle, heldout_set
+    from .report import demo_grid
 
-    items = heldout_set()
-    step = max(1, len(items) // job.prompts)
-    picked = items[::step][: job.prompts]
-    prompts, seeds = [it.prompt for it in picked], [it.seed for it in picked]
+    if min(job.prompts, job.shown, job.steps, job.batch_size) < 1:
+        raise InputError("dice demo needs --prompts, --shown, --steps and --batch-size >= 1.")
+    items = heldout_set(job.prompts)
+    prompts, seeds = [it.prompt for it in items], [it.seed for it in items]
     name = default_sharpener(job.model, job.sharpener)
     if name is None:
         raise InputError("dice demo with a model of your own needs its sharpener (sharpener=...).")
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
     pipe = load_pipeline(job.model, device=job.device)
-    oracle = Oracle()
-    rows, table = [], []
-    for method in ("unguided", "cfg", "dice"):
-        images, samples, score = sample_and_score(
-            pipe,
-            picked,
-            method,
-            oracle=oracle,
-            sharpener=sharp,
-            guidance_scale=job.guidance_scale,
-            num_inference_steps=job.steps,
-            batch_size=len(prompts),
-            progress=job.progress,
-        )
-        correct = score["all"].astype(float)
-        rows.append(images)
+    check_compatible(pipe, sharp)
+    samples = sample_in_turns(
+        pipe,
+        prompts,
+        seeds,
+        DEMO_METHODS,
+        batch_size=job.batch_size,
+        progress=job.progress,
+        sharpener=sharp,
+        guidance_scale=job.guidance_scale,
+        num_inference_steps=job.steps,
+    )
+    oracle, specs = Oracle(), [it.spec for it in items]
+    images = {m: np.stack([s.image for s in ss]) for m, ss in samples.items()}
+    scores = {m: alignment(images[m], specs, oracle) for m in DEMO_METHODS}
+    base = scores["unguided"]["all"]
+    table = []
+    for m in DEMO_METHODS:
+        s, first = scores[m], samples[m][0]
         table.append(
             {
-                "method": method,
-                "nfe": samples[0].nfe,
-                "seconds_per_image": float(np.mean([s.seconds for s in samples])),
-                "alignment": float(correct.mean()),
-                "correct": correct.tolist(),
+                "method": m,
+                "params": first.params,
+                "nfe": first.nfe,
+                "seconds_per_image": float(np.mean([x.seconds for x in samples[m]])),
+                **alignment_means(s),
+                "stderr": stderr(s["all"]),
+                "correct": s["all"].astype(int).tolist(),
+                "failed": [[k for k in s if k != "all" and not s[k][i]] for i in range(len(items))],
+                **({"vs_unguided": paired(s["all"], base)} if m != "unguided" else {}),
             }
         )
+    speed = {r["method"]: r["seconds_per_image"] for r in table}
+    shown, disagree = grid_columns([scores[m]["all"] for m in DEMO_METHODS], job.shown)
     out = Path(job.out)
-    labels = [f"{m['method']} #{i + 1}" for m in table for i in range(len(prompts))]
-    tiles = [img.repeat(2, axis=0).repeat(2, axis=1) for r in rows for img in r]  # 2x nearest, easier to see
-    save_grid(tiles, out / "grid.png", cols=len(prompts), labels=labels)
     summary = {
         "job": asdict(job),
+        "rule": f"the first {len(items)} held-out prompts with their fixed seeds",
         "prompts": prompts,
         "seeds": seeds,
         "methods": table,
+        "cfg_dice_time_ratio": speed["cfg"] / speed["dice"],
+        "shown": shown,
+        "disagree": disagree,
+        "eval_command": eval_command(job),
         "grid": str(out / "grid.png"),
     }
+    save_png(demo_grid(summary, images), out / "grid.png")
     atomic_write_json(out / "demo.json", summary)
     return summary

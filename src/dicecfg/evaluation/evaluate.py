@@ -155,7 +155,7 @@ def row_metrics(
     if ps.specs is not None:
         from ..metrics.world import alignment, oracle_frechet
 
-        out |= {f"align_{k}": float(v.mean()) for k, v in alignment(images, ps.specs).items()}
+        out |= alignment_means(alignment(images, ps.specs))
         if ps.scenes is not None and len(images) > 1:
             out["fd_oracle"] = oracle_frechet(images, ps.scenes)
     if reference is not None:
@@ -164,6 +164,11 @@ def row_metrics(
     if real is not None and real.enabled:
         out |= real(images, ps.prompts)
     return out
+
+
+def alignment_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """The table's alignment columns (``align_all``, ``align_count``, ...) from per-image oracle scores."""
+    return {f"align_{k}": float(v.mean()) for k, v in scores.items()}
 
 
 def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None) -> dict[str, Any]:

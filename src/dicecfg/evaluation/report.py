@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,6 @@ def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | Non
         log.info("no metric to plot")
         return None
     plt = pyplot()
-    if plt is None:
-        return None
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -163,11 +161,9 @@ def analysis_summary(stats: dict[str, Any]) -> str:
     )
 
 
-def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path | None:
+def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path:
     """Mean edit norm per position (left) and squared-edit share vs position share per group (right)."""
     plt = pyplot()
-    if plt is None:
-        return None
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
     a.bar(range(len(stats["per_position"]["edit_norm"])), stats["per_position"]["edit_norm"], width=1.0)
@@ -186,18 +182,107 @@ def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path | None:
     return Path(path)
 
 
+DEMO_NAMES = {"unguided": "unguided", "cfg": "CFG", "dice": "DICE"}
+DEMO_HOW = {  # what a method's network evaluations are, for the demo's summary
+    "unguided": "one pass per step, no guidance",
+    "cfg": "two passes per step (prompt and empty prompt)",
+    "dice": "one pass per step on the prompt embedding the sharpener edited once",
+}
+# `dice demo`'s "where to go next", by command (only commands this `dice` has are printed)
+NEXT_STEPS = {
+    "eval": "dice eval --limit 512 --out runs/eval-mini: every method and metric on all 512 held-out prompts",
+    "serve": "dice serve: your own prompts in the browser, unguided, CFG and DICE side by side",
+    "train": "dice train --prompts FILE --out runs/mine: distil a sharpener of your own (README: "
+    "'With real Stable Diffusion 1.5 weights')",
+}
+GREEN, RED = (20, 150, 60), (215, 40, 40)
+
+
+def demo_name(m: dict[str, Any]) -> str:
+    """A demo row's method and setting, e.g. ``CFG w=5``."""
+    return f"{DEMO_NAMES.get(m['method'], m['method'])} {setting(m)}".removesuffix(" -")
+
+
+def demo_rate(m: dict[str, Any]) -> str:
+    """All-correct with its standard error and count, e.g. ``0.875 ± 0.048 (42/48)``."""
+    return f"{m['align_all']:.3f} ± {m['stderr']:.3f} ({sum(m['correct'])}/{len(m['correct'])})"
+
+
 def demo_table(summary: dict[str, Any]) -> str:
-    """The `dice demo` table (one line per method) and its numbered prompts."""
-    n = len(summary["prompts"])
-    table = markdown(
-        ["method", "NFE", "s / image", "oracle alignment"],
+    """The `dice demo` table: one line per method."""
+    return markdown(
+        ["method", "NFE", "s / image", "all-correct ± SE", "vs unguided (fixed, broken)"],
         (
-            [m["method"], m["nfe"], f"{m['seconds_per_image']:.3f}"]
-            + [f"{m['alignment']:.2f} ({int(round(m['alignment'] * n))}/{n})"]
+            [demo_name(m), m["nfe"], f"{m['seconds_per_image']:.3f}", demo_rate(m)]
+            + [
+                f"{v['diff']:+.3f} ± {v['stderr']:.3f} ({v['fixed']}, {v['broken']})"
+                if (v := m.get("vs_unguided"))
+                else "-"
+            ]
             for m in summary["methods"]
         ),
     )
-    return "\n".join([table, "", *(f"#{i + 1}: {p}" for i, p in enumerate(summary["prompts"]))])
+
+
+def demo_summary(summary: dict[str, Any], commands: Collection[str] = NEXT_STEPS) -> str:
+    """What the demo showed, in numbers, and where to go next (``commands``: those that exist)."""
+    n, rows = len(summary["prompts"]), summary["methods"]
+    lines = [f"What you just saw: {summary['rule']}, every method on the same prompts and seeds "
+             f"(`{summary['eval_command']}` gives the same numbers)."]  # fmt: skip
+    for m in rows:
+        line = f"- {demo_name(m)}: {sum(m['correct'])} of {n} images right by the exact oracle"
+        if v := m.get("vs_unguided"):
+            noise = ", within noise" if abs(v["diff"]) < 2 * v["stderr"] or v["stderr"] == 0 else ""
+            line += (
+                f" ({v['diff']:+.3f} ± {v['stderr']:.3f} against unguided{noise}: it fixed {v['fixed']} "
+                f"and broke {v['broken']})"
+            )
+        lines.append(f"{line}; {m['nfe']} network evaluations per image: {DEMO_HOW.get(m['method'], '')}.")
+    by = {m["method"]: m for m in rows}
+    lines.append(
+        f"- After a warm-up, timed alike: CFG takes {summary['cfg_dice_time_ratio']:.2f}x DICE's wall time per "
+        f"image here ({by['cfg']['seconds_per_image']:.3f} vs {by['dice']['seconds_per_image']:.3f} s)."
+    )
+    lines.append(
+        f"- At {n} prompts a difference under two standard errors is noise"
+        + (f"; all 512 held-out prompts shrink the error {(512 / n) ** 0.5:.1f}x." if n < 512 else ".")
+    )
+    lines.append(f"Grid: {summary['grid']} ({len(summary['shown'])} of the {n} prompts). Next:")
+    lines += [f"  {text}" for name, text in NEXT_STEPS.items() if name in commands]
+    return "\n".join(lines)
+
+
+def demo_grid(summary: dict[str, Any], images: dict[str, np.ndarray]):
+    """The demo's picture: a column per shown prompt (its text above), a row per method (method, NFE, s/img,
+    all-correct over every prompt at left), each tile framed green or red by the oracle's verdict, with the
+    attributes it got wrong below."""
+    from ..sampling.grid import annotated_grid
+
+    n, rows, shown = len(summary["prompts"]), summary["methods"], summary["shown"]
+    differ = sum(len({m["correct"][i] for m in rows}) > 1 for i in shown)
+    job = summary["job"]
+    title = (
+        f"dice demo: {', '.join(demo_name(m) for m in rows)}; {job['steps']} steps; the same prompt and seed down "
+        "each column. Frame: the exact oracle of the shapes world (green: the image shows what the prompt says; "
+        "red: it does not, the wrong attributes below). "
+        f"Showing {len(shown)} of {n} prompts ({summary['rule']}): {differ} of the {summary['disagree']} "
+        f"prompts on which the methods disagree, then {len(shown) - differ} on which they agree. Rates at left: "
+        f"over all {n} prompts, ± one standard error. CFG / DICE wall time: {summary['cfg_dice_time_ratio']:.2f}x."
+    )
+    return annotated_grid(
+        [[images[m["method"]][i] for i in shown] for m in rows],
+        row_labels=[
+            f"{demo_name(m)}\n{m['nfe']} NFE, {m['seconds_per_image']:.2f} s/img\nall-correct:\n{demo_rate(m)}"
+            for m in rows
+        ],
+        col_labels=[f"#{i + 1} {summary['prompts'][i]}" for i in shown],
+        frames=[[GREEN if m["correct"][i] else RED for i in shown] for m in rows],
+        notes=[
+            ["ok" if m["correct"][i] else "wrong: " + ", ".join(m["failed"][i]) for i in shown] for m in rows
+        ],
+        title=title,
+        label_width=175,
+    )
 
 
 def bench_table(rows: list[dict[str, Any]]) -> str:
@@ -244,12 +329,9 @@ def ceiling_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend, or None (with a warning) when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot (pip install 'dicecfg[eval]')")
-        return None
+    """matplotlib.pyplot on the Agg backend (matplotlib is a dependency: plots need no extra install)."""
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
