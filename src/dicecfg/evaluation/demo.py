@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..flags import opt
-from ..pipeline import default_sharpener, load_pipeline, model_option
+from ..pipeline import default_sharpener, load_pipeline, model_option, sharpener_option
 from ..runs.io import atomic_write_json
 from ..sampling.grid import save_grid
 from ..sharpener import Sharpener
@@ -32,7 +32,7 @@ class DemoJob:
     steps: int = opt(20, "DPM-Solver++ steps for every method")
     guidance_scale: float = opt(5.0, "CFG scale w (the paper's)")
     model: str | None = model_option()
-    sharpener: str | None = opt(None, "sharpener folder (default with the mini model: the shipped one)")
+    sharpener: str | None = sharpener_option()
     out: str = opt("dice-demo", "folder for grid.png and demo.json")
     device: str = opt("cpu", "cuda, cuda:1, cpu, ... (the demo is made for the CPU)")
     progress: bool = opt(True, "progress bars", cli=False)
