@@ -53,6 +53,7 @@ CHROMIUM_FLAGS = (
         (dict(seed="x"), "seed must be a whole number"),
         (dict(guidance_scale=float("nan")), "guidance scale must be between 1.0 and 20.0"),
         (dict(alpha=9), "alpha must be between 0.0 and 4.0"),
+        (dict(alpha="strong"), "alpha must be a number"),
         (dict(negative_prompt="x" * 1001), "negative prompt has 1001 characters"),
     ],
 )

@@ -58,10 +58,10 @@ class Request:
             if len(text) > limits.prompt_chars:
                 raise InputError(f"The {name} has {len(text)} characters; the most is {limits.prompt_chars}.")
         values = {
-            "seed": whole(self.seed, "seed"),
-            "steps": whole(self.steps, "steps"),
-            "guidance_scale": float(self.guidance_scale),
-            "alpha": float(self.alpha),
+            "seed": number(self.seed, "seed", whole=True),
+            "steps": number(self.steps, "steps", whole=True),
+            "guidance_scale": number(self.guidance_scale, "guidance scale"),
+            "alpha": number(self.alpha, "alpha"),
         }
         for name, v in values.items():
             lo, hi = getattr(limits, name)
@@ -70,12 +70,15 @@ class Request:
         return Request(prompt, negative, **values)
 
 
-def whole(value: Any, name: str) -> int:
-    """An integral number as an int (7.0 -> 7); an ``InputError`` for 7.5, text or None."""
+def number(value: Any, name: str, whole: bool = False) -> float | int:
+    """``value`` as a float (an int when ``whole``: 7.0 -> 7); an ``InputError`` for text, None, or 7.5 when a
+    whole number is needed."""
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{name} must be a whole number (got {value!r}).") from None
+        raise InputError(f"{name} must be a number (got {value!r}).") from None
+    if not whole:
+        return f
     if not f.is_integer():
         raise InputError(f"{name} must be a whole number (got {value!r}).")
     return int(f)

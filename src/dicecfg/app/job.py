@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,7 @@ class Server:
         """Serve until Ctrl-C (or ``close()`` from another thread), then stop."""
         try:
             while self.app.is_running:
-                threading.Event().wait(0.5)
+                time.sleep(0.5)
         except KeyboardInterrupt:
             log.info("stopping")
         finally:
