@@ -134,6 +134,28 @@ def tiny_sd(tiny_sd_dir):
     return load_pipeline(tiny_sd_dir)
 
 
+def random_sharpener(pipe, seed=0, mask_mode="keep", std=0.3):
+    """A small sharpener that fits ``pipe``'s family, with random weights (std=0: untrained, a zero edit)."""
+    from dicecfg import Sharpener
+    from dicecfg.families import family_of
+
+    fam = family_of(pipe)
+    torch.manual_seed(seed)
+    s = Sharpener(
+        fam.dim(pipe),
+        64,
+        4,
+        family=fam.name,
+        num_tokens=fam.num_tokens(pipe),
+        copy_first_token=fam.copy_first_token,
+        mask_mode=mask_mode,
+    )
+    if std:
+        for p in s.parameters():
+            torch.nn.init.normal_(p, std=std)
+    return s
+
+
 @pytest.fixture(scope="session")
 def prompts() -> list[str]:
     return list(PROMPTS)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import random_sharpener
 
 from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline, sharpen
 from dicecfg.errors import InputError, SharpenerMismatchError
@@ -46,24 +47,6 @@ def pixart(tiny_pixart_dir):
     return load_pipeline(tiny_pixart_dir)
 
 
-def _sharpener(pipe, seed=0, mask_mode="keep", std=0.3):
-    fam = family_of(pipe)
-    torch.manual_seed(seed)
-    s = Sharpener(
-        fam.dim(pipe),
-        64,
-        4,
-        family=fam.name,
-        num_tokens=fam.num_tokens(pipe),
-        copy_first_token=fam.copy_first_token,
-        mask_mode=mask_mode,
-    )
-    if std:
-        for p in s.parameters():
-            torch.nn.init.normal_(p, std=std)
-    return s
-
-
 def _images(pipe, method, **kw):
     out = generate(pipe, P, method=method, num_inference_steps=STEPS, progress=False, **kw)
     return np.stack([s.image for s in out])
@@ -83,13 +66,13 @@ def test_detection_and_dims(pipe):
 
 def test_alpha_zero_and_untrained_equal_unguided(pipe):
     base = _images(pipe, "unguided")
-    assert np.array_equal(base, _images(pipe, "dice", sharpener=_sharpener(pipe), alpha=0.0))
-    assert np.array_equal(base, _images(pipe, "dice", sharpener=_sharpener(pipe, std=0)))
-    assert not np.array_equal(base, _images(pipe, "dice", sharpener=_sharpener(pipe)))
+    assert np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe), alpha=0.0))
+    assert np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe, std=0)))
+    assert not np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe)))
 
 
 def test_kwargs_have_stock_shapes_and_run_the_pipeline(pipe):
-    fam, sharp = family_of(pipe), _sharpener(pipe)
+    fam, sharp = family_of(pipe), random_sharpener(pipe)
     kwargs = sharpen(pipe, sharp, P, negative_prompt="a blue triangle")
     n, d = EXPECT[fam.name]["tokens"], EXPECT[fam.name]["dim"]
     assert kwargs["prompt_embeds"].shape == (2, n, d)
@@ -110,7 +93,7 @@ def test_kwargs_have_stock_shapes_and_run_the_pipeline(pipe):
 
 
 def test_negative_prompt_changes_dice_and_cfg(pipe):
-    sharp = _sharpener(pipe)
+    sharp = random_sharpener(pipe)
     for method in ("dice", "cfg"):
         assert not np.array_equal(
             _images(pipe, method, sharpener=sharp),
@@ -120,9 +103,9 @@ def test_negative_prompt_changes_dice_and_cfg(pipe):
 
 def test_wrong_family_or_dim_is_refused(sdxl, pixart):
     with pytest.raises(SharpenerMismatchError, match="'pixart' family but the pipeline is 'sdxl'"):
-        sharpen(sdxl, _sharpener(pixart), P)
+        sharpen(sdxl, random_sharpener(pixart), P)
     with pytest.raises(SharpenerMismatchError, match="'sdxl' family but the pipeline is 'pixart'"):
-        sharpen(pixart, _sharpener(sdxl), P)
+        sharpen(pixart, random_sharpener(sdxl), P)
     with pytest.raises(SharpenerMismatchError, match="'sd' family"):
         list(generate(sdxl, P, method="dice", sharpener=Sharpener(64, 64, 4), progress=False))
     wrong_dim = Sharpener(48, 64, 4, family="sdxl", num_tokens=77)
@@ -151,7 +134,7 @@ def test_pixart_mask_modes(pixart):
     assert torch.equal(run(fam.edited(cond, tokens, "keep")), run(cond))
     assert fam.edited(cond, tokens, "open").extras["attention_mask"].all()
     assert not torch.equal(run(fam.edited(cond, tokens, "open")), run(fam.edited(cond, cond.tokens, "open")))
-    keep, open_ = _sharpener(pixart, mask_mode="keep"), _sharpener(pixart, mask_mode="open")
+    keep, open_ = random_sharpener(pixart, mask_mode="keep"), random_sharpener(pixart, mask_mode="open")
     assert not np.array_equal(
         _images(pixart, "dice", sharpener=keep), _images(pixart, "dice", sharpener=open_)
     )
@@ -170,7 +153,7 @@ def test_sdxl_negative_is_encoded_empty_prompt_and_flag_untouched(sdxl, prompts,
     kwargs = fam.pipeline_kwargs(sdxl, fam.encode(sdxl, P), empty)
     assert torch.equal(kwargs["negative_prompt_embeds"][1], empty.tokens[0])
     assert torch.equal(kwargs["negative_pooled_prompt_embeds"][1], empty.extras["pooled"][0])
-    sharpen(sdxl, _sharpener(sdxl), P)
+    sharpen(sdxl, random_sharpener(sdxl), P)
     _images(sdxl, "cfg")
     distill(sdxl, prompts, config=DistillConfig(steps=1, **FAST), output_dir=tmp_path / "run")
     assert sdxl.config.force_zeros_for_empty_prompt is True

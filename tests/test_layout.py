@@ -71,8 +71,12 @@ def test_stages_depend_one_way():
     modules = set(imports)
     for m, found in imports.items():
         reached = _targets(found, modules)
-        if m.startswith(("dicecfg.evaluation", "dicecfg.bench", "dicecfg.sampling", "dicecfg.metrics")):
+        if m.startswith(
+            ("dicecfg.evaluation", "dicecfg.bench", "dicecfg.sampling", "dicecfg.metrics", "dicecfg.app")
+        ):
             assert not {t for t in reached if t.startswith("dicecfg.training")}, m
+        if m.startswith(("dicecfg.world", "dicecfg.metrics", "dicecfg.sampling", "dicecfg.evaluation")):
+            assert not {t for t in reached if t.startswith("dicecfg.app")}, m  # the app sits on top
         if m.startswith(("dicecfg.world", "dicecfg.metrics")):
             assert not {t for t in reached if t.startswith(("dicecfg.sampling", "dicecfg.evaluation"))}, m
         if m.startswith("dicecfg.world"):

@@ -1,6 +1,6 @@
 """dicecfg: distil classifier-free guidance into a text-embedding sharpener (DICE, arXiv 2502.03726).
 
-    from dicecfg import Sharpener, sharpen, generate, distill, load_pipeline
+    from dicecfg import Sharpener, sharpen, generate, distill, load_pipeline, enable_dice, disable_dice
 
 The public names are imported lazily, so ``import dicecfg.world`` or ``dice --help`` stay fast.
 """
@@ -17,7 +17,9 @@ _EXPORTS = {
     "DistillConfig": "training.config",
     "Sample": "sampling.generate",
     "Sharpener": "sharpener",
+    "disable_dice": "sampling.enable",
     "distill": "training.loop",
+    "enable_dice": "sampling.enable",
     "generate": "sampling.generate",
     "load_pipeline": "pipeline",
     "sharpen": "sampling.generate",
@@ -27,6 +29,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import DiceError  # noqa: F401
     from .pipeline import load_pipeline  # noqa: F401
+    from .sampling.enable import disable_dice, enable_dice  # noqa: F401
     from .sampling.generate import Sample, generate, sharpen  # noqa: F401
     from .sharpener import Sharpener  # noqa: F401
     from .training.config import DistillConfig  # noqa: F401

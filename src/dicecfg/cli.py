@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
+from .app.job import ServeJob, run_serve
 from .bench.speed import BenchConfig, run_bench
 from .errors import DiceError
 from .evaluation import report
@@ -30,6 +31,7 @@ EPILOG = """examples:
   dice sample "a small red circle left of a blue square" --method dice
   dice sample --prompts prompts.txt --model ./sd15 --sharpener runs/sd15 --negative-prompt "blurry"
   dice train --model ./sd15 --prompts prompts.txt --steps 8000 --batch-size 16 --out runs/sd15
+  dice serve --port 7860
 """
 
 
@@ -82,6 +84,12 @@ def _ceiling(job: CeilingJob, argv: list[str]) -> None:
     print(result.table())
 
 
+def _serve(job: ServeJob, argv: list[str]) -> None:
+    server = run_serve(job)
+    print(f"dice serve: {server.url}  (Ctrl-C stops)", flush=True)
+    server.wait()
+
+
 # command -> (its options, what runs it, one line of help)
 COMMANDS: dict[str, tuple[type, Callable[[Any, list[str]], int | None], str]] = {
     "sample": (SampleJob, _sample, "generate images with dice, cfg, unguided or scaling"),
@@ -95,6 +103,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any, list[str]], int | None], str]] = 
         _ceiling,
         "how much of CFG a free per-prompt embedding edit buys (vs a sharpener)",
     ),
+    "serve": (ServeJob, _serve, "web app: unguided, CFG and DICE side by side (pip install 'dicecfg[app]')"),
 }
 
 

@@ -27,6 +27,10 @@ class InputError(DiceError, ValueError):
     """Bad user input: prompts file, image folder, option values."""
 
 
+class MissingExtraError(DiceError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""
+
+
 class RunLockedError(DiceError, RuntimeError):
     """Another live process holds the run folder's ``run.lock``."""
 

@@ -156,6 +156,11 @@ def model_option() -> Any:
     return opt(None, "hub id or local diffusers folder (default: the shipped mini model)")
 
 
+def sharpener_option() -> Any:
+    """The ``sharpener`` option of a command that samples with DICE."""
+    return opt(None, "sharpener folder or hub id (default with the mini model: the shipped one)")
+
+
 def device_option() -> Any:
     """The ``device`` option of a command."""
     return opt(None, "cuda, cuda:1, cpu, ... (default: cuda if available)")

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import InputError
 from ..flags import opt
-from ..pipeline import device_option, dtype_option, model_option
+from ..pipeline import device_option, dtype_option, model_option, sharpener_option
 
 log = logging.getLogger(__name__)
 GROUPS = ("sos", "words", "eos", "padding")
@@ -32,7 +32,7 @@ class AnalyzeConfig:
 
     out: str = opt("analysis", "output folder: analysis.json, analysis.md, analysis.png")
     model: str | None = model_option()
-    sharpener: str | None = opt(None, "sharpener folder (default with the mini model: the shipped one)")
+    sharpener: str | None = sharpener_option()
     prompts: tuple[str, ...] = opt((), "prompts (default: the shapes world's held-out set)", positional=True)
     prompts_file: str | None = opt(None, "text file or JSONL of prompts", flag="--prompts", metavar="FILE")
     limit: int = opt(64, "use the first N prompts")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..flags import opt
-from ..pipeline import default_sharpener, load_pipeline, model_option
+from ..pipeline import default_sharpener, load_pipeline, model_option, sharpener_option
 from ..runs.io import atomic_write_json
 from ..sampling.generate import Sample, generate
 from ..sampling.grid import save_png
@@ -45,7 +45,7 @@ class DemoJob:
     guidance_scale: float = opt(5.0, "CFG scale w (the paper's)")
     batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
     model: str | None = model_option()
-    sharpener: str | None = opt(None, "sharpener folder (default with the mini model: the shipped one)")
+    sharpener: str | None = sharpener_option()
     out: str = opt("dice-demo", "folder for grid.png and demo.json")
     device: str = opt("cpu", "cuda, cuda:1, cpu, ... (the demo is made for the CPU)")
     progress: bool = opt(True, "progress bars", cli=False)

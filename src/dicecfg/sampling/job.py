@@ -21,6 +21,7 @@ from ..pipeline import (
     model_option,
     resolve_device,
     resolve_dtype,
+    sharpener_option,
 )
 from ..runs.io import atomic_write_text
 from ..sharpener import Sharpener
@@ -40,9 +41,7 @@ class SampleJob:
         None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE"
     )
     model: str | None = model_option()
-    sharpener: str | None = opt(
-        None, "sharpener folder or hub id (default with the mini model: the shipped one)"
-    )
+    sharpener: str | None = sharpener_option()
     method: str = opt("dice", "sampling method", choices=METHODS)
     guidance_scale: float = opt(5.0, "CFG scale w (method cfg)")
     alpha: float = opt(1.0, "edit strength (method dice)")

@@ -1,0 +1,155 @@
+"""What the app computes, without the web page: one request -> unguided, CFG and DICE images of the same seed.
+
+Every image comes from ``generate()`` (the one sampling path), one call per method, so each carries its own NFE
+and measured seconds. On a shapes-world model the oracle's verdict comes with each image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..families import family_of
+from ..metrics.world import RENDER_SIZE, alignment, world_specs
+from ..sampling.generate import Sample, generate
+from ..sharpener import Sharpener
+
+SHOWN = ("unguided", "cfg", "dice")  # the methods side by side, in this order
+CHECKED = ("count", "shape", "colour", "size", "relation", "background")  # named in a verdict when wrong
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Accepted inputs: the page's sliders show these bounds and every request is checked against them (an API
+    call can send anything)."""
+
+    steps: tuple[int, int] = (1, 100)
+    guidance_scale: tuple[float, float] = (1.0, 20.0)
+    alpha: tuple[float, float] = (0.0, 4.0)
+    seed: tuple[int, int] = (0, 2**32 - 1)
+    prompt_chars: int = 1000
+
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One comparison: a prompt and the knobs of the three methods (the defaults are the page's)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance_scale: float = 5.0  # CFG's w
+    alpha: float = 1.0  # DICE's edit strength
+
+    def checked(self, limits: Limits = LIMITS) -> Request:
+        """This request with text stripped and integral numbers as ints; an ``InputError`` saying what to
+        change for any value outside ``limits``."""
+        prompt, negative = (self.prompt or "").strip(), (self.negative_prompt or "").strip()
+        if not prompt:
+            raise InputError("The prompt is empty: type what the image should show.")
+        for name, text in (("prompt", prompt), ("negative prompt", negative)):
+            if len(text) > limits.prompt_chars:
+                raise InputError(f"The {name} has {len(text)} characters; the most is {limits.prompt_chars}.")
+        values = {
+            "seed": number(self.seed, "seed", whole=True),
+            "steps": number(self.steps, "steps", whole=True),
+            "guidance_scale": number(self.guidance_scale, "guidance scale"),
+            "alpha": number(self.alpha, "alpha"),
+        }
+        for name, v in values.items():
+            lo, hi = getattr(limits, name)
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise InputError(f"{name.replace('_', ' ')} must be between {lo} and {hi} (got {v}).")
+        return Request(prompt, negative, **values)
+
+
+def number(value: Any, name: str, whole: bool = False) -> float | int:
+    """``value`` as a float (an int when ``whole``: 7.0 -> 7); an ``InputError`` for text, None, or 7.5 when a
+    whole number is needed."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number (got {value!r}).") from None
+    if not whole:
+        return f
+    if not f.is_integer():
+        raise InputError(f"{name} must be a whole number (got {value!r}).")
+    return int(f)
+
+
+@dataclass
+class Shot:
+    """One method's image of a comparison, and the oracle's per-attribute scores of it (None: not judged)."""
+
+    sample: Sample
+    scores: dict[str, float] | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        """ "correct", or the attributes the oracle found wrong ("wrong count" alone when the objects are not
+        the ones asked for: then the other attributes say nothing); None when not judged."""
+        if self.scores is None:
+            return None
+        if self.scores["all"] == 1:
+            return "correct"
+        wrong = ["count"] if self.scores["count"] < 1 else [k for k in CHECKED if self.scores[k] < 1]
+        return "wrong " + ", ".join(wrong)
+
+    @property
+    def caption(self) -> str:
+        """``method: NFE, seconds[, oracle: verdict]``, the label under the image."""
+        s = self.sample
+        text = f"{s.method}: {s.nfe} NFE, {s.seconds:.2f} s"
+        return text + (f", oracle: {self.verdict}" if self.verdict else "")
+
+    def record(self) -> dict[str, Any]:
+        s = self.sample
+        return {
+            "method": s.method,
+            "nfe": s.nfe,
+            "seconds": round(s.seconds, 4),
+            "oracle": self.verdict,
+            "oracle_scores": self.scores,
+            **s.params,
+        }
+
+
+def reads_shapes_world(pipe: Any) -> bool:
+    """Whether the oracle can judge this model's images: a shapes-world model (the shipped mini model, or one
+    trained by its recipe) samples at the world's 64 x 64 pixels."""
+    return family_of(pipe).default_size(pipe) == RENDER_SIZE
+
+
+def judge(images: list, prompt: str, oracle: Any) -> list[dict[str, float] | None]:
+    """The oracle's 0/1 score of each attribute (and "all") of each image of ``prompt``; None for each image
+    when the prompt is outside the world's grammar."""
+    specs = world_specs([prompt])
+    if specs is None:
+        return [None] * len(images)
+    scores = alignment(np.stack(images), specs * len(images), oracle)
+    return [{k: float(v[i]) for k, v in scores.items()} for i in range(len(images))]
+
+
+def compare(pipe: Any, sharpener: Sharpener, request: Request, *, oracle: Any = None) -> list[Shot]:
+    """Unguided, CFG and DICE images of ``request`` (checked first) from the same seed, in ``SHOWN`` order.
+    With an ``oracle`` (see ``reads_shapes_world``) each image gets its verdict."""
+    r = request.checked()
+    knobs = dict(
+        seeds=[r.seed],
+        sharpener=sharpener,
+        negative_prompt=r.negative_prompt or None,
+        guidance_scale=r.guidance_scale,
+        alpha=r.alpha,
+        num_inference_steps=r.steps,
+        progress=False,
+    )
+    samples = [s for method in SHOWN for s in generate(pipe, [r.prompt], method=method, **knobs)]
+    scores = judge([s.image for s in samples], r.prompt, oracle) if oracle is not None else [None] * 3
+    return [Shot(s, v) for s, v in zip(samples, scores, strict=True)]

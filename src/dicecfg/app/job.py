@@ -1,0 +1,112 @@
+"""`dice serve`: the options of the app (a frozen dataclass) and the one function that starts it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from ..families import check_compatible
+from ..flags import opt
+from ..pipeline import (
+    default_sharpener,
+    device_option,
+    dtype_option,
+    is_mini,
+    load_pipeline,
+    model_option,
+    resolve_device,
+    resolve_dtype,
+    sharpener_option,
+)
+from ..sharpener import Sharpener
+from .compare import reads_shapes_world
+from .ui import CSS, build_app, import_gradio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeJob:
+    """`dice serve`: the model and sharpener to compare with, and where the page listens."""
+
+    model: str | None = model_option()
+    sharpener: str | None = sharpener_option()
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0 makes the app reachable from other machines)")
+    port: int = opt(7860, "port to listen on")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
+
+
+@dataclass
+class Server:
+    """A running app: its address, and how to wait for it or stop it."""
+
+    url: str
+    app: Any  # the gr.Blocks
+
+    def wait(self) -> None:
+        """Serve until Ctrl-C (or ``close()`` from another thread), then stop."""
+        try:
+            while self.app.is_running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            log.info("stopping")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def run_serve(job: ServeJob) -> Server:
+    """Load the model and sharpener, check that they fit, and start the app; returns once it answers."""
+    from ..world import Oracle, heldout_set
+
+    # gradio takes seconds to import: do it while the model loads (import locks make the later import wait)
+    threading.Thread(target=import_gradio, daemon=True).start()
+    name = default_sharpener(job.model, job.sharpener)
+    if name is None:
+        raise InputError("dice serve with a model of your own needs its sharpener (--sharpener).")
+    sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
+    device = resolve_device(job.device)
+    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
+    fam = check_compatible(pipe, sharp)  # a sharpener for another model: refused before the page exists
+    world = reads_shapes_world(pipe)
+    model = "the shipped mini model" if is_mini(job.model) else job.model
+    about = (
+        f"Model: {model} ({fam.name}, {type(pipe).__name__}); sharpener: {name}; device: {device}. "
+        "All three images use the same seed. CFG evaluates the network twice per step, unguided sampling and "
+        "DICE once."
+        + (" The shapes-world oracle judges each image (prompts in the world's grammar)." if world else "")
+    )
+    app = build_app(
+        pipe,
+        sharp,
+        oracle=Oracle() if world else None,
+        title="DICE: unguided vs CFG vs DICE",
+        about=about,
+        examples=[it.prompt for it in heldout_set()[::97][:5]] if world else (),
+    )
+    try:
+        app.launch(
+            server_name=job.host,
+            server_port=job.port,
+            prevent_thread_lock=True,
+            share=False,
+            inbrowser=False,
+            quiet=True,
+            show_error=True,
+            ssr_mode=False,
+            pwa=False,
+            mcp_server=False,
+            enable_monitoring=False,
+            css=CSS,
+        )
+    except OSError as e:
+        raise InputError(f"Cannot listen on {job.host}:{job.port} ({e}). Pick another --port.") from e
+    log.info("serving %s (%s) on %s", model, fam.name, app.local_url)
+    return Server(app.local_url, app)

@@ -1,0 +1,280 @@
+"""`dice serve` as a person uses it: the server started as a command on a free local port, `/compare` called
+through gradio_client, and the page driven in headless Chromium (Debian's chromium + chromedriver; skipped
+without them). Set DICE_SCREENSHOT=docs/app.png to keep the browser test's screenshot."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_sharpener
+
+from dicecfg import Sharpener, generate, load_pipeline
+from dicecfg.app.compare import SHOWN, Request, Shot, compare, judge, reads_shapes_world
+from dicecfg.cli import main
+from dicecfg.errors import InputError
+
+PROMPT = "a small red circle to the left of a blue square"
+SHOWCASE = (
+    "a large green circle to the left of a small blue triangle on a gray background"  # the screenshot's
+)
+STEPS = 8
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1250",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",  # nothing but this machine is reachable
+)
+
+
+# ---- what the app computes (no server) -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(prompt="  "), "prompt is empty"),
+        (dict(steps=0), "steps must be between 1 and 100"),
+        (dict(steps=101), "steps must be between 1 and 100"),
+        (dict(steps=7.5), "steps must be a whole number"),
+        (dict(seed=-1), "seed must be between 0"),
+        (dict(seed="x"), "seed must be a whole number"),
+        (dict(guidance_scale=float("nan")), "guidance scale must be between 1.0 and 20.0"),
+        (dict(alpha=9), "alpha must be between 0.0 and 4.0"),
+        (dict(alpha="strong"), "alpha must be a number"),
+        (dict(negative_prompt="x" * 1001), "negative prompt has 1001 characters"),
+    ],
+)
+def test_bad_requests_are_refused_with_what_to_change(change, message):
+    with pytest.raises(InputError, match=message):
+        Request(**{"prompt": PROMPT, **change}).checked()
+
+
+def test_requests_are_normalised():
+    r = Request(f"  {PROMPT} ", " blurry ", seed=3.0, steps=12.0).checked()
+    assert (r.prompt, r.negative_prompt, r.seed, r.steps) == (PROMPT, "blurry", 3, 12)
+    assert isinstance(r.seed, int) and isinstance(r.steps, int)
+
+
+def test_compare_is_generate_for_each_method_from_one_seed(tiny_sd):
+    sharp = random_sharpener(tiny_sd)
+    shots = compare(tiny_sd, sharp, Request("a red circle", "a blue square", seed=4, steps=2))
+    assert [s.sample.method for s in shots] == list(SHOWN)
+    assert [s.sample.nfe for s in shots] == [2, 4, 2]
+    assert all(s.sample.seed == 4 and s.sample.seconds > 0 and s.verdict is None for s in shots)
+    for s in shots:
+        expected = generate(
+            tiny_sd,
+            ["a red circle"],
+            method=s.sample.method,
+            seeds=[4],
+            sharpener=sharp,
+            negative_prompt="a blue square",
+            num_inference_steps=2,
+            progress=False,
+        )
+        assert np.array_equal(s.sample.image, next(expected).image), s.sample.method
+    assert shots[0].caption.startswith("unguided: 2 NFE, ") and shots[1].caption.startswith("cfg: 4 NFE, ")
+    assert not reads_shapes_world(tiny_sd)  # 16-px images: no oracle verdicts
+
+
+def test_oracle_verdicts_name_what_is_wrong(tiny_sd):
+    from dicecfg.world import Oracle, heldout_set, render
+
+    item = next(it for it in heldout_set() if it.spec.relation in ("left of", "right of"))
+    clean = render([item.scene])[0]
+    blank = np.full_like(clean, clean[0, 0])  # the background alone: no objects
+    mirrored = clean[:, ::-1]  # the objects swapped left-right: only the relation can be wrong
+    scores = judge([clean, blank, mirrored], item.prompt, Oracle())
+    assert scores[0]["all"] == 1 and scores[1]["count"] == 0
+    sample = next(
+        generate(tiny_sd, ["a red circle"], method="unguided", num_inference_steps=1, progress=False)
+    )
+    said = [Shot(sample, s).verdict for s in scores]
+    assert said == ["correct", "wrong count", "wrong relation"]  # no objects: the rest says nothing
+    assert judge([clean], "a corgi on the beach", Oracle()) == [None]  # outside the world's grammar
+    assert Shot(sample, None).verdict is None and "oracle" not in Shot(sample, None).caption
+
+
+def test_a_sharpener_for_another_model_stops_serve_before_it_starts(tiny_sd_dir, capsys):
+    t0 = time.perf_counter()
+    assert (
+        main(["-q", "serve", "--model", str(tiny_sd_dir), "--sharpener", "mini", "--port", str(free_port())])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # the last line: loading bars may come first
+    assert err.startswith(
+        "dice: error: Sharpener dim 256 does not match the pipeline's text embedding dim 32"
+    )
+    assert main(["-q", "serve", "--model", str(tiny_sd_dir)]) == 2
+    assert "needs its sharpener (--sharpener)" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 60
+
+
+# ---- the running server ---------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def this_machines_address() -> str | None:
+    """A non-loopback address of this machine (None if it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`dice serve` on the shipped mini model, as a command; yields (url, seconds until the page answered)."""
+    pytest.importorskip("gradio", reason="dice serve needs gradio: pip install -e '.[app]'")
+    port, tmp = free_port(), tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"), "HF_HUB_OFFLINE": "1"}
+    log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed at teardown
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicecfg.cli", "serve", "--port", str(port), "--device", "cpu"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            assert proc.poll() is None, (tmp / "serve.log").read_text()
+            assert time.perf_counter() - t0 < 120, "dice serve did not answer within 120 s"
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield url, time.perf_counter() - t0
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the app closes and the command exits 0
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        log.close()
+        assert code == 0, (tmp / "serve.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def mini():
+    """The shipped mini model and sharpener, loaded here to check the server's images."""
+    return load_pipeline(), Sharpener.from_pretrained("mini")
+
+
+def test_serve_answers_and_binds_to_this_machine_only(server):
+    url, seconds = server
+    print(f"dice serve answered after {seconds:.1f} s")
+    assert seconds < 60  # README: under 10 s on an idle 2-core CPU; generous here for loaded CI machines
+    page = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert "fonts.googleapis" not in page and "cdn." not in page
+    other = this_machines_address()
+    if other is not None:  # not listening on the machine's other interfaces
+        with pytest.raises(OSError), socket.create_connection((other, int(url.rsplit(":", 1)[1][:-1])), 2):
+            pass
+
+
+def test_compare_endpoint_through_gradio_client(server, mini, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    client = Client(server[0], verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    t0 = time.perf_counter()
+    gallery, details = client.predict(PROMPT, "", 7, STEPS, 5.0, 1.0, api_name="/compare")
+    latency = time.perf_counter() - t0
+    print(f"/compare at {STEPS} steps: {latency:.1f} s")
+    assert latency < 120
+    assert [d["method"] for d in details["images"]] == list(SHOWN)
+    assert [d["nfe"] for d in details["images"]] == [STEPS, 2 * STEPS, STEPS]
+    for item, d in zip(gallery, details["images"], strict=True):
+        assert item["caption"].startswith(f"{d['method']}: {d['nfe']} NFE, {d['seconds']:.2f} s, oracle: ")
+        assert 0 < d["seconds"] < latency and d["oracle"] in item["caption"]
+        image = np.asarray(Image.open(item["image"]).convert("RGB"))
+        pipe, sharp = mini
+        expected = generate(
+            pipe,
+            [PROMPT],
+            method=d["method"],
+            seeds=[7],
+            sharpener=sharp,
+            num_inference_steps=STEPS,
+            progress=False,
+        )
+        assert np.array_equal(image, next(expected).image), d["method"]  # the sampled pixels, losslessly
+
+    with pytest.raises(AppError, match="The prompt is empty"):
+        client.predict("", "", 7, STEPS, 5.0, 1.0, api_name="/compare")
+    with pytest.raises(AppError, match="steps must be between 1 and 100|greater than maximum value 100"):
+        client.predict(PROMPT, "", 7, 1000, 5.0, 1.0, api_name="/compare")
+    again, _ = client.predict(PROMPT, "", 7, 2, 5.0, 1.0, api_name="/compare")  # the server is still up
+    assert len(again) == 3
+
+
+# ---- the page in a browser ------------------------------------------------------------------------------------
+@pytest.fixture()
+def browser(tmp_path):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Chromium and its driver: apt-get install chromium chromium-driver (Debian)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install -e '.[dev]'")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_page_in_headless_chromium(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = server[0]
+    wait = WebDriverWait(browser, 120)
+    browser.get(url)
+    prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+    button = browser.find_element(By.CSS_SELECTOR, "#compare")
+    button.click()  # no prompt yet: an error message, and the page goes on
+    wait.until(lambda d: "The prompt is empty" in d.find_element(By.TAG_NAME, "body").text)
+    browser.find_element(By.CSS_SELECTOR, "[data-testid=toast-close]").click()
+
+    prompt.send_keys(SHOWCASE)
+    button.click()
+    sizes = "return [...document.querySelectorAll('#dice-images img')].map(i => i.complete && i.naturalWidth)"
+    shown = wait.until(lambda d: (n := d.execute_script(sizes)) and len(n) == 3 and all(n) and n)
+    assert shown == [64, 64, 64]  # three images, loaded, each the model's 64 x 64 pixels
+    text = browser.find_element(By.ID, "dice-images").text
+    for label in ("unguided: 20 NFE, ", "cfg: 40 NFE, ", "dice: 20 NFE, ", "oracle: "):
+        assert label in text, text
+
+    shot = Path(os.environ.get("DICE_SCREENSHOT") or tmp_path / "app.png")
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]"))
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.startswith((url, "data:", "blob:")) for u in loaded), (
+        loaded
+    )  # nothing from elsewhere
