@@ -76,7 +76,8 @@ def number(value: Any, name: str, whole: bool = False) -> float | int:
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number (got {value!r}).") from None
+        kind = "a whole number" if whole else "a number"
+        raise InputError(f"{name} must be {kind} (got {value!r}).") from None
     if not whole:
         return f
     if not f.is_integer():
