@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..flags import opt
-from ..pipeline import default_sharpener, load_pipeline, model_option
+from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_device
 from ..runs.io import atomic_write_json
 from ..sampling.grid import save_grid
 from ..sharpener import Sharpener
@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 class DemoJob:
     """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
 
-    prompts: int = opt(8, "held-out prompts shown (spread over the held-out set)", metavar="N")
-    steps: int = opt(20, "DPM-Solver++ steps for every method")
-    guidance_scale: float = opt(5.0, "CFG scale w (the paper's)")
+    prompts: int = opt(8, "held-out prompts shown (spread over the held-out set)", metavar="N", min=1)
+    steps: int = opt(20, "DPM-Solver++ steps for every method", min=1)
+    guidance_scale: float = opt(5.0, "CFG scale w (the paper's)", min=1.0)
     model: str | None = model_option()
     sharpener: str | None = opt(None, "sharpener folder (default with the mini model: the shipped one)")
-    out: str = opt("dice-demo", "folder for grid.png and demo.json")
+    out: str = opt("dice-demo", "folder for grid.png and demo.json", path="out_dir")
     device: str = opt("cpu", "cuda, cuda:1, cpu, ... (the demo is made for the CPU)")
     progress: bool = opt(True, "progress bars", cli=False)
 
@@ -50,7 +50,7 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     if name is None:
         raise InputError("dice demo with a model of your own needs its sharpener (sharpener=...).")
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
-    pipe = load_pipeline(job.model, device=job.device)
+    pipe = load_pipeline(job.model, device=resolve_device(job.device))
     oracle = Oracle()
     rows, table = [], []
     for method in ("unguided", "cfg", "dice"):
