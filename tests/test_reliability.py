@@ -480,7 +480,7 @@ def test_bad_input_is_one_line_exit_2(tiny_sd_dir, prompts, tmp_path, capsys, mo
     cases = [
         ([*sample, "--prompts", str(tmp_path)], "is a folder"),
         ([*sample, "--prompts", str(nul)], "nul.txt:2: holds a NUL byte"),
-        ([*sample, "--seed", str(2**63)], "--seed is out of range"),
+        ([*sample, "--seed", str(2**63)], "--seed (seed) is out of range"),
         (["sample", "a", "b", "--seed", str(2**63 - 1), "--model", m, "-q"], "Seeds must lie in"),
         ([*sample, "--out", str(a_file)], "is a file"),
         ([*sample, "--out", str(a_file / "sub")], "is a file, not a folder"),
@@ -488,16 +488,16 @@ def test_bad_input_is_one_line_exit_2(tiny_sd_dir, prompts, tmp_path, capsys, mo
         ([*sample, "--device", "nonsense"], "Unknown device"),
         ([*sample, "--sharpener", str(_sharpener_with(tmp_path, "h0", heads=0))], "does not describe"),
         ([*sample, "--sharpener", str(_sharpener_with(tmp_path, "h7", heads=7))], "does not describe"),
-        ([*train, "--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
-        ([*train, "--log-every", "0"], "--log-every must be >= 1"),
+        ([*train, "--checkpoint-every", "0"], "--checkpoint-every (checkpoint_every) must be >= 1"),
+        ([*train, "--log-every", "0"], "--log-every (log_every) must be >= 1"),
         ([*train, "--heads", "7"], "heads (7) must divide inner_dim (512)"),
-        ([*train, "--teacher-pool", "0"], "--teacher-pool must be >= 1"),
+        ([*train, "--teacher-pool", "0"], "--teacher-pool (teacher_pool) must be >= 1"),
         ([*train, "--resolution", "30", "--device", "cpu"], "resolution"),
-        ([*train, "--gpus", "0"], "--gpus must be >= 1"),
-        ([*train, "--gpus", "-1"], "--gpus must be >= 1"),
+        ([*train, "--gpus", "0"], "--gpus (gpus) must be >= 1"),
+        ([*train, "--gpus", "-1"], "--gpus (gpus) must be >= 1"),
         ([*train, "--guidance-scale", "nan"], "finite"),
-        (["demo", "--prompts", "0"], "--prompts must be >= 1"),
-        (["demo", "--prompts", "-2"], "--prompts must be >= 1"),
+        (["demo", "--prompts", "0"], "--prompts (prompts) must be >= 1"),
+        (["demo", "--prompts", "-2"], "--prompts (prompts) must be >= 1"),
     ]
     if not torch.cuda.is_available():
         cases.append(([*sample, "--device", "cuda"], "no cuda device"))

@@ -123,6 +123,15 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+def _option(f: dataclasses.Field) -> str:
+    """A field in a message, for readers of the command line and of Python: ``--mask-mode (mask_mode)``."""
+    return (
+        f.name
+        if f.metadata.get("positional") or not f.metadata.get("cli", True)
+        else f"{_flag(f)} ({f.name})"
+    )
+
+
 def _values(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
@@ -137,17 +146,17 @@ def check_values(obj: Any) -> Any:
                 continue
             if "choices" in meta and v not in meta["choices"]:
                 choices = ", ".join(map(str, meta["choices"]))
-                raise InputError(f"{_flag(f)} must be one of {choices} (got {v!r}).")
+                raise InputError(f"{_option(f)} must be one of {choices} (got {v!r}).")
             if not isinstance(v, int | float):
                 continue
             if isinstance(v, float) and not math.isfinite(v):
-                raise InputError(f"{_flag(f)} must be a finite number (got {v}).")
+                raise InputError(f"{_option(f)} must be a finite number (got {v}).")
             if isinstance(v, int) and not -INT64 <= v < INT64:
-                raise InputError(f"{_flag(f)} is out of range (got {v}; at most {INT64 - 1}).")
+                raise InputError(f"{_option(f)} is out of range (got {v}; at most {INT64 - 1}).")
             if "min" in meta and v < meta["min"]:
-                raise InputError(f"{_flag(f)} must be >= {meta['min']} (got {v}).")
+                raise InputError(f"{_option(f)} must be >= {meta['min']} (got {v}).")
             if "max" in meta and v > meta["max"]:
-                raise InputError(f"{_flag(f)} must be <= {meta['max']} (got {v}).")
+                raise InputError(f"{_option(f)} must be <= {meta['max']} (got {v}).")
     return obj
 
 

@@ -119,7 +119,7 @@ def _stats_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
             rec = json.loads(ln)
         except ValueError:
             rec = None
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+        if isinstance(rec, dict):
             out.append((ln, rec))
         else:
             bad += 1
@@ -133,7 +133,7 @@ def truncate_stats(run_dir: Path, step: int) -> None:
     path = run_dir / "stats.jsonl"
     if not path.is_file():
         return
-    keep = [ln for ln, rec in _stats_lines(path) if rec["step"] <= step]
+    keep = [ln for ln, rec in _stats_lines(path) if rec.get("step", step) <= step]
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
