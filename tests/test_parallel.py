@@ -20,7 +20,8 @@ def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, promp
     pfile.write_text("\n".join(prompts) + "\n")
     cmd = [sys.executable, "-m", "dicecfg.cli", "-q", "train", "--model", str(tiny_sd_dir), "--device", "cpu"]
     cmd += ["--prompts", str(pfile), "--out", str(run), "--batch-size", "1", "--gpus", "2"]
-    cmd += ["--grad-accum", "3", "--recipe", "paper", *ARGS]  # one timestep per batch: the same draws at any size
+    # the paper's recipe: one timestep per batch, the same draws whatever the number of ranks
+    cmd += ["--grad-accum", "3", "--recipe", "paper", *ARGS]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("sharpener (4 steps) saved") == 1  # rank 0 alone reports and writes

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -343,3 +344,309 @@ def test_out_of_memory_suggests_smaller_batch(tiny_sd_dir, tiny_sd, monkeypatch,
     code = main(["sample", "a", "--model", str(tiny_sd_dir), "--method", "cfg", "--device", "cpu", "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "--batch-size" in err and err.count("\n") == 1
+
+
+# ---- issue 16: nothing lost, nothing mislabelled, never a traceback --------------------------------------------
+TRAIN = ["--batch-size", "4", "--teacher-pool", "8", "--teacher-steps", "2", "--eval-pairs", "4"]
+TRAIN += ["--log-every", "1", "--eval-every", "0", "--checkpoint-every", "2", "--device", "cpu", "-q"]
+
+
+def _train(model, out, prompts_file, steps, *extra):
+    return main(["train", "--model", str(model), "--prompts", str(prompts_file), "--out", str(out)]
+                + ["--steps", str(steps), *TRAIN, *extra])  # fmt: skip
+
+
+def _one_line_error(capsys, code, *words):
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dice: error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err and all(w in err for w in words), err
+    return err
+
+
+def test_resume_with_other_content_is_refused(tiny_sd_dir, prompts, tmp_path, capsys):
+    a, b, run = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "run"
+    a.write_text("\n".join(prompts) + "\n")
+    b.write_text("\n".join(reversed(prompts)) + "\n")  # the same count, another content
+    assert _train(tiny_sd_dir, run, a, 2) == 0
+    _one_line_error(capsys, _train(tiny_sd_dir, run, b, 4), "prompts_sha256", "different settings")
+    negs = [tmp_path / "n1.txt", tmp_path / "n2.txt"]
+    negs[0].write_text("blurry\n")
+    negs[1].write_text("grainy\n")
+    assert _train(tiny_sd_dir, tmp_path / "neg", a, 2, "--negative-prompts", str(negs[0])) == 0
+    code = _train(tiny_sd_dir, tmp_path / "neg", a, 4, "--negative-prompts", str(negs[1]))
+    _one_line_error(capsys, code, "negative_prompts")
+    # a run recorded before the content was: its run.json lacks the hash, and it still resumes
+    record = json.loads((run / "run.json").read_text())
+    del record["identity"]["prompts_sha256"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert _train(tiny_sd_dir, run, a, 4) == 0 and _ckpt_step(run) == 4
+    assert "prompts_sha256" in json.loads((run / "run.json").read_text())["identity"]
+
+
+def test_image_folder_content_is_part_of_the_identity(tiny_sd, tmp_path):
+    root = _folder(tmp_path / "imgs", 6)
+    cfg = DistillConfig(steps=1, **FAST)
+    distill(tiny_sd, None, config=cfg, images=root, output_dir=tmp_path / "run")
+    (root / "metadata.jsonl").write_text((root / "metadata.jsonl").read_text().replace("red", "blue"))
+    with pytest.raises(InputError, match="images_sha256"):
+        distill(
+            tiny_sd, None, config=DistillConfig(steps=2, **FAST), images=root, output_dir=tmp_path / "run"
+        )
+
+
+def test_train_refuses_a_folder_that_is_not_a_run(tiny_sd_dir, prompts, tmp_path, capsys):
+    pfile, sharp = tmp_path / "p.txt", tmp_path / "sharp"
+    pfile.write_text("\n".join(prompts) + "\n")
+    Sharpener(32, inner_dim=64, heads=4).save_pretrained(sharp)
+    before = {p.name: p.read_bytes() for p in sharp.iterdir()}
+    err = _one_line_error(capsys, _train(tiny_sd_dir, sharp, pfile, 2), "not a run folder", "config.json")
+    assert "model.safetensors" in err
+    assert {p.name: p.read_bytes() for p in sharp.iterdir()} == before
+
+
+def _sample(model, out, *args):
+    return main(
+        ["sample", *args, "--model", str(model), "--steps", "1", "--out", str(out), "--device", "cpu", "-q"]
+    )
+
+
+def test_sample_into_a_folder_with_samples_keeps_them(tiny_sd_dir, tmp_path):
+    out = tmp_path / "samples"
+    assert _sample(tiny_sd_dir, out, "a red circle", "--method", "unguided") == 0
+    first = (out / "0000_unguided_seed0.png").read_bytes()
+    assert _sample(tiny_sd_dir, out, "a blue square", "a red circle", "--method", "cfg") == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["0000_unguided_seed0.png", "0001_cfg_seed0.png", "0002_cfg_seed1.png"]
+    assert (out / "0000_unguided_seed0.png").read_bytes() == first
+    records = [json.loads(ln) for ln in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == names  # every image described, in order
+    assert [r["prompt"] for r in records] == ["a red circle", "a blue square", "a red circle"]
+
+
+def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
+    tiny_sd_dir, tiny_sd, tmp_path, capsys, monkeypatch
+):
+    from dicecfg.evaluation.images import Row
+
+    (s,) = generate(tiny_sd, ["a"], method="cfg", guidance_scale=1.0, num_inference_steps=2, progress=False)
+    assert s.nfe == 2 and s.params == {"guidance_scale": 1.0}
+    assert Row("cfg", 20, 1.0).nfe == 20 and Row("cfg", 20, 5.0).nfe == 40
+    assert _sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", "1") == 0
+    assert json.loads((tmp_path / "s" / "samples.jsonl").read_text())["nfe"] == 1
+    monkeypatch.setattr("dicecfg.sampling.job.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    for w in ("0.5", "nan", "inf"):
+        code = _sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", w)
+        _one_line_error(capsys, code, "guidance")
+    for scales in (["1", "nan"], ["0"]):
+        _one_line_error(capsys, main(["eval", "--cfg-scales", *scales, "--model", str(tiny_sd_dir), "-q"]))
+    with pytest.raises(InputError, match="below 1"):
+        list(generate(tiny_sd, ["a"], method="cfg", guidance_scale=0.5, progress=False))
+
+
+def test_options_the_method_ignores_get_a_notice(tiny_sd_dir, tmp_path, capsys, caplog):
+    code = _sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--sharpener", "/does/not/exist")
+    _one_line_error(capsys, code, "does not exist")
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        assert _sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--alpha", "3") == 0
+    assert any("--method cfg ignores --alpha" in r.getMessage() for r in caplog.records)
+
+
+def _broken_model(tmp_path, tiny_sd_dir, name, content):
+    import shutil
+
+    model = tmp_path / name
+    shutil.copytree(tiny_sd_dir, model)
+    (model / "model_index.json").write_bytes(content)
+    return model
+
+
+def _sharpener_with(tmp_path, name, **config):
+    path = tmp_path / name
+    Sharpener(32, inner_dim=64, heads=4).save_pretrained(path)
+    cfg = json.loads((path / "config.json").read_text()) | config
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def test_bad_input_is_one_line_exit_2(tiny_sd_dir, prompts, tmp_path, capsys, monkeypatch):
+    """The inputs that used to end in a traceback: each now fails with one line, most before the model loads."""
+    m = str(tiny_sd_dir)
+    pfile, nul, a_file = tmp_path / "p.txt", tmp_path / "nul.txt", tmp_path / "file.txt"
+    pfile.write_text("\n".join(prompts) + "\n")
+    nul.write_bytes(b"a red circle\na blue\x00 square\n")
+    a_file.write_text("keep me\n")
+    sample = ["sample", "a", "--model", m, "--method", "cfg", "--device", "cpu", "-q"]
+    train = ["train", "--model", m, "--prompts", str(pfile), "--out", str(tmp_path / "run"), "-q"]
+    cases = [
+        ([*sample, "--prompts", str(tmp_path)], "is a folder"),
+        ([*sample, "--prompts", str(nul)], "nul.txt:2: holds a NUL byte"),
+        ([*sample, "--seed", str(2**63)], "--seed (seed) is out of range"),
+        (["sample", "a", "b", "--seed", str(2**63 - 1), "--model", m, "-q"], "Seeds must lie in"),
+        ([*sample, "--out", str(a_file)], "is a file"),
+        ([*sample, "--out", str(a_file / "sub")], "is a file, not a folder"),
+        ([*sample, "--out", "/proc/dice-out"], "cannot write"),
+        ([*sample, "--device", "nonsense"], "Unknown device"),
+        ([*sample, "--sharpener", str(_sharpener_with(tmp_path, "h0", heads=0))], "does not describe"),
+        ([*sample, "--sharpener", str(_sharpener_with(tmp_path, "h7", heads=7))], "does not describe"),
+        ([*train, "--checkpoint-every", "0"], "--checkpoint-every (checkpoint_every) must be >= 1"),
+        ([*train, "--log-every", "0"], "--log-every (log_every) must be >= 1"),
+        ([*train, "--heads", "7"], "heads (7) must divide inner_dim (512)"),
+        ([*train, "--teacher-pool", "0"], "--teacher-pool (teacher_pool) must be >= 1"),
+        ([*train, "--resolution", "30", "--device", "cpu"], "resolution"),
+        ([*train, "--gpus", "0"], "--gpus (gpus) must be >= 1"),
+        ([*train, "--gpus", "-1"], "--gpus (gpus) must be >= 1"),
+        ([*train, "--guidance-scale", "nan"], "finite"),
+        (["demo", "--prompts", "0"], "--prompts (prompts) must be >= 1"),
+        (["demo", "--prompts", "-2"], "--prompts (prompts) must be >= 1"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([*sample, "--device", "cuda"], "no cuda device"))
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        cases.append(([*sample, "--out", str(ro / "out")], "cannot write"))
+    for content in (b"{not json", b"[1, 2]", b"{}", b'{"_class_name": "NoSuchPipeline"}', b"\xff\xfe"):
+        model = _broken_model(tmp_path, tiny_sd_dir, f"m{len(cases)}", content)
+        cases.append((["sample", "a", "--model", str(model), "--method", "cfg", "-q"], "model_index.json"
+                      if content != b'{"_class_name": "NoSuchPipeline"}' else "Could not load"))  # fmt: skip
+    for argv, words in cases:
+        _one_line_error(capsys, main(argv), words)
+    assert a_file.read_text() == "keep me\n" and not list((tmp_path / "run").iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("flag", ["--loss", "--xt-source", "--mixed-precision", "--mask-mode"])
+def test_free_text_options_are_choices(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", "x", flag, "nonsense"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_prompts_after_an_option_are_prompts(tiny_sd_dir, tmp_path):
+    out = tmp_path / "s"
+    assert (
+        _sample(tiny_sd_dir, out, "a red circle", "--seed", "5", "a blue square", "--method", "unguided") == 0
+    )
+    records = [json.loads(ln) for ln in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["seed"]) for r in records] == [("a red circle", 5), ("a blue square", 6)]
+    with pytest.raises(SystemExit):  # a command without bare arguments still refuses them
+        main(["train", "--out", str(tmp_path / "r"), "stray"])
+
+
+def _trained_run(tiny_sd_dir, prompts, tmp_path):
+    pfile, run = tmp_path / "p.txt", tmp_path / "run"
+    pfile.write_text("\n".join(prompts) + "\n")
+    assert _train(tiny_sd_dir, run, pfile, 2) == 0
+    return pfile, run, {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+
+def test_damaged_run_files_are_named_with_a_remedy(tiny_sd_dir, prompts, tmp_path, capsys, caplog):
+    pfile, run, files = _trained_run(tiny_sd_dir, prompts, tmp_path)
+
+    def restore():
+        for name, data in files.items():
+            (run / name).write_bytes(data)
+
+    (run / "run.json").write_text('{"config": {"st')
+    _one_line_error(capsys, _train(tiny_sd_dir, run, pfile, 4), "run.json is damaged", "delete it")
+    restore()
+    (run / CHECKPOINT).write_bytes(files[CHECKPOINT][:100])
+    _one_line_error(capsys, _train(tiny_sd_dir, run, pfile, 4), "checkpoint.safetensors is damaged", "step 0")
+    restore()
+    (run / "teacher_pool.safetensors").write_bytes(files["teacher_pool.safetensors"][:-10])
+    _one_line_error(
+        capsys, _train(tiny_sd_dir, run, pfile, 4), "teacher_pool.safetensors is damaged", "rebuilt"
+    )
+    (run / "teacher_pool.safetensors").unlink()  # as the message says: rebuilt from the same seeds
+    assert _train(tiny_sd_dir, run, pfile, 4) == 0
+    assert (run / "teacher_pool.safetensors").read_bytes() == files["teacher_pool.safetensors"]
+    with open(run / "stats.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a line cut short by a kill
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        assert _train(tiny_sd_dir, run, pfile, 6) == 0
+    assert any("damaged line" in r.getMessage() for r in caplog.records)
+    assert [r["step"] for r in read_stats(run) if "loss" in r] == list(range(1, 7))
+
+
+def test_model_card_is_honest(tiny_sd_dir, prompts, tmp_path):
+    _, run, _ = _trained_run(tiny_sd_dir, prompts, tmp_path)
+    card = (run / "README.md").read_text()
+    assert "pushed to the Hub" not in card and "More Information Needed" not in card
+    assert str(tiny_sd_dir) in card and "2 steps" in card and "l1 loss" in card
+    losses = [r["eval_loss"] for r in read_stats(run) if "eval_loss" in r]
+    assert f"{losses[0]:.4g} at step 0" in card and f"{losses[-1]:.4g} at step 2" in card
+    Sharpener(32, inner_dim=64, heads=4).save_pretrained(tmp_path / "plain")
+    assert "not measured" in (tmp_path / "plain" / "README.md").read_text()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "README.md").write_text("my own notes")  # a card we did not write is kept
+    Sharpener(32, inner_dim=64, heads=4).save_pretrained(tmp_path / "mine")
+    assert (tmp_path / "mine" / "README.md").read_text() == "my own notes"
+
+
+def test_memory_is_estimated_before_work(tiny_sd_dir, tiny_sd, tmp_path, monkeypatch, capsys):
+    import dicecfg.sampling.checks as checks
+
+    _no_pipeline_call(monkeypatch, tiny_sd)
+    with pytest.raises(InputError, match=r"needs at least .* GiB"):
+        list(generate(tiny_sd, ["a"], method="unguided", height=65536, width=65536, progress=False))
+    monkeypatch.setattr(checks, "available_memory", lambda device: 2**20)  # 1 MiB free: 64 images need more
+    with pytest.raises(InputError, match=r"Sampling 64 image\(s\).*smaller --batch-size"):
+        list(generate(tiny_sd, ["a"] * 100, method="unguided", batch_size=64, progress=False))
+    monkeypatch.setattr(checks, "available_memory", lambda device: 2**10)  # 1 KiB: not even x_0 and noise
+    with pytest.raises(InputError, match="Training with this batch size"):
+        distill(tiny_sd, ["a"], config=DistillConfig(steps=1, **FAST), output_dir=tmp_path / "never")
+    monkeypatch.undo()
+    code = _sample(
+        tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--height", "65536", "--width", "65536"
+    )
+    _one_line_error(capsys, code, "GiB")
+
+
+def test_out_of_memory_in_training_keeps_the_checkpoint(tiny_sd, prompts, tmp_path, monkeypatch):
+    _fail_at(monkeypatch, 6, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    with pytest.raises(OutOfMemoryError, match="while training.*checkpoint in .* is intact.*grad_accum"):
+        distill(tiny_sd, prompts, config=DistillConfig(steps=8, **FAST), output_dir=tmp_path / "run")
+    assert _ckpt_step(tmp_path / "run") == 4 and not (tmp_path / "run" / "run.lock").exists()
+
+
+def test_long_negative_prompts_are_counted_apart(tiny_sd, caplog):
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        list(generate(tiny_sd, ["a", "b"], method="cfg", negative_prompt=LONG, num_inference_steps=1,
+                      progress=False))  # fmt: skip
+    hits = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(hits) == 1 and hits[0].startswith("2 of 2 negative prompts"), hits
+
+
+def test_warnings_get_their_own_line_under_a_progress_bar(capsys):
+    from tqdm import tqdm
+
+    from dicecfg.cli import NoTorchvisionNotice, TqdmHandler
+
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("dicecfg.test_bar")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tqdm(total=4, desc="distill", file=sys.stderr, mininterval=0) as bar:
+            bar.update(1)
+            log.warning("careful")
+            bar.update(1)
+    finally:
+        log.removeHandler(handler)
+    pieces = [p.strip() for p in re.split(r"[\r\n]", capsys.readouterr().err) if p.strip()]
+    assert "WARNING careful" in pieces, pieces  # never glued to a bar: "distill: 25%|...|WARNING careful"
+    record = logging.LogRecord(
+        "t", logging.WARNING, "", 0, "`X` requires torchvision (not installed)", (), None
+    )
+    assert not NoTorchvisionNotice().filter(record)
+
+
+def test_no_torchvision_notices_on_the_command_line(tiny_sd_dir, tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "dicecfg.cli", "sample", "a", "--model", str(tiny_sd_dir), "--method",
+         "unguided", "--steps", "1", "--alpha", "2", "--out", str(tmp_path / "s"), "--device", "cpu"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "requires torchvision" not in res.stderr and "Traceback" not in res.stderr
+    assert "WARNING --method unguided ignores --alpha" in res.stderr.splitlines()

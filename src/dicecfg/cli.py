@@ -21,7 +21,7 @@ from .evaluation import report
 from .evaluation.analysis import AnalyzeConfig, run_analyze
 from .evaluation.demo import DemoJob, run_demo
 from .evaluation.evaluate import EvalConfig, run_eval
-from .flags import add_flags, from_flags
+from .flags import add_flags, from_flags, take_positionals
 from .sampling.job import SampleJob, run_sample
 from .training.ceiling import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
@@ -133,6 +133,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class TqdmHandler(logging.StreamHandler):
+    """Log records on stderr through ``tqdm.write``: a warning gets a line of its own, and a progress bar
+    being drawn is redrawn below it instead of sharing its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise (as logging.Handler.handleError)
+            self.handleError(record)
+
+
+class NoTorchvisionNotice(logging.Filter):
+    """Drop transformers' notice that an image processor falls back to PIL without torchvision: dicecfg
+    never uses those processors (diffusers only names them while loading a pipeline)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def setup_logging(quiet: bool) -> None:
+    """INFO (WARNING with -q) to stderr through tqdm, without transformers' torchvision notices."""
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(message)s",
+        handlers=[TqdmHandler()],
+    )
+    noisy = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, NoTorchvisionNotice) for f in noisy.filters):
+        noisy.addFilter(NoTorchvisionNotice())
+    if quiet:
+        quiet_libraries()
+
+
 def quiet_libraries() -> None:
     """Silence diffusers' and transformers' own loading bars and info logs."""
     from diffusers.utils import logging as dlog
@@ -145,13 +180,13 @@ def quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.WARNING if ns.quiet else logging.INFO, format="%(levelname)s %(message)s"
-    )
-    if ns.quiet:
-        quiet_libraries()
+    ns, extra = parser.parse_known_args(argv)
+    if extra and getattr(ns, "options", None):  # prompts after an option: `dice sample "a" --seed 5 "b"`
+        extra = take_positionals(ns, ns.options, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    setup_logging(ns.quiet)
     if not getattr(ns, "run", None):
         parser.print_help()
         return 0

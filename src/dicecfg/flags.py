@@ -8,23 +8,33 @@ default. A field whose type is itself a dataclass (``TrainJob.config``) contribu
 Extras in a field's metadata: ``flag`` (another flag name), ``metavar``, ``choices``, ``positional`` (the
 command's bare arguments), ``cli=False`` (no flag: set by the caller, e.g. ``progress`` from ``-q``),
 ``presets`` with ``presets_for`` (the field's value names an entry of ``presets``, the values that the
-dataclass field ``presets_for`` starts from before the flags given are applied: `dice train --recipe`).
+dataclass field ``presets_for`` starts from before the flags given are applied: `dice train --recipe`), ``min`` /
+``max`` (the range of a number) and ``path`` (what a path must be: ``PATH_KINDS``). ``check_values`` refuses
+values outside ``choices`` / ``min`` / ``max``, NaN and infinite floats and integers beyond 64 bits (dataclasses
+call it from ``__post_init__``, ``from_flags`` for every command); ``check_paths`` refuses paths that are not
+what their field reads or writes (``from_flags``: before any work).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import tempfile
 import types
 import typing
 from typing import Any
+
+from .errors import InputError
 
 MISSING = dataclasses.MISSING
 
 
 def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, **extra: Any) -> Any:
     """A dataclass field with its one-line help (and flag extras: ``flag``, ``metavar``, ``choices``,
-    ``positional``, ``cli=False``) in its metadata, so a default and its help live once."""
+    ``positional``, ``cli=False``, ``min``, ``max``, ``path``) in its metadata, so a default, its help and its
+    range live once."""
     return dataclasses.field(default=default, default_factory=factory, metadata={"help": help, **extra})
 
 
@@ -101,4 +111,106 @@ def from_flags(ns: argparse.Namespace, cls: type, base: dict[str, Any] | None = 
             kwargs[f.name] = from_flags(ns, types_[f.name], presets.get(f.name), **fixed)
         elif f.metadata.get("cli", True) and (value := getattr(ns, f.name, None)) is not None:
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**kwargs)
+    return check_paths(check_values(cls(**kwargs)))
+
+
+def take_positionals(ns: argparse.Namespace, cls: type, extra: list[str]) -> list[str]:
+    """Bare arguments argparse left over because they came after an option (``dice sample "a" --seed 5 "b"``)
+    join the command's positional field; returns what is still unknown (options, or bare arguments of a
+    command that takes none)."""
+    bare = [a for a in extra if not a.startswith("-")]
+    field = next((f for f in dataclasses.fields(cls) if f.metadata.get("positional")), None)
+    if field is None or not bare or len(bare) < len(extra):
+        return extra
+    setattr(ns, field.name, [*(getattr(ns, field.name, None) or []), *bare])
+    return []
+
+
+INT64 = 2**63  # integers beyond +-2**63 fit no tensor size, index or seed
+PATH_KINDS = {
+    "model": "a local folder or a hub id",
+    "file": "an existing file to read",
+    "dir": "an existing folder to read",
+    "out_dir": "a folder to write into (made when missing)",
+    "out_file": "a file to write (made when missing)",
+}
+
+
+def _flag(f: dataclasses.Field) -> str:
+    if f.metadata.get("positional"):
+        return f.name
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _option(f: dataclasses.Field) -> str:
+    """A field in a message, for readers of the command line and of Python: ``--mask-mode (mask_mode)``."""
+    return (
+        f.name
+        if f.metadata.get("positional") or not f.metadata.get("cli", True)
+        else f"{_flag(f)} ({f.name})"
+    )
+
+
+def _values(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def check_values(obj: Any) -> Any:
+    """Refuse field values outside their metadata's ``choices``, ``min`` and ``max``, NaN or infinite floats and
+    integers beyond 64 bits, naming the flag; returns ``obj``. Nested dataclasses check themselves."""
+    for f in dataclasses.fields(obj):
+        meta = f.metadata
+        for v in _values(getattr(obj, f.name)):
+            if v is None or isinstance(v, bool) or dataclasses.is_dataclass(v):
+                continue
+            if "choices" in meta and v not in meta["choices"]:
+                choices = ", ".join(map(str, meta["choices"]))
+                raise InputError(f"{_option(f)} must be one of {choices} (got {v!r}).")
+            if not isinstance(v, int | float):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{_option(f)} must be a finite number (got {v}).")
+            if isinstance(v, int) and not -INT64 <= v < INT64:
+                raise InputError(f"{_option(f)} is out of range (got {v}; at most {INT64 - 1}).")
+            if "min" in meta and v < meta["min"]:
+                raise InputError(f"{_option(f)} must be >= {meta['min']} (got {v}).")
+            if "max" in meta and v > meta["max"]:
+                raise InputError(f"{_option(f)} must be <= {meta['max']} (got {v}).")
+    return obj
+
+
+def _writable(folder: str, flag: str, value: str) -> None:
+    """Refuse ``value`` unless its nearest existing folder is a folder this process can write into."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InputError(f"{flag} {value}: {probe} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag} {value}: cannot write in {probe} ({e.strerror or e}).") from e
+
+
+def check_paths(obj: Any) -> Any:
+    """Refuse paths that are not what their field's ``path`` metadata says (``PATH_KINDS``), before any work:
+    a folder given for a file, a file for a folder, a missing input, an output that cannot be written."""
+    for f in dataclasses.fields(obj):
+        kind, flag = f.metadata.get("path"), _flag(f)
+        for v in _values(getattr(obj, f.name)) if kind else ():
+            if v is None:
+                continue
+            if not v.strip():
+                raise InputError(f"{flag} is empty; {PATH_KINDS[kind]} is expected.")
+            if kind in ("file", "dir") and not os.path.exists(v):
+                raise InputError(f"{flag} {v}: no such {'file' if kind == 'file' else 'folder'}.")
+            if kind in ("file", "out_file") and os.path.isdir(v):
+                raise InputError(f"{flag} {v} is a folder; {PATH_KINDS[kind]} is expected.")
+            if kind in ("model", "dir", "out_dir") and os.path.exists(v) and not os.path.isdir(v):
+                raise InputError(f"{flag} {v} is a file; {PATH_KINDS[kind]} is expected.")
+            if kind == "out_dir":
+                _writable(v, flag, v)
+            elif kind == "out_file":
+                _writable(os.path.dirname(os.path.abspath(v)), flag, v)
+    return obj

@@ -64,23 +64,22 @@ def load_pipeline(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path = resolve_model(name_or_path)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "model_index.json")):
-            raise ModelNotFoundError(
-                f"{path} is not a diffusers pipeline folder (no model_index.json). Save one with "
-                "`pipe.save_pretrained(folder)` or pass a hub id."
-            )
-        if _declares_safety_checker(path):
+    local = os.path.isdir(path)
+    if local:
+        if "safety_checker" in _model_index(path):  # SD1.x exports: loaded as None
             kwargs.setdefault("safety_checker", None)
     elif os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ModelNotFoundError(f"No diffusers pipeline folder at {path}.")
     try:
         pipe = DiffusionPipeline.from_pretrained(path, **{_dtype_kwarg(): dtype or torch.float32}, **kwargs)
-    except OSError as e:
-        raise ModelNotFoundError(
-            f"Could not load '{path}' ({e.__class__.__name__}: {str(e).splitlines()[0]}). "
-            "No network here? Download the model elsewhere and pass its local folder."
-        ) from e
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # missing, offline or damaged
+        hint = (
+            "A component or its config is missing or damaged; re-save the pipeline."
+            if local
+            else "No network here? Download the model elsewhere and pass its local folder."
+        )
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelNotFoundError(f"Could not load '{path}' ({e.__class__.__name__}: {first}). {hint}") from e
     family_of(pipe)  # raises a clear error for unsupported pipelines
     if device is not None:
         pipe = pipe.to(device)
@@ -96,10 +95,24 @@ def _dtype_kwarg() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
-def _declares_safety_checker(path: str) -> bool:
-    """True when a local folder lists a safety_checker (SD1.x exports): it is loaded as None."""
-    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
-        return "safety_checker" in json.load(f)
+def _model_index(path: str) -> dict[str, Any]:
+    """The ``model_index.json`` of a local pipeline folder, with a clear error when it is missing or damaged."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise ModelNotFoundError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json). Save one with "
+            "`pipe.save_pretrained(folder)` or pass a hub id."
+        )
+    try:
+        with open(index, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as e:  # bad JSON or UTF-8
+        raise ModelNotFoundError(f"{index} is damaged: not valid JSON ({e}). Re-save the pipeline.") from e
+    if not isinstance(data, dict) or not isinstance(data.get("_class_name"), str):
+        raise ModelNotFoundError(
+            f"{index} is damaged: no pipeline class (_class_name). Re-save the pipeline."
+        )
+    return data
 
 
 def model_id(pipe: Any) -> str | None:
@@ -132,9 +145,26 @@ def model_revision(pipe: Any) -> str:
 
 
 def resolve_device(device: str | None) -> str:
-    """The device to run on: as given, else (None or "auto") cuda when available, cpu otherwise."""
+    """The device to run on: as given, else (None or "auto") cuda when available, cpu otherwise. Refuses a
+    device this machine does not have (``cuda`` without CUDA, ``cuda:3`` on a machine with 2 GPUs)."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"Unknown device '{device}': use cpu, cuda, cuda:N or mps.") from e
+    if d.type == "cpu":
+        return device
+    backend = getattr(torch, d.type, None) if d.type in ("cuda", "mps", "xpu") else None
+    if backend is None:
+        raise InputError(f"Device '{device}' cannot run a pipeline: use cpu, cuda, cuda:N or mps.")
+    if not backend.is_available():
+        raise InputError(
+            f"--device {device}: this machine has no {d.type} device (torch {torch.__version__})."
+        )
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if d.index is not None and d.index >= count:
+        raise InputError(f"--device {device}: this machine has {count} {d.type} device(s), numbered from 0.")
     return device
 
 
@@ -153,7 +183,7 @@ def resolve_dtype(dtype: str | None, device: str, training: bool = False) -> tor
 
 def model_option() -> Any:
     """The ``model`` option of a command."""
-    return opt(None, "hub id or local diffusers folder (default: the shipped mini model)")
+    return opt(None, "hub id or local diffusers folder (default: the shipped mini model)", path="model")
 
 
 def sharpener_option() -> Any:

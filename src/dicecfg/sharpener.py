@@ -29,14 +29,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
 from .errors import SharpenerLoadError
-from .runs.io import atomic_save_tensors, atomic_write_json
+from .runs.folder import heldout_loss
+from .runs.io import atomic_save_tensors, atomic_write_json, atomic_write_text
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -88,6 +89,8 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         dicecfg_version: str = __version__,
     ) -> None:
         super().__init__()
+        if not (isinstance(heads, int) and heads >= 1 and isinstance(inner_dim, int) and inner_dim >= 1):
+            raise ValueError(f"inner_dim and heads must be integers >= 1 (got {inner_dim}, {heads})")
         if inner_dim % heads:
             raise ValueError(f"inner_dim ({inner_dim}) must be divisible by heads ({heads})")
         if arch not in ARCHS:
@@ -192,6 +195,53 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             metadata={"format": "pt", "dicecfg_config": json.dumps(self.config, sort_keys=True)},
         )
         atomic_write_json(save_directory / CONFIG_NAME, self.config)
+        card = save_directory / "README.md"
+        if not card.exists() or "library_name: dicecfg" in card.read_text(encoding="utf-8", errors="replace"):
+            atomic_write_text(card, self.model_card(heldout_loss(save_directory)))  # ours: rewritten
+
+    def model_card(self, heldout: tuple[tuple[int, float], tuple[int, float]] | None = None) -> str:
+        """An honest README for the folder: what the sharpener is for, how it was trained, the held-out loss
+        measured while training (``heldout``: the first and last (step, loss) of stats.jsonl), how to use it."""
+        c = self.config
+        base, params = c.get("base_model") or "unknown", sum(p.numel() for p in self.parameters())
+        loss = (
+            f"{heldout[0][1]:.4g} at step {heldout[0][0]} (untrained: unguided sampling) -> "
+            f"{heldout[1][1]:.4g} at step {heldout[1][0]} (`stats.jsonl`; lower is closer to CFG)"
+            if heldout
+            else "not measured here (no `stats.jsonl` of a `dice train` run beside it)"
+        )
+        return f"""---
+library_name: dicecfg
+tags: [dice, cfg-distillation]
+---
+# DICE sharpener for `{base}`
+
+A {params / 1e6:.2f}M-parameter sharpener (DICE, arXiv 2502.03726): it edits a prompt's text embedding once,
+c' = c + alpha * r(c, c_neg), so that sampling `{base}` without guidance approaches CFG at
+w={c.get("guidance_scale")}, with one network evaluation per step instead of two.
+
+- Base model: `{base}` (revision {c.get("base_revision") or "unknown"}), family `{c.get("family")}`
+- Recipe: `{c.get("arch", "paper")}` network (width {c.get("inner_dim")}, {c.get("heads")} heads), {c.get("loss")} loss,
+  teacher CFG w={c.get("guidance_scale")}, {c.get("train_steps")} steps; every setting is in `run.json` when present
+- Held-out distillation loss: {loss}
+- Trained with dicecfg {c.get("dicecfg_version")}; not pushed anywhere by dicecfg.
+
+## Use
+
+```bash
+dice sample "a corgi on the beach" --model {base} --sharpener THIS_FOLDER
+```
+```python
+from dicecfg import Sharpener, load_pipeline, sharpen
+pipe = load_pipeline("{base}")
+sharp = Sharpener.from_pretrained("THIS_FOLDER")
+image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.0).images[0]
+```
+"""
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The card ``push_to_hub`` uploads: the same honest card (no loss: that lives in the run folder)."""
+        return ModelCard(self.model_card())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_NAME, **kwargs):
@@ -231,8 +281,19 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             raise SharpenerLoadError(f"No sharpener at {path}: the folder does not exist.")
         try:
             return super().from_pretrained(name, **kwargs)
-        except TypeError as e:
+        except SharpenerLoadError:
+            raise
+        except (TypeError, ValueError, ZeroDivisionError) as e:  # a config the network cannot be built from
+            if not path.is_dir():
+                raise SharpenerLoadError(f"'{name}' is neither a sharpener folder nor a hub id ({e}).") from e
             raise SharpenerLoadError(f"{name}/{CONFIG_NAME} does not describe a sharpener ({e}).") from e
+        except Exception as e:  # noqa: BLE001 - the hub client's many errors (offline, no such repo, ...)
+            if path.is_dir():
+                raise
+            raise SharpenerLoadError(
+                f"No sharpener folder '{name}' here, and the hub did not give one ({type(e).__name__}). "
+                "Check the path; hub ids need network access."
+            ) from e
 
     @classmethod
     def _from_pretrained(

@@ -43,7 +43,9 @@ class BenchConfig:
         flag="--arch",
         metavar="ARCH",
     )
-    model: str | None = opt(None, "a diffusers folder or hub id to time instead (its real weights)")
+    model: str | None = opt(
+        None, "a diffusers folder or hub id to time instead (its real weights)", path="model"
+    )
     sharpener: str | None = opt(
         None, "sharpener folder for --model (default: a random one of the right size)"
     )
@@ -58,7 +60,9 @@ class BenchConfig:
     fast: bool = opt(False, "also time the fast path (denoiser as CUDA graphs): fast CFG, DICE and unguided")
     device: str | None = device_option()
     dtype: str | None = dtype_option()
-    out: str | None = opt(None, "JSON file: rows are appended as they finish; existing rows are skipped")
+    out: str | None = opt(
+        None, "JSON file: rows are appended as they finish; existing rows are skipped", path="out_file"
+    )
     command: str = opt("", "the command line, recorded with every row", cli=False)
 
 
@@ -222,9 +226,16 @@ def _decode_ms(pipe: Any, latents: torch.Tensor, timer: Timer, repeats: int) -> 
 
 
 def _load_rows(path: Path | None) -> list[dict[str, Any]]:
+    """The rows of an earlier `dice bench --out` file; any other file there is refused, never overwritten."""
     if path is None or not path.is_file():
         return []
-    return json.loads(path.read_text(encoding="utf-8")).get("rows", [])
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")).get("rows")
+    except (ValueError, AttributeError):  # not JSON, not UTF-8, not an object
+        rows = None
+    if not isinstance(rows, list):
+        raise InputError(f"{path} exists and is not a `dice bench` results file; pick another --out.")
+    return rows
 
 
 def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:

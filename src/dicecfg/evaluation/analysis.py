@@ -30,12 +30,14 @@ GROUPS = ("sos", "words", "eos", "padding")
 class AnalyzeConfig:
     """`dice analyze`: the sharpener, the prompts, and where to write the statistics."""
 
-    out: str = opt("analysis", "output folder: analysis.json, analysis.md, analysis.png")
+    out: str = opt("analysis", "output folder: analysis.json, analysis.md, analysis.png", path="out_dir")
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
     prompts: tuple[str, ...] = opt((), "prompts (default: the shapes world's held-out set)", positional=True)
-    prompts_file: str | None = opt(None, "text file or JSONL of prompts", flag="--prompts", metavar="FILE")
-    limit: int = opt(64, "use the first N prompts")
+    prompts_file: str | None = opt(
+        None, "text file or JSONL of prompts", flag="--prompts", metavar="FILE", path="file"
+    )
+    limit: int = opt(64, "use the first N prompts", min=1)
     alpha: float = opt(1.0, "edit strength: c' = c + alpha * r(c, c_neg)")
     negative_prompt: str | None = opt(None, "c_neg (default: the empty prompt, as in training)")
     device: str | None = device_option()

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..flags import opt
-from ..pipeline import default_sharpener, load_pipeline, model_option, sharpener_option
+from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_device, sharpener_option
 from ..runs.io import atomic_write_json
 from ..sampling.generate import Sample, generate
 from ..sampling.grid import save_png
@@ -38,15 +38,17 @@ class DemoJob:
     """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
 
     prompts: int = opt(
-        48, "the first N held-out prompts, with their fixed seeds (= dice eval --limit N)", metavar="N"
+        48, "the first N held-out prompts, with their fixed seeds (= dice eval --limit N)", metavar="N", min=1
     )
-    shown: int = opt(8, "prompts drawn in the grid (up to half where the methods disagree)", metavar="K")
-    steps: int = opt(20, "DPM-Solver++ steps for every method")
-    guidance_scale: float = opt(5.0, "CFG scale w (the paper's)")
-    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
+    shown: int = opt(
+        8, "prompts drawn in the grid (up to half where the methods disagree)", metavar="K", min=1
+    )
+    steps: int = opt(20, "DPM-Solver++ steps for every method", min=1)
+    guidance_scale: float = opt(5.0, "CFG scale w (the paper's)", min=1.0)
+    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)", min=1)
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
-    out: str = opt("dice-demo", "folder for grid.png and demo.json")
+    out: str = opt("dice-demo", "folder for grid.png and demo.json", path="out_dir")
     device: str = opt("cpu", "cuda, cuda:1, cpu, ... (the demo is made for the CPU)")
     progress: bool = opt(True, "progress bars", cli=False)
 
@@ -141,7 +143,7 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     if name is None:
         raise InputError("dice demo with a model of your own needs its sharpener (sharpener=...).")
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
-    pipe = load_pipeline(job.model, device=job.device)
+    pipe = load_pipeline(job.model, device=resolve_device(job.device))
     check_compatible(pipe, sharp)
     samples = sample_in_turns(
         pipe,

@@ -23,8 +23,9 @@ from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option, model_option
 from ..runs.io import atomic_write_json, atomic_write_text
+from ..sampling.checks import SEED_MAX
 from ..sampling.generate import generate
-from ..sampling.methods import METHODS
+from ..sampling.methods import METHODS, TABLE
 from .images import Row, ensure_images, load_images, seconds_per_image
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     """`dice eval`: the rows (methods x settings x step counts), the prompts, the metrics and the folder."""
 
-    out: str = opt("eval", "output folder: images/, eval.json, eval.md, eval_nfe.png (re-run to resume)")
+    out: str = opt(
+        "eval", "output folder: images/, eval.json, eval.md, eval_nfe.png (re-run to resume)", path="out_dir"
+    )
     model: str | None = model_option()
     sharpeners: tuple[str, ...] = opt(
         (),
@@ -44,10 +47,16 @@ class EvalConfig:
     )
     prompts: tuple[str, ...] = opt((), "prompts (default: the shapes world's held-out set)", positional=True)
     prompts_file: str | None = opt(
-        None, "text file or JSONL of prompts (instead of the held-out set)", flag="--prompts", metavar="FILE"
+        None,
+        "text file or JSONL of prompts (instead of the held-out set)",
+        flag="--prompts",
+        metavar="FILE",
+        path="file",
     )
     limit: int = opt(64, "use the first N prompts of the set")
-    seed: int = opt(0, "prompt i gets seed + i (held-out items carry their own fixed seeds)")
+    seed: int = opt(
+        0, "prompt i gets seed + i (held-out items carry their own fixed seeds)", min=0, max=SEED_MAX
+    )
     methods: tuple[str, ...] = opt(METHODS, "which methods to run", choices=METHODS)
     cfg_scales: tuple[float, ...] = opt((5.0,), "CFG scales w; the first is the fidelity reference")
     scales: tuple[float, ...] = opt((1.2,), "embedding scales s of the scaling baseline")
@@ -55,8 +64,8 @@ class EvalConfig:
     steps: tuple[int, ...] = opt((20,), "sampling step counts; every method runs at each")
     negative_prompt: str | None = opt(None, "also run cfg and dice with this negative prompt")
     batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
-    height: int | None = opt(None, "image height in pixels (default: the model's native size)")
-    width: int | None = opt(None, "image width in pixels (default: the model's native size)")
+    height: int | None = opt(None, "image height in pixels (default: the model's native size)", min=8)
+    width: int | None = opt(None, "image width in pixels (default: the model's native size)", min=8)
     device: str | None = device_option()
     dtype: str | None = dtype_option()
     clip: str | None = opt(None, "local CLIP model folder: CLIP score")
@@ -124,6 +133,9 @@ def make_rows(cfg: EvalConfig, sharpener_tags: list[str]) -> list[Row]:
         )
     if any(s < 1 for s in cfg.steps):
         raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
+    for method, values in (("cfg", cfg.cfg_scales), ("scaling", cfg.scales), ("dice", cfg.alphas)):
+        for v in values if method in cfg.methods else ():
+            TABLE[method].check(v)  # e.g. CFG at w < 1, which the stock pipeline cannot make
     rows = []
     for steps in cfg.steps:
         rows += [Row("unguided", steps)] if "unguided" in cfg.methods else []
@@ -250,6 +262,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         )
     names = names if "dice" in cfg.methods else []
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
+    make_rows(cfg, list(sharpeners))  # bad methods, steps or settings fail before the model loads
     ps = prompt_set(cfg)
     device = resolve_device(cfg.device)
     real = RealMetrics(

@@ -34,7 +34,7 @@ class Row:
 
     @property
     def nfe(self) -> int:
-        return TABLE[self.method].nfe(self.steps)
+        return TABLE[self.method].nfe(self.steps, self.value)
 
     @property
     def setting(self) -> dict[str, Any]:

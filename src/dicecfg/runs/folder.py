@@ -6,6 +6,7 @@ recipe's ``ema.*``) and JSON metadata (``step``, ``param_groups``, ...), so the 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 from dataclasses import asdict
@@ -16,8 +17,10 @@ import torch
 
 from .. import __version__
 from ..errors import CheckpointWriteError, InputError
+from .guards import LOCK_NAME
 from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 
+log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -52,12 +55,43 @@ def _shown(identity: dict[str, Any], key: str) -> str:
     return repr(identity[key]) if key in identity else "default"
 
 
-def write_run_json(run_dir: Path, record: dict[str, Any], compare_keys: dict[str, Any]) -> None:
-    """Write run.json; when one exists, refuse if the settings that shape the result differ."""
+def check_run_folder(run_dir: str | Path) -> None:
+    """Refuse to train into a folder that holds anything but one of our runs (a sharpener, other files):
+    a run folder holds run.json; an empty or missing folder becomes one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or (run_dir / "run.json").is_file():
+        return
+    found = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise InputError(
+            f"{run_dir} is not a run folder (no run.json) and is not empty: it holds {shown}. Training "
+            "would write over it; use a new or empty --out folder."
+        )
+
+
+def _damaged(path: Path, error: Any, remedy: str) -> InputError:
+    return InputError(f"{path} is damaged ({str(error).splitlines()[0]}). {remedy}")
+
+
+def write_run_json(
+    run_dir: Path, record: dict[str, Any], compare_keys: dict[str, Any], added_later: tuple[str, ...] = ()
+) -> None:
+    """Write run.json; when one exists, refuse if the settings that shape the result differ. Keys in
+    ``added_later`` that an older run.json lacks were not recorded then: they are not compared."""
     path = run_dir / "run.json"
     compare_keys = json.loads(json.dumps(compare_keys, default=str))  # tuples -> lists, as stored
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
+        try:
+            old = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
+        except (ValueError, AttributeError) as e:  # bad JSON or UTF-8, or not an object
+            raise _damaged(
+                path,
+                e,
+                "It records the run's settings: restore it, or delete it to resume with the settings given now "
+                "(they cannot be checked against the old ones then), or use a new output folder.",
+            ) from e
+        old |= {k: compare_keys[k] for k in added_later if k not in old and k in compare_keys}
         changed = sorted(k for k in set(old) | set(compare_keys) if old.get(k) != compare_keys.get(k))
         if changed:
             detail = ", ".join(f"{k}: {_shown(old, k)} -> {_shown(compare_keys, k)}" for k in changed)
@@ -74,16 +108,32 @@ def append_stats(run_dir: str | Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
 
 
+def _stats_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each whole record of a stats.jsonl; a damaged line (a write cut short by a kill) is
+    skipped with a warning."""
+    out, bad = [], 0
+    for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            out.append((ln, rec))
+        else:
+            bad += 1
+    if bad:
+        log.warning("%s: skipped %d damaged line(s) (a write cut short?)", path, bad)
+    return out
+
+
 def truncate_stats(run_dir: Path, step: int) -> None:
-    """Drop stats written after the checkpoint we resume from, so no step is logged twice."""
+    """Drop stats written after the checkpoint we resume from, so no step is logged twice (and damaged lines)."""
     path = run_dir / "stats.jsonl"
     if not path.is_file():
         return
-    keep = [
-        ln
-        for ln in path.read_text(encoding="utf-8").splitlines()
-        if ln.strip() and json.loads(ln)["step"] <= step
-    ]
+    keep = [ln for ln, rec in _stats_lines(path) if rec.get("step", step) <= step]
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -91,7 +141,16 @@ def read_stats(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "stats.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [rec for _, rec in _stats_lines(path)]
+
+
+def heldout_loss(run_dir: Path) -> tuple[tuple[int, float], tuple[int, float]] | None:
+    """The first and the last (step, held-out loss) of a run folder's stats.jsonl; None without one."""
+    try:
+        found = [(r["step"], r["eval_loss"]) for r in read_stats(run_dir) if "eval_loss" in r]
+    except OSError:
+        return None
+    return (found[0], found[-1]) if found else None
 
 
 def save_checkpoint(
@@ -128,11 +187,21 @@ def read_checkpoint(
     path = Path(run_dir) / name
     if not path.is_file():
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    return load_tensors(path), meta
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        tensors = load_tensors(path)
+        int(meta["step"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise _damaged(
+            path,
+            e,
+            "Restore it, or delete it to train this run again from step 0 (the run folder is kept; "
+            "stats.jsonl is cut back).",
+        ) from e
+    return tensors, meta
 
 
 def restore_checkpoint(

@@ -1,5 +1,5 @@
-"""Guards of a run folder: the run lock, graceful stop on SIGINT / SIGTERM, and the NaN / Inf loss check.
-See docs/reliability.md for the guarantees."""
+"""Guards of a run folder: the run lock, graceful stop on SIGINT / SIGTERM, the NaN / Inf loss check, and
+out-of-memory errors turned into advice. See docs/reliability.md for the guarantees."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunLockedError, TrainingDivergedError
+from ..errors import OutOfMemoryError, RunLockedError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"
@@ -106,3 +106,17 @@ def check_finite(loss: Any, step: int, saved: int, run_dir: Path) -> None:
             f"Loss became {loss.item()} at step {step}; the last good checkpoint (step {saved}) in {run_dir} "
             "is kept. Lower the learning rate or use mixed_precision='no'."
         )
+
+
+@contextlib.contextmanager
+def out_of_memory(doing: str, advice: str) -> Iterator[None]:
+    """Turn running out of accelerator or host memory while ``doing`` something into an ``OutOfMemoryError``
+    (a ``DiceError``: one line in the CLI) that says which option to lower."""
+    import torch
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        raise OutOfMemoryError(f"Out of memory {doing}. {advice}") from e

@@ -11,10 +11,12 @@ from typing import Any
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
+SEED_MAX = 2**63 - 1  # per-image seeds are 0 .. SEED_MAX (torch.Generator.manual_seed takes 64 bits)
 
 
-def warn_truncated(pipe: Any, fam: Any, prompts: Sequence[str]) -> int:
-    """Warn once with the number of prompts longer than the text encoder's limit; returns that number."""
+def warn_truncated(pipe: Any, fam: Any, prompts: Sequence[str], what: str = "prompts") -> int:
+    """Warn once with the number of prompts longer than the text encoder's limit; returns that number.
+    ``what`` names them in the warning (``"negative prompts"`` are counted apart from the prompts)."""
     tok, limit = getattr(pipe, "tokenizer", None), fam.num_tokens(pipe)
     if tok is None or not prompts:
         return 0
@@ -25,22 +27,25 @@ def warn_truncated(pipe: Any, fam: Any, prompts: Sequence[str]) -> int:
     if count:
         example = max(long, key=len)
         log.warning(
-            "%d of %d prompts are longer than the text encoder's %d tokens and are truncated "
-            "(longest starts: %r)",
+            "%d of %d %s are longer than the text encoder's %d tokens and are truncated (longest starts: %r)",
             count,
             len(prompts),
+            what,
             limit,
             example[:60],
         )
     return count
 
 
-def check_size(pipe: Any, fam: Any, height: int | None, width: int | None) -> None:
+def check_size(
+    pipe: Any, fam: Any, height: int | None, width: int | None, names: tuple[str, str] = ("height", "width")
+) -> None:
     """Refuse image sizes the pipeline cannot make, before any work: positive multiples of the VAE factor
-    (x the patch size for transformers) and of 8 (the stock pipelines' own check)."""
+    (x the patch size for transformers) and of 8 (the stock pipelines' own check). ``names`` name the two
+    sizes in the message."""
     patch = getattr(fam.denoiser(pipe).config, "patch_size", None) or 1
     m = math.lcm(8, int(pipe.vae_scale_factor) * int(patch))
-    for name, v in (("height", height), ("width", width)):
+    for name, v in zip(names, (height, width), strict=True):
         if v is not None and (v <= 0 or v % m):
             ok = max(m, round(v / m) * m)
             raise InputError(
@@ -59,3 +64,54 @@ def check_alpha(alpha: float) -> None:
             alpha,
             "a negative alpha moves away from the guided result" if alpha < 0 else "expect oversaturation",
         )
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Refuse per-image seeds outside 0 .. SEED_MAX (a first seed near the top overflows for later images)."""
+    if seeds and (min(seeds) < 0 or max(seeds) > SEED_MAX):
+        raise InputError(
+            f"Seeds must lie in 0..{SEED_MAX}; these run from {min(seeds)} to {max(seeds)} "
+            "(image i uses seed + i). Pick a smaller seed."
+        )
+
+
+def available_memory(device: Any) -> int | None:
+    """Bytes free for new tensors on ``device``: CUDA's free memory, else the host's available memory (None
+    when unknown)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(need: int, device: Any, what: str, advice: str) -> None:
+    """Refuse work whose memory need (a lower bound, estimated by the caller) exceeds what ``device`` has free,
+    before any of it runs; warn when it takes more than half."""
+    free = available_memory(device)
+    if free is None:
+        return
+    gib = 2**30
+    if need > free:
+        raise InputError(
+            f"{what} needs at least {need / gib:.1f} GiB of memory; {free / gib:.1f} GiB are free. {advice}"
+        )
+    if need > free // 2:
+        log.warning("%s needs at least %.1f of the %.1f GiB free. %s", what, need / gib, free / gib, advice)
+
+
+def sampling_memory(pipe: Any, fam: Any, batch: int, height: int | None, width: int | None) -> int:
+    """A lower bound of the memory one pipeline call of ``batch`` images needs: the float32 images it returns
+    and the VAE decoder's widest activation (its first block's channels at full size, twice: in and out)."""
+    size = fam.default_size(pipe)
+    pixels = batch * (height or size) * (width or size)
+    vae = getattr(pipe, "vae", None)
+    channels = vae.config.block_out_channels[0] if vae is not None else 0
+    itemsize = vae.dtype.itemsize if vae is not None else 4
+    return pixels * (3 * 4 + 2 * channels * itemsize)

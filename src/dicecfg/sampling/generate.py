@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import InputError, OutOfMemoryError
+from ..errors import InputError
 from ..families import Cond, Family, check_compatible, family_of
+from ..runs.guards import out_of_memory
 from ..sharpener import Sharpener
-from .checks import check_alpha, check_size, warn_truncated
+from .checks import check_alpha, check_memory, check_seeds, check_size, sampling_memory, warn_truncated
 from .fast import fast_denoiser
 from .methods import lookup, sharpen_cond
 
@@ -78,9 +79,11 @@ def sharpen(
     if not prompts:
         raise InputError("sharpen() needs at least one prompt.")
     check_alpha(alpha)
+    negs = per_prompt(negative_prompt, len(prompts), "negative_prompt")
     warn_truncated(pipe, fam, prompts)
+    warn_truncated(pipe, fam, [n for n in negs if n], "negative prompts")
     cond = fam.encode(pipe, prompts)
-    neg = fam.encode(pipe, per_prompt(negative_prompt, len(prompts), "negative_prompt"))
+    neg = fam.encode(pipe, negs)
     kwargs = fam.pipeline_kwargs(pipe, sharpen_cond(fam, sharpener, cond, neg, alpha))
     kwargs["num_images_per_prompt"] = num_images_per_prompt
     return kwargs
@@ -124,29 +127,27 @@ def sample_batch(
     fast: bool = False,
     **pipe_kwargs: Any,
 ) -> tuple[Any, int]:
-    """Run the stock pipeline once on an encoded batch; returns its images/latents and passes per step.
+    """Run the stock pipeline once on an encoded batch; returns its images/latents and the network evaluations
+    it made per step.
 
     ``fast=True`` replays the denoiser as CUDA graphs (``dicecfg.fast``; eager with a notice where unsupported).
     """
     m = lookup(method)
     value = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha).get(m.knob)
+    m.check(value)
     kwargs = m.kwargs(pipe, fam, cond, neg, sharpener, value)
     speed = fast_denoiser(pipe, fam.denoiser(pipe)) if fast else contextlib.nullcontext()
-    try:
-        with speed, no_step_bar(pipe):
-            out = pipe(
-                **kwargs,
-                **pipe_kwargs,
-                num_inference_steps=num_inference_steps,
-                generator=generators,
-                output_type=output_type,
-            )
-    except torch.OutOfMemoryError as e:
-        raise OutOfMemoryError(
-            f"Out of accelerator memory while sampling a batch of {len(generators)} images ({method}). "
-            "Use a smaller --batch-size (batch_size=); results do not depend on it."
-        ) from e
-    return out.images, m.passes
+    doing = f"while sampling a batch of {len(generators)} images ({method})"
+    advice = "Use a smaller --batch-size (batch_size=); results do not depend on it."
+    with out_of_memory(doing, advice), speed, no_step_bar(pipe):
+        out = pipe(
+            **kwargs,
+            **pipe_kwargs,
+            num_inference_steps=num_inference_steps,
+            generator=generators,
+            output_type=output_type,
+        )
+    return out.images, m.passes_at(value)
 
 
 def generate(
@@ -183,13 +184,23 @@ def generate(
     seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts):
         raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
+    check_seeds(seeds)
+    params = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha)
+    m.check(params.get(m.knob))
     negs = per_prompt(negative_prompt, len(prompts), "negative_prompt")
     fam = family_of(pipe) if sharpener is None or method != "dice" else check_compatible(pipe, sharpener)
     check_size(pipe, fam, height, width)
     if method == "dice":
         check_alpha(alpha)
-    warn_truncated(pipe, fam, [*prompts, *(n for n in negs if n)])
     device = pipe._execution_device
+    check_memory(
+        sampling_memory(pipe, fam, min(batch_size, len(prompts)), height, width),
+        device,
+        f"Sampling {min(batch_size, len(prompts))} image(s) per pipeline call",
+        "Use a smaller --batch-size (batch_size=; results do not depend on it) or a smaller image size.",
+    )
+    warn_truncated(pipe, fam, prompts)
+    warn_truncated(pipe, fam, [n for n in negs if n], "negative prompts")
     bar = tqdm(total=len(prompts), desc=f"{method}", unit="img", disable=not progress)
     try:
         for start in range(0, len(prompts), batch_size):
@@ -218,7 +229,6 @@ def generate(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             per_image = (time.perf_counter() - t0) / len(batch)
-            params = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha)
             for i, img in enumerate(out):
                 yield Sample(
                     index=start + i,
@@ -226,7 +236,7 @@ def generate(
                     seed=int(batch_seeds[i]),
                     method=method,
                     image=(np.clip(img, 0, 1) * 255).round().astype(np.uint8),
-                    nfe=m.nfe(num_inference_steps),
+                    nfe=m.nfe(num_inference_steps, params.get(m.knob)),
                     seconds=per_image,
                     params=params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
                 )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import InputError
@@ -23,10 +24,11 @@ from ..pipeline import (
     resolve_dtype,
     sharpener_option,
 )
-from ..runs.io import atomic_write_text
+from ..runs.io import atomic_write
 from ..sharpener import Sharpener
+from .checks import SEED_MAX, check_seeds
 from .generate import generate
-from .methods import METHODS, lookup
+from .methods import METHODS, TABLE, lookup
 from .prompts import collect_prompts
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class SampleJob:
 
     prompts: tuple[str, ...] = opt((), "prompts (or use --prompts FILE)", positional=True)
     prompts_file: str | None = opt(
-        None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE"
+        None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE", path="file"
     )
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
@@ -47,12 +49,16 @@ class SampleJob:
     alpha: float = opt(1.0, "edit strength (method dice)")
     scale: float = opt(1.2, "embedding scale s (method scaling)")
     negative_prompt: str | None = opt(None, "negative prompt: c_neg for cfg and dice")
-    steps: int = opt(20, "sampling steps")
-    seed: int = opt(0, "seed of the first image; image i uses seed + i")
-    batch_size: int = opt(8, "images per pipeline call (results do not depend on it)")
-    height: int | None = opt(None, "image height in pixels (default: the model's native size)")
-    width: int | None = opt(None, "image width in pixels (default: the model's native size)")
-    out: str = opt("samples", "output folder")
+    steps: int = opt(20, "sampling steps", min=1)
+    seed: int = opt(0, "seed of the first image; image i uses seed + i", min=0, max=SEED_MAX)
+    batch_size: int = opt(8, "images per pipeline call (results do not depend on it)", min=1)
+    height: int | None = opt(None, "image height in pixels (default: the model's native size)", min=8)
+    width: int | None = opt(None, "image width in pixels (default: the model's native size)", min=8)
+    out: str = opt(
+        "samples",
+        "output folder; a folder with samples keeps them (numbers go on, samples.jsonl grows)",
+        path="out_dir",
+    )
     device: str | None = device_option()
     dtype: str | None = dtype_option()
     fast: bool = opt(
@@ -63,21 +69,49 @@ class SampleJob:
     progress: bool = opt(True, "progress bars", cli=False)
 
 
+def ignored_options(job: SampleJob) -> list[str]:
+    """The flags of other methods that ``job`` sets (off their defaults) although its method ignores them."""
+    m = lookup(job.method)
+    options = {t.knob for t in TABLE.values() if t.knob} | {u for t in TABLE.values() for u in t.uses}
+    default = {f.name: f.default for f in fields(job)}
+    return [
+        "--" + o.replace("_", "-")
+        for o in sorted(options - {m.knob, *m.uses})
+        if getattr(job, o) != default[o]
+    ]
+
+
+def next_index(out: Path) -> int:
+    """The number the next sample in ``out`` gets: one past the highest ``NNNN_...`` file already there."""
+    taken = (int(m[1]) for p in out.iterdir() if (m := re.match(r"(\d+)_", p.name)))
+    return max(taken, default=-1) + 1
+
+
 def run_sample(job: SampleJob) -> list[Path]:
-    """Generate and write ``out/NNNN_method_seedS.png`` plus ``samples.jsonl``; returns the image paths."""
-    lookup(job.method)  # an unknown method fails before anything loads
+    """Generate and write ``out/NNNN_method_seedS.png``, each with a line in ``out/samples.jsonl``; returns the
+    image paths. A folder that holds samples already keeps them: the numbers continue after its highest one
+    and samples.jsonl grows by a line per image, so every image in the folder stays described."""
+    m = lookup(job.method)  # an unknown method, a setting it cannot make, bad seeds: before anything loads
+    m.check(getattr(job, m.knob) if m.knob else None)
     prompts = collect_prompts(job.prompts, job.prompts_file)
-    sharp = None
-    if job.method == "dice":  # load the small file first: a bad path fails before the model loads
-        name = default_sharpener(job.model, job.sharpener)
-        if name is None:
-            raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
-        sharp = Sharpener.from_pretrained(name)
+    check_seeds(range(job.seed, job.seed + len(prompts)))
+    if ignored := ignored_options(job):
+        log.warning("--method %s ignores %s", job.method, ", ".join(ignored))
+    if m.floor is not None and getattr(job, m.knob) == m.floor:
+        log.warning("%s at %s=%g runs one pass per step: conditional sampling", m.name, m.knob, m.floor)
+    name = default_sharpener(job.model, job.sharpener) if job.method == "dice" else job.sharpener
+    if job.method == "dice" and name is None:
+        raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
+    sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model
     device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths, records = [], []
+    first, paths = next_index(out), []
+    index = out / "samples.jsonl"
+    if index.is_file() and not index.read_bytes().endswith(b"\n") and index.stat().st_size:
+        with open(index, "a", encoding="utf-8") as f:  # a line cut short by a kill: end it
+            f.write("\n")
     for s in generate(
         pipe,
         prompts,
@@ -95,19 +129,18 @@ def run_sample(job: SampleJob) -> list[Path]:
         progress=job.progress,
         fast=job.fast,
     ):
-        path = out / f"{s.index:04d}_{s.method}_seed{s.seed}.png"
-        s.pil().save(path)
+        path = out / f"{first + s.index:04d}_{s.method}_seed{s.seed}.png"
+        atomic_write(path, lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
         paths.append(path)
-        records.append(
-            {
-                "file": path.name,
-                "prompt": s.prompt,
-                "seed": s.seed,
-                "method": s.method,
-                "nfe": s.nfe,
-                "seconds": round(s.seconds, 4),
-                **s.params,
-            }
-        )
-    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        record = {
+            "file": path.name,
+            "prompt": s.prompt,
+            "seed": s.seed,
+            "method": s.method,
+            "nfe": s.nfe,
+            "seconds": round(s.seconds, 4),
+            **s.params,
+        }
+        with open(index, "a", encoding="utf-8") as f:  # one whole line per image, after its PNG
+            f.write(json.dumps(record) + "\n")
     return paths

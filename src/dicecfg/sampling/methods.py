@@ -10,6 +10,7 @@ Every method hands the stock diffusers pipeline its own ``prompt_embeds`` (docs/
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,10 +69,30 @@ class Method:
     knob: str | None = None  # generate()'s keyword for the method's setting (None: no setting)
     short: str = ""  # the knob in tables and plot legends: w=5, s=1.2, alpha=1
     tag: str = ""  # the knob in `dice eval` image folder names: cfg-w5, scaling-s1.2, dice-a1
+    # the knob's smallest setting, where the method runs one pass per step: diffusers turns CFG off at w <= 1
+    # (w = 1 is conditional sampling, exactly; CFG at w < 1 cannot be made through the stock pipeline)
+    floor: float | None = None
+    uses: tuple[str, ...] = ()  # generate()'s other keywords the method reads (all others it ignores)
 
-    def nfe(self, steps: int) -> int:
-        """Network evaluations of one image sampled in ``steps`` steps."""
-        return steps * self.passes
+    def passes_at(self, value: Any = None) -> int:
+        """Network evaluations per step at the knob's setting ``value``."""
+        return 1 if self.floor is not None and value is not None and value <= self.floor else self.passes
+
+    def nfe(self, steps: int, value: Any = None) -> int:
+        """Network evaluations of one image sampled in ``steps`` steps at the knob's setting ``value``."""
+        return steps * self.passes_at(value)
+
+    def check(self, value: Any) -> None:
+        """Refuse a setting of the knob that the method cannot make: NaN or infinite, or below its floor."""
+        if self.knob is None or value is None:
+            return
+        if not math.isfinite(value):
+            raise InputError(f"{self.knob} of method '{self.name}' must be a finite number (got {value}).")
+        if self.floor is not None and value < self.floor:
+            raise InputError(
+                f"{self.knob}={value:g} is below {self.floor:g}: the stock pipeline turns {self.name} off there "
+                f"and would sample something else. Use {self.knob} >= {self.floor:g}."
+            )
 
     def setting(self, **values: Any) -> dict[str, Any]:
         """``{knob: value}`` picked from the values of every knob (empty for a method without one)."""
@@ -82,9 +103,18 @@ TABLE: dict[str, Method] = {
     m.name: m
     for m in (
         Method("unguided", _unguided),
-        Method("cfg", _cfg, passes=2, knob="guidance_scale", short="w", tag="w"),
+        Method(
+            "cfg",
+            _cfg,
+            passes=2,
+            knob="guidance_scale",
+            short="w",
+            tag="w",
+            floor=1.0,
+            uses=("negative_prompt",),
+        ),
         Method("scaling", _scaling, knob="scale", short="s", tag="s"),
-        Method("dice", _dice, knob="alpha", short="alpha", tag="a"),
+        Method("dice", _dice, knob="alpha", short="alpha", tag="a", uses=("sharpener", "negative_prompt")),
     )
 }
 METHODS = tuple(TABLE)

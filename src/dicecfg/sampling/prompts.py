@@ -14,12 +14,22 @@ CAPTION_KEYS = ("text", "prompt", "caption")
 def read_text(path: Path) -> str:
     """A UTF-8 text file, with a clear error naming the file (and line) when it is missing or not UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise InputError(f"Prompt file {path} does not exist.") from e
+    except IsADirectoryError as e:
+        raise InputError(
+            f"{path} is a folder; a text file (one prompt per line) or JSONL is expected."
+        ) from e
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start}). Save the file as UTF-8.") from e
+    except OSError as e:
+        raise InputError(f"Cannot read {path} ({e.strerror or e}).") from e
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise InputError(f"{path}:{line}: holds a NUL byte; is it a binary file? Prompts are plain text.")
+    return text
 
 
 def caption_of(record: dict, where: str) -> str:
@@ -56,6 +66,8 @@ def load_prompts(path: str | Path) -> list[str]:
 def collect_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
     """The prompts given as arguments followed by those of ``prompts_file``; refuses none at all."""
     out = list(prompts)
+    if any("\0" in p for p in out):
+        raise InputError("A prompt holds a NUL byte; prompts are plain text.")
     if prompts_file:
         out += load_prompts(prompts_file)
     if not out:

@@ -65,12 +65,17 @@ class CeilingConfig:
     draws: int = opt(8, "(x_0, t, noise) draws per prompt and step")
     pool: int = opt(4, "teacher CFG samples per prompt: the x_0 of the draws")
     eval_draws: int = opt(8, "fixed held-out draws per prompt for the loss (x_0 from other CFG samples)")
-    guidance_scale: float = opt(5.0, "teacher CFG scale w (and the CFG row's)")
+    guidance_scale: float = opt(5.0, "teacher CFG scale w (and the CFG row's)", min=1.0)
     loss: str = opt("l1", "distance of the objective, as in training", choices=("l1", "l2"))
     teacher_steps: int = opt(20, "sampling steps of the teacher's CFG samples")
     num_inference_steps: int = opt(20, "sampling steps of the compared images")
     prompts_per_batch: int = opt(32, "prompts optimised together (each pass holds prompts x draws samples)")
-    seed: int = opt(0, "seeds every random draw; given prompts are sampled with seeds seed, seed + 1, ...")
+    seed: int = opt(
+        0,
+        "seeds every random draw; given prompts are sampled with seeds seed, seed + 1, ...",
+        min=0,
+        max=2**32 - 1,
+    )
     checkpoint_every: int = opt(100, "steps between atomic checkpoints of a batch's edits")
     mixed_precision: str = opt(
         "auto", 'bf16 autocast on CUDA ("auto"), "bf16" or "no"', choices=("auto", "bf16", "no")
@@ -330,10 +335,14 @@ class CeilingJob:
         (), "prompts (default with the mini model: its held-out prompts)", positional=True
     )
     prompts_file: str | None = opt(
-        None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE"
+        None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE", path="file"
     )
     limit: int = opt(32, "held-out prompts of the shapes world used when no prompts are given (mini model)")
-    out: str = opt("ceiling", "output folder: ceiling.json, ceiling.md, grid.png, edits/ (re-run to resume)")
+    out: str = opt(
+        "ceiling",
+        "output folder: ceiling.json, ceiling.md, grid.png, edits/ (re-run to resume)",
+        path="out_dir",
+    )
     model: str | None = model_option()
     sharpener: str | None = opt(None, "sharpener to compare (default with the mini model: the shipped one)")
     device: str | None = device_option()

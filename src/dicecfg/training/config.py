@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import check_values, opt
 from ..sharpener import ARCHS
 from .objective import LOSS_WEIGHTINGS
 
@@ -25,13 +25,21 @@ class DistillConfig:
     )
     lr: float = opt(2e-4, "AdamW, constant, no warm-up (paper)")
     weight_decay: float = opt(1e-2, "AdamW weight decay (paper)")
-    guidance_scale: float = opt(5.0, "teacher CFG scale w (paper: 5)")
+    guidance_scale: float = opt(5.0, "teacher CFG scale w (paper: 5)", min=1.0)
     loss: str = opt(
-        "l1", '"l1" (paper, SD1.5) or "l2" (paper, SDXL); summed over elements, mean over the batch'
+        "l1",
+        '"l1" (paper, SD1.5) or "l2" (paper, SDXL); summed over elements, mean over the batch',
+        choices=("l1", "l2"),
     )
-    xt_source: str = opt("auto", '"images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"')
-    teacher_pool: int = opt(256, "teacher mode: CFG samples made once per run, re-noised at every step")
-    teacher_steps: int = opt(20, "teacher mode: sampling steps of those CFG samples")
+    xt_source: str = opt(
+        "auto",
+        '"images" (VAE-encoded data, paper), "teacher" (noised CFG samples), "auto"',
+        choices=("auto", "images", "teacher"),
+    )
+    teacher_pool: int = opt(
+        256, "teacher mode: CFG samples made once per run, re-noised at every step", min=1
+    )
+    teacher_steps: int = opt(20, "teacher mode: sampling steps of those CFG samples", min=1)
     shared_timestep: bool = opt(
         True, "one t for the whole batch (paper); --no-shared-timestep: one per sample"
     )
@@ -52,22 +60,30 @@ class DistillConfig:
         'sharpener network: "paper" or "block" (a residual transformer block; docs/recipes.md)',
         choices=ARCHS,
     )
-    mixed_precision: str = opt("auto", '"bf16" autocast on CUDA, "no" elsewhere ("auto")')
+    mixed_precision: str = opt(
+        "auto", '"bf16" autocast on CUDA, "no" elsewhere ("auto")', choices=("auto", "bf16", "no")
+    )
     gradient_checkpointing: bool = opt(False, "recompute denoiser activations in backward (less memory)")
-    checkpoint_every: int = opt(500, "steps between atomic checkpoints")
-    eval_every: int = opt(250, "steps between held-out distillation-loss evaluations (0: start and end only)")
+    checkpoint_every: int = opt(500, "steps between atomic checkpoints", min=1)
+    eval_every: int = opt(
+        250, "steps between held-out distillation-loss evaluations (0: start and end only)", min=0
+    )
     eval_pairs: int = opt(16, "fixed (x_0, noise, t, prompt) tuples never trained on")
-    log_every: int = opt(10, "steps between stats.jsonl records")
-    validate_every: int = opt(0, "steps between validation image grids (0: never)")
+    log_every: int = opt(10, "steps between stats.jsonl records", min=1)
+    validate_every: int = opt(0, "steps between validation image grids (0: never)", min=0)
     validation_prompts: tuple[str, ...] = opt(
         (), "prompts of the validation grids", flag="--validation-prompt", metavar="PROMPT"
     )
-    seed: int = opt(0, "seeds every random draw of the run")
-    resolution: int | None = opt(None, "training resolution in pixels (default: the model's native size)")
-    inner_dim: int = opt(512, "sharpener attention width (paper: 8 heads x 64)")
-    heads: int = opt(8, "sharpener attention heads (paper: 8)")
+    seed: int = opt(0, "seeds every random draw of the run", min=0, max=2**32 - 1)
+    resolution: int | None = opt(
+        None, "training resolution in pixels (default: the model's native size)", min=8
+    )
+    inner_dim: int = opt(512, "sharpener attention width (paper: 8 heads x 64)", min=1)
+    heads: int = opt(8, "sharpener attention heads (paper: 8); must divide --inner-dim", min=1)
     mask_mode: str = opt(
-        "keep", 'PixArt: c\' keeps the prompt\'s mask ("keep") or opens it over padding ("open")'
+        "keep",
+        'PixArt: c\' keeps the prompt\'s mask ("keep") or opens it over padding ("open")',
+        choices=("keep", "open"),
     )
     negative_prompts: tuple[str, ...] = opt(
         (), 'negative prompts sometimes used as c_neg instead of "" (not in paper)', cli=False
@@ -78,24 +94,19 @@ class DistillConfig:
     progress: bool = opt(True, "show a progress bar", cli=False)
 
     def __post_init__(self) -> None:
+        check_values(self)  # choices, ranges (the fields' min / max), finite numbers
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum must be an integer >= 1"),
-            (self.loss in ("l1", "l2"), "loss must be 'l1' or 'l2'"),
-            (self.xt_source in ("auto", "images", "teacher"), "xt_source must be auto, images or teacher"),
-            (self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision must be auto, bf16 or no"),
             (self.lr > 0, "lr must be > 0"),
             (self.eval_pairs >= 1, "eval_pairs must be >= 1"),
-            (self.mask_mode in ("keep", "open"), "mask_mode must be 'keep' or 'open'"),
-            (
-                self.loss_weighting in LOSS_WEIGHTINGS,
-                f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}",
-            ),
-            (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be 'constant' or 'cosine'"),
             (0.0 <= self.warmup < 1.0, "warmup must be a fraction in [0, 1)"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0: off)"),
-            (self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}"),
+            (
+                self.inner_dim % self.heads == 0,
+                f"heads ({self.heads}) must divide inner_dim ({self.inner_dim})",
+            ),
             (0.0 <= self.negative_prob <= 1.0, "negative_prob must be in [0, 1]"),
             (isinstance(self.negative_prompts, tuple), "negative_prompts must be a tuple of strings"),
         ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,12 @@ class ImageCaptionFolder:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def fingerprint(self) -> str:
+        """The first 16 hex digits of the sha256 of the listing (file name, size and caption of each usable
+        image): another folder's content under the same path gives another fingerprint."""
+        listing = [(os.path.relpath(p, self.root), p.stat().st_size, c) for p, c in self.items]
+        return hashlib.sha256(json.dumps(listing).encode("utf-8")).hexdigest()[:16]
 
     @property
     def captions(self) -> list[str]:

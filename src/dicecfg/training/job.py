@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option, load_pipeline, model_option, resolve_device, resolve_dtype
+from ..runs.folder import check_run_folder
 from ..sampling.prompts import load_prompts
 from ..sharpener import Sharpener
 from .config import DEFAULT_RECIPE, RECIPES, DistillConfig
@@ -23,14 +24,15 @@ class TrainJob:
     """`dice train`: the model, the training data, the run folder and the recipe (``config``)."""
 
     out: str = opt(
-        help="run folder: checkpoints, stats.jsonl, the final sharpener (re-run the same command to resume)"
+        help="run folder: checkpoints, stats.jsonl, the final sharpener (re-run the same command to resume)",
+        path="out_dir",
     )
     model: str | None = model_option()
     prompts_file: str | None = opt(
-        None, "training prompts (prompt-only mode)", flag="--prompts", metavar="FILE"
+        None, "training prompts (prompt-only mode)", flag="--prompts", metavar="FILE", path="file"
     )
     images: str | None = opt(
-        None, "captioned images: metadata.jsonl or NAME.txt sidecars (image mode)", metavar="DIR"
+        None, "captioned images: metadata.jsonl or NAME.txt sidecars (image mode)", metavar="DIR", path="dir"
     )
     negative_prompts_file: str | None = opt(
         None,
@@ -38,12 +40,14 @@ class TrainJob:
         "--negative-prob (default: always the empty prompt)",
         flag="--negative-prompts",
         metavar="FILE",
+        path="file",
     )
     gpus: int = opt(
         1,
         "train data-parallel in N processes, one per GPU (relaunches itself through torch.distributed.run; "
         "--batch-size is per process: global batch = batch-size x N x grad-accum; see docs/parallel.md)",
         metavar="N",
+        min=1,
     )
     device: str | None = device_option()
     dtype: str | None = dtype_option(training=True)
@@ -74,6 +78,7 @@ def run_train(job: TrainJob) -> Sharpener:
     prompts = load_prompts(job.prompts_file) if job.prompts_file else None
     if prompts is None and job.images is None:
         raise InputError("dice train needs --prompts FILE (prompt-only) or --images DIR (captioned images).")
+    check_run_folder(job.out)  # before the model loads (distill checks it again)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device, training=True), device=device)
     log.info("training a sharpener: %s", json.dumps(asdict(config)))
     return distill(pipe, prompts, config=config, images=job.images, output_dir=job.out)

@@ -10,8 +10,10 @@ interrupted and resumed from its checkpoint ends with the same weights as one th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -25,14 +27,15 @@ from ..families import family_of
 from ..pipeline import model_id, model_revision
 from ..runs.folder import (
     append_stats,
+    check_run_folder,
     load_checkpoint,
     run_record,
     save_checkpoint,
     truncate_stats,
     write_run_json,
 )
-from ..runs.guards import StopFlag, check_finite, run_lock
-from ..sampling.checks import warn_truncated
+from ..runs.guards import StopFlag, check_finite, out_of_memory, run_lock
+from ..sampling.checks import check_memory, check_size, warn_truncated
 from ..sharpener import Sharpener
 from .config import RECIPES, DistillConfig, lr_at
 from .data import ImageCaptionFolder
@@ -41,6 +44,13 @@ from .parallel import Parallel
 from .sources import ImageSource, TeacherSource, XtSource
 
 log = logging.getLogger(__name__)
+CONTENT_KEYS = ("prompts_sha256", "images_sha256")  # recorded since issue 16: runs without them still resume
+
+
+def digest(texts: list[str]) -> str:
+    """The first 16 hex digits of the sha256 of a list of texts (a run's identity holds its prompts' content,
+    not only their count)."""
+    return hashlib.sha256(json.dumps(list(texts)).encode("utf-8")).hexdigest()[:16]
 
 
 def distill(
@@ -70,20 +80,28 @@ def distill(
     """
     run_dir = Path(output_dir)
     par = Parallel.current(pipe._execution_device)
+    oom = out_of_memory(
+        "while training",
+        f"The checkpoint in {run_dir} is intact. A resume must keep the batch settings: start a new output "
+        "folder with a smaller batch size and a larger grad_accum (the same global batch).",
+    )
     if par.world == 1:
+        check_run_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with run_lock(run_dir):
+        with run_lock(run_dir), oom:
             return _distill(pipe, prompts, config, images, run_dir, par)
     with contextlib.ExitStack() as stack:
         err = None
         if par.main:
             try:
+                check_run_folder(run_dir)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(run_lock(run_dir))
             except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
                 err = e
         par.share_error(err)
-        return _distill(pipe, prompts, config, images, run_dir, par)
+        with oom:
+            return _distill(pipe, prompts, config, images, run_dir, par)
 
 
 def _distill(
@@ -97,6 +115,20 @@ def _distill(
     if mode == "teacher" and not prompts:
         raise InputError("Prompt-only distillation needs prompts (--prompts FILE).")
     resolution = cfg.resolution or fam.default_size(pipe)
+    check_size(pipe, fam, resolution, None, names=("resolution", ""))
+    shape = (
+        fam.latent_channels(pipe),
+        resolution // pipe.vae_scale_factor,
+        resolution // pipe.vae_scale_factor,
+    )
+    samples = cfg.batch_size * cfg.grad_accum * par.world + cfg.teacher_pool + cfg.eval_pairs
+    check_memory(  # the x_0 and noise tensors alone: a floor that stops absurd sizes before any work
+        2 * samples * math.prod(shape) * 4,
+        device,
+        "Training with this batch size, teacher pool and held-out set",
+        "Lower --batch-size (raise --grad-accum to keep the global batch), --teacher-pool or --eval-pairs.",
+    )
+    folder = ImageCaptionFolder(images, resolution) if mode == "images" else None
     identity = {
         **cfg.identity(),
         "xt_source": mode,
@@ -104,6 +136,8 @@ def _distill(
         "base_model": model_id(pipe),
         "images": str(images) if images else None,
         "num_prompts": len(prompts or []),
+        "prompts_sha256": digest(prompts) if prompts else None,  # the content, not only the count
+        "images_sha256": folder.fingerprint() if folder else None,
     }
     if par.world > 1:  # left out for one process, so earlier runs resume
         identity["world_size"] = par.world
@@ -111,7 +145,7 @@ def _distill(
     if par.main:
         try:
             record = {**run_record(cfg), "base_revision": model_revision(pipe)}
-            write_run_json(run_dir, record, identity)
+            write_run_json(run_dir, record, identity, added_later=CONTENT_KEYS)
         except InputError as e:
             err = _with_recipe_hint(e, run_dir, identity)
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
@@ -127,14 +161,12 @@ def _distill(
         if par.main != turn:
             par.barrier()
             continue
-        if mode == "images":
-            folder = ImageCaptionFolder(images, resolution)
-            if par.main:
-                warn_truncated(pipe, fam, [*folder.captions, *cfg.negative_prompts])
+        if par.main:
+            warn_truncated(pipe, fam, folder.captions if folder else prompts)
+            warn_truncated(pipe, fam, cfg.negative_prompts, "negative prompts")
+        if folder:
             source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir, par.rank, par.world)
         else:
-            if par.main:
-                warn_truncated(pipe, fam, [*prompts, *cfg.negative_prompts])
             source = TeacherSource(
                 pipe, fam, list(prompts), neg, cfg, run_dir, resolution, par.rank, par.world
             )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DiceError
+from ..errors import DiceError, InputError
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,11 @@ def without_gpus(argv: Sequence[str]) -> list[str]:
 
 def relaunch(argv: Sequence[str], nproc: int) -> int:
     """Run ``dice <argv>`` (less ``--gpus``) in ``nproc`` processes through torch.distributed.run on this host;
-    returns its exit code."""
+    returns its exit code. Refuses more processes than the host has GPUs (CPU cores where it has none)."""
+    gpus = torch.cuda.device_count()
+    limit = gpus or os.cpu_count() or 1
+    if nproc > limit:
+        raise InputError(f"--gpus {nproc}: this host has {limit} {'GPUs' if gpus else 'CPU cores (no GPU)'}.")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc)]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "dicecfg.cli"]
     cmd += without_gpus(argv)

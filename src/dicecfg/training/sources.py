@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from ..families import Cond, Family
 from ..runs.io import atomic_save_tensors, load_tensors
 
@@ -176,13 +177,32 @@ class TeacherSource(XtSource):
         self.eval_prompts = [prompts[i] for i in eval_idx]
         path = run_dir / "teacher_pool.safetensors"
         if path.is_file():
-            saved = load_tensors(path, device=str(self.device))
-            self.pool, self.eval_x0 = saved["pool"], saved["eval"]
+            self.pool, self.eval_x0 = self._load_pool(path)
         else:
             self.pool = self._sample(self.pool_prompts, neg, resolution, seed_base=0, what="teacher pool")
             self.eval_x0 = self._sample(self.eval_prompts, neg, resolution, seed_base=10**9, what="held-out")
             atomic_save_tensors(path, {"pool": self.pool, "eval": self.eval_x0})
         self.eval_noise, self.eval_t = self.fixed_eval(len(self.eval_prompts))
+
+    def _load_pool(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stored pool and held-out samples; a damaged file is named, with how to rebuild it."""
+        from safetensors import SafetensorError
+
+        try:
+            saved = load_tensors(path, device=str(self.device))
+            pool, eval_x0 = saved["pool"], saved["eval"]
+        except (SafetensorError, OSError, KeyError) as e:
+            raise InputError(
+                f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no data'}). "
+                "Delete it and run the same command again: it is rebuilt from the same seeds (the same CFG "
+                "samples) and training resumes from the checkpoint."
+            ) from e
+        if pool.shape[0] != len(self.pool_prompts) or tuple(pool.shape[1:]) != self.shape:
+            raise InputError(
+                f"{path} holds {tuple(pool.shape)} samples, not {(len(self.pool_prompts), *self.shape)}. "
+                "Delete it and run the same command again to rebuild it."
+            )
+        return pool, eval_x0
 
     def _sample(
         self, prompts: list[str], neg: Cond, resolution: int, seed_base: int, what: str
