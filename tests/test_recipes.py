@@ -52,15 +52,18 @@ def test_identity_keeps_old_runs_resumable_and_pins_the_schedule_length():
             DistillConfig(**bad)
 
 
-def _train_job(*argv: str) -> TrainJob:
-    ns = build_parser().parse_args(["train", "--out", "r", "--prompts", "p.txt", *argv])
+def _train_job(tmp_path, *argv: str) -> TrainJob:
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    ns = build_parser().parse_args(
+        ["train", "--out", str(tmp_path / "r"), "--prompts", str(tmp_path / "p.txt"), *argv]
+    )
     return from_flags(ns, TrainJob)
 
 
-def test_recipe_flag_starts_from_the_named_recipe_and_flags_override_it():
-    assert _train_job().config == recipe_config("dicecfg")  # dice train's default recipe
-    assert _train_job("--recipe", "paper").config == DistillConfig()
-    job = _train_job("--shared-timestep", "--arch", "paper", "--steps", "7")
+def test_recipe_flag_starts_from_the_named_recipe_and_flags_override_it(tmp_path):
+    assert _train_job(tmp_path).config == recipe_config("dicecfg")  # dice train's default recipe
+    assert _train_job(tmp_path, "--recipe", "paper").config == DistillConfig()
+    job = _train_job(tmp_path, "--shared-timestep", "--arch", "paper", "--steps", "7")
     assert job.config == recipe_config("dicecfg", shared_timestep=True, arch="paper", steps=7)
     assert set(RECIPES["dicecfg"]) <= {f for f in DistillConfig.__dataclass_fields__}
 

@@ -352,8 +352,9 @@ TRAIN += ["--log-every", "1", "--eval-every", "0", "--checkpoint-every", "2", "-
 
 
 def _train(model, out, prompts_file, steps, *extra):
+    # the paper's recipe: its constant learning rate lets a resumed run go on to more steps
     return main(["train", "--model", str(model), "--prompts", str(prompts_file), "--out", str(out)]
-                + ["--steps", str(steps), *TRAIN, *extra])  # fmt: skip
+                + ["--steps", str(steps), "--recipe", "paper", *TRAIN, *extra])  # fmt: skip
 
 
 def _one_line_error(capsys, code, *words):
