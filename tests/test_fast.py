@@ -1,4 +1,6 @@
-"""The fast sampling path (dicecfg.sampling.fast): CPU fallback, and the graph plumbing with a CPU stand-in capture."""
+"""The fast sampling paths (dicecfg.sampling.fast): CPU fallback, the graph plumbing with a CPU stand-in capture,
+and the compiled path through a cheap torch.compile backend (Inductor takes about a minute per shape on CPU:
+benchmarks/compile_cache.py measures it)."""
 
 import logging
 
@@ -118,7 +120,7 @@ def test_bench_fast_columns(stand_in_capture, tiny_sd_dir):
         warmup=0,
         device="cpu",
         decode=False,
-        fast=True,
+        fast="graphs",
     )
     (row,) = run_bench(cfg)
     for k in ("cfg", "dice", "fast_cfg", "fast_dice", "fast_unguided"):
@@ -143,3 +145,96 @@ def test_cli_sample_fast_on_cpu(tiny_sd_dir, tmp_path, caplog):
     assert any("needs a CUDA device" in r.getMessage() for r in caplog.records)
     (f,), (e,) = sorted((tmp_path / "f").glob("*.png")), sorted((tmp_path / "e").glob("*.png"))
     assert f.read_bytes() == e.read_bytes()
+
+
+@pytest.fixture
+def cheap_compile(monkeypatch):
+    """torch.compile with the "eager" backend: Dynamo traces the denoiser as Inductor would be given it, without
+    generating kernels (seconds instead of a minute on CPU)."""
+    torch._dynamo.reset()
+    made = []
+
+    def compile_forward(forward, device):
+        made.append(device)
+        return torch.compile(forward, backend="eager", dynamic=False)
+
+    monkeypatch.setattr(fastmod, "compile_forward", compile_forward)
+    yield made
+    torch._dynamo.reset()
+
+
+def test_compiled_path_gives_eager_images_and_restores_forward(cheap_compile, tiny_sd):
+    sharp = _sharpener(tiny_sd)
+    den = tiny_sd.unet
+    for method in ("dice", "cfg"):
+        eager = _images(tiny_sd, method, sharpener=sharp)
+        assert np.array_equal(_images(tiny_sd, method, sharpener=sharp, fast="compile"), eager), method
+        assert "forward" not in den.__dict__  # the swap is undone after each pipeline call
+    compiled = den.__dict__["_dice_compiled"]
+    assert len(cheap_compile) == 1 and not compiled.failed  # one compiled function serves every call
+    assert compiled.calls == 2 * STEPS and compiled.first_call_ms > 0
+    calls = compiled.calls
+    _images(tiny_sd, "dice", prompts=["a green cross"], sharpener=sharp, seeds=9, fast="compile")
+    assert den.__dict__.pop("_dice_compiled") is compiled and compiled.calls == calls + STEPS
+
+
+def test_compilation_failure_runs_eager_with_one_notice(monkeypatch, tiny_sd, caplog):
+    fastmod._noticed.clear()
+
+    def broken(forward, device):
+        def fails(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return fails
+
+    monkeypatch.setattr(fastmod, "compile_forward", broken)
+    tiny_sd.unet.__dict__.pop("_dice_compiled", None)
+    with caplog.at_level(logging.WARNING, logger="dicecfg.sampling.fast"):
+        fast = _images(tiny_sd, "unguided", fast="compile")
+        _images(tiny_sd, "unguided", fast="compile")
+    tiny_sd.unet.__dict__.pop("_dice_compiled")
+    assert np.array_equal(fast, _images(tiny_sd, "unguided"))
+    said = [r.getMessage() for r in caplog.records if "compiled sampling failed" in r.getMessage()]
+    assert said == [
+        "compiled sampling failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler found); running eager"
+    ]
+
+
+def test_fast_names_a_path_and_the_flag_alone_means_graphs(tiny_sd, tmp_path):
+    from dicecfg.cli import build_parser
+    from dicecfg.errors import InputError
+    from dicecfg.flags import from_flags
+    from dicecfg.sampling.job import SampleJob
+
+    with pytest.raises(InputError, match="fast='turbo' is not a fast path"):
+        _images(tiny_sd, "unguided", fast="turbo")
+    assert [fastmod.fast_mode(v) for v in (False, None, True, "off", "graphs", "compile")] == [
+        "off", "off", "graphs", "off", "graphs", "compile"
+    ]  # fmt: skip
+
+    def job(*argv):
+        ns = build_parser().parse_args(["sample", "a red circle", "--out", str(tmp_path), *argv])
+        return from_flags(ns, SampleJob).fast
+
+    assert (job(), job("--fast"), job("--fast", "compile"), job("--fast", "off")) == (
+        "off",
+        "graphs",
+        "compile",
+        "off",
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sample", "a", "--fast", "turbo"])
+
+
+def test_bench_compiled_columns(cheap_compile, tiny_sd_dir):
+    from dicecfg.bench.speed import BenchConfig, run_bench
+    from dicecfg.evaluation.report import bench_table
+
+    cfg = BenchConfig(
+        model=str(tiny_sd_dir), batch_sizes=(1,), steps=2, repeats=1, warmup=0, device="cpu", decode=False,
+        fast="compile",
+    )  # fmt: skip
+    (row,) = run_bench(cfg)
+    assert row["fast_mode"] == "compile" and row["fast_path"].startswith("torch.compile (")
+    assert row["fast_dice_first_ms"] > 0 and row["fast_cfg_max_abs_diff"] == 0.0
+    assert "| compile |" in bench_table([row])

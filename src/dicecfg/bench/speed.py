@@ -28,6 +28,7 @@ import torch
 from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option
+from ..sampling.fast import FAST_MODES, fast_mode
 
 log = logging.getLogger(__name__)
 PROMPT = "a photo of a red car in the city at night"
@@ -57,7 +58,13 @@ class BenchConfig:
     height: int | None = opt(None, "image height in pixels (default: the model's native size)")
     width: int | None = opt(None, "image width in pixels (default: the model's native size)")
     decode: bool = opt(True, "also time the VAE decode (reported separately)")
-    fast: bool = opt(False, "also time the fast path (denoiser as CUDA graphs): fast CFG, DICE and unguided")
+    fast: str = opt(
+        "off",
+        "also time a fast path: graphs (--fast alone: the denoiser as CUDA graphs) or compile (torch.compile); "
+        "fast CFG, DICE and unguided, the first call apart",
+        choices=FAST_MODES,
+        const="graphs",
+    )
     device: str | None = device_option()
     dtype: str | None = dtype_option()
     out: str | None = opt(
@@ -117,12 +124,13 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     fam = family_of(pipe)
     device = pipe._execution_device
     timer = Timer(device)
+    mode = fast_mode(cfg.fast)
     cond, neg = fam.encode(pipe, [PROMPT] * batch), fam.encode(pipe, [""] * batch)  # excluded: same for both
     sharpener.to(device=device, dtype=cond.tokens.dtype)
     common = dict(num_inference_steps=cfg.steps, output_type="latent", height=cfg.height, width=cfg.width)
     latents: list[torch.Tensor] = []
 
-    def run(method: str, fast: bool = False) -> None:
+    def run(method: str, fast: bool | str = False) -> None:
         out, _ = sample_batch(
             pipe,
             fam,
@@ -141,18 +149,18 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         sharpen_cond(fam, sharpener, cond, neg, 1.0)
 
     variants = {"cfg": ("cfg", False), "dice": ("dice", False)}
-    if cfg.fast:
+    if mode != "off":
         variants |= {
-            "fast_cfg": ("cfg", True),
-            "fast_dice": ("dice", True),
-            "fast_unguided": ("unguided", True),
+            "fast_cfg": ("cfg", mode),
+            "fast_dice": ("dice", mode),
+            "fast_unguided": ("unguided", mode),
         }
     first: dict[str, float] = {}
     with torch.inference_mode():
-        for i in range(max(cfg.warmup, 1 if cfg.fast else 0)):
+        for i in range(max(cfg.warmup, 1 if mode != "off" else 0)):
             for name, (method, fast) in variants.items():
-                if i == 0 and fast:  # the first fast call of a shape captures its graph: timed apart
-                    first[name] = timer(lambda m=method: run(m, True))
+                if i == 0 and fast:  # the first fast call of a shape captures or compiles: timed apart
+                    first[name] = timer(lambda m=method, f=fast: run(m, f))
                 else:
                     run(method, fast)
             sharpen()
@@ -162,7 +170,7 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
                 times[name].append(timer(lambda m=method, f=fast: run(m, f)))
             times["sharpener"].append(timer(sharpen))
         decode_ms = _decode_ms(pipe, latents[0], timer, max(1, cfg.repeats // 2)) if cfg.decode else None
-        diff = _fast_vs_eager(run, latents, ("cfg", "dice")) if cfg.fast else {}
+        diff = _fast_vs_eager(run, latents, ("cfg", "dice"), mode) if mode != "off" else {}
     med = {k: statistics.median(v) for k, v in times.items()}
     row = {
         "batch": batch,
@@ -177,35 +185,44 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         "times_ms": times,
         "latent_shape": list(latents[0].shape),
     }
-    if cfg.fast:
+    if mode != "off":
+        row |= {"fast_mode": mode}
         row |= {f"{k}_ms": med[k] for k in ("fast_cfg", "fast_dice", "fast_unguided")}
         row |= {f"{k}_first_ms": v for k, v in first.items()}
         row |= {
             "fast_ratio": med["fast_cfg"] / med["fast_dice"],  # fast CFG / fast DICE
             "speedup_vs_eager_cfg": med["cfg"] / med["fast_dice"],  # the issue's target: >= 2.0 at batch 1
             "fast_dice_over_unguided_pct": 100.0 * (med["fast_dice"] / med["fast_unguided"] - 1.0),
-            "fast_path": _fast_path_used(pipe, fam),
+            "fast_path": _fast_path_used(pipe, fam, mode),
             **diff,
         }
     return row
 
 
-def _fast_vs_eager(run: Callable[..., None], latents: list[torch.Tensor], methods: tuple[str, ...]) -> dict:
-    """Largest difference between fast and eager latents of the same seeds (absolute, and relative to the
-    largest eager value), per method."""
+def _fast_vs_eager(
+    run: Callable[..., None], latents: list[torch.Tensor], methods: tuple[str, ...], mode: str
+) -> dict:
+    """Largest difference between fast (``mode``) and eager latents of the same seeds (absolute, and relative
+    to the largest eager value), per method."""
     out = {}
     for method in methods:
         run(method, False)
         eager = latents[0].float()
-        run(method, True)
+        run(method, mode)
         err = (latents[0].float() - eager).abs().max().item()
         out[f"fast_{method}_max_abs_diff"] = err
         out[f"fast_{method}_max_rel_diff"] = err / max(eager.abs().max().item(), 1e-12)
     return out
 
 
-def _fast_path_used(pipe: Any, fam: Any) -> str:
-    graphed = fam.denoiser(pipe).__dict__.get("_dice_graphed")
+def _fast_path_used(pipe: Any, fam: Any, mode: str) -> str:
+    den = fam.denoiser(pipe).__dict__
+    if mode == "compile":
+        compiled = den.get("_dice_compiled")
+        if compiled is None or compiled.failed:
+            return "eager (fallback)"
+        return f"torch.compile ({compiled.calls} calls, first {compiled.first_call_ms:.0f} ms)"
+    graphed = den.get("_dice_graphed")
     if graphed is None or graphed.failed:
         return "eager (fallback)"
     return f"cuda graphs ({len(graphed.graphs)} captured, {graphed.capture_ms:.0f} ms)"

@@ -291,7 +291,8 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
     cols.append("decode ms")
     fast = any("fast_dice_ms" in r for r in rows)
     if fast:
-        cols += ["fast CFG ms", "fast DICE ms", "fast unguided ms", "eager CFG / fast DICE", "capture ms"]
+        cols += ["fast path", "fast CFG ms", "fast DICE ms", "fast unguided ms", "eager CFG / fast DICE"]
+        cols.append("first calls ms")  # capture or compilation of each shape, summed over the fast variants
     body = []
     for r in rows:
         cells = [r["name"], r["device"], r["dtype"], r["batch"], r["steps"]]
@@ -304,13 +305,14 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
             if fast and "fast_dice_ms" in r:
                 capture = sum(v for k, v in r.items() if k.endswith("_first_ms"))
                 cells += [
+                    r.get("fast_mode", "graphs"),
                     f"{r['fast_cfg_ms']:.1f}",
                     f"{r['fast_dice_ms']:.1f}",
                     f"{r['fast_unguided_ms']:.1f}",
                 ]
                 cells += [f"{r['speedup_vs_eager_cfg']:.3f}", f"{capture:.0f}"]
             elif fast:
-                cells += [""] * 5
+                cells += [""] * 6
         body.append(cells)
     return markdown(cols, body)
 

@@ -1,4 +1,5 @@
-"""The fast sampling path: the denoiser replayed as CUDA graphs (``generate(..., fast=True)``, ``--fast``).
+"""The fast sampling paths: the denoiser replayed as CUDA graphs (``fast=True`` / ``"graphs"``, ``--fast``) or
+compiled by ``torch.compile`` (``fast="compile"``, ``--fast compile``; see the end of this docstring).
 
 At batch 1 an eager denoiser call is bound by kernel launches, so CFG's batch of 2 costs about what DICE's
 batch of 1 costs and halving the evaluations buys little. Replaying the call as a CUDA graph removes the
@@ -14,7 +15,14 @@ launches. How it works:
 
 Unsupported setups (no CUDA device, a pipeline with accelerate offload hooks, a call whose arguments cannot be
 keyed, a failed capture) run eager with a one-line notice. ``torch.compile(mode="reduce-overhead")`` was
-measured against these hand-made graphs; see BENCHMARKS.md ("Fast sampling path") for why graphs are kept.
+measured against these hand-made graphs; see BENCHMARKS.md ("Fast sampling path") for why graphs are kept as
+the default.
+
+``fast="compile"`` swaps ``forward`` the same way for a ``torch.compile``d one (``CompiledForward``; on CUDA in
+``reduce-overhead`` mode, which adds CUDA graphs to Inductor's fused kernels). One compiled function is kept on
+the denoiser and serves every call of the process; each new shape compiles once. Inductor keeps what it
+compiled in its on-disk caches (``TORCHINDUCTOR_CACHE_DIR``, default ``/tmp/torchinductor_$USER``), so a second
+process pays far less for its first call. A compilation that fails runs eager with a notice.
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
+FAST_MODES = ("off", "graphs", "compile")
 MAX_GRAPHS = 16  # signatures per denoiser; more means the arguments change per step (eager is then better)
 _ATOMS = (type(None), bool, int, float, str)
 _noticed: set[str] = set()
@@ -184,6 +195,34 @@ def unsupported(module: torch.nn.Module, device: torch.device) -> str | None:
     return None
 
 
+def fast_mode(fast: bool | str | None) -> str:
+    """The fast path a ``fast=`` argument names: ``"off"`` (False, None), ``"graphs"`` (True) or ``"compile"``."""
+    if fast is None or fast is False:
+        return "off"
+    if fast is True:
+        return "graphs"
+    if isinstance(fast, str) and fast in FAST_MODES:
+        return fast
+    raise InputError(
+        f"fast={fast!r} is not a fast path: use False, True (= 'graphs'), 'graphs' or 'compile'."
+    )
+
+
+@contextlib.contextmanager
+def swapped_forward(denoiser: torch.nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """``denoiser.forward`` is ``forward`` while the block runs; the instance's own attribute (if any) after."""
+    had_own = "forward" in denoiser.__dict__
+    saved = denoiser.__dict__.get("forward")
+    denoiser.__dict__["forward"] = forward
+    try:
+        yield
+    finally:
+        if had_own:
+            denoiser.__dict__["forward"] = saved
+        else:
+            del denoiser.__dict__["forward"]
+
+
 @contextlib.contextmanager
 def fast_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[GraphedForward | None]:
     """Swap ``denoiser.forward`` for its graphed version while the block runs (restored after).
@@ -201,13 +240,82 @@ def fast_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[GraphedForwa
     if graphed is None or graphed.capture is not cuda_capture:
         graphed = GraphedForward(denoiser.forward, device, cuda_capture)
         denoiser.__dict__["_dice_graphed"] = graphed
-    had_own = "forward" in denoiser.__dict__
-    saved = denoiser.__dict__.get("forward")
-    denoiser.__dict__["forward"] = graphed
-    try:
+    with swapped_forward(denoiser, graphed):
         yield graphed
-    finally:
-        if had_own:
-            denoiser.__dict__["forward"] = saved
-        else:
-            del denoiser.__dict__["forward"]
+
+
+def compile_forward(forward: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
+    """``torch.compile`` of a denoiser's forward: one graph per shape (no dynamic shapes); on CUDA in
+    ``reduce-overhead`` mode (Inductor's kernels replayed as CUDA graphs). Tests swap this for a cheaper
+    backend."""
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    return torch.compile(forward, dynamic=False, mode=mode)
+
+
+@dataclass
+class CompiledForward:
+    """A denoiser ``forward`` that calls its compiled version (eager, with a notice, once compiling failed)."""
+
+    forward: Callable[..., Any]  # the denoiser's own forward
+    compiled: Callable[..., Any]
+    device: torch.device
+    calls: int = 0
+    failed: bool = False
+    first_call_ms: float | None = None  # the first call's wall time: compilation included
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed:
+            return self.forward(*args, **kwargs)
+        cuda = self.device.type == "cuda"
+        if cuda:  # a new step of the CUDA graph trees: outputs of earlier calls were consumed by the pipeline
+            torch.compiler.cudagraph_mark_step_begin()
+        t0 = time.perf_counter()
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - a failed compilation runs eager, said once; a real error repeats
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            notice(f"compiled sampling failed ({type(e).__name__}: {first[:200]}); running eager")
+            self.failed = True
+            return self.forward(*args, **kwargs)
+        if self.first_call_ms is None:
+            self.first_call_ms = (time.perf_counter() - t0) * 1000.0
+        self.calls += 1
+        if cuda:  # the graph trees reuse output memory at the next step: keep our own copy
+            leaves, spec = flatten(out)
+            out = unflatten(spec, iter([o.clone() for o in leaves]))
+        return out
+
+
+def compile_unsupported(module: torch.nn.Module) -> str | None:
+    """Why the compiled path cannot run here (None: it can)."""
+    if hasattr(module, "_hf_hook"):
+        return "compiled sampling does not combine with accelerate offload hooks; running eager"
+    return None
+
+
+@contextlib.contextmanager
+def compiled_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[CompiledForward | None]:
+    """Swap ``denoiser.forward`` for its compiled version while the block runs (restored after). The compiled
+    function stays on the denoiser, so later calls of this process reuse what was compiled."""
+    reason = compile_unsupported(denoiser)
+    if reason is not None:
+        notice(reason)
+        yield None
+        return
+    device = pipe._execution_device
+    compiled = denoiser.__dict__.get("_dice_compiled")
+    if compiled is None:
+        compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, device), device)
+        denoiser.__dict__["_dice_compiled"] = compiled
+    with swapped_forward(denoiser, compiled):
+        yield compiled
+
+
+def speedup(pipe: Any, denoiser: torch.nn.Module, fast: bool | str) -> contextlib.AbstractContextManager:
+    """The context in which a pipeline call runs on the fast path ``fast`` names (``fast_mode``)."""
+    mode = fast_mode(fast)
+    if mode == "graphs":
+        return fast_denoiser(pipe, denoiser)
+    if mode == "compile":
+        return compiled_denoiser(pipe, denoiser)
+    return contextlib.nullcontext()

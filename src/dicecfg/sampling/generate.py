@@ -21,7 +21,7 @@ from ..families import Cond, Family, check_compatible, family_of
 from ..runs.guards import out_of_memory
 from ..sharpener import Sharpener
 from .checks import check_alpha, check_memory, check_seeds, check_size, sampling_memory, warn_truncated
-from .fast import fast_denoiser
+from .fast import fast_mode, speedup
 from .methods import lookup, sharpen_cond
 
 log = logging.getLogger(__name__)
@@ -124,19 +124,20 @@ def sample_batch(
     alpha: float = 1.0,
     num_inference_steps: int = 20,
     output_type: str = "np",
-    fast: bool = False,
+    fast: bool | str = False,
     **pipe_kwargs: Any,
 ) -> tuple[Any, int]:
     """Run the stock pipeline once on an encoded batch; returns its images/latents and the network evaluations
     it made per step.
 
-    ``fast=True`` replays the denoiser as CUDA graphs (``dicecfg.fast``; eager with a notice where unsupported).
+    ``fast`` picks a fast path (``sampling/fast.py``): True or ``"graphs"`` replays the denoiser as CUDA graphs,
+    ``"compile"`` runs it ``torch.compile``d; eager with a notice where unsupported.
     """
     m = lookup(method)
     value = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha).get(m.knob)
     m.check(value)
     kwargs = m.kwargs(pipe, fam, cond, neg, sharpener, value)
-    speed = fast_denoiser(pipe, fam.denoiser(pipe)) if fast else contextlib.nullcontext()
+    speed = speedup(pipe, fam.denoiser(pipe), fast)
     doing = f"while sampling a batch of {len(generators)} images ({method})"
     advice = "Use a smaller --batch-size (batch_size=); results do not depend on it."
     with out_of_memory(doing, advice), speed, no_step_bar(pipe):
@@ -166,17 +167,19 @@ def generate(
     height: int | None = None,
     width: int | None = None,
     progress: bool = True,
-    fast: bool = False,
+    fast: bool | str = False,
     **pipe_kwargs: Any,
 ) -> Iterator[Sample]:
     """Generate one image per prompt with ``method``, yielding ``Sample``s in prompt order.
 
     Seeds: an int gives seeds ``seed, seed+1, ...``; a list gives one seed per prompt. Each image has its own
-    ``torch.Generator``, so an image does not depend on the batch it was made in. ``fast=True`` replays the
-    denoiser as CUDA graphs (same images within fp16 tolerance; eager with a one-line notice off CUDA).
+    ``torch.Generator``, so an image does not depend on the batch it was made in. ``fast=True`` (or ``"graphs"``)
+    replays the denoiser as CUDA graphs (the same images; eager with a one-line notice off CUDA);
+    ``fast="compile"`` runs it ``torch.compile``d (any device; the first call of a shape compiles; docs/fast.md).
     """
     prompts = list(prompts)
     m = lookup(method)
+    fast_mode(fast)
     if num_inference_steps < 1:
         raise InputError(f"num_inference_steps must be >= 1 (got {num_inference_steps}).")
     if batch_size < 1:

@@ -27,6 +27,7 @@ from ..pipeline import (
 from ..runs.io import atomic_write
 from ..sharpener import Sharpener
 from .checks import SEED_MAX, check_seeds
+from .fast import FAST_MODES
 from .generate import generate
 from .methods import METHODS, TABLE, lookup
 from .prompts import collect_prompts
@@ -61,10 +62,12 @@ class SampleJob:
     )
     device: str | None = device_option()
     dtype: str | None = dtype_option()
-    fast: bool = opt(
-        False,
-        "replay the denoiser as CUDA graphs: same images, fewer kernel launches (CUDA only; eager with a "
-        "notice elsewhere; docs/fast.md)",
+    fast: str = opt(
+        "off",
+        "fast path: graphs (--fast alone) replays the denoiser as CUDA graphs, the same images (CUDA only; eager "
+        "with a notice elsewhere); compile runs it torch.compiled, for long jobs of one shape (docs/fast.md)",
+        choices=FAST_MODES,
+        const="graphs",
     )
     progress: bool = opt(True, "progress bars", cli=False)
 
