@@ -301,3 +301,21 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pixart_dir(tmp_path_factory) -> Path:
     return build_tiny_pixart(tmp_path_factory.mktemp("tiny_pixart"))
+
+
+@pytest.fixture
+def cheap_compile(monkeypatch):
+    """torch.compile with the "eager" backend: Dynamo traces the denoiser as Inductor would be given it, without
+    generating kernels (seconds instead of a minute on CPU)."""
+    from dicecfg.sampling import fast as fastmod
+
+    torch._dynamo.reset()
+    made = []
+
+    def compile_forward(forward, graphs):
+        made.append(graphs)
+        return torch.compile(forward, backend="eager", dynamic=False)
+
+    monkeypatch.setattr(fastmod, "compile_forward", compile_forward)
+    yield made
+    torch._dynamo.reset()

@@ -177,3 +177,37 @@ def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch
     ident1 = json.loads((tmp_path / "accum1" / "run.json").read_text())["identity"]
     ident3 = json.loads((tmp_path / "accum3" / "run.json").read_text())["identity"]
     assert "grad_accum" not in ident1 and ident3["grad_accum"] == 3  # runs from before grad_accum resume
+
+
+def test_compiled_denoiser_trains_like_eager_and_may_be_toggled_on_resume(
+    cheap_compile, tiny_sd, prompts, tmp_path
+):
+    """DistillConfig.compile: the same losses and weights as eager (the "eager" backend runs the same kernels; with
+    Inductor they differ by float rounding), Dynamo sees the student's differentiated pass, and the option is not
+    part of the run's identity."""
+    from dicecfg.sampling import fast as fastmod
+
+    seen = []
+    real = fastmod.CompiledForward.__call__
+
+    def spy(self, *a, **k):
+        seen.append(torch.is_grad_enabled())
+        return real(self, *a, **k)
+
+    cfg = dict(FAST, checkpoint_every=2, log_every=1)
+    eager = distill(tiny_sd, prompts, config=DistillConfig(steps=4, **cfg), output_dir=tmp_path / "eager")
+    fastmod.CompiledForward.__call__ = spy
+    try:
+        compiled = distill(
+            tiny_sd, prompts, config=DistillConfig(steps=2, compile=True, **cfg), output_dir=tmp_path / "c"
+        )
+    finally:
+        fastmod.CompiledForward.__call__ = real
+    assert cheap_compile == [False] and True in seen and False in seen  # no CUDA graphs; student and teacher
+    assert "forward" not in tiny_sd.unet.__dict__  # restored after the run
+    resumed = distill(tiny_sd, prompts, config=DistillConfig(steps=4, **cfg), output_dir=tmp_path / "c")
+    a, b = read_stats(tmp_path / "eager"), read_stats(tmp_path / "c")
+    assert [r["loss"] for r in a if "loss" in r] == [r["loss"] for r in b if "loss" in r]
+    for x, y in zip(eager.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert compiled.config["train_steps"] == 2

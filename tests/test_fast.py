@@ -147,22 +147,6 @@ def test_cli_sample_fast_on_cpu(tiny_sd_dir, tmp_path, caplog):
     assert f.read_bytes() == e.read_bytes()
 
 
-@pytest.fixture
-def cheap_compile(monkeypatch):
-    """torch.compile with the "eager" backend: Dynamo traces the denoiser as Inductor would be given it, without
-    generating kernels (seconds instead of a minute on CPU)."""
-    torch._dynamo.reset()
-    made = []
-
-    def compile_forward(forward, device):
-        made.append(device)
-        return torch.compile(forward, backend="eager", dynamic=False)
-
-    monkeypatch.setattr(fastmod, "compile_forward", compile_forward)
-    yield made
-    torch._dynamo.reset()
-
-
 def test_compiled_path_gives_eager_images_and_restores_forward(cheap_compile, tiny_sd):
     sharp = _sharpener(tiny_sd)
     den = tiny_sd.unet
@@ -181,7 +165,7 @@ def test_compiled_path_gives_eager_images_and_restores_forward(cheap_compile, ti
 def test_compilation_failure_runs_eager_with_one_notice(monkeypatch, tiny_sd, caplog):
     fastmod._noticed.clear()
 
-    def broken(forward, device):
+    def broken(forward, graphs):
         def fails(*a, **k):
             raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
 
@@ -194,16 +178,16 @@ def test_compilation_failure_runs_eager_with_one_notice(monkeypatch, tiny_sd, ca
         _images(tiny_sd, "unguided", fast="compile")
     tiny_sd.unet.__dict__.pop("_dice_compiled")
     assert np.array_equal(fast, _images(tiny_sd, "unguided"))
-    said = [r.getMessage() for r in caplog.records if "compiled sampling failed" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "compiling the denoiser failed" in r.getMessage()]
     assert said == [
-        "compiled sampling failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler found); running eager"
+        "compiling the denoiser failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler found); running eager"
     ]
 
 
 def test_fast_names_a_path_and_the_flag_alone_means_graphs(tiny_sd, tmp_path):
     from dicecfg.cli import build_parser
     from dicecfg.errors import InputError
-    from dicecfg.flags import from_flags
+    from dicecfg.flags import from_flags, spell_bare_consts, take_positionals
     from dicecfg.sampling.job import SampleJob
 
     with pytest.raises(InputError, match="fast='turbo' is not a fast path"):
@@ -215,6 +199,20 @@ def test_fast_names_a_path_and_the_flag_alone_means_graphs(tiny_sd, tmp_path):
     def job(*argv):
         ns = build_parser().parse_args(["sample", "a red circle", "--out", str(tmp_path), *argv])
         return from_flags(ns, SampleJob).fast
+
+    def spelled(
+        *argv,
+    ):  # what dice's main hands argparse: a bare word after --fast is a prompt, not its value
+        ns, extra = build_parser().parse_known_args(
+            spell_bare_consts(["sample", *argv, "--out", str(tmp_path)], SampleJob)
+        )
+        assert not take_positionals(ns, SampleJob, extra)
+        job = from_flags(ns, SampleJob)
+        return job.fast, list(job.prompts)
+
+    assert spelled("--fast", "a red car") == ("graphs", ["a red car"])
+    assert spelled("b", "--fast", "compile", "a") == ("compile", ["b", "a"])
+    assert spelled("--fast", "--seed", "3", "a") == ("graphs", ["a"])
 
     assert (job(), job("--fast"), job("--fast", "compile"), job("--fast", "off")) == (
         "off",

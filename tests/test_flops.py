@@ -22,7 +22,9 @@ def test_counts_scale_with_the_batch_and_the_backward_skips_weight_gradients(tin
     assert one["total"] == one["teacher"] + one["student_forward"] + one["student_backward"]
     fwd = one["denoiser_forward_per_sample"]
     assert one["teacher"] == 2 * fwd  # conditional + unconditional pass
-    assert fwd < one["student_forward"] < 2 * fwd  # the denoiser, plus the sharpener (large beside a tiny UNet)
+    assert (
+        fwd < one["student_forward"] < 2 * fwd
+    )  # the denoiser, plus the sharpener (large beside a tiny UNet)
     # gradients of activations only: about one forward; with weight gradients it would be about two
     assert 0.8 * one["student_forward"] < one["student_backward"] < 1.5 * one["student_forward"]
     assert all(not p.requires_grad for p in tiny_sd.unet.parameters())

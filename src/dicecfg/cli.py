@@ -21,7 +21,7 @@ from .evaluation import report
 from .evaluation.analysis import AnalyzeConfig, run_analyze
 from .evaluation.demo import DemoJob, run_demo
 from .evaluation.evaluate import EvalConfig, run_eval
-from .flags import add_flags, from_flags, take_positionals
+from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .sampling.job import SampleJob, run_sample
 from .training.ceiling import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
@@ -181,6 +181,9 @@ def quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # global options take no values
+    if command in COMMANDS:
+        argv = spell_bare_consts(argv, COMMANDS[command][0])
     ns, extra = parser.parse_known_args(argv)
     if extra and getattr(ns, "options", None):  # prompts after an option: `dice sample "a" --seed 5 "b"`
         extra = take_positionals(ns, ns.options, extra)

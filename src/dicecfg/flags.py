@@ -116,6 +116,23 @@ def from_flags(ns: argparse.Namespace, cls: type, base: dict[str, Any] | None = 
     return check_paths(check_values(cls(**kwargs)))
 
 
+def spell_bare_consts(argv: list[str], cls: type) -> list[str]:
+    """``argv`` with every option of ``cls`` that has a ``const`` and is followed by a word that is not one of
+    its choices (or by nothing, or another option) written ``--flag=CONST``, so that argparse does not take the
+    command's next bare argument for the option's value: ``dice sample --fast "a red car"``."""
+    consts = {
+        _flag(f): f.metadata
+        for f in dataclasses.fields(cls)
+        if "const" in f.metadata and f.metadata.get("cli", True)
+    }
+    out = list(argv)
+    for i, arg in enumerate(out):
+        meta = consts.get(arg)
+        if meta is not None and (i + 1 == len(out) or out[i + 1] not in meta.get("choices", ())):
+            out[i] = f"{arg}={meta['const']}"
+    return out
+
+
 def take_positionals(ns: argparse.Namespace, cls: type, extra: list[str]) -> list[str]:
     """Bare arguments argparse left over because they came after an option (``dice sample "a" --seed 5 "b"``)
     join the command's positional field; returns what is still unknown (options, or bare arguments of a

@@ -244,12 +244,11 @@ def fast_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[GraphedForwa
         yield graphed
 
 
-def compile_forward(forward: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-    """``torch.compile`` of a denoiser's forward: one graph per shape (no dynamic shapes); on CUDA in
+def compile_forward(forward: Callable[..., Any], graphs: bool) -> Callable[..., Any]:
+    """``torch.compile`` of a denoiser's forward: one graph per shape (no dynamic shapes); with ``graphs`` in
     ``reduce-overhead`` mode (Inductor's kernels replayed as CUDA graphs). Tests swap this for a cheaper
     backend."""
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    return torch.compile(forward, dynamic=False, mode=mode)
+    return torch.compile(forward, dynamic=False, mode="reduce-overhead" if graphs else None)
 
 
 @dataclass
@@ -258,7 +257,7 @@ class CompiledForward:
 
     forward: Callable[..., Any]  # the denoiser's own forward
     compiled: Callable[..., Any]
-    device: torch.device
+    graphs: bool  # compiled in reduce-overhead mode (CUDA graph trees)
     calls: int = 0
     failed: bool = False
     first_call_ms: float | None = None  # the first call's wall time: compilation included
@@ -266,21 +265,22 @@ class CompiledForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed:
             return self.forward(*args, **kwargs)
-        cuda = self.device.type == "cuda"
-        if cuda:  # a new step of the CUDA graph trees: outputs of earlier calls were consumed by the pipeline
+        if (
+            self.graphs
+        ):  # a new step of the CUDA graph trees: outputs of earlier calls were consumed by the pipeline
             torch.compiler.cudagraph_mark_step_begin()
         t0 = time.perf_counter()
         try:
             out = self.compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a failed compilation runs eager, said once; a real error repeats
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            notice(f"compiled sampling failed ({type(e).__name__}: {first[:200]}); running eager")
+            notice(f"compiling the denoiser failed ({type(e).__name__}: {first[:200]}); running eager")
             self.failed = True
             return self.forward(*args, **kwargs)
         if self.first_call_ms is None:
             self.first_call_ms = (time.perf_counter() - t0) * 1000.0
         self.calls += 1
-        if cuda:  # the graph trees reuse output memory at the next step: keep our own copy
+        if self.graphs:  # the graph trees reuse output memory at the next step: keep our own copy
             leaves, spec = flatten(out)
             out = unflatten(spec, iter([o.clone() for o in leaves]))
         return out
@@ -289,7 +289,7 @@ class CompiledForward:
 def compile_unsupported(module: torch.nn.Module) -> str | None:
     """Why the compiled path cannot run here (None: it can)."""
     if hasattr(module, "_hf_hook"):
-        return "compiled sampling does not combine with accelerate offload hooks; running eager"
+        return "torch.compile of the denoiser does not combine with accelerate offload hooks; running eager"
     return None
 
 
@@ -302,11 +302,25 @@ def compiled_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[Compiled
         notice(reason)
         yield None
         return
-    device = pipe._execution_device
     compiled = denoiser.__dict__.get("_dice_compiled")
     if compiled is None:
-        compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, device), device)
+        graphs = pipe._execution_device.type == "cuda"
+        compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, graphs), graphs)
         denoiser.__dict__["_dice_compiled"] = compiled
+    with swapped_forward(denoiser, compiled):
+        yield compiled
+
+
+@contextlib.contextmanager
+def compiled_for_training(denoiser: torch.nn.Module) -> Iterator[CompiledForward | None]:
+    """``compiled_denoiser`` for ``distill`` (``DistillConfig.compile``): Inductor's kernels without CUDA graphs
+    (the student's pass is differentiated), compiled afresh for each run and dropped after it."""
+    reason = compile_unsupported(denoiser)
+    if reason is not None:
+        notice(reason)
+        yield None
+        return
+    compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, False), False)
     with swapped_forward(denoiser, compiled):
         yield compiled
 

@@ -64,6 +64,11 @@ class DistillConfig:
         "auto", '"bf16" autocast on CUDA, "no" elsewhere ("auto")', choices=("auto", "bf16", "no")
     )
     gradient_checkpointing: bool = opt(False, "recompute denoiser activations in backward (less memory)")
+    compile: bool = opt(
+        False,
+        "torch.compile the frozen denoiser for the teacher and the student: the first steps compile, losses equal "
+        "eager up to float rounding (a speed option: a run may resume with or without it; docs/recipes.md)",
+    )
     checkpoint_every: int = opt(500, "steps between atomic checkpoints", min=1)
     eval_every: int = opt(
         250, "steps between held-out distillation-loss evaluations (0: start and end only)", min=0
@@ -116,7 +121,15 @@ class DistillConfig:
 
     def identity(self) -> dict[str, Any]:
         """Settings that shape the result (a resumed run must repeat them; steps may grow)."""
-        skip = {"steps", "progress", "checkpoint_every", "eval_every", "log_every", "validate_every"}
+        skip = {
+            "steps",
+            "progress",
+            "checkpoint_every",
+            "eval_every",
+            "log_every",
+            "validate_every",
+            "compile",
+        }
         if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
             skip |= {"negative_prompts", "negative_prob"}
         skip |= {

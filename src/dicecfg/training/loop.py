@@ -36,6 +36,7 @@ from ..runs.folder import (
 )
 from ..runs.guards import StopFlag, check_finite, out_of_memory, run_lock
 from ..sampling.checks import check_memory, check_size, warn_truncated
+from ..sampling.fast import compiled_for_training
 from ..sharpener import Sharpener
 from .config import RECIPES, DistillConfig, lr_at
 from .data import ImageCaptionFolder
@@ -207,6 +208,9 @@ def _distill(
     )
     step, t_log, n_log, saved = start, time.perf_counter(), 0, start
     stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
+    speed = contextlib.ExitStack()
+    if cfg.compile:
+        speed.enter_context(compiled_for_training(denoiser))
     try:
         while step < cfg.steps:
             optimizer.zero_grad(set_to_none=True)
@@ -242,6 +246,7 @@ def _distill(
             log.warning("interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir)
         raise
     finally:
+        speed.close()
         stop.__exit__()
         bar.close()
         if cfg.gradient_checkpointing and hasattr(denoiser, "disable_gradient_checkpointing"):
