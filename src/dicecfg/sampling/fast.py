@@ -265,9 +265,7 @@ class CompiledForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed:
             return self.forward(*args, **kwargs)
-        if (
-            self.graphs
-        ):  # a new step of the CUDA graph trees: outputs of earlier calls were consumed by the pipeline
+        if self.graphs:  # a new step of the CUDA graph trees: the pipeline consumed the earlier outputs
             torch.compiler.cudagraph_mark_step_begin()
         t0 = time.perf_counter()
         try:
@@ -294,33 +292,25 @@ def compile_unsupported(module: torch.nn.Module) -> str | None:
 
 
 @contextlib.contextmanager
-def compiled_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[CompiledForward | None]:
-    """Swap ``denoiser.forward`` for its compiled version while the block runs (restored after). The compiled
-    function stays on the denoiser, so later calls of this process reuse what was compiled."""
+def compiled_denoiser(
+    pipe: Any, denoiser: torch.nn.Module, training: bool = False
+) -> Iterator[CompiledForward | None]:
+    """Swap ``denoiser.forward`` for its compiled version while the block runs (restored after).
+
+    For sampling the compiled function stays on the denoiser, so later calls of this process reuse what was
+    compiled (on CUDA with CUDA graphs). For ``distill`` (``training``, ``DistillConfig.compile``) it is
+    compiled afresh for the run, without CUDA graphs (the student's pass is differentiated)."""
     reason = compile_unsupported(denoiser)
     if reason is not None:
         notice(reason)
         yield None
         return
-    compiled = denoiser.__dict__.get("_dice_compiled")
+    compiled = None if training else denoiser.__dict__.get("_dice_compiled")
     if compiled is None:
-        graphs = pipe._execution_device.type == "cuda"
+        graphs = pipe._execution_device.type == "cuda" and not training
         compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, graphs), graphs)
-        denoiser.__dict__["_dice_compiled"] = compiled
-    with swapped_forward(denoiser, compiled):
-        yield compiled
-
-
-@contextlib.contextmanager
-def compiled_for_training(denoiser: torch.nn.Module) -> Iterator[CompiledForward | None]:
-    """``compiled_denoiser`` for ``distill`` (``DistillConfig.compile``): Inductor's kernels without CUDA graphs
-    (the student's pass is differentiated), compiled afresh for each run and dropped after it."""
-    reason = compile_unsupported(denoiser)
-    if reason is not None:
-        notice(reason)
-        yield None
-        return
-    compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, False), False)
+        if not training:
+            denoiser.__dict__["_dice_compiled"] = compiled
     with swapped_forward(denoiser, compiled):
         yield compiled
 

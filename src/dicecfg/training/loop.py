@@ -36,7 +36,7 @@ from ..runs.folder import (
 )
 from ..runs.guards import StopFlag, check_finite, out_of_memory, run_lock
 from ..sampling.checks import check_memory, check_size, warn_truncated
-from ..sampling.fast import compiled_for_training
+from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
 from .config import RECIPES, DistillConfig, lr_at
 from .data import ImageCaptionFolder
@@ -210,7 +210,7 @@ def _distill(
     stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
     speed = contextlib.ExitStack()
     if cfg.compile:
-        speed.enter_context(compiled_for_training(denoiser))
+        speed.enter_context(compiled_denoiser(pipe, denoiser, training=True))
     try:
         while step < cfg.steps:
             optimizer.zero_grad(set_to_none=True)
