@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -309,6 +310,8 @@ def compiled_denoiser(
     if compiled is None:
         graphs = pipe._execution_device.type == "cuda" and not training
         compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, graphs), graphs)
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "PyTorch's default cache folder")
+        log.info("torch.compile: the first call of each shape compiles (a minute or more; kept in %s)", cache)
         if not training:
             denoiser.__dict__["_dice_compiled"] = compiled
     with swapped_forward(denoiser, compiled):
