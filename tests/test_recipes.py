@@ -1,5 +1,6 @@
 """The training recipes (issue 13): the block sharpener, loss weightings, the lr schedule, named recipes."""
 
+import json
 import math
 
 import numpy as np
@@ -152,3 +153,19 @@ def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts
     )  # dice train's default is now the dicecfg recipe
     assert "add --recipe paper to resume it" in capsys.readouterr().err
     assert main([*args, "--recipe", "paper", "--steps", "2", "--out", str(tmp_path / "run")]) == 0
+
+
+def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_path):
+    cfg = dict(TINY, lr=2e-3, eval_every=2)
+    distill(tiny_sd, prompts, config=DistillConfig(steps=2, **cfg), output_dir=tmp_path / "a")
+    tuned = DistillConfig(steps=2, init_from=str(tmp_path / "a"), **cfg)
+    distill(tiny_sd, prompts, config=tuned, output_dir=tmp_path / "b")
+    a = [r["eval_loss"] for r in read_stats(tmp_path / "a") if "eval_loss" in r]
+    b = [r["eval_loss"] for r in read_stats(tmp_path / "b") if "eval_loss" in r]
+    assert b[0] == a[-1] != a[0]  # the same held-out pairs: b starts from a's weights, not from the identity
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["identity"]["init_from"] == str(
+        tmp_path / "a"
+    )
+    with pytest.raises(InputError, match="network differs .*inner_dim: 64 there, 32 here"):
+        wide = DistillConfig(steps=1, init_from=str(tmp_path / "a"), **{**cfg, "inner_dim": 32})
+        distill(tiny_sd, prompts, config=wide, output_dir=tmp_path / "c")

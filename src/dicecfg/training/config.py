@@ -13,7 +13,9 @@ from ..sharpener import ARCHS
 from .objective import LOSS_WEIGHTINGS
 
 # Options added after runs existed: left out of a run's identity at their defaults, so old runs resume.
-LATER_OPTIONS = ("mask_mode", "grad_accum", "loss_weighting", "lr_schedule", "warmup", "grad_clip", "arch")
+LATER_OPTIONS = (
+    "mask_mode", "grad_accum", "loss_weighting", "lr_schedule", "warmup", "grad_clip", "arch", "init_from"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,12 @@ class DistillConfig:
     )
     mixed_precision: str = opt(
         "auto", '"bf16" autocast on CUDA, "no" elsewhere ("auto")', choices=("auto", "bf16", "no")
+    )
+    init_from: str | None = opt(
+        None,
+        "start from this sharpener's weights instead of the identity (its network must match --arch, "
+        "--inner-dim and --heads): fine-tune a sharpener, e.g. to add negative prompts (docs/recipes.md)",
+        metavar="SHARPENER",
     )
     gradient_checkpointing: bool = opt(False, "recompute denoiser activations in backward (less memory)")
     compile: bool = opt(

@@ -190,8 +190,12 @@ def _distill(
             guidance_scale=cfg.guidance_scale,
             loss=cfg.loss,
         ).to(device)
+    if cfg.init_from:
+        start_from(sharpener, cfg.init_from)
     optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = load_checkpoint(run_dir, sharpener, optimizer)  # every rank: the same checkpoint
+    start = load_checkpoint(
+        run_dir, sharpener, optimizer
+    )  # a checkpoint, when there is one, comes after init_from  # every rank: the same checkpoint
     par.barrier()  # all have read it before rank 0 may write the next one
     if par.main:
         truncate_stats(run_dir, start if start else -1)  # a fresh start also drops an earlier step-0 record
@@ -256,6 +260,27 @@ def _distill(
         sharpener.save_pretrained(run_dir)
     par.barrier()
     return sharpener.eval()
+
+
+def start_from(sharpener: Sharpener, name: str) -> None:
+    """Copy the weights of the sharpener ``name`` into ``sharpener`` (``DistillConfig.init_from``); refuse one
+    whose network differs (width, tokens, family or architecture), naming the difference."""
+    src = Sharpener.from_pretrained(name)
+    keys = ("dim", "inner_dim", "heads", "num_tokens", "family", "arch", "copy_first_token", "mask_mode")
+    diff = [
+        f"{k}: {src.config.get(k)!r} there, {sharpener.config.get(k)!r} here"
+        for k in keys
+        if src.config.get(k, "paper" if k == "arch" else None) != sharpener.config.get(k)
+    ]
+    if diff:
+        raise InputError(
+            f"init_from={name}: that sharpener's network differs from this run's ({'; '.join(diff)}). "
+            "Give the options it was trained with (--arch, --inner-dim, --heads, --mask-mode)."
+        )
+    with torch.no_grad():
+        for p, q in zip(sharpener.parameters(), src.parameters(), strict=True):
+            p.copy_(q.to(p.dtype))
+    log.info("starting from the weights of %s (%s steps)", name, src.config.get("train_steps", "?"))
 
 
 def _with_recipe_hint(e: InputError, run_dir: Path, identity: dict[str, Any]) -> InputError:
