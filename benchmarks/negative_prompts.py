@@ -26,6 +26,9 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--sharpener", action="append", help="repeatable; default: the shipped one (mini)")
     ap.add_argument("--device", help="default: cuda if available")
+    ap.add_argument(
+        "--baselines", action=argparse.BooleanOptionalAction, default=True, help="unguided and CFG rows too"
+    )
     a = ap.parse_args()
     names = a.sharpener or ["mini"]
     prompts, negs, negated = [], [], []
@@ -37,7 +40,7 @@ def main() -> None:
                 negated.append(colour)
     seeds = list(range(len(prompts)))
     pipe, oracle = load_pipeline(a.model, device=a.device), Oracle()
-    runs = [("unguided", None, None), ("cfg", None, None), ("cfg", negs, None)]
+    runs = [("unguided", None, None), ("cfg", None, None), ("cfg", negs, None)] if a.baselines else []
     for name in names:
         sharp = Sharpener.from_pretrained(name)
         runs += [("dice", None, (name, sharp)), ("dice", negs, (name, sharp))]
