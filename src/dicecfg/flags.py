@@ -7,7 +7,8 @@ default. A field whose type is itself a dataclass (``TrainJob.config``) contribu
 
 Extras in a field's metadata: ``flag`` (another flag name), ``metavar``, ``choices``, ``positional`` (the
 command's bare arguments), ``cli=False`` (no flag: set by the caller, e.g. ``progress`` from ``-q``),
-``const`` (the value of the flag given alone: ``--fast`` for ``--fast graphs``), ``presets`` with ``presets_for`` (the field's value names an entry of ``presets``, the values that the
+``const`` (the value of the flag given alone: ``--fast`` for ``--fast graphs``; ``spell_bare_consts``),
+``presets`` with ``presets_for`` (the field's value names an entry of ``presets``, the values that the
 dataclass field ``presets_for`` starts from before the flags given are applied: `dice train --recipe`), ``min`` /
 ``max`` (the range of a number) and ``path`` (what a path must be: ``PATH_KINDS``). ``check_values`` refuses
 values outside ``choices`` / ``min`` / ``max``, NaN and infinite floats and integers beyond 64 bits (dataclasses

@@ -153,6 +153,24 @@ def _distill(
             err = e
     par.share_error(err)
 
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
+        torch.manual_seed(cfg.seed)
+        sharpener = Sharpener(
+            fam.dim(pipe),
+            cfg.inner_dim,
+            cfg.heads,
+            family=fam.name,
+            num_tokens=fam.num_tokens(pipe),
+            copy_first_token=fam.copy_first_token,
+            mask_mode=cfg.mask_mode,
+            arch=cfg.arch,
+            base_model=model_id(pipe),
+            base_revision=model_revision(pipe),
+            guidance_scale=cfg.guidance_scale,
+            loss=cfg.loss,
+        ).to(device)
+    if cfg.init_from:  # before the teacher pool: a wrong sharpener is refused before minutes of work
+        start_from(sharpener, cfg.init_from)
     autocast = autocast_for(device, cfg.mixed_precision)
     for module in (fam.denoiser(pipe), pipe.vae, getattr(pipe, "text_encoder", None)):
         if module is not None:
@@ -174,28 +192,9 @@ def _distill(
         par.barrier()
     ctx = Objective(pipe, fam, cfg, source, neg, autocast)
 
-    with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
-        torch.manual_seed(cfg.seed)
-        sharpener = Sharpener(
-            fam.dim(pipe),
-            cfg.inner_dim,
-            cfg.heads,
-            family=fam.name,
-            num_tokens=fam.num_tokens(pipe),
-            copy_first_token=fam.copy_first_token,
-            mask_mode=cfg.mask_mode,
-            arch=cfg.arch,
-            base_model=model_id(pipe),
-            base_revision=model_revision(pipe),
-            guidance_scale=cfg.guidance_scale,
-            loss=cfg.loss,
-        ).to(device)
-    if cfg.init_from:
-        start_from(sharpener, cfg.init_from)
     optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = load_checkpoint(
-        run_dir, sharpener, optimizer
-    )  # a checkpoint, when there is one, comes after init_from  # every rank: the same checkpoint
+    # every rank: the same checkpoint; when there is one, it replaces the init_from weights (the run resumes)
+    start = load_checkpoint(run_dir, sharpener, optimizer)
     par.barrier()  # all have read it before rank 0 may write the next one
     if par.main:
         truncate_stats(run_dir, start if start else -1)  # a fresh start also drops an earlier step-0 record
@@ -270,7 +269,7 @@ def start_from(sharpener: Sharpener, name: str) -> None:
     diff = [
         f"{k}: {src.config.get(k)!r} there, {sharpener.config.get(k)!r} here"
         for k in keys
-        if src.config.get(k, "paper" if k == "arch" else None) != sharpener.config.get(k)
+        if src.config.get(k) != sharpener.config.get(k)
     ]
     if diff:
         raise InputError(
