@@ -129,6 +129,24 @@ def _distill(
         "Training with this batch size, teacher pool and held-out set",
         "Lower --batch-size (raise --grad-accum to keep the global batch), --teacher-pool or --eval-pairs.",
     )
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
+        torch.manual_seed(cfg.seed)
+        sharpener = Sharpener(
+            fam.dim(pipe),
+            cfg.inner_dim,
+            cfg.heads,
+            family=fam.name,
+            num_tokens=fam.num_tokens(pipe),
+            copy_first_token=fam.copy_first_token,
+            mask_mode=cfg.mask_mode,
+            arch=cfg.arch,
+            base_model=model_id(pipe),
+            base_revision=model_revision(pipe),
+            guidance_scale=cfg.guidance_scale,
+            loss=cfg.loss,
+        ).to(device)
+    if cfg.init_from:  # a wrong sharpener is refused before run.json and the teacher pool
+        start_from(sharpener, cfg.init_from)
     folder = ImageCaptionFolder(images, resolution) if mode == "images" else None
     identity = {
         **cfg.identity(),
@@ -153,24 +171,6 @@ def _distill(
             err = e
     par.share_error(err)
 
-    with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
-        torch.manual_seed(cfg.seed)
-        sharpener = Sharpener(
-            fam.dim(pipe),
-            cfg.inner_dim,
-            cfg.heads,
-            family=fam.name,
-            num_tokens=fam.num_tokens(pipe),
-            copy_first_token=fam.copy_first_token,
-            mask_mode=cfg.mask_mode,
-            arch=cfg.arch,
-            base_model=model_id(pipe),
-            base_revision=model_revision(pipe),
-            guidance_scale=cfg.guidance_scale,
-            loss=cfg.loss,
-        ).to(device)
-    if cfg.init_from:  # before the teacher pool: a wrong sharpener is refused before minutes of work
-        start_from(sharpener, cfg.init_from)
     autocast = autocast_for(device, cfg.mixed_precision)
     for module in (fam.denoiser(pipe), pipe.vae, getattr(pipe, "text_encoder", None)):
         if module is not None:
