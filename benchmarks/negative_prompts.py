@@ -29,6 +29,11 @@ def main() -> None:
     ap.add_argument(
         "--baselines", action=argparse.BooleanOptionalAction, default=True, help="unguided and CFG rows too"
     )
+    ap.add_argument(
+        "--dice",
+        action="append",
+        help="repeatable: a DICE spelling for every sharpener, e.g. dice:stop=1 (default: its recorded settings)",
+    )
     a = ap.parse_args()
     names = a.sharpener or ["mini"]
     prompts, negs, negated = [], [], []
@@ -43,7 +48,8 @@ def main() -> None:
     runs = [("unguided", None, None), ("cfg", None, None), ("cfg", negs, None)] if a.baselines else []
     for name in names:
         sharp = Sharpener.from_pretrained(name)
-        runs += [("dice", None, (name, sharp)), ("dice", negs, (name, sharp))]
+        for spec in a.dice or ["dice"]:
+            runs += [(spec, None, (name, sharp)), (spec, negs, (name, sharp))]
     print(
         f"{len(prompts)} images per row ({len(SHAPES)} shapes x {len(COLOURS)} negated colours x {a.seeds} "
         f"seeds), {a.steps} steps, torch {torch.__version__}"

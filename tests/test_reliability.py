@@ -428,10 +428,11 @@ def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
     tiny_sd_dir, tiny_sd, tmp_path, capsys, monkeypatch
 ):
     from dicecfg.evaluation.images import Row
+    from dicecfg.sampling.methods import CFG
 
     (s,) = generate(tiny_sd, ["a"], method="cfg", guidance_scale=1.0, num_inference_steps=2, progress=False)
-    assert s.nfe == 2 and s.params == {"guidance_scale": 1.0}
-    assert Row("cfg", 20, 1.0).nfe == 20 and Row("cfg", 20, 5.0).nfe == 40
+    assert s.nfe == 2 and s.params == {"guidance_scale": 1.0, "start": 0.0, "stop": 1.0}
+    assert Row(CFG(1.0), 20).nfe == 20 and Row(CFG(5.0), 20).nfe == 40
     assert _sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", "1") == 0
     assert json.loads((tmp_path / "s" / "samples.jsonl").read_text())["nfe"] == 1
     monkeypatch.setattr("dicecfg.sampling.job.load_pipeline", lambda *a, **k: pytest.fail("loaded"))

@@ -111,10 +111,11 @@ def test_bad_inputs(tiny_sd):
 def test_pipeline_step_bar_silenced_and_restored(tiny_sd, capsys):
     from dicecfg.families import family_of
     from dicecfg.sampling.generate import sample_batch
+    from dicecfg.sampling.methods import CFG
 
     fam = family_of(tiny_sd)
     cond, neg = fam.encode(tiny_sd, P[:1]), fam.encode(tiny_sd, [""])
-    sample_batch(tiny_sd, fam, "cfg", cond, neg, [torch.Generator().manual_seed(0)], num_inference_steps=2)
+    sample_batch(tiny_sd, fam, CFG(), cond, neg, [torch.Generator().manual_seed(0)], num_inference_steps=2)
     assert "2/2" not in capsys.readouterr().err  # no per-step bar of the pipeline
     assert not hasattr(tiny_sd, "_progress_bar_config")  # nothing left behind
     tiny_sd.set_progress_bar_config(leave=False)

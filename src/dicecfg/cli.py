@@ -21,6 +21,7 @@ from .evaluation import report
 from .evaluation.analysis import AnalyzeConfig, run_analyze
 from .evaluation.demo import DemoJob, run_demo
 from .evaluation.evaluate import EvalConfig, run_eval
+from .evaluation.tune import TuneJob, run_tune, tune_table
 from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .sampling.job import SampleJob, run_sample
 from .training.ceiling import CeilingJob, run_ceiling
@@ -65,6 +66,17 @@ def _eval(job: EvalConfig, argv: list[str]) -> None:
     print(report.eval_table(result["rows"]))
 
 
+def _tune(job: TuneJob, argv: list[str]) -> None:
+    result = run_tune(job)
+    print(tune_table(result))
+    best = result["best"]
+    where = f"recorded in {result['written_to']}" if "written_to" in result else "not recorded (--no-write)"
+    print(
+        f"best: alpha={best['alpha']:g} on steps [{best['start']:g}, {best['stop']:g}) of {result['steps']} "
+        f"({result['score']} on {result['n_prompts']} prompts x {result['seed_sets']} seed sets); {where}"
+    )
+
+
 def _analyze(job: AnalyzeConfig, argv: list[str]) -> None:
     stats = run_analyze(job)
     print(f"wrote {job.out}/analysis.json, analysis.md, analysis.png")
@@ -96,6 +108,11 @@ COMMANDS: dict[str, tuple[type, Callable[[Any, list[str]], int | None], str]] = 
     "train": (TrainJob, _train, "distil CFG into a sharpener (re-run the same command to resume)"),
     "demo": (DemoJob, _demo, "unguided vs CFG vs DICE on the shipped mini model (CPU)"),
     "eval": (EvalConfig, _eval, "method x metric table (resumable): alignment, FID, speed"),
+    "tune": (
+        TuneJob,
+        _tune,
+        "measure a sharpener's sampling settings (alpha, steps it acts on) and record the best in it",
+    ),
     "analyze": (AnalyzeConfig, _analyze, "where the sharpener's edit lands (words vs padding)"),
     "bench": (BenchConfig, _bench, "CFG vs DICE sampling time (random full-size models or --model)"),
     "ceiling": (

@@ -81,6 +81,8 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         copy_first_token: bool = True,
         mask_mode: str = "keep",
         arch: str = "paper",
+        time_edges: list[float] | tuple[float, ...] | None = None,
+        sampling: dict[str, float] | None = None,
         base_model: str | None = None,
         base_revision: str | None = None,
         guidance_scale: float | None = None,
@@ -95,6 +97,9 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             raise ValueError(f"inner_dim ({inner_dim}) must be divisible by heads ({heads})")
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)} (got {arch!r})")
+        edges = [float(e) for e in (time_edges or [])]
+        if any(not 0 < e < 1000 for e in edges) or edges != sorted(set(edges), reverse=True):
+            raise ValueError(f"time_edges must be distinct timesteps in (0, 1000), descending (got {time_edges})")
         self.config: dict[str, Any] = dict(
             dim=dim,
             inner_dim=inner_dim,
@@ -111,6 +116,10 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             loss=loss,
             dicecfg_version=dicecfg_version,
         )
+        if edges:  # written only when set: files of sharpeners without them stay as they were
+            self.config["time_edges"] = edges
+        if sampling:
+            self.config["sampling"] = {k: float(v) for k, v in sampling.items()}
         self.heads = heads
         self.proj_in = nn.Linear(dim, inner_dim)  # shared by c and c_neg
         self.to_q = nn.Linear(inner_dim, inner_dim, bias=False)
@@ -126,6 +135,8 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             self.mlp = nn.Sequential(
                 nn.Linear(inner_dim, 2 * inner_dim), nn.GELU(), nn.Linear(2 * inner_dim, inner_dim)
             )
+        if edges:  # one learned offset of the hidden state per block of timesteps (zero: the static edit)
+            self.time_embed = nn.Parameter(torch.zeros(len(edges) + 1, inner_dim))
         self.proj_out = nn.Linear(inner_dim, dim)
         nn.init.zeros_(self.proj_out.weight)  # untrained sharpener == unguided sampling
         nn.init.zeros_(self.proj_out.bias)
@@ -134,12 +145,22 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
     def dim(self) -> int:
         return self.config["dim"]
 
+    def time_block(self, t: torch.Tensor) -> torch.Tensor:
+        """The block of each timestep in ``t`` (B,): 0 for the noisiest (t >= time_edges[0]), and so on."""
+        edges = torch.tensor(self.config.get("time_edges") or [], device=t.device, dtype=torch.float32)
+        return (t.float()[:, None] < edges[None, :]).sum(1)
+
     def forward(
-        self, c: torch.Tensor, c_neg: torch.Tensor, neg_mask: torch.Tensor | None = None
+        self,
+        c: torch.Tensor,
+        c_neg: torch.Tensor,
+        neg_mask: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the edit r(c, c_neg), shaped like ``c`` (B, N, d). ``c_neg`` may have batch 1.
 
-        ``neg_mask`` (B, M) marks the valid key positions of c_neg (1 = attend), for masked encoders.
+        ``neg_mask`` (B, M) marks the valid key positions of c_neg (1 = attend), for masked encoders. ``t`` (B,)
+        is the timestep, read only by a sharpener with ``time_edges`` (one edit per block of timesteps).
         """
         dtype = self.proj_in.weight.dtype
         c, c_neg = c.to(dtype), c_neg.to(dtype)
@@ -150,13 +171,19 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             if neg_mask.shape[0] == 1 and c.shape[0] > 1:
                 neg_mask = neg_mask.expand(c.shape[0], -1)
             attn_mask = neg_mask.bool()[:, None, None, :]
+        offset = 0.0
+        if "time_embed" in self._parameters:
+            if t is None:
+                raise ValueError("this sharpener's edit depends on the timestep: pass t")
+            t = t.expand(c.shape[0]) if t.dim() == 1 and t.shape[0] == 1 else t.reshape(-1)
+            offset = self.time_embed[self.time_block(t)].to(dtype)[:, None, :]
         if self.config.get("arch", "paper") == "paper":
-            h = F.relu(self.proj_in(c))
+            h = F.relu(self.proj_in(c) + offset)
             m = F.relu(self.proj_in(c_neg))
             return self.proj_out(
                 F.relu(self.attn_out(self._attend(self.to_q(h), self.to_k(m), self.to_v(m), attn_mask)))
             )
-        h = self.proj_in(c)
+        h = self.proj_in(c) + offset
         m = self.norm_kv(self.proj_in(c_neg))
         q, k, v = self.self_qkv(self.norm_self(h)).chunk(3, dim=-1)
         h = h + self.self_out(self._attend(q, k, v, None))  # the prompt's tokens mix
@@ -180,9 +207,10 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         c_neg: torch.Tensor,
         alpha: float = 1.0,
         neg_mask: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """c' = c + alpha * r(c, c_neg), token 0 copied back when ``copy_first_token``. Same dtype as c."""
-        delta = self(c, c_neg, neg_mask).to(c.dtype)
+        delta = self(c, c_neg, neg_mask, t).to(c.dtype)
         if self.config["copy_first_token"]:
             delta = torch.cat([torch.zeros_like(delta[:, :1]), delta[:, 1:]], dim=1)
         return c + alpha * delta

@@ -1,4 +1,5 @@
-"""What the app computes, without the web page: one request -> unguided, CFG and DICE images of the same seed.
+"""What the app computes, without the web page: one request -> unguided, CFG, the training-free peer (CFG on the
+first steps only) and DICE images of the same seed.
 
 Every image comes from ``generate()`` (the one sampling path), one call per method, so each carries its own NFE
 and measured seconds. On a shapes-world model the oracle's verdict comes with each image.
@@ -16,9 +17,11 @@ from ..errors import InputError
 from ..families import family_of
 from ..metrics.world import RENDER_SIZE, alignment, world_specs
 from ..sampling.generate import Sample, generate
+from ..sampling.methods import CFG, Dice, Method, Unguided
 from ..sharpener import Sharpener
 
-SHOWN = ("unguided", "cfg", "dice")  # the methods side by side, in this order
+SHOWN = ("unguided", "cfg", "peer", "dice")  # the panels side by side, in this order
+PEER_STOP = 0.1  # the peer panel: CFG on the first 10% of the steps (2 of 20), the best cheap peer measured
 CHECKED = ("count", "shape", "colour", "size", "relation", "background")  # named in a verdict when wrong
 
 
@@ -87,8 +90,11 @@ def number(value: Any, name: str, whole: bool = False) -> float | int:
 
 @dataclass
 class Shot:
-    """One method's image of a comparison, and the oracle's per-attribute scores of it (None: not judged)."""
+    """One panel's image of a comparison (``key``: its entry of ``SHOWN``; ``method``: what made it), and the
+    oracle's per-attribute scores of it (None: not judged)."""
 
+    key: str
+    method: Method
     sample: Sample
     scores: dict[str, float] | None = None
 
@@ -105,15 +111,16 @@ class Shot:
 
     @property
     def caption(self) -> str:
-        """``method: NFE, seconds[, oracle: verdict]``, the label under the image."""
+        """``method settings: NFE, seconds[, oracle: verdict]``, the label under the image."""
         s = self.sample
-        text = f"{s.method}: {s.nfe} NFE, {s.seconds:.2f} s"
+        text = f"{self.method.label}: {s.nfe} NFE, {s.seconds:.2f} s"
         return text + (f", oracle: {self.verdict}" if self.verdict else "")
 
     def record(self) -> dict[str, Any]:
         s = self.sample
         return {
-            "method": s.method,
+            "method": self.key,
+            "setting": self.method.setting,
             "nfe": s.nfe,
             "seconds": round(s.seconds, 4),
             "oracle": self.verdict,
@@ -138,19 +145,22 @@ def judge(images: list, prompt: str, oracle: Any) -> list[dict[str, float] | Non
     return [{k: float(v[i]) for k, v in scores.items()} for i in range(len(images))]
 
 
+def panels(sharpener: Sharpener, r: Request) -> dict[str, Method]:
+    """The method of each panel of ``SHOWN`` for request ``r`` (DICE on the steps its sharpener records)."""
+    return {
+        "unguided": Unguided(),
+        "cfg": CFG(r.guidance_scale),
+        "peer": CFG(r.guidance_scale, stop=PEER_STOP),
+        "dice": Dice(sharpener, alpha=r.alpha),
+    }
+
+
 def compare(pipe: Any, sharpener: Sharpener, request: Request, *, oracle: Any = None) -> list[Shot]:
-    """Unguided, CFG and DICE images of ``request`` (checked first) from the same seed, in ``SHOWN`` order.
+    """Unguided, CFG, peer and DICE images of ``request`` (checked first) from the same seed, in ``SHOWN`` order.
     With an ``oracle`` (see ``reads_shapes_world``) each image gets its verdict."""
     r = request.checked()
-    knobs = dict(
-        seeds=[r.seed],
-        sharpener=sharpener,
-        negative_prompt=r.negative_prompt or None,
-        guidance_scale=r.guidance_scale,
-        alpha=r.alpha,
-        num_inference_steps=r.steps,
-        progress=False,
-    )
-    samples = [s for method in SHOWN for s in generate(pipe, [r.prompt], method=method, **knobs)]
-    scores = judge([s.image for s in samples], r.prompt, oracle) if oracle is not None else [None] * 3
-    return [Shot(s, v) for s, v in zip(samples, scores, strict=True)]
+    knobs = dict(seeds=[r.seed], negative_prompt=r.negative_prompt or None, num_inference_steps=r.steps)
+    methods = panels(sharpener, r)
+    samples = [s for k in SHOWN for s in generate(pipe, [r.prompt], method=methods[k], progress=False, **knobs)]
+    scores = judge([s.image for s in samples], r.prompt, oracle) if oracle is not None else [None] * len(SHOWN)
+    return [Shot(k, methods[k], s, v) for k, s, v in zip(SHOWN, samples, scores, strict=True)]

@@ -79,15 +79,15 @@ def run_serve(job: ServeJob) -> Server:
     model = "the shipped mini model" if is_mini(job.model) else job.model
     about = (
         f"Model: {model} ({fam.name}, {type(pipe).__name__}); sharpener: {name}; device: {device}. "
-        "All three images use the same seed. CFG evaluates the network twice per step, unguided sampling and "
-        "DICE once."
+        "All four images use the same seed. CFG evaluates the network twice per step; the training-free peer "
+        "guides only the first steps (twice there, once after); unguided sampling and DICE once per step."
         + (" The shapes-world oracle judges each image (prompts in the world's grammar)." if world else "")
     )
     app = build_app(
         pipe,
         sharp,
         oracle=Oracle() if world else None,
-        title="DICE: unguided vs CFG vs DICE",
+        title="DICE: unguided vs CFG vs its cheap peer vs DICE",
         about=about,
         examples=[it.prompt for it in heldout_set()[::97][:5]] if world else (),
     )

@@ -1,4 +1,4 @@
-"""The web page of `dice serve` (Gradio): the inputs, the three images side by side, and the named API endpoint
+"""The web page of `dice serve` (Gradio): the inputs, the four images side by side, and the named API endpoint
 ``/compare`` (``gradio_client.Client(url).predict(prompt, ..., api_name="/compare")``).
 
 Offline by construction: gradio's default theme uses the font files shipped inside gradio, the page loads no
@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import DiceError, MissingExtraError
 from ..sharpener import Sharpener
+from ..sampling.methods import recorded_settings
 from .compare import LIMITS, SHOWN, Request, compare
 
 CSS = "#dice-images img { image-rendering: pixelated; }"  # tiny images (64 px) shown large stay crisp
@@ -41,17 +42,19 @@ def build_app(
     def run(
         prompt: str, negative_prompt: str, seed: float, steps: float, guidance_scale: float, alpha: float
     ) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
-        """Unguided, CFG and DICE images of one prompt from the same seed.
+        """Unguided, CFG, CFG on the first steps only (the training-free peer) and DICE images of one prompt
+        from the same seed.
 
         Args:
             prompt: what the image should show.
             negative_prompt: c_neg (CFG's unconditional branch, DICE's sharpener input); "" for none.
-            seed: the seed of all three images.
-            steps: sampling steps (CFG evaluates the network twice per step, the others once).
+            seed: the seed of all four images.
+            steps: sampling steps (CFG evaluates the network twice per step, the peer twice on its first
+                steps, the others once).
             guidance_scale: CFG's scale w.
             alpha: DICE's edit strength.
         Returns:
-            the three images, each captioned "method: NFE, seconds[, oracle verdict]", and the same as JSON.
+            the four images, each captioned "method: NFE, seconds[, oracle verdict]", and the same as JSON.
         """
         request = Request(prompt, negative_prompt, seed, steps, guidance_scale, alpha)
         try:
@@ -71,7 +74,8 @@ def build_app(
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0, minimum=LIMITS.seed[0])
             steps = gr.Slider(*LIMITS.steps, DEFAULTS.steps, step=1, label="Steps")
             w = gr.Slider(*LIMITS.guidance_scale, DEFAULTS.guidance_scale, step=0.5, label="CFG scale w")
-            alpha = gr.Slider(*LIMITS.alpha, DEFAULTS.alpha, step=0.05, label="DICE alpha")
+            first = recorded_settings(sharpener).get("alpha", DEFAULTS.alpha)  # the sharpener's own, if recorded
+            alpha = gr.Slider(*LIMITS.alpha, first, step=0.05, label="DICE alpha")
             button = gr.Button("Compare", variant="primary", elem_id="compare")
         images = gr.Gallery(
             label=" | ".join(SHOWN) + " (same seed)",

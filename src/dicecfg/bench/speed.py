@@ -53,6 +53,23 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = opt((1, 4, 16), "images per call")
     steps: int = opt(20, "sampling steps")
     guidance_scale: float = opt(5.0, "w of the CFG runs (any w > 1 costs the same)")
+    dice_stop: float = opt(
+        1.0,
+        "DICE on the first steps only, up to this fraction (as a tuned sharpener records; the plain prompt "
+        "after): timed with the step route it needs",
+        min=0.0,
+        max=1.0,
+    )
+    time_edges: tuple[float, ...] = opt(
+        (), "the random sharpener edits per block of timesteps cut at these (one sharpener call per image)"
+    )
+    peer_stop: float = opt(
+        0.1,
+        "the training-free peer timed beside DICE: CFG on the first steps, up to this fraction of them "
+        "(0.1 = 2 of 20 steps guided; 0: no peer column)",
+        min=0.0,
+        max=1.0,
+    )
     repeats: int = opt(5, "timed calls per method and row (the median is reported)")
     warmup: int = opt(2, "untimed calls per method first")
     height: int | None = opt(None, "image height in pixels (default: the model's native size)")
@@ -92,12 +109,12 @@ class Timer:
         return (time.perf_counter() - t0) * 1000.0
 
 
-def random_sharpener(dim: int, family: str, num_tokens: int, seed: int = 0):
+def random_sharpener(dim: int, family: str, num_tokens: int, seed: int = 0, time_edges=()):
     """A sharpener of the paper's size with random weights (speed does not depend on weights)."""
     from ..sharpener import Sharpener
 
     torch.manual_seed(seed)
-    sharp = Sharpener(dim, family=family, num_tokens=num_tokens)
+    sharp = Sharpener(dim, family=family, num_tokens=num_tokens, time_edges=list(time_edges))
     torch.nn.init.normal_(sharp.proj_out.weight, std=0.02)
     return sharp.eval()
 
@@ -119,7 +136,7 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     """
     from ..families import family_of
     from ..sampling.generate import generators, sample_batch
-    from ..sampling.methods import sharpen_cond
+    from ..sampling.methods import CFG, Dice, Unguided
 
     fam = family_of(pipe)
     device = pipe._execution_device
@@ -129,32 +146,29 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     sharpener.to(device=device, dtype=cond.tokens.dtype)
     common = dict(num_inference_steps=cfg.steps, output_type="latent", height=cfg.height, width=cfg.width)
     latents: list[torch.Tensor] = []
+    dice = Dice(sharpener, 1.0, 0.0, cfg.dice_stop) if cfg.dice_stop > 0 else Dice(sharpener, 1.0)
+    methods = {"cfg": CFG(cfg.guidance_scale), "dice": dice, "unguided": Unguided()}
+    if cfg.peer_stop > 0:
+        methods["peer"] = CFG(cfg.guidance_scale, stop=cfg.peer_stop)
 
     def run(method: str, fast: bool | str = False) -> None:
         out, _ = sample_batch(
-            pipe,
-            fam,
-            method,
-            cond,
-            neg,
-            generators(device, range(batch)),
-            sharpener=sharpener,
-            guidance_scale=cfg.guidance_scale,
-            fast=fast,
-            **common,
+            pipe, fam, methods[method], cond, neg, generators(device, range(batch)), fast=fast, **common
         )
         latents[:] = [out]
 
-    def sharpen() -> None:
-        sharpen_cond(fam, sharpener, cond, neg, 1.0)
+    def sharpen() -> None:  # the sharpener's work of one DICE call: every edit it makes, once per image
+        dice.plan(pipe, fam, cond, neg)
 
     variants = {"cfg": ("cfg", False), "dice": ("dice", False)}
+    variants |= {"peer": ("peer", False)} if "peer" in methods else {}
     if mode != "off":
         variants |= {
             "fast_cfg": ("cfg", mode),
             "fast_dice": ("dice", mode),
             "fast_unguided": ("unguided", mode),
         }
+        variants |= {"fast_peer": ("peer", mode)} if "peer" in methods else {}
     first: dict[str, float] = {}
     with torch.inference_mode():
         for i in range(max(cfg.warmup, 1 if mode != "off" else 0)):
@@ -185,6 +199,12 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         "times_ms": times,
         "latent_shape": list(latents[0].shape),
     }
+    if "peer" in methods:  # the training-free peer: its label, NFE at these steps, time and its ratio to DICE
+        peer = methods["peer"]
+        row |= {"peer": peer.label, "peer_nfe": peer.nfe(cfg.steps), "peer_ms": med["peer"]}
+        row |= {"peer_dice_ratio": med["peer"] / med["dice"]}
+        if mode != "off":
+            row |= {"fast_peer_ms": med["fast_peer"], "fast_peer_dice_ratio": med["fast_peer"] / med["fast_dice"]}
     if mode != "off":
         row |= {"fast_mode": mode}
         row |= {f"{k}_ms": med[k] for k in ("fast_cfg", "fast_dice", "fast_unguided")}
@@ -284,6 +304,9 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
         "width": cfg.width,
         "guidance_scale": cfg.guidance_scale,
         "fast": cfg.fast,
+        "peer_stop": cfg.peer_stop,
+        "dice_stop": cfg.dice_stop,
+        "time_edges": list(cfg.time_edges),
     }
     for name in names:
         todo = [
@@ -302,7 +325,7 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
         sharp = (
             _load_sharpener(cfg.sharpener)
             if cfg.model and cfg.sharpener
-            else random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe))
+            else random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe), time_edges=cfg.time_edges)
         )
         for b in todo:
             log.info("%s: batch %d", name, b)

@@ -1,4 +1,5 @@
-"""`dice demo`: unguided, CFG and DICE side by side on held-out shapes-world prompts, on CPU, in about a minute.
+"""`dice demo`: unguided, CFG, the best cheap training-free peer (CFG on the first steps only) and DICE side by
+side on held-out shapes-world prompts, on CPU, in about a minute.
 
 The prompts are the first N of the held-out set with their fixed seeds, so its alignment numbers are those of
 ``dice eval --limit N`` on the same settings (the summary names that command; tests/test_shipped.py checks the
@@ -25,12 +26,12 @@ from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_d
 from ..runs.io import atomic_write_json
 from ..sampling.generate import Sample, generate
 from ..sampling.grid import save_png
+from ..sampling.methods import CFG, Dice, Method, Unguided
 from ..sharpener import Sharpener
 from .evaluate import alignment_means
 
 log = logging.getLogger(__name__)
 
-DEMO_METHODS = ("unguided", "cfg", "dice")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class DemoJob:
     )
     steps: int = opt(20, "DPM-Solver++ steps for every method", min=1)
     guidance_scale: float = opt(5.0, "CFG scale w (the paper's)", min=1.0)
+    peer_stop: float = opt(
+        0.1,
+        "the training-free peer row: CFG on the first steps, up to this fraction of them (0.1: 2 of 20; the "
+        "best cheap peer measured on the mini model, BENCHMARKS.md)",
+        min=0.0,
+        max=1.0,
+    )
     batch_size: int = opt(16, "images per pipeline call (results do not depend on it)", min=1)
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
@@ -57,7 +65,7 @@ def sample_in_turns(
     pipe: Any,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    methods: Sequence[str],
+    methods: dict[str, Method],
     *,
     batch_size: int,
     progress: bool = True,
@@ -66,20 +74,20 @@ def sample_in_turns(
     """Every method on every batch through ``generate()``, timed alike: first one untimed one-step call per
     method on the first batch (allocations and kernel set-up of those shapes are paid there), then the methods
     take turns batch by batch, the order rotating, so a slow spell of the machine falls on all of them."""
-    prompts, seeds, methods = list(prompts), list(seeds), list(methods)
+    prompts, seeds, keys = list(prompts), list(seeds), list(methods)
     generate_kwargs |= {"batch_size": batch_size, "progress": False}
     first = slice(0, batch_size)
-    for m in methods:
+    for m in keys:
         warm = generate_kwargs | {"num_inference_steps": 1}
-        for _ in generate(pipe, prompts[first], method=m, seeds=seeds[first], **warm):
+        for _ in generate(pipe, prompts[first], method=methods[m], seeds=seeds[first], **warm):
             pass
-    out: dict[str, list[Sample]] = {m: [] for m in methods}
+    out: dict[str, list[Sample]] = {m: [] for m in keys}
     bar = tqdm(total=len(prompts) * len(methods), desc="demo", unit="img", disable=not progress)
     try:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             sl = slice(start, start + batch_size)
-            for m in methods[b % len(methods) :] + methods[: b % len(methods)]:
-                out[m] += generate(pipe, prompts[sl], method=m, seeds=seeds[sl], **generate_kwargs)
+            for m in keys[b % len(keys) :] + keys[: b % len(keys)]:
+                out[m] += generate(pipe, prompts[sl], method=methods[m], seeds=seeds[sl], **generate_kwargs)
                 bar.update(len(prompts[sl]))
     finally:
         bar.close()
@@ -117,7 +125,8 @@ def grid_columns(correct: Sequence[np.ndarray], k: int) -> tuple[list[int], int]
 
 def eval_command(job: DemoJob) -> str:
     """The `dice eval` command that scores the demo's prompts, seeds and settings (the same numbers)."""
-    parts = ["dice eval", f"--limit {job.prompts}", "--methods unguided cfg dice", f"--steps {job.steps}"]
+    methods = f"--methods unguided cfg cfg:stop={job.peer_stop:g} dice" if job.peer_stop else "--methods unguided cfg dice"
+    parts = ["dice eval", f"--limit {job.prompts}", methods, f"--steps {job.steps}"]
     parts += [
         f"--cfg-scales {job.guidance_scale:g}",
         f"--batch-size {job.batch_size}",
@@ -126,6 +135,15 @@ def eval_command(job: DemoJob) -> str:
     parts += [f"--model {job.model}"] if job.model else []
     parts += [f"--sharpener {job.sharpener}"] if job.sharpener else []
     return " ".join([*parts, "--out runs/eval-demo"])
+
+
+def demo_methods(job: DemoJob, sharpener: Sharpener) -> dict[str, Method]:
+    """The demo's rows by key, in order: unguided, CFG, "peer" (CFG on the first steps only; left out at
+    --peer-stop 0), DICE (with the sharpener's recorded settings)."""
+    methods = {"unguided": Unguided(), "cfg": CFG(job.guidance_scale)}
+    if job.peer_stop > 0:
+        methods["peer"] = CFG(job.guidance_scale, stop=job.peer_stop)
+    return methods | {"dice": Dice(sharpener)}
 
 
 def run_demo(job: DemoJob) -> dict[str, Any]:
@@ -145,28 +163,28 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
     pipe = load_pipeline(job.model, device=resolve_device(job.device))
     check_compatible(pipe, sharp)
+    methods = demo_methods(job, sharp)
     samples = sample_in_turns(
         pipe,
         prompts,
         seeds,
-        DEMO_METHODS,
+        methods,
         batch_size=job.batch_size,
         progress=job.progress,
-        sharpener=sharp,
-        guidance_scale=job.guidance_scale,
         num_inference_steps=job.steps,
     )
     oracle, specs = Oracle(), [it.spec for it in items]
     images = {m: np.stack([s.image for s in ss]) for m, ss in samples.items()}
-    scores = {m: alignment(images[m], specs, oracle) for m in DEMO_METHODS}
+    scores = {m: alignment(images[m], specs, oracle) for m in methods}
     base = scores["unguided"]["all"]
     table = []
-    for m in DEMO_METHODS:
+    for m in methods:
         s, first = scores[m], samples[m][0]
         table.append(
             {
                 "method": m,
                 "params": first.params,
+                "setting": methods[m].setting,
                 "nfe": first.nfe,
                 "seconds_per_image": float(np.mean([x.seconds for x in samples[m]])),
                 **alignment_means(s),
@@ -177,7 +195,7 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
             }
         )
     speed = {r["method"]: r["seconds_per_image"] for r in table}
-    shown, disagree = grid_columns([scores[m]["all"] for m in DEMO_METHODS], job.shown)
+    shown, disagree = grid_columns([scores[m]["all"] for m in methods], job.shown)
     out = Path(job.out)
     summary = {
         "job": asdict(job),

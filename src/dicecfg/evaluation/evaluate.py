@@ -1,7 +1,7 @@
 """Method x metric tables from ``generate()``'s stream (`dice eval`).
 
-Each row is one method with one setting (cfg at w, scaling at s, dice at alpha with one sharpener, unguided)
-at one step count. Its images are saved as ``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png``;
+Each row is one method with its settings (``sampling.methods``: cfg at w on a step interval, Adaptive Guidance,
+scaling at s, dice at alpha on an interval with one sharpener, unguided) at one step count. Its images are saved as ``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png``;
 a re-run regenerates only what is missing, so an interrupted or extended evaluation resumes. Metrics are
 computed from the saved images: oracle alignment and an oracle-feature Frechet distance on the shapes world,
 PSNR/SSIM against the CFG image of the same prompt and seed, FID / CLIP / aesthetic scores when weights are
@@ -25,8 +25,8 @@ from ..pipeline import device_option, dtype_option, model_option
 from ..runs.io import atomic_write_json, atomic_write_text
 from ..sampling.checks import SEED_MAX
 from ..sampling.generate import generate
-from ..sampling.methods import METHODS, TABLE
-from .images import Row, ensure_images, load_images, seconds_per_image
+from ..sampling.methods import CFG, SPELLING_HELP, Dice, make_method, parse_method
+from .images import Row, ensure_images, load_images, meta_mean, seconds_per_image
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,17 @@ class EvalConfig:
     seed: int = opt(
         0, "prompt i gets seed + i (held-out items carry their own fixed seeds)", min=0, max=SEED_MAX
     )
-    methods: tuple[str, ...] = opt(METHODS, "which methods to run", choices=METHODS)
-    cfg_scales: tuple[float, ...] = opt((5.0,), "CFG scales w; the first is the fidelity reference")
+    methods: tuple[str, ...] = opt(
+        ("unguided", "cfg", "cfg:stop=0.1", "ag", "scaling", "dice"),
+        f"which methods to run, each {SPELLING_HELP}; a setting left open takes every value of --cfg-scales, "
+        "--scales or --alphas",
+        metavar="METHOD",
+    )
+    cfg_scales: tuple[float, ...] = opt((5.0,), "CFG scales w (cfg, ag); the first is the fidelity reference")
     scales: tuple[float, ...] = opt((1.2,), "embedding scales s of the scaling baseline")
-    alphas: tuple[float, ...] = opt((1.0,), "DICE edit strengths")
+    alphas: tuple[float, ...] = opt(
+        (), "DICE edit strengths (default: each sharpener's recorded settings, else 1)"
+    )
     steps: tuple[int, ...] = opt((20,), "sampling step counts; every method runs at each")
     negative_prompt: str | None = opt(None, "also run cfg and dice with this negative prompt")
     batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
@@ -124,37 +131,40 @@ def sharpener_tag(name: str) -> str:
     return f"{slug}-{hashlib.sha1(weights.read_bytes()).hexdigest()[:8]}" if weights.is_file() else slug
 
 
-def make_rows(cfg: EvalConfig, sharpener_tags: list[str]) -> list[Row]:
-    """Rows in table order: unguided, cfg (each w), scaling (each s), dice (each sharpener and alpha)."""
-    unknown = set(cfg.methods) - set(METHODS)
-    if unknown:
-        raise InputError(
-            f"Unknown method(s) {', '.join(sorted(unknown))}. Choose from: {', '.join(METHODS)}."
-        )
+def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any]) -> list[Row]:
+    """Rows in table order: for each step count, each method of ``cfg.methods`` in order, a setting it leaves
+    open taking every value of its list (w: --cfg-scales, s: --scales, alpha: --alphas), dice rows once per
+    sharpener (tag -> Sharpener); with a negative prompt, a twin of each row that takes one (w: the first).
+    Rows that come out the same are kept once."""
     if any(s < 1 for s in cfg.steps):
         raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
-    for method, values in (("cfg", cfg.cfg_scales), ("scaling", cfg.scales), ("dice", cfg.alphas)):
-        for v in values if method in cfg.methods else ():
-            TABLE[method].check(v)  # e.g. CFG at w < 1, which the stock pipeline cannot make
-    rows = []
+    lists = {"guidance_scale": cfg.cfg_scales, "scale": cfg.scales, "alpha": cfg.alphas}
+    methods = []
+    for spelled in cfg.methods:
+        cls, settings = parse_method(spelled)
+        choices = [settings]
+        for f, values in lists.items():
+            if f in cls.keys.values() and f not in settings and values:
+                choices = [c | {f: v} for c in choices for v in values]
+        tags = list(sharpeners) if cls is Dice else [None]
+        methods += [(make_method(cls, c, sharpeners.get(t)), t) for c in choices for t in tags]
+    rows: dict[str, Row] = {}
     for steps in cfg.steps:
-        rows += [Row("unguided", steps)] if "unguided" in cfg.methods else []
-        rows += [Row("cfg", steps, w) for w in cfg.cfg_scales] if "cfg" in cfg.methods else []
-        rows += [Row("scaling", steps, s) for s in cfg.scales] if "scaling" in cfg.methods else []
-        rows += (
-            [Row("dice", steps, a, t) for t in sharpener_tags for a in cfg.alphas]
-            if "dice" in cfg.methods
-            else []
-        )
-        if cfg.negative_prompt:
-            neg = cfg.negative_prompt
-            rows += [Row("cfg", steps, cfg.cfg_scales[0], None, neg)] if "cfg" in cfg.methods else []
-            rows += (
-                [Row("dice", steps, a, t, neg) for t in sharpener_tags for a in cfg.alphas]
-                if "dice" in cfg.methods
-                else []
-            )
-    return rows
+        for m, tag in methods:
+            row = Row(m, steps, tag)
+            rows.setdefault(row.key, row)
+        for m, tag in methods if cfg.negative_prompt else ():
+            w = getattr(m, "guidance_scale", cfg.cfg_scales[0])
+            if m.uses_negative and w == cfg.cfg_scales[0]:
+                row = Row(m, steps, tag, cfg.negative_prompt)
+                rows.setdefault(row.key, row)
+    return list(rows.values())
+
+
+def reference_row(cfg: EvalConfig, rows: list[Row], steps: int) -> Row | None:
+    """The fidelity reference at ``steps``: full CFG at the first w, when it is one of the rows."""
+    ref = Row(CFG(cfg.cfg_scales[0]), steps)
+    return ref if any(r.key == ref.key for r in rows) else None
 
 
 def row_metrics(
@@ -189,7 +199,7 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
     from .report import eval_table, plot_nfe
 
     out = Path(cfg.out)
-    rows = make_rows(cfg, list(sharpeners))
+    rows = make_rows(cfg, sharpeners)
     made = {}
     for row in rows:
         made[row.key] = ensure_images(
@@ -198,7 +208,6 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
             ps.prompts,
             ps.seeds,
             out / "images" / row.key,
-            sharpener=sharpeners.get(row.sharpener),
             batch_size=cfg.batch_size,
             height=cfg.height,
             width=cfg.width,
@@ -209,19 +218,22 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
     for row in rows:
         folder = out / "images" / row.key
         images = load_images(folder, ps.prompts, ps.seeds)
-        ref_row = Row("cfg", row.steps, cfg.cfg_scales[0]) if "cfg" in cfg.methods else None
+        ref_row = reference_row(cfg, rows, row.steps)
         if ref_row is not None and row.steps not in refs:
             refs[row.steps] = (
-                images if ref_row == row else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
+                images if ref_row.key == row.key else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
             )
+        nfe = meta_mean(folder, len(images), "nfe")
         results.append(
             {
                 "label": row.label,
-                "method": row.method,
+                "method": row.method.name,
+                "spec": row.method.spec,
+                "setting": row.method.setting,
                 "key": row.key,
                 "params": row.params,
                 "steps": row.steps,
-                "nfe": row.nfe,
+                "nfe": row.nfe if nfe is None else (int(nfe) if nfe.is_integer() else round(nfe, 2)),
                 "n": len(images),
                 "generated": made[row.key],
                 "seconds_per_image": seconds_per_image(folder, len(images)),
@@ -256,13 +268,14 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     shipped = default_sharpener(cfg.model, None)
     names = list(cfg.sharpeners) or ([shipped] if shipped else [])
-    if "dice" in cfg.methods and not names:
+    wants_dice = any(parse_method(m)[0] is Dice for m in cfg.methods)  # bad spellings fail here, first
+    if wants_dice and not names:
         raise InputError(
             "dice rows need --sharpener (a folder written by `dice train`), or drop dice from --methods."
         )
-    names = names if "dice" in cfg.methods else []
+    names = names if wants_dice else []
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
-    make_rows(cfg, list(sharpeners))  # bad methods, steps or settings fail before the model loads
+    make_rows(cfg, sharpeners)  # bad methods, steps or settings fail before the model loads
     ps = prompt_set(cfg)
     device = resolve_device(cfg.device)
     real = RealMetrics(
@@ -289,7 +302,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     return evaluate(pipe, cfg, ps, sharpeners, real)
 
 
-def sample_and_score(pipe, items: Sequence, method: str, *, oracle=None, **generate_kwargs):
+def sample_and_score(pipe, items: Sequence, method, *, oracle=None, **generate_kwargs):
     """Sample held-out ``items`` (EvalItem: prompt, spec, seed) with ``method`` through ``generate()`` and
     score them: returns the images (N, H, W, 3), the samples, and the per-image oracle scores."""
     from ..metrics.world import alignment

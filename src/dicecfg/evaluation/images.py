@@ -17,41 +17,34 @@ import numpy as np
 
 from ..runs.io import atomic_write
 from ..sampling.generate import generate
-from ..sampling.methods import TABLE
+from ..sampling.methods import Method
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Row:
-    """One method setting at one step count."""
+    """One method with its settings (a ``sampling.methods`` object) at one step count."""
 
-    method: str
+    method: Method
     steps: int
-    value: float | None = None  # w (cfg), s (scaling) or alpha (dice)
     sharpener: str | None = None  # tag of the sharpener (dice)
     negative_prompt: str | None = None
 
     @property
     def nfe(self) -> int:
-        return TABLE[self.method].nfe(self.steps, self.value)
-
-    @property
-    def setting(self) -> dict[str, Any]:
-        """``{knob: value}``: the keyword of ``generate()`` that sets the row's method."""
-        knob = TABLE[self.method].knob
-        return {knob: self.value} if knob else {}
+        """Network evaluations per image as planned (Adaptive Guidance: the most; eval.json has the measured)."""
+        return self.method.nfe(self.steps)
 
     @property
     def params(self) -> dict[str, Any]:
-        out = self.setting | ({"sharpener": self.sharpener} if self.sharpener else {})
+        out = self.method.params | ({"sharpener": self.sharpener} if self.sharpener else {})
         return out | ({"negative_prompt": self.negative_prompt} if self.negative_prompt else {})
 
     @property
     def key(self) -> str:
-        """Folder name of the row's images: method, setting, steps (and sharpener, negative prompt)."""
-        tag = TABLE[self.method].tag
-        parts = [self.method + (f"-{tag}{self.value:g}" if tag else ""), f"steps{self.steps}"]
+        """Folder name of the row's images: method and settings, steps (and sharpener, negative prompt)."""
+        parts = [self.method.tag, f"steps{self.steps}"]
         if self.sharpener:
             parts.append(self.sharpener)
         if self.negative_prompt:
@@ -60,7 +53,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        return self.method + ("+neg" if self.negative_prompt else "")
+        return self.method.name + ("+neg" if self.negative_prompt else "")
 
 
 def ensure_images(
@@ -70,7 +63,6 @@ def ensure_images(
     seeds: Sequence[int],
     folder: Path,
     *,
-    sharpener=None,
     batch_size: int = 16,
     height: int | None = None,
     width: int | None = None,
@@ -88,14 +80,12 @@ def ensure_images(
         [prompts[i] for i in missing],
         method=row.method,
         seeds=[seeds[i] for i in missing],
-        sharpener=sharpener,
         negative_prompt=row.negative_prompt,
         num_inference_steps=row.steps,
         batch_size=batch_size,
         height=height,
         width=width,
         progress=progress,
-        **row.setting,
     )
     with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
         for s in stream:
@@ -125,8 +115,8 @@ def load_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> n
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, prompts, seeds)])
 
 
-def seconds_per_image(folder: Path, n: int) -> float | None:
-    """Mean generation time of the row's images, from the runs that made them."""
+def meta_mean(folder: Path, n: int, field: str) -> float | None:
+    """Mean of ``field`` (``seconds``, ``nfe``) over the row's first ``n`` images, from the runs that made them."""
     path = folder / "meta.jsonl"
     if not path.is_file():
         return None
@@ -135,4 +125,10 @@ def seconds_per_image(folder: Path, n: int) -> float | None:
         for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
         if r["index"] < n
     }
-    return float(np.mean([r["seconds"] for r in recs.values()])) if recs else None
+    values = [r[field] for r in recs.values() if field in r]
+    return float(np.mean(values)) if values else None
+
+
+def seconds_per_image(folder: Path, n: int) -> float | None:
+    """Mean generation time of the row's images, from the runs that made them."""
+    return meta_mean(folder, n, "seconds")

@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from ..sampling.methods import TABLE
-
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +22,7 @@ def markdown(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 # (result key, column title, format); columns appear only when some row has the metric
 COLUMNS = (
-    ("nfe", "NFE", "{:d}"),
+    ("nfe", "NFE", "{}"),  # measured: a mean where it differs per image (Adaptive Guidance)
     ("seconds_per_image", "s/img", "{:.3f}"),
     ("align_all", "all-correct", "{:.3f}"),
     ("align_count", "count", "{:.3f}"),
@@ -50,9 +48,9 @@ PLOT_METRICS = (
 
 
 def setting(row: dict[str, Any]) -> str:
-    """Short text for a row's method setting, e.g. ``w=5``, ``alpha=1 (mini-1a2b3c4d)``."""
+    """Short text for a row's method settings, e.g. ``w=5 on [0,0.1)``, ``alpha=1 (mini-1a2b3c4d)``."""
     p = row["params"]
-    parts = [f"{m.short}={p[m.knob]:g}" for m in TABLE.values() if m.knob in p]
+    parts = [row["setting"]] if row.get("setting", "-") != "-" else []
     if "sharpener" in p:
         parts.append(f"({p['sharpener']})")
     if "negative_prompt" in p:
@@ -87,7 +85,7 @@ def plot_nfe(rows: Sequence[dict[str, Any]], path: str | Path, metric: str | Non
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     curves: dict[str, list[tuple[int, float]]] = {}
-    markers = {"unguided": "x", "scaling": "s", "dice": "*", "cfg": "o"}
+    markers = {"unguided": "x", "scaling": "s", "dice": "*", "cfg": "o", "ag": "^"}
     for r in rows:
         if r.get(metric) is None:
             continue
@@ -182,10 +180,11 @@ def plot_analysis(stats: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-DEMO_NAMES = {"unguided": "unguided", "cfg": "CFG", "dice": "DICE"}
+DEMO_NAMES = {"unguided": "unguided", "cfg": "CFG", "peer": "CFG", "dice": "DICE"}
 DEMO_HOW = {  # what a method's network evaluations are, for the demo's summary
     "unguided": "one pass per step, no guidance",
     "cfg": "two passes per step (prompt and empty prompt)",
+    "peer": "two passes on the first steps, where guidance acts, then the prompt alone (a training-free peer)",
     "dice": "one pass per step on the prompt embedding the sharpener edited once",
 }
 # `dice demo`'s "where to go next", by command (only commands this `dice` has are printed)
@@ -243,6 +242,13 @@ def demo_summary(summary: dict[str, Any], commands: Collection[str] = NEXT_STEPS
         f"- After a warm-up, timed alike: CFG takes {summary['cfg_dice_time_ratio']:.2f}x DICE's wall time per "
         f"image here ({by['cfg']['seconds_per_image']:.3f} vs {by['dice']['seconds_per_image']:.3f} s)."
     )
+    if "peer" in by:
+        p, d = by["peer"], by["dice"]
+        lines.append(
+            f"- The training-free peer ({demo_name(p)}, {p['nfe']} NFE) against DICE ({d['nfe']} NFE): "
+            f"{p['align_all'] - d['align_all']:+.3f} all-correct, {p['seconds_per_image'] / d['seconds_per_image']:.2f}x "
+            "DICE's wall time; BENCHMARKS.md has both on all held-out prompts."
+        )
     lines.append(
         f"- At {n} prompts a difference under two standard errors is noise"
         + (f"; all 512 held-out prompts shrink the error {(512 / n) ** 0.5:.1f}x." if n < 512 else ".")
@@ -288,10 +294,14 @@ def demo_grid(summary: dict[str, Any], images: dict[str, np.ndarray]):
 def bench_table(rows: list[dict[str, Any]]) -> str:
     """The short table `dice bench` prints last (with fast-path columns when any row has them)."""
     cols = ["model", "device", "dtype", "batch", "steps", "CFG ms", "DICE ms", "CFG/DICE", "sharpener %"]
+    peer = any("peer_ms" in r for r in rows)
+    if peer:  # the training-free peer beside DICE: CFG on the first steps
+        cols += ["peer", "peer NFE", "peer ms", "peer/DICE"]
     cols.append("decode ms")
     fast = any("fast_dice_ms" in r for r in rows)
     if fast:
         cols += ["fast path", "fast CFG ms", "fast DICE ms", "fast unguided ms", "eager CFG / fast DICE"]
+        cols += ["fast peer ms", "fast peer/DICE"] if peer else []
         cols.append("first calls ms")  # capture or compilation of each shape, summed over the fast variants
     body = []
     for r in rows:
@@ -301,7 +311,14 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
         else:
             dec = f"{r['decode_ms']:.1f}" if r.get("decode_ms") is not None else "-"
             cells += [f"{r['cfg_ms']:.1f}", f"{r['dice_ms']:.1f}", f"{r['ratio']:.3f}"]
-            cells += [f"{r['sharpener_pct']:.2f}", dec]
+            cells += [f"{r['sharpener_pct']:.2f}"]
+            if peer:
+                cells += (
+                    [r["peer"], r["peer_nfe"], f"{r['peer_ms']:.1f}", f"{r['peer_dice_ratio']:.3f}"]
+                    if "peer_ms" in r
+                    else ["-"] * 4
+                )
+            cells += [dec]
             if fast and "fast_dice_ms" in r:
                 capture = sum(v for k, v in r.items() if k.endswith("_first_ms"))
                 cells += [
@@ -310,9 +327,16 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
                     f"{r['fast_dice_ms']:.1f}",
                     f"{r['fast_unguided_ms']:.1f}",
                 ]
-                cells += [f"{r['speedup_vs_eager_cfg']:.3f}", f"{capture:.0f}"]
+                cells += [f"{r['speedup_vs_eager_cfg']:.3f}"]
+                if peer:
+                    cells += (
+                        [f"{r['fast_peer_ms']:.1f}", f"{r['fast_peer_dice_ratio']:.3f}"]
+                        if "fast_peer_ms" in r
+                        else ["-", "-"]
+                    )
+                cells += [f"{capture:.0f}"]
             elif fast:
-                cells += [""] * 6
+                cells += [""] * (6 + 2 * peer)
         body.append(cells)
     return markdown(cols, body)
 

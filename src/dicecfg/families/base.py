@@ -85,6 +85,11 @@ class Family:
         """Keyword arguments for the stock pipeline's ``__call__`` (embeddings instead of prompts)."""
         raise NotImplementedError
 
+    def denoiser_inputs(self, cond: Cond) -> dict[str, torch.Tensor]:
+        """The denoiser's keyword arguments that carry ``cond``'s tokens (and mask), as the stock pipeline
+        passes them: what a step-interval method swaps (``sampling/steps.py``)."""
+        return {"encoder_hidden_states": cond.tokens}
+
     # -- denoiser side (training) -------------------------------------------------------------------
     def denoise(self, pipe: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The denoiser's raw output (epsilon or v, whatever the model predicts)."""

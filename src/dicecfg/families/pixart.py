@@ -84,6 +84,9 @@ class PixArtAlphaFamily(Family):
             kwargs["negative_prompt"] = None  # the pipeline's default "" may not be passed with embeddings
         return kwargs
 
+    def denoiser_inputs(self, cond: Cond) -> dict[str, torch.Tensor]:
+        return {"encoder_hidden_states": cond.tokens, "encoder_attention_mask": cond.extras["attention_mask"]}
+
     def added_cond(self, pipe: Any, x_t: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
         """Resolution / aspect-ratio conditioning as the pipeline builds it (only 1024-px models use it)."""
         if not pipe.transformer.use_additional_conditions:

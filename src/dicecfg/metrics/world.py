@@ -39,9 +39,18 @@ def alignment(images: np.ndarray, specs: Sequence, oracle=None) -> dict[str, np.
     return (oracle or Oracle()).score(_world_size(images), list(specs))
 
 
-def oracle_frechet(images: np.ndarray, scenes: Sequence, oracle=None) -> float:
-    """Frechet distance between oracle features of ``images`` and of clean renders of the same scenes."""
-    from ..world import Oracle, frechet_distance, render
+def scene_features(scenes: Sequence, oracle=None) -> np.ndarray:
+    """Oracle features of clean renders of ``scenes``: the reference side of ``oracle_frechet``."""
+    from ..world import Oracle, render
+
+    return (oracle or Oracle()).features(render(list(scenes)))
+
+
+def oracle_frechet(images: np.ndarray, scenes: Sequence, oracle=None, reference: np.ndarray | None = None) -> float:
+    """Frechet distance between oracle features of ``images`` and of clean renders of the same scenes
+    (``reference``: their ``scene_features``, when several image sets are compared with the same scenes)."""
+    from ..world import Oracle, frechet_distance
 
     oracle = oracle or Oracle()
-    return frechet_distance(oracle.features(_world_size(images)), oracle.features(render(list(scenes))))
+    ref = scene_features(scenes, oracle) if reference is None else reference
+    return frechet_distance(oracle.features(_world_size(images)), ref)

@@ -55,13 +55,17 @@ def _shown(identity: dict[str, Any], key: str) -> str:
     return repr(identity[key]) if key in identity else "default"
 
 
+POOL_FILE = "teacher_pool.safetensors"  # a run's teacher pool; one placed ahead in a new folder is reused
+
+
 def check_run_folder(run_dir: str | Path) -> None:
     """Refuse to train into a folder that holds anything but one of our runs (a sharpener, other files):
-    a run folder holds run.json; an empty or missing folder becomes one."""
+    a run folder holds run.json; an empty or missing folder becomes one, and so does a folder holding only a
+    teacher pool placed there ahead (several runs over the same prompts share one; its shape is checked)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or (run_dir / "run.json").is_file():
         return
-    found = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    found = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK_NAME, POOL_FILE))
     if found:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise InputError(

@@ -22,7 +22,8 @@ from ..runs.guards import out_of_memory
 from ..sharpener import Sharpener
 from .checks import check_alpha, check_memory, check_seeds, check_size, sampling_memory, warn_truncated
 from .fast import fast_mode, speedup
-from .methods import lookup, sharpen_cond
+from .methods import Dice, Method, as_method, sharpen_cond
+from .steps import routed
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,9 @@ class Sample:
     index: int
     prompt: str
     seed: int
-    method: str
+    method: str  # the method's name (its settings are in params)
     image: np.ndarray  # uint8 (H, W, 3)
-    nfe: int  # network evaluations per image (each CFG step counts two)
+    nfe: int  # network evaluations this image took, counted as they ran (each guided CFG step counts two)
     seconds: float  # wall time of its batch divided by the batch size
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -113,55 +114,51 @@ def no_step_bar(pipe: Any) -> Iterator[None]:
 def sample_batch(
     pipe: Any,
     fam: Family,
-    method: str,
+    method: Method,
     cond: Cond,
     neg: Cond,
     generators: list[torch.Generator],
     *,
-    sharpener: Sharpener | None = None,
-    guidance_scale: float = 5.0,
-    scale: float = 1.2,
-    alpha: float = 1.0,
     num_inference_steps: int = 20,
     output_type: str = "np",
     fast: bool | str = False,
     **pipe_kwargs: Any,
-) -> tuple[Any, int]:
-    """Run the stock pipeline once on an encoded batch; returns its images/latents and the network evaluations
-    it made per step.
+) -> tuple[Any, np.ndarray]:
+    """Run the stock pipeline once on an encoded batch with ``method`` (an object of ``sampling.methods``);
+    returns its images/latents and the network evaluations each image took, counted as they ran.
 
     ``fast`` picks a fast path (``sampling/fast.py``): True or ``"graphs"`` replays the denoiser as CUDA graphs,
-    ``"compile"`` runs it ``torch.compile``d; eager with a notice where unsupported.
+    ``"compile"`` runs it ``torch.compile``d; eager with a notice where unsupported. The method's step route
+    (``sampling/steps.py``) wraps whichever forward runs.
     """
-    m = lookup(method)
-    value = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha).get(m.knob)
-    m.check(value)
-    kwargs = m.kwargs(pipe, fam, cond, neg, sharpener, value)
-    speed = speedup(pipe, fam.denoiser(pipe), fast)
-    doing = f"while sampling a batch of {len(generators)} images ({method})"
+    plan = method.plan(pipe, fam, cond, neg)
+    denoiser = fam.denoiser(pipe)
+    speed = speedup(pipe, denoiser, fast)
+    doing = f"while sampling a batch of {len(generators)} images ({method.label})"
     advice = "Use a smaller --batch-size (batch_size=); results do not depend on it."
     with out_of_memory(doing, advice), speed, no_step_bar(pipe):
-        out = pipe(
-            **kwargs,
-            **pipe_kwargs,
-            num_inference_steps=num_inference_steps,
-            generator=generators,
-            output_type=output_type,
-        )
-    return out.images, m.passes_at(value)
+        with routed(pipe, denoiser, len(generators), plan.route) as router:
+            out = pipe(
+                **plan.kwargs,
+                **pipe_kwargs,
+                num_inference_steps=num_inference_steps,
+                generator=generators,
+                output_type=output_type,
+            )
+    return out.images, router.nfe
 
 
 def generate(
     pipe: Any,
     prompts: Sequence[str],
     *,
-    method: str = "dice",
+    method: Method | str = "dice",
     seeds: Sequence[int] | int = 0,
     sharpener: Sharpener | None = None,
     negative_prompt: str | Sequence[str] | None = None,
-    guidance_scale: float = 5.0,
-    scale: float = 1.2,
-    alpha: float = 1.0,
+    guidance_scale: float | None = None,
+    scale: float | None = None,
+    alpha: float | None = None,
     num_inference_steps: int = 20,
     batch_size: int = 8,
     height: int | None = None,
@@ -172,13 +169,20 @@ def generate(
 ) -> Iterator[Sample]:
     """Generate one image per prompt with ``method``, yielding ``Sample``s in prompt order.
 
+    Args:
+        method: a method object (``Unguided()``, ``CFG(guidance_scale=5, start=0, stop=0.1)``, ``Scaling()``,
+            ``Dice(sharpener, alpha=1)``, ``AdaptiveGuidance()``) or its spelling (``"cfg"``,
+            ``"dice:stop=0.1"``). With a spelling, ``guidance_scale`` / ``scale`` / ``alpha`` and
+            ``sharpener`` set what it leaves open (the flat keywords of earlier versions).
+        negative_prompt: c_neg of the methods that take one (CFG, DICE, Adaptive Guidance); others ignore it.
+
     Seeds: an int gives seeds ``seed, seed+1, ...``; a list gives one seed per prompt. Each image has its own
     ``torch.Generator``, so an image does not depend on the batch it was made in. ``fast=True`` (or ``"graphs"``)
     replays the denoiser as CUDA graphs (the same images; eager with a one-line notice off CUDA);
     ``fast="compile"`` runs it ``torch.compile``d (any device; the first call of a shape compiles; docs/fast.md).
     """
     prompts = list(prompts)
-    m = lookup(method)
+    m = as_method(method, sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha)
     fast_mode(fast)
     if num_inference_steps < 1:
         raise InputError(f"num_inference_steps must be >= 1 (got {num_inference_steps}).")
@@ -188,13 +192,9 @@ def generate(
     if len(seeds) != len(prompts):
         raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
     check_seeds(seeds)
-    params = m.setting(guidance_scale=guidance_scale, scale=scale, alpha=alpha)
-    m.check(params.get(m.knob))
     negs = per_prompt(negative_prompt, len(prompts), "negative_prompt")
-    fam = family_of(pipe) if sharpener is None or method != "dice" else check_compatible(pipe, sharpener)
+    fam = check_compatible(pipe, m.sharpener) if isinstance(m, Dice) else family_of(pipe)
     check_size(pipe, fam, height, width)
-    if method == "dice":
-        check_alpha(alpha)
     device = pipe._execution_device
     check_memory(
         sampling_memory(pipe, fam, min(batch_size, len(prompts)), height, width),
@@ -204,24 +204,20 @@ def generate(
     )
     warn_truncated(pipe, fam, prompts)
     warn_truncated(pipe, fam, [n for n in negs if n], "negative prompts")
-    bar = tqdm(total=len(prompts), desc=f"{method}", unit="img", disable=not progress)
+    bar = tqdm(total=len(prompts), desc=m.label, unit="img", disable=not progress)
     try:
         for start in range(0, len(prompts), batch_size):
             sl = slice(start, start + batch_size)
             batch, batch_seeds = prompts[sl], seeds[sl]
             t0 = time.perf_counter()
             cond, neg = fam.encode(pipe, batch), fam.encode(pipe, negs[sl])
-            out, _ = sample_batch(
+            out, nfe = sample_batch(
                 pipe,
                 fam,
-                method,
+                m,
                 cond,
                 neg,
                 generators(device, batch_seeds),
-                sharpener=sharpener,
-                guidance_scale=guidance_scale,
-                scale=scale,
-                alpha=alpha,
                 num_inference_steps=num_inference_steps,
                 height=height,
                 width=width,
@@ -237,11 +233,11 @@ def generate(
                     index=start + i,
                     prompt=batch[i],
                     seed=int(batch_seeds[i]),
-                    method=method,
+                    method=m.name,
                     image=(np.clip(img, 0, 1) * 255).round().astype(np.uint8),
-                    nfe=m.nfe(num_inference_steps, params.get(m.knob)),
+                    nfe=int(nfe[i]),
                     seconds=per_image,
-                    params=params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
+                    params=m.params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
                 )
             bar.update(len(batch))
     finally:

@@ -29,7 +29,7 @@ from ..sharpener import Sharpener
 from .checks import SEED_MAX, check_seeds
 from .fast import FAST_MODES
 from .generate import generate
-from .methods import METHODS, TABLE, lookup
+from .methods import CFG, SPELLING_HELP, Dice, as_method, parse_method
 from .prompts import collect_prompts
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,11 @@ class SampleJob:
     )
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
-    method: str = opt("dice", "sampling method", choices=METHODS)
-    guidance_scale: float = opt(5.0, "CFG scale w (method cfg)")
-    alpha: float = opt(1.0, "edit strength (method dice)")
+    method: str = opt("dice", f"sampling method: {SPELLING_HELP}")
+    guidance_scale: float = opt(5.0, "CFG scale w (methods cfg and ag)")
+    alpha: float | None = opt(
+        None, "edit strength (method dice; default: the sharpener's recorded setting, else 1)"
+    )
     scale: float = opt(1.2, "embedding scale s (method scaling)")
     negative_prompt: str | None = opt(None, "negative prompt: c_neg for cfg and dice")
     steps: int = opt(20, "sampling steps", min=1)
@@ -72,16 +74,17 @@ class SampleJob:
     progress: bool = opt(True, "progress bars", cli=False)
 
 
+FLAT = ("guidance_scale", "alpha", "scale", "negative_prompt", "sharpener")  # flags only some methods read
+
+
 def ignored_options(job: SampleJob) -> list[str]:
     """The flags of other methods that ``job`` sets (off their defaults) although its method ignores them."""
-    m = lookup(job.method)
-    options = {t.knob for t in TABLE.values() if t.knob} | {u for t in TABLE.values() for u in t.uses}
+    cls, settings = parse_method(job.method)
+    reads = set(cls.keys.values()) - set(settings)
+    reads |= {"negative_prompt"} if cls.uses_negative else set()
+    reads |= {"sharpener"} if cls is Dice else set()
     default = {f.name: f.default for f in fields(job)}
-    return [
-        "--" + o.replace("_", "-")
-        for o in sorted(options - {m.knob, *m.uses})
-        if getattr(job, o) != default[o]
-    ]
+    return ["--" + o.replace("_", "-") for o in FLAT if o not in reads and getattr(job, o) != default[o]]
 
 
 def next_index(out: Path) -> int:
@@ -94,18 +97,21 @@ def run_sample(job: SampleJob) -> list[Path]:
     """Generate and write ``out/NNNN_method_seedS.png``, each with a line in ``out/samples.jsonl``; returns the
     image paths. A folder that holds samples already keeps them: the numbers continue after its highest one
     and samples.jsonl grows by a line per image, so every image in the folder stays described."""
-    m = lookup(job.method)  # an unknown method, a setting it cannot make, bad seeds: before anything loads
-    m.check(getattr(job, m.knob) if m.knob else None)
+    cls, _ = parse_method(job.method)  # an unknown method, a bad setting, bad seeds: before anything loads
+    flat = {"guidance_scale": job.guidance_scale, "scale": job.scale, "alpha": job.alpha}
+    if cls is not Dice:
+        as_method(job.method, **flat)
     prompts = collect_prompts(job.prompts, job.prompts_file)
     check_seeds(range(job.seed, job.seed + len(prompts)))
     if ignored := ignored_options(job):
         log.warning("--method %s ignores %s", job.method, ", ".join(ignored))
-    if m.floor is not None and getattr(job, m.knob) == m.floor:
-        log.warning("%s at %s=%g runs one pass per step: conditional sampling", m.name, m.knob, m.floor)
-    name = default_sharpener(job.model, job.sharpener) if job.method == "dice" else job.sharpener
-    if job.method == "dice" and name is None:
+    name = default_sharpener(job.model, job.sharpener) if cls is Dice else None
+    if cls is Dice and name is None:
         raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
     sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model
+    method = as_method(job.method, sharpener=sharp, **flat)
+    if isinstance(method, CFG) and method.guidance_scale == 1.0:
+        log.warning("cfg at guidance_scale=1 runs one pass per step: conditional sampling")
     device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     out = Path(job.out)
@@ -118,13 +124,9 @@ def run_sample(job: SampleJob) -> list[Path]:
     for s in generate(
         pipe,
         prompts,
-        method=job.method,
+        method=method,
         seeds=job.seed,
-        sharpener=sharp,
         negative_prompt=job.negative_prompt,
-        guidance_scale=job.guidance_scale,
-        scale=job.scale,
-        alpha=job.alpha,
         num_inference_steps=job.steps,
         batch_size=job.batch_size,
         height=job.height,

@@ -1,32 +1,49 @@
-"""The sampling methods, one entry each: how the stock pipeline is called, what a step costs, and the method's
-one setting (its knob).
+"""The sampling methods as objects that hold their settings (the idea of diffusers' guiders): each knows what the
+stock pipeline is called with, what a step costs, how it is spelled and labelled, and checks its settings once,
+when it is made.
 
 Every method hands the stock diffusers pipeline its own ``prompt_embeds`` (docs/method.md, "Sampling"):
-- ``unguided``: c, guidance_scale=1 (one network evaluation per step);
-- ``cfg``:      c and c_neg, guidance_scale=w (two evaluations per step);
-- ``scaling``:  c' = s * c (the paper's training-free baseline; token 0 kept), guidance_scale=1;
-- ``dice``:     c' = c + alpha * r(c, c_neg), guidance_scale=1.
+- ``Unguided()``: c, guidance_scale=1 (one network evaluation per step);
+- ``CFG(guidance_scale=5, start=0, stop=1)``: c and c_neg, guidance_scale=w (two evaluations per guided step);
+- ``Scaling(scale=1.2)``: c' = s * c (the paper's training-free baseline; token 0 kept), guidance_scale=1;
+- ``Dice(sharpener, alpha=1, start=0, stop=1)``: c' = c + alpha * r(c, c_neg), guidance_scale=1;
+- ``AdaptiveGuidance(guidance_scale=5, threshold=0.99)``: CFG until the two predictions agree, then c alone.
+
+Step intervals (docs/method.md, "Where guidance acts"): ``start`` and ``stop`` are fractions of the steps, and
+step i (0-based, of N) is guided when ``int(start * N) <= i < int(stop * N)`` (diffusers' guider rule). Outside
+its interval a CFG step runs the prompt alone, one pass (the unconditional half is not computed), and a DICE
+step runs the plain prompt c instead of c'. Which step a network call belongs to is read off its timestep
+(``sampling/steps.py``), so intervals work on every family, on the fast paths and with second-order schedulers.
+
+Methods are spelled ``name[:key=value,...]`` on the command line (``parse_method``): ``cfg:w=5,stop=0.1``,
+``dice:alpha=2,stop=0.1``, ``ag:threshold=0.995``; the bare names are the shortcuts of earlier versions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import InputError
 from ..families import Cond, Family
 from ..sharpener import Sharpener
+from .steps import Plan, Step, adaptive_route, cond_only, swap_cond
+
+DEFAULT_THRESHOLD = 0.99  # AdaptiveGuidance: the cosine above which guidance stops (ours; tools use 0.99-1)
 
 
-def sharpen_cond(fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0) -> Cond:
-    """c' = c + alpha * r(c, c_neg) on an encoded batch (docs/method.md, "The method")."""
+def sharpen_cond(
+    fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0, t: torch.Tensor | None = None
+) -> Cond:
+    """c' = c + alpha * r(c, c_neg) on an encoded batch (docs/method.md, "The method"); ``t``: the timestep of
+    a sharpener whose edit depends on it (``Sharpener.time_edges``)."""
     sharpener.to(cond.tokens.device)
     with torch.no_grad():
-        tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg))
+        tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg), t=t)
     return fam.edited(cond, tokens, sharpener.config.get("mask_mode", "keep"))
 
 
@@ -39,89 +56,373 @@ def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
     return cond.with_tokens(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
 
 
-def _unguided(pipe: Any, fam: Family, cond: Cond, neg: Cond, sharpener: Sharpener | None, value: Any) -> dict:
-    return {**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0}
+def guided_steps(start: float, stop: float, steps: int) -> range:
+    """The steps (0-based, of ``steps``) inside the interval [start, stop): diffusers' guider rule."""
+    return range(int(start * steps), int(stop * steps))
 
 
-def _cfg(pipe: Any, fam: Family, cond: Cond, neg: Cond, sharpener: Sharpener | None, w: float) -> dict:
-    return {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": w}
+def _finite(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{owner}: {name} must be a number (got {value!r}).")
+    if not math.isfinite(value):
+        raise InputError(f"{owner}: {name} must be a finite number (got {value}).")
+    return float(value)
 
 
-def _scaling(pipe: Any, fam: Family, cond: Cond, neg: Cond, sharpener: Sharpener | None, s: float) -> dict:
-    return {**fam.pipeline_kwargs(pipe, scale_cond(cond, s, fam.copy_first_token)), "guidance_scale": 1.0}
+def _check_interval(owner: str, start: Any, stop: Any) -> None:
+    start, stop = _finite(owner, "start", start), _finite(owner, "stop", stop)
+    if not (0.0 <= start <= 1.0 and 0.0 <= stop <= 1.0):
+        raise InputError(f"{owner}: start and stop are fractions of the steps, in [0, 1] (got {start:g}, {stop:g}).")
+    if start >= stop:
+        raise InputError(
+            f"{owner}: start ({start:g}) must be below stop ({stop:g}); steps i with int(start*N) <= i < "
+            "int(stop*N) are guided. For no guided step at all use Unguided() (method 'unguided')."
+        )
 
 
-def _dice(pipe: Any, fam: Family, cond: Cond, neg: Cond, sharpener: Sharpener | None, alpha: float) -> dict:
-    if sharpener is None:
-        raise InputError("method 'dice' needs a sharpener (Sharpener.from_pretrained(...)).")
-    sharp = sharpen_cond(fam, sharpener, cond, neg, alpha)
-    return {**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0}
+def _interval_text(start: float, stop: float) -> str:
+    return "" if (start, stop) == (0.0, 1.0) else f" on [{start:g},{stop:g})"
+
+
+def _interval_tag(start: float, stop: float) -> str:
+    return "" if (start, stop) == (0.0, 1.0) else f"-i{start:g}-{stop:g}"
+
+
+class Method(ABC):
+    """One sampling method with its settings. Subclasses are frozen dataclasses, checked when made."""
+
+    name: ClassVar[str]  # the shortcut (``method="cfg"``) and the first part of its spelling
+    keys: ClassVar[dict[str, str]] = {}  # spelled key -> field (``w`` -> ``guidance_scale``)
+    uses_negative: ClassVar[bool] = False  # a negative prompt reaches it (as c_neg)
+
+    @abstractmethod
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+        """The stock pipeline's keyword arguments for an encoded batch, and the route of its denoiser calls."""
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations of one image sampled in ``steps`` first-order steps (``AdaptiveGuidance``: the
+        most; ``Sample.nfe`` holds what each image really took, counted as it ran)."""
+        return steps
+
+    @property
+    def setting(self) -> str:
+        """The settings in a table cell: ``w=5 on [0,0.1)``; "-" for none."""
+        return "-"
+
+    @property
+    def tag(self) -> str:
+        """The method and its settings as a folder-safe name: ``cfg-w5-i0-0.1``."""
+        return self.name
+
+    @property
+    def spec(self) -> str:
+        """How the method is spelled (``parse_method`` reads it back): ``cfg:w=5,stop=0.1``."""
+        own = {v: k for k, v in self.keys.items()}
+        parts = [
+            f"{own[f.name]}={getattr(self, f.name):g}"
+            for f in fields(self)
+            if f.name in own and getattr(self, f.name) != f.default
+        ]
+        return self.name + (":" + ",".join(parts) if parts else "")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The settings for records (samples.jsonl, eval.json): field -> value."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in self.keys.values()}
+
+    @property
+    def label(self) -> str:
+        """``cfg w=5 on [0,0.1)``: name and settings, for legends and captions."""
+        return self.name if self.setting == "-" else f"{self.name} {self.setting}"
 
 
 @dataclass(frozen=True)
-class Method:
-    """One sampling method. ``kwargs(pipe, fam, cond, neg, sharpener, value)`` gives the stock pipeline's
-    keyword arguments for an encoded batch, ``value`` being the setting of the method's knob."""
+class Unguided(Method):
+    """The prompt alone, one pass per step."""
 
-    name: str
-    kwargs: Callable[..., dict[str, Any]]
-    passes: int = 1  # network evaluations per step (CFG runs c and c_neg)
-    knob: str | None = None  # generate()'s keyword for the method's setting (None: no setting)
-    short: str = ""  # the knob in tables and plot legends: w=5, s=1.2, alpha=1
-    tag: str = ""  # the knob in `dice eval` image folder names: cfg-w5, scaling-s1.2, dice-a1
-    # the knob's smallest setting, where the method runs one pass per step: diffusers turns CFG off at w <= 1
-    # (w = 1 is conditional sampling, exactly; CFG at w < 1 cannot be made through the stock pipeline)
-    floor: float | None = None
-    uses: tuple[str, ...] = ()  # generate()'s other keywords the method reads (all others it ignores)
+    name: ClassVar[str] = "unguided"
 
-    def passes_at(self, value: Any = None) -> int:
-        """Network evaluations per step at the knob's setting ``value``."""
-        return 1 if self.floor is not None and value is not None and value <= self.floor else self.passes
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+        return Plan({**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0})
 
-    def nfe(self, steps: int, value: Any = None) -> int:
-        """Network evaluations of one image sampled in ``steps`` steps at the knob's setting ``value``."""
-        return steps * self.passes_at(value)
 
-    def check(self, value: Any) -> None:
-        """Refuse a setting of the knob that the method cannot make: NaN or infinite, or below its floor."""
-        if self.knob is None or value is None:
-            return
-        if not math.isfinite(value):
-            raise InputError(f"{self.knob} of method '{self.name}' must be a finite number (got {value}).")
-        if self.floor is not None and value < self.floor:
+@dataclass(frozen=True)
+class CFG(Method):
+    """Classifier-free guidance at scale w on the steps of [start, stop), the prompt alone elsewhere.
+
+    At ``guidance_scale=1`` the stock pipeline samples the prompt alone with one pass per step (conditional
+    sampling, exactly); below 1 it cannot make CFG, so that is refused."""
+
+    guidance_scale: float = 5.0
+    start: float = 0.0
+    stop: float = 1.0
+    name: ClassVar[str] = "cfg"
+    keys: ClassVar[dict[str, str]] = {"w": "guidance_scale", "start": "start", "stop": "stop"}
+    uses_negative: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        w = _finite("CFG", "guidance_scale", self.guidance_scale)
+        if w < 1.0:
             raise InputError(
-                f"{self.knob}={value:g} is below {self.floor:g}: the stock pipeline turns {self.name} off there "
-                f"and would sample something else. Use {self.knob} >= {self.floor:g}."
+                f"CFG: guidance_scale={w:g} is below 1: the stock pipeline turns CFG off there and would "
+                "sample something else. Use guidance_scale >= 1."
             )
+        _check_interval("CFG", self.start, self.stop)
 
-    def setting(self, **values: Any) -> dict[str, Any]:
-        """``{knob: value}`` picked from the values of every knob (empty for a method without one)."""
-        return {self.knob: values[self.knob]} if self.knob else {}
+    @property
+    def interval(self) -> bool:
+        return (self.start, self.stop) != (0.0, 1.0)
+
+    def guided(self, steps: int) -> range:
+        return guided_steps(self.start, self.stop, steps) if self.guidance_scale > 1 else range(0)
+
+    def is_guided(self, step: Step) -> bool:
+        return step.index in self.guided(step.count)
+
+    def nfe(self, steps: int) -> int:
+        return steps + len(self.guided(steps))
+
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+        kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
+        if not self.interval:
+            return Plan(kwargs)
+        return Plan(kwargs, lambda step, call: (call.run(), None) if self.is_guided(step) else cond_only(call))
+
+    @property
+    def setting(self) -> str:
+        return f"w={self.guidance_scale:g}{_interval_text(self.start, self.stop)}"
+
+    @property
+    def tag(self) -> str:
+        return f"cfg-w{self.guidance_scale:g}{_interval_tag(self.start, self.stop)}"
 
 
-TABLE: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("unguided", _unguided),
-        Method(
-            "cfg",
-            _cfg,
-            passes=2,
-            knob="guidance_scale",
-            short="w",
-            tag="w",
-            floor=1.0,
-            uses=("negative_prompt",),
-        ),
-        Method("scaling", _scaling, knob="scale", short="s", tag="s"),
-        Method("dice", _dice, knob="alpha", short="alpha", tag="a", uses=("sharpener", "negative_prompt")),
-    )
-}
-METHODS = tuple(TABLE)
+@dataclass(frozen=True)
+class Scaling(Method):
+    """The paper's training-free baseline: the prompt's embedding scaled, c' = s * c, no guidance."""
+
+    scale: float = 1.2
+    name: ClassVar[str] = "scaling"
+    keys: ClassVar[dict[str, str]] = {"s": "scale"}
+
+    def __post_init__(self) -> None:
+        _finite("Scaling", "scale", self.scale)
+
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+        scaled = scale_cond(cond, self.scale, fam.copy_first_token)
+        return Plan({**fam.pipeline_kwargs(pipe, scaled), "guidance_scale": 1.0})
+
+    @property
+    def setting(self) -> str:
+        return f"s={self.scale:g}"
+
+    @property
+    def tag(self) -> str:
+        return f"scaling-s{self.scale:g}"
 
 
-def lookup(name: str) -> Method:
-    """The method called ``name``; a clear error for any other name."""
-    if name not in TABLE:
-        raise InputError(f"Unknown method '{name}'. Choose one of: {', '.join(METHODS)}.")
-    return TABLE[name]
+@dataclass(frozen=True)
+class Dice(Method):
+    """DICE: the sharpened prompt c' = c + alpha * r(c, c_neg) on the steps of [start, stop), the plain prompt
+    elsewhere; one pass per step.
+
+    Settings left as None come from the sampling settings the sharpener records (``config["sampling"]``,
+    written by `dice tune`), else alpha=1 on every step (the paper's use). A sharpener whose edit depends on
+    the timestep (``time_edges``) gets one edit per block of steps, all computed once per image."""
+
+    sharpener: Sharpener | None = field(default=None, compare=False)
+    alpha: float | None = None
+    start: float | None = None
+    stop: float | None = None
+    name: ClassVar[str] = "dice"
+    keys: ClassVar[dict[str, str]] = {"alpha": "alpha", "start": "start", "stop": "stop"}
+    uses_negative: ClassVar[bool] = True
+    DEFAULTS: ClassVar[dict[str, float]] = {"alpha": 1.0, "start": 0.0, "stop": 1.0}
+
+    def __post_init__(self) -> None:
+        if self.sharpener is None:
+            raise InputError("method 'dice' needs a sharpener (Sharpener.from_pretrained(...)).")
+        if not isinstance(self.sharpener, Sharpener):
+            raise InputError(
+                f"Dice: sharpener must be a Sharpener (Sharpener.from_pretrained(...)), not "
+                f"{type(self.sharpener).__name__}."
+            )
+        recorded = recorded_settings(self.sharpener)
+        for k, default in self.DEFAULTS.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, float(recorded.get(k, default)))
+        from .checks import check_alpha
+
+        check_alpha(_finite("Dice", "alpha", self.alpha))
+        _check_interval("Dice", self.start, self.stop)
+
+    @property
+    def interval(self) -> bool:
+        return (self.start, self.stop) != (0.0, 1.0)
+
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+        edges = self.sharpener.config.get("time_edges") or []
+        if not edges:
+            sharp = sharpen_cond(fam, self.sharpener, cond, neg, self.alpha)
+            kwargs = {**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0}
+            if not self.interval:
+                return Plan(kwargs)
+            return Plan(kwargs, swap_cond(fam, lambda step: None if self.is_guided(step) else cond))
+        # one edit per block of timesteps, computed at once (one sharpener call for the whole batch x blocks)
+        blocks = len(edges) + 1
+        reps = cond.index(torch.arange(len(cond), device=cond.tokens.device).repeat(blocks))
+        t_rep = block_timesteps(edges, cond.tokens.device).repeat_interleave(len(cond))
+        negs = neg.expand(len(cond)).index(torch.arange(len(cond), device=cond.tokens.device).repeat(blocks))
+        sharp_all = sharpen_cond(fam, self.sharpener, reps, negs, self.alpha, t=t_rep)
+        per_block = [sharp_all.index(slice(b * len(cond), (b + 1) * len(cond))) for b in range(blocks)]
+
+        def pick(step: Step) -> Cond:
+            return per_block[block_of(edges, step.t)] if self.is_guided(step) else cond
+
+        return Plan({**fam.pipeline_kwargs(pipe, per_block[0]), "guidance_scale": 1.0}, swap_cond(fam, pick))
+
+    def guided(self, steps: int) -> range:
+        return guided_steps(self.start, self.stop, steps)
+
+    def is_guided(self, step: Step) -> bool:
+        return step.index in self.guided(step.count)
+
+    @property
+    def setting(self) -> str:
+        return f"alpha={self.alpha:g}{_interval_text(self.start, self.stop)}"
+
+    @property
+    def tag(self) -> str:
+        return f"dice-a{self.alpha:g}{_interval_tag(self.start, self.stop)}"
+
+    @property
+    def spec(self) -> str:  # every setting spelled: recorded ones differ from sharpener to sharpener
+        return f"dice:alpha={self.alpha:g},start={self.start:g},stop={self.stop:g}"
+
+
+@dataclass(frozen=True)
+class AdaptiveGuidance(Method):
+    """Adaptive Guidance (Castillo et al., arXiv 2312.12487): CFG at scale w until, for an image, the
+    conditional and unconditional predictions agree (cosine similarity above ``threshold``), then the prompt
+    alone for the rest of its steps. Its NFE differs per image; ``Sample.nfe`` is what each image took.
+
+    The similarity is taken between the x_0 predictions the two outputs imply (our choice: at high noise the
+    two noise predictions are nearly parallel for any prompt, so their own cosine would stop guidance at the
+    first step)."""
+
+    guidance_scale: float = 5.0
+    threshold: float = DEFAULT_THRESHOLD
+    name: ClassVar[str] = "ag"
+    keys: ClassVar[dict[str, str]] = {"w": "guidance_scale", "threshold": "threshold"}
+    uses_negative: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        w = _finite("AdaptiveGuidance", "guidance_scale", self.guidance_scale)
+        if w <= 1.0:
+            raise InputError(f"AdaptiveGuidance: guidance_scale must be above 1 (got {w:g}).")
+        th = _finite("AdaptiveGuidance", "threshold", self.threshold)
+        if not 0.0 < th <= 1.0:
+            raise InputError(f"AdaptiveGuidance: threshold is a cosine similarity in (0, 1] (got {th:g}).")
+
+    def nfe(self, steps: int) -> int:
+        return 2 * steps
+
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+        kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
+        return Plan(kwargs, adaptive_route(pipe, len(cond), self.threshold))
+
+    @property
+    def setting(self) -> str:
+        return f"w={self.guidance_scale:g}, cos>{self.threshold:g}"
+
+    @property
+    def tag(self) -> str:
+        return f"ag-w{self.guidance_scale:g}-c{self.threshold:g}"
+
+
+CLASSES: dict[str, type[Method]] = {c.name: c for c in (Unguided, CFG, Scaling, Dice, AdaptiveGuidance)}
+METHODS = tuple(CLASSES)  # the shortcut names
+SPELLING_HELP = (
+    "a method, optionally with settings: unguided | cfg[:w=5,start=0,stop=0.1] | scaling[:s=1.2] | "
+    "dice[:alpha=1,start=0,stop=0.1] | ag[:w=5,threshold=0.99]"
+)
+
+
+def recorded_settings(sharpener: Sharpener) -> dict[str, float]:
+    """The sampling settings a sharpener records (``config["sampling"]``: alpha, start, stop); {} for none."""
+    rec = sharpener.config.get("sampling") or {}
+    return {k: float(v) for k, v in rec.items() if k in Dice.DEFAULTS}
+
+
+def block_timesteps(edges: list[float], device: Any) -> torch.Tensor:
+    """A representative timestep inside each block that ``edges`` (descending) cut [0, 1000) into."""
+    bounds = [1000.0, *edges, 0.0]
+    return torch.tensor([(hi + lo) / 2 for hi, lo in zip(bounds, bounds[1:], strict=False)], device=device)
+
+
+def block_of(edges: list[float], t: float) -> int:
+    """The block of timestep ``t``: 0 at t >= edges[0] (the noisiest), len(edges) below the last edge."""
+    return sum(t < e for e in edges)
+
+
+def parse_method(text: str) -> tuple[type[Method], dict[str, float]]:
+    """``"cfg:w=5,stop=0.1"`` -> (CFG, {"guidance_scale": 5.0, "stop": 0.1}); a one-line error naming the
+    allowed names and keys for anything else."""
+    name, _, rest = str(text).strip().partition(":")
+    cls = CLASSES.get(name.strip().lower())
+    if cls is None:
+        raise InputError(f"Unknown method {text!r}: use {SPELLING_HELP}.")
+    settings: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in cls.keys:
+            allowed = ", ".join(cls.keys) or "none"
+            raise InputError(f"Method {text!r}: {part!r} is not a setting of {cls.name} (its keys: {allowed}).")
+        try:
+            settings[cls.keys[key]] = float(value)
+        except ValueError:
+            raise InputError(f"Method {text!r}: {key} must be a number (got {value.strip()!r}).") from None
+    return cls, settings
+
+
+def make_method(cls: type[Method], settings: dict[str, Any], sharpener: Sharpener | None = None) -> Method:
+    """An object of ``cls`` with ``settings`` (fields), given the sharpener when it is DICE."""
+    return cls(sharpener=sharpener, **settings) if cls is Dice else cls(**settings)
+
+
+def as_method(
+    method: Method | str,
+    *,
+    sharpener: Sharpener | None = None,
+    guidance_scale: float | None = None,
+    scale: float | None = None,
+    alpha: float | None = None,
+) -> Method:
+    """A method object from an object or a spelling (``"cfg"``, ``"dice:stop=0.1"``). With a spelling, the
+    flat keywords of earlier versions set what the spelling leaves open: guidance_scale for cfg and ag, scale
+    for scaling, alpha and the sharpener for dice; other methods ignore them. An object comes with its own
+    settings, so flat keywords next to it are refused."""
+    if isinstance(method, Method):
+        given = [k for k, v in (("guidance_scale", guidance_scale), ("scale", scale), ("alpha", alpha)) if v is not None]
+        if given:
+            raise InputError(
+                f"{', '.join(given)} cannot be given next to a method object ({method.label}): set it in the "
+                f"object, e.g. {type(method).__name__}(...)."
+            )
+        if isinstance(method, Dice) and sharpener is not None and sharpener is not method.sharpener:
+            raise InputError("sharpener= is given twice: once in Dice(...) and once to generate(); give one.")
+        return method
+    if not isinstance(method, str):
+        raise InputError(f"method must be a method object or a name ({SPELLING_HELP}); got {type(method).__name__}.")
+    cls, settings = parse_method(method)
+    flat = {"guidance_scale": guidance_scale, "scale": scale, "alpha": alpha}
+    for f in cls.keys.values():
+        if f not in settings and flat.get(f) is not None:
+            settings[f] = flat[f]
+    return make_method(cls, settings, sharpener)
+
+
+def with_settings(method: Method, **settings: Any) -> Method:
+    """A copy of ``method`` with some settings changed (checked again)."""
+    return replace(method, **settings)

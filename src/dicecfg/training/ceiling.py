@@ -47,7 +47,7 @@ from ..pipeline import (
 )
 from ..runs.io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 from ..sampling.generate import generators, sample_batch
-from ..sampling.methods import sharpen_cond
+from ..sampling.methods import CFG, Unguided, sharpen_cond
 from ..sharpener import Sharpener
 from .objective import autocast_for, cfg_target, sample_loss
 from .sources import add_noise, train_alphas
@@ -143,7 +143,7 @@ class _Batch:
             rep = self.cond.index(torch.arange(p, device=self.device).repeat_interleave(n))
             gens = generators(self.device, [cfg.seed * 7919 + salt + i for i in range(p * n)])
             lat, _ = sample_batch(
-                pipe, fam, "cfg", rep, neg.expand(p * n), gens, guidance_scale=cfg.guidance_scale,
+                pipe, fam, CFG(cfg.guidance_scale), rep, neg.expand(p * n), gens,
                 num_inference_steps=cfg.teacher_steps, height=size, width=size, output_type="latent",
             )  # fmt: skip
             return lat.float().view(p, n, *lat.shape[1:])
@@ -262,19 +262,19 @@ def ceiling(
         conds["sharpener"] = sharpen_cond(fam, sharpener, cond_all, neg.expand(len(prompts)))
     rows, images = [], {}
     for row in [r for r in ROWS if r in conds]:
-        method = "cfg" if row == "cfg" else "unguided"  # the edits are already in the conditioning
+        method = CFG(cfg.guidance_scale) if row == "cfg" else Unguided()  # edits are in the conditioning
         out_images = []
         for b in tqdm(range(0, len(prompts), 64), desc=f"sampling {row}", disable=not cfg.progress):
             sl = slice(b, b + 64)
             gens = generators(device, seeds[sl])
-            imgs, passes = sample_batch(
+            imgs, nfe = sample_batch(
                 pipe, fam, method, conds[row].index(sl), neg.expand(len(gens)), gens,
-                guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
+                num_inference_steps=cfg.num_inference_steps,
             )  # fmt: skip
             out_images.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
         images[row] = np.concatenate(out_images)
         loss = torch.cat(losses[row]).mean().item() if losses.get(row) else (0.0 if row == "cfg" else None)
-        r = {"row": row, "nfe": cfg.num_inference_steps * passes, "eval_loss": loss}
+        r = {"row": row, "nfe": int(nfe.max()), "eval_loss": loss}
         if specs is not None:
             r |= {k: float(v.mean()) for k, v in alignment(images[row], specs).items()}
         rows.append(r)

@@ -14,7 +14,8 @@ from .objective import LOSS_WEIGHTINGS
 
 # Options added after runs existed: left out of a run's identity at their defaults, so old runs resume.
 LATER_OPTIONS = (
-    "mask_mode", "grad_accum", "loss_weighting", "lr_schedule", "warmup", "grad_clip", "arch", "init_from"
+    "mask_mode", "grad_accum", "loss_weighting", "lr_schedule", "warmup", "grad_clip", "arch", "init_from",
+    "t_range", "time_edges",
 )  # fmt: skip
 
 
@@ -44,6 +45,19 @@ class DistillConfig:
     teacher_steps: int = opt(20, "teacher mode: sampling steps of those CFG samples", min=1)
     shared_timestep: bool = opt(
         True, "one t for the whole batch (paper); --no-shared-timestep: one per sample"
+    )
+    t_range: tuple[float, ...] = opt(
+        (0.0, 1.0),
+        "train on the timesteps of this fraction of the noise schedule, LO HI (0 1: all, the paper); 0.85 1: "
+        "the noisiest 15%, where guidance acts (docs/recipes.md); the run records the DICE interval of the "
+        "steps it covers",
+        metavar="F",
+    )
+    time_edges: tuple[float, ...] = opt(
+        (),
+        "timesteps (descending) that cut the schedule into blocks, one edit per block (ours; default: one "
+        "edit for all timesteps, the paper's)",
+        metavar="T",
     )
     loss_weighting: str = opt(
         "none",
@@ -122,6 +136,15 @@ class DistillConfig:
             ),
             (0.0 <= self.negative_prob <= 1.0, "negative_prob must be in [0, 1]"),
             (isinstance(self.negative_prompts, tuple), "negative_prompts must be a tuple of strings"),
+            (
+                len(self.t_range) == 2 and 0.0 <= self.t_range[0] < self.t_range[1] <= 1.0,
+                f"t_range must be two fractions LO < HI in [0, 1] (got {list(self.t_range)})",
+            ),
+            (
+                all(0 < e < 1000 for e in self.time_edges)
+                and list(self.time_edges) == sorted(set(self.time_edges), reverse=True),
+                f"time_edges must be distinct timesteps in (0, 1000), descending (got {list(self.time_edges)})",
+            ),
         ]
         for ok, msg in checks:
             if not ok:

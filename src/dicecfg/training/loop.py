@@ -140,6 +140,8 @@ def _distill(
             copy_first_token=fam.copy_first_token,
             mask_mode=cfg.mask_mode,
             arch=cfg.arch,
+            time_edges=list(cfg.time_edges),
+            sampling=interval_of(pipe, cfg),
             base_model=model_id(pipe),
             base_revision=model_revision(pipe),
             guidance_scale=cfg.guidance_scale,
@@ -271,15 +273,37 @@ def start_from(sharpener: Sharpener, name: str) -> None:
         for k in keys
         if src.config.get(k) != sharpener.config.get(k)
     ]
+    if src.config.get("time_edges") and src.config.get("time_edges") != sharpener.config.get("time_edges"):
+        diff.append(f"time_edges: {src.config['time_edges']} there, {sharpener.config.get('time_edges')} here")
     if diff:
         raise InputError(
             f"init_from={name}: that sharpener's network differs from this run's ({'; '.join(diff)}). "
-            "Give the options it was trained with (--arch, --inner-dim, --heads, --mask-mode)."
+            "Give the options it was trained with (--arch, --inner-dim, --heads, --mask-mode, --time-edges)."
         )
-    with torch.no_grad():
-        for p, q in zip(sharpener.parameters(), src.parameters(), strict=True):
-            p.copy_(q.to(p.dtype))
+    own = dict(sharpener.named_parameters())
+    with torch.no_grad():  # a static sharpener may start a time-block one: each block starts from its edit
+        for k, q in src.named_parameters():
+            own[k].copy_(q.to(own[k].dtype))
     log.info("starting from the weights of %s (%s steps)", name, src.config.get("train_steps", "?"))
+
+
+def interval_of(pipe: Any, cfg: DistillConfig, steps: int = 20) -> dict[str, float] | None:
+    """The DICE interval a run trained on part of the schedule (``t_range``) records as its sampling settings:
+    the steps of ``steps`` default-scheduler steps whose timesteps lie in the trained window (None for the whole
+    schedule: sample as the paper does). `dice tune` measures better settings on the model itself."""
+    if tuple(cfg.t_range) == (0.0, 1.0):
+        return None
+    import copy
+
+    from .sources import timestep_window
+
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    lo, hi = timestep_window(cfg, int(sched.config.num_train_timesteps))
+    inside = [i for i, t in enumerate(float(t) for t in sched.timesteps) if lo <= t < hi]
+    if not inside:
+        return None
+    return {"alpha": 1.0, "start": inside[0] / steps, "stop": (inside[-1] + 1) / steps}
 
 
 def _with_recipe_hint(e: InputError, run_dir: Path, identity: dict[str, Any]) -> InputError:

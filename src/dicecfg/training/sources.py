@@ -20,6 +20,7 @@ import torch
 
 from ..errors import InputError
 from ..families import Cond, Family
+from ..runs.folder import POOL_FILE
 from ..runs.io import atomic_save_tensors, load_tensors
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ def train_alphas(pipe: Any, device: torch.device) -> torch.Tensor:
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(device, torch.float32)
+
+
+def timestep_window(cfg: Any, num_timesteps: int) -> tuple[int, int]:
+    """The training timesteps [lo, hi) of ``cfg.t_range`` (fractions of the schedule; at least one step)."""
+    lo_f, hi_f = getattr(cfg, "t_range", (0.0, 1.0))
+    lo = min(int(round(lo_f * num_timesteps)), num_timesteps - 1)
+    return lo, max(lo + 1, int(round(hi_f * num_timesteps)))
 
 
 class TextCache:
@@ -81,6 +89,7 @@ class XtSource:
         self.device = pipe._execution_device
         self.alphas_cumprod = train_alphas(pipe, self.device)
         self.num_timesteps = len(self.alphas_cumprod)
+        self.t_lo, self.t_hi = timestep_window(cfg, self.num_timesteps)
         self.text = TextCache(pipe, fam)
 
     def generator(self, step: int, salt: int = 0) -> torch.Generator:
@@ -97,7 +106,7 @@ class XtSource:
         """Noise and timesteps for n samples, on the CPU (one t shared by all n when cfg.shared_timestep)."""
         noise = torch.randn((n, *self.shape), generator=g)
         k = 1 if self.cfg.shared_timestep else n
-        t = torch.randint(0, self.num_timesteps, (k,), generator=g).expand(n)
+        t = torch.randint(self.t_lo, self.t_hi, (k,), generator=g).expand(n)
         return noise, t
 
     def split(self, n: int) -> tuple[list[int], list[int]]:
@@ -109,10 +118,10 @@ class XtSource:
         return list(range(n)), [i % n for i in range(e)]
 
     def fixed_eval(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Held-out noise and timesteps spread evenly over the schedule."""
+        """Held-out noise and timesteps spread evenly over the trained part of the schedule."""
         g = self.generator(-1, salt=1)
         noise = torch.randn((n, *self.shape), generator=g).to(self.device)
-        t = torch.linspace(0, self.num_timesteps - 1, n).round().long().to(self.device)
+        t = torch.linspace(self.t_lo, self.t_hi - 1, n).round().long().to(self.device)
         return noise, t
 
     def negatives(self, step: int) -> list[str] | None:
@@ -175,7 +184,7 @@ class TeacherSource(XtSource):
         order = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=g)]
         self.pool_prompts = [prompts[int(order[i % len(order)])] for i in range(cfg.teacher_pool)]
         self.eval_prompts = [prompts[i] for i in eval_idx]
-        path = run_dir / "teacher_pool.safetensors"
+        path = run_dir / POOL_FILE
         if path.is_file():
             self.pool, self.eval_x0 = self._load_pool(path)
         else:
@@ -210,6 +219,7 @@ class TeacherSource(XtSource):
         from tqdm.auto import tqdm
 
         from ..sampling.generate import generators, sample_batch
+        from ..sampling.methods import CFG
 
         out, bs = [], self.infer_batch
         for s in tqdm(
@@ -220,11 +230,10 @@ class TeacherSource(XtSource):
             lat, _ = sample_batch(
                 self.pipe,
                 self.fam,
-                "cfg",
+                CFG(self.cfg.guidance_scale),
                 self.text(batch),
                 neg.expand(len(batch)),
                 gens,
-                guidance_scale=self.cfg.guidance_scale,
                 num_inference_steps=self.cfg.teacher_steps,
                 height=resolution,
                 width=resolution,
