@@ -17,7 +17,8 @@ import pytest
 from conftest import random_sharpener
 
 from dicecfg import Sharpener, generate, load_pipeline
-from dicecfg.app.compare import SHOWN, Request, Shot, compare, judge, reads_shapes_world
+from dicecfg.app.compare import SHOWN, Request, Shot, compare, judge, panels, reads_shapes_world
+from dicecfg.sampling.methods import Unguided
 from dicecfg.cli import main
 from dicecfg.errors import InputError
 
@@ -103,10 +104,11 @@ def test_oracle_verdicts_name_what_is_wrong(tiny_sd):
     sample = next(
         generate(tiny_sd, ["a red circle"], method="unguided", num_inference_steps=1, progress=False)
     )
-    said = [Shot(sample, s).verdict for s in scores]
+    said = [Shot("unguided", Unguided(), sample, s).verdict for s in scores]
     assert said == ["correct", "wrong count", "wrong relation"]  # no objects: the rest says nothing
     assert judge([clean], "a corgi on the beach", Oracle()) == [None]  # outside the world's grammar
-    assert Shot(sample, None).verdict is None and "oracle" not in Shot(sample, None).caption
+    none = Shot("unguided", Unguided(), sample, None)
+    assert none.verdict is None and "oracle" not in none.caption
 
 
 def test_a_sharpener_for_another_model_stops_serve_before_it_starts(tiny_sd_dir, capsys):
@@ -217,9 +219,8 @@ def test_compare_endpoint_through_gradio_client(server, mini, tmp_path):
         expected = generate(
             pipe,
             [PROMPT],
-            method=d["method"],
+            method=panels(sharp, Request(PROMPT, seed=7, steps=STEPS))[d["method"]],
             seeds=[7],
-            sharpener=sharp,
             num_inference_steps=STEPS,
             progress=False,
         )
@@ -230,7 +231,7 @@ def test_compare_endpoint_through_gradio_client(server, mini, tmp_path):
     with pytest.raises(AppError, match="steps must be between 1 and 100|greater than maximum value 100"):
         client.predict(PROMPT, "", 7, 1000, 5.0, 1.0, api_name="/compare")
     again, _ = client.predict(PROMPT, "", 7, 2, 5.0, 1.0, api_name="/compare")  # the server is still up
-    assert len(again) == 3
+    assert len(again) == len(SHOWN)
 
 
 # ---- the page in a browser ------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def test_methods_are_warmed_up_then_take_turns(monkeypatch):
     monkeypatch.setattr(demo, "generate", fake_generate)
     prompts = [f"p{i}" for i in range(7)]
     out = sample_in_turns(
-        None, prompts, range(7), ("a", "b", "c"), batch_size=3, progress=False, num_inference_steps=20
+        None, prompts, range(7), {m: m for m in "abc"}, batch_size=3, progress=False, num_inference_steps=20
     )
     warm, timed = calls[:3], calls[3:]
     assert [(c[0], c[1], c[2]) for c in warm] == [(m, ["p0", "p1", "p2"], 1) for m in "abc"]
@@ -58,19 +58,26 @@ def test_methods_are_warmed_up_then_take_turns(monkeypatch):
 
 def _summary(n=6, shown=(0, 1, 2)):
     rng = np.random.default_rng(0)
-    correct = {"unguided": [1, 0, 1, 1, 0, 1][:n], "cfg": [1] * n, "dice": [1, 1, 1, 1, 0, 1][:n]}
+    correct = {
+        "unguided": [1, 0, 1, 1, 0, 1][:n],
+        "cfg": [1] * n,
+        "peer": [1, 1, 1, 1, 0, 1][:n],
+        "dice": [1, 1, 1, 1, 0, 1][:n],
+    }
     base = np.array(correct["unguided"], float)
     methods = []
-    for m, params, nfe, sec in (
-        ("unguided", {}, 20, 0.25),
-        ("cfg", {"guidance_scale": 5.0}, 40, 0.40),
-        ("dice", {"alpha": 1.0}, 20, 0.24),
+    for m, setting, nfe, sec in (
+        ("unguided", "-", 20, 0.25),
+        ("cfg", "w=5", 40, 0.40),
+        ("peer", "w=5 on [0,0.1)", 22, 0.27),
+        ("dice", "alpha=1", 20, 0.24),
     ):
         c = np.array(correct[m], float)
         methods.append(
             {
                 "method": m,
-                "params": params,
+                "params": {},
+                "setting": setting,
                 "nfe": nfe,
                 "seconds_per_image": sec,
                 "align_all": c.mean(),
@@ -143,9 +150,9 @@ def test_demo_grid_marks_each_tile_with_the_verdict():
     img = np.asarray(demo_grid(summary, images))
     n_green = (img == GREEN).all(-1).sum()
     n_red = (img == RED).all(-1).sum()
-    # 9 tiles shown, one (unguided, prompt 1) wrong; a frame is 4 px around a 128 px tile
+    # 12 tiles shown, one (unguided, prompt 1) wrong; a frame is 4 px around a 128 px tile
     frame_px = (128 + 8) ** 2 - 128**2
-    assert n_red >= frame_px and n_green >= 8 * frame_px
+    assert n_red >= frame_px and n_green >= 11 * frame_px
     assert n_red < 2 * frame_px  # one red frame (and its note), not more
 
 
@@ -158,6 +165,7 @@ def test_demo_text_says_what_the_numbers_are():
     assert "CFG w=5: 6 of 6 images right" in text and "it fixed 2 and broke 0" in text
     assert "DICE alpha=1: 5 of 6" in text and "+0.167 ± 0.167 against unguided, within noise" in text
     assert "CFG takes 1.67x DICE's wall time" in text and "dice eval --limit 6" in text
+    assert "The training-free peer (CFG w=5 on [0,0.1), 22 NFE) against DICE (20 NFE): +0.000 all-correct" in text
     assert NEXT_STEPS["eval"] in text and NEXT_STEPS["train"] in text and NEXT_STEPS["serve"] not in text
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dicecfg.cli import main
+from dicecfg.errors import InputError
 from dicecfg.evaluation.evaluate import EvalConfig, run_eval
 from dicecfg.metrics import PSNR_CAP, psnr, ssim
 from dicecfg.metrics.real import MissingWeightsError, RealMetrics, feature_stats, fid, frechet_from_stats
@@ -31,6 +32,7 @@ def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, ca
         model=str(tiny_sd_dir),
         sharpeners=(str(sharp_dir),),
         prompts=FREE_PROMPTS,
+        methods=("unguided", "cfg", "scaling", "dice"),
         steps=(2,),
         cfg_scales=(5.0,),
         alphas=(1.0,),
@@ -338,3 +340,30 @@ def test_plots_need_no_extra_install():
     reqs = requires("dicecfg") or []
     assert any(r.startswith("matplotlib") and "extra ==" not in r for r in reqs), reqs
     assert pyplot().get_backend().lower() == "agg"
+
+
+def test_rows_from_spellings_expand_open_settings_and_keep_old_folder_names(sharp_dir):
+    from dicecfg import Sharpener
+    from dicecfg.evaluation.evaluate import make_rows
+
+    sharp = Sharpener.from_pretrained(sharp_dir)
+    cfg = EvalConfig(
+        methods=("unguided", "cfg", "cfg:stop=0.1", "ag:threshold=0.995", "dice", "dice:alpha=2,stop=0.25"),
+        cfg_scales=(5.0, 7.0, 5),
+        steps=(20,),
+        negative_prompt="blurry",
+    )
+    rows = make_rows(cfg, {"s-1234": sharp})
+    keys = [r.key for r in rows]
+    assert len(keys) == len(set(keys))  # --cfg-scales 5 and 5.0 are one row
+    assert keys[:6] == [
+        "unguided_steps20", "cfg-w5_steps20", "cfg-w7_steps20", "cfg-w5-i0-0.1_steps20", "cfg-w7-i0-0.1_steps20",
+        "ag-w5-c0.995_steps20",
+    ]  # fmt: skip
+    assert "dice-a1_steps20_s-1234" in keys and "dice-a2-i0-0.25_steps20_s-1234" in keys
+    assert [r.nfe for r in rows[:5]] == [20, 40, 40, 22, 22]
+    negs = [r for r in rows if r.negative_prompt]
+    assert {r.method.name for r in negs} == {"cfg", "ag", "dice"}  # methods that take one, at the first w
+    assert all(getattr(r.method, "guidance_scale", 5.0) == 5.0 for r in negs)
+    with pytest.raises(InputError, match="not a setting of cfg"):
+        make_rows(EvalConfig(methods=("cfg:alpha=2",)), {})

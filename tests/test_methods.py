@@ -314,3 +314,22 @@ def test_dice_tune_on_the_mini_model_scores_with_the_oracle(tmp_path):
     assert {r["row"] for r in result["rows"]} >= {"cfg", "cfg-first"}
     assert all(0.0 <= r["score"] <= 1.0 and "fd" in r for r in result["rows"])
     assert result["best"]["stop"] in (0.25, 1.0)
+
+
+def test_negative_prompts_have_settings_of_their_own(tiny_sd):
+    """Images with a negative prompt follow neg_* (here: the edit on every step), the others the interval; in
+    one batch each row follows its own."""
+    sharp = random_sharpener(tiny_sd)
+    d = Dice(sharp, alpha=1.0, stop=0.3, neg_alpha=1.0, neg_stop=1.0)
+    mixed, _ = images(tiny_sd, d, negative_prompt=["", "a green square"])
+    plain, _ = images(tiny_sd, Dice(sharp, 1.0, 0.0, 0.3), prompts=P[:1], seeds=[3])
+    full_neg, _ = images(tiny_sd, Dice(sharp, 1.0, 0.0, 1.0), prompts=P[1:], seeds=[4], negative_prompt="a green square")
+    short_neg, _ = images(tiny_sd, Dice(sharp, 1.0, 0.0, 0.3), prompts=P[1:], seeds=[4], negative_prompt="a green square")
+    assert np.abs(mixed[0].astype(int) - plain[0]).max() <= 1
+    assert np.abs(mixed[1].astype(int) - full_neg[0]).max() <= 1
+    assert np.abs(mixed[1].astype(int) - short_neg[0]).mean() > 4 * np.abs(mixed[1].astype(int) - full_neg[0]).mean()
+    sharp.config["sampling"] = {"alpha": 1.5, "start": 0.0, "stop": 0.3, "negative": {"alpha": 1.0, "start": 0.0, "stop": 1.0}}
+    rec = Dice(sharp)
+    assert rec.settings == (1.5, 0.0, 0.3) and rec.neg_settings == (1.0, 0.0, 1.0)
+    assert "negative prompts: alpha=1" in rec.setting and rec.spec.endswith("neg_stop=1")
+    assert parse_method(rec.spec)[1]["neg_stop"] == 1.0

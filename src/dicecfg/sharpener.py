@@ -118,8 +118,8 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         )
         if edges:  # written only when set: files of sharpeners without them stay as they were
             self.config["time_edges"] = edges
-        if sampling:
-            self.config["sampling"] = {k: float(v) for k, v in sampling.items()}
+        if sampling:  # the sampling settings it was tuned for (sampling/methods.py, Dice)
+            self.config["sampling"] = json.loads(json.dumps(sampling))
         self.heads = heads
         self.proj_in = nn.Linear(dim, inner_dim)  # shared by c and c_neg
         self.to_q = nn.Linear(inner_dim, inner_dim, bias=False)

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..families import family_of
-from ..metrics.world import RENDER_SIZE, alignment, world_specs
+from ..metrics.world import alignment, reads_shapes_world, world_specs
 from ..sampling.generate import Sample, generate
 from ..sampling.methods import CFG, Dice, Method, Unguided
 from ..sharpener import Sharpener
@@ -127,12 +126,6 @@ class Shot:
             "oracle_scores": self.scores,
             **s.params,
         }
-
-
-def reads_shapes_world(pipe: Any) -> bool:
-    """Whether the oracle can judge this model's images: a shapes-world model (the shipped mini model, or one
-    trained by its recipe) samples at the world's 64 x 64 pixels."""
-    return family_of(pipe).default_size(pipe) == RENDER_SIZE
 
 
 def judge(images: list, prompt: str, oracle: Any) -> list[dict[str, float] | None]:

@@ -19,6 +19,7 @@ so the table shows what the settings have to beat.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..flags import opt
+from ..metrics.world import reads_shapes_world
 from ..pipeline import device_option, dtype_option, model_option, sharpener_option
 from ..runs.io import atomic_write_json, atomic_write_text
 from ..sampling.generate import generate
@@ -63,6 +65,13 @@ class TuneJob:
     steps: int = opt(20, "sampling steps", min=1, max=1000)
     guidance_scale: float | None = opt(
         None, "w of the CFG rows (default: the sharpener's teacher w)", min=1.0
+    )
+    negative_stop: float = opt(
+        1.0,
+        "interval end recorded for images with a negative prompt (not measured: a negative prompt acts only "
+        "through the edit; 1: every step, as the sharpener was trained with negatives)",
+        min=0.01,
+        max=1.0,
     )
     batch_size: int = opt(64, "images per pipeline call (results do not depend on it)", min=1)
     write: bool = opt(True, "record the best settings in the sharpener folder (--no-write: measure only)")
@@ -176,11 +185,12 @@ def tune(
     seed_sets: int = 2,
     steps: int = 20,
     guidance_scale: float | None = None,
+    negative_stop: float = 1.0,
     batch_size: int = 64,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure every candidate setting of ``sharpener`` and CFG beside them; returns the rows and the best
-    settings (``{"alpha", "start", "stop"}``)."""
+    settings (``{"alpha", "start", "stop", "negative": {...}}``, the form ``config["sampling"]`` takes)."""
     w = guidance_scale or sharpener.config.get("guidance_scale") or 5.0
     methods: dict[str, Method] = {"cfg": CFG(w), "cfg-first": CFG(w, stop=0.1)}
     methods |= {c.spec: c for c in candidates(sharpener, alphas, stops)}
@@ -192,7 +202,12 @@ def tune(
     chosen = methods[best["row"]]
     return {
         "rows": rows,
-        "best": {"alpha": chosen.alpha, "start": chosen.start, "stop": chosen.stop},
+        "best": {
+            "alpha": chosen.alpha,
+            "start": chosen.start,
+            "stop": chosen.stop,
+            "negative": {"alpha": 1.0, "start": 0.0, "stop": float(negative_stop)},
+        },
         "best_row": best["row"],
         "score": "oracle all-correct" if ps.specs is not None else "PSNR vs CFG (dB)",
         "n_prompts": len(ps.prompts),
@@ -201,10 +216,12 @@ def tune(
     }
 
 
-def record_settings(folder: str | Path, sharpener: Sharpener, settings: dict[str, float]) -> None:
-    """Write ``settings`` into the sharpener folder as its sampling settings (weights unchanged, files replaced
-    atomically)."""
-    sharpener.config["sampling"] = {k: float(v) for k, v in settings.items()}
+def record_settings(folder: str | Path, sharpener: Sharpener, settings: dict[str, Any]) -> None:
+    """Write ``settings`` into the sharpener folder as its sampling settings (checked by making a ``Dice`` of
+    them first; weights unchanged, files replaced atomically)."""
+    settings = json.loads(json.dumps(settings))
+    sharpener.config["sampling"] = settings
+    Dice(sharpener)  # settings it cannot sample with are refused before anything is written
     sharpener.save_pretrained(Path(folder))
 
 
@@ -237,13 +254,14 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
         raise InputError(f"{name} is not a local sharpener folder: tune it with --no-write, or download it first.")
     candidates(sharp, job.alphas, job.stops)  # bad settings fail before the model loads
     ps = validation_prompts(job)
-    if ps.specs is None and not job.prompts_file:
-        raise InputError("dice tune on a model of your own needs --prompts FILE (validation prompts of it).")
     device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     check_compatible(pipe, sharp)
+    if not job.prompts_file and not reads_shapes_world(pipe):
+        raise InputError("dice tune on a model of your own needs --prompts FILE (validation prompts of it).")
     result = tune(pipe, sharp, ps, alphas=job.alphas, stops=job.stops, seed_sets=job.seed_sets, steps=job.steps,
-                  guidance_scale=job.guidance_scale, batch_size=job.batch_size, progress=job.progress)  # fmt: skip
+                  guidance_scale=job.guidance_scale, negative_stop=job.negative_stop, batch_size=job.batch_size,
+                  progress=job.progress)  # fmt: skip
     result["job"] = asdict(job)
     result["previous"] = sharp.config.get("sampling")
     if job.write:

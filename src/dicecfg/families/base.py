@@ -39,6 +39,15 @@ class Cond:
         )
 
     @staticmethod
+    def where(rows: torch.Tensor, a: Cond, b: Cond) -> Cond:
+        """Row i of ``a`` where ``rows[i]``, else of ``b`` (same shapes)."""
+
+        def pick(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.where(rows.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, y)
+
+        return Cond(pick(a.tokens, b.tokens), {k: pick(v, b.extras[k]) for k, v in a.extras.items()})
+
+    @staticmethod
     def cat(conds: list[Cond]) -> Cond:
         keys = conds[0].extras.keys()
         return Cond(

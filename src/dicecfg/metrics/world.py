@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,14 @@ def world_specs(prompts: Sequence[str]) -> list | None:
         return [parse(p) for p in prompts]
     except ValueError:
         return None
+
+
+def reads_shapes_world(pipe: Any) -> bool:
+    """Whether the oracle can judge this model's images: a shapes-world model (the shipped mini model, or one
+    trained by its recipe) samples at the world's 64 x 64 pixels."""
+    from ..families import family_of
+
+    return family_of(pipe).default_size(pipe) == RENDER_SIZE
 
 
 def _world_size(images: np.ndarray) -> np.ndarray:

@@ -119,19 +119,21 @@ def sample_batch(
     neg: Cond,
     generators: list[torch.Generator],
     *,
+    negative: Sequence[bool] | None = None,
     num_inference_steps: int = 20,
     output_type: str = "np",
     fast: bool | str = False,
     **pipe_kwargs: Any,
 ) -> tuple[Any, np.ndarray]:
     """Run the stock pipeline once on an encoded batch with ``method`` (an object of ``sampling.methods``);
-    returns its images/latents and the network evaluations each image took, counted as they ran.
+    returns its images/latents and the network evaluations each image took, counted as they ran. ``negative``:
+    which rows have a negative prompt (``neg`` holds it).
 
     ``fast`` picks a fast path (``sampling/fast.py``): True or ``"graphs"`` replays the denoiser as CUDA graphs,
     ``"compile"`` runs it ``torch.compile``d; eager with a notice where unsupported. The method's step route
     (``sampling/steps.py``) wraps whichever forward runs.
     """
-    plan = method.plan(pipe, fam, cond, neg)
+    plan = method.plan(pipe, fam, cond, neg, negative)
     denoiser = fam.denoiser(pipe)
     speed = speedup(pipe, denoiser, fast)
     doing = f"while sampling a batch of {len(generators)} images ({method.label})"
@@ -218,6 +220,7 @@ def generate(
                 cond,
                 neg,
                 generators(device, batch_seeds),
+                negative=[bool(n) for n in negs[sl]],
                 num_inference_steps=num_inference_steps,
                 height=height,
                 width=width,

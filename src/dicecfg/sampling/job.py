@@ -105,7 +105,7 @@ def run_sample(job: SampleJob) -> list[Path]:
     check_seeds(range(job.seed, job.seed + len(prompts)))
     if ignored := ignored_options(job):
         log.warning("--method %s ignores %s", job.method, ", ".join(ignored))
-    name = default_sharpener(job.model, job.sharpener) if cls is Dice else None
+    name = default_sharpener(job.model, job.sharpener) if cls is Dice else job.sharpener  # checked either way
     if cls is Dice and name is None:
         raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
     sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
@@ -96,8 +97,9 @@ class Method(ABC):
     uses_negative: ClassVar[bool] = False  # a negative prompt reaches it (as c_neg)
 
     @abstractmethod
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
-        """The stock pipeline's keyword arguments for an encoded batch, and the route of its denoiser calls."""
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+        """The stock pipeline's keyword arguments for an encoded batch, and the route of its denoiser calls.
+        ``negative``: which rows have a negative prompt (DICE may sample those with settings of their own)."""
 
     def nfe(self, steps: int) -> int:
         """Network evaluations of one image sampled in ``steps`` first-order steps (``AdaptiveGuidance``: the
@@ -142,7 +144,7 @@ class Unguided(Method):
 
     name: ClassVar[str] = "unguided"
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
         return Plan({**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0})
 
 
@@ -182,7 +184,7 @@ class CFG(Method):
     def nfe(self, steps: int) -> int:
         return steps + len(self.guided(steps))
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
         kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
         if not self.interval:
             return Plan(kwargs)
@@ -208,7 +210,7 @@ class Scaling(Method):
     def __post_init__(self) -> None:
         _finite("Scaling", "scale", self.scale)
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
         scaled = scale_cond(cond, self.scale, fam.copy_first_token)
         return Plan({**fam.pipeline_kwargs(pipe, scaled), "guidance_scale": 1.0})
 
@@ -224,18 +226,25 @@ class Scaling(Method):
 @dataclass(frozen=True)
 class Dice(Method):
     """DICE: the sharpened prompt c' = c + alpha * r(c, c_neg) on the steps of [start, stop), the plain prompt
-    elsewhere; one pass per step.
+    elsewhere; one pass per step. Images with a negative prompt use settings of their own (``neg_alpha``,
+    ``neg_start``, ``neg_stop``): a negative prompt acts only through the edit, so on the steps without it the
+    negative prompt has no effect at all (on the shapes world the negated colour comes back when the edit stops
+    early; docs/method.md, "Where guidance acts").
 
     Settings left as None come from the sampling settings the sharpener records (``config["sampling"]``,
-    written by `dice tune`), else alpha=1 on every step (the paper's use). A sharpener whose edit depends on
-    the timestep (``time_edges``) gets one edit per block of steps, all computed once per image."""
+    written by `dice tune`; its ``negative`` entry for the ``neg_*`` ones), else alpha=1 on every step (the
+    paper's use); ``neg_*`` default to the prompt's own settings. A sharpener whose edit depends on the timestep
+    (``time_edges``) gets one edit per block of steps, all computed once per image."""
 
     sharpener: Sharpener | None = field(default=None, compare=False)
     alpha: float | None = None
     start: float | None = None
     stop: float | None = None
+    neg_alpha: float | None = None
+    neg_start: float | None = None
+    neg_stop: float | None = None
     name: ClassVar[str] = "dice"
-    keys: ClassVar[dict[str, str]] = {"alpha": "alpha", "start": "start", "stop": "stop"}
+    keys: ClassVar[dict[str, str]] = {k: k for k in ("alpha", "start", "stop", "neg_alpha", "neg_start", "neg_stop")}
     uses_negative: ClassVar[bool] = True
     DEFAULTS: ClassVar[dict[str, float]] = {"alpha": 1.0, "start": 0.0, "stop": 1.0}
 
@@ -251,53 +260,88 @@ class Dice(Method):
         for k, default in self.DEFAULTS.items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, float(recorded.get(k, default)))
+        for k in self.DEFAULTS:
+            if getattr(self, "neg_" + k) is None:
+                object.__setattr__(self, "neg_" + k, float(recorded.get("neg_" + k, getattr(self, k))))
         from .checks import check_alpha
 
-        check_alpha(_finite("Dice", "alpha", self.alpha))
-        _check_interval("Dice", self.start, self.stop)
+        for prefix in ("", "neg_"):
+            check_alpha(_finite("Dice", prefix + "alpha", getattr(self, prefix + "alpha")))
+            _check_interval("Dice", getattr(self, prefix + "start"), getattr(self, prefix + "stop"))
+
+    @property
+    def settings(self) -> tuple[float, float, float]:
+        return (self.alpha, self.start, self.stop)
+
+    @property
+    def neg_settings(self) -> tuple[float, float, float]:
+        return (self.neg_alpha, self.neg_start, self.neg_stop)
 
     @property
     def interval(self) -> bool:
         return (self.start, self.stop) != (0.0, 1.0)
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+    def edits(self, fam: Family, cond: Cond, neg: Cond, alpha: float) -> Callable[[float], Cond]:
+        """t -> c' of every row: one edit, or one per block of timesteps of a ``time_edges`` sharpener, all
+        computed here at once (one sharpener call for the batch x blocks)."""
         edges = self.sharpener.config.get("time_edges") or []
         if not edges:
-            sharp = sharpen_cond(fam, self.sharpener, cond, neg, self.alpha)
-            kwargs = {**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0}
-            if not self.interval:
-                return Plan(kwargs)
-            return Plan(kwargs, swap_cond(fam, lambda step: None if self.is_guided(step) else cond))
-        # one edit per block of timesteps, computed at once (one sharpener call for the whole batch x blocks)
-        blocks = len(edges) + 1
-        reps = cond.index(torch.arange(len(cond), device=cond.tokens.device).repeat(blocks))
-        t_rep = block_timesteps(edges, cond.tokens.device).repeat_interleave(len(cond))
-        negs = neg.expand(len(cond)).index(torch.arange(len(cond), device=cond.tokens.device).repeat(blocks))
-        sharp_all = sharpen_cond(fam, self.sharpener, reps, negs, self.alpha, t=t_rep)
-        per_block = [sharp_all.index(slice(b * len(cond), (b + 1) * len(cond))) for b in range(blocks)]
+            sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
+            return lambda t: sharp
+        blocks, n = len(edges) + 1, len(cond)
+        rows = torch.arange(n, device=cond.tokens.device).repeat(blocks)
+        t_rep = block_timesteps(edges, cond.tokens.device).repeat_interleave(n)
+        every = sharpen_cond(fam, self.sharpener, cond.index(rows), neg.expand(n).index(rows), alpha, t=t_rep)
+        per_block = [every.index(slice(b * n, (b + 1) * n)) for b in range(blocks)]
+        return lambda t: per_block[block_of(edges, t)]
+
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+        rows = torch.tensor(list(negative) if negative is not None else [False] * len(cond), dtype=torch.bool)
+        groups = {self.settings: ~rows} if self.neg_settings == self.settings else {}
+        groups = groups or {s: m for s, m in ((self.settings, ~rows), (self.neg_settings, rows)) if m.any()}
+        static = len(groups) == 1 and not self.sharpener.config.get("time_edges")
+        (alpha, start, stop), = groups if len(groups) == 1 else [(0.0, 0.0, 1.0)]
+        if static and (start, stop) == (0.0, 1.0):  # the paper's use: the edit on every step, no route
+            sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
+            return Plan({**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0})
+        schedules = [(self.edits(fam, cond, neg, a), s, e, m) for (a, s, e), m in groups.items()]
 
         def pick(step: Step) -> Cond:
-            return per_block[block_of(edges, step.t)] if self.is_guided(step) else cond
+            out = None
+            for edit, s, e, mask in schedules:
+                c = edit(step.t) if step.index in guided_steps(s, e, step.count) else cond
+                out = c if out is None else Cond.where(mask, c, out)
+            return out
 
-        return Plan({**fam.pipeline_kwargs(pipe, per_block[0]), "guidance_scale": 1.0}, swap_cond(fam, pick))
-
-    def guided(self, steps: int) -> range:
-        return guided_steps(self.start, self.stop, steps)
-
-    def is_guided(self, step: Step) -> bool:
-        return step.index in self.guided(step.count)
+        return Plan({**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0}, swap_cond(fam, pick))
 
     @property
     def setting(self) -> str:
-        return f"alpha={self.alpha:g}{_interval_text(self.start, self.stop)}"
+        text = f"alpha={self.alpha:g}{_interval_text(self.start, self.stop)}"
+        if self.neg_settings != self.settings:
+            text += f"; negative prompts: alpha={self.neg_alpha:g}{_interval_text(self.neg_start, self.neg_stop)}"
+        return text
 
     @property
     def tag(self) -> str:
-        return f"dice-a{self.alpha:g}{_interval_tag(self.start, self.stop)}"
+        tag = f"dice-a{self.alpha:g}{_interval_tag(self.start, self.stop)}"
+        if self.neg_settings != self.settings:
+            tag += f"-n{self.neg_alpha:g}{_interval_tag(self.neg_start, self.neg_stop)}"
+        return tag
 
     @property
     def spec(self) -> str:  # every setting spelled: recorded ones differ from sharpener to sharpener
-        return f"dice:alpha={self.alpha:g},start={self.start:g},stop={self.stop:g}"
+        text = f"dice:alpha={self.alpha:g},start={self.start:g},stop={self.stop:g}"
+        if self.neg_settings != self.settings:
+            text += f",neg_alpha={self.neg_alpha:g},neg_start={self.neg_start:g},neg_stop={self.neg_stop:g}"
+        return text
+
+    @property
+    def params(self) -> dict[str, Any]:
+        out = {"alpha": self.alpha, "start": self.start, "stop": self.stop}
+        if self.neg_settings != self.settings:
+            out |= {"neg_alpha": self.neg_alpha, "neg_start": self.neg_start, "neg_stop": self.neg_stop}
+        return out
 
 
 @dataclass(frozen=True)
@@ -327,7 +371,7 @@ class AdaptiveGuidance(Method):
     def nfe(self, steps: int) -> int:
         return 2 * steps
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond) -> Plan:
+    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
         kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
         return Plan(kwargs, adaptive_route(pipe, len(cond), self.threshold))
 
@@ -349,9 +393,11 @@ SPELLING_HELP = (
 
 
 def recorded_settings(sharpener: Sharpener) -> dict[str, float]:
-    """The sampling settings a sharpener records (``config["sampling"]``: alpha, start, stop); {} for none."""
+    """The sampling settings a sharpener records (``config["sampling"]``: alpha, start, stop, and under
+    ``negative`` those of images with a negative prompt, as ``neg_*``); {} for none."""
     rec = sharpener.config.get("sampling") or {}
-    return {k: float(v) for k, v in rec.items() if k in Dice.DEFAULTS}
+    out = {k: float(v) for k, v in rec.items() if k in Dice.DEFAULTS}
+    return out | {"neg_" + k: float(v) for k, v in (rec.get("negative") or {}).items() if k in Dice.DEFAULTS}
 
 
 def block_timesteps(edges: list[float], device: Any) -> torch.Tensor:

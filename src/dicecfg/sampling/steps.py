@@ -152,7 +152,8 @@ def implied_x0_cosine(
     s, r = (1.0 - abar) ** 0.5, abar**0.5
     scale_x = r if prediction_type == "v_prediction" else 1.0
     xa, xb = (scale_x * x - s * p for p in (a, b))
-    return torch.nn.functional.cosine_similarity(xa.flatten(1), xb.flatten(1), dim=1)
+    cos = torch.nn.functional.cosine_similarity(xa.flatten(1), xb.flatten(1), dim=1)
+    return cos.clamp(max=1.0)  # rounding can put equal predictions a hair above 1: threshold 1 never stops
 
 
 def adaptive_route(pipe: Any, batch: int, threshold: float) -> Route:
