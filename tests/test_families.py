@@ -191,7 +191,7 @@ def test_training_with_negative_prompts_resumes_exactly(sdxl, prompts, tmp_path)
     distill(
         sdxl,
         prompts,
-        config=DistillConfig(steps=3, negative_prompts=negs, **fast),
+        config=DistillConfig(steps=3, negative_prompts=negs, negative_prob=0.5, **fast),
         output_dir=tmp_path / "part",
     )
     resumed = distill(sdxl, prompts, config=cfg, output_dir=tmp_path / "part")

@@ -51,20 +51,36 @@ def timestep_window(cfg: Any, num_timesteps: int) -> tuple[int, int]:
 
 
 class TextCache:
-    """Prompt -> encoded Cond on the device; the text encoder is frozen, so each prompt is encoded once."""
+    """Prompt -> encoded Cond on the device; the text encoder is frozen, so each prompt is encoded once.
 
-    def __init__(self, pipe: Any, fam: Family, limit: int = 100_000) -> None:
+    A prompt's embedding must not depend on which other prompts happened to be encoded with it (matrix kernels
+    round differently at other batch sizes, and differently again on other CPUs), or a resumed run would drift
+    from an uninterrupted one. So the texts a run can meet (``known``: its prompts, negative prompts and "")
+    are cut into fixed chunks of ``chunk`` texts, in sorted order, and a missing text is always encoded with
+    its whole chunk; any other text is encoded alone."""
+
+    def __init__(self, pipe: Any, fam: Family, known: list[str] | None = None, chunk: int = 32,
+                 limit: int = 100_000) -> None:  # fmt: skip
         self.pipe, self.fam, self.limit, self.store = pipe, fam, limit, {}
+        self.order = sorted(set(known or []))
+        self.where = {t: i for i, t in enumerate(self.order)}
+        self.chunk = chunk
+
+    def _group(self, text: str) -> list[str]:
+        i = self.where.get(text)
+        if i is None:
+            return [text]
+        first = i - i % self.chunk
+        return self.order[first : first + self.chunk]
 
     def __call__(self, texts: list[str]) -> Cond:
-        missing = sorted({t for t in texts if t not in self.store})
-        if missing:
-            enc = self.fam.encode(self.pipe, missing)
-            fresh = {t: enc.index(slice(i, i + 1)) for i, t in enumerate(missing)}
-            if len(self.store) + len(fresh) > self.limit:
-                self.store.clear()
-            self.store.update(fresh)
-            return Cond.cat([self.store.get(t) or fresh[t] for t in texts])
+        for text in texts:
+            if text not in self.store:
+                group = self._group(text)
+                if len(self.store) + len(group) > self.limit:
+                    self.store.clear()
+                enc = self.fam.encode(self.pipe, group)
+                self.store.update({t: enc.index(slice(i, i + 1)) for i, t in enumerate(group)})
         return Cond.cat([self.store[t] for t in texts])
 
 
@@ -79,7 +95,14 @@ class XtSource:
     """
 
     def __init__(
-        self, pipe: Any, fam: Family, cfg: Any, shape: tuple[int, int, int], rank: int = 0, world: int = 1
+        self,
+        pipe: Any,
+        fam: Family,
+        cfg: Any,
+        shape: tuple[int, int, int],
+        rank: int = 0,
+        world: int = 1,
+        texts: list[str] | None = None,
     ) -> None:
         self.pipe, self.fam, self.cfg, self.shape = pipe, fam, cfg, shape
         self.rank, self.world = rank, world
@@ -90,7 +113,7 @@ class XtSource:
         self.alphas_cumprod = train_alphas(pipe, self.device)
         self.num_timesteps = len(self.alphas_cumprod)
         self.t_lo, self.t_hi = timestep_window(cfg, self.num_timesteps)
-        self.text = TextCache(pipe, fam)
+        self.text = TextCache(pipe, fam, [*(texts or []), *cfg.negative_prompts, ""])
 
     def generator(self, step: int, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 7 + salt)
@@ -177,7 +200,7 @@ class TeacherSource(XtSource):
     ) -> None:
         f = pipe.vae_scale_factor
         shape = (fam.latent_channels(pipe), resolution // f, resolution // f)
-        super().__init__(pipe, fam, cfg, shape, rank, world)
+        super().__init__(pipe, fam, cfg, shape, rank, world, texts=prompts)
         self.prompts = prompts
         train_idx, eval_idx = self.split(len(prompts))
         g = self.generator(-1, salt=2)
@@ -259,7 +282,7 @@ class ImageSource(XtSource):
     def __init__(self, pipe, fam, folder, cfg, run_dir: Path, rank: int = 0, world: int = 1) -> None:
         f = pipe.vae_scale_factor
         r = folder.resolution
-        super().__init__(pipe, fam, cfg, (fam.latent_channels(pipe), r // f, r // f), rank, world)
+        super().__init__(pipe, fam, cfg, (fam.latent_channels(pipe), r // f, r // f), rank, world, folder.captions)
         self.folder = folder
         self.train_idx, self.eval_idx = self.split(len(folder))
         self.eval_x0 = self._encode(self.eval_idx)
