@@ -119,7 +119,10 @@ def train(a: argparse.Namespace) -> None:
                 shutil.copy(pool, out / "teacher_pool.safetensors")
         cmd = ["timeout", "-s", "TERM", str(a.train_seconds), *py, "train", "--model", MINI, *source, *common]
         cmd += [*flags, "--steps", str(a.steps), "--out", str(out)]
-        procs[n] = (run(cmd, stdout=open(work / f"{n}.train.log", "a"), stderr=subprocess.STDOUT), time.time())
+        procs[n] = (
+            run(cmd, stdout=open(work / f"{n}.train.log", "a"), stderr=subprocess.STDOUT),
+            time.time(),
+        )
     for n, (p, t0) in procs.items():
         rc = p.wait()
         print(f"{n}: exit {rc} after {time.time() - t0:.0f} s", flush=True)

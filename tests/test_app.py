@@ -18,9 +18,9 @@ from conftest import random_sharpener
 
 from dicecfg import Sharpener, generate, load_pipeline
 from dicecfg.app.compare import SHOWN, Request, Shot, compare, judge, panels, reads_shapes_world
-from dicecfg.sampling.methods import Unguided
 from dicecfg.cli import main
 from dicecfg.errors import InputError
+from dicecfg.sampling.methods import Unguided
 
 PROMPT = "a small red circle to the left of a blue square"
 SHOWCASE = (
@@ -87,7 +87,9 @@ def test_compare_is_generate_for_each_method_from_one_seed(tiny_sd):
             progress=False,
         )
         assert np.array_equal(s.sample.image, next(expected).image), s.key
-    assert shots[0].caption.startswith("unguided: 10 NFE, ") and shots[1].caption.startswith("cfg w=5: 20 NFE, ")
+    assert shots[0].caption.startswith("unguided: 10 NFE, ") and shots[1].caption.startswith(
+        "cfg w=5: 20 NFE, "
+    )
     assert shots[2].caption.startswith("cfg w=5 on [0,0.1): 11 NFE, ")
     assert not reads_shapes_world(tiny_sd)  # 16-px images: no oracle verdicts
 

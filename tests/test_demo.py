@@ -165,7 +165,10 @@ def test_demo_text_says_what_the_numbers_are():
     assert "CFG w=5: 6 of 6 images right" in text and "it fixed 2 and broke 0" in text
     assert "DICE alpha=1: 5 of 6" in text and "+0.167 ± 0.167 against unguided, within noise" in text
     assert "CFG takes 1.67x DICE's wall time" in text and "dice eval --limit 6" in text
-    assert "The training-free peer (CFG w=5 on [0,0.1), 22 NFE) against DICE (20 NFE): +0.000 all-correct" in text
+    assert (
+        "The training-free peer (CFG w=5 on [0,0.1), 22 NFE) against DICE (20 NFE): +0.000 all-correct"
+        in text
+    )
     assert NEXT_STEPS["eval"] in text and NEXT_STEPS["train"] in text and NEXT_STEPS["serve"] not in text
 
 

@@ -42,7 +42,11 @@ def first_layer(pipe):
 
 @pytest.fixture(scope="module")
 def pipes(tiny_sd_dir, tiny_sdxl_dir, tiny_pixart_dir):
-    return {"sd": load_pipeline(tiny_sd_dir), "sdxl": load_pipeline(tiny_sdxl_dir), "pixart": load_pipeline(tiny_pixart_dir)}
+    return {
+        "sd": load_pipeline(tiny_sd_dir),
+        "sdxl": load_pipeline(tiny_sdxl_dir),
+        "pixart": load_pipeline(tiny_pixart_dir),
+    }
 
 
 def test_guided_steps_follow_the_diffusers_rule():
@@ -78,7 +82,13 @@ def test_bad_settings_are_one_line_errors(make, message):
 
 
 def test_spellings_round_trip_and_flat_keywords():
-    for text in ("cfg:w=7,stop=0.1", "cfg:start=0.25,stop=0.5", "ag:threshold=0.995", "scaling:s=1.5", "unguided"):
+    for text in (
+        "cfg:w=7,stop=0.1",
+        "cfg:start=0.25,stop=0.5",
+        "ag:threshold=0.995",
+        "scaling:s=1.5",
+        "unguided",
+    ):
         cls, settings = parse_method(text)
         assert cls(**settings).spec == text
     assert as_method("cfg", guidance_scale=7.0) == CFG(7.0)
@@ -117,9 +127,13 @@ def test_cfg_interval_equals_the_sdxl_cutoff_recipe(pipes):
 
     pipe = pipes["sdxl"]
     fam = family_of(pipe)
-    (s,) = generate(pipe, ["a red circle"], method=CFG(stop=0.2), seeds=[5], num_inference_steps=10, progress=False)
+    (s,) = generate(
+        pipe, ["a red circle"], method=CFG(stop=0.2), seeds=[5], num_inference_steps=10, progress=False
+    )
     assert s.nfe == 12
-    embeds = fam.pipeline_kwargs(pipe, fam.encode(pipe, ["a red circle"]), fam.encode(pipe, [""]))  # c_neg: ""
+    embeds = fam.pipeline_kwargs(
+        pipe, fam.encode(pipe, ["a red circle"]), fam.encode(pipe, [""])
+    )  # c_neg: ""
     ref = pipe(**embeds, guidance_scale=5.0, num_inference_steps=10, output_type="np",
                generator=torch.Generator().manual_seed(5),
                callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=1)).images[0]  # fmt: skip
@@ -185,9 +199,13 @@ def test_intervals_change_only_what_they_should(family, pipes):
 
 def test_adaptive_guidance_stops_per_image(tiny_sd):
     cfg, _ = images(tiny_sd, "cfg")
-    never, nfe = images(tiny_sd, AdaptiveGuidance(threshold=1.0))  # the cosine never exceeds 1: CFG throughout
+    never, nfe = images(
+        tiny_sd, AdaptiveGuidance(threshold=1.0)
+    )  # the cosine never exceeds 1: CFG throughout
     assert np.array_equal(never, cfg) and nfe == [20, 20]
-    _, nfe = images(tiny_sd, AdaptiveGuidance(threshold=1e-6))  # agrees at once: guided on the first step only
+    _, nfe = images(
+        tiny_sd, AdaptiveGuidance(threshold=1e-6)
+    )  # agrees at once: guided on the first step only
     assert nfe == [11, 11]
 
 
@@ -243,7 +261,9 @@ def test_time_block_sharpener_edits_per_block_and_saves(tiny_sd, tmp_path):
     torch.nn.init.normal_(timed.time_embed, std=1.0)
     got, _ = images(tiny_sd, Dice(timed), prompts=P[:1], seeds=[2])
     cond, neg = fam.encode(tiny_sd, P[:1]), fam.encode(tiny_sd, [""])
-    edits = [sharpen_cond(fam, timed, cond, neg, 1.0, t=torch.tensor([t])).tokens for t in (850.0, 550.0, 200.0)]
+    edits = [
+        sharpen_cond(fam, timed, cond, neg, 1.0, t=torch.tensor([t])).tokens for t in (850.0, 550.0, 200.0)
+    ]
     assert not torch.equal(edits[0], edits[1])
     tiny_sd.scheduler.set_timesteps(10)
     blocks = [sum(float(t) < e for e in (700, 400)) for t in tiny_sd.scheduler.timesteps]
@@ -271,7 +291,9 @@ def test_recorded_settings_travel_with_the_sharpener(tiny_sd, tmp_path):
     d = Dice(loaded)
     assert (d.alpha, d.start, d.stop) == (1.5, 0.0, 0.3)
     assert Dice(loaded, alpha=1.0).stop == 0.3  # told otherwise: alpha only
-    assert np.array_equal(images(tiny_sd, "dice", sharpener=loaded)[0], images(tiny_sd, Dice(sharp, 1.5, 0.0, 0.3))[0])
+    assert np.array_equal(
+        images(tiny_sd, "dice", sharpener=loaded)[0], images(tiny_sd, Dice(sharp, 1.5, 0.0, 0.3))[0]
+    )
     (s,) = generate(tiny_sd, P[:1], sharpener=loaded, num_inference_steps=4, progress=False)
     assert s.params == {"alpha": 1.5, "start": 0.0, "stop": 0.3}
     loaded.config["sampling"] = {"alpha": 1.0, "start": 0.5, "stop": 0.2}
@@ -284,7 +306,9 @@ def test_dice_tune_records_the_best_settings(tiny_sd_dir, tmp_path, capsys):
 
     sharp = random_sharpener(load_pipeline(tiny_sd_dir), std=0.1)
     sharp.save_pretrained(tmp_path / "s")
-    (tmp_path / "p.txt").write_text("a photo of a red car\na blue bird at night\ntwo green cats\n")  # no oracle
+    (tmp_path / "p.txt").write_text(
+        "a photo of a red car\na blue bird at night\ntwo green cats\n"
+    )  # no oracle
     args = ["-q", "tune", "--model", str(tiny_sd_dir), "--sharpener", str(tmp_path / "s"), "--prompts",
             str(tmp_path / "p.txt"), "--steps", "4", "--alphas", "0.5", "1", "--stops", "0.5", "1", "--seed-sets", "1",
             "--out", str(tmp_path / "t")]  # fmt: skip
@@ -293,18 +317,23 @@ def test_dice_tune_records_the_best_settings(tiny_sd_dir, tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "t" / "tune.json").read_text())
-    assert result["score"] == "PSNR vs CFG (dB)" and len(result["rows"]) == 5  # 4 candidates and CFG's first steps
+    assert (
+        result["score"] == "PSNR vs CFG (dB)" and len(result["rows"]) == 5
+    )  # 4 candidates and CFG's first steps
     recorded = json.loads((tmp_path / "s" / "config.json").read_text())["sampling"]
     assert recorded == result["best"] and recorded["alpha"] in (0.5, 1.0) and recorded["stop"] in (0.5, 1.0)
     best = max((r for r in result["rows"] if r["method"] == "dice"), key=lambda r: r["score"])
-    assert result["rows"][[r["row"] for r in result["rows"]].index(result["best_row"])]["score"] >= best["score"] - best["stderr"]
+    assert (
+        result["rows"][[r["row"] for r in result["rows"]].index(result["best_row"])]["score"]
+        >= best["score"] - best["stderr"]
+    )
     assert "(chosen)" in out and "recorded in" in out
     assert cli.main(["-q", "tune", "--model", str(tiny_sd_dir), "--sharpener", str(tmp_path / "s")]) == 2
     assert "needs --prompts" in capsys.readouterr().err
 
 
 def test_dice_tune_on_the_mini_model_scores_with_the_oracle(tmp_path):
-    from dicecfg.evaluation.tune import tune, validation_prompts, TuneJob
+    from dicecfg.evaluation.tune import TuneJob, tune, validation_prompts
 
     pipe = load_pipeline()
     sharp = Sharpener.from_pretrained("mini")
@@ -323,12 +352,24 @@ def test_negative_prompts_have_settings_of_their_own(tiny_sd):
     d = Dice(sharp, alpha=1.0, stop=0.3, neg_alpha=1.0, neg_stop=1.0)
     mixed, _ = images(tiny_sd, d, negative_prompt=["", "a green square"])
     plain, _ = images(tiny_sd, Dice(sharp, 1.0, 0.0, 0.3), prompts=P[:1], seeds=[3])
-    full_neg, _ = images(tiny_sd, Dice(sharp, 1.0, 0.0, 1.0), prompts=P[1:], seeds=[4], negative_prompt="a green square")
-    short_neg, _ = images(tiny_sd, Dice(sharp, 1.0, 0.0, 0.3), prompts=P[1:], seeds=[4], negative_prompt="a green square")
+    full_neg, _ = images(
+        tiny_sd, Dice(sharp, 1.0, 0.0, 1.0), prompts=P[1:], seeds=[4], negative_prompt="a green square"
+    )
+    short_neg, _ = images(
+        tiny_sd, Dice(sharp, 1.0, 0.0, 0.3), prompts=P[1:], seeds=[4], negative_prompt="a green square"
+    )
     assert np.abs(mixed[0].astype(int) - plain[0]).max() <= 1
     assert np.abs(mixed[1].astype(int) - full_neg[0]).max() <= 1
-    assert np.abs(mixed[1].astype(int) - short_neg[0]).mean() > 4 * np.abs(mixed[1].astype(int) - full_neg[0]).mean()
-    sharp.config["sampling"] = {"alpha": 1.5, "start": 0.0, "stop": 0.3, "negative": {"alpha": 1.0, "start": 0.0, "stop": 1.0}}
+    assert (
+        np.abs(mixed[1].astype(int) - short_neg[0]).mean()
+        > 4 * np.abs(mixed[1].astype(int) - full_neg[0]).mean()
+    )
+    sharp.config["sampling"] = {
+        "alpha": 1.5,
+        "start": 0.0,
+        "stop": 0.3,
+        "negative": {"alpha": 1.0, "start": 0.0, "stop": 1.0},
+    }
     rec = Dice(sharp)
     assert rec.settings == (1.5, 0.0, 0.3) and rec.neg_settings == (1.0, 0.0, 1.0)
     assert "negative prompts: alpha=1" in rec.setting and rec.spec.endswith("neg_stop=1")

@@ -157,7 +157,11 @@ def test_demo_agrees_with_eval(tmp_path, capsys):
     items = heldout_set(6)
     assert report["n"] == 6 and summary["prompts"] == [it.prompt for it in items]
     for m, r in zip(rows, report["rows"], strict=True):
-        assert (r["method"], r["setting"], r["nfe"]) == (m["method"].replace("peer", "cfg"), m["setting"], m["nfe"])
+        assert (r["method"], r["setting"], r["nfe"]) == (
+            m["method"].replace("peer", "cfg"),
+            m["setting"],
+            m["nfe"],
+        )
         for key in [k for k in r if k.startswith("align_")]:
             assert r[key] == m[key], (m["method"], key)
         images = load_images(tmp_path / "e" / "images" / r["key"], summary["prompts"], summary["seeds"])

@@ -25,7 +25,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # benchmarks/recipe_study.py: the shared training driver
 
 FT = ["--init-from", "mini", "--lr", "3e-4"]  # every variant fine-tunes the shipped sharpener
-NEG = ["--negative-prompts", "NEGATIVES", "--negative-prob", "0.25"]  # keep what it does with negative prompts
+NEG = [
+    "--negative-prompts",
+    "NEGATIVES",
+    "--negative-prob",
+    "0.25",
+]  # keep what it does with negative prompts
 BASE = ["--no-shared-timestep", "--lr-schedule", "cosine", "--warmup", "0.05",
         "--arch", "block", "--inner-dim", "256", "--heads", "4", "--grad-clip", "1", *NEG, *FT]  # fmt: skip
 # On the mini model's 20-step schedule the timesteps are 941, 894, 847, 800, 753, ...: --t-range 0.87 1 covers
@@ -103,7 +108,9 @@ def train(a: argparse.Namespace) -> None:
 def peers(a: argparse.Namespace) -> None:
     from dicecfg.sampling.methods import as_method
 
-    write(a.json, score({p: as_method(p) for p in PEERS}, a.sets.split(","), a.n, a.batch_size, a.seed_sets), a)
+    write(
+        a.json, score({p: as_method(p) for p in PEERS}, a.sets.split(","), a.n, a.batch_size, a.seed_sets), a
+    )
 
 
 def tune(a: argparse.Namespace) -> None:
@@ -128,7 +135,11 @@ def chosen(rows: list[dict]) -> dict:
     from dicecfg.sampling.methods import parse_method
 
     top = max(rows, key=lambda r: r["validation"]["score"])
-    tied = [r for r in rows if r["validation"]["score"] >= top["validation"]["score"] - top["validation"]["stderr"]]
+    tied = [
+        r
+        for r in rows
+        if r["validation"]["score"] >= top["validation"]["score"] - top["validation"]["stderr"]
+    ]
 
     def order(r: dict) -> tuple:
         s = parse_method(r["spec"])[1]
@@ -160,7 +171,11 @@ def final(a: argparse.Namespace) -> None:
     rows = score(methods, a.sets.split(","), a.n, a.batch_size)
     for r in rows:
         name = r["row"].split("|")[0]
-        r |= {"sharpener": name, "validation": picks[name]["validation"], "chosen": name == overall["sharpener"]}
+        r |= {
+            "sharpener": name,
+            "validation": picks[name]["validation"],
+            "chosen": name == overall["sharpener"],
+        }
     write(a.json, rows, a, extra={"overall": {"sharpener": overall["sharpener"], "spec": overall["spec"]}})
 
 
@@ -202,7 +217,12 @@ def main() -> None:
             e.add_argument("--sharpener", required=True)
             e.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
             e.add_argument("--stops", type=float, nargs="+", default=STOPS)
-            e.add_argument("--full", action=argparse.BooleanOptionalAction, default=True, help="and alpha 1 on every step")
+            e.add_argument(
+                "--full",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="and alpha 1 on every step",
+            )
         if name == "final":
             e.add_argument("--tuned", nargs="+", required=True)
             e.add_argument("--sets", default="heldout-a,heldout-b")

@@ -1,6 +1,7 @@
 """dicecfg: distil classifier-free guidance into a text-embedding sharpener (DICE, arXiv 2502.03726).
 
     from dicecfg import Sharpener, sharpen, generate, distill, load_pipeline, enable_dice, disable_dice
+    from dicecfg import Unguided, CFG, Scaling, Dice, AdaptiveGuidance   # the sampling methods
 
 The public names are imported lazily, so ``import dicecfg.world`` or ``dice --help`` stay fast.
 """
@@ -13,9 +14,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AdaptiveGuidance": "sampling.methods",
+    "CFG": "sampling.methods",
+    "Dice": "sampling.methods",
     "DiceError": "errors",
     "DistillConfig": "training.config",
     "Sample": "sampling.generate",
+    "Scaling": "sampling.methods",
     "Sharpener": "sharpener",
     "disable_dice": "sampling.enable",
     "distill": "training.loop",
@@ -23,6 +28,7 @@ _EXPORTS = {
     "generate": "sampling.generate",
     "load_pipeline": "pipeline",
     "sharpen": "sampling.generate",
+    "Unguided": "sampling.methods",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
@@ -31,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import load_pipeline  # noqa: F401
     from .sampling.enable import disable_dice, enable_dice  # noqa: F401
     from .sampling.generate import Sample, generate, sharpen  # noqa: F401
+    from .sampling.methods import CFG, AdaptiveGuidance, Dice, Scaling, Unguided  # noqa: F401
     from .sharpener import Sharpener  # noqa: F401
     from .training.config import DistillConfig  # noqa: F401
     from .training.loop import distill  # noqa: F401

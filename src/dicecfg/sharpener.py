@@ -99,7 +99,9 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             raise ValueError(f"arch must be one of {', '.join(ARCHS)} (got {arch!r})")
         edges = [float(e) for e in (time_edges or [])]
         if any(not 0 < e < 1000 for e in edges) or edges != sorted(set(edges), reverse=True):
-            raise ValueError(f"time_edges must be distinct timesteps in (0, 1000), descending (got {time_edges})")
+            raise ValueError(
+                f"time_edges must be distinct timesteps in (0, 1000), descending (got {time_edges})"
+            )
         self.config: dict[str, Any] = dict(
             dim=dim,
             inner_dim=inner_dim,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..metrics.world import alignment, reads_shapes_world, world_specs
+from ..metrics.world import alignment, world_specs
 from ..sampling.generate import Sample, generate
 from ..sampling.methods import CFG, Dice, Method, Unguided
 from ..sharpener import Sharpener
@@ -154,6 +154,10 @@ def compare(pipe: Any, sharpener: Sharpener, request: Request, *, oracle: Any = 
     r = request.checked()
     knobs = dict(seeds=[r.seed], negative_prompt=r.negative_prompt or None, num_inference_steps=r.steps)
     methods = panels(sharpener, r)
-    samples = [s for k in SHOWN for s in generate(pipe, [r.prompt], method=methods[k], progress=False, **knobs)]
-    scores = judge([s.image for s in samples], r.prompt, oracle) if oracle is not None else [None] * len(SHOWN)
+    samples = [
+        s for k in SHOWN for s in generate(pipe, [r.prompt], method=methods[k], progress=False, **knobs)
+    ]
+    scores = (
+        judge([s.image for s in samples], r.prompt, oracle) if oracle is not None else [None] * len(SHOWN)
+    )
     return [Shot(k, methods[k], s, v) for k, s, v in zip(SHOWN, samples, scores, strict=True)]

@@ -13,8 +13,8 @@ from dataclasses import asdict
 from typing import Any
 
 from ..errors import DiceError, MissingExtraError
-from ..sharpener import Sharpener
 from ..sampling.methods import recorded_settings
+from ..sharpener import Sharpener
 from .compare import LIMITS, SHOWN, Request, compare
 
 CSS = "#dice-images img { image-rendering: pixelated; }"  # tiny images (64 px) shown large stay crisp
@@ -74,7 +74,9 @@ def build_app(
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0, minimum=LIMITS.seed[0])
             steps = gr.Slider(*LIMITS.steps, DEFAULTS.steps, step=1, label="Steps")
             w = gr.Slider(*LIMITS.guidance_scale, DEFAULTS.guidance_scale, step=0.5, label="CFG scale w")
-            first = recorded_settings(sharpener).get("alpha", DEFAULTS.alpha)  # the sharpener's own, if recorded
+            first = recorded_settings(sharpener).get(
+                "alpha", DEFAULTS.alpha
+            )  # the sharpener's own, if recorded
             alpha = gr.Slider(*LIMITS.alpha, first, step=0.05, label="DICE alpha")
             button = gr.Button("Compare", variant="primary", elem_id="compare")
         images = gr.Gallery(

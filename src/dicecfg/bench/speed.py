@@ -204,7 +204,10 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         row |= {"peer": peer.label, "peer_nfe": peer.nfe(cfg.steps), "peer_ms": med["peer"]}
         row |= {"peer_dice_ratio": med["peer"] / med["dice"]}
         if mode != "off":
-            row |= {"fast_peer_ms": med["fast_peer"], "fast_peer_dice_ratio": med["fast_peer"] / med["fast_dice"]}
+            row |= {
+                "fast_peer_ms": med["fast_peer"],
+                "fast_peer_dice_ratio": med["fast_peer"] / med["fast_dice"],
+            }
     if mode != "off":
         row |= {"fast_mode": mode}
         row |= {f"{k}_ms": med[k] for k in ("fast_cfg", "fast_dice", "fast_unguided")}

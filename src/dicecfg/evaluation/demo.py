@@ -33,7 +33,6 @@ from .evaluate import alignment_means
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class DemoJob:
     """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
@@ -125,7 +124,11 @@ def grid_columns(correct: Sequence[np.ndarray], k: int) -> tuple[list[int], int]
 
 def eval_command(job: DemoJob) -> str:
     """The `dice eval` command that scores the demo's prompts, seeds and settings (the same numbers)."""
-    methods = f"--methods unguided cfg cfg:stop={job.peer_stop:g} dice" if job.peer_stop else "--methods unguided cfg dice"
+    methods = (
+        f"--methods unguided cfg cfg:stop={job.peer_stop:g} dice"
+        if job.peer_stop
+        else "--methods unguided cfg dice"
+    )
     parts = ["dice eval", f"--limit {job.prompts}", methods, f"--steps {job.steps}"]
     parts += [
         f"--cfg-scales {job.guidance_scale:g}",

@@ -221,7 +221,9 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
         ref_row = reference_row(cfg, rows, row.steps)
         if ref_row is not None and row.steps not in refs:
             refs[row.steps] = (
-                images if ref_row.key == row.key else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
+                images
+                if ref_row.key == row.key
+                else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
             )
         nfe = meta_mean(folder, len(images), "nfe")
         results.append(

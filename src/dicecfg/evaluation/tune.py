@@ -151,15 +151,23 @@ def score_rows(
         if ps.specs is not None:
             per_set = [alignment(im, ps.specs, oracle)["all"].astype(float) for im in images[key]]
             ok = np.concatenate(per_set)
-            row |= {"score": float(ok.mean()), "stderr": float(ok.std(ddof=1) / np.sqrt(len(ok))) if len(ok) > 1 else 0.0}
+            row |= {
+                "score": float(ok.mean()),
+                "stderr": float(ok.std(ddof=1) / np.sqrt(len(ok))) if len(ok) > 1 else 0.0,
+            }
             row |= {"all_correct_per_set": [float(x.mean()) for x in per_set]}
             if ref is not None:
                 row["fd"] = float(np.mean([oracle_frechet(im, ps.scenes, oracle, ref) for im in images[key]]))
         elif reference is not None:
             ref = images[reference]
             p = np.concatenate([fidelity.psnr(a, b) for a, b in zip(images[key], ref, strict=True)])
-            row |= {"score": float(p.mean()), "stderr": float(p.std(ddof=1) / np.sqrt(len(p))) if len(p) > 1 else 0.0}
-            row["ssim"] = float(np.mean([fidelity.ssim(a, b).mean() for a, b in zip(images[key], ref, strict=True)]))
+            row |= {
+                "score": float(p.mean()),
+                "stderr": float(p.std(ddof=1) / np.sqrt(len(p))) if len(p) > 1 else 0.0,
+            }
+            row["ssim"] = float(
+                np.mean([fidelity.ssim(a, b).mean() for a, b in zip(images[key], ref, strict=True)])
+            )
         rows.append(row)
     return rows
 
@@ -169,7 +177,9 @@ def best_of(rows: Sequence[dict[str, Any]], methods: dict[str, Method]) -> dict[
     the lowest FD (when measured), then to the earliest stop, then to the smallest alpha."""
     dice = [r for r in rows if isinstance(methods[r["row"]], Dice) and r.get("score") is not None]
     if not dice:
-        raise InputError("nothing to choose from: no DICE row could be scored (no oracle and no CFG reference).")
+        raise InputError(
+            "nothing to choose from: no DICE row could be scored (no oracle and no CFG reference)."
+        )
     top = max(dice, key=lambda r: r["score"])
     tied = [r for r in dice if r["score"] >= top["score"] - top["stderr"]]
     return min(tied, key=lambda r: (r.get("fd", 0.0), methods[r["row"]].stop, methods[r["row"]].alpha))
@@ -251,7 +261,9 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
     sharp = Sharpener.from_pretrained(name)
     folder = Path(resolve_sharpener(name))
     if job.write and not folder.is_dir():
-        raise InputError(f"{name} is not a local sharpener folder: tune it with --no-write, or download it first.")
+        raise InputError(
+            f"{name} is not a local sharpener folder: tune it with --no-write, or download it first."
+        )
     candidates(sharp, job.alphas, job.stops)  # bad settings fail before the model loads
     ps = validation_prompts(job)
     device = resolve_device(job.device)

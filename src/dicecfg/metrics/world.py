@@ -55,7 +55,9 @@ def scene_features(scenes: Sequence, oracle=None) -> np.ndarray:
     return (oracle or Oracle()).features(render(list(scenes)))
 
 
-def oracle_frechet(images: np.ndarray, scenes: Sequence, oracle=None, reference: np.ndarray | None = None) -> float:
+def oracle_frechet(
+    images: np.ndarray, scenes: Sequence, oracle=None, reference: np.ndarray | None = None
+) -> float:
     """Frechet distance between oracle features of ``images`` and of clean renders of the same scenes
     (``reference``: their ``scene_features``, when several image sets are compared with the same scenes)."""
     from ..world import Oracle, frechet_distance

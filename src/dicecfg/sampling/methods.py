@@ -38,7 +38,12 @@ DEFAULT_THRESHOLD = 0.99  # AdaptiveGuidance: the cosine above which guidance st
 
 
 def sharpen_cond(
-    fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float = 1.0, t: torch.Tensor | None = None
+    fam: Family,
+    sharpener: Sharpener,
+    cond: Cond,
+    neg: Cond,
+    alpha: float = 1.0,
+    t: torch.Tensor | None = None,
 ) -> Cond:
     """c' = c + alpha * r(c, c_neg) on an encoded batch (docs/method.md, "The method"); ``t``: the timestep of
     a sharpener whose edit depends on it (``Sharpener.time_edges``)."""
@@ -73,7 +78,9 @@ def _finite(owner: str, name: str, value: Any) -> float:
 def _check_interval(owner: str, start: Any, stop: Any) -> None:
     start, stop = _finite(owner, "start", start), _finite(owner, "stop", stop)
     if not (0.0 <= start <= 1.0 and 0.0 <= stop <= 1.0):
-        raise InputError(f"{owner}: start and stop are fractions of the steps, in [0, 1] (got {start:g}, {stop:g}).")
+        raise InputError(
+            f"{owner}: start and stop are fractions of the steps, in [0, 1] (got {start:g}, {stop:g})."
+        )
     if start >= stop:
         raise InputError(
             f"{owner}: start ({start:g}) must be below stop ({stop:g}); steps i with int(start*N) <= i < "
@@ -97,7 +104,9 @@ class Method(ABC):
     uses_negative: ClassVar[bool] = False  # a negative prompt reaches it (as c_neg)
 
     @abstractmethod
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+    def plan(
+        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> Plan:
         """The stock pipeline's keyword arguments for an encoded batch, and the route of its denoiser calls.
         ``negative``: which rows have a negative prompt (DICE may sample those with settings of their own)."""
 
@@ -144,7 +153,9 @@ class Unguided(Method):
 
     name: ClassVar[str] = "unguided"
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+    def plan(
+        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> Plan:
         return Plan({**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0})
 
 
@@ -184,11 +195,15 @@ class CFG(Method):
     def nfe(self, steps: int) -> int:
         return steps + len(self.guided(steps))
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+    def plan(
+        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> Plan:
         kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
         if not self.interval:
             return Plan(kwargs)
-        return Plan(kwargs, lambda step, call: (call.run(), None) if self.is_guided(step) else cond_only(call))
+        return Plan(
+            kwargs, lambda step, call: (call.run(), None) if self.is_guided(step) else cond_only(call)
+        )
 
     @property
     def setting(self) -> str:
@@ -210,7 +225,9 @@ class Scaling(Method):
     def __post_init__(self) -> None:
         _finite("Scaling", "scale", self.scale)
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+    def plan(
+        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> Plan:
         scaled = scale_cond(cond, self.scale, fam.copy_first_token)
         return Plan({**fam.pipeline_kwargs(pipe, scaled), "guidance_scale": 1.0})
 
@@ -244,7 +261,9 @@ class Dice(Method):
     neg_start: float | None = None
     neg_stop: float | None = None
     name: ClassVar[str] = "dice"
-    keys: ClassVar[dict[str, str]] = {k: k for k in ("alpha", "start", "stop", "neg_alpha", "neg_start", "neg_stop")}
+    keys: ClassVar[dict[str, str]] = {
+        k: k for k in ("alpha", "start", "stop", "neg_alpha", "neg_start", "neg_stop")
+    }
     uses_negative: ClassVar[bool] = True
     DEFAULTS: ClassVar[dict[str, float]] = {"alpha": 1.0, "start": 0.0, "stop": 1.0}
 
@@ -295,12 +314,14 @@ class Dice(Method):
         per_block = [every.index(slice(b * n, (b + 1) * n)) for b in range(blocks)]
         return lambda t: per_block[block_of(edges, t)]
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+    def plan(
+        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> Plan:
         rows = torch.tensor(list(negative) if negative is not None else [False] * len(cond), dtype=torch.bool)
         groups = {self.settings: ~rows} if self.neg_settings == self.settings else {}
         groups = groups or {s: m for s, m in ((self.settings, ~rows), (self.neg_settings, rows)) if m.any()}
         static = len(groups) == 1 and not self.sharpener.config.get("time_edges")
-        (alpha, start, stop), = groups if len(groups) == 1 else [(0.0, 0.0, 1.0)]
+        ((alpha, start, stop),) = groups if len(groups) == 1 else [(0.0, 0.0, 1.0)]
         if static and (start, stop) == (0.0, 1.0):  # the paper's use: the edit on every step, no route
             sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
             return Plan({**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0})
@@ -319,7 +340,9 @@ class Dice(Method):
     def setting(self) -> str:
         text = f"alpha={self.alpha:g}{_interval_text(self.start, self.stop)}"
         if self.neg_settings != self.settings:
-            text += f"; negative prompts: alpha={self.neg_alpha:g}{_interval_text(self.neg_start, self.neg_stop)}"
+            text += (
+                f"; negative prompts: alpha={self.neg_alpha:g}{_interval_text(self.neg_start, self.neg_stop)}"
+            )
         return text
 
     @property
@@ -371,7 +394,9 @@ class AdaptiveGuidance(Method):
     def nfe(self, steps: int) -> int:
         return 2 * steps
 
-    def plan(self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None) -> Plan:
+    def plan(
+        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> Plan:
         kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
         return Plan(kwargs, adaptive_route(pipe, len(cond), self.threshold))
 
@@ -424,7 +449,9 @@ def parse_method(text: str) -> tuple[type[Method], dict[str, float]]:
         key = key.strip().lower()
         if not eq or key not in cls.keys:
             allowed = ", ".join(cls.keys) or "none"
-            raise InputError(f"Method {text!r}: {part!r} is not a setting of {cls.name} (its keys: {allowed}).")
+            raise InputError(
+                f"Method {text!r}: {part!r} is not a setting of {cls.name} (its keys: {allowed})."
+            )
         try:
             settings[cls.keys[key]] = float(value)
         except ValueError:
@@ -450,7 +477,11 @@ def as_method(
     for scaling, alpha and the sharpener for dice; other methods ignore them. An object comes with its own
     settings, so flat keywords next to it are refused."""
     if isinstance(method, Method):
-        given = [k for k, v in (("guidance_scale", guidance_scale), ("scale", scale), ("alpha", alpha)) if v is not None]
+        given = [
+            k
+            for k, v in (("guidance_scale", guidance_scale), ("scale", scale), ("alpha", alpha))
+            if v is not None
+        ]
         if given:
             raise InputError(
                 f"{', '.join(given)} cannot be given next to a method object ({method.label}): set it in the "
@@ -460,7 +491,9 @@ def as_method(
             raise InputError("sharpener= is given twice: once in Dice(...) and once to generate(); give one.")
         return method
     if not isinstance(method, str):
-        raise InputError(f"method must be a method object or a name ({SPELLING_HELP}); got {type(method).__name__}.")
+        raise InputError(
+            f"method must be a method object or a name ({SPELLING_HELP}); got {type(method).__name__}."
+        )
     cls, settings = parse_method(method)
     flat = {"guidance_scale": guidance_scale, "scale": scale, "alpha": alpha}
     for f in cls.keys.values():

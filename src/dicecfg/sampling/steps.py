@@ -135,7 +135,9 @@ def swap_cond(fam: Any, pick: Callable[[Step], Any]) -> Route:
         for k, v in fam.denoiser_inputs(cond).items():
             given = call.kwargs.get(k)
             if given is None:
-                raise InputError(f"the denoiser was called without {k}; this pipeline cannot run a DICE interval")
+                raise InputError(
+                    f"the denoiser was called without {k}; this pipeline cannot run a DICE interval"
+                )
             swap[k] = v.to(device=given.device, dtype=given.dtype)
         return call.run(**swap), None
 

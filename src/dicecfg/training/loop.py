@@ -274,7 +274,9 @@ def start_from(sharpener: Sharpener, name: str) -> None:
         if src.config.get(k) != sharpener.config.get(k)
     ]
     if src.config.get("time_edges") and src.config.get("time_edges") != sharpener.config.get("time_edges"):
-        diff.append(f"time_edges: {src.config['time_edges']} there, {sharpener.config.get('time_edges')} here")
+        diff.append(
+            f"time_edges: {src.config['time_edges']} there, {sharpener.config.get('time_edges')} here"
+        )
     if diff:
         raise InputError(
             f"init_from={name}: that sharpener's network differs from this run's ({'; '.join(diff)}). "

@@ -282,7 +282,9 @@ class ImageSource(XtSource):
     def __init__(self, pipe, fam, folder, cfg, run_dir: Path, rank: int = 0, world: int = 1) -> None:
         f = pipe.vae_scale_factor
         r = folder.resolution
-        super().__init__(pipe, fam, cfg, (fam.latent_channels(pipe), r // f, r // f), rank, world, folder.captions)
+        super().__init__(
+            pipe, fam, cfg, (fam.latent_channels(pipe), r // f, r // f), rank, world, folder.captions
+        )
         self.folder = folder
         self.train_idx, self.eval_idx = self.split(len(folder))
         self.eval_x0 = self._encode(self.eval_idx)
