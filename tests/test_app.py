@@ -17,9 +17,10 @@ import pytest
 from conftest import random_sharpener
 
 from dicecfg import Sharpener, generate, load_pipeline
-from dicecfg.app.compare import SHOWN, Request, Shot, compare, judge, panels, reads_shapes_world
+from dicecfg.app.compare import SHOWN, Request, Shot, compare, judge, panels
 from dicecfg.cli import main
 from dicecfg.errors import InputError
+from dicecfg.metrics.world import reads_shapes_world
 from dicecfg.sampling.methods import Unguided
 
 PROMPT = "a small red circle to the left of a blue square"

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import InputError
 from ..families import check_compatible
 from ..flags import opt
+from ..metrics.world import reads_shapes_world
 from ..pipeline import (
     default_sharpener,
     device_option,
@@ -23,7 +24,6 @@ from ..pipeline import (
     sharpener_option,
 )
 from ..sharpener import Sharpener
-from .compare import reads_shapes_world
 from .ui import CSS, build_app, import_gradio
 
 log = logging.getLogger(__name__)

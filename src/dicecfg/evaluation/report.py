@@ -190,7 +190,7 @@ DEMO_HOW = {  # what a method's network evaluations are, for the demo's summary
 # `dice demo`'s "where to go next", by command (only commands this `dice` has are printed)
 NEXT_STEPS = {
     "eval": "dice eval --limit 512 --out runs/eval-mini: every method and metric on all 512 held-out prompts",
-    "serve": "dice serve: your own prompts in the browser, unguided, CFG and DICE side by side",
+    "serve": "dice serve: your own prompts in the browser, unguided, CFG, its cheap peer and DICE side by side",
     "train": "dice train --prompts FILE --out runs/mine: distil a sharpener of your own (README: "
     "'With real Stable Diffusion 1.5 weights')",
 }
