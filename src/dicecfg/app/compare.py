@@ -16,11 +16,10 @@ import numpy as np
 from ..errors import InputError
 from ..metrics.world import alignment, world_specs
 from ..sampling.generate import Sample, generate
-from ..sampling.methods import CFG, Dice, Method, Unguided
+from ..sampling.methods import CFG, PEER_STOP, Dice, Method, Unguided
 from ..sharpener import Sharpener
 
 SHOWN = ("unguided", "cfg", "peer", "dice")  # the panels side by side, in this order
-PEER_STOP = 0.1  # the peer panel: CFG on the first 10% of the steps (2 of 20), the best cheap peer measured
 CHECKED = ("count", "shape", "colour", "size", "relation", "background")  # named in a verdict when wrong
 
 

@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option
 from ..sampling.fast import FAST_MODES, fast_mode
+from ..sampling.methods import PEER_STOP
 
 log = logging.getLogger(__name__)
 PROMPT = "a photo of a red car in the city at night"
@@ -64,7 +65,7 @@ class BenchConfig:
         (), "the random sharpener edits per block of timesteps cut at these (one sharpener call per image)"
     )
     peer_stop: float = opt(
-        0.1,
+        PEER_STOP,
         "the training-free peer timed beside DICE: CFG on the first steps, up to this fraction of them "
         "(0.1 = 2 of 20 steps guided; 0: no peer column)",
         min=0.0,

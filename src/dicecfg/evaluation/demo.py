@@ -26,7 +26,7 @@ from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_d
 from ..runs.io import atomic_write_json
 from ..sampling.generate import Sample, generate
 from ..sampling.grid import save_png
-from ..sampling.methods import CFG, Dice, Method, Unguided
+from ..sampling.methods import CFG, PEER_STOP, Dice, Method, Unguided
 from ..sharpener import Sharpener
 from .evaluate import alignment_means
 
@@ -46,7 +46,7 @@ class DemoJob:
     steps: int = opt(20, "DPM-Solver++ steps for every method", min=1)
     guidance_scale: float = opt(5.0, "CFG scale w (the paper's)", min=1.0)
     peer_stop: float = opt(
-        0.1,
+        PEER_STOP,
         "the training-free peer row: CFG on the first steps, up to this fraction of them (0.1: 2 of 20; the "
         "best cheap peer measured on the mini model, BENCHMARKS.md)",
         min=0.0,

@@ -25,7 +25,7 @@ from ..pipeline import device_option, dtype_option, model_option
 from ..runs.io import atomic_write_json, atomic_write_text
 from ..sampling.checks import SEED_MAX
 from ..sampling.generate import generate
-from ..sampling.methods import CFG, SPELLING_HELP, Dice, make_method, parse_method
+from ..sampling.methods import CFG, PEER_STOP, SPELLING_HELP, Dice, make_method, parse_method
 from .images import Row, ensure_images, load_images, meta_mean, seconds_per_image
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class EvalConfig:
         0, "prompt i gets seed + i (held-out items carry their own fixed seeds)", min=0, max=SEED_MAX
     )
     methods: tuple[str, ...] = opt(
-        ("unguided", "cfg", "cfg:stop=0.1", "ag", "scaling", "dice"),
+        ("unguided", "cfg", f"cfg:stop={PEER_STOP:g}", "ag", "scaling", "dice"),
         f"which methods to run, each {SPELLING_HELP}; a setting left open takes every value of --cfg-scales, "
         "--scales or --alphas",
         metavar="METHOD",

@@ -34,6 +34,9 @@ from ..families import Cond, Family
 from ..sharpener import Sharpener
 from .steps import Plan, Step, adaptive_route, cond_only, swap_cond
 
+# the best cheap training-free peer measured on the shapes world: CFG on the first 10% of the steps (2 of 20),
+# then the prompt alone (BENCHMARKS.md, "Where guidance acts"); every table shows it beside DICE
+PEER_STOP = 0.1
 DEFAULT_THRESHOLD = 0.99  # AdaptiveGuidance: the cosine above which guidance stops (ours; tools use 0.99-1)
 
 
