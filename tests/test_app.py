@@ -235,6 +235,8 @@ def test_compare_endpoint_through_gradio_client(server, mini, tmp_path):
         client.predict(PROMPT, "", 7, 1000, 5.0, 1.0, api_name="/compare")
     again, _ = client.predict(PROMPT, "", 7, 2, 5.0, 1.0, api_name="/compare")  # the server is still up
     assert len(again) == len(SHOWN)
+    alone, details = client.predict(prompt=PROMPT, api_name="/compare")  # every other input has its default
+    assert len(alone) == len(SHOWN) and details["request"]["steps"] == 20 and details["request"]["seed"] == 0
 
 
 # ---- the page in a browser ------------------------------------------------------------------------------------

@@ -28,9 +28,11 @@ CFG = dict(
 def test_optimum_lowers_the_heldout_loss_and_reports_every_row(tiny_sd, prompts, tmp_path):
     report = ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "c", config=CeilingConfig(**CFG))
     rows = {r["row"]: r for r in report.rows}
-    assert list(rows) == ["unguided", "cfg", "optimum"]  # no sharpener given
+    assert list(rows) == ["unguided", "cfg", "cfg-first", "optimum"]  # no sharpener given
     assert rows["optimum"]["eval_loss"] < rows["unguided"]["eval_loss"], rows
-    assert rows["cfg"]["nfe"] == 2 * rows["optimum"]["nfe"] == 4
+    assert (
+        rows["cfg"]["nfe"] == 2 * rows["optimum"]["nfe"] == 4 and rows["cfg-first"]["nfe"] == 2
+    )  # 0 of 2 guided
     assert "all" in rows["optimum"]  # these prompts are in the shapes-world grammar: the oracle scores them
     saved = json.loads((tmp_path / "c" / "ceiling.json").read_text())
     assert saved["rows"] == report.rows and (tmp_path / "c" / "grid.png").stat().st_size > 0
@@ -72,7 +74,13 @@ def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
     args += ["--teacher-steps", "2", "--num-inference-steps", "2", "--device", "cpu", "--out", str(tmp_path)]
     assert main(["-q", "ceiling", *args]) == 0
     rows = json.loads((tmp_path / "ceiling.json").read_text())["rows"]
-    assert [r["row"] for r in rows] == ["unguided", "cfg", "optimum", "sharpener"]  # the shipped one
+    assert [r["row"] for r in rows] == [
+        "unguided",
+        "cfg",
+        "cfg-first",
+        "optimum",
+        "sharpener",
+    ]  # the shipped one
     assert all(0 <= r["all"] <= 1 for r in rows)
     assert "held-out loss" in capsys.readouterr().out
     assert main(["-q", "ceiling", "--limit", "0", "--out", str(tmp_path / "x")]) == 2

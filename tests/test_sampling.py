@@ -121,3 +121,12 @@ def test_pipeline_step_bar_silenced_and_restored(tiny_sd, capsys):
     tiny_sd.set_progress_bar_config(leave=False)
     list(generate(tiny_sd, P[:1], method="unguided", num_inference_steps=2, progress=False))
     assert tiny_sd._progress_bar_config == {"leave": False}  # the user's setting is back
+
+
+def test_a_byte_order_mark_does_not_reach_the_first_prompt(tmp_path):
+    from dicecfg.sampling.prompts import load_prompts
+
+    (tmp_path / "p.txt").write_bytes("\ufeffa red circle\na blue square\n".encode())
+    (tmp_path / "p.jsonl").write_bytes('\ufeff{"text": "a red circle"}\n'.encode())
+    assert load_prompts(tmp_path / "p.txt") == ["a red circle", "a blue square"]
+    assert load_prompts(tmp_path / "p.jsonl") == ["a red circle"]

@@ -39,6 +39,10 @@ def build_app(
     """The ``gr.Blocks`` of the app over a loaded pipeline and its sharpener (``oracle``: judge each image)."""
     gr = import_gradio()
 
+    first_alpha = recorded_settings(sharpener).get(
+        "alpha", DEFAULTS.alpha
+    )  # the sharpener's own, if recorded
+
     def run(
         prompt: str, negative_prompt: str, seed: float, steps: float, guidance_scale: float, alpha: float
     ) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
@@ -69,7 +73,10 @@ def build_app(
         gr.Markdown(f"## {title}\n{about}")
         with gr.Row(equal_height=True):
             prompt = gr.Textbox(label="Prompt", scale=3, elem_id="prompt", max_length=LIMITS.prompt_chars)
-            negative = gr.Textbox(label="Negative prompt (c_neg)", scale=2, elem_id="negative")
+            # every input but the prompt has an initial value: the API's default (`/compare` with a prompt alone)
+            negative = gr.Textbox(
+                DEFAULTS.negative_prompt, label="Negative prompt (c_neg)", scale=2, elem_id="negative"
+            )
         with gr.Row(equal_height=True):
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0, minimum=LIMITS.seed[0])
             steps = gr.Slider(*LIMITS.steps, DEFAULTS.steps, step=1, label="Steps")

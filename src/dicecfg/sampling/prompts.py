@@ -12,9 +12,10 @@ CAPTION_KEYS = ("text", "prompt", "caption")
 
 
 def read_text(path: Path) -> str:
-    """A UTF-8 text file, with a clear error naming the file (and line) when it is missing or not UTF-8."""
+    """A UTF-8 text file (a byte-order mark at its start is dropped: editors on Windows write one), with a clear
+    error naming the file (and line) when it is missing or not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as e:
         raise InputError(f"Prompt file {path} does not exist.") from e
     except IsADirectoryError as e:
