@@ -123,3 +123,26 @@ def test_an_enabled_pipeline_saves_as_the_stock_one(tiny_sd_dir, tmp_path):
     index = (tmp_path / "saved" / "model_index.json").read_text()
     assert '"_class_name": "StableDiffusionPipeline"' in index
     assert type(load_pipeline(tmp_path / "saved")).__name__ == "StableDiffusionPipeline"
+
+
+def test_wrong_types_are_dice_errors(tiny_sd):
+    from dicecfg import DiceError, disable_dice, enable_dice
+
+    sharp = random_sharpener(tiny_sd)
+    with pytest.raises(DiceError, match="needs a Sharpener"):
+        enable_dice(tiny_sd, "mini")
+    with pytest.raises(DiceError, match="alpha must be a number"):
+        enable_dice(tiny_sd, sharp, alpha="1")
+    with pytest.raises(DiceError, match="needs a pipeline"):
+        disable_dice(None)
+    enable_dice(tiny_sd, sharp)
+    try:
+        with pytest.raises(DiceError, match="prompt must be a text"):
+            tiny_sd(5, num_inference_steps=1)
+        with pytest.raises(DiceError, match="negative_prompt must be a text"):
+            tiny_sd("a red circle", negative_prompt=5, num_inference_steps=1)
+        with pytest.raises(Exception) as e:  # as the stock call: no silent switch to one image
+            tiny_sd("a red circle", num_images_per_prompt=0, num_inference_steps=1)
+        assert not isinstance(e.value, AssertionError)
+    finally:
+        disable_dice(tiny_sd)

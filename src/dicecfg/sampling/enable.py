@@ -117,7 +117,7 @@ def dice_arguments(pipe: Any, settings: DiceSettings, call: dict[str, Any]) -> d
         prompt,
         negative_prompt=call.pop("negative_prompt", None),
         alpha=settings.alpha,
-        num_images_per_prompt=call.pop("num_images_per_prompt", None) or 1,
+        num_images_per_prompt=1 if (n := call.pop("num_images_per_prompt", None)) is None else n,
     )
     return {**call, **sharpened, "guidance_scale": 1.0 if scale is None else scale}
 
@@ -136,6 +136,13 @@ def enable_dice(pipe: Any, sharpener: Sharpener, alpha: float = 1.0) -> Any:
     sharpener and ``alpha``. A sharpener trained for another family, width or token count is refused here.
     Returns ``pipe`` (the same object), for chaining.
     """
+    if not isinstance(sharpener, Sharpener):
+        raise DiceError(
+            f"enable_dice needs a Sharpener, not {type(sharpener).__name__}: "
+            f"enable_dice(pipe, Sharpener.from_pretrained({sharpener!r} or a folder))."
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise DiceError(f"alpha must be a number (got {alpha!r}).")
     check_compatible(pipe, sharpener)
     check_alpha(alpha)
     stock = stock_class(pipe)
@@ -153,6 +160,8 @@ def enable_dice(pipe: Any, sharpener: Sharpener, alpha: float = 1.0) -> Any:
 def disable_dice(pipe: Any) -> Any:
     """Undo ``enable_dice``: the pipeline's own class again, and no DICE settings (a no-op when not enabled).
     Returns ``pipe``."""
+    if not hasattr(pipe, "__dict__") or not callable(pipe):
+        raise DiceError(f"disable_dice needs a pipeline, not {type(pipe).__name__}.")
     pipe.__class__ = stock_class(pipe)
     pipe.__dict__.pop(SETTINGS, None)
     return pipe

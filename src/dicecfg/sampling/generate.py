@@ -61,6 +61,14 @@ def per_prompt(x: str | Sequence[str] | None, n: int, what: str) -> list[str]:
     return x
 
 
+def texts(x: Any, what: str) -> list[str]:
+    """A text or a sequence of texts as a list; an ``InputError`` naming ``what`` for anything else."""
+    items = [x] if isinstance(x, str) else list(x) if isinstance(x, (list, tuple)) else None
+    if items is None or not all(isinstance(t, str) for t in items):
+        raise InputError(f"{what} must be a text or a list of texts (got {type(x).__name__}).")
+    return items
+
+
 def sharpen(
     pipe: Any,
     sharpener: Sharpener,
@@ -76,11 +84,12 @@ def sharpen(
     the sharpener as c_neg (default: the empty prompt, as in training). ``alpha=0`` is plain unguided sampling.
     """
     fam = check_compatible(pipe, sharpener)
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = texts(prompt, "prompt")
     if not prompts:
         raise InputError("sharpen() needs at least one prompt.")
     check_alpha(alpha)
-    negs = per_prompt(negative_prompt, len(prompts), "negative_prompt")
+    negs = per_prompt(None if negative_prompt is None else texts(negative_prompt, "negative_prompt"),
+                      len(prompts), "negative_prompt")  # fmt: skip
     warn_truncated(pipe, fam, prompts)
     warn_truncated(pipe, fam, [n for n in negs if n], "negative prompts")
     cond = fam.encode(pipe, prompts)

@@ -265,7 +265,9 @@ def ceiling(
     rows, images = [], {}
     for row in [r for r in ROWS if r in conds]:
         peer = CFG(cfg.guidance_scale, stop=PEER_STOP)
-        method = {"cfg": CFG(cfg.guidance_scale), "cfg-first": peer}.get(row, Unguided())  # edits: in the cond
+        method = {"cfg": CFG(cfg.guidance_scale), "cfg-first": peer}.get(
+            row, Unguided()
+        )  # edits: in the cond
         out_images = []
         for b in tqdm(range(0, len(prompts), 64), desc=f"sampling {row}", disable=not cfg.progress):
             sl = slice(b, b + 64)
