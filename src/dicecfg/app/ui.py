@@ -39,10 +39,6 @@ def build_app(
     """The ``gr.Blocks`` of the app over a loaded pipeline and its sharpener (``oracle``: judge each image)."""
     gr = import_gradio()
 
-    first_alpha = recorded_settings(sharpener).get(
-        "alpha", DEFAULTS.alpha
-    )  # the sharpener's own, if recorded
-
     def run(
         prompt: str, negative_prompt: str, seed: float, steps: float, guidance_scale: float, alpha: float
     ) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
