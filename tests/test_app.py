@@ -272,10 +272,16 @@ def test_page_in_headless_chromium(server, browser, tmp_path):
     prompt.send_keys(SHOWCASE)
     button.click()
     sizes = "return [...document.querySelectorAll('#dice-images img')].map(i => i.complete && i.naturalWidth)"
-    shown = wait.until(lambda d: (n := d.execute_script(sizes)) and len(n) == 3 and all(n) and n)
-    assert shown == [64, 64, 64]  # three images, loaded, each the model's 64 x 64 pixels
+    shown = wait.until(lambda d: (n := d.execute_script(sizes)) and len(n) == len(SHOWN) and all(n) and n)
+    assert shown == [64] * len(SHOWN)  # four images, loaded, each the model's 64 x 64 pixels
     text = browser.find_element(By.ID, "dice-images").text
-    for label in ("unguided: 20 NFE, ", "cfg: 40 NFE, ", "dice: 20 NFE, ", "oracle: "):
+    for label in (
+        "unguided: 20 NFE, ",
+        "cfg w=5: 40 NFE, ",
+        "cfg w=5 on [0,0.1): 22 NFE, ",
+        "dice alpha=",
+        "oracle: ",
+    ):
         assert label in text, text
 
     shot = Path(os.environ.get("DICE_SCREENSHOT") or tmp_path / "app.png")
