@@ -328,6 +328,11 @@ def test_dice_tune_records_the_best_settings(tiny_sd_dir, tmp_path, capsys):
         >= best["score"] - best["stderr"]
     )
     assert "(chosen)" in out and "recorded in" in out
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "tune.md").write_text("my notes\n")
+    assert cli.main([*args[:-1], str(tmp_path / "mine")]) == 2  # a file of the user's is never replaced
+    assert "not written by `dice tune`" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "tune.md").read_text() == "my notes\n"
     assert cli.main(["-q", "tune", "--model", str(tiny_sd_dir), "--sharpener", str(tmp_path / "s")]) == 2
     assert "needs --prompts" in capsys.readouterr().err
 

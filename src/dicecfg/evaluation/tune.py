@@ -190,13 +190,13 @@ def tune(
     sharpener: Sharpener,
     ps: Prompts,
     *,
-    alphas: Sequence[float] = (1.0, 1.5, 2.0),
-    stops: Sequence[float] = (0.05, 0.1, 0.15, 0.25, 1.0),
-    seed_sets: int = 2,
-    steps: int = 20,
+    alphas: Sequence[float] = TuneJob.alphas,  # the defaults live once, in TuneJob
+    stops: Sequence[float] = TuneJob.stops,
+    seed_sets: int = TuneJob.seed_sets,
+    steps: int = TuneJob.steps,
     guidance_scale: float | None = None,
-    negative_stop: float = 1.0,
-    batch_size: int = 64,
+    negative_stop: float = TuneJob.negative_stop,
+    batch_size: int = TuneJob.batch_size,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure every candidate setting of ``sharpener`` and CFG beside them; returns the rows and the best
@@ -249,6 +249,22 @@ def tune_table(result: dict[str, Any]) -> str:
     return markdown(head, body)
 
 
+def check_out(out: Path) -> None:
+    """Refuse an --out folder whose tune.json / tune.md were not written by `dice tune` (they would be replaced)."""
+    report = out / "tune.json"
+    ours = False
+    if report.is_file():
+        try:
+            ours = "best_row" in json.loads(report.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, TypeError):
+            ours = False
+    theirs = [p.name for p in (report, out / "tune.md") if p.exists() and not ours]
+    if theirs:
+        raise InputError(
+            f"{out} holds {', '.join(theirs)}, not written by `dice tune`; they would be replaced. Use another --out."
+        )
+
+
 def run_tune(job: TuneJob) -> dict[str, Any]:
     """`dice tune`: load, measure, record the best settings in the sharpener (unless --no-write)."""
     from ..families import check_compatible
@@ -265,6 +281,8 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
             f"{name} is not a local sharpener folder: tune it with --no-write, or download it first."
         )
     candidates(sharp, job.alphas, job.stops)  # bad settings fail before the model loads
+    if job.out:
+        check_out(Path(job.out))
     ps = validation_prompts(job)
     device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)

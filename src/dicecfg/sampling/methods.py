@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -299,10 +299,6 @@ class Dice(Method):
     def neg_settings(self) -> tuple[float, float, float]:
         return (self.neg_alpha, self.neg_start, self.neg_stop)
 
-    @property
-    def interval(self) -> bool:
-        return (self.start, self.stop) != (0.0, 1.0)
-
     def edits(self, fam: Family, cond: Cond, neg: Cond, alpha: float) -> Callable[[float], Cond]:
         """t -> c' of every row: one edit, or one per block of timesteps of a ``time_edges`` sharpener, all
         computed here at once (one sharpener call for the batch x blocks)."""
@@ -321,13 +317,13 @@ class Dice(Method):
         self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
     ) -> Plan:
         rows = torch.tensor(list(negative) if negative is not None else [False] * len(cond), dtype=torch.bool)
-        groups = {self.settings: ~rows} if self.neg_settings == self.settings else {}
-        groups = groups or {s: m for s, m in ((self.settings, ~rows), (self.neg_settings, rows)) if m.any()}
-        static = len(groups) == 1 and not self.sharpener.config.get("time_edges")
-        ((alpha, start, stop),) = groups if len(groups) == 1 else [(0.0, 0.0, 1.0)]
-        if static and (start, stop) == (0.0, 1.0):  # the paper's use: the edit on every step, no route
-            sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
-            return Plan({**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0})
+        pairs = ((self.settings, ~rows), (self.neg_settings, rows))
+        groups = {s: m for s, m in pairs if m.any()}  # settings -> their rows (one entry: the mask is unused)
+        if len(groups) == 1 and not self.sharpener.config.get("time_edges"):
+            ((alpha, start, stop),) = groups
+            if (start, stop) == (0.0, 1.0):  # the paper's use: the edit on every step, no route
+                sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
+                return Plan({**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0})
         schedules = [(self.edits(fam, cond, neg, a), s, e, m) for (a, s, e), m in groups.items()]
 
         def pick(step: Step) -> Cond:
@@ -503,8 +499,3 @@ def as_method(
         if f not in settings and flat.get(f) is not None:
             settings[f] = flat[f]
     return make_method(cls, settings, sharpener)
-
-
-def with_settings(method: Method, **settings: Any) -> Method:
-    """A copy of ``method`` with some settings changed (checked again)."""
-    return replace(method, **settings)
