@@ -289,6 +289,9 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
 
     if cfg.steps < 1 or cfg.repeats < 1 or cfg.warmup < 0 or not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise InputError("bench needs steps >= 1, repeats >= 1, warmup >= 0 and batch sizes >= 1.")
+    edges = list(cfg.time_edges)
+    if any(not 0 < e < 1000 for e in edges) or edges != sorted(set(edges), reverse=True):
+        raise InputError(f"--time-edges must be distinct timesteps in (0, 1000), descending (got {edges}).")
     device = torch.device(resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device.type)
     names = [cfg.model] if cfg.model else list(cfg.archs or archs.available())
