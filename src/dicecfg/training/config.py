@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
+
 from ..errors import InputError
 from ..flags import check_values, opt
 from ..sharpener import ARCHS
@@ -86,10 +88,12 @@ class DistillConfig:
         metavar="SHARPENER",
     )
     gradient_checkpointing: bool = opt(False, "recompute denoiser activations in backward (less memory)")
-    compile: bool = opt(
-        False,
-        "torch.compile the frozen denoiser for the teacher and the student: the first steps compile, losses equal "
-        "eager up to float rounding (a speed option: a run may resume with or without it; docs/recipes.md)",
+    compile: bool | None = opt(
+        None,
+        "torch.compile the frozen denoiser for the teacher and the student (default: on CUDA, eager "
+        "elsewhere): the first steps compile once, losses equal eager up "
+        "to float rounding; --no-compile runs eager (a speed option: a run may resume with or without it; "
+        "docs/recipes.md)",
     )
     checkpoint_every: int = opt(500, "steps between atomic checkpoints", min=1)
     eval_every: int = opt(
@@ -190,6 +194,12 @@ def recipe_config(name: str, **overrides: Any) -> DistillConfig:
     if name not in RECIPES:
         raise InputError(f"Unknown recipe '{name}'. Choose one of: {', '.join(RECIPES)}.")
     return DistillConfig(**{**RECIPES[name], **overrides})
+
+
+def compiles(cfg: DistillConfig, device: torch.device) -> bool:
+    """Whether ``distill`` compiles the frozen denoiser: ``cfg.compile`` when set, else on CUDA only (compiling
+    on a CPU takes minutes for what it saves)."""
+    return cfg.compile if cfg.compile is not None else device.type == "cuda"
 
 
 def lr_at(cfg: DistillConfig, step: int) -> float:

@@ -38,7 +38,7 @@ from ..runs.guards import StopFlag, check_finite, out_of_memory, run_lock
 from ..sampling.checks import check_memory, check_size, warn_truncated
 from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
-from .config import RECIPES, DistillConfig, lr_at
+from .config import RECIPES, DistillConfig, compiles, lr_at
 from .data import ImageCaptionFolder
 from .objective import Objective, autocast_for
 from .parallel import Parallel
@@ -214,7 +214,7 @@ def _distill(
     step, t_log, n_log, saved = start, time.perf_counter(), 0, start
     stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
     speed = contextlib.ExitStack()
-    if cfg.compile:
+    if compiles(cfg, device):
         speed.enter_context(compiled_denoiser(pipe, denoiser, training=True))
     try:
         while step < cfg.steps:
