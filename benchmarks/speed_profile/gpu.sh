@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs of the speed profile on one lent GPU, one after another (timings must not share the card), each appending
+# its row to $OUT/rows.jsonl; a run that would start after DEADLINE seconds is skipped. From the repository root,
+# wheels in .whl (see the device notes):
+#
+#   benchmarks/speed_profile/gpu.sh DEADLINE "what args" "what args" ...
+#   benchmarks/speed_profile/gpu.sh 540 "sample --arch pixart --batch-size 1 --profile 1" "distill --variant eager"
+set -uo pipefail
+DEADLINE=$1; shift
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor}
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+t0=$(date +%s)
+for args in "$@"; do
+  now=$(( $(date +%s) - t0 ))
+  if [ "$now" -ge "$DEADLINE" ]; then echo "skipped at ${now}s: $args"; continue; fi
+  echo "== ${now}s: $args"
+  # shellcheck disable=SC2086
+  timeout $(( DEADLINE + 40 - now )) python3 benchmarks/speed_profile/where_time_goes.py $args --json "$OUT/rows.jsonl" \
+    > "$OUT/last.log" 2>&1 || { echo "failed ($?): $args"; tail -5 "$OUT/last.log"; }
+  tail -1 "$OUT/last.log" | cut -c1-600
+done
+echo "done at $(( $(date +%s) - t0 ))s"
