@@ -108,6 +108,36 @@ def check_finite(loss: Any, step: int, saved: int, run_dir: Path) -> None:
         )
 
 
+class FiniteGuard:
+    """``check_finite`` without a host-device round trip each step: ``add`` notes, on the device, the first step
+    whose loss is NaN / Inf; ``check`` reads it and stops with ``check_finite``'s message. Call ``check`` before
+    anything that keeps the weights (a checkpoint, the final save): a diverged update is then never written,
+    while the steps between checks queue on the device without waiting for each other's loss."""
+
+    def __init__(self) -> None:
+        self.first: Any = None  # (step, loss) of the first non-finite loss as device tensors; step -1: none yet
+
+    def add(self, loss: Any, step: int) -> None:
+        import torch
+
+        loss = loss.detach().float().reshape(())
+        bad = ~torch.isfinite(loss)
+        here = torch.where(bad, torch.tensor(step, device=loss.device), torch.tensor(-1, device=loss.device))
+        if self.first is None:
+            self.first = (here, loss)
+            return
+        step0, loss0 = self.first
+        new = (step0 < 0) & bad
+        self.first = (torch.where(new, here, step0), torch.where(new, loss, loss0))
+
+    def check(self, saved: int, run_dir: Path) -> None:
+        if self.first is None:
+            return
+        step, loss = self.first
+        if int(step) >= 0:  # the one read of the device
+            check_finite(loss, int(step), saved, run_dir)
+
+
 @contextlib.contextmanager
 def out_of_memory(doing: str, advice: str) -> Iterator[None]:
     """Turn running out of accelerator or host memory while ``doing`` something into an ``OutOfMemoryError``

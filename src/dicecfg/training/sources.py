@@ -36,6 +36,15 @@ def add_noise(
     return (a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()).to(x0.dtype)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: on CUDA through pinned memory with a
+    non-blocking copy (a copy from pageable memory waits for the device's queue to drain first, so a training
+    step could not be queued while the last one runs). Elsewhere a plain ``.to``."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.contiguous().pin_memory().to(device, non_blocking=True)
+
+
 def train_alphas(pipe: Any, device: torch.device) -> torch.Tensor:
     """abar_t of the model's training noise schedule (DDPM's), as float32 on ``device``."""
     from diffusers import DDPMScheduler
@@ -170,7 +179,7 @@ class XtSource:
             x0, texts = self.train_items(pick[s : s + b])
             neg = None if negs is None else self.text(negs[s : s + b])
             dev = self.device
-            yield x0, noise[s : s + b].to(dev), t[s : s + b].to(dev), self.text(texts), neg
+            yield x0, to_device(noise[s : s + b], dev), to_device(t[s : s + b], dev), self.text(texts), neg
 
     @property
     def num_train(self) -> int:
@@ -270,7 +279,7 @@ class TeacherSource(XtSource):
         return len(self.pool)
 
     def train_items(self, pick: list[int]) -> tuple[torch.Tensor, list[str]]:
-        return self.pool[torch.tensor(pick, device=self.device)], [self.pool_prompts[i] for i in pick]
+        return self.pool[to_device(torch.tensor(pick), self.device)], [self.pool_prompts[i] for i in pick]
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         for s in range(0, len(self.eval_prompts), batch_size):
