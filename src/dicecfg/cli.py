@@ -26,7 +26,7 @@ from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .sampling.job import SampleJob, run_sample
 from .training.ceiling import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
-from .training.parallel import launched, relaunch
+from .runs.parallel import launched, relaunch
 
 EPILOG = """examples:
   dice sample "a small red circle left of a blue square" --method dice

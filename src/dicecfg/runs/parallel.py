@@ -1,9 +1,11 @@
-"""Data-parallel distillation over several processes (one per GPU), see docs/parallel.md.
+"""Several processes, one per GPU (docs/parallel.md): joining the process group, the collectives the stages
+use, and ``dice CMD --gpus N`` relaunching itself through torch.distributed.run.
 
 A process launched by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1 in its environment) joins the
-process group here; the sharpener is replicated and its gradients are averaged by hand with one all-reduce
-per step (the student calls ``Sharpener.edit``, not ``forward``, so no DDP wrapper is needed). Rank 0 alone
-writes to the run folder; the others wait for it at barriers.
+process group here. Distillation (``training.loop``) replicates the sharpener and averages its gradients by hand
+with one all-reduce per step (the student calls ``Sharpener.edit``, not ``forward``, so no DDP wrapper is
+needed); sampling and evaluation (``sampling.shard``) split the prompts by index and gather what each rank made
+to rank 0. Rank 0 alone writes the shared files; the others wait for it at barriers.
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ class Parallel:
             n = p.grad.numel()
             p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
+
+
+def rank_device(device: str) -> str:
+    """``cuda`` becomes ``cuda:LOCAL_RANK`` in a process launched as one of several (one GPU per process)."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
+        return f"cuda:{int(local_rank)}"
+    return device
 
 
 def launched() -> bool:
