@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,6 +51,22 @@ class Parallel:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (a small value: numbers, strings, lists, dicts)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """``obj`` of every rank, in rank order, on rank 0 (None on the others)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] | None = [None] * self.world if self.main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
 
     def share_error(self, err: BaseException | None) -> None:
         """Raise on every rank when rank 0 failed (rank 0 re-raises its own error), so none waits forever."""
@@ -96,6 +113,11 @@ def rank_device(device: str) -> str:
     if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
         return f"cuda:{int(local_rank)}"
     return device
+
+
+def main_process() -> bool:
+    """Whether this process is rank 0 (or alone): the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def launched() -> bool:
