@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from dicecfg import DistillConfig, Sharpener, distill
@@ -56,3 +57,83 @@ def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, promp
     identity = json.loads((run / "run.json").read_text())["identity"]
     assert identity["world_size"] == 2 and identity["grad_accum"] == 3
     assert not (run / "run.lock").exists()
+
+
+# ---- sampling and evaluation in several processes (issue 23) ---------------------------------------------------
+def _dice(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicecfg.cli", "-q", *args], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _pixels(folder):
+    from PIL import Image
+
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
+
+
+def _one_process(fn, *args):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun gives each rank: the same CPU kernels, the same float rounding
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_sample_on_two_ranks_equals_one_process(tiny_sd_dir, prompts, tmp_path):
+    from dicecfg.sampling.job import SampleJob, run_sample
+
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text("\n".join(prompts[:5]) + "\n")
+    common = dict(model=str(tiny_sd_dir), method="cfg", steps=2, batch_size=2, seed=3, device="cpu")
+    one = tmp_path / "one"
+    _one_process(run_sample, SampleJob(prompts_file=str(pfile), out=str(one), progress=False, **common))
+    two = tmp_path / "two"
+    proc = _dice("sample", "--prompts", str(pfile), "--model", str(tiny_sd_dir), "--method", "cfg", "--steps", "2",
+                 "--batch-size", "2", "--seed", "3", "--device", "cpu", "--out", str(two), "--gpus", "2")  # fmt: skip
+    assert proc.stdout.count("wrote 5 images") == 1  # rank 0 alone reports
+    a, b = _pixels(one), _pixels(two)
+    assert list(a) == list(b) and len(a) == 5
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    def lines(folder):  # everything but the timing, in file order
+        return [{k: v for k, v in json.loads(ln).items() if k != "seconds"}
+                for ln in (folder / "samples.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert lines(one) == lines(two) and [r["seed"] for r in lines(two)] == [3, 4, 5, 6, 7]
+
+
+def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, tmp_path):
+    """An interrupted eval (images missing from both ranks' shares, no eval.json) finished by 2 processes gives
+    the images and the eval.json of one process, making only what was missing."""
+    import shutil
+
+    from dicecfg.evaluation.evaluate import EvalConfig, run_eval
+
+    one = tmp_path / "one"
+    common = dict(model=str(tiny_sd_dir), methods=("unguided", "cfg"), steps=(2,), batch_size=2, device="cpu")
+    cfg = EvalConfig(prompts=tuple(prompts[:5]), out=str(one), plot=False, progress=False, **common)
+    full = _one_process(run_eval, cfg)
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    (two / "eval.json").unlink()
+    gone = [p for p in sorted((two / "images").rglob("*.png")) if p.name[:5] in ("00000", "00003", "00004")]
+    for p in gone:  # indices 0 and 4 are rank 0's share, 3 rank 1's
+        p.unlink()
+    proc = _dice("eval", *prompts[:5], "--model", str(tiny_sd_dir), "--methods", "unguided", "cfg", "--steps", "2",
+                 "--batch-size", "2", "--device", "cpu", "--no-plot", "--out", str(two), "--gpus", "2")  # fmt: skip
+    assert proc.stdout.count(f"({len(gone)} images generated now)") == 1 and len(gone) == 6
+    a, b = _pixels(one), _pixels(two)
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    rows = json.loads((two / "eval.json").read_text())["rows"]
+    skip = ("generated", "seconds_per_image")
+    assert [{k: v for k, v in r.items() if k not in skip} for r in rows] == [
+        {k: v for k, v in r.items() if k not in skip} for r in full["rows"]
+    ]
+    assert [r["generated"] for r in rows] == [3, 3]
+    _dice("eval", *prompts[:5], "--model", str(tiny_sd_dir), "--methods", "unguided", "cfg", "--steps", "2",
+          "--device", "cpu", "--no-plot", "--out", str(two), "--gpus", "2")  # fmt: skip
+    assert [r["generated"] for r in json.loads((two / "eval.json").read_text())["rows"]] == [0, 0]
