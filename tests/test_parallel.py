@@ -137,3 +137,21 @@ def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, 
     _dice("eval", *prompts[:5], "--model", str(tiny_sd_dir), "--methods", "unguided", "cfg", "--steps", "2",
           "--device", "cpu", "--no-plot", "--out", str(two), "--gpus", "2")  # fmt: skip
     assert [r["generated"] for r in json.loads((two / "eval.json").read_text())["rows"]] == [0, 0]
+
+
+def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
+    """benchmarks/parallel_sampling/study.py (made for 2 GPUs) in a tiny CPU setting: rows, ratios, same images."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "parallel_sampling" / "study.py"
+    spec = importlib.util.spec_from_file_location("parallel_sampling_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rows = study.main(["--work", str(tmp_path), "--prompts", "3", "--gpus", "1", "2", "--model", str(tiny_sd_dir),
+                       "--methods", "unguided", "--steps", "1", "--batch-size", "2", "--device", "cpu",
+                       "--fast", "auto"])  # fmt: skip
+    assert [r["gpus"] for r in rows] == [1, 2] and all(r["images"] == 3 for r in rows)
+    assert rows[1]["same_images"] and rows[0]["speedup_wall"] == 1.0 and rows[1]["wall_s"] > 0
+    assert rows[0]["fast"] == ["off"] and rows[0]["dtype"] == "torch.float32" and rows[0]["card"] == "cpu"
+    assert json.loads((tmp_path / "study.json").read_text())["rows"] == rows
