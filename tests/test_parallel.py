@@ -155,3 +155,26 @@ def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
     assert rows[1]["same_images"] and rows[0]["speedup_wall"] == 1.0 and rows[1]["wall_s"] > 0
     assert rows[0]["fast"] == ["off"] and rows[0]["dtype"] == "torch.float32" and rows[0]["card"] == "cpu"
     assert json.loads((tmp_path / "study.json").read_text())["rows"] == rows
+
+
+def test_bad_input_with_gpus_is_one_line_exit_2(tmp_path):
+    """`dice sample --gpus 2` checks its input before starting processes; a rank that fails (here both ranks of
+    `dice eval --gpus 2`) ends the launcher with its exit code and its own line, without the launcher's traceback."""
+    run = [sys.executable, "-m", "dicecfg.cli", "-q"]
+    bad = [
+        "--model",
+        str(tmp_path / "missing"),
+        "--device",
+        "cpu",
+        "--gpus",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    proc = subprocess.run([*run, "sample", "a red circle", *bad], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "dice: error: --method dice needs --sharpener (a folder written by `dice train`)."
+    ]
+    proc = subprocess.run([*run, "eval", "a red circle", *bad], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "dice: error: dice rows need --sharpener" in proc.stderr

@@ -23,7 +23,7 @@ from .evaluation.evaluate import EvalConfig, run_eval
 from .evaluation.tune import TuneJob, run_tune, tune_table
 from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .runs.parallel import launched, main_process, relaunch
-from .sampling.job import SampleJob, run_sample
+from .sampling.job import SampleJob, run_sample, sample_inputs
 from .training.ceiling import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
 
@@ -37,6 +37,7 @@ EPILOG = """examples:
 
 def _sample(job: SampleJob, argv: list[str]) -> int | None:
     if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
+        sample_inputs(job)  # bad input: one line here, before any process starts
         return relaunch(argv, job.gpus)
     paths = run_sample(job)
     if main_process():

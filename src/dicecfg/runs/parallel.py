@@ -150,10 +150,32 @@ def relaunch(argv: Sequence[str], nproc: int) -> int:
     limit = gpus or os.cpu_count() or 1
     if nproc > limit:
         raise InputError(f"--gpus {nproc}: this host has {limit} {'GPUs' if gpus else 'CPU cores (no GPU)'}.")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc)]
+    cmd = [sys.executable, "-m", "dicecfg.runs.parallel", "--nnodes", "1", "--nproc-per-node", str(nproc)]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "dicecfg.cli"]
     cmd += without_gpus(argv)
     try:
         return subprocess.run(cmd, check=False).returncode
     except KeyboardInterrupt:  # the launcher forwards the signal to the ranks, which checkpoint and stop
         return 130
+
+
+def launch(args: Sequence[str]) -> int:
+    """torch.distributed.run with ``args``; a failed process ends it with that process's exit code (2 for an
+    input error, which the process has said in one line) instead of the launcher's traceback."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # the ranks say what failed
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        main(list(args))
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return code if code > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":  # what ``relaunch`` runs
+    sys.exit(launch(sys.argv[1:]))

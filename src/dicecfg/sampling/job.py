@@ -30,7 +30,7 @@ from ..sharpener import Sharpener
 from .checks import SEED_MAX, check_seeds
 from .fast import FAST_CHOICES
 from .generate import generate
-from .methods import CFG, SPELLING_HELP, Dice, as_method, parse_method
+from .methods import CFG, SPELLING_HELP, Dice, Method, as_method, parse_method
 from .prompts import collect_prompts
 from .shard import gathered, share
 
@@ -103,6 +103,22 @@ def next_index(out: Path) -> int:
     return max(taken, default=-1) + 1
 
 
+def sample_inputs(job: SampleJob) -> tuple[list[str], Method]:
+    """The prompts and the method of ``job``, checked before anything heavy loads (also before ``--gpus N``
+    starts its processes): an unknown method, a bad setting, bad prompts or seeds, a missing sharpener."""
+    cls, _ = parse_method(job.method)
+    flat = {"guidance_scale": job.guidance_scale, "scale": job.scale, "alpha": job.alpha}
+    if cls is not Dice:
+        as_method(job.method, **flat)
+    prompts = collect_prompts(job.prompts, job.prompts_file)
+    check_seeds(range(job.seed, job.seed + len(prompts)))
+    name = default_sharpener(job.model, job.sharpener) if cls is Dice else job.sharpener  # checked either way
+    if cls is Dice and name is None:
+        raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
+    sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model
+    return prompts, as_method(job.method, sharpener=sharp, **flat)
+
+
 def run_sample(job: SampleJob) -> list[Path]:
     """Generate and write ``out/NNNN_method_seedS.png``, each with a line in ``out/samples.jsonl``; returns the
     image paths. A folder that holds samples already keeps them: the numbers continue after its highest one
@@ -111,19 +127,9 @@ def run_sample(job: SampleJob) -> list[Path]:
     Launched as one of several processes (``--gpus N``, torchrun), each makes the prompts of its share
     (``sampling.shard``) and rank 0 writes samples.jsonl, in prompt order; rank 0 returns every path, the
     others none."""
-    cls, _ = parse_method(job.method)  # an unknown method, a bad setting, bad seeds: before anything loads
-    flat = {"guidance_scale": job.guidance_scale, "scale": job.scale, "alpha": job.alpha}
-    if cls is not Dice:
-        as_method(job.method, **flat)
-    prompts = collect_prompts(job.prompts, job.prompts_file)
-    check_seeds(range(job.seed, job.seed + len(prompts)))
+    prompts, method = sample_inputs(job)
     if ignored := ignored_options(job):
         log.warning("--method %s ignores %s", job.method, ", ".join(ignored))
-    name = default_sharpener(job.model, job.sharpener) if cls is Dice else job.sharpener  # checked either way
-    if cls is Dice and name is None:
-        raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
-    sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model
-    method = as_method(job.method, sharpener=sharp, **flat)
     if isinstance(method, CFG) and method.guidance_scale == 1.0:
         log.warning("cfg at guidance_scale=1 runs one pass per step: conditional sampling")
     device = rank_device(resolve_device(job.device))  # one GPU per process under torchrun
