@@ -40,7 +40,7 @@ class Sample:
     nfe: int  # network evaluations this image took, counted as they ran (each guided CFG step counts two)
     seconds: float  # wall time of its batch divided by the batch size
     params: dict[str, Any] = field(default_factory=dict)
-    fast: str = "off"  # the fast path its batch ran on: "off" (eager), "graphs" or "compile" (sampling/fast.py)
+    fast: str = "off"  # the fast path its batch ran on: "off" (eager), "graphs" or "compile"
 
     def pil(self):
         from PIL import Image
