@@ -178,3 +178,11 @@ def test_bad_input_with_gpus_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([*run, "eval", "a red circle", *bad], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "dice: error: dice rows need --sharpener" in proc.stderr
+
+
+def test_more_processes_than_prompts(tiny_sd_dir, tmp_path):
+    out = tmp_path / "s"
+    proc = _dice("sample", "a red circle", "--model", str(tiny_sd_dir), "--method", "unguided", "--steps", "1",
+                 "--device", "cpu", "--out", str(out), "--gpus", "2")  # fmt: skip
+    assert proc.stdout.count("wrote 1 images") == 1 and len(list(out.glob("*.png"))) == 1
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 1

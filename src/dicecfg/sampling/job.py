@@ -145,8 +145,6 @@ def run_sample(job: SampleJob) -> list[Path]:
     mine = share(range(len(prompts)), par)
 
     def made():  # this rank's images, written as they come; their records
-        if not mine:  # more processes than prompts
-            return
         for s in generate(
             pipe,
             [prompts[i] for i in mine],
