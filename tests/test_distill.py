@@ -144,7 +144,7 @@ def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch
     import itertools
     import types
 
-    from dicecfg.training.parallel import Parallel
+    from dicecfg.runs.parallel import Parallel
 
     d = importlib.import_module("dicecfg.training.loop")  # the training loop module
 

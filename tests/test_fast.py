@@ -192,8 +192,8 @@ def test_fast_names_a_path_and_the_flag_alone_means_graphs(tiny_sd, tmp_path):
 
     with pytest.raises(InputError, match="fast='turbo' is not a fast path"):
         _images(tiny_sd, "unguided", fast="turbo")
-    assert [fastmod.fast_mode(v) for v in (False, None, True, "off", "graphs", "compile")] == [
-        "off", "off", "graphs", "off", "graphs", "compile"
+    assert [fastmod.fast_mode(v) for v in (False, None, True, "off", "graphs", "compile", "auto")] == [
+        "off", "off", "graphs", "off", "graphs", "compile", "auto"
     ]  # fmt: skip
 
     def job(*argv):
@@ -215,7 +215,7 @@ def test_fast_names_a_path_and_the_flag_alone_means_graphs(tiny_sd, tmp_path):
     assert spelled("--fast", "--seed", "3", "a") == ("graphs", ["a"])
 
     assert (job(), job("--fast"), job("--fast", "compile"), job("--fast", "off")) == (
-        "off",
+        "auto",
         "graphs",
         "compile",
         "off",
@@ -236,3 +236,89 @@ def test_bench_compiled_columns(cheap_compile, tiny_sd_dir):
     assert row["fast_mode"] == "compile" and row["fast_path"].startswith("torch.compile (")
     assert row["fast_dice_first_ms"] > 0 and row["fast_cfg_max_abs_diff"] == 0.0
     assert "| compile |" in bench_table([row])
+
+
+# ---- fast="auto", the default of the long jobs (issue 23) ----------------------------------------------------
+def test_auto_is_eager_on_cpu_silently(tiny_sd, caplog):
+    fastmod._noticed.clear()
+    with caplog.at_level(logging.INFO, logger="dicecfg.sampling.fast"):
+        out = list(generate(tiny_sd, P, method="cfg", num_inference_steps=STEPS, progress=False, fast="auto"))
+    assert fastmod.resolve_fast("auto", "cpu", 10**6) == "off"
+    assert [s.fast for s in out] == ["off", "off"] and not caplog.records  # no notice for auto off CUDA
+    assert np.array_equal(np.stack([s.image for s in out]), _images(tiny_sd, "cfg"))
+
+
+def test_auto_picks_graphs_for_short_jobs_and_compile_for_long_ones(monkeypatch, caplog):
+    fastmod._noticed.clear()
+    monkeypatch.setattr(fastmod, "on_cuda", lambda device: True)
+    n = fastmod.COMPILE_FROM_IMAGES
+    with caplog.at_level(logging.INFO, logger="dicecfg.sampling.fast"):
+        picked = [fastmod.resolve_fast("auto", "cuda", k) for k in (0, 1, 2, n - 1, n, 10 * n)]
+    assert picked == ["off", "off", "graphs", "graphs", "compile", "compile"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and all("the first call of each shape compiles once, about 52 s" in m for m in said)
+    # explicit choices are kept as given, on any device
+    assert [fastmod.resolve_fast(v, "cpu", 1) for v in ("off", "graphs", "compile", True)] == [
+        "off", "graphs", "compile", "graphs"
+    ]  # fmt: skip
+    assert n == round(52 / (0.197 - 0.117))  # the derivation in fast.py: cold compile / time saved per image
+
+
+def test_samples_record_the_path_that_ran(monkeypatch, cheap_compile, tiny_sd, caplog):
+    def ran(**kw):
+        return {
+            s.fast
+            for s in generate(tiny_sd, P, method="unguided", num_inference_steps=2, progress=False, **kw)
+        }
+
+    assert ran(fast="graphs") == {"off"}  # on CPU graphs fall back to eager, and that is what is recorded
+    assert ran(fast=False) == {"off"}
+    with caplog.at_level(logging.INFO, logger="dicecfg.sampling.fast"):
+        assert ran(fast="compile") == {"compile"}
+    assert sum("a new shape compiled in" in r.getMessage() for r in caplog.records) == 1
+    tiny_sd.unet.__dict__.pop("_dice_compiled")
+    monkeypatch.setattr(fastmod, "unsupported", lambda module, device: None)
+    monkeypatch.setattr(fastmod, "cuda_capture", fastmod.eager_capture)
+    assert ran(fast="graphs") == {"graphs"}
+    tiny_sd.unet.__dict__["_dice_graphed"].failed = True  # a capture that failed: eager from then on
+    assert ran(fast="graphs") == {"off"}
+    tiny_sd.unet.__dict__.pop("_dice_graphed")
+
+
+def test_jobs_default_to_auto_and_record_the_path(monkeypatch, cheap_compile, tiny_sd_dir, tmp_path):
+    """`dice sample` with several prompts and `dice eval` resolve auto themselves and write the path that ran."""
+    import json
+
+    from dicecfg.cli import main
+
+    fastmod._noticed.clear()
+    args = [
+        "-q",
+        "sample",
+        "a red circle",
+        "a blue square",
+        "--model",
+        str(tiny_sd_dir),
+        "--method",
+        "unguided",
+    ]
+    assert main([*args, "--steps", "2", "--out", str(tmp_path / "cpu")]) == 0
+    lines = (tmp_path / "cpu" / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["fast"] for ln in lines] == ["off", "off"]
+    # as on CUDA (the device check and the capture stood in for): a short job runs graphs
+    monkeypatch.setattr(fastmod, "on_cuda", lambda device: True)
+    monkeypatch.setattr(fastmod, "unsupported", lambda module, device: None)
+    monkeypatch.setattr(fastmod, "cuda_capture", fastmod.eager_capture)
+    assert main([*args, "--steps", "2", "--out", str(tmp_path / "graphs")]) == 0
+    lines = (tmp_path / "graphs" / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["fast"] for ln in lines] == ["graphs", "graphs"]
+    # a row long enough (threshold lowered for the test) compiles; eval.json says so per row
+    monkeypatch.setattr(fastmod, "COMPILE_FROM_IMAGES", 2)
+    ev = ["-q", "eval", "a red circle", "a blue square", "--model", str(tiny_sd_dir), "--methods", "unguided"]
+    ev += ["--steps", "2", "--no-plot", "--out", str(tmp_path / "eval")]
+    assert main(ev) == 0
+    (row,) = json.loads((tmp_path / "eval" / "eval.json").read_text())["rows"]
+    assert row["fast"] == "compile"
+    assert main([*ev, "--fast", "off"]) == 0  # nothing to make: the path of the images on disk stays
+    (row,) = json.loads((tmp_path / "eval" / "eval.json").read_text())["rows"]
+    assert row["fast"] == "compile" and row["generated"] == 0

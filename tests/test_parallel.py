@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from dicecfg import DistillConfig, Sharpener, distill
@@ -56,3 +57,132 @@ def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, promp
     identity = json.loads((run / "run.json").read_text())["identity"]
     assert identity["world_size"] == 2 and identity["grad_accum"] == 3
     assert not (run / "run.lock").exists()
+
+
+# ---- sampling and evaluation in several processes (issue 23) ---------------------------------------------------
+def _dice(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicecfg.cli", "-q", *args], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _pixels(folder):
+    from PIL import Image
+
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
+
+
+def _one_process(fn, *args):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun gives each rank: the same CPU kernels, the same float rounding
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_sample_on_two_ranks_equals_one_process(tiny_sd_dir, prompts, tmp_path):
+    from dicecfg.sampling.job import SampleJob, run_sample
+
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text("\n".join(prompts[:5]) + "\n")
+    common = dict(model=str(tiny_sd_dir), method="cfg", steps=2, batch_size=2, seed=3, device="cpu")
+    one = tmp_path / "one"
+    _one_process(run_sample, SampleJob(prompts_file=str(pfile), out=str(one), progress=False, **common))
+    two = tmp_path / "two"
+    proc = _dice("sample", "--prompts", str(pfile), "--model", str(tiny_sd_dir), "--method", "cfg", "--steps", "2",
+                 "--batch-size", "2", "--seed", "3", "--device", "cpu", "--out", str(two), "--gpus", "2")  # fmt: skip
+    assert proc.stdout.count("wrote 5 images") == 1  # rank 0 alone reports
+    a, b = _pixels(one), _pixels(two)
+    assert list(a) == list(b) and len(a) == 5
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    def lines(folder):  # everything but the timing, in file order
+        return [{k: v for k, v in json.loads(ln).items() if k != "seconds"}
+                for ln in (folder / "samples.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert lines(one) == lines(two) and [r["seed"] for r in lines(two)] == [3, 4, 5, 6, 7]
+
+
+def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, tmp_path):
+    """An interrupted eval (images missing from both ranks' shares, no eval.json) finished by 2 processes gives
+    the images and the eval.json of one process, making only what was missing."""
+    import shutil
+
+    from dicecfg.evaluation.evaluate import EvalConfig, run_eval
+
+    one = tmp_path / "one"
+    common = dict(model=str(tiny_sd_dir), methods=("unguided", "cfg"), steps=(2,), batch_size=2, device="cpu")
+    cfg = EvalConfig(prompts=tuple(prompts[:5]), out=str(one), plot=False, progress=False, **common)
+    full = _one_process(run_eval, cfg)
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    (two / "eval.json").unlink()
+    gone = [p for p in sorted((two / "images").rglob("*.png")) if p.name[:5] in ("00000", "00003", "00004")]
+    for p in gone:  # indices 0 and 4 are rank 0's share, 3 rank 1's
+        p.unlink()
+    proc = _dice("eval", *prompts[:5], "--model", str(tiny_sd_dir), "--methods", "unguided", "cfg", "--steps", "2",
+                 "--batch-size", "2", "--device", "cpu", "--no-plot", "--out", str(two), "--gpus", "2")  # fmt: skip
+    assert proc.stdout.count(f"({len(gone)} images generated now)") == 1 and len(gone) == 6
+    a, b = _pixels(one), _pixels(two)
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    rows = json.loads((two / "eval.json").read_text())["rows"]
+    skip = ("generated", "seconds_per_image")
+    assert [{k: v for k, v in r.items() if k not in skip} for r in rows] == [
+        {k: v for k, v in r.items() if k not in skip} for r in full["rows"]
+    ]
+    assert [r["generated"] for r in rows] == [3, 3]
+    _dice("eval", *prompts[:5], "--model", str(tiny_sd_dir), "--methods", "unguided", "cfg", "--steps", "2",
+          "--device", "cpu", "--no-plot", "--out", str(two), "--gpus", "2")  # fmt: skip
+    assert [r["generated"] for r in json.loads((two / "eval.json").read_text())["rows"]] == [0, 0]
+
+
+def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
+    """benchmarks/parallel_sampling/study.py (made for 2 GPUs) in a tiny CPU setting: rows, ratios, same images."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "parallel_sampling" / "study.py"
+    spec = importlib.util.spec_from_file_location("parallel_sampling_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rows = study.main(["--work", str(tmp_path), "--prompts", "3", "--gpus", "1", "2", "--model", str(tiny_sd_dir),
+                       "--methods", "unguided", "--steps", "1", "--batch-size", "2", "--device", "cpu",
+                       "--fast", "auto"])  # fmt: skip
+    assert [r["gpus"] for r in rows] == [1, 2] and all(r["images"] == 3 for r in rows)
+    assert rows[1]["same_images"] and rows[0]["speedup_wall"] == 1.0 and rows[1]["wall_s"] > 0
+    assert rows[0]["fast"] == ["off"] and rows[0]["dtype"] == "torch.float32" and rows[0]["card"] == "cpu"
+    assert json.loads((tmp_path / "study.json").read_text())["rows"] == rows
+
+
+def test_bad_input_with_gpus_is_one_line_exit_2(tmp_path):
+    """`dice sample --gpus 2` checks its input before starting processes; a rank that fails (here both ranks of
+    `dice eval --gpus 2`) ends the launcher with its exit code and its own line, without the launcher's traceback."""
+    run = [sys.executable, "-m", "dicecfg.cli", "-q"]
+    bad = [
+        "--model",
+        str(tmp_path / "missing"),
+        "--device",
+        "cpu",
+        "--gpus",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    proc = subprocess.run([*run, "sample", "a red circle", *bad], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "dice: error: --method dice needs --sharpener (a folder written by `dice train`)."
+    ]
+    proc = subprocess.run([*run, "eval", "a red circle", *bad], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "dice: error: dice rows need --sharpener" in proc.stderr
+
+
+def test_more_processes_than_prompts(tiny_sd_dir, tmp_path):
+    out = tmp_path / "s"
+    proc = _dice("sample", "a red circle", "--model", str(tiny_sd_dir), "--method", "unguided", "--steps", "1",
+                 "--device", "cpu", "--out", str(out), "--gpus", "2")  # fmt: skip
+    assert proc.stdout.count("wrote 1 images") == 1 and len(list(out.glob("*.png"))) == 1
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,10 +22,10 @@ from .evaluation.demo import DemoJob, run_demo
 from .evaluation.evaluate import EvalConfig, run_eval
 from .evaluation.tune import TuneJob, run_tune, tune_table
 from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
-from .sampling.job import SampleJob, run_sample
+from .runs.parallel import launched, main_process, relaunch
+from .sampling.job import SampleJob, run_sample, sample_inputs
 from .training.ceiling import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
-from .training.parallel import launched, relaunch
 
 EPILOG = """examples:
   dice sample "a small red circle left of a blue square" --method dice
@@ -36,16 +35,21 @@ EPILOG = """examples:
 """
 
 
-def _sample(job: SampleJob, argv: list[str]) -> None:
+def _sample(job: SampleJob, argv: list[str]) -> int | None:
+    if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
+        sample_inputs(job)  # bad input: one line here, before any process starts
+        return relaunch(argv, job.gpus)
     paths = run_sample(job)
-    print(f"wrote {len(paths)} images to {paths[0].parent}")
+    if main_process():
+        print(f"wrote {len(paths)} images to {paths[0].parent}")
+    return None
 
 
 def _train(job: TrainJob, argv: list[str]) -> int | None:
     if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
         return relaunch(argv, job.gpus)
     sharp = run_train(job)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_process():
         print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
     return None
 
@@ -56,14 +60,19 @@ def _demo(job: DemoJob, argv: list[str]) -> None:
     print(report.demo_summary(summary, commands=COMMANDS))
 
 
-def _eval(job: EvalConfig, argv: list[str]) -> None:
+def _eval(job: EvalConfig, argv: list[str]) -> int | None:
+    if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
+        return relaunch(argv, job.gpus)
     result = run_eval(job)
+    if not main_process():
+        return None
     made = sum(r["generated"] for r in result["rows"])
     print(
         f"{len(result['rows'])} rows over {result['n']} prompts ({made} images generated now); "
         f"wrote {job.out}/eval.json, eval.md"
     )
     print(report.eval_table(result["rows"]))
+    return None
 
 
 def _tune(job: TuneJob, argv: list[str]) -> None:

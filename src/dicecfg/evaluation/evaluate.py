@@ -23,10 +23,12 @@ from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option, model_option
 from ..runs.io import atomic_write_json, atomic_write_text
+from ..runs.parallel import Parallel
 from ..sampling.checks import SEED_MAX
+from ..sampling.fast import FAST_CHOICES
 from ..sampling.generate import generate
 from ..sampling.methods import CFG, PEER_STOP, SPELLING_HELP, Dice, make_method, parse_method
-from .images import Row, ensure_images, load_images, meta_mean, seconds_per_image
+from .images import Row, ensure_images, fast_paths, load_images, meta_mean, seconds_per_image
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,20 @@ class EvalConfig:
     width: int | None = opt(None, "image width in pixels (default: the model's native size)", min=8)
     device: str | None = device_option()
     dtype: str | None = dtype_option()
+    fast: str = opt(
+        "auto",
+        "fast sampling path: auto (on CUDA: graphs, or compile for long rows; eager elsewhere), off, graphs or "
+        "compile (docs/fast.md); eval.json records the path each row ran on",
+        choices=FAST_CHOICES,
+        const="graphs",
+    )
+    gpus: int = opt(
+        1,
+        "sample in N processes, one per GPU, prompts split by index (relaunches itself through "
+        "torch.distributed.run; the same images and eval.json as one process; docs/parallel.md)",
+        metavar="N",
+        min=1,
+    )
     clip: str | None = opt(None, "local CLIP model folder: CLIP score")
     aesthetic: str | None = opt(None, "local LAION aesthetic MLP weights (.pth or .safetensors)")
     aesthetic_clip: str | None = opt(
@@ -193,13 +209,18 @@ def alignment_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {f"align_{k}": float(v.mean()) for k, v in scores.items()}
 
 
-def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None) -> dict[str, Any]:
-    """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot)."""
+def evaluate(
+    pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None
+) -> dict[str, Any] | None:
+    """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot). In one of
+    several processes (``--gpus N``) each makes its share of the images and rank 0 alone scores and writes
+    (the others return None)."""
     from ..runs.folder import versions
     from .report import eval_table, plot_nfe
 
     out = Path(cfg.out)
     rows = make_rows(cfg, sharpeners)
+    par = Parallel.current(pipe._execution_device)
     made = {}
     for row in rows:
         made[row.key] = ensure_images(
@@ -211,8 +232,12 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
             batch_size=cfg.batch_size,
             height=cfg.height,
             width=cfg.width,
-            progress=cfg.progress,
+            progress=cfg.progress and par.main,
+            fast=cfg.fast,
+            par=par,
         )
+    if not par.main:
+        return None
     refs: dict[int, np.ndarray] = {}
     results = []
     for row in rows:
@@ -239,6 +264,7 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
                 "n": len(images),
                 "generated": made[row.key],
                 "seconds_per_image": seconds_per_image(folder, len(images)),
+                "fast": fast_paths(folder, len(images)),
                 **row_metrics(images, ps, refs.get(row.steps), real),
             }
         )
@@ -258,7 +284,7 @@ def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], r
     return report
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig) -> dict[str, Any] | None:
     """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
     import torch
 
@@ -266,6 +292,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     from ..metrics.real import RealMetrics
     from ..pipeline import default_sharpener, load_pipeline, model_id, resolve_device, resolve_dtype
     from ..runs.folder import run_record, write_run_json
+    from ..runs.parallel import rank_device
     from ..sharpener import Sharpener
 
     shipped = default_sharpener(cfg.model, None)
@@ -279,7 +306,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
     make_rows(cfg, sharpeners)  # bad methods, steps or settings fail before the model loads
     ps = prompt_set(cfg)
-    device = resolve_device(cfg.device)
+    device = rank_device(resolve_device(cfg.device))  # one GPU per process under torchrun
     real = RealMetrics(
         clip=cfg.clip,
         aesthetic=cfg.aesthetic,
@@ -300,7 +327,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "width": cfg.width,
     }
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_run_json(Path(cfg.out), run_record(cfg), identity)
+    par, err = Parallel.current(pipe._execution_device), None
+    if par.main:
+        try:
+            write_run_json(Path(cfg.out), run_record(cfg), identity)
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            err = e
+    par.share_error(err)
     return evaluate(pipe, cfg, ps, sharpeners, real)
 
 

@@ -1,6 +1,8 @@
 """The rows of `dice eval` and their images on disk: made once through ``generate()``, named so a re-run resumes.
 
-``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png`` plus ``meta.jsonl`` (seed, NFE, seconds per image).
+``out/images/<row key>/<index>-seed<seed>-<prompt hash>.png`` plus ``meta.jsonl`` (seed, NFE, seconds per image,
+the fast path it ran on). In several processes (``dice eval --gpus N``) each makes its share of every row
+(``sampling.shard``) and rank 0 writes meta.jsonl.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..runs.io import atomic_write
+from ..runs.parallel import Parallel
 from ..sampling.generate import generate
 from ..sampling.methods import Method
+from ..sampling.shard import gathered, share
 
 log = logging.getLogger(__name__)
 
@@ -67,38 +71,51 @@ def ensure_images(
     height: int | None = None,
     width: int | None = None,
     progress: bool = True,
+    fast: bool | str = False,
+    par: Parallel | None = None,
 ) -> int:
-    """Generate the row's missing images (PNG + a line in meta.jsonl each); returns how many were made."""
+    """Generate the row's missing images (PNG + a line in meta.jsonl each); returns how many were made (by every
+    rank, on rank 0). With ``par`` of several ranks each rank makes the missing images of its share."""
+    par = par or Parallel()
     folder.mkdir(parents=True, exist_ok=True)
     paths = image_paths(folder, prompts, seeds)
-    missing = [i for i, p in enumerate(paths) if not p.is_file()]
-    if not missing:
-        return 0
-    log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
-    stream = generate(
-        pipe,
-        [prompts[i] for i in missing],
-        method=row.method,
-        seeds=[seeds[i] for i in missing],
-        negative_prompt=row.negative_prompt,
-        num_inference_steps=row.steps,
-        batch_size=batch_size,
-        height=height,
-        width=width,
-        progress=progress,
-    )
-    with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
-        for s in stream:
+    missing = [i for i in share(range(len(paths)), par) if not paths[i].is_file()]
+    if missing:
+        log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
+
+    def made():  # this rank's missing images, written as they come; their records
+        if not missing:
+            return
+        for s in generate(
+            pipe,
+            [prompts[i] for i in missing],
+            method=row.method,
+            seeds=[seeds[i] for i in missing],
+            negative_prompt=row.negative_prompt,
+            num_inference_steps=row.steps,
+            batch_size=batch_size,
+            height=height,
+            width=width,
+            progress=progress,
+            fast=fast,
+        ):
             i = missing[s.index]
             atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
-            meta.write(
-                json.dumps(
-                    {"index": i, "seed": s.seed, "prompt": s.prompt, "nfe": s.nfe, "seconds": s.seconds}
-                )
-                + "\n"
-            )
-            meta.flush()
-    return len(missing)
+            yield {
+                "index": i,
+                "seed": s.seed,
+                "prompt": s.prompt,
+                "nfe": s.nfe,
+                "seconds": s.seconds,
+                "fast": s.fast,
+            }
+
+    count = 0
+    for records in gathered(par, made(), len(missing), batch_size):
+        with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
+            meta.writelines(json.dumps(r) + "\n" for r in records)
+        count += len(records)
+    return count
 
 
 def image_paths(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> list[Path]:
@@ -115,18 +132,30 @@ def load_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> n
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, prompts, seeds)])
 
 
-def meta_mean(folder: Path, n: int, field: str) -> float | None:
-    """Mean of ``field`` (``seconds``, ``nfe``) over the row's first ``n`` images, from the runs that made them."""
+def meta_records(folder: Path, n: int) -> dict[int, dict]:
+    """The meta.jsonl record of each of the row's first ``n`` images that has one (the latest), by index."""
     path = folder / "meta.jsonl"
     if not path.is_file():
-        return None
-    recs = {
+        return {}
+    return {
         r["index"]: r
         for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
         if r["index"] < n
     }
+
+
+def meta_mean(folder: Path, n: int, field: str) -> float | None:
+    """Mean of ``field`` (``seconds``, ``nfe``) over the row's first ``n`` images, from the runs that made them."""
+    recs = meta_records(folder, n)
     values = [r[field] for r in recs.values() if field in r]
     return float(np.mean(values)) if values else None
+
+
+def fast_paths(folder: Path, n: int) -> str | None:
+    """The fast path the row's first ``n`` images ran on (``"off"`` for eager; several joined by ``+`` when
+    runs differed), from meta.jsonl; None where it was not recorded."""
+    recs = meta_records(folder, n)
+    return "+".join(sorted({r["fast"] for r in recs.values() if "fast" in r})) or None
 
 
 def seconds_per_image(folder: Path, n: int) -> float | None:

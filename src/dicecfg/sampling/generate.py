@@ -21,7 +21,7 @@ from ..families import Cond, Family, check_compatible, family_of
 from ..runs.guards import out_of_memory
 from ..sharpener import Sharpener
 from .checks import check_alpha, check_memory, check_seeds, check_size, sampling_memory, warn_truncated
-from .fast import fast_mode, speedup
+from .fast import fast_mode, path_ran, resolve_fast, speedup
 from .methods import Dice, Method, as_method, sharpen_cond
 from .steps import routed
 
@@ -40,6 +40,7 @@ class Sample:
     nfe: int  # network evaluations this image took, counted as they ran (each guided CFG step counts two)
     seconds: float  # wall time of its batch divided by the batch size
     params: dict[str, Any] = field(default_factory=dict)
+    fast: str = "off"  # the fast path its batch ran on: "off" (eager), "graphs" or "compile"
 
     def pil(self):
         from PIL import Image
@@ -191,6 +192,8 @@ def generate(
     ``torch.Generator``, so an image does not depend on the batch it was made in. ``fast=True`` (or ``"graphs"``)
     replays the denoiser as CUDA graphs (the same images; eager with a one-line notice off CUDA);
     ``fast="compile"`` runs it ``torch.compile``d (any device; the first call of a shape compiles; docs/fast.md).
+    ``fast="auto"`` picks one for this call's number of images (``sampling.fast.resolve_fast``: eager off CUDA,
+    graphs, compile for long jobs). Each ``Sample.fast`` says which path its batch ran on.
     """
     prompts = list(prompts)
     m = as_method(method, sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha)
@@ -207,6 +210,7 @@ def generate(
     fam = check_compatible(pipe, m.sharpener) if isinstance(m, Dice) else family_of(pipe)
     check_size(pipe, fam, height, width)
     device = pipe._execution_device
+    mode = resolve_fast(fast, device, len(prompts))
     check_memory(
         sampling_memory(pipe, fam, min(batch_size, len(prompts)), height, width),
         device,
@@ -234,9 +238,10 @@ def generate(
                 height=height,
                 width=width,
                 output_type="np",
-                fast=fast,
+                fast=mode,
                 **pipe_kwargs,
             )
+            ran = path_ran(pipe, fam.denoiser(pipe), mode)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             per_image = (time.perf_counter() - t0) / len(batch)
@@ -250,6 +255,7 @@ def generate(
                     nfe=int(nfe[i]),
                     seconds=per_image,
                     params=m.params | ({"negative_prompt": negs[start + i]} if negs[start + i] else {}),
+                    fast=ran,
                 )
             bar.update(len(batch))
     finally:

@@ -25,12 +25,14 @@ from ..pipeline import (
     sharpener_option,
 )
 from ..runs.io import atomic_write
+from ..runs.parallel import Parallel, rank_device
 from ..sharpener import Sharpener
 from .checks import SEED_MAX, check_seeds
-from .fast import FAST_MODES
+from .fast import FAST_CHOICES
 from .generate import generate
-from .methods import CFG, SPELLING_HELP, Dice, as_method, parse_method
+from .methods import CFG, SPELLING_HELP, Dice, Method, as_method, parse_method
 from .prompts import collect_prompts
+from .shard import gathered, share
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,19 @@ class SampleJob:
     device: str | None = device_option()
     dtype: str | None = dtype_option()
     fast: str = opt(
-        "off",
-        "fast path: graphs (--fast alone) replays the denoiser as CUDA graphs, the same images (CUDA only; eager "
-        "with a notice elsewhere); compile runs it torch.compiled, for long jobs of one shape (docs/fast.md)",
-        choices=FAST_MODES,
+        "auto",
+        "fast path: auto (several prompts on CUDA: graphs, or compile for long jobs; eager otherwise); graphs "
+        "(--fast alone) replays the denoiser as CUDA graphs, the same images (CUDA only; eager with a notice "
+        "elsewhere); compile runs it torch.compiled; off: eager (docs/fast.md). samples.jsonl records the path run",
+        choices=FAST_CHOICES,
         const="graphs",
+    )
+    gpus: int = opt(
+        1,
+        "sample in N processes, one per GPU, prompts split by index (relaunches itself through "
+        "torch.distributed.run; the same images as one process; docs/parallel.md)",
+        metavar="N",
+        min=1,
     )
     progress: bool = opt(True, "progress bars", cli=False)
 
@@ -93,59 +103,81 @@ def next_index(out: Path) -> int:
     return max(taken, default=-1) + 1
 
 
-def run_sample(job: SampleJob) -> list[Path]:
-    """Generate and write ``out/NNNN_method_seedS.png``, each with a line in ``out/samples.jsonl``; returns the
-    image paths. A folder that holds samples already keeps them: the numbers continue after its highest one
-    and samples.jsonl grows by a line per image, so every image in the folder stays described."""
-    cls, _ = parse_method(job.method)  # an unknown method, a bad setting, bad seeds: before anything loads
+def sample_inputs(job: SampleJob) -> tuple[list[str], Method]:
+    """The prompts and the method of ``job``, checked before anything heavy loads (also before ``--gpus N``
+    starts its processes): an unknown method, a bad setting, bad prompts or seeds, a missing sharpener."""
+    cls, _ = parse_method(job.method)
     flat = {"guidance_scale": job.guidance_scale, "scale": job.scale, "alpha": job.alpha}
     if cls is not Dice:
         as_method(job.method, **flat)
     prompts = collect_prompts(job.prompts, job.prompts_file)
     check_seeds(range(job.seed, job.seed + len(prompts)))
-    if ignored := ignored_options(job):
-        log.warning("--method %s ignores %s", job.method, ", ".join(ignored))
     name = default_sharpener(job.model, job.sharpener) if cls is Dice else job.sharpener  # checked either way
     if cls is Dice and name is None:
         raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
     sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model
-    method = as_method(job.method, sharpener=sharp, **flat)
+    return prompts, as_method(job.method, sharpener=sharp, **flat)
+
+
+def run_sample(job: SampleJob) -> list[Path]:
+    """Generate and write ``out/NNNN_method_seedS.png``, each with a line in ``out/samples.jsonl``; returns the
+    image paths. A folder that holds samples already keeps them: the numbers continue after its highest one
+    and samples.jsonl grows by a line per image, so every image in the folder stays described.
+
+    Launched as one of several processes (``--gpus N``, torchrun), each makes the prompts of its share
+    (``sampling.shard``) and rank 0 writes samples.jsonl, in prompt order; rank 0 returns every path, the
+    others none."""
+    prompts, method = sample_inputs(job)
+    if ignored := ignored_options(job):
+        log.warning("--method %s ignores %s", job.method, ", ".join(ignored))
     if isinstance(method, CFG) and method.guidance_scale == 1.0:
         log.warning("cfg at guidance_scale=1 runs one pass per step: conditional sampling")
-    device = resolve_device(job.device)
+    device = rank_device(resolve_device(job.device))  # one GPU per process under torchrun
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
+    par = Parallel.current(pipe._execution_device)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    first, paths = next_index(out), []
+    first = par.all_gather(next_index(out))[0]  # rank 0's, read before any rank writes
     index = out / "samples.jsonl"
-    if index.is_file() and not index.read_bytes().endswith(b"\n") and index.stat().st_size:
+    if par.main and index.is_file() and not index.read_bytes().endswith(b"\n") and index.stat().st_size:
         with open(index, "a", encoding="utf-8") as f:  # a line cut short by a kill: end it
             f.write("\n")
-    for s in generate(
-        pipe,
-        prompts,
-        method=method,
-        seeds=job.seed,
-        negative_prompt=job.negative_prompt,
-        num_inference_steps=job.steps,
-        batch_size=job.batch_size,
-        height=job.height,
-        width=job.width,
-        progress=job.progress,
-        fast=job.fast,
-    ):
-        path = out / f"{first + s.index:04d}_{s.method}_seed{s.seed}.png"
-        atomic_write(path, lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
-        paths.append(path)
-        record = {
-            "file": path.name,
-            "prompt": s.prompt,
-            "seed": s.seed,
-            "method": s.method,
-            "nfe": s.nfe,
-            "seconds": round(s.seconds, 4),
-            **s.params,
-        }
-        with open(index, "a", encoding="utf-8") as f:  # one whole line per image, after its PNG
-            f.write(json.dumps(record) + "\n")
+    mine = share(range(len(prompts)), par)
+
+    def made():  # this rank's images, written as they come; their records
+        for s in generate(
+            pipe,
+            [prompts[i] for i in mine],
+            method=method,
+            seeds=[job.seed + i for i in mine],
+            negative_prompt=job.negative_prompt,
+            num_inference_steps=job.steps,
+            batch_size=job.batch_size,
+            height=job.height,
+            width=job.width,
+            progress=job.progress and par.main,
+            fast=job.fast,
+        ):
+            i = mine[s.index]
+            path = out / f"{first + i:04d}_{s.method}_seed{s.seed}.png"
+            atomic_write(path, lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
+            yield {
+                "index": i,
+                "file": path.name,
+                "prompt": s.prompt,
+                "seed": s.seed,
+                "method": s.method,
+                "nfe": s.nfe,
+                "seconds": round(s.seconds, 4),
+                "fast": s.fast,
+                **s.params,
+            }
+
+    paths = []
+    for records in gathered(par, made(), len(mine), job.batch_size):
+        with open(index, "a", encoding="utf-8") as f:  # whole lines, after their PNGs
+            for r in records:
+                del r["index"]
+                f.write(json.dumps(r) + "\n")
+                paths.append(out / r["file"])
     return paths

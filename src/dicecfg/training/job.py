@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, replace
 
 from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option, load_pipeline, model_option, resolve_device, resolve_dtype
 from ..runs.folder import check_run_folder
+from ..runs.parallel import rank_device
 from ..sampling.prompts import load_prompts
 from ..sharpener import Sharpener
 from .config import DEFAULT_RECIPE, RECIPES, DistillConfig
@@ -71,10 +71,7 @@ class TrainJob:
 
 def run_train(job: TrainJob) -> Sharpener:
     config = job.resolved_config()
-    device = resolve_device(job.device)
-    local_rank = os.environ.get("LOCAL_RANK")  # one GPU per process under torchrun / accelerate launch
-    if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
-        device = f"cuda:{int(local_rank)}"
+    device = rank_device(resolve_device(job.device))  # one GPU per process under torchrun
     prompts = load_prompts(job.prompts_file) if job.prompts_file else None
     if prompts is None and job.images is None:
         raise InputError("dice train needs --prompts FILE (prompt-only) or --images DIR (captioned images).")

@@ -35,13 +35,13 @@ from ..runs.folder import (
     write_run_json,
 )
 from ..runs.guards import StopFlag, check_finite, out_of_memory, run_lock
+from ..runs.parallel import Parallel
 from ..sampling.checks import check_memory, check_size, warn_truncated
 from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
 from .config import RECIPES, DistillConfig, compiles, lr_at
 from .data import ImageCaptionFolder
 from .objective import Objective, autocast_for
-from .parallel import Parallel
 from .sources import ImageSource, TeacherSource, XtSource
 
 log = logging.getLogger(__name__)

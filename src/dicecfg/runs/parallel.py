@@ -1,9 +1,11 @@
-"""Data-parallel distillation over several processes (one per GPU), see docs/parallel.md.
+"""Several processes, one per GPU (docs/parallel.md): joining the process group, the collectives the stages
+use, and ``dice CMD --gpus N`` relaunching itself through torch.distributed.run.
 
 A process launched by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1 in its environment) joins the
-process group here; the sharpener is replicated and its gradients are averaged by hand with one all-reduce
-per step (the student calls ``Sharpener.edit``, not ``forward``, so no DDP wrapper is needed). Rank 0 alone
-writes to the run folder; the others wait for it at barriers.
+process group here. Distillation (``training.loop``) replicates the sharpener and averages its gradients by hand
+with one all-reduce per step (the student calls ``Sharpener.edit``, not ``forward``, so no DDP wrapper is
+needed); sampling and evaluation (``sampling.shard``) split the prompts by index and gather what each rank made
+to rank 0. Rank 0 alone writes the shared files; the others wait for it at barriers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,6 +51,22 @@ class Parallel:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (a small value: numbers, strings, lists, dicts)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """``obj`` of every rank, in rank order, on rank 0 (None on the others)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] | None = [None] * self.world if self.main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
 
     def share_error(self, err: BaseException | None) -> None:
         """Raise on every rank when rank 0 failed (rank 0 re-raises its own error), so none waits forever."""
@@ -88,6 +107,19 @@ class Parallel:
             offset += n
 
 
+def rank_device(device: str) -> str:
+    """``cuda`` becomes ``cuda:LOCAL_RANK`` in a process launched as one of several (one GPU per process)."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
+        return f"cuda:{int(local_rank)}"
+    return device
+
+
+def main_process() -> bool:
+    """Whether this process is rank 0 (or alone): the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def launched() -> bool:
     """Whether a launcher (torchrun, accelerate launch, ``relaunch``) started this process as one of several."""
     return "WORLD_SIZE" in os.environ
@@ -118,10 +150,32 @@ def relaunch(argv: Sequence[str], nproc: int) -> int:
     limit = gpus or os.cpu_count() or 1
     if nproc > limit:
         raise InputError(f"--gpus {nproc}: this host has {limit} {'GPUs' if gpus else 'CPU cores (no GPU)'}.")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc)]
+    cmd = [sys.executable, "-m", "dicecfg.runs.parallel", "--nnodes", "1", "--nproc-per-node", str(nproc)]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "dicecfg.cli"]
     cmd += without_gpus(argv)
     try:
         return subprocess.run(cmd, check=False).returncode
     except KeyboardInterrupt:  # the launcher forwards the signal to the ranks, which checkpoint and stop
         return 130
+
+
+def launch(args: Sequence[str]) -> int:
+    """torch.distributed.run with ``args``; a failed process ends it with that process's exit code (2 for an
+    input error, which the process has said in one line) instead of the launcher's traceback."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # the ranks say what failed
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        main(list(args))
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return code if code > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":  # what ``relaunch`` runs
+    sys.exit(launch(sys.argv[1:]))
