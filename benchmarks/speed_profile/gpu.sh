@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs of the speed profile on one lent GPU, one after another (timings must not share the card), each appending
 # its row to $OUT/rows.jsonl; a run that would start after DEADLINE seconds is skipped. From the repository root,
-# wheels in .whl (see the device notes):
+# wheels in .whl (see the device notes). "old:ARGS" runs ARGS on the code in .old/src (a baseline: carry .old,
+# made by `git archive COMMIT src | tar -x -C .old`); "cli:ARGS" runs `dice ARGS` instead of the study script.
 #
 #   benchmarks/speed_profile/gpu.sh DEADLINE "what args" "what args" ...
-#   benchmarks/speed_profile/gpu.sh 540 "sample --arch pixart --batch-size 1 --profile 1" "distill --variant eager"
+#   benchmarks/speed_profile/gpu.sh 540 "sample --arch pixart --batch-size 1 --profile 1" "old:distill --variant eager"
 set -uo pipefail
 DEADLINE=$1; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -17,8 +18,11 @@ for args in "$@"; do
   now=$(( $(date +%s) - t0 ))
   if [ "$now" -ge "$DEADLINE" ]; then echo "skipped at ${now}s: $args"; continue; fi
   echo "== ${now}s: $args"
+  src=$PWD/src; cmd=(benchmarks/speed_profile/where_time_goes.py); tail=(--json "$OUT/rows.jsonl")
+  case $args in old:*) src=$PWD/.old/src; args=${args#old:}; tail+=(--code old);; esac
+  case $args in cli:*) cmd=(-m dicecfg.cli); args=${args#cli:}; tail=();; esac
   # shellcheck disable=SC2086
-  timeout $(( DEADLINE + 40 - now )) python3 benchmarks/speed_profile/where_time_goes.py $args --json "$OUT/rows.jsonl" \
+  PYTHONPATH=/tmp/site:$src timeout $(( DEADLINE + 40 - now )) python3 "${cmd[@]}" $args "${tail[@]}" \
     > "$OUT/last.log" 2>&1 || { echo "failed ($?): $args"; tail -5 "$OUT/last.log"; }
   tail -1 "$OUT/last.log" | cut -c1-600
 done

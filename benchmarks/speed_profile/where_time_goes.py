@@ -279,8 +279,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--profile", type=int, default=0, help="distill: profile this many more steps; sample: 1 = on")
     ap.add_argument("--json", help="append the row to this file")
+    ap.add_argument("--code", default="new", help="a label of the code that ran (gpu.sh: old for the baseline)")
     a = ap.parse_args()
     row = run_distill(a) if a.what == "distill" else run_sample(a)
+    row["code"] = a.code
     line = json.dumps(row)
     print(line[:3000])
     if a.json:
