@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option, model_option
-from ..runs.io import atomic_write_json, atomic_write_text
+from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
 from ..sampling.checks import SEED_MAX
 from ..sampling.generate import generate
 from ..sampling.methods import CFG, PEER_STOP, SPELLING_HELP, Dice, make_method, parse_method
@@ -109,8 +109,13 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
         return PromptSet(
             "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
         )
-    from ..world import heldout_set
+    from ..world.heldout import HELDOUT_SIZE, heldout_set
 
+    if cfg.limit > HELDOUT_SIZE:
+        raise InputError(
+            f"--limit {cfg.limit}: the held-out set has {HELDOUT_SIZE} prompts; give --limit {HELDOUT_SIZE} or "
+            "less, or your own prompts (--prompts FILE)."
+        )
     items = heldout_set(cfg.limit)
     return PromptSet(
         "heldout",
@@ -131,11 +136,11 @@ def sharpener_tag(name: str) -> str:
     return f"{slug}-{hashlib.sha1(weights.read_bytes()).hexdigest()[:8]}" if weights.is_file() else slug
 
 
-def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any]) -> list[Row]:
+def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any], *, notice: bool = True) -> list[Row]:
     """Rows in table order: for each step count, each method of ``cfg.methods`` in order, a setting it leaves
     open taking every value of its list (w: --cfg-scales, s: --scales, alpha: --alphas), dice rows once per
     sharpener (tag -> Sharpener); with a negative prompt, a twin of each row that takes one (w: the first).
-    Rows that come out the same are kept once."""
+    Rows that come out the same (``--cfg-scales 5 5.0``) are kept once, with a warning unless ``notice`` is off."""
     if any(s < 1 for s in cfg.steps):
         raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
     lists = {"guidance_scale": cfg.cfg_scales, "scale": cfg.scales, "alpha": cfg.alphas}
@@ -149,15 +154,22 @@ def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any]) -> list[Row]:
         tags = list(sharpeners) if cls is Dice else [None]
         methods += [(make_method(cls, c, sharpeners.get(t)), t) for c in choices for t in tags]
     rows: dict[str, Row] = {}
+    asked = 0
     for steps in cfg.steps:
         for m, tag in methods:
-            row = Row(m, steps, tag)
+            row, asked = Row(m, steps, tag), asked + 1
             rows.setdefault(row.key, row)
         for m, tag in methods if cfg.negative_prompt else ():
             w = getattr(m, "guidance_scale", cfg.cfg_scales[0])
             if m.uses_negative and w == cfg.cfg_scales[0]:
-                row = Row(m, steps, tag, cfg.negative_prompt)
+                row, asked = Row(m, steps, tag, cfg.negative_prompt), asked + 1
                 rows.setdefault(row.key, row)
+    if notice and asked > len(rows):
+        log.warning(
+            "%d of the %d rows asked for repeat another (equal values): each is made once",
+            asked - len(rows),
+            asked,
+        )
     return list(rows.values())
 
 
@@ -193,13 +205,32 @@ def alignment_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {f"align_{k}": float(v.mean()) for k, v in scores.items()}
 
 
+EVAL_FILES = ("eval.json", "eval.md", "eval_nfe.png", "images")  # what `dice eval` writes beside its run.json
+
+
+def check_eval_folder(out: Path) -> None:
+    """Refuse an --out folder holding files `dice eval` did not write (``runs.io.check_own_files``); its record
+    is run.json with an eval config. A training run folder is named as such."""
+    record = read_record(out / "run.json")
+    if record is None and (out / "run.json").exists():
+        return  # damaged: write_run_json names it with what to do
+    config = (record or {}).get("config")
+    ours = isinstance(config, dict) and "cfg_scales" in config
+    if record is not None and not ours:
+        raise InputError(
+            f"{out} is a training run folder (its run.json is not of `dice eval`), not an eval folder: give "
+            "dice eval another --out folder."
+        )
+    check_own_files(out, EVAL_FILES, command="eval", ours=ours)
+
+
 def evaluate(pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None) -> dict[str, Any]:
     """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot)."""
     from ..runs.folder import versions
     from .report import eval_table, plot_nfe
 
     out = Path(cfg.out)
-    rows = make_rows(cfg, sharpeners)
+    rows = make_rows(cfg, sharpeners, notice=False)  # run_eval has said which rows repeat
     made = {}
     for row in rows:
         made[row.key] = ensure_images(
@@ -278,6 +309,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     names = names if wants_dice else []
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
     make_rows(cfg, sharpeners)  # bad methods, steps or settings fail before the model loads
+    check_eval_folder(Path(cfg.out))
     ps = prompt_set(cfg)
     device = resolve_device(cfg.device)
     real = RealMetrics(
