@@ -156,17 +156,17 @@ def load_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> n
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, prompts, seeds)])
 
 
-def meta_mean(folder: Path, n: int, field: str) -> float | None:
+def meta_mean(folder: Path, n: int, field: str, *, warn: bool = True) -> float | None:
     """Mean of ``field`` (``seconds``, ``nfe``) over the row's first ``n`` images, from the runs that made them."""
     path = folder / "meta.jsonl"
     if not path.is_file():
         return None
-    recs = {r["index"]: r for r in read_meta(path) if r["index"] < n}
+    recs = {r["index"]: r for r in read_meta(path, warn=warn) if r["index"] < n}
     values = [r[field] for r in recs.values() if field in r]
     return float(np.mean(values)) if values else None
 
 
-def read_meta(path: Path) -> list[dict[str, Any]]:
+def read_meta(path: Path, *, warn: bool = True) -> list[dict[str, Any]]:
     """The whole records of a row's meta.jsonl; blank lines are skipped, and damaged ones (a write cut short, bad
     UTF-8, a record without its index) with one warning giving the count."""
     out, bad = [], 0
@@ -181,11 +181,11 @@ def read_meta(path: Path) -> list[dict[str, Any]]:
             out.append(rec)
         else:
             bad += 1
-    if bad:
+    if bad and warn:
         log.warning("%s: skipped %d damaged line(s) (a write cut short?)", path, bad)
     return out
 
 
 def seconds_per_image(folder: Path, n: int) -> float | None:
     """Mean generation time of the row's images, from the runs that made them."""
-    return meta_mean(folder, n, "seconds")
+    return meta_mean(folder, n, "seconds", warn=False)  # meta_mean of the NFE has warned
