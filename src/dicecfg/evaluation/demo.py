@@ -161,7 +161,7 @@ def check_demo_folder(out: Path) -> None:
     """Refuse an --out folder whose demo.json / grid.png were not written by `dice demo` (they would be replaced);
     a folder of an earlier demo is the demo's own: it is written again."""
     record = read_record(out / "demo.json")
-    ours = record is not None and {"job", "methods", "eval_command"} <= set(record)
+    ours = record is not None and {"job", "prompts", "seeds", "methods"} <= set(record)  # every version of it
     check_own_files(out, DEMO_FILES, command="demo", ours=ours)
 
 
