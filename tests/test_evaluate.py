@@ -452,3 +452,9 @@ def test_row_folders_name_values_exactly_and_keep_old_names(sharp_dir):
     assert keys[1].startswith("cfg-w5-x") and keys[1].endswith("_steps20")
     again = make_rows(EvalConfig(methods=("cfg",), cfg_scales=(5.0000001,), steps=(20,)), {})
     assert again[0].key == keys[1]  # the same value, the same folder: it resumes
+
+
+def test_analyze_limit_beyond_the_heldout_set_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
+    assert main(["-q", "analyze", "--limit", "513", "--out", str(tmp_path / "a")]) == 2
+    assert "held-out set has 512 prompts" in capsys.readouterr().err

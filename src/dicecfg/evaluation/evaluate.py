@@ -109,14 +109,7 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
         return PromptSet(
             "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
         )
-    from ..world.heldout import HELDOUT_SIZE, heldout_set
-
-    if cfg.limit > HELDOUT_SIZE:
-        raise InputError(
-            f"--limit {cfg.limit}: the held-out set has {HELDOUT_SIZE} prompts; give --limit {HELDOUT_SIZE} or "
-            "less, or your own prompts (--prompts FILE)."
-        )
-    items = heldout_set(cfg.limit)
+    items = heldout_items(cfg.limit)
     return PromptSet(
         "heldout",
         [it.prompt for it in items],
@@ -124,6 +117,18 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
         [it.spec for it in items],
         [it.scene for it in items],
     )
+
+
+def heldout_items(limit: int) -> list:
+    """The first ``limit`` items of the shapes world's held-out set; a limit beyond the set is refused."""
+    from ..world.heldout import HELDOUT_SIZE, heldout_set
+
+    if limit > HELDOUT_SIZE:
+        raise InputError(
+            f"--limit {limit}: the held-out set has {HELDOUT_SIZE} prompts; give --limit {HELDOUT_SIZE} or "
+            "less, or your own prompts (--prompts FILE)."
+        )
+    return heldout_set(limit)
 
 
 def sharpener_tag(name: str) -> str:
