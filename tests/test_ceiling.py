@@ -65,10 +65,18 @@ def test_interrupted_ceiling_resumes_to_the_same_edits(tiny_sd, prompts, tmp_pat
     assert [r["eval_loss"] is None for r in report.rows] == [r["row"] == "cfg-first" for r in full]  # no loss
     losses = [r["eval_loss"] for r in report.rows if r["eval_loss"] is not None]
     assert losses == pytest.approx([r["eval_loss"] for r in full if r["eval_loss"] is not None], rel=1e-5)
-    with pytest.raises(InputError, match="other prompts, seeds or settings"):
+    with pytest.raises(InputError, match="other prompts, seeds or settings") as e:
         ceiling(
             tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**{**CFG, "steps": 9})
         )
+    assert "steps: 8 -> 9" in str(e.value) and "delete" not in str(e.value)  # named; finished work kept
+    with pytest.raises(InputError, match=r"prompts: 3 -> 2; seeds: 3 -> 2\)"):
+        ceiling(tiny_sd, prompts[:2], output_dir=tmp_path / "cut", config=CeilingConfig(**CFG))
+    # progress bars (dice -q) do not shape the result: the run resumes with them on
+    again = ceiling(
+        tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**{**CFG, "progress": True})
+    )
+    assert again.rows == report.rows
 
 
 def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
@@ -86,3 +94,44 @@ def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
     assert all(0 <= r["all"] <= 1 for r in rows)
     assert "held-out loss" in capsys.readouterr().out
     assert main(["-q", "ceiling", "--limit", "0", "--out", str(tmp_path / "x")]) == 2
+    assert main(["-q", "ceiling", "--limit", "1000000000", "--out", str(tmp_path / "x")]) == 2  # > 512 prompts
+    assert "must be <= 512" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_ceiling_never_replaces_files_it_did_not_write(tmp_path, capsys):
+    args = ["-q", "ceiling", "--limit", "1", "--steps", "1", "--device", "cpu", "--out"]
+    for theirs in (("grid.png", "ceiling.json"), ("demo.json", "grid.png")):  # the user's; a demo's folder
+        out = tmp_path / theirs[0]
+        out.mkdir()
+        for name in theirs:
+            (out / name).write_text(f"my {name}\n")
+        assert main([*args, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "grid.png" in err and "not written by `dice ceiling`" in err and "another --out" in err
+        assert sorted(p.name for p in out.iterdir()) == sorted(theirs)  # nothing written, nothing replaced
+        assert all((out / n).read_text() == f"my {n}\n" for n in theirs)
+
+
+def test_damaged_ceiling_files_are_named_with_a_remedy(tiny_sd, prompts, tmp_path):
+    from safetensors.torch import load, save_file
+
+    config = CeilingConfig(**{**CFG, "steps": 2})
+    run = lambda: ceiling(tiny_sd, prompts[:1], output_dir=tmp_path, config=config)  # noqa: E731
+    run()
+    record = (tmp_path / "ceiling_run.json").read_bytes()
+    for damage in (b"{not json", b"\xff\xfe{}"):  # bad JSON, non-UTF-8: named before any work
+        (tmp_path / "ceiling_run.json").write_bytes(damage)
+        with pytest.raises(InputError, match="ceiling_run.json is damaged.*restore it"):
+            run()
+    (tmp_path / "ceiling_run.json").write_bytes(record)
+    edit = tmp_path / "edits" / "batch_0000.safetensors"
+    whole = edit.read_bytes()
+    edit.write_bytes(whole[: len(whole) // 2])  # cut short
+    with pytest.raises(InputError, match="batch_0000.safetensors is damaged.*Delete it"):
+        run()
+    save_file({k: torch.cat([v, v]) if v.dim() else v for k, v in load(whole).items()}, str(edit))
+    with pytest.raises(InputError, match=r"batch_0000.safetensors is of another shape.*Delete it"):
+        run()
+    edit.unlink()  # the remedy: that batch is optimised again, the same
+    run()
+    assert torch.equal(load_file(str(edit))["delta"], load(whole)["delta"])

@@ -179,3 +179,30 @@ def test_next_steps_name_real_commands():
     for name, line in NEXT_STEPS.items():
         assert line.startswith(f"dice {name} ") or line.startswith(f"dice {name}:")
         assert (line in text) == (name in COMMANDS)
+
+
+def test_demo_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, monkeypatch, capsys):
+    from dicecfg.bench.speed import random_sharpener
+    from dicecfg.cli import main
+
+    random_sharpener(32, "sd", 77, seed=3).save_pretrained(tmp_path / "s")
+    args = ["-q", "demo", "--prompts", "1", "--shown", "1", "--steps", "1", "--batch-size", "1"]
+    args += ["--model", str(tiny_sd_dir), "--sharpener", str(tmp_path / "s"), "--out"]
+    assert main([*args, str(tmp_path / "d")]) == 0
+    assert {p.name for p in (tmp_path / "d").iterdir()} == {"demo.json", "grid.png"}
+    demo.check_demo_folder(tmp_path / "d")  # a demo's own folder: a re-run may write it again
+
+    def no_model(*a, **k):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(demo, "load_pipeline", no_model)
+    mine = tmp_path / "my2"
+    mine.mkdir()
+    for name in ("grid.png", "demo.json"):
+        (mine / name).write_text(f"my {name}\n")
+    assert main([*args, str(mine)]) == 2  # refused before the model loads
+    err = capsys.readouterr().err
+    assert "demo.json, grid.png, not written by `dice demo`" in err and "another --out" in err
+    assert all((mine / n).read_text() == f"my {n}\n" for n in ("grid.png", "demo.json"))
+    assert main([*args[:3], "513", *args[4:], str(tmp_path / "e")]) == 2  # beyond the held-out set
+    assert "must be <= 512" in capsys.readouterr().err

@@ -367,3 +367,94 @@ def test_rows_from_spellings_expand_open_settings_and_keep_old_folder_names(shar
     assert all(getattr(r.method, "guidance_scale", 5.0) == 5.0 for r in negs)
     with pytest.raises(InputError, match="not a setting of cfg"):
         make_rows(EvalConfig(methods=("cfg:alpha=2",)), {})
+
+
+def _eval_args(tiny_sd_dir, out, *extra):
+    return ["-q", "eval", *FREE_PROMPTS, "--model", str(tiny_sd_dir), "--methods", "cfg", "--steps", "1",
+            "--device", "cpu", "--no-plot", "--out", str(out), *extra]  # fmt: skip
+
+
+def test_eval_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "eval.md").write_text("my notes\n")
+    assert main(_eval_args(tiny_sd_dir, mine)) == 2
+    err = capsys.readouterr().err
+    assert (
+        "eval.md, not written by `dice eval`" in err and "another --out" in err and len(err.splitlines()) == 1
+    )
+    assert (mine / "eval.md").read_text() == "my notes\n" and sorted(p.name for p in mine.iterdir()) == [
+        "eval.md"
+    ]
+    run = tmp_path / "run"  # a training run folder: said so, not 20 differing settings
+    run.mkdir()
+    (run / "run.json").write_text(
+        json.dumps({"config": {"steps": 100, "lr": 1e-4}, "identity": {"steps": 100}})
+    )
+    before = (run / "run.json").read_bytes()
+    assert main(_eval_args(tiny_sd_dir, run)) == 2
+    err = capsys.readouterr().err
+    assert (
+        "is a training run folder" in err
+        and "another --out" in err
+        and (run / "run.json").read_bytes() == before
+    )
+
+
+def test_eval_repairs_damaged_images_and_meta_lines(tiny_sd_dir, tmp_path, capsys, caplog):
+    out = tmp_path / "e"
+    assert main(_eval_args(tiny_sd_dir, out, "--cfg-scales", "5", "5.0")) == 0
+    assert "1 rows over 3 prompts (3 images generated now)" in capsys.readouterr().out  # 5 and 5.0: one row
+    assert "1 of the 2 rows asked for repeat another" in caplog.text
+    (folder,) = (out / "images").iterdir()
+    first, *_ = sorted(folder.glob("*.png"))
+    first.write_bytes(first.read_bytes()[:200])  # a PNG cut short
+    with open(folder / "meta.jsonl", "a", encoding="utf-8") as f:
+        f.write('\n{"index": 1, "se')  # a blank line and a line cut by a kill
+    caplog.clear()
+    assert (
+        main(_eval_args(tiny_sd_dir, out)) == 0
+    )  # re-run: the cut image is made again, the cut line skipped
+    assert "(1 images generated now)" in capsys.readouterr().out
+    assert "1 damaged image(s)" in caplog.text and caplog.text.count("skipped 1 damaged line(s)") == 1
+    from PIL import Image
+
+    assert Image.open(first).load() is not None  # whole again
+    row = json.loads((out / "eval.json").read_text())["rows"][0]
+    assert row["n"] == 3 and row["nfe"] == 2 and row["seconds_per_image"] > 0
+    lines = (folder / "meta.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["index"] == 0  # the new record starts a line of its own
+
+
+def test_heldout_limit_is_bounded_before_work(monkeypatch, tmp_path, capsys):
+    from dicecfg.evaluation.evaluate import prompt_set
+
+    with pytest.raises(InputError, match="held-out set has 512 prompts"):
+        prompt_set(EvalConfig(limit=513))
+    assert len(prompt_set(EvalConfig(limit=512)).prompts) == 512
+    assert len(prompt_set(EvalConfig(prompts=("a cat",), limit=10**9)).prompts) == 1  # own prompts: any limit
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", no_model)
+    assert main(["-q", "eval", "--limit", "1000000000", "--out", str(tmp_path / "e")]) == 2
+    assert "held-out set has 512 prompts" in capsys.readouterr().err
+
+
+def test_row_folders_name_values_exactly_and_keep_old_names(sharp_dir):
+    from dicecfg.evaluation.evaluate import make_rows
+
+    rows = make_rows(EvalConfig(methods=("cfg",), cfg_scales=(5.0, 5.0000001, 7.25), steps=(20,)), {})
+    keys = [r.key for r in rows]
+    assert len(set(keys)) == 3  # 5 and 5.0000001 used to share the folder cfg-w5
+    assert keys[0] == "cfg-w5_steps20" and keys[2] == "cfg-w7.25_steps20"  # folders of older runs: same names
+    assert keys[1].startswith("cfg-w5-x") and keys[1].endswith("_steps20")
+    again = make_rows(EvalConfig(methods=("cfg",), cfg_scales=(5.0000001,), steps=(20,)), {})
+    assert again[0].key == keys[1]  # the same value, the same folder: it resumes
+
+
+def test_analyze_limit_beyond_the_heldout_set_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
+    assert main(["-q", "analyze", "--limit", "513", "--out", str(tmp_path / "a")]) == 2
+    assert "held-out set has 512 prompts" in capsys.readouterr().err

@@ -203,10 +203,21 @@ def test_shape_prototypes_match_clean_renders():
     assert world_oracle._PROTOTYPES.shape == (len(SHAPES), 5)
 
 
+def test_heldout_set_is_bounded_by_its_size():
+    from dicecfg.world.heldout import HELDOUT_SIZE
+
+    started = time.perf_counter()
+    for n in (HELDOUT_SIZE + 1, 10**9):  # n = 10**9 used to build a billion items, silently, without bound
+        with pytest.raises(ValueError, match=f"held-out set has {HELDOUT_SIZE} prompts"):
+            heldout_set(n)
+    assert time.perf_counter() - started < 1.0
+    assert len(heldout_set(HELDOUT_SIZE)) == HELDOUT_SIZE  # the whole set
+
+
 def test_heldout_set_is_fixed_and_disjoint_from_training():
     a, b = heldout_set(), heldout_set()
-    assert a == b and len(a) >= 512
-    assert heldout_set(600)[:512] == a
+    assert a == b and len(a) == 512
+    assert heldout_set(100) == a[:100]
     assert len({it.seed for it in a}) == len(a)
     assert all(is_heldout(it.scene) and is_heldout(it.spec) for it in a)
     assert a[0].prompt == "an orange circle below a blue triangle"  # pinned: the same on every machine

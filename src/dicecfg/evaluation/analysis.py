@@ -143,9 +143,9 @@ def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     if cfg.prompts or cfg.prompts_file:
         prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
     else:
-        from ..world import heldout_set
+        from .evaluate import heldout_items
 
-        prompts = [it.prompt for it in heldout_set(cfg.limit)]
+        prompts = [it.prompt for it in heldout_items(cfg.limit)]
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg.model, dtype=resolve_dtype(cfg.dtype, device), device=device)
     stats = analyze(pipe, sharp, prompts, alpha=cfg.alpha, negative_prompt=cfg.negative_prompt)

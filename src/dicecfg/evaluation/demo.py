@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..flags import opt
 from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_device, sharpener_option
-from ..runs.io import atomic_write_json
+from ..runs.io import atomic_write_json, check_own_files, read_record
 from ..sampling.generate import Sample, generate
 from ..sampling.grid import save_png
 from ..sampling.methods import CFG, PEER_STOP, Dice, Method, Unguided
 from ..sharpener import Sharpener
+from ..world.heldout import HELDOUT_SIZE
 from .evaluate import alignment_means
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,11 @@ class DemoJob:
     """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
 
     prompts: int = opt(
-        48, "the first N held-out prompts, with their fixed seeds (= dice eval --limit N)", metavar="N", min=1
+        48,
+        f"the first N held-out prompts, with their fixed seeds (= dice eval --limit N; {HELDOUT_SIZE}: all)",
+        metavar="N",
+        min=1,
+        max=HELDOUT_SIZE,
     )
     shown: int = opt(
         8, "prompts drawn in the grid (up to half where the methods disagree)", metavar="K", min=1
@@ -149,6 +154,17 @@ def demo_methods(job: DemoJob, sharpener: Sharpener) -> dict[str, Method]:
     return methods | {"dice": Dice(sharpener)}
 
 
+DEMO_FILES = ("demo.json", "grid.png")  # what `dice demo` writes into --out; demo.json is its record
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse an --out folder whose demo.json / grid.png were not written by `dice demo` (they would be replaced);
+    a folder of an earlier demo is the demo's own: it is written again."""
+    record = read_record(out / "demo.json")
+    ours = record is not None and {"job", "prompts", "seeds", "methods"} <= set(record)  # every version of it
+    check_own_files(out, DEMO_FILES, command="demo", ours=ours)
+
+
 def run_demo(job: DemoJob) -> dict[str, Any]:
     """Run the demo; returns the summary that is also written to ``out/demo.json``."""
     from ..families import check_compatible
@@ -158,6 +174,7 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
 
     if min(job.prompts, job.shown, job.steps, job.batch_size) < 1:
         raise InputError("dice demo needs --prompts, --shown, --steps and --batch-size >= 1.")
+    check_demo_folder(Path(job.out))
     items = heldout_set(job.prompts)
     prompts, seeds = [it.prompt for it in items], [it.seed for it in items]
     name = default_sharpener(job.model, job.sharpener)

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError
 from ..flags import opt
 from ..pipeline import device_option, dtype_option, model_option
-from ..runs.io import atomic_write_json, atomic_write_text
+from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
 from ..runs.parallel import Parallel
 from ..sampling.checks import SEED_MAX
 from ..sampling.fast import FAST_CHOICES
@@ -125,9 +125,7 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
         return PromptSet(
             "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
         )
-    from ..world import heldout_set
-
-    items = heldout_set(cfg.limit)
+    items = heldout_items(cfg.limit)
     return PromptSet(
         "heldout",
         [it.prompt for it in items],
@@ -135,6 +133,18 @@ def prompt_set(cfg: EvalConfig) -> PromptSet:
         [it.spec for it in items],
         [it.scene for it in items],
     )
+
+
+def heldout_items(limit: int) -> list:
+    """The first ``limit`` items of the shapes world's held-out set; a limit beyond the set is refused."""
+    from ..world.heldout import HELDOUT_SIZE, heldout_set
+
+    if limit > HELDOUT_SIZE:
+        raise InputError(
+            f"--limit {limit}: the held-out set has {HELDOUT_SIZE} prompts; give --limit {HELDOUT_SIZE} or "
+            "less, or your own prompts (--prompts FILE)."
+        )
+    return heldout_set(limit)
 
 
 def sharpener_tag(name: str) -> str:
@@ -147,11 +157,11 @@ def sharpener_tag(name: str) -> str:
     return f"{slug}-{hashlib.sha1(weights.read_bytes()).hexdigest()[:8]}" if weights.is_file() else slug
 
 
-def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any]) -> list[Row]:
+def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any], *, notice: bool = True) -> list[Row]:
     """Rows in table order: for each step count, each method of ``cfg.methods`` in order, a setting it leaves
     open taking every value of its list (w: --cfg-scales, s: --scales, alpha: --alphas), dice rows once per
     sharpener (tag -> Sharpener); with a negative prompt, a twin of each row that takes one (w: the first).
-    Rows that come out the same are kept once."""
+    Rows that come out the same (``--cfg-scales 5 5.0``) are kept once, with a warning unless ``notice`` is off."""
     if any(s < 1 for s in cfg.steps):
         raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
     lists = {"guidance_scale": cfg.cfg_scales, "scale": cfg.scales, "alpha": cfg.alphas}
@@ -165,15 +175,22 @@ def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any]) -> list[Row]:
         tags = list(sharpeners) if cls is Dice else [None]
         methods += [(make_method(cls, c, sharpeners.get(t)), t) for c in choices for t in tags]
     rows: dict[str, Row] = {}
+    asked = 0
     for steps in cfg.steps:
         for m, tag in methods:
-            row = Row(m, steps, tag)
+            row, asked = Row(m, steps, tag), asked + 1
             rows.setdefault(row.key, row)
         for m, tag in methods if cfg.negative_prompt else ():
             w = getattr(m, "guidance_scale", cfg.cfg_scales[0])
             if m.uses_negative and w == cfg.cfg_scales[0]:
-                row = Row(m, steps, tag, cfg.negative_prompt)
+                row, asked = Row(m, steps, tag, cfg.negative_prompt), asked + 1
                 rows.setdefault(row.key, row)
+    if notice and asked > len(rows):
+        log.warning(
+            "%d of the %d rows asked for repeat another (equal values): each is made once",
+            asked - len(rows),
+            asked,
+        )
     return list(rows.values())
 
 
@@ -209,6 +226,25 @@ def alignment_means(scores: dict[str, np.ndarray]) -> dict[str, float]:
     return {f"align_{k}": float(v.mean()) for k, v in scores.items()}
 
 
+EVAL_FILES = ("eval.json", "eval.md", "eval_nfe.png", "images")  # what `dice eval` writes beside its run.json
+
+
+def check_eval_folder(out: Path) -> None:
+    """Refuse an --out folder holding files `dice eval` did not write (``runs.io.check_own_files``); its record
+    is run.json with an eval config. A training run folder is named as such."""
+    record = read_record(out / "run.json")
+    if record is None and (out / "run.json").exists():
+        return  # damaged: write_run_json names it with what to do
+    config = (record or {}).get("config")
+    ours = isinstance(config, dict) and "cfg_scales" in config
+    if record is not None and not ours:
+        raise InputError(
+            f"{out} is a training run folder (its run.json is not of `dice eval`), not an eval folder: give "
+            "dice eval another --out folder."
+        )
+    check_own_files(out, EVAL_FILES, command="eval", ours=ours)
+
+
 def evaluate(
     pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None
 ) -> dict[str, Any] | None:
@@ -219,7 +255,7 @@ def evaluate(
     from .report import eval_table, plot_nfe
 
     out = Path(cfg.out)
-    rows = make_rows(cfg, sharpeners)
+    rows = make_rows(cfg, sharpeners, notice=False)  # run_eval has said which rows repeat
     par = Parallel.current(pipe._execution_device)
     made = {}
     for row in rows:
@@ -305,6 +341,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any] | None:
     names = names if wants_dice else []
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
     make_rows(cfg, sharpeners)  # bad methods, steps or settings fail before the model loads
+    check_eval_folder(Path(cfg.out))
     ps = prompt_set(cfg)
     device = rank_device(resolve_device(cfg.device))  # one GPU per process under torchrun
     real = RealMetrics(

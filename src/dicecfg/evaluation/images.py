@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class Row:
     @property
     def key(self) -> str:
         """Folder name of the row's images: method and settings, steps (and sharpener, negative prompt)."""
-        parts = [self.method.tag, f"steps{self.steps}"]
+        parts = [self.method.tag + _exact_suffix(self.method), f"steps{self.steps}"]
         if self.sharpener:
             parts.append(self.sharpener)
         if self.negative_prompt:
@@ -58,6 +59,16 @@ class Row:
     @property
     def label(self) -> str:
         return self.method.name + ("+neg" if self.negative_prompt else "")
+
+
+def _exact_suffix(method: Method) -> str:
+    """Nothing when the method's tag names its settings exactly; else ``-x`` and a hash of the exact values. A tag
+    writes each value with 6 significant digits (``{:g}``), so w=5.0000001 would share cfg-w5's folder; the
+    folders of values it names exactly keep their names (and resume)."""
+    values = [(f.name, v) for f in fields(method) if isinstance(v := getattr(method, f.name), float)]
+    if all(float(f"{v:g}") == v for _, v in values):
+        return ""
+    return "-x" + hashlib.sha1(repr(values).encode()).hexdigest()[:8]
 
 
 def ensure_images(
@@ -79,7 +90,16 @@ def ensure_images(
     par = par or Parallel()
     folder.mkdir(parents=True, exist_ok=True)
     paths = image_paths(folder, prompts, seeds)
-    missing = [i for i in share(range(len(paths)), par) if not paths[i].is_file()]
+    mine = share(range(len(paths)), par)
+    damaged = {i for i in mine if paths[i].is_file() and not _readable(paths[i])}
+    if damaged:
+        log.warning(
+            "%s: %d damaged image(s) (cut or unreadable, e.g. %s): made again",
+            folder,
+            len(damaged),
+            paths[min(damaged)].name,
+        )
+    missing = [i for i in mine if not paths[i].is_file() or i in damaged]
     if missing:
         log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
 
@@ -111,6 +131,8 @@ def ensure_images(
             }
 
     count = 0
+    if par.main:
+        _end_with_newline(folder / "meta.jsonl")  # a line cut by a kill stays one damaged line, skipped when read
     for records in gathered(par, made(), len(missing), batch_size):
         with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
             meta.writelines(json.dumps(r) + "\n" for r in records)
@@ -126,27 +148,44 @@ def image_paths(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> l
     ]
 
 
+def _readable(path: Path) -> bool:
+    """Whether a PNG decodes whole (a file cut short, by a full disk or by hand, does not)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, SyntaxError):  # PIL: truncated, unidentified or corrupt
+        return False
+    return True
+
+
+def _end_with_newline(path: Path) -> None:
+    """Terminate a cut last line of an append-only log, so the next record starts a line of its own."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def load_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
     from PIL import Image
 
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in image_paths(folder, prompts, seeds)])
 
 
-def meta_records(folder: Path, n: int) -> dict[int, dict]:
+def meta_records(folder: Path, n: int, *, warn: bool = True) -> dict[int, dict]:
     """The meta.jsonl record of each of the row's first ``n`` images that has one (the latest), by index."""
     path = folder / "meta.jsonl"
     if not path.is_file():
         return {}
-    return {
-        r["index"]: r
-        for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
-        if r["index"] < n
-    }
+    return {r["index"]: r for r in read_meta(path, warn=warn) if r["index"] < n}
 
 
-def meta_mean(folder: Path, n: int, field: str) -> float | None:
+def meta_mean(folder: Path, n: int, field: str, *, warn: bool = True) -> float | None:
     """Mean of ``field`` (``seconds``, ``nfe``) over the row's first ``n`` images, from the runs that made them."""
-    recs = meta_records(folder, n)
+    recs = meta_records(folder, n, warn=warn)
     values = [r[field] for r in recs.values() if field in r]
     return float(np.mean(values)) if values else None
 
@@ -154,10 +193,30 @@ def meta_mean(folder: Path, n: int, field: str) -> float | None:
 def fast_paths(folder: Path, n: int) -> str | None:
     """The fast path the row's first ``n`` images ran on (``"off"`` for eager; several joined by ``+`` when
     runs differed), from meta.jsonl; None where it was not recorded."""
-    recs = meta_records(folder, n)
+    recs = meta_records(folder, n, warn=False)
     return "+".join(sorted({r["fast"] for r in recs.values() if "fast" in r})) or None
+
+
+def read_meta(path: Path, *, warn: bool = True) -> list[dict[str, Any]]:
+    """The whole records of a row's meta.jsonl; blank lines are skipped, and damaged ones (a write cut short, bad
+    UTF-8, a record without its index) with one warning giving the count."""
+    out, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict) and isinstance(rec.get("index"), int):
+            out.append(rec)
+        else:
+            bad += 1
+    if bad and warn:
+        log.warning("%s: skipped %d damaged line(s) (a write cut short?)", path, bad)
+    return out
 
 
 def seconds_per_image(folder: Path, n: int) -> float | None:
     """Mean generation time of the row's images, from the runs that made them."""
-    return meta_mean(folder, n, "seconds")
+    return meta_mean(folder, n, "seconds", warn=False)  # meta_mean of the NFE has warned

@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..flags import opt
 from ..metrics.world import reads_shapes_world
 from ..pipeline import device_option, dtype_option, model_option, sharpener_option
-from ..runs.io import atomic_write_json, atomic_write_text
+from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
 from ..sampling.generate import generate
 from ..sampling.methods import CFG, Dice, Method
 from ..sharpener import Sharpener
@@ -251,18 +251,10 @@ def tune_table(result: dict[str, Any]) -> str:
 
 def check_out(out: Path) -> None:
     """Refuse an --out folder whose tune.json / tune.md were not written by `dice tune` (they would be replaced)."""
-    report = out / "tune.json"
-    ours = False
-    if report.is_file():
-        try:
-            ours = "best_row" in json.loads(report.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError, TypeError):
-            ours = False
-    theirs = [p.name for p in (report, out / "tune.md") if p.exists() and not ours]
-    if theirs:
-        raise InputError(
-            f"{out} holds {', '.join(theirs)}, not written by `dice tune`; they would be replaced. Use another --out."
-        )
+    record = read_record(out / "tune.json")
+    check_own_files(
+        out, ("tune.json", "tune.md"), command="tune", ours=record is not None and "best_row" in record
+    )
 
 
 def run_tune(job: TuneJob) -> dict[str, Any]:

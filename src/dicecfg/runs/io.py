@@ -1,7 +1,8 @@
 """Safe file writing: every artifact is written to a temporary file, fsynced, then renamed.
 
 A crash or a full disk during a write leaves the previous file intact (POSIX rename is atomic).
-Nothing here pickles; tensors go through safetensors.
+Nothing here pickles; tensors go through safetensors. And the rule of every command's output folder
+(:func:`check_own_files`): a command replaces only files it wrote itself.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..errors import InputError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -69,3 +72,29 @@ def atomic_save_tensors(
 def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file (never unpickles)."""
     return load_file(str(path), device=device)
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable, damaged or not an object."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, a folder, bad JSON or UTF-8
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def check_own_files(folder: str | os.PathLike, names: Sequence[str], *, command: str, ours: bool) -> None:
+    """The output-folder rule: before ``dice <command>`` writes ``names`` (files or folders) into ``folder``, any
+    of them that exists and was not written by this command is refused, by name, with the fix. ``ours``: the
+    folder holds the command's own record (its JSON, read with :func:`read_record`), the provenance of every
+    file in ``names``; re-running the command into its own folder resumes or replaces its own files."""
+    folder = Path(folder)
+    if ours:
+        return
+    found = [n for n in names if os.path.lexists(folder / n)]
+    if found:
+        it = "it" if len(found) == 1 else "them"
+        raise InputError(
+            f"{folder} holds {', '.join(found)}, not written by `dice {command}`: {it} would be replaced. "
+            f"Use another --out folder, or move {it} away."
+        )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,10 +46,18 @@ from ..pipeline import (
     resolve_device,
     resolve_dtype,
 )
-from ..runs.io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
+from ..runs.io import (
+    atomic_save_tensors,
+    atomic_write_json,
+    atomic_write_text,
+    check_own_files,
+    load_tensors,
+    read_record,
+)
 from ..sampling.generate import generators, sample_batch
 from ..sampling.methods import CFG, PEER_STOP, Unguided, sharpen_cond
 from ..sharpener import Sharpener
+from ..world.heldout import HELDOUT_SIZE
 from .objective import autocast_for, cfg_target, sample_loss
 from .sources import add_noise, train_alphas
 
@@ -211,22 +220,15 @@ def ceiling(
         raise InputError("ceiling() needs at least one prompt.")
     cfg = config
     fam = family_of(pipe) if sharpener is None else check_compatible(pipe, sharpener)
-    seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else list(seeds)
+    seeds = seed_list(seeds, len(prompts))
     if len(seeds) != len(prompts):
         raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
     specs = list(specs) if specs is not None else world_specs(prompts)
     out = Path(output_dir)
+    record = run_record(cfg, prompts, seeds)
+    check_ceiling_folder(out, record)
     (out / "edits").mkdir(parents=True, exist_ok=True)
-    record = {"config": asdict(cfg), "prompts": prompts, "seeds": seeds}
-    run_file = out / "ceiling_run.json"
-    if run_file.is_file() and json.loads(run_file.read_text(encoding="utf-8")) != json.loads(
-        json.dumps(record)
-    ):
-        raise InputError(
-            f"{out} holds a ceiling run with other prompts, seeds or settings; use another --out folder, "
-            "or delete that one to start over."
-        )
-    atomic_write_json(run_file, record)
+    atomic_write_json(out / RUN_FILE, record)
     device = pipe._execution_device
     autocast = autocast_for(device, cfg.mixed_precision)
     fam.denoiser(pipe).requires_grad_(False)
@@ -290,6 +292,80 @@ def ceiling(
     return report
 
 
+RUN_FILE = "ceiling_run.json"  # the run's prompts, seeds and settings: the provenance of the folder
+FILES = ("ceiling.json", "ceiling.md", "grid.png", "edits")  # what a run writes beside it
+NOT_SETTINGS = ("progress",)  # config fields that do not shape the result: never compared
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two ceiling_run.json records, each named (settings that do not shape the result
+    left out)."""
+    out = []
+    old_cfg = old.get("config") if isinstance(old.get("config"), dict) else {}
+    new_cfg = new["config"]
+    for k in sorted((set(old_cfg) | set(new_cfg)) - set(NOT_SETTINGS)):
+        if old_cfg.get(k) != new_cfg.get(k):
+            out.append(f"{k}: {old_cfg.get(k, 'missing')!r} -> {new_cfg.get(k, 'missing')!r}")
+    for k in ("prompts", "seeds"):
+        a, b = old.get(k) if isinstance(old.get(k), list) else [], new[k]
+        if a != b:
+            first = next(
+                (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+            )
+            out.append(f"{k}: {len(a)} -> {len(b)}" if len(a) != len(b) else f"{k}: #{first + 1} differs")
+    return out
+
+
+def seed_list(seeds: Sequence[int] | int, n: int) -> list[int]:
+    """The sampler seed of each of ``n`` prompts: the given list, or (an int) seed, seed + 1, ..."""
+    return [seeds + i for i in range(n)] if isinstance(seeds, int) else list(seeds)
+
+
+def run_record(cfg: CeilingConfig, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """What ceiling_run.json holds: the settings, prompts and seeds of a run (JSON types)."""
+    return json.loads(json.dumps({"config": asdict(cfg), "prompts": list(prompts), "seeds": list(seeds)}))
+
+
+def check_ceiling_folder(out: Path, record: dict[str, Any]) -> None:
+    """Before a run writes into ``out``: a folder of a ceiling run resumes when its prompts, seeds and settings
+    are the same (else each difference is named); any other file it would replace is refused
+    (``runs.io.check_own_files``); a damaged ceiling_run.json is named with what to do."""
+    path = out / RUN_FILE
+    if os.path.lexists(path):
+        old = read_record(path)
+        if old is None:
+            raise InputError(
+                f"{path} is damaged (not a JSON object in UTF-8). It records the prompts, seeds and settings of "
+                f"the edits in {out / 'edits'}: restore it, or use another --out folder."
+            )
+        changed = _differences(old, record)
+        if changed:
+            raise InputError(
+                f"{out} holds a ceiling run with other prompts, seeds or settings ({'; '.join(changed)}). Repeat "
+                "the original ones to resume it, or use another --out folder."
+            )
+    check_own_files(out, FILES, command="ceiling", ours=os.path.lexists(path))
+
+
+def _load_edit(path: Path, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A batch's checkpoint, checked: a cut or foreign file, or edits of another shape, are named with the fix."""
+    from safetensors import SafetensorError
+
+    try:
+        saved = load_tensors(path, device=str(like.device))
+        shapes = {k: tuple(saved[k].shape) for k in ("delta", "exp_avg", "exp_avg_sq")}
+        int(saved["step"].item()), saved["adam_step"].reshape(())
+    except (SafetensorError, OSError, KeyError, RuntimeError, ValueError) as e:
+        problem = f"damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    else:
+        if all(v == tuple(like.shape) for v in shapes.values()):
+            return saved
+        problem = f"of another shape ({shapes['delta']} for this batch's {tuple(like.shape)})"
+    raise InputError(
+        f"{path} is {problem}. Delete it to optimise that batch again (the other batches are kept)."
+    )
+
+
 def _optimise(batch: _Batch, c: torch.Tensor, keep: torch.Tensor, path: Path, bar) -> torch.Tensor:
     """Adam on the batch's free edits, resuming from (and checkpointing to) ``path``; returns the edits."""
     cfg = batch.cfg
@@ -297,7 +373,7 @@ def _optimise(batch: _Batch, c: torch.Tensor, keep: torch.Tensor, path: Path, ba
     opt = torch.optim.Adam([delta], lr=cfg.lr)
     start = 0
     if path.is_file():
-        saved = load_tensors(path, device=str(c.device))
+        saved = _load_edit(path, c)
         with torch.no_grad():
             delta.copy_(saved["delta"])
         start = int(saved["step"].item())
@@ -342,7 +418,12 @@ class CeilingJob:
     prompts_file: str | None = opt(
         None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE", path="file"
     )
-    limit: int = opt(32, "held-out prompts of the shapes world used when no prompts are given (mini model)")
+    limit: int = opt(
+        32,
+        f"held-out prompts of the shapes world used when no prompts are given (mini model; {HELDOUT_SIZE}: all)",
+        min=1,
+        max=HELDOUT_SIZE,
+    )
     out: str = opt(
         "ceiling",
         "output folder: ceiling.json, ceiling.md, grid.png, edits/ (re-run to resume)",
@@ -367,8 +448,10 @@ def run_ceiling(job: CeilingJob) -> CeilingReport:
     elif is_mini(job.model):
         from ..world import heldout_set
 
-        if job.limit < 1:
-            raise InputError(f"--limit must be >= 1 (got {job.limit}).")
+        if not 1 <= job.limit <= HELDOUT_SIZE:
+            raise InputError(
+                f"--limit must be 1 to {HELDOUT_SIZE}, the held-out set's size (got {job.limit})."
+            )
         items = heldout_set(job.limit)
         prompts, seeds, specs = (
             [it.prompt for it in items],
@@ -379,6 +462,9 @@ def run_ceiling(job: CeilingJob) -> CeilingReport:
         raise InputError(
             "dice ceiling needs prompts for this model: pass them as arguments or --prompts FILE."
         )
+    check_ceiling_folder(
+        Path(job.out), run_record(job.config, prompts, seed_list(seeds, len(prompts)))
+    )  # before the model loads
     device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device, training=True), device=device)
     return ceiling(

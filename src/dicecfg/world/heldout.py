@@ -11,7 +11,8 @@ The split is by attribute *combination*, not by image:
 single combinations) are drawn once from a fixed seed; :func:`make_dataset` never shows them.
 Item ``i`` of :func:`heldout_set` is a one-object item when ``i % 4 == 3`` (so 25% are), takes the
 next combination of its kind in turn, and is drawn from its own generator seeded with
-``[HELDOUT_SEED, i]``; any ``n`` gives a prefix of the same list.
+``[HELDOUT_SEED, i]``; any ``n`` up to ``HELDOUT_SIZE`` (512: each pair combination twice, each single 16
+times) gives a prefix of the same list. Beyond it the combinations would only repeat: it is refused.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .scenes import (
 
 HELDOUT_SEED = 20240611
 N_PAIRS, N_SINGLES = 192, 8
+HELDOUT_SIZE = 512  # items in the held-out set (the whole set); heldout_set(n) refuses a larger n
 SAMPLER_SEED_BASE = 1_000_000  # item i is sampled (by a diffusion model) with seed SAMPLER_SEED_BASE + i
 VALIDATION_SEED = 424_242  # the validation items' scenes and captions
 VALIDATION_SEED_BASE = 3_000_000  # validation item i is sampled with seed VALIDATION_SEED_BASE + i
@@ -126,10 +128,13 @@ def _items(n: int) -> tuple[EvalItem, ...]:
     return tuple(_item(i) for i in range(n))
 
 
-def heldout_set(n: int = 512) -> list[EvalItem]:
-    """The first ``n`` held-out items (the same list on every call, machine and numpy version)."""
+def heldout_set(n: int = HELDOUT_SIZE) -> list[EvalItem]:
+    """The first ``n`` held-out items (the same list on every call, machine and numpy version); at most
+    ``HELDOUT_SIZE``."""
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
+    if n > HELDOUT_SIZE:
+        raise ValueError(f"the held-out set has {HELDOUT_SIZE} prompts; asked for {n}")
     return list(_items(n))
 
 
