@@ -130,3 +130,35 @@ def test_a_byte_order_mark_does_not_reach_the_first_prompt(tmp_path):
     (tmp_path / "p.jsonl").write_bytes('\ufeff{"text": "a red circle"}\n'.encode())
     assert load_prompts(tmp_path / "p.txt") == ["a red circle", "a blue square"]
     assert load_prompts(tmp_path / "p.jsonl") == ["a red circle"]
+
+
+BAD_TEXT = "a red \udcff circle"  # the byte 0xFF of a command-line argument (Python's surrogateescape)
+
+
+def test_prompts_that_are_not_text_are_refused_before_encoding(tiny_sd):
+    from dicecfg.sampling.prompts import collect_prompts
+
+    sharp = _random_sharpener()
+    calls = [
+        lambda: list(generate(tiny_sd, ["ok", BAD_TEXT], method="unguided", progress=False)),
+        lambda: sharpen(tiny_sd, sharp, ["ok", BAD_TEXT]),
+        lambda: collect_prompts(["ok", BAD_TEXT], None),
+    ]
+    for call in calls:  # the tokenizer's TypeError before: one line naming the prompt and its position
+        with pytest.raises(InputError, match=r"^Prompt 2 \('a red ', then byte 0xFF\) is not valid text"):
+            call()
+    with pytest.raises(InputError, match=r"^Negative prompt 1 \('', then U\+D800\) is not valid text"):
+        list(generate(tiny_sd, ["ok"], method="cfg", negative_prompt="\ud800", progress=False))
+    with pytest.raises(InputError, match="NUL byte"):
+        sharpen(tiny_sd, sharp, "a\0b")
+
+
+def test_prompt_files_that_are_not_text_name_the_line(tmp_path):
+    from dicecfg.sampling.prompts import load_prompts
+
+    (tmp_path / "p.jsonl").write_text('{"text": "a red circle"}\n{"text": "a \\ud800 square"}\n')
+    with pytest.raises(InputError, match=r"p.jsonl:2: the caption holds an escape that is not a character"):
+        load_prompts(tmp_path / "p.jsonl")
+    (tmp_path / "p.txt").write_bytes(b"a red circle\n\na blue \xff square\n")
+    with pytest.raises(InputError, match=r"p.txt:3: not valid UTF-8"):
+        load_prompts(tmp_path / "p.txt")
