@@ -291,3 +291,17 @@ def test_page_in_headless_chromium(server, browser, tmp_path):
     assert loaded and all(u.startswith((url, "data:", "blob:")) for u in loaded), (
         loaded
     )  # nothing from elsewhere
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "0"])
+def test_a_port_out_of_range_is_refused_when_parsed(port, capsys):
+    assert main(["-q", "serve", "--port", port]) == 2  # OverflowError or httpx.ConnectError before
+    err = capsys.readouterr().err
+    assert err.startswith("dice: error: --port") and "must be" in err and err.count("\n") == 1
+
+
+def test_a_port_out_of_range_is_refused_from_python():
+    from dicecfg.app.job import ServeJob, run_serve
+
+    with pytest.raises(InputError, match=r"--port \(port\) must be <= 65535"):
+        run_serve(ServeJob(port=70000))
