@@ -58,7 +58,10 @@ CHROMIUM_FLAGS = (
         (dict(alpha=9), "alpha must be between 0.0 and 4.0"),
         (dict(alpha="strong"), "alpha must be a number"),
         (dict(negative_prompt="x" * 1001), "negative prompt has 1001 characters"),
-        (dict(prompt="a red \ud800 circle"), r"prompt holds U\+D800 after 'a red ', which is not a character"),
+        (
+            dict(prompt="a red \ud800 circle"),
+            r"prompt holds U\+D800 after 'a red ', which is not a character",
+        ),
         (dict(negative_prompt="\udcff"), r"negative prompt holds U\+DCFF"),
         (dict(prompt=["a red circle"]), "prompt must be text"),
     ],
