@@ -162,3 +162,14 @@ def test_prompt_files_that_are_not_text_name_the_line(tmp_path):
     (tmp_path / "p.txt").write_bytes(b"a red circle\n\na blue \xff square\n")
     with pytest.raises(InputError, match=r"p.txt:3: not valid UTF-8"):
         load_prompts(tmp_path / "p.txt")
+
+
+def test_the_compile_notice_on_a_cpu_says_minutes(tiny_sd, cheap_compile, caplog):
+    from dicecfg.families import family_of
+    from dicecfg.sampling.fast import compiled_denoiser
+
+    with caplog.at_level("INFO", logger="dicecfg.sampling.fast"):
+        with compiled_denoiser(tiny_sd, family_of(tiny_sd).denoiser(tiny_sd), training=True):
+            pass
+    (notice,) = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert "several minutes on a CPU" in notice and "a minute or more" not in notice
