@@ -166,3 +166,21 @@ def test_prompts_that_are_not_utf8_fail_before_any_work(tiny_sd_dir, tmp_path, c
         assert code == 2 and err.startswith(f"dice: error: {who} (") and "not valid text" in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "s1").exists() and not (tmp_path / "run").exists()  # the run never started
+
+
+def test_a_hub_id_without_network_says_so(tmp_path, monkeypatch, capsys):
+    from diffusers import DiffusionPipeline
+
+    def offline(*args, **kwargs):  # what diffusers raises when the hub cannot be reached (the cause kept)
+        try:
+            raise ConnectionError("[Errno -2] Name or service not known")
+        except ConnectionError as e:
+            raise OSError("Cannot load model someone/model: the model is not fully cached locally") from e
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", offline)
+    out = ["--out", str(tmp_path / "s"), "--method", "cfg", "-q"]
+    assert main(["sample", "x", "--model", "someone/model", *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dice: error: 'someone/model' is neither a local folder nor reachable on the hub: no "
+                          "network is available here") and "hf download someone/model" in err  # fmt: skip
+    assert "does not exist" not in err and err.count("\n") == 1
