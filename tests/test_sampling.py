@@ -173,3 +173,18 @@ def test_the_compile_notice_on_a_cpu_says_minutes(tiny_sd, cheap_compile, caplog
             pass
     (notice,) = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
     assert "several minutes on a CPU" in notice and "a minute or more" not in notice
+
+
+def test_no_torchvision_notices_from_python(tiny_sd_dir):
+    import subprocess
+    import sys
+
+    where = str(tiny_sd_dir)
+    code = (  # a fresh process: transformers prints the notices only while the first pipeline loads
+        f"import logging, warnings; from dicecfg import load_pipeline; load_pipeline({where!r}); "
+        "logging.getLogger('mine').warning('my own warning'); warnings.warn('my own UserWarning')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "requires torchvision" not in res.stderr  # the command line hid them, Python did not
+    assert "my own warning" in res.stderr and "my own UserWarning" in res.stderr  # the caller's still show

@@ -61,6 +61,7 @@ def load_pipeline(
 
     from .families import family_of
 
+    hide_torchvision_notices()  # printed while the first pipeline loads, from Python as on the command line
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path = resolve_model(name_or_path)
@@ -88,6 +89,22 @@ def load_pipeline(
     pipe._dicecfg_source = str(name_or_path or DEFAULT_MODEL)
     pipe._dicecfg_revision = kwargs.get("revision")
     return pipe
+
+
+class NoTorchvisionNotice(logging.Filter):
+    """Drop transformers' notice that an image processor falls back to PIL without torchvision: dicecfg
+    never uses those processors (diffusers only names them while loading a pipeline)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def hide_torchvision_notices() -> None:
+    """Filter those notices out of the one transformers logger that prints them (once; nothing else of
+    transformers, and none of the caller's own warnings, is touched)."""
+    noisy = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, NoTorchvisionNotice) for f in noisy.filters):
+        noisy.addFilter(NoTorchvisionNotice())
 
 
 def hub_failure(name: str, error: BaseException) -> str | None:
