@@ -188,3 +188,27 @@ def test_no_torchvision_notices_from_python(tiny_sd_dir):
     assert res.returncode == 0, res.stderr
     assert "requires torchvision" not in res.stderr  # the command line hid them, Python did not
     assert "my own warning" in res.stderr and "my own UserWarning" in res.stderr  # the caller's still show
+
+
+def test_long_prompts_are_counted_in_bounded_chunks(tiny_sd, monkeypatch):
+    from dicecfg.families import family_of
+    from dicecfg.sampling import checks
+
+    tok, batches = tiny_sd.tokenizer, []
+
+    class Counting:  # the pipeline's tokenizer, recording how many texts each call gets
+        model_max_length = tok.model_max_length
+
+        def __call__(self, texts, **kw):
+            batches.append(list(texts))
+            return tok(texts, **kw)
+
+    monkeypatch.setattr(tiny_sd, "tokenizer", Counting(), raising=False)
+    monkeypatch.setattr(checks, "TOKENIZE_CHUNK", 3)
+    long = [f"a red circle {'and a blue square ' * 12}{i}" for i in range(7)]  # well over 77 tokens each
+    short = [f"a red circle {i}" for i in range(50)]  # ASCII, shorter than 77 - 3 characters: never truncated
+    edge = "a " * 38 + "red"  # 79 characters, 41 tokens: tokenized, not counted
+    prompts = [*long, *short, *long[:2], edge]
+    assert checks.warn_truncated(tiny_sd, family_of(tiny_sd), prompts) == 9  # the exact count, repeats included
+    assert max(map(len, batches)) <= 3  # one call with every prompt before: 5.5 GB for 1M prompts
+    assert sorted(p for b in batches for p in b) == sorted([*long, edge])  # the short ones skipped
