@@ -3,6 +3,7 @@ through gradio_client, and the page driven in headless Chromium (Debian's chromi
 without them). Set DICE_SCREENSHOT=docs/app.png to keep the browser test's screenshot."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -57,6 +58,12 @@ CHROMIUM_FLAGS = (
         (dict(alpha=9), "alpha must be between 0.0 and 4.0"),
         (dict(alpha="strong"), "alpha must be a number"),
         (dict(negative_prompt="x" * 1001), "negative prompt has 1001 characters"),
+        (
+            dict(prompt="a red \ud800 circle"),
+            r"prompt holds U\+D800 after 'a red ', which is not a character",
+        ),
+        (dict(negative_prompt="\udcff"), r"negative prompt holds U\+DCFF"),
+        (dict(prompt=["a red circle"]), "prompt must be text"),
     ],
 )
 def test_bad_requests_are_refused_with_what_to_change(change, message):
@@ -129,6 +136,16 @@ def test_a_sharpener_for_another_model_stops_serve_before_it_starts(tiny_sd_dir,
     assert time.perf_counter() - t0 < 60
 
 
+def test_the_queue_is_bounded_and_inputs_reach_the_apps_own_check(tiny_sd):
+    pytest.importorskip("gradio", reason="dice serve needs gradio: pip install -e '.[app]'")
+    from dicecfg.app.ui import QUEUE_SIZE, build_app
+
+    app = build_app(tiny_sd, random_sharpener(tiny_sd))
+    assert app._queue.max_size == QUEUE_SIZE > 0  # unbounded before: a flood of requests piled up in memory
+    (fn,) = [f for f in app.fns.values() if f.api_name == "compare"]
+    assert fn.preprocess is False  # gradio's own checks logged a traceback per bad value
+
+
 # ---- the running server ---------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -149,7 +166,8 @@ def this_machines_address() -> str | None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`dice serve` on the shipped mini model, as a command; yields (url, seconds until the page answered)."""
+    """`dice serve` on the shipped mini model, as a command; yields (url, seconds until the page answered, the
+    path of its log: stdout and stderr)."""
     pytest.importorskip("gradio", reason="dice serve needs gradio: pip install -e '.[app]'")
     port, tmp = free_port(), tmp_path_factory.mktemp("serve")
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio"), "HF_HUB_OFFLINE": "1"}
@@ -171,7 +189,7 @@ def server(tmp_path_factory):
                 break
             except OSError:
                 time.sleep(0.2)
-        yield url, time.perf_counter() - t0
+        yield url, time.perf_counter() - t0, tmp / "serve.log"
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the app closes and the command exits 0
         try:
@@ -190,7 +208,7 @@ def mini():
 
 
 def test_serve_answers_and_binds_to_this_machine_only(server):
-    url, seconds = server
+    url, seconds, _ = server
     print(f"dice serve answered after {seconds:.1f} s")
     assert seconds < 60  # README: under 10 s on an idle 2-core CPU; generous here for loaded CI machines
     page = urllib.request.urlopen(url, timeout=10).read().decode()
@@ -231,8 +249,20 @@ def test_compare_endpoint_through_gradio_client(server, mini, tmp_path):
 
     with pytest.raises(AppError, match="The prompt is empty"):
         client.predict("", "", 7, STEPS, 5.0, 1.0, api_name="/compare")
-    with pytest.raises(AppError, match="steps must be between 1 and 100|greater than maximum value 100"):
-        client.predict(PROMPT, "", 7, 1000, 5.0, 1.0, api_name="/compare")
+    log_before = server[2].read_text()
+    bad = [  # the app's own one-line message on the page, and nothing in the server's log
+        ((PROMPT, "", 7, 1000, 5.0, 1.0), "steps must be between 1 and 100 (got 1000)."),
+        ((PROMPT, "", 7, 0, 5.0, 1.0), "steps must be between 1 and 100 (got 0)."),
+        ((PROMPT, "", -1, STEPS, 5.0, 1.0), "seed must be between 0 and 4294967295 (got -1)."),
+        ((PROMPT, "", "abc", STEPS, 5.0, 1.0), "seed must be a whole number (got 'abc')."),
+        ((PROMPT, "", 7, STEPS, "nan", 1.0), "guidance scale must be between 1.0 and 20.0 (got nan)."),
+        ((PROMPT, 5, 7, STEPS, 5.0, 1.0), "The negative prompt must be text (got int)."),
+    ]
+    for args, message in bad:
+        with pytest.raises(AppError, match=f"^{re.escape(message)}$"):
+            client.predict(*args, api_name="/compare")
+    time.sleep(0.5)  # let the server's log reach its file
+    assert server[2].read_text() == log_before  # gradio printed a traceback per bad value before
     again, _ = client.predict(PROMPT, "", 7, 2, 5.0, 1.0, api_name="/compare")  # the server is still up
     assert len(again) == len(SHOWN)
     alone, details = client.predict(prompt=PROMPT, api_name="/compare")  # every other input has its default
@@ -291,3 +321,17 @@ def test_page_in_headless_chromium(server, browser, tmp_path):
     assert loaded and all(u.startswith((url, "data:", "blob:")) for u in loaded), (
         loaded
     )  # nothing from elsewhere
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "0"])
+def test_a_port_out_of_range_is_refused_when_parsed(port, capsys):
+    assert main(["-q", "serve", "--port", port]) == 2  # OverflowError or httpx.ConnectError before
+    err = capsys.readouterr().err
+    assert err.startswith("dice: error: --port") and "must be" in err and err.count("\n") == 1
+
+
+def test_a_port_out_of_range_is_refused_from_python():
+    from dicecfg.app.job import ServeJob, run_serve
+
+    with pytest.raises(InputError, match=r"--port \(port\) must be <= 65535"):
+        run_serve(ServeJob(port=70000))

@@ -146,3 +146,41 @@ def test_errors_are_one_line_exit_2(tiny_sd_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "grad_accum must be an integer >= 1" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_prompts_that_are_not_utf8_fail_before_any_work(tiny_sd_dir, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a red circle\n")
+    bad = "a red \udcff circle"  # how Python receives the argument bytes b"a red \xff circle"
+    common = ["--model", str(tiny_sd_dir), "--device", "cpu", "-q"]
+    runs = [
+        (["sample", bad, "--out", str(tmp_path / "s1"), *common], "Prompt 1"),
+        (["sample", "ok", "--method", "cfg", "--negative-prompt", "\udcfe", "--out", str(tmp_path / "s2"), *common],
+         "Negative prompt 1"),
+        (["train", "--prompts", str(tmp_path / "p.txt"), "--validation-prompt", "ok", "--validation-prompt",
+          bad, "--validate-every", "1", "--steps", "2", "--out", str(tmp_path / "run"), *common],
+         "Validation prompt 2"),
+    ]  # fmt: skip
+    for argv, who in runs:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"dice: error: {who} (") and "not valid text" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "run").exists()  # the run never started
+
+
+def test_a_hub_id_without_network_says_so(tmp_path, monkeypatch, capsys):
+    from diffusers import DiffusionPipeline
+
+    def offline(*args, **kwargs):  # what diffusers raises when the hub cannot be reached (the cause kept)
+        try:
+            raise ConnectionError("[Errno -2] Name or service not known")
+        except ConnectionError as e:
+            raise OSError("Cannot load model someone/model: the model is not fully cached locally") from e
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", offline)
+    out = ["--out", str(tmp_path / "s"), "--method", "cfg", "-q"]
+    assert main(["sample", "x", "--model", "someone/model", *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dice: error: 'someone/model' is neither a local folder nor reachable on the hub: no "
+                          "network is available here") and "hf download someone/model" in err  # fmt: skip
+    assert "does not exist" not in err and err.count("\n") == 1

@@ -146,3 +146,18 @@ def test_wrong_types_are_dice_errors(tiny_sd):
         assert not isinstance(e.value, AssertionError)
     finally:
         disable_dice(tiny_sd)
+
+
+def test_an_enabled_pipeline_pickles_and_stays_enabled(tiny_sd_dir):
+    import pickle
+
+    from dicecfg.sampling.enable import dice_enabled
+
+    pipe = load_pipeline(tiny_sd_dir)
+    sharp = random_sharpener(pipe)
+    enable_dice(pipe, sharp, alpha=0.7)
+    copy = pickle.loads(pickle.dumps(pipe))  # a PicklingError before: the enabled class is made at run time
+    assert dice_enabled(copy) and type(copy) is type(pipe) and copy._dice_settings.alpha == 0.7
+    assert np.array_equal(run(copy, P, negative_prompt=NEG), run(pipe, P, negative_prompt=NEG))
+    disable_dice(copy)
+    assert type(copy) is type(disable_dice(pipe)) and not dice_enabled(copy)

@@ -130,3 +130,87 @@ def test_a_byte_order_mark_does_not_reach_the_first_prompt(tmp_path):
     (tmp_path / "p.jsonl").write_bytes('\ufeff{"text": "a red circle"}\n'.encode())
     assert load_prompts(tmp_path / "p.txt") == ["a red circle", "a blue square"]
     assert load_prompts(tmp_path / "p.jsonl") == ["a red circle"]
+
+
+BAD_TEXT = "a red \udcff circle"  # the byte 0xFF of a command-line argument (Python's surrogateescape)
+
+
+def test_prompts_that_are_not_text_are_refused_before_encoding(tiny_sd):
+    from dicecfg.sampling.prompts import collect_prompts
+
+    sharp = _random_sharpener()
+    calls = [
+        lambda: list(generate(tiny_sd, ["ok", BAD_TEXT], method="unguided", progress=False)),
+        lambda: sharpen(tiny_sd, sharp, ["ok", BAD_TEXT]),
+        lambda: collect_prompts(["ok", BAD_TEXT], None),
+    ]
+    for call in calls:  # the tokenizer's TypeError before: one line naming the prompt and its position
+        with pytest.raises(InputError, match=r"^Prompt 2 \('a red ', then byte 0xFF\) is not valid text"):
+            call()
+    with pytest.raises(InputError, match=r"^Negative prompt 1 \('', then U\+D800\) is not valid text"):
+        list(generate(tiny_sd, ["ok"], method="cfg", negative_prompt="\ud800", progress=False))
+    with pytest.raises(InputError, match="NUL byte"):
+        sharpen(tiny_sd, sharp, "a\0b")
+
+
+def test_prompt_files_that_are_not_text_name_the_line(tmp_path):
+    from dicecfg.sampling.prompts import load_prompts
+
+    (tmp_path / "p.jsonl").write_text('{"text": "a red circle"}\n{"text": "a \\ud800 square"}\n')
+    with pytest.raises(InputError, match=r"p.jsonl:2: the caption holds an escape that is not a character"):
+        load_prompts(tmp_path / "p.jsonl")
+    (tmp_path / "p.txt").write_bytes(b"a red circle\n\na blue \xff square\n")
+    with pytest.raises(InputError, match=r"p.txt:3: not valid UTF-8"):
+        load_prompts(tmp_path / "p.txt")
+
+
+def test_the_compile_notice_on_a_cpu_says_minutes(tiny_sd, cheap_compile, caplog):
+    from dicecfg.families import family_of
+    from dicecfg.sampling.fast import compiled_denoiser
+
+    with caplog.at_level("INFO", logger="dicecfg.sampling.fast"):
+        with compiled_denoiser(tiny_sd, family_of(tiny_sd).denoiser(tiny_sd), training=True):
+            pass
+    (notice,) = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert "several minutes on a CPU" in notice and "a minute or more" not in notice
+
+
+def test_no_torchvision_notices_from_python(tiny_sd_dir):
+    import subprocess
+    import sys
+
+    where = str(tiny_sd_dir)
+    code = (  # a fresh process: transformers prints the notices only while the first pipeline loads
+        f"import logging, warnings; from dicecfg import load_pipeline; load_pipeline({where!r}); "
+        "logging.getLogger('mine').warning('my own warning'); warnings.warn('my own UserWarning')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "requires torchvision" not in res.stderr  # the command line hid them, Python did not
+    assert "my own warning" in res.stderr and "my own UserWarning" in res.stderr  # the caller's still show
+
+
+def test_long_prompts_are_counted_in_bounded_chunks(tiny_sd, monkeypatch):
+    from dicecfg.families import family_of
+    from dicecfg.sampling import checks
+
+    tok, batches = tiny_sd.tokenizer, []
+
+    class Counting:  # the pipeline's tokenizer, recording how many texts each call gets
+        model_max_length = tok.model_max_length
+
+        def __call__(self, texts, **kw):
+            batches.append(list(texts))
+            return tok(texts, **kw)
+
+    monkeypatch.setattr(tiny_sd, "tokenizer", Counting(), raising=False)
+    monkeypatch.setattr(checks, "TOKENIZE_CHUNK", 3)
+    long = [f"a red circle {'and a blue square ' * 12}{i}" for i in range(7)]  # well over 77 tokens each
+    short = [f"a red circle {i}" for i in range(50)]  # ASCII, shorter than 77 - 3 characters: never truncated
+    edge = "a " * 38 + "red"  # 79 characters, 41 tokens: tokenized, not counted
+    prompts = [*long, *short, *long[:2], edge]
+    assert (
+        checks.warn_truncated(tiny_sd, family_of(tiny_sd), prompts) == 9
+    )  # the exact count, repeats included
+    assert max(map(len, batches)) <= 3  # one call with every prompt before: 5.5 GB for 1M prompts
+    assert sorted(p for b in batches for p in b) == sorted([*long, edge])  # the short ones skipped

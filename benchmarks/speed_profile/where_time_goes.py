@@ -111,7 +111,7 @@ def pipeline(a, dtype):
     if a.model:
         from dicecfg.pipeline import load_pipeline
 
-        return load_pipeline(a.model, device=a.device or "cpu", dtype="float32")
+        return load_pipeline(a.model, device=a.device or "cpu", dtype=a.dtype)
     return random_pipeline(a.arch, dtype=dtype, device="cuda")
 
 
@@ -272,6 +272,7 @@ def main() -> None:
     ap.add_argument("--arch", default="sd15")
     ap.add_argument("--model", help="a model to load instead of --arch (e.g. mini: a CPU smoke test)")
     ap.add_argument("--device", help="with --model")
+    ap.add_argument("--dtype", default="float32", help="with --model: its weights' dtype (bfloat16: as dice train on CUDA)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--variant", default="compile")

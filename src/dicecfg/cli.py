@@ -22,6 +22,7 @@ from .evaluation.demo import DemoJob, run_demo
 from .evaluation.evaluate import EvalConfig, run_eval
 from .evaluation.tune import TuneJob, run_tune, tune_table
 from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
+from .pipeline import NoTorchvisionNotice, hide_torchvision_notices  # noqa: F401 - the filter is named here too
 from .runs.parallel import launched, main_process, relaunch
 from .sampling.job import SampleJob, run_sample, sample_inputs
 from .training.ceiling import CeilingJob, run_ceiling
@@ -172,14 +173,6 @@ class TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-class NoTorchvisionNotice(logging.Filter):
-    """Drop transformers' notice that an image processor falls back to PIL without torchvision: dicecfg
-    never uses those processors (diffusers only names them while loading a pipeline)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision" not in record.getMessage()
-
-
 def setup_logging(quiet: bool) -> None:
     """INFO (WARNING with -q) to stderr through tqdm, without transformers' torchvision notices."""
     logging.basicConfig(
@@ -187,9 +180,7 @@ def setup_logging(quiet: bool) -> None:
         format="%(levelname)s %(message)s",
         handlers=[TqdmHandler()],
     )
-    noisy = logging.getLogger("transformers.utils.import_utils")
-    if not any(isinstance(f, NoTorchvisionNotice) for f in noisy.filters):
-        noisy.addFilter(NoTorchvisionNotice())
+    hide_torchvision_notices()  # load_pipeline does it too, for Python callers
     if quiet:
         quiet_libraries()
 

@@ -61,6 +61,7 @@ def load_pipeline(
 
     from .families import family_of
 
+    hide_torchvision_notices()  # printed while the first pipeline loads, from Python as on the command line
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path = resolve_model(name_or_path)
@@ -73,6 +74,8 @@ def load_pipeline(
     try:
         pipe = DiffusionPipeline.from_pretrained(path, **{_dtype_kwarg(): dtype or torch.float32}, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # missing, offline or damaged
+        if not local and (why := hub_failure(path, e)):
+            raise ModelNotFoundError(why) from e
         hint = (
             "A component or its config is missing or damaged; re-save the pipeline."
             if local
@@ -86,6 +89,47 @@ def load_pipeline(
     pipe._dicecfg_source = str(name_or_path or DEFAULT_MODEL)
     pipe._dicecfg_revision = kwargs.get("revision")
     return pipe
+
+
+class NoTorchvisionNotice(logging.Filter):
+    """Drop transformers' notice that an image processor falls back to PIL without torchvision: dicecfg
+    never uses those processors (diffusers only names them while loading a pipeline)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def hide_torchvision_notices() -> None:
+    """Filter those notices out of the one transformers logger that prints them (once; nothing else of
+    transformers, and none of the caller's own warnings, is touched)."""
+    noisy = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, NoTorchvisionNotice) for f in noisy.filters):
+        noisy.addFilter(NoTorchvisionNotice())
+
+
+def hub_failure(name: str, error: BaseException) -> str | None:
+    """What to tell a user whose hub id did not load, read from the causes of ``error`` (the hub client wraps
+    them in OSErrors): no network (or offline mode) and not in the hub cache, or no such repository; None when
+    it is neither."""
+    from huggingface_hub import constants
+
+    names, seen = set(), error
+    while seen is not None and len(names) < 20:
+        names.add(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    fetch = f"`hf download {name} --local-dir DIR` (or `pipe.save_pretrained(DIR)`)"
+    if constants.HF_HUB_OFFLINE or any(k in n for n in names for k in ("Connect", "Timeout", "Offline")):
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        return (
+            f"'{name}' is neither a local folder nor reachable on the hub: no network is available here{offline} "
+            f"and the hub cache does not hold it. On a machine with network, {fetch}, then pass that folder."
+        )
+    if names & {"RepositoryNotFoundError", "GatedRepoError"}:
+        return (
+            f"'{name}' is neither a local folder nor a model on the hub (no such repository, or a private or gated "
+            "one: log in with `hf auth login`). Check the name, or pass a local folder."
+        )
+    return None
 
 
 def _dtype_kwarg() -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..metrics.world import alignment, world_specs
+from ..sampling.checks import NOT_TEXT
 from ..sampling.generate import Sample, generate
 from ..sampling.methods import CFG, PEER_STOP, Dice, Method, Unguided
 from ..sharpener import Sharpener
@@ -52,12 +53,17 @@ class Request:
     def checked(self, limits: Limits = LIMITS) -> Request:
         """This request with text stripped and integral numbers as ints; an ``InputError`` saying what to
         change for any value outside ``limits``."""
-        prompt, negative = (self.prompt or "").strip(), (self.negative_prompt or "").strip()
+        prompt, negative = as_text(self.prompt, "prompt"), as_text(self.negative_prompt, "negative prompt")
         if not prompt:
             raise InputError("The prompt is empty: type what the image should show.")
         for name, text in (("prompt", prompt), ("negative prompt", negative)):
             if len(text) > limits.prompt_chars:
                 raise InputError(f"The {name} has {len(text)} characters; the most is {limits.prompt_chars}.")
+            if m := NOT_TEXT.search(text):  # a lone surrogate or NUL: the tokenizer's TypeError otherwise
+                raise InputError(
+                    f"The {name} holds U+{ord(m[0]):04X} after {text[: m.start()][-30:]!r}, which is not a "
+                    "character; delete it or type the text again."
+                )
         values = {
             "seed": number(self.seed, "seed", whole=True),
             "steps": number(self.steps, "steps", whole=True),
@@ -69,6 +75,15 @@ class Request:
             if not (math.isfinite(v) and lo <= v <= hi):
                 raise InputError(f"{name.replace('_', ' ')} must be between {lo} and {hi} (got {v}).")
         return Request(prompt, negative, **values)
+
+
+def as_text(value: Any, name: str) -> str:
+    """``value`` stripped ("" for None); an ``InputError`` for anything but text (an API call can send any JSON)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"The {name} must be text (got {type(value).__name__}).")
+    return value.strip()
 
 
 def number(value: Any, name: str, whole: bool = False) -> float | int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..families import check_compatible
-from ..flags import opt
+from ..flags import check_values, opt
 from ..metrics.world import reads_shapes_world
 from ..pipeline import (
     default_sharpener,
@@ -36,7 +36,7 @@ class ServeJob:
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
     host: str = opt("127.0.0.1", "address to listen on (0.0.0.0 makes the app reachable from other machines)")
-    port: int = opt(7860, "port to listen on")
+    port: int = opt(7860, "port to listen on (1 to 65535)", min=1, max=65535)
     device: str | None = device_option()
     dtype: str | None = dtype_option()
 
@@ -66,6 +66,7 @@ def run_serve(job: ServeJob) -> Server:
     """Load the model and sharpener, check that they fit, and start the app; returns once it answers."""
     from ..world import Oracle, heldout_set
 
+    check_values(job)  # the port's range (the command line checks it when parsed; Python callers here)
     # gradio takes seconds to import: do it while the model loads (import locks make the later import wait)
     threading.Thread(target=import_gradio, daemon=True).start()
     name = default_sharpener(job.model, job.sharpener)

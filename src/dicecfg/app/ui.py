@@ -3,7 +3,9 @@
 
 Offline by construction: gradio's default theme uses the font files shipped inside gradio, the page loads no
 script from elsewhere, and telemetry and gradio's version check are off (``GRADIO_ANALYTICS_ENABLED=False``,
-set before gradio is imported). Bad input becomes a message on the page (a ``gr.Error``); the server goes on.
+set before gradio is imported). Bad input becomes the app's own one-line message on the page (a ``gr.Error``, not printed in the server's log);
+the server goes on. The inputs reach the app unchecked by gradio (``preprocess=False``): ``Request.checked()`` is
+the one check.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .compare import LIMITS, SHOWN, Request, compare
 
 CSS = "#dice-images img { image-rendering: pixelated; }"  # tiny images (64 px) shown large stay crisp
 DEFAULTS = Request(prompt="")  # the page's initial values are the request's defaults
+QUEUE_SIZE = 16  # requests waiting at most (each takes seconds on a CPU): a flood is refused, not stored
 
 
 def import_gradio() -> Any:
@@ -40,7 +43,7 @@ def build_app(
     gr = import_gradio()
 
     def run(
-        prompt: str, negative_prompt: str, seed: float, steps: float, guidance_scale: float, alpha: float
+        prompt: Any, negative_prompt: Any, seed: Any, steps: Any, guidance_scale: Any, alpha: Any
     ) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
         """Unguided, CFG, CFG on the first steps only (the training-free peer) and DICE images of one prompt
         from the same seed.
@@ -99,5 +102,9 @@ def build_app(
             inputs=[prompt, negative, seed, steps, w, alpha],
             outputs=[images, details],
             api_name="compare",
+            # the raw values reach run(): Request.checked() refuses bad ones with the app's own one-line message
+            # (gradio's checks of each input would log a traceback per bad request and word it its own way)
+            preprocess=False,
         )
-    return app.queue(default_concurrency_limit=1)  # one pipeline: requests take turns
+    # one pipeline: requests take turns; past QUEUE_SIZE waiting, gradio answers "queue full" at once
+    return app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)

@@ -1,28 +1,58 @@
-"""Up-front checks of sampling inputs, before any work: prompt length, image size, edit strength.
+"""Up-front checks of sampling inputs, before any work: prompt text and length, image size, edit strength.
 See docs/reliability.md for the guarantees."""
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
+NOT_TEXT = re.compile("[\0\ud800-\udfff]")  # a NUL byte or a lone surrogate: no tokenizer takes them
+TOKENIZE_CHUNK = 4096  # prompts tokenized at a time to count the long ones: bounded memory for huge files
 SEED_MAX = 2**63 - 1  # per-image seeds are 0 .. SEED_MAX (torch.Generator.manual_seed takes 64 bits)
 
 
+def check_text(prompts: Sequence[str], what: str = "prompts") -> None:
+    """Refuse prompts a tokenizer cannot take, naming the first bad one by its position (1-based) among
+    ``what``: a NUL byte, or a lone surrogate (bytes that are not UTF-8 in a command-line argument arrive in
+    Python as U+DC80..U+DCFF; a JSON ``"\\ud800"`` escape gives one too)."""
+    for i, p in enumerate(prompts, 1):
+        if (m := NOT_TEXT.search(p)) is None:
+            continue
+        one = what[:-1] if what.endswith("s") else what
+        c = ord(m[0])  # U+DC80..U+DCFF: the byte 0x80..0xFF of an argument (Python's surrogateescape)
+        shown = f"byte 0x{c - 0xDC00:02X}" if 0xDC80 <= c <= 0xDCFF else f"U+{c:04X}"
+        where = f"{one[0].upper()}{one[1:]} {i} ({p[: m.start()][-30:]!r}, then {shown})"
+        if m[0] == "\0":
+            raise InputError(f"{where} holds a NUL byte; prompts are plain text.")
+        raise InputError(
+            f"{where} is not valid text: it holds bytes that are not UTF-8 (a terminal or file in another "
+            "encoding?). Type it again as UTF-8, or convert the file (e.g. iconv -f latin1 -t utf-8)."
+        )
+
+
 def warn_truncated(pipe: Any, fam: Any, prompts: Sequence[str], what: str = "prompts") -> int:
-    """Warn once with the number of prompts longer than the text encoder's limit; returns that number.
-    ``what`` names them in the warning (``"negative prompts"`` are counted apart from the prompts)."""
+    """Refuse prompts that are not valid text (``check_text``: every prompt passes here before it is encoded),
+    then warn once with the number of prompts longer than the text encoder's limit; returns that number.
+    ``what`` names them in the messages (``"negative prompts"`` are counted apart from the prompts)."""
+    check_text(prompts, what)
     tok, limit = getattr(pipe, "tokenizer", None), fam.num_tokens(pipe)
     if tok is None or not prompts:
         return 0
-    unique = sorted(set(prompts))
-    lengths = [len(ids) for ids in tok(unique, truncation=False)["input_ids"]]
-    long = {p for p, n in zip(unique, lengths, strict=True) if n > limit}
+    # An ASCII prompt of n characters has at most n + 3 tokens (each token covers a character or more; start,
+    # end and a SentencePiece word marker besides), so only longer ones need the tokenizer; they are tokenized
+    # in chunks, keeping the lengths alone (all at once, 1M prompts took 5.5 GB of token-id lists).
+    unique = [p for p in sorted(set(prompts)) if not p.isascii() or len(p) + 3 > limit]
+    long = set()
+    for start in range(0, len(unique), TOKENIZE_CHUNK):
+        part = unique[start : start + TOKENIZE_CHUNK]
+        ids = tok(part, truncation=False)["input_ids"]
+        long.update(p for p, n in zip(part, map(len, ids), strict=True) if n > limit)
     count = sum(p in long for p in prompts)
     if count:
         example = max(long, key=len)

@@ -10,6 +10,7 @@ whose ``__call__`` turns the text arguments into ``sharpen()``'s keyword argumen
 ``__call__``; no pipeline code is copied. The subclass keeps the stock class's name, so ``save_pretrained``
 writes the same ``model_index.json``, and ``isinstance`` checks and family detection see the same class.
 ``disable_dice`` puts the stock class back and drops the settings: the instance is as it was before.
+An enabled pipeline pickles (under the stock class's name) and unpickles DICE-enabled.
 
 ``guidance_scale``: left out, it is 1 (the stock defaults of 4.5-7.5 would switch CFG back on). A value > 1
 next to a prompt is refused with a ``DiceError`` rather than silently changed: the caller asked for CFG,
@@ -54,6 +55,13 @@ class DicePipeline:
         call = named_arguments(self._dice_stock.__call__, args, kwargs)
         return super().__call__(**dice_arguments(self, self.__dict__[SETTINGS], call))
 
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickle as the stock pipeline does (its ``__dict__``, the DICE settings included), but name the stock
+        class: the enabled class is made at run time and cannot be found by name. Unpickling makes the enabled
+        class again (``new_enabled``), so the copy is DICE-enabled with the same sharpener and alpha."""
+        _, _, *rest = object.__reduce_ex__(self, max(2, protocol))  # (copyreg.__newobj__, (cls,), state, ...)
+        return (new_enabled, (self._dice_stock,), *rest)
+
 
 _CLASSES: dict[type, type] = {}
 
@@ -64,6 +72,12 @@ def dice_class(stock: type) -> type:
         attrs = {"_dice_stock": stock, "__doc__": stock.__doc__, "__qualname__": stock.__qualname__}
         _CLASSES[stock] = type(stock.__name__, (DicePipeline, stock), attrs)
     return _CLASSES[stock]
+
+
+def new_enabled(stock: type) -> Any:
+    """An empty instance of ``stock``'s enabled class, for unpickling (the state is set on it afterwards)."""
+    cls = dice_class(stock)
+    return cls.__new__(cls)
 
 
 def named_arguments(fn: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

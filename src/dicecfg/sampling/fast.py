@@ -369,7 +369,11 @@ def compiled_denoiser(
         graphs = pipe._execution_device.type == "cuda" and not training
         compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, graphs), graphs)
         cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "PyTorch's default cache folder")
-        log.info("torch.compile: the first call of each shape compiles (a minute or more; kept in %s)", cache)
+        log.info(
+            "torch.compile: the first call of each shape compiles (%s; kept in %s)",
+            "a minute or more" if pipe._execution_device.type == "cuda" else "several minutes on a CPU",
+            cache,
+        )
         if not training:
             denoiser.__dict__["_dice_compiled"] = compiled
     with swapped_forward(denoiser, compiled):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from .checks import NOT_TEXT, check_text
 
 CAPTION_KEYS = ("text", "prompt", "caption")
 
@@ -56,7 +57,13 @@ def load_prompts(path: str | Path) -> list[str]:
                 raise InputError(f"{path}:{n}: invalid JSON ({e.msg}).") from e
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{n}: expected a JSON object per line.")
-            prompts.append(caption_of(record, f"{path}:{n}").strip())
+            caption = caption_of(record, f"{path}:{n}").strip()
+            if NOT_TEXT.search(caption):  # a "\\ud800" escape decodes to a lone surrogate
+                raise InputError(
+                    f"{path}:{n}: the caption holds an escape that is not a character (a lone surrogate "
+                    "such as \\ud800, or NUL); write the text itself, as UTF-8."
+                )
+            prompts.append(caption)
         else:
             prompts.append(line.strip())
     if not prompts:
@@ -67,8 +74,7 @@ def load_prompts(path: str | Path) -> list[str]:
 def collect_prompts(prompts: Sequence[str], prompts_file: str | None) -> list[str]:
     """The prompts given as arguments followed by those of ``prompts_file``; refuses none at all."""
     out = list(prompts)
-    if any("\0" in p for p in out):
-        raise InputError("A prompt holds a NUL byte; prompts are plain text.")
+    check_text(out)  # before the model loads (generate() checks again, for callers from Python)
     if prompts_file:
         out += load_prompts(prompts_file)
     if not out:

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import InputError
 from ..flags import check_values, opt
+from ..sampling.checks import check_text
 from ..sharpener import ARCHS
 from .objective import LOSS_WEIGHTINGS
 
@@ -153,6 +154,8 @@ class DistillConfig:
         for ok, msg in checks:
             if not ok:
                 raise InputError(f"DistillConfig: {msg}.")
+        check_text(self.validation_prompts, "validation prompts")  # here, not at the first validation grid
+        check_text(self.negative_prompts, "negative prompts")
 
     def identity(self) -> dict[str, Any]:
         """Settings that shape the result (a resumed run must repeat them; steps may grow)."""
