@@ -1,4 +1,4 @@
-"""Why CFG barely helps the shipped mini model: where the spatial relation is lost (issue 3).
+"""Why CFG barely helps the shipped mini model: where the spatial relation is lost.
 
     python benchmarks/mini_model/relation_diagnosis.py [--model mini] [--eval-dir eval-mini]
 

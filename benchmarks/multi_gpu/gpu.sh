@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7 on one host with 2 GPUs: distillation throughput on 1 and 2 GPUs (full-size SD1.5, random weights, same
+# Multi-GPU distillation on one host with 2 GPUs: distillation throughput on 1 and 2 GPUs (full-size SD1.5, random weights, same
 # per-GPU batch), then loss parity on the shipped mini model (1 GPU x batch 128 vs 2 GPUs x batch 64).
 #
 #   [SKIP_THROUGHPUT=1] benchmarks/multi_gpu/gpu.sh WORK_DIR [STEPS]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5: two sharpeners for the mini model, trained alike except that one sees random negative prompts as
+# Negative prompts: two sharpeners for the mini model, trained alike except that one sees random negative prompts as
 # c_neg (`dice train --negative-prompts`), then the negative-prompt table (benchmarks/negative_prompts/negative_prompts.py).
 #
 #   benchmarks/negative_prompts/gpu.sh WORK_DIR [STEPS]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's recipe study on one lent GPU (run from the repository root; wheels in .whl, see the device notes).
+# The recipe study on one lent GPU (run from the repository root; wheels in .whl, see the device notes).
 #
 #   benchmarks/recipe_study/gpu.sh VARIANTS STEPS TRAIN_SECONDS EVAL_SETS
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13, the last GPU calls: the final table (baselines, the shipped sharpener, candidates) on the validation
+# The recipe study, the last GPU calls: the final table (baselines, the shipped sharpener, candidates) on the validation
 # set and both held-out seed sets, `dice ceiling` on the mini model, and, meanwhile, longer candidate trainings
 # that checkpoint and are handed back for the next call to resume (run folders under .gpu/runs travel in).
 #

@@ -45,7 +45,7 @@ from .parallel import Parallel
 from .sources import ImageSource, TeacherSource, XtSource
 
 log = logging.getLogger(__name__)
-CONTENT_KEYS = ("prompts_sha256", "images_sha256")  # recorded since issue 16: runs without them still resume
+CONTENT_KEYS = ("prompts_sha256", "images_sha256")  # recorded by newer versions: runs without them still resume
 
 
 def digest(texts: list[str]) -> str:
