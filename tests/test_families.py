@@ -246,3 +246,33 @@ def test_full_size_architectures_have_the_published_sizes():
     assert param_counts("pixart", full_text_encoder=False)["text_encoder"] < 0.25e9  # the stand-in
     assert arch_config("sdxl")["unet"]["cross_attention_dim"] == 2048  # the sharpener's dim follows
     assert arch_config("pixart")["text_encoder"]["d_model"] == 4096
+
+
+def test_a_family_missing_a_method_cannot_be_made():
+    """The family interface is abstract: a family that forgets one of its methods fails when it is made
+    (``register`` makes it at import), not later in the middle of sampling or training."""
+    from dicecfg.families.base import Family
+    from dicecfg.families.sd import StableDiffusionFamily
+
+    class NoDenoise(Family):
+        name = "incomplete"
+        pipeline_classes = ("NoSuchPipeline",)
+
+        def dim(self, pipe):
+            return 8
+
+        def num_tokens(self, pipe):
+            return 4
+
+        def encode(self, pipe, texts):
+            raise AssertionError
+
+        def pipeline_kwargs(self, pipe, cond, neg=None):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="denoise"):
+        NoDenoise()
+    with pytest.raises(TypeError):
+        Family()
+    assert sorted(Family.__abstractmethods__) == ["denoise", "dim", "encode", "num_tokens", "pipeline_kwargs"]
+    StableDiffusionFamily()  # the shipped families implement all of them

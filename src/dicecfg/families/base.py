@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -55,8 +56,9 @@ class Cond:
         )
 
 
-class Family:
-    """One model family (SD1.x/2.x, SDXL, PixArt). Subclasses implement the abstract methods."""
+class Family(abc.ABC):
+    """One model family (SD1.x/2.x, SDXL, PixArt). Subclasses implement the abstract methods; a family that
+    misses one cannot be instantiated (``register`` instantiates it at import, so it fails there)."""
 
     name: ClassVar[str]
     pipeline_classes: ClassVar[tuple[str, ...]]
@@ -67,16 +69,19 @@ class Family:
         return any(k.__name__ in cls.pipeline_classes for k in type(pipe).__mro__)
 
     # -- shapes -------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def dim(self, pipe: Any) -> int:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def num_tokens(self, pipe: Any) -> int:
-        raise NotImplementedError
+        ...
 
     # -- text side ----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def encode(self, pipe: Any, texts: list[str]) -> Cond:
         """Encode prompts exactly as the pipeline itself would (no CFG duplication)."""
-        raise NotImplementedError
+        ...
 
     def key_mask(self, cond: Cond) -> torch.Tensor | None:
         """Valid positions of ``cond`` as sharpener keys (None: all valid)."""
@@ -90,9 +95,10 @@ class Family:
         """
         return cond.with_tokens(tokens)
 
+    @abc.abstractmethod
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
         """Keyword arguments for the stock pipeline's ``__call__`` (embeddings instead of prompts)."""
-        raise NotImplementedError
+        ...
 
     def denoiser_inputs(self, cond: Cond) -> dict[str, torch.Tensor]:
         """The denoiser's keyword arguments that carry ``cond``'s tokens (and mask), as the stock pipeline
@@ -100,9 +106,10 @@ class Family:
         return {"encoder_hidden_states": cond.tokens}
 
     # -- denoiser side (training) -------------------------------------------------------------------
+    @abc.abstractmethod
     def denoise(self, pipe: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The denoiser's raw output (epsilon or v, whatever the model predicts)."""
-        raise NotImplementedError
+        ...
 
     def encode_images(self, pipe: Any, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (B, 3, H, W) -> scaled latents the denoiser works on."""
