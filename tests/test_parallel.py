@@ -56,3 +56,23 @@ def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, promp
     identity = json.loads((run / "run.json").read_text())["identity"]
     assert identity["world_size"] == 2 and identity["grad_accum"] == 3
     assert not (run / "run.lock").exists()
+
+
+def test_main_process_first_runs_rank_0_then_the_others_and_leaves_together():
+    """`Parallel.main_process_first`: rank 0 runs the block while the others wait at a barrier; all leave it
+    at a common barrier (the teacher pool is made by rank 0, then loaded by the others)."""
+    from dicecfg.training.parallel import Parallel
+
+    class Recording(Parallel):
+        def barrier(self):
+            events.append("barrier")
+
+    for rank, expected in ((0, ["block", "barrier", "barrier"]), (1, ["barrier", "block", "barrier"])):
+        events = []
+        with Recording(rank=rank, world=2).main_process_first():
+            events.append("block")
+        assert events == expected, rank
+    events = []
+    with Parallel().main_process_first():  # one process: no barrier at all (Parallel.barrier is a no-op)
+        events.append("block")
+    assert events == ["block"]

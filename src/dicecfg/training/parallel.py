@@ -8,11 +8,12 @@ writes to the run folder; the others wait for it at barriers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,17 @@ class Parallel:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    @contextlib.contextmanager
+    def main_process_first(self) -> Iterator[None]:
+        """Run the block on rank 0 first, then on the other ranks (they wait for rank 0 at a barrier), and leave
+        it together: for work rank 0 writes to the run folder and the others read (the teacher pool)."""
+        if not self.main:
+            self.barrier()  # rank 0 has finished the block
+        yield
+        if self.main:
+            self.barrier()  # let the others start
+        self.barrier()  # everyone has finished it
 
     def share_error(self, err: BaseException | None) -> None:
         """Raise on every rank when rank 0 failed (rank 0 re-raises its own error), so none waits forever."""
