@@ -70,12 +70,10 @@ class Family(abc.ABC):
 
     # -- shapes -------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def dim(self, pipe: Any) -> int:
-        ...
+    def dim(self, pipe: Any) -> int: ...
 
     @abc.abstractmethod
-    def num_tokens(self, pipe: Any) -> int:
-        ...
+    def num_tokens(self, pipe: Any) -> int: ...
 
     # -- text side ----------------------------------------------------------------------------------
     @abc.abstractmethod
