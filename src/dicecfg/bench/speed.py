@@ -144,7 +144,7 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     timer = Timer(device)
     mode = fast_mode(cfg.fast)
     cond, neg = fam.encode(pipe, [PROMPT] * batch), fam.encode(pipe, [""] * batch)  # excluded: same for both
-    sharpener.to(device=device, dtype=cond.tokens.dtype)
+    sharpener.to(device=device, dtype=cond.embeds.dtype)
     common = dict(num_inference_steps=cfg.steps, output_type="latent", height=cfg.height, width=cfg.width)
     latents: list[torch.Tensor] = []
     dice = Dice(sharpener, 1.0, 0.0, cfg.dice_stop) if cfg.dice_stop > 0 else Dice(sharpener, 1.0)

@@ -13,20 +13,30 @@ from ..errors import SharpenerMismatchError, UnsupportedPipelineError
 
 @dataclass
 class Cond:
-    """A batch of text conditioning: ``tokens`` (B, N, d) is what the sharpener edits; ``extras`` holds
-    the family's other conditioning (pooled embeddings, attention masks), passed through unchanged."""
+    """A batch of text conditioning: ``embeds`` (B, N, d), the token embeddings, is what the sharpener edits;
+    ``extras`` holds the family's other conditioning (pooled embeddings, attention masks), passed through
+    unchanged."""
 
-    tokens: torch.Tensor
+    embeds: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return self.tokens.shape[0]
+        return self.embeds.shape[0]
+
+    def with_embeds(self, embeds: torch.Tensor) -> Cond:
+        return replace(self, embeds=embeds)
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """Deprecated: the earlier name of ``embeds``."""
+        return self.embeds
 
     def with_tokens(self, tokens: torch.Tensor) -> Cond:
-        return replace(self, tokens=tokens)
+        """Deprecated: the earlier name of ``with_embeds``."""
+        return self.with_embeds(tokens)
 
     def index(self, idx: torch.Tensor | slice | list[int]) -> Cond:
-        return Cond(self.tokens[idx], {k: v[idx] for k, v in self.extras.items()})
+        return Cond(self.embeds[idx], {k: v[idx] for k, v in self.extras.items()})
 
     def expand(self, n: int) -> Cond:
         """Broadcast a batch-1 Cond to batch n (no copy)."""
@@ -35,7 +45,7 @@ class Cond:
         if len(self) != 1:
             raise ValueError(f"cannot broadcast a batch of {len(self)} to {n}")
         return Cond(
-            self.tokens.expand(n, *self.tokens.shape[1:]),
+            self.embeds.expand(n, *self.embeds.shape[1:]),
             {k: v.expand(n, *v.shape[1:]) for k, v in self.extras.items()},
         )
 
@@ -46,13 +56,13 @@ class Cond:
         def pick(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return torch.where(rows.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, y)
 
-        return Cond(pick(a.tokens, b.tokens), {k: pick(v, b.extras[k]) for k, v in a.extras.items()})
+        return Cond(pick(a.embeds, b.embeds), {k: pick(v, b.extras[k]) for k, v in a.extras.items()})
 
     @staticmethod
     def cat(conds: list[Cond]) -> Cond:
         keys = conds[0].extras.keys()
         return Cond(
-            torch.cat([c.tokens for c in conds]), {k: torch.cat([c.extras[k] for c in conds]) for k in keys}
+            torch.cat([c.embeds for c in conds]), {k: torch.cat([c.extras[k] for c in conds]) for k in keys}
         )
 
 
@@ -91,7 +101,7 @@ class Family(abc.ABC):
         ``mask_mode`` comes from the sharpener's config, so training and sampling treat masks alike; only
         families with an attention mask over padding (PixArt) use it.
         """
-        return cond.with_tokens(tokens)
+        return cond.with_embeds(tokens)
 
     @abc.abstractmethod
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
@@ -101,7 +111,7 @@ class Family(abc.ABC):
     def denoiser_inputs(self, cond: Cond) -> dict[str, torch.Tensor]:
         """The denoiser's keyword arguments that carry ``cond``'s tokens (and mask), as the stock pipeline
         passes them: what a step-interval method swaps (``sampling/steps.py``)."""
-        return {"encoder_hidden_states": cond.tokens}
+        return {"encoder_hidden_states": cond.embeds}
 
     # -- denoiser side (training) -------------------------------------------------------------------
     @abc.abstractmethod

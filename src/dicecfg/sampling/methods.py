@@ -50,19 +50,19 @@ def sharpen_cond(
 ) -> Cond:
     """c' = c + alpha * r(c, c_neg) on an encoded batch (docs/method.md, "The method"); ``t``: the timestep of
     a sharpener whose edit depends on it (``Sharpener.time_edges``)."""
-    sharpener.to(cond.tokens.device)
+    sharpener.to(cond.embeds.device)
     with torch.no_grad():
-        tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg), t=t)
+        tokens = sharpener.edit(cond.embeds, neg.embeds, alpha, neg_mask=fam.key_mask(neg), t=t)
     return fam.edited(cond, tokens, sharpener.config.get("mask_mode", "keep"))
 
 
 def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
     """The scaling baseline c' = s * c; token 0 is kept when the family copies it (CLIP's <SOS> state is the
     same for every prompt), and scaled too where it is a real token (T5)."""
-    t = cond.tokens
+    t = cond.embeds
     if not keep_first:
-        return cond.with_tokens(s * t)
-    return cond.with_tokens(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
+        return cond.with_embeds(s * t)
+    return cond.with_embeds(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
 
 
 def guided_steps(start: float, stop: float, steps: int) -> range:
@@ -307,8 +307,8 @@ class Dice(Method):
             sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
             return lambda t: sharp
         blocks, n = len(edges) + 1, len(cond)
-        rows = torch.arange(n, device=cond.tokens.device).repeat(blocks)
-        t_rep = block_timesteps(edges, cond.tokens.device).repeat_interleave(n)
+        rows = torch.arange(n, device=cond.embeds.device).repeat(blocks)
+        t_rep = block_timesteps(edges, cond.embeds.device).repeat_interleave(n)
         every = sharpen_cond(fam, self.sharpener, cond.index(rows), neg.expand(n).index(rows), alpha, t=t_rep)
         per_block = [every.index(slice(b * n, (b + 1) * n)) for b in range(blocks)]
         return lambda t: per_block[block_of(edges, t)]

@@ -49,7 +49,7 @@ def update_flops(
     with torch.no_grad():
         cond = fam.encode(pipe, ["a photo of a cat on the beach"] * batch_size)
         neg = fam.encode(pipe, [""] * batch_size)
-    sharpener = sharpener.to(device=param.device, dtype=cond.tokens.dtype)
+    sharpener = sharpener.to(device=param.device, dtype=cond.embeds.dtype)
     (target, _), teacher = _counted(lambda: cfg_target(pipe, fam, x_t, t, cond, neg, guidance_scale))
     loss, forward = _counted(
         lambda: sample_loss(student(pipe, fam, sharpener, x_t, t, cond, neg), target, "l1").mean()

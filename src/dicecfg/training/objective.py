@@ -62,7 +62,7 @@ def cfg_target(
 
 def student(pipe, fam: Family, sharpener: Sharpener, x_t, t, cond: Cond, neg: Cond) -> torch.Tensor:
     """Student: the same frozen denoiser on the sharpened embedding c + r(c, c_neg), no guidance."""
-    sharp = sharpener.edit(cond.tokens, neg.tokens, 1.0, neg_mask=fam.key_mask(neg), t=t)
+    sharp = sharpener.edit(cond.embeds, neg.embeds, 1.0, neg_mask=fam.key_mask(neg), t=t)
     return fam.denoise(pipe, x_t, t, fam.edited(cond, sharp, sharpener.config["mask_mode"]))
 
 
