@@ -72,7 +72,12 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         copy_first_token: keep token 0 (<SOS> for CLIP) unchanged, as the paper does.
         mask_mode: how an attention mask over padding is treated (PixArt only; ``keep`` or ``open``).
         arch: ``paper`` (the paper's network) or ``block`` (a residual transformer block; module docstring).
+        time_edges: timesteps (descending, in (0, 1000)) that cut the schedule into blocks, one edit per block
+            (a learned offset each); empty: one edit for every step, the paper's.
+        sampling: the sampling settings it was tuned for (``alpha``, ``start``, ``stop``, and a ``negative``
+            entry for images with a negative prompt), which ``Dice(sharpener)`` uses; written by `dice tune`.
         base_model, base_revision, guidance_scale, train_steps, loss: training metadata.
+        dicecfg_version: the version that made it (set by the package; read back from config.json).
     """
 
     def __init__(
@@ -158,10 +163,14 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         neg_mask: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return the edit r(c, c_neg), shaped like ``c`` (B, N, d). ``c_neg`` may have batch 1.
+        """Return the edit r(c, c_neg), shaped like ``c``.
 
-        ``neg_mask`` (B, M) marks the valid key positions of c_neg (1 = attend), for masked encoders. ``t`` (B,)
-        is the timestep, read only by a sharpener with ``time_edges`` (one edit per block of timesteps).
+        Args:
+            c: the prompt's token embeddings, (B, N, d).
+            c_neg: the negative prompt's, (B, M, d) or (1, M, d).
+            neg_mask: (B, M) or (1, M), the valid key positions of c_neg (1 = attend), for masked encoders
+                (PixArt); None: all valid.
+            t: (B,) timesteps, read only by a sharpener with ``time_edges`` (one edit per block of timesteps).
         """
         dtype = self.proj_in.weight.dtype
         c, c_neg = c.to(dtype), c_neg.to(dtype)
@@ -229,7 +238,12 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         neg_mask: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """c' = c + alpha * r(c, c_neg), token 0 copied back when ``copy_first_token``. Same dtype as c."""
+        """c' = c + alpha * r(c, c_neg), token 0 copied back when ``copy_first_token``. Same dtype as c.
+
+        Args:
+            c, c_neg, neg_mask, t: as for ``forward``.
+            alpha: strength of the edit; 0 returns ``c`` unchanged.
+        """
         delta = self(c, c_neg, neg_mask, t).to(c.dtype)
         if self.config["copy_first_token"]:
             delta = torch.cat([torch.zeros_like(delta[:, :1]), delta[:, 1:]], dim=1)
@@ -260,7 +274,16 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_NAME, **kwargs):
-        """Load from a folder (config.json + model.safetensors), a hub id, or ``"mini"`` (shipped)."""
+        """Load a sharpener; never unpickles anything.
+
+        Args:
+            pretrained_model_name_or_path: a folder holding config.json and model.safetensors (as ``dice train``
+                and ``save_pretrained`` write it), a hub id, or ``"mini"`` (the shipped sharpener).
+            **kwargs: passed to huggingface_hub's loader (``revision``, ``cache_dir``, ``token``, ...).
+
+        Raises ``SharpenerLoadError`` with one line naming the problem (a pickle, a file, a missing or damaged
+        file, a hub id that could not be fetched).
+        """
         name = resolve_sharpener(pretrained_model_name_or_path)
         path = Path(name)
         if path.is_dir():
