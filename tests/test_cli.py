@@ -4,9 +4,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from dicecfg.bench.speed import BenchConfig
 from dicecfg.cli import main
+from dicecfg.errors import InputError
+from dicecfg.training.ceiling import CeilingConfig
+from dicecfg.training.job import TrainJob
 
 
 def _dice(*args, cwd=None):
@@ -184,3 +189,23 @@ def test_a_hub_id_without_network_says_so(tmp_path, monkeypatch, capsys):
     assert err.startswith("dice: error: 'someone/model' is neither a local folder nor reachable on the hub: no "
                           "network is available here") and "hf download someone/model" in err  # fmt: skip
     assert "does not exist" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "make"),
+    [
+        (["ceiling", "--guidance-scale", "0.5"], lambda: CeilingConfig(guidance_scale=0.5)),
+        (["ceiling", "--seed", "-1"], lambda: CeilingConfig(seed=-1)),
+        (["train", "--gpus", "0"], lambda: TrainJob(out="run", gpus=0)),
+        (["bench", "--dice-stop", "2"], lambda: BenchConfig(dice_stop=2.0)),
+        (["bench", "--peer-stop", "nan"], lambda: BenchConfig(peer_stop=float("nan"))),
+    ],
+)
+def test_a_bad_value_from_python_fails_as_on_the_command_line(argv, make, tmp_path, capsys):
+    """Configs and jobs check their values when they are made: the Python API refuses what the CLI refuses,
+    with the same one line."""
+    assert main(["-q", *argv, *(["--out", str(tmp_path / "o")] if argv[0] != "bench" else [])]) == 2
+    cli_line = capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(InputError) as err:
+        make()
+    assert cli_line == f"dice: error: {err.value}"

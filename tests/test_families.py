@@ -61,7 +61,7 @@ def test_detection_and_dims(pipe):
         exp["copy_first"],
     )
     cond = fam.encode(pipe, P)
-    assert cond.tokens.shape == (2, exp["tokens"], exp["dim"])
+    assert cond.embeds.shape == (2, exp["tokens"], exp["dim"])
 
 
 def test_alpha_zero_and_untrained_equal_unguided(pipe):
@@ -79,7 +79,7 @@ def test_kwargs_have_stock_shapes_and_run_the_pipeline(pipe):
     if fam.name == "sdxl":
         assert kwargs["pooled_prompt_embeds"].shape == (2, 32)
         assert torch.equal(
-            kwargs["prompt_embeds"][:, 0], fam.encode(pipe, P).tokens[:, 0]
+            kwargs["prompt_embeds"][:, 0], fam.encode(pipe, P).embeds[:, 0]
         )  # <SOS> copied back
     else:
         assert kwargs["prompt_attention_mask"].shape == (2, 120)
@@ -119,7 +119,7 @@ def test_pixart_mask_modes(pixart):
     mask = cond.extras["attention_mask"]
     pad = ~mask.bool()
     # an edit written only into padding: invisible with "keep", seen by the transformer with "open"
-    tokens = cond.tokens + 3.0 * pad[..., None]
+    tokens = cond.embeds + 3.0 * pad[..., None]
     gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
 
     def run(c):
@@ -133,7 +133,7 @@ def test_pixart_mask_modes(pixart):
 
     assert torch.equal(run(fam.edited(cond, tokens, "keep")), run(cond))
     assert fam.edited(cond, tokens, "open").extras["attention_mask"].all()
-    assert not torch.equal(run(fam.edited(cond, tokens, "open")), run(fam.edited(cond, cond.tokens, "open")))
+    assert not torch.equal(run(fam.edited(cond, tokens, "open")), run(fam.edited(cond, cond.embeds, "open")))
     keep, open_ = random_sharpener(pixart, mask_mode="keep"), random_sharpener(pixart, mask_mode="open")
     assert not np.array_equal(
         _images(pixart, "dice", sharpener=keep), _images(pixart, "dice", sharpener=open_)
@@ -148,10 +148,10 @@ def test_sdxl_negative_is_encoded_empty_prompt_and_flag_untouched(sdxl, prompts,
     assert sdxl.config.force_zeros_for_empty_prompt is True
     empty = fam.encode(sdxl, [""])
     assert (
-        empty.tokens.abs().sum() > 0 and empty.extras["pooled"].abs().sum() > 0
+        empty.embeds.abs().sum() > 0 and empty.extras["pooled"].abs().sum() > 0
     )  # not the zeros of the flag
     kwargs = fam.pipeline_kwargs(sdxl, fam.encode(sdxl, P), empty)
-    assert torch.equal(kwargs["negative_prompt_embeds"][1], empty.tokens[0])
+    assert torch.equal(kwargs["negative_prompt_embeds"][1], empty.embeds[0])
     assert torch.equal(kwargs["negative_pooled_prompt_embeds"][1], empty.extras["pooled"][0])
     sharpen(sdxl, random_sharpener(sdxl), P)
     _images(sdxl, "cfg")
@@ -246,3 +246,46 @@ def test_full_size_architectures_have_the_published_sizes():
     assert param_counts("pixart", full_text_encoder=False)["text_encoder"] < 0.25e9  # the stand-in
     assert arch_config("sdxl")["unet"]["cross_attention_dim"] == 2048  # the sharpener's dim follows
     assert arch_config("pixart")["text_encoder"]["d_model"] == 4096
+
+
+def test_a_family_missing_a_method_cannot_be_made():
+    """The family interface is abstract: a family that forgets one of its methods fails when it is made
+    (``register`` makes it at import), not later in the middle of sampling or training."""
+    from dicecfg.families.base import Family
+    from dicecfg.families.sd import StableDiffusionFamily
+
+    class NoDenoise(Family):
+        name = "incomplete"
+        pipeline_classes = ("NoSuchPipeline",)
+
+        def dim(self, pipe):
+            return 8
+
+        def num_tokens(self, pipe):
+            return 4
+
+        def encode(self, pipe, texts):
+            raise AssertionError
+
+        def pipeline_kwargs(self, pipe, cond, neg=None):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="denoise"):
+        NoDenoise()
+    with pytest.raises(TypeError):
+        Family()
+    assert sorted(Family.__abstractmethods__) == ["denoise", "dim", "encode", "num_tokens", "pipeline_kwargs"]
+    StableDiffusionFamily()  # the shipped families implement all of them
+
+
+def test_cond_names_its_embeddings_and_keeps_the_old_name():
+    """``Cond.embeds`` holds the token embeddings the sharpener edits; ``tokens`` / ``with_tokens`` remain as
+    deprecated names of the same thing."""
+    from dicecfg.families import Cond
+
+    x = torch.randn(2, 5, 8)
+    cond = Cond(embeds=x, extras={"pooled": torch.randn(2, 8)})
+    assert cond.embeds is x and cond.tokens is x and len(cond) == 2
+    y = torch.randn(2, 5, 8)
+    assert cond.with_embeds(y).embeds is y and cond.with_tokens(y).embeds is y
+    assert cond.with_embeds(y).extras is cond.extras

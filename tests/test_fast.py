@@ -1,6 +1,6 @@
 """The fast sampling paths (dicecfg.sampling.fast): CPU fallback, the graph plumbing with a CPU stand-in capture,
 and the compiled path through a cheap torch.compile backend (Inductor takes about a minute per shape on CPU:
-benchmarks/compile_cache.py measures it)."""
+benchmarks/fast_path/compile_cache.py measures it)."""
 
 import logging
 

@@ -105,3 +105,26 @@ def test_the_world_loads_without_torch():
 def test_top_level_is_small():
     modules = sorted(p.stem for p in ROOT.glob("*.py") if p.stem != "__init__")
     assert len(modules) <= 8, modules
+
+
+def test_public_callables_document_their_arguments():
+    """Public names whose arguments are not obvious carry an ``Args:`` section (diffusers' convention) that
+    names every argument (the sampling methods: every setting)."""
+    import dataclasses
+    import inspect
+
+    from dicecfg import CFG, AdaptiveGuidance, Dice, Scaling, Sharpener, distill
+
+    for obj in (CFG, Scaling, Dice, AdaptiveGuidance, Sharpener, distill):
+        doc = inspect.getdoc(obj) or ""
+        assert "\nArgs:\n" in doc, obj
+        args = doc.split("\nArgs:\n", 1)[1]
+        names = (
+            [f.name for f in dataclasses.fields(obj)]
+            if dataclasses.is_dataclass(obj)
+            else [p for p in inspect.signature(obj).parameters if p not in ("self", "kwargs")]
+        )
+        for name in names:
+            assert f"{name}:" in args or f"{name}," in args or f", {name}" in args, (obj, name)
+    for method in (Sharpener.forward, Sharpener.edit, Sharpener.from_pretrained):
+        assert "\nArgs:\n" in (inspect.getdoc(method) or ""), method

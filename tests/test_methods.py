@@ -151,7 +151,7 @@ def test_dice_interval_equals_switching_embeddings_after_two_steps(family, pipes
     (s,) = generate(pipe, ["a red circle"], method=Dice(sharp, stop=0.2), seeds=[9], num_inference_steps=10,
                     progress=False)  # fmt: skip
     kwargs = sharpen(pipe, sharp, ["a red circle"])
-    plain = family_of(pipe).encode(pipe, ["a red circle"]).tokens
+    plain = family_of(pipe).encode(pipe, ["a red circle"]).embeds
 
     def switch(p, i, t, kw):
         return {"prompt_embeds": plain} if i == 1 else {}
@@ -262,7 +262,7 @@ def test_time_block_sharpener_edits_per_block_and_saves(tiny_sd, tmp_path):
     got, _ = images(tiny_sd, Dice(timed), prompts=P[:1], seeds=[2])
     cond, neg = fam.encode(tiny_sd, P[:1]), fam.encode(tiny_sd, [""])
     edits = [
-        sharpen_cond(fam, timed, cond, neg, 1.0, t=torch.tensor([t])).tokens for t in (850.0, 550.0, 200.0)
+        sharpen_cond(fam, timed, cond, neg, 1.0, t=torch.tensor([t])).embeds for t in (850.0, 550.0, 200.0)
     ]
     assert not torch.equal(edits[0], edits[1])
     tiny_sd.scheduler.set_timesteps(10)

@@ -186,3 +186,23 @@ def test_more_processes_than_prompts(tiny_sd_dir, tmp_path):
                  "--device", "cpu", "--out", str(out), "--gpus", "2")  # fmt: skip
     assert proc.stdout.count("wrote 1 images") == 1 and len(list(out.glob("*.png"))) == 1
     assert len((out / "samples.jsonl").read_text().splitlines()) == 1
+
+
+def test_main_process_first_runs_rank_0_then_the_others_and_leaves_together():
+    """`Parallel.main_process_first`: rank 0 runs the block while the others wait at a barrier; all leave it
+    at a common barrier (the teacher pool is made by rank 0, then loaded by the others)."""
+    from dicecfg.runs.parallel import Parallel
+
+    class Recording(Parallel):
+        def barrier(self):
+            events.append("barrier")
+
+    for rank, expected in ((0, ["block", "barrier", "barrier"]), (1, ["barrier", "block", "barrier"])):
+        events = []
+        with Recording(rank=rank, world=2).main_process_first():
+            events.append("block")
+        assert events == expected, rank
+    events = []
+    with Parallel().main_process_first():  # one process: no barrier at all (Parallel.barrier is a no-op)
+        events.append("block")
+    assert events == ["block"]

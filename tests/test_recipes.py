@@ -170,3 +170,18 @@ def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_
         wide = DistillConfig(steps=1, init_from=str(tmp_path / "a"), **{**cfg, "inner_dim": 32})
         distill(tiny_sd, prompts, config=wide, output_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # refused before any file
+
+
+def test_init_from_a_sharpener_of_another_model_says_so(tiny_sd, tiny_pixart_dir, prompts, tmp_path):
+    """A sharpener made for another base model (another family and text width) cannot be fixed by the network
+    options: the refusal says what differs and that it was trained for another model."""
+    from conftest import random_sharpener
+
+    random_sharpener(load_pipeline(tiny_pixart_dir)).save_pretrained(tmp_path / "pixart")
+    cfg = DistillConfig(steps=1, init_from=str(tmp_path / "pixart"), **TINY)
+    with pytest.raises(InputError, match="trained for another model") as err:
+        distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
+    msg = str(err.value)
+    assert "family: 'pixart' there, 'sd' here" in msg and "tokens: 120 there, 77 here" in msg
+    assert "--inner-dim" not in msg and "\n" not in msg
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

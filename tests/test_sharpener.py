@@ -77,3 +77,58 @@ def test_load_errors_are_clear(tmp_path):
     (tmp_path / "other" / "config.json").write_text((tmp_path / "sh" / "config.json").read_text())
     with pytest.raises(SharpenerLoadError, match="shape"):
         Sharpener.from_pretrained(tmp_path / "other")
+
+
+def test_saved_tensor_names_of_each_network_are_fixed():
+    """Sharpener folders written by earlier versions must keep loading: the variants' layers stay attributes of
+    the sharpener itself, so the state dict names (and their order) are these."""
+    shared = ["proj_in.weight", "proj_in.bias", "to_q.weight", "to_k.weight", "to_v.weight"]
+    shared += ["attn_out.weight", "attn_out.bias"]
+    block = [
+        f"{n}.{p}" for n in ("norm_self", "norm_cross", "norm_kv", "norm_mlp") for p in ("weight", "bias")
+    ]
+    block += ["self_qkv.weight", "self_out.weight", "self_out.bias"]
+    block += ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
+    out = ["proj_out.weight", "proj_out.bias"]
+    assert list(Sharpener(32, 64, 4).state_dict()) == shared + out
+    assert list(Sharpener(32, 64, 4, arch="block").state_dict()) == shared + block + out
+    timed = Sharpener(32, 64, 4, arch="block", time_edges=[900.0])
+    assert list(timed.state_dict()) == ["time_embed", *shared, *block, *out]
+
+
+def test_only_the_hub_clients_errors_read_as_no_such_sharpener(monkeypatch):
+    """A hub id that cannot be fetched is one clear line; any other error (a bug) is not disguised as one."""
+    from huggingface_hub import PyTorchModelHubMixin
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def fails_with(err):
+        def from_pretrained(*args, **kwargs):
+            raise err
+
+        monkeypatch.setattr(PyTorchModelHubMixin, "from_pretrained", classmethod(from_pretrained))
+
+    fails_with(LocalEntryNotFoundError("not in the cache"))
+    with pytest.raises(SharpenerLoadError, match="the hub did not give one .LocalEntryNotFoundError."):
+        Sharpener.from_pretrained("some-sharpener")
+    fails_with(RuntimeError("a bug of ours"))
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        Sharpener.from_pretrained("some-sharpener")
+
+
+def test_the_model_card_is_written_by_the_run_folder_stage(tmp_path):
+    """The card reads a run folder's stats, so it lives with the run folders (runs/card.py); the sharpener
+    module only asks for it."""
+    import ast
+    import inspect
+
+    import dicecfg.sharpener as module
+    from dicecfg.runs.card import card_text
+
+    imported = {
+        n.module for n in ast.walk(ast.parse(inspect.getsource(module))) if isinstance(n, ast.ImportFrom)
+    }
+    assert "runs.folder" not in imported and "runs.card" in imported
+    s = _trained()
+    assert s.model_card(((0, 2.0), (7, 1.5))) == card_text(s.config, s.num_params, ((0, 2.0), (7, 1.5)))
+    s.save_pretrained(tmp_path / "s")
+    assert "not measured here" in (tmp_path / "s" / "README.md").read_text()

@@ -38,7 +38,7 @@ wait
 cat "$OUT"/r/final_*.log | grep -E "^\||overall"
 cp "$W"/tune_*.json "$OUT/r/"
 best=$(python3 -c "import json;print(json.load(open('$OUT/r/final_heldout-a.json'))['overall']['sharpener'])")
-timeout 40 python3 benchmarks/negative_prompts.py --seeds 4 --sharpener mini $( [ "$best" != mini ] && echo --sharpener "$best" ) 2>&1 | grep "|" | tee "$OUT/r/negatives.log"
+timeout 40 python3 benchmarks/negative_prompts/negative_prompts.py --seeds 4 --sharpener mini $( [ "$best" != mini ] && echo --sharpener "$best" ) 2>&1 | grep "|" | tee "$OUT/r/negatives.log"
 echo "study done at $(( $(date +%s) - t0 )) s"
 (cd "$OUT" && tar czf results.tgz r && rm -r r)
 runs=(); for v in ${VARIANTS//,/ }; do [ -f "$W/$v/config.json" ] && runs+=("$v"); done

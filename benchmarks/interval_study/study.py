@@ -6,7 +6,7 @@
     python benchmarks/interval_study/study.py final  --work W --json F --tuned F1 F2 ...  # the rule, then held-out
 
 ``train`` fine-tunes the shipped sharpener (``--init-from mini``) once per variant, all at once on one GPU
-(``benchmarks/recipe_study.py train`` does the work: teacher pool made once, each run bounded in time).
+(``benchmarks/recipe_study/recipe_study.py train`` does the work: teacher pool made once, each run bounded in time).
 ``peers`` and ``tune`` score through ``dicecfg.evaluation.tune.score_rows`` (the code of `dice tune`): oracle
 all-correct and Frechet distance on the validation set with two seed sets and on the held-out set with the
 project's seeds (A) and a second seed set (B). ``final`` applies the selection rule of README.md to the tuned
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # benchmarks/recipe_study.py: the shared training driver
+sys.path.insert(0, str(HERE.parent / "recipe_study"))  # recipe_study.py: the shared training driver
 
 FT = ["--init-from", "mini", "--lr", "3e-4"]  # every variant fine-tunes the shipped sharpener
 NEG = [

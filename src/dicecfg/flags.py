@@ -11,8 +11,8 @@ command's bare arguments), ``cli=False`` (no flag: set by the caller, e.g. ``pro
 ``presets`` with ``presets_for`` (the field's value names an entry of ``presets``, the values that the
 dataclass field ``presets_for`` starts from before the flags given are applied: `dice train --recipe`), ``min`` /
 ``max`` (the range of a number) and ``path`` (what a path must be: ``PATH_KINDS``). ``check_values`` refuses
-values outside ``choices`` / ``min`` / ``max``, NaN and infinite floats and integers beyond 64 bits (dataclasses
-call it from ``__post_init__``, ``from_flags`` for every command); ``check_paths`` refuses paths that are not
+values outside ``choices`` / ``min`` / ``max``, NaN and infinite floats and integers beyond 64 bits (option
+dataclasses derive from ``Checked``, which calls it when one is made; ``from_flags`` for any other); ``check_paths`` refuses paths that are not
 what their field reads or writes (``from_flags``: before any work).
 """
 
@@ -114,7 +114,8 @@ def from_flags(ns: argparse.Namespace, cls: type, base: dict[str, Any] | None = 
             kwargs[f.name] = from_flags(ns, types_[f.name], presets.get(f.name), **fixed)
         elif f.metadata.get("cli", True) and (value := getattr(ns, f.name, None)) is not None:
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-    return check_paths(check_values(cls(**kwargs)))
+    obj = cls(**kwargs)
+    return check_paths(obj if isinstance(obj, Checked) else check_values(obj))  # Checked: checked when made
 
 
 def spell_bare_consts(argv: list[str], cls: type) -> list[str]:
@@ -173,6 +174,15 @@ def _option(f: dataclasses.Field) -> str:
 
 def _values(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
+
+
+class Checked:
+    """A base for the option dataclasses (configs and jobs): their values are checked when one is made
+    (``check_values``), so a value out of range fails alike from Python and from the command line. A subclass
+    with checks of its own calls ``super().__post_init__()`` first."""
+
+    def __post_init__(self) -> None:
+        check_values(self)
 
 
 def check_values(obj: Any) -> Any:

@@ -30,20 +30,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
 from .errors import SharpenerLoadError
-from .runs.folder import heldout_loss
-from .runs.io import atomic_save_tensors, atomic_write_json, atomic_write_text
+from .runs.card import card_text, write_card
+from .runs.io import atomic_save_tensors, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 ARCHS = ("paper", "block")  # see the module docstring
 DEFAULT_NAME = "mini"  # the sharpener shipped with the package (see dicecfg.assets)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")  # refused by name, never opened
+# What the hub client raises when it cannot give a file: HTTP errors (no such repo, revision or file, gated),
+# a file neither on the hub nor in the local cache (its network errors end as this), offline mode (OSError).
+HUB_ERRORS = (HfHubHTTPError, EntryNotFoundError, OSError)
+BAD_CONFIG = (TypeError, ValueError, ZeroDivisionError)  # a config.json the network cannot be built from
 
 
 def resolve_sharpener(name_or_path: str | os.PathLike) -> str:
@@ -67,7 +72,12 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         copy_first_token: keep token 0 (<SOS> for CLIP) unchanged, as the paper does.
         mask_mode: how an attention mask over padding is treated (PixArt only; ``keep`` or ``open``).
         arch: ``paper`` (the paper's network) or ``block`` (a residual transformer block; module docstring).
+        time_edges: timesteps (descending, in (0, 1000)) that cut the schedule into blocks, one edit per block
+            (a learned offset each); empty: one edit for every step, the paper's.
+        sampling: the sampling settings it was tuned for (``alpha``, ``start``, ``stop``, and a ``negative``
+            entry for images with a negative prompt), which ``Dice(sharpener)`` uses; written by `dice tune`.
         base_model, base_revision, guidance_scale, train_steps, loss: training metadata.
+        dicecfg_version: the version that made it (set by the package; read back from config.json).
     """
 
     def __init__(
@@ -128,15 +138,9 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         self.to_k = nn.Linear(inner_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(inner_dim, inner_dim, bias=False)
         self.attn_out = nn.Linear(inner_dim, inner_dim)
-        if arch == "block":
-            self.norm_self, self.norm_cross, self.norm_kv, self.norm_mlp = (
-                nn.LayerNorm(inner_dim) for _ in range(4)
-            )
-            self.self_qkv = nn.Linear(inner_dim, 3 * inner_dim, bias=False)
-            self.self_out = nn.Linear(inner_dim, inner_dim)
-            self.mlp = nn.Sequential(
-                nn.Linear(inner_dim, 2 * inner_dim), nn.GELU(), nn.Linear(2 * inner_dim, inner_dim)
-            )
+        if arch == "block":  # (layers are made in this order: the initial weights of a seed depend on it)
+            self._add_block_layers(inner_dim)
+        self._residual = self._paper_residual if arch == "paper" else self._block_residual  # chosen once
         if edges:  # one learned offset of the hidden state per block of timesteps (zero: the static edit)
             self.time_embed = nn.Parameter(torch.zeros(len(edges) + 1, inner_dim))
         self.proj_out = nn.Linear(inner_dim, dim)
@@ -159,10 +163,14 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         neg_mask: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return the edit r(c, c_neg), shaped like ``c`` (B, N, d). ``c_neg`` may have batch 1.
+        """Return the edit r(c, c_neg), shaped like ``c``.
 
-        ``neg_mask`` (B, M) marks the valid key positions of c_neg (1 = attend), for masked encoders. ``t`` (B,)
-        is the timestep, read only by a sharpener with ``time_edges`` (one edit per block of timesteps).
+        Args:
+            c: the prompt's token embeddings, (B, N, d).
+            c_neg: the negative prompt's, (B, M, d) or (1, M, d).
+            neg_mask: (B, M) or (1, M), the valid key positions of c_neg (1 = attend), for masked encoders
+                (PixArt); None: all valid.
+            t: (B,) timesteps, read only by a sharpener with ``time_edges`` (one edit per block of timesteps).
         """
         dtype = self.proj_in.weight.dtype
         c, c_neg = c.to(dtype), c_neg.to(dtype)
@@ -179,12 +187,31 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
                 raise ValueError("this sharpener's edit depends on the timestep: pass t")
             t = t.expand(c.shape[0]) if t.dim() == 1 and t.shape[0] == 1 else t.reshape(-1)
             offset = self.time_embed[self.time_block(t)].to(dtype)[:, None, :]
-        if self.config.get("arch", "paper") == "paper":
-            h = F.relu(self.proj_in(c) + offset)
-            m = F.relu(self.proj_in(c_neg))
-            return self.proj_out(
-                F.relu(self.attn_out(self._attend(self.to_q(h), self.to_k(m), self.to_v(m), attn_mask)))
-            )
+        return self._residual(c, c_neg, offset, attn_mask)
+
+    # ---- the network variants (``arch``): r(c, c_neg) from the hidden state of c plus the time offset ----------
+    def _paper_residual(self, c, c_neg, offset, attn_mask) -> torch.Tensor:
+        """``paper``: shared projection + ReLU, cross-attention from c to c_neg, ReLU, output projection."""
+        h = F.relu(self.proj_in(c) + offset)
+        m = F.relu(self.proj_in(c_neg))
+        return self.proj_out(
+            F.relu(self.attn_out(self._attend(self.to_q(h), self.to_k(m), self.to_v(m), attn_mask)))
+        )
+
+    def _add_block_layers(self, inner_dim: int) -> None:
+        """The layers only ``block`` has (its cross-attention reuses the paper's to_q/to_k/to_v/attn_out)."""
+        self.norm_self, self.norm_cross, self.norm_kv, self.norm_mlp = (
+            nn.LayerNorm(inner_dim) for _ in range(4)
+        )
+        self.self_qkv = nn.Linear(inner_dim, 3 * inner_dim, bias=False)
+        self.self_out = nn.Linear(inner_dim, inner_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(inner_dim, 2 * inner_dim), nn.GELU(), nn.Linear(2 * inner_dim, inner_dim)
+        )
+
+    def _block_residual(self, c, c_neg, offset, attn_mask) -> torch.Tensor:
+        """``block``: one pre-norm transformer block on the prompt's tokens (self-attention, the paper's
+        cross-attention to c_neg, MLP, each residual), then the output projection."""
         h = self.proj_in(c) + offset
         m = self.norm_kv(self.proj_in(c_neg))
         q, k, v = self.self_qkv(self.norm_self(h)).chunk(3, dim=-1)
@@ -211,7 +238,12 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         neg_mask: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """c' = c + alpha * r(c, c_neg), token 0 copied back when ``copy_first_token``. Same dtype as c."""
+        """c' = c + alpha * r(c, c_neg), token 0 copied back when ``copy_first_token``. Same dtype as c.
+
+        Args:
+            c, c_neg, neg_mask, t: as for ``forward``.
+            alpha: strength of the edit; 0 returns ``c`` unchanged.
+        """
         delta = self(c, c_neg, neg_mask, t).to(c.dtype)
         if self.config["copy_first_token"]:
             delta = torch.cat([torch.zeros_like(delta[:, :1]), delta[:, 1:]], dim=1)
@@ -225,49 +257,16 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             metadata={"format": "pt", "dicecfg_config": json.dumps(self.config, sort_keys=True)},
         )
         atomic_write_json(save_directory / CONFIG_NAME, self.config)
-        card = save_directory / "README.md"
-        if not card.exists() or "library_name: dicecfg" in card.read_text(encoding="utf-8", errors="replace"):
-            atomic_write_text(card, self.model_card(heldout_loss(save_directory)))  # ours: rewritten
+        write_card(save_directory, self.config, self.num_params)  # README.md (runs/card.py)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     def model_card(self, heldout: tuple[tuple[int, float], tuple[int, float]] | None = None) -> str:
-        """An honest README for the folder: what the sharpener is for, how it was trained, the held-out loss
-        measured while training (``heldout``: the first and last (step, loss) of stats.jsonl), how to use it."""
-        c = self.config
-        base, params = c.get("base_model") or "unknown", sum(p.numel() for p in self.parameters())
-        loss = (
-            f"{heldout[0][1]:.4g} at step {heldout[0][0]} (untrained: unguided sampling) -> "
-            f"{heldout[1][1]:.4g} at step {heldout[1][0]} (`stats.jsonl`; lower is closer to CFG)"
-            if heldout
-            else "not measured here (no `stats.jsonl` of a `dice train` run beside it)"
-        )
-        return f"""---
-library_name: dicecfg
-tags: [dice, cfg-distillation]
----
-# DICE sharpener for `{base}`
-
-A {params / 1e6:.2f}M-parameter sharpener (DICE, arXiv 2502.03726): it edits a prompt's text embedding once,
-c' = c + alpha * r(c, c_neg), so that sampling `{base}` without guidance approaches CFG at
-w={c.get("guidance_scale")}, with one network evaluation per step instead of two.
-
-- Base model: `{base}` (revision {c.get("base_revision") or "unknown"}), family `{c.get("family")}`
-- Recipe: `{c.get("arch", "paper")}` network (width {c.get("inner_dim")}, {c.get("heads")} heads), {c.get("loss")} loss,
-  teacher CFG w={c.get("guidance_scale")}, {c.get("train_steps")} steps; every setting is in `run.json` when present
-- Held-out distillation loss: {loss}
-- Trained with dicecfg {c.get("dicecfg_version")}; not pushed anywhere by dicecfg.
-
-## Use
-
-```bash
-dice sample "a corgi on the beach" --model {base} --sharpener THIS_FOLDER
-```
-```python
-from dicecfg import Sharpener, load_pipeline, sharpen
-pipe = load_pipeline("{base}")
-sharp = Sharpener.from_pretrained("THIS_FOLDER")
-image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.0).images[0]
-```
-"""
+        """The README of this sharpener (``runs/card.py``); ``heldout``: the first and last (step, held-out loss)
+        of its run."""
+        return card_text(self.config, self.num_params, heldout)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         """The card ``push_to_hub`` uploads: the same honest card (no loss: that lives in the run folder)."""
@@ -275,51 +274,36 @@ image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_NAME, **kwargs):
-        """Load from a folder (config.json + model.safetensors), a hub id, or ``"mini"`` (shipped)."""
+        """Load a sharpener; never unpickles anything.
+
+        Args:
+            pretrained_model_name_or_path: a folder holding config.json and model.safetensors (as ``dice train``
+                and ``save_pretrained`` write it), a hub id, or ``"mini"`` (the shipped sharpener).
+            **kwargs: passed to huggingface_hub's loader (``revision``, ``cache_dir``, ``token``, ...).
+
+        Raises ``SharpenerLoadError`` with one line naming the problem (a pickle, a file, a missing or damaged
+        file, a hub id that could not be fetched).
+        """
         name = resolve_sharpener(pretrained_model_name_or_path)
         path = Path(name)
-        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
-            raise SharpenerLoadError(
-                f"{path} is a pickled PyTorch file; dicecfg never loads pickles (loading one can run code). "
-                f"Pass a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or convert it where you trust it."
-            )
-        if path.is_file():
-            raise SharpenerLoadError(
-                f"{path} is a file; a sharpener is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
-                "(as written by `dice train` or Sharpener.save_pretrained). Pass the folder."
-            )
         if path.is_dir():
-            missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]
-            if missing:
-                pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-                note = (
-                    f" It holds pickled files ({', '.join(pickles)}), which are never loaded."
-                    if pickles
-                    else ""
-                )
-                raise SharpenerLoadError(
-                    f"{path} is not a sharpener folder: missing {', '.join(missing)}.{note} "
-                    "Point to the output folder of `dice train` (it holds config.json and model.safetensors)."
-                )
+            check_folder(path)
             try:
-                config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise SharpenerLoadError(f"{path / CONFIG_NAME} is not valid JSON ({e}).") from e
-            if not isinstance(config, dict) or "dim" not in config:
-                raise SharpenerLoadError(f"{path / CONFIG_NAME} does not describe a sharpener (no 'dim').")
-        elif (os.sep in name or name.startswith(".")) and not path.exists():
+                return super().from_pretrained(name, **kwargs)
+            except BAD_CONFIG as e:
+                raise SharpenerLoadError(f"{name}/{CONFIG_NAME} does not describe a sharpener ({e}).") from e
+        check_not_a_file(path)
+        if (os.sep in name or name.startswith(".")) and not path.exists():
             raise SharpenerLoadError(f"No sharpener at {path}: the folder does not exist.")
-        try:
+        try:  # a hub id
             return super().from_pretrained(name, **kwargs)
         except SharpenerLoadError:
             raise
-        except (TypeError, ValueError, ZeroDivisionError) as e:  # a config the network cannot be built from
-            if not path.is_dir():
-                raise SharpenerLoadError(f"'{name}' is neither a sharpener folder nor a hub id ({e}).") from e
-            raise SharpenerLoadError(f"{name}/{CONFIG_NAME} does not describe a sharpener ({e}).") from e
-        except Exception as e:  # noqa: BLE001 - the hub client's many errors (offline, no such repo, ...)
-            if path.is_dir():
-                raise
+        except (
+            BAD_CONFIG
+        ) as e:  # an id the hub client refuses (HFValidationError), or a config of no sharpener
+            raise SharpenerLoadError(f"'{name}' is neither a sharpener folder nor a hub id ({e}).") from e
+        except HUB_ERRORS as e:
             raise SharpenerLoadError(
                 f"No sharpener folder '{name}' here, and the hub did not give one ({type(e).__name__}). "
                 "Check the path; hub ids need network access."
@@ -353,7 +337,7 @@ image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.
                     token=token,
                     local_files_only=local_files_only,
                 )
-            except Exception as e:  # offline, missing repo, bad id: say what was tried
+            except (*HUB_ERRORS, HFValidationError) as e:  # offline, missing repo, bad id: say what was tried
                 raise SharpenerLoadError(
                     f"Could not get sharpener '{model_id}' from the hub ({type(e).__name__}). "
                     "If it is a local folder, check the path; hub downloads need network access."
@@ -383,3 +367,36 @@ image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.
                     f"{tuple(own[k].shape)} (dim={self.dim}). The weights and config do not match."
                 )
         self.load_state_dict(state, strict=True)
+
+
+def check_not_a_file(path: Path) -> None:
+    """Refuse a file where a sharpener folder belongs, a pickled checkpoint above all (never opened)."""
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise SharpenerLoadError(
+            f"{path} is a pickled PyTorch file; dicecfg never loads pickles (loading one can run code). "
+            f"Pass a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or convert it where you trust it."
+        )
+    if path.is_file():
+        raise SharpenerLoadError(
+            f"{path} is a file; a sharpener is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(as written by `dice train` or Sharpener.save_pretrained). Pass the folder."
+        )
+
+
+def check_folder(path: Path) -> None:
+    """Refuse a folder that does not hold a sharpener: a missing file, a config.json that is not JSON or not a
+    sharpener's (the weights are checked when they load: ``Sharpener.load_weights``)."""
+    missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]
+    if missing:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        note = f" It holds pickled files ({', '.join(pickles)}), which are never loaded." if pickles else ""
+        raise SharpenerLoadError(
+            f"{path} is not a sharpener folder: missing {', '.join(missing)}.{note} "
+            "Point to the output folder of `dice train` (it holds config.json and model.safetensors)."
+        )
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SharpenerLoadError(f"{path / CONFIG_NAME} is not valid JSON ({e}).") from e
+    if not isinstance(config, dict) or "dim" not in config:
+        raise SharpenerLoadError(f"{path / CONFIG_NAME} does not describe a sharpener (no 'dim').")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -12,20 +13,30 @@ from ..errors import SharpenerMismatchError, UnsupportedPipelineError
 
 @dataclass
 class Cond:
-    """A batch of text conditioning: ``tokens`` (B, N, d) is what the sharpener edits; ``extras`` holds
-    the family's other conditioning (pooled embeddings, attention masks), passed through unchanged."""
+    """A batch of text conditioning: ``embeds`` (B, N, d), the token embeddings, is what the sharpener edits;
+    ``extras`` holds the family's other conditioning (pooled embeddings, attention masks), passed through
+    unchanged."""
 
-    tokens: torch.Tensor
+    embeds: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return self.tokens.shape[0]
+        return self.embeds.shape[0]
+
+    def with_embeds(self, embeds: torch.Tensor) -> Cond:
+        return replace(self, embeds=embeds)
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """Deprecated: the earlier name of ``embeds``."""
+        return self.embeds
 
     def with_tokens(self, tokens: torch.Tensor) -> Cond:
-        return replace(self, tokens=tokens)
+        """Deprecated: the earlier name of ``with_embeds``."""
+        return self.with_embeds(tokens)
 
     def index(self, idx: torch.Tensor | slice | list[int]) -> Cond:
-        return Cond(self.tokens[idx], {k: v[idx] for k, v in self.extras.items()})
+        return Cond(self.embeds[idx], {k: v[idx] for k, v in self.extras.items()})
 
     def expand(self, n: int) -> Cond:
         """Broadcast a batch-1 Cond to batch n (no copy)."""
@@ -34,7 +45,7 @@ class Cond:
         if len(self) != 1:
             raise ValueError(f"cannot broadcast a batch of {len(self)} to {n}")
         return Cond(
-            self.tokens.expand(n, *self.tokens.shape[1:]),
+            self.embeds.expand(n, *self.embeds.shape[1:]),
             {k: v.expand(n, *v.shape[1:]) for k, v in self.extras.items()},
         )
 
@@ -45,18 +56,19 @@ class Cond:
         def pick(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return torch.where(rows.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, y)
 
-        return Cond(pick(a.tokens, b.tokens), {k: pick(v, b.extras[k]) for k, v in a.extras.items()})
+        return Cond(pick(a.embeds, b.embeds), {k: pick(v, b.extras[k]) for k, v in a.extras.items()})
 
     @staticmethod
     def cat(conds: list[Cond]) -> Cond:
         keys = conds[0].extras.keys()
         return Cond(
-            torch.cat([c.tokens for c in conds]), {k: torch.cat([c.extras[k] for c in conds]) for k in keys}
+            torch.cat([c.embeds for c in conds]), {k: torch.cat([c.extras[k] for c in conds]) for k in keys}
         )
 
 
-class Family:
-    """One model family (SD1.x/2.x, SDXL, PixArt). Subclasses implement the abstract methods."""
+class Family(abc.ABC):
+    """One model family (SD1.x/2.x, SDXL, PixArt). Subclasses implement the abstract methods; a family that
+    misses one cannot be instantiated (``register`` instantiates it at import, so it fails there)."""
 
     name: ClassVar[str]
     pipeline_classes: ClassVar[tuple[str, ...]]
@@ -67,16 +79,17 @@ class Family:
         return any(k.__name__ in cls.pipeline_classes for k in type(pipe).__mro__)
 
     # -- shapes -------------------------------------------------------------------------------------
-    def dim(self, pipe: Any) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def dim(self, pipe: Any) -> int: ...
 
-    def num_tokens(self, pipe: Any) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def num_tokens(self, pipe: Any) -> int: ...
 
     # -- text side ----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def encode(self, pipe: Any, texts: list[str]) -> Cond:
         """Encode prompts exactly as the pipeline itself would (no CFG duplication)."""
-        raise NotImplementedError
+        ...
 
     def key_mask(self, cond: Cond) -> torch.Tensor | None:
         """Valid positions of ``cond`` as sharpener keys (None: all valid)."""
@@ -88,21 +101,23 @@ class Family:
         ``mask_mode`` comes from the sharpener's config, so training and sampling treat masks alike; only
         families with an attention mask over padding (PixArt) use it.
         """
-        return cond.with_tokens(tokens)
+        return cond.with_embeds(tokens)
 
+    @abc.abstractmethod
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
         """Keyword arguments for the stock pipeline's ``__call__`` (embeddings instead of prompts)."""
-        raise NotImplementedError
+        ...
 
     def denoiser_inputs(self, cond: Cond) -> dict[str, torch.Tensor]:
         """The denoiser's keyword arguments that carry ``cond``'s tokens (and mask), as the stock pipeline
         passes them: what a step-interval method swaps (``sampling/steps.py``)."""
-        return {"encoder_hidden_states": cond.tokens}
+        return {"encoder_hidden_states": cond.embeds}
 
     # -- denoiser side (training) -------------------------------------------------------------------
+    @abc.abstractmethod
     def denoise(self, pipe: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The denoiser's raw output (epsilon or v, whatever the model predicts)."""
-        raise NotImplementedError
+        ...
 
     def encode_images(self, pipe: Any, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], (B, 3, H, W) -> scaled latents the denoiser works on."""

@@ -69,23 +69,23 @@ class PixArtAlphaFamily(Family):
 
     def edited(self, cond: Cond, tokens: torch.Tensor, mask_mode: str = "keep") -> Cond:
         if check_mask_mode(mask_mode) == "keep":
-            return cond.with_tokens(tokens)
+            return cond.with_embeds(tokens)
         return Cond(tokens, {**cond.extras, "attention_mask": torch.ones_like(cond.extras["attention_mask"])})
 
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "prompt_embeds": cond.tokens,
+            "prompt_embeds": cond.embeds,
             "prompt_attention_mask": cond.extras["attention_mask"],
         }
         if neg is not None:
             neg = neg.expand(len(cond))
-            kwargs["negative_prompt_embeds"] = neg.tokens
+            kwargs["negative_prompt_embeds"] = neg.embeds
             kwargs["negative_prompt_attention_mask"] = neg.extras["attention_mask"]
             kwargs["negative_prompt"] = None  # the pipeline's default "" may not be passed with embeddings
         return kwargs
 
     def denoiser_inputs(self, cond: Cond) -> dict[str, torch.Tensor]:
-        return {"encoder_hidden_states": cond.tokens, "encoder_attention_mask": cond.extras["attention_mask"]}
+        return {"encoder_hidden_states": cond.embeds, "encoder_attention_mask": cond.extras["attention_mask"]}
 
     def added_cond(self, pipe: Any, x_t: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
         """Resolution / aspect-ratio conditioning as the pipeline builds it (only 1024-px models use it)."""
@@ -102,7 +102,7 @@ class PixArtAlphaFamily(Family):
         tr = pipe.transformer
         out = tr(
             x_t.to(tr.dtype),
-            encoder_hidden_states=cond.tokens.to(tr.dtype),
+            encoder_hidden_states=cond.embeds.to(tr.dtype),
             encoder_attention_mask=cond.extras["attention_mask"],
             timestep=t,
             added_cond_kwargs=self.added_cond(pipe, x_t, tr.dtype),

@@ -31,11 +31,11 @@ class StableDiffusionFamily(Family):
         return Cond(embeds)
 
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"prompt_embeds": cond.tokens}
+        kwargs: dict[str, Any] = {"prompt_embeds": cond.embeds}
         if neg is not None:
-            kwargs["negative_prompt_embeds"] = neg.expand(len(cond)).tokens
+            kwargs["negative_prompt_embeds"] = neg.expand(len(cond)).embeds
         return kwargs
 
     def denoise(self, pipe: Any, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         unet = pipe.unet
-        return unet(x_t.to(unet.dtype), t, encoder_hidden_states=cond.tokens.to(unet.dtype)).sample
+        return unet(x_t.to(unet.dtype), t, encoder_hidden_states=cond.embeds.to(unet.dtype)).sample

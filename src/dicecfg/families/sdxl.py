@@ -42,10 +42,10 @@ class StableDiffusionXLFamily(Family):
         return Cond(embeds, {"pooled": pooled})
 
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"prompt_embeds": cond.tokens, "pooled_prompt_embeds": cond.extras["pooled"]}
+        kwargs: dict[str, Any] = {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.extras["pooled"]}
         if neg is not None:
             neg = neg.expand(len(cond))
-            kwargs["negative_prompt_embeds"] = neg.tokens
+            kwargs["negative_prompt_embeds"] = neg.embeds
             kwargs["negative_pooled_prompt_embeds"] = neg.extras["pooled"]
         return kwargs
 
@@ -62,5 +62,5 @@ class StableDiffusionXLFamily(Family):
             "time_ids": self.time_ids(pipe, x_t, unet.dtype),
         }
         return unet(
-            x_t.to(unet.dtype), t, encoder_hidden_states=cond.tokens.to(unet.dtype), added_cond_kwargs=added
+            x_t.to(unet.dtype), t, encoder_hidden_states=cond.embeds.to(unet.dtype), added_cond_kwargs=added
         ).sample

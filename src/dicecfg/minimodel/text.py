@@ -2,7 +2,7 @@
 
 Why not train it jointly with the UNet: that was tried first, and the joint encoder nearly erased the
 relation words (swapping "left" for "right" changed its 77 token states by 0.8%, a colour word by 51%), so
-the UNet, and therefore CFG, could not follow relations (``benchmarks/relation_diagnosis.py``).
+the UNet, and therefore CFG, could not follow relations (``benchmarks/mini_model/relation_diagnosis.py``).
 
 Objective: from the hidden state at the end-of-text token *and at every padding position after it* (the
 positions that, under CLIP's causal mask, have seen the whole caption), linear heads predict a canonical

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dicecfg.flags import add_flags, from_flags, opt
+from dicecfg.flags import Checked, add_flags, from_flags, opt
 from dicecfg.minimodel import model as mm
 from dicecfg.minimodel.data import encode_latents, load_data, render_shards, to_float
 from dicecfg.minimodel.loop import CKPT, LoopConfig, final_weights, train
@@ -36,7 +36,7 @@ STAGES = ("data", "text", "vae", "unet", "assemble", "eval")
 
 
 @dataclass(frozen=True)
-class MiniTrainConfig:
+class MiniTrainConfig(Checked):
     """Every option of the stages (one ``--flag`` each in ``python -m dicecfg.minimodel.train``)."""
 
     out: str = opt(help="run directory (scratch data, checkpoints, final pipeline/)")

@@ -10,11 +10,12 @@ to rank 0. Rank 0 alone writes the shared files; the others wait for it at barri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,17 @@ class Parallel:
         out: list[Any] | None = [None] * self.world if self.main else None
         torch.distributed.gather_object(obj, out, dst=0)
         return out
+
+    @contextlib.contextmanager
+    def main_process_first(self) -> Iterator[None]:
+        """Run the block on rank 0 first, then on the other ranks (they wait for rank 0 at a barrier), and leave
+        it together: for work rank 0 writes to the run folder and the others read (the teacher pool)."""
+        if not self.main:
+            self.barrier()  # rank 0 has finished the block
+        yield
+        if self.main:
+            self.barrier()  # let the others start
+        self.barrier()  # everyone has finished it
 
     def share_error(self, err: BaseException | None) -> None:
         """Raise on every rank when rank 0 failed (rank 0 re-raises its own error), so none waits forever."""

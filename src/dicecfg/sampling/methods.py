@@ -48,21 +48,29 @@ def sharpen_cond(
     alpha: float = 1.0,
     t: torch.Tensor | None = None,
 ) -> Cond:
-    """c' = c + alpha * r(c, c_neg) on an encoded batch (docs/method.md, "The method"); ``t``: the timestep of
-    a sharpener whose edit depends on it (``Sharpener.time_edges``)."""
-    sharpener.to(cond.tokens.device)
+    """c' = c + alpha * r(c, c_neg) on an encoded batch (docs/method.md, "The method").
+
+    Args:
+        fam: the pipeline's family (``family_of(pipe)``): it knows the key mask and how c' is carried.
+        sharpener: the network r.
+        cond: the encoded prompts c.
+        neg: the encoded negative prompts c_neg (batch 1 or the batch of ``cond``).
+        alpha: strength of the edit.
+        t: (B,) timesteps, for a sharpener whose edit depends on it (``time_edges``); None otherwise.
+    """
+    sharpener.to(cond.embeds.device)
     with torch.no_grad():
-        tokens = sharpener.edit(cond.tokens, neg.tokens, alpha, neg_mask=fam.key_mask(neg), t=t)
+        tokens = sharpener.edit(cond.embeds, neg.embeds, alpha, neg_mask=fam.key_mask(neg), t=t)
     return fam.edited(cond, tokens, sharpener.config.get("mask_mode", "keep"))
 
 
 def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
     """The scaling baseline c' = s * c; token 0 is kept when the family copies it (CLIP's <SOS> state is the
     same for every prompt), and scaled too where it is a real token (T5)."""
-    t = cond.tokens
+    t = cond.embeds
     if not keep_first:
-        return cond.with_tokens(s * t)
-    return cond.with_tokens(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
+        return cond.with_embeds(s * t)
+    return cond.with_embeds(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
 
 
 def guided_steps(start: float, stop: float, steps: int) -> range:
@@ -167,7 +175,14 @@ class CFG(Method):
     """Classifier-free guidance at scale w on the steps of [start, stop), the prompt alone elsewhere.
 
     At ``guidance_scale=1`` the stock pipeline samples the prompt alone with one pass per step (conditional
-    sampling, exactly); below 1 it cannot make CFG, so that is refused."""
+    sampling, exactly); below 1 it cannot make CFG, so that is refused.
+
+    Args:
+        guidance_scale: w in eps_u + w (eps_c - eps_u); at least 1 (spelled ``w``: ``cfg:w=5``).
+        start: first guided step, as a fraction of the steps (step i is guided when
+            ``int(start*N) <= i < int(stop*N)``).
+        stop: end of the guided steps, as a fraction; ``cfg:stop=0.1`` guides the first 10% of the steps.
+    """
 
     guidance_scale: float = 5.0
     start: float = 0.0
@@ -219,7 +234,11 @@ class CFG(Method):
 
 @dataclass(frozen=True)
 class Scaling(Method):
-    """The paper's training-free baseline: the prompt's embedding scaled, c' = s * c, no guidance."""
+    """The paper's training-free baseline: the prompt's embedding scaled, c' = s * c, no guidance.
+
+    Args:
+        scale: s, the factor on every token embedding but the first (where the family keeps it).
+    """
 
     scale: float = 1.2
     name: ClassVar[str] = "scaling"
@@ -254,7 +273,17 @@ class Dice(Method):
     Settings left as None come from the sampling settings the sharpener records (``config["sampling"]``,
     written by `dice tune`; its ``negative`` entry for the ``neg_*`` ones), else alpha=1 on every step (the
     paper's use); ``neg_*`` default to the prompt's own settings. A sharpener whose edit depends on the timestep
-    (``time_edges``) gets one edit per block of steps, all computed once per image."""
+    (``time_edges``) gets one edit per block of steps, all computed once per image.
+
+    Args:
+        sharpener: the trained sharpener (``Sharpener.from_pretrained``); required.
+        alpha: strength of the edit, c' = c + alpha * r(c, c_neg); 0 is unguided sampling exactly.
+        start: first step that samples c', as a fraction of the steps (the guider rule of ``CFG``).
+        stop: end of the steps that sample c', as a fraction; after it the plain prompt c runs.
+        neg_alpha: ``alpha`` for images with a negative prompt.
+        neg_start: ``start`` for images with a negative prompt.
+        neg_stop: ``stop`` for images with a negative prompt.
+    """
 
     sharpener: Sharpener | None = field(default=None, compare=False)
     alpha: float | None = None
@@ -307,8 +336,8 @@ class Dice(Method):
             sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
             return lambda t: sharp
         blocks, n = len(edges) + 1, len(cond)
-        rows = torch.arange(n, device=cond.tokens.device).repeat(blocks)
-        t_rep = block_timesteps(edges, cond.tokens.device).repeat_interleave(n)
+        rows = torch.arange(n, device=cond.embeds.device).repeat(blocks)
+        t_rep = block_timesteps(edges, cond.embeds.device).repeat_interleave(n)
         every = sharpen_cond(fam, self.sharpener, cond.index(rows), neg.expand(n).index(rows), alpha, t=t_rep)
         per_block = [every.index(slice(b * n, (b + 1) * n)) for b in range(blocks)]
         return lambda t: per_block[block_of(edges, t)]
@@ -374,7 +403,13 @@ class AdaptiveGuidance(Method):
 
     The similarity is taken between the x_0 predictions the two outputs imply (our choice: at high noise the
     two noise predictions are nearly parallel for any prompt, so their own cosine would stop guidance at the
-    first step)."""
+    first step).
+
+    Args:
+        guidance_scale: w of CFG while it runs; above 1 (spelled ``w``).
+        threshold: the cosine similarity in (0, 1] of the two x_0 predictions above which an image stops being
+            guided.
+    """
 
     guidance_scale: float = 5.0
     threshold: float = DEFAULT_THRESHOLD

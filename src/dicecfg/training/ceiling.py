@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..families import Cond, check_compatible, family_of
-from ..flags import opt
+from ..flags import check_values, opt
 from ..pipeline import (
     default_sharpener,
     device_option,
@@ -93,6 +93,7 @@ class CeilingConfig:
     progress: bool = opt(True, "show progress bars", cli=False)
 
     def __post_init__(self) -> None:
+        check_values(self)  # choices, ranges (the fields' min / max), finite numbers: as the CLI checks them
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.lr > 0, "lr must be > 0"),

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..flags import check_values, opt
+from ..flags import Checked, opt
 from ..sampling.checks import check_text
 from ..sharpener import ARCHS
 from .objective import LOSS_WEIGHTINGS
@@ -23,7 +23,7 @@ LATER_OPTIONS = (
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Checked):
     steps: int = opt(8000, "optimizer updates (paper: 8000 for SD1.5, 4000 for SDXL)")
     batch_size: int = opt(16, "samples per forward pass and process (paper: 16 per GPU x 8 GPUs)")
     grad_accum: int = opt(
@@ -126,7 +126,7 @@ class DistillConfig:
     progress: bool = opt(True, "show a progress bar", cli=False)
 
     def __post_init__(self) -> None:
-        check_values(self)  # choices, ranges (the fields' min / max), finite numbers
+        super().__post_init__()  # choices, ranges (the fields' min / max), finite numbers
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),

@@ -6,7 +6,7 @@ frozen: the backward computes gradients of its activations (to reach the sharpen
 embedding) but none for its weights, so it costs about one forward rather than two. Counting runs the same
 calls as ``Objective.batch_loss`` on random inputs of the training shape; on the ``meta`` device it needs no
 memory and no compute (``bench.archs.random_pipeline(arch, device="meta")``), so the full-size counts come from
-any machine. Achieved FLOP/s = ``per_sample`` x measured samples/s (``benchmarks/distill_throughput.py``).
+any machine. Achieved FLOP/s = ``per_sample`` x measured samples/s (``benchmarks/distill_throughput/distill_throughput.py``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def update_flops(
     with torch.no_grad():
         cond = fam.encode(pipe, ["a photo of a cat on the beach"] * batch_size)
         neg = fam.encode(pipe, [""] * batch_size)
-    sharpener = sharpener.to(device=param.device, dtype=cond.tokens.dtype)
+    sharpener = sharpener.to(device=param.device, dtype=cond.embeds.dtype)
     (target, _), teacher = _counted(lambda: cfg_target(pipe, fam, x_t, t, cond, neg, guidance_scale))
     loss, forward = _counted(
         lambda: sample_loss(student(pipe, fam, sharpener, x_t, t, cond, neg), target, "l1").mean()

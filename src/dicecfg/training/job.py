@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, replace
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, load_pipeline, model_option, resolve_device, resolve_dtype
 from ..runs.folder import check_run_folder
 from ..runs.parallel import rank_device
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainJob:
+class TrainJob(Checked):
     """`dice train`: the model, the training data, the run folder and the recipe (``config``)."""
 
     out: str = opt(

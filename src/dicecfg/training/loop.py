@@ -45,7 +45,10 @@ from .objective import Objective, autocast_for
 from .sources import ImageSource, TeacherSource, XtSource
 
 log = logging.getLogger(__name__)
-CONTENT_KEYS = ("prompts_sha256", "images_sha256")  # recorded since issue 16: runs without them still resume
+CONTENT_KEYS = (
+    "prompts_sha256",
+    "images_sha256",
+)  # recorded by newer versions: runs without them still resume
 
 
 def digest(texts: list[str]) -> str:
@@ -108,13 +111,132 @@ def distill(
 def _distill(
     pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, run_dir: Path, par: Parallel
 ) -> Sharpener:
+    # Initialize: what x_t comes from, the sharpener, the run record (refusals come before any file).
     fam = family_of(pipe)
     device = pipe._execution_device
+    mode = _xt_mode(cfg, prompts, images)
+    resolution = _check_sizes(pipe, fam, cfg, device, par)
+    sharpener = _new_sharpener(pipe, fam, cfg, device)
+    if cfg.init_from:  # a wrong sharpener is refused before run.json and the teacher pool
+        start_from(sharpener, cfg.init_from)
+    folder = ImageCaptionFolder(images, resolution) if mode == "images" else None
+    identity = _identity(pipe, fam, cfg, mode, prompts, images, folder, par)
+    _write_run_json(pipe, cfg, run_dir, identity, par)
+
+    # The frozen model, the source of x_t and the objective (docs/method.md, "Training objective").
+    autocast = autocast_for(device, cfg.mixed_precision)
+    denoiser = fam.denoiser(pipe)
+    for module in (denoiser, pipe.vae, getattr(pipe, "text_encoder", None)):
+        if module is not None:
+            module.requires_grad_(False)
+    neg = fam.encode(pipe, [""])
+    with par.main_process_first():  # rank 0 makes the teacher pool, the others then load it
+        if par.main:
+            warn_truncated(pipe, fam, folder.captions if folder else prompts)
+            warn_truncated(pipe, fam, cfg.negative_prompts, "negative prompts")
+        if folder:
+            source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir, par.rank, par.world)
+        else:
+            source = TeacherSource(
+                pipe, fam, list(prompts), neg, cfg, run_dir, resolution, par.rank, par.world
+            )
+    ctx = Objective(pipe, fam, cfg, source, neg, autocast)
+    optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = _resume(ctx, sharpener, optimizer, run_dir, par)
+
+    # Main training loop: one update per step; a stop request (SIGINT / SIGTERM) ends it at a step boundary.
+    step, saved, t_log, n_log = start, start, time.perf_counter(), 0
+    with contextlib.ExitStack() as stack:
+        if cfg.gradient_checkpointing:
+            stack.enter_context(_gradient_checkpointing(denoiser))
+        bar = stack.enter_context(
+            tqdm(
+                total=cfg.steps,
+                initial=start,
+                desc="distill",
+                unit="step",
+                disable=not (cfg.progress and par.main),
+            )
+        )
+        stop = stack.enter_context(StopFlag())
+        if compiles(cfg, device):
+            stack.enter_context(compiled_denoiser(pipe, denoiser, training=True))
+        try:
+            while step < cfg.steps:
+                optimizer.zero_grad(set_to_none=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, step)
+                loss = ctx.accumulate(sharpener, step)  # backward over grad_accum micro-batches
+                mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
+                check_finite(mean_loss, step + 1, saved, run_dir)
+                par.average_gradients(list(sharpener.parameters()))  # one all-reduce per update
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(sharpener.parameters(), cfg.grad_clip)
+                optimizer.step()
+                step += 1
+                n_log += source.global_batch
+                bar.update(1)
+
+                # Bookkeeping: what is due at this step is decided here, once.
+                last = step == cfg.steps
+                log_now = step % cfg.log_every == 0 or last
+                checkpoint_now = step % cfg.checkpoint_every == 0 or last
+                if par.main:
+                    rec = _bookkeeping(
+                        ctx,
+                        sharpener,
+                        optimizer,
+                        run_dir,
+                        step,
+                        mean_loss,
+                        n_log,
+                        t_log,
+                        log_now=log_now,
+                        checkpoint_now=checkpoint_now,
+                    )
+                    if rec:
+                        bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
+                if log_now:
+                    t_log, n_log = time.perf_counter(), 0
+                if checkpoint_now:
+                    saved = step
+
+                if stopping or (par.world == 1 and stop.signum is not None):
+                    if saved != step and par.main:
+                        save_checkpoint(run_dir, step, sharpener, optimizer)
+                    par.barrier()
+                    log.warning(
+                        "stopped at step %d; checkpoint in %s (run the same command to resume)", step, run_dir
+                    )
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
+        except KeyboardInterrupt as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
+            if not isinstance(e, TrainingInterrupted):
+                log.warning(
+                    "interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir
+                )
+            raise
+
+    # Finish: the sharpener and its config (config.json + model.safetensors) next to the run record.
+    sharpener.config["train_steps"] = step
+    if par.main:
+        sharpener.save_pretrained(run_dir)
+    par.barrier()
+    return sharpener.eval()
+
+
+def _xt_mode(cfg: DistillConfig, prompts: list[str] | None, images) -> str:
+    """Where x_t comes from: ``images`` (the paper's source, re-noised training images) or ``teacher`` (the
+    teacher's own CFG samples, prompt-only mode); ``auto`` picks by whether an image folder is given."""
     mode = cfg.xt_source if cfg.xt_source != "auto" else ("images" if images else "teacher")
     if mode == "images" and images is None:
         raise InputError("xt_source='images' needs an image folder (--images).")
     if mode == "teacher" and not prompts:
         raise InputError("Prompt-only distillation needs prompts (--prompts FILE).")
+    return mode
+
+
+def _check_sizes(pipe: Any, fam, cfg: DistillConfig, device, par: Parallel) -> int:
+    """The training resolution, refused when the model cannot take it or the run could not fit in memory."""
     resolution = cfg.resolution or fam.default_size(pipe)
     check_size(pipe, fam, resolution, None, names=("resolution", ""))
     shape = (
@@ -129,9 +251,14 @@ def _distill(
         "Training with this batch size, teacher pool and held-out set",
         "Lower --batch-size (raise --grad-accum to keep the global batch), --teacher-pool or --eval-pairs.",
     )
+    return resolution
+
+
+def _new_sharpener(pipe: Any, fam, cfg: DistillConfig, device) -> Sharpener:
+    """A fresh sharpener for ``pipe``, its config carrying the base model and the training settings."""
     with torch.random.fork_rng(devices=[]):  # initial weights depend on cfg.seed alone, not on process state
         torch.manual_seed(cfg.seed)
-        sharpener = Sharpener(
+        return Sharpener(
             fam.dim(pipe),
             cfg.inner_dim,
             cfg.heads,
@@ -147,9 +274,10 @@ def _distill(
             guidance_scale=cfg.guidance_scale,
             loss=cfg.loss,
         ).to(device)
-    if cfg.init_from:  # a wrong sharpener is refused before run.json and the teacher pool
-        start_from(sharpener, cfg.init_from)
-    folder = ImageCaptionFolder(images, resolution) if mode == "images" else None
+
+
+def _identity(pipe: Any, fam, cfg: DistillConfig, mode: str, prompts, images, folder, par: Parallel) -> dict:
+    """What a run folder must match to be resumed: the settings that change the result, and the data's content."""
     identity = {
         **cfg.identity(),
         "xt_source": mode,
@@ -162,6 +290,11 @@ def _distill(
     }
     if par.world > 1:  # left out for one process, so earlier runs resume
         identity["world_size"] = par.world
+    return identity
+
+
+def _write_run_json(pipe: Any, cfg: DistillConfig, run_dir: Path, identity: dict, par: Parallel) -> None:
+    """Rank 0 writes (or checks, on a resume) run.json; a refusal is raised on every rank."""
     err = None
     if par.main:
         try:
@@ -173,29 +306,10 @@ def _distill(
             err = e
     par.share_error(err)
 
-    autocast = autocast_for(device, cfg.mixed_precision)
-    for module in (fam.denoiser(pipe), pipe.vae, getattr(pipe, "text_encoder", None)):
-        if module is not None:
-            module.requires_grad_(False)
-    neg = fam.encode(pipe, [""])
-    for turn in (True, False):  # rank 0 first: it makes the teacher pool, the others then load it
-        if par.main != turn:
-            par.barrier()
-            continue
-        if par.main:
-            warn_truncated(pipe, fam, folder.captions if folder else prompts)
-            warn_truncated(pipe, fam, cfg.negative_prompts, "negative prompts")
-        if folder:
-            source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir, par.rank, par.world)
-        else:
-            source = TeacherSource(
-                pipe, fam, list(prompts), neg, cfg, run_dir, resolution, par.rank, par.world
-            )
-        par.barrier()
-    ctx = Objective(pipe, fam, cfg, source, neg, autocast)
 
-    optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # every rank: the same checkpoint; when there is one, it replaces the init_from weights (the run resumes)
+def _resume(ctx: Objective, sharpener: Sharpener, optimizer, run_dir: Path, par: Parallel) -> int:
+    """The step to start from: the run folder's checkpoint, loaded into ``sharpener`` and ``optimizer`` on every
+    rank (it replaces the init_from weights), or 0 with the held-out loss of the starting weights recorded."""
     start = load_checkpoint(run_dir, sharpener, optimizer)
     par.barrier()  # all have read it before rank 0 may write the next one
     if par.main:
@@ -204,75 +318,46 @@ def _distill(
             log.info("resuming %s from step %d", run_dir, start)
         if start == 0:
             append_stats(run_dir, {"step": 0, "eval_loss": ctx.eval_loss(sharpener)})
+    return start
 
-    denoiser = fam.denoiser(pipe)
-    if cfg.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
+
+@contextlib.contextmanager
+def _gradient_checkpointing(denoiser: torch.nn.Module):
+    """Recompute the frozen denoiser's activations in the backward pass (less memory, more time), for the
+    duration of the training loop."""
+    if hasattr(denoiser, "enable_gradient_checkpointing"):
         denoiser.enable_gradient_checkpointing()
-    bar = tqdm(
-        total=cfg.steps, initial=start, desc="distill", unit="step", disable=not (cfg.progress and par.main)
-    )
-    step, t_log, n_log, saved = start, time.perf_counter(), 0, start
-    stop = StopFlag().__enter__()  # SIGINT / SIGTERM: stop at the next step boundary
-    speed = contextlib.ExitStack()
-    if compiles(cfg, device):
-        speed.enter_context(compiled_denoiser(pipe, denoiser, training=True))
     try:
-        while step < cfg.steps:
-            optimizer.zero_grad(set_to_none=True)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, step)
-            loss = ctx.accumulate(sharpener, step)  # backward over grad_accum micro-batches
-            mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
-            check_finite(mean_loss, step + 1, saved, run_dir)
-            par.average_gradients(list(sharpener.parameters()))  # one all-reduce per update
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(sharpener.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            n_log += source.global_batch
-            bar.update(1)
-            rec = _bookkeeping(ctx, sharpener, optimizer, run_dir, step, mean_loss, n_log, t_log, par)
-            if rec:
-                bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                t_log, n_log = time.perf_counter(), 0
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                saved = step
-            if stopping or (par.world == 1 and stop.signum is not None):
-                if saved != step and par.main:
-                    save_checkpoint(run_dir, step, sharpener, optimizer)
-                par.barrier()
-                log.warning(
-                    "stopped at step %d; checkpoint in %s (run the same command to resume)", step, run_dir
-                )
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
-    except KeyboardInterrupt as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
-        if not isinstance(e, TrainingInterrupted):
-            log.warning("interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir)
-        raise
+        yield
     finally:
-        speed.close()
-        stop.__exit__()
-        bar.close()
-        if cfg.gradient_checkpointing and hasattr(denoiser, "disable_gradient_checkpointing"):
+        if hasattr(denoiser, "disable_gradient_checkpointing"):
             denoiser.disable_gradient_checkpointing()
-    sharpener.config["train_steps"] = step
-    if par.main:
-        sharpener.save_pretrained(run_dir)
-    par.barrier()
-    return sharpener.eval()
 
 
 def start_from(sharpener: Sharpener, name: str) -> None:
     """Copy the weights of the sharpener ``name`` into ``sharpener`` (``DistillConfig.init_from``); refuse one
-    whose network differs (width, tokens, family or architecture), naming the difference."""
+    made for another model (text width, tokens, family) or whose network differs (architecture, sizes),
+    naming the difference."""
     src = Sharpener.from_pretrained(name)
-    keys = ("dim", "inner_dim", "heads", "num_tokens", "family", "arch", "copy_first_token", "mask_mode")
-    diff = [
-        f"{k}: {src.config.get(k)!r} there, {sharpener.config.get(k)!r} here"
-        for k in keys
-        if src.config.get(k) != sharpener.config.get(k)
-    ]
+
+    def differing(keys: tuple[str, ...], names: dict[str, str] | None = None) -> list[str]:
+        return [
+            f"{(names or {}).get(k, k)}: {src.config.get(k)!r} there, {sharpener.config.get(k)!r} here"
+            for k in keys
+            if src.config.get(k) != sharpener.config.get(k)
+        ]
+
+    model = differing(
+        ("dim", "num_tokens", "family", "copy_first_token"), {"dim": "text width", "num_tokens": "tokens"}
+    )
+    if model:  # no option of this run can fix it: the sharpener belongs to another base model
+        base = src.config.get("base_model")
+        raise InputError(
+            f"init_from={name}: that sharpener was trained for another model"
+            f"{f' ({base})' if base else ''}: {'; '.join(model)}. "
+            "Start from a sharpener trained for this model, or leave out --init-from."
+        )
+    diff = differing(("inner_dim", "heads", "arch", "mask_mode"))
     if src.config.get("time_edges") and src.config.get("time_edges") != sharpener.config.get("time_edges"):
         diff.append(
             f"time_edges: {src.config['time_edges']} there, {sharpener.config.get('time_edges')} here"
@@ -335,19 +420,20 @@ def _bookkeeping(
     loss,
     n_log: int,
     t_log: float,
-    par: Parallel,
+    *,
+    log_now: bool,
+    checkpoint_now: bool,
 ) -> dict | None:
-    """Rank 0 after each update: stats, held-out evaluation, checkpoint, validation grid."""
+    """Rank 0 after an update: stats (when ``log_now``), held-out evaluation, checkpoint (when
+    ``checkpoint_now``), validation grid. Returns the stats record it logged, if any."""
     cfg, rec = ctx.cfg, None
-    if not par.main:
-        return None
-    if step % cfg.log_every == 0 or step == cfg.steps:
+    if log_now:
         dt = time.perf_counter() - t_log
         rec = {"step": step, "loss": loss.item(), "samples_per_s": n_log / max(dt, 1e-9)}
         append_stats(run_dir, rec)
     if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
         append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
-    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+    if checkpoint_now:
         save_checkpoint(run_dir, step, sharpener, optimizer)
     if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
         _validation_grid(ctx.pipe, sharpener, cfg, run_dir, step)

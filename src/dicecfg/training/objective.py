@@ -78,7 +78,7 @@ def student(
 ) -> torch.Tensor:
     """Student: the same frozen denoiser on the sharpened embedding c + r(c, c_neg), no guidance; the denoiser
     runs inside ``plain()`` (``own_precision``)."""
-    sharp = sharpener.edit(cond.tokens, neg.tokens, 1.0, neg_mask=fam.key_mask(neg), t=t)
+    sharp = sharpener.edit(cond.embeds, neg.embeds, 1.0, neg_mask=fam.key_mask(neg), t=t)
     with plain():
         return fam.denoise(pipe, x_t, t, fam.edited(cond, sharp, sharpener.config["mask_mode"]))
 

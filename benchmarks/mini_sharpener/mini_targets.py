@@ -1,6 +1,6 @@
 """The shapes-world targets of the mini model and its sharpener, on the full held-out set.
 
-    python benchmarks/mini_targets.py [--model DIR] [--sharpener DIR] [--n 512] [--steps 20] [--alphas 1,2]
+    python benchmarks/mini_sharpener/mini_targets.py [--model DIR] [--sharpener DIR] [--n 512] [--steps 20] [--alphas 1,2]
                                       [--json OUT]
 
 Every method samples the same held-out prompts from the same per-item seeds through ``generate()``; the oracle

@@ -1,6 +1,6 @@
 """Time `dice serve` on the shipped mini model: start until the page answers, then /compare calls.
 
-    python benchmarks/serve_time.py [--port 7911] [--calls 6]
+    python benchmarks/demo_serve/serve_time.py [--port 7911] [--calls 6]
 
 Numbers are in docs/app.md ("Numbers"). Needs the app extra (pip install -e ".[app]").
 """

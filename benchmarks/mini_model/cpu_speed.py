@@ -1,6 +1,6 @@
 """CPU cost of the shipped mini model: 8 images x 20 steps, CFG vs DICE vs unguided, in one process.
 
-    python benchmarks/cpu_speed.py [--repeats 3]
+    python benchmarks/mini_model/cpu_speed.py [--repeats 3]
 
 Times ``generate()`` end to end (text encoding, sharpener, 20 DPM-Solver++ steps, VAE decode) for one batch of
 8 held-out prompts; the methods take turns in every repeat; prints the median of the repeats after one warm-up,

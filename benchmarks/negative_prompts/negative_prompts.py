@@ -1,6 +1,6 @@
 """Negative prompts on the shapes world: does the negated colour stay away?
 
-    python benchmarks/negative_prompts.py [--seeds 4] [--steps 20] [--sharpener mini [--sharpener RUN ...]]
+    python benchmarks/negative_prompts/negative_prompts.py [--seeds 4] [--steps 20] [--sharpener mini [--sharpener RUN ...]]
 
 Prompts name a shape and leave the colour open ("a circle"); the negative prompt names one colour of that shape
 ("a red circle"). For every method the same prompts and seeds are used; the oracle detects the objects and we

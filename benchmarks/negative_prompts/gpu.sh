@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 5: two sharpeners for the mini model, trained alike except that one sees random negative prompts as
-# c_neg (`dice train --negative-prompts`), then the negative-prompt table (benchmarks/negative_prompts.py).
+# Negative prompts: two sharpeners for the mini model, trained alike except that one sees random negative prompts as
+# c_neg (`dice train --negative-prompts`), then the negative-prompt table (benchmarks/negative_prompts/negative_prompts.py).
 #
-#   benchmarks/gpu_negatives.sh WORK_DIR [STEPS]
+#   benchmarks/negative_prompts/gpu.sh WORK_DIR [STEPS]
 #
 # Prompt-only (teacher) mode: a pool of the mini model's own CFG samples is re-noised at every step. The
 # negatives are random training captions of another seed, not the test's "a COLOUR SHAPE" prompts. Each
@@ -27,5 +27,5 @@ print(sys.argv[2], 'samples/s:', [round(r['samples_per_s']) for r in rows if 'sa
     "$W/$r/stats.jsonl" "$r"
 done
 if [ -f "$W/plain/model.safetensors" ] && [ -f "$W/negs/model.safetensors" ]; then
-  $PY benchmarks/negative_prompts.py --seeds 3 --sharpener mini --sharpener "$W/plain" --sharpener "$W/negs"
+  $PY benchmarks/negative_prompts/negative_prompts.py --seeds 3 --sharpener mini --sharpener "$W/plain" --sharpener "$W/negs"
 fi

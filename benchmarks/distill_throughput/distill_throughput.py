@@ -1,7 +1,7 @@
 """Distillation throughput of `distill` on a full-size architecture with random weights.
 
-    python benchmarks/distill_throughput.py --arch sd15 --batch-size 16 --steps 30 [--gradient-checkpointing]
-    torchrun --nproc-per-node 2 benchmarks/distill_throughput.py --batch-size 16 --steps 30 --run-dir /tmp/tp2
+    python benchmarks/distill_throughput/distill_throughput.py --arch sd15 --batch-size 16 --steps 30 [--gradient-checkpointing]
+    torchrun --nproc-per-node 2 benchmarks/distill_throughput/distill_throughput.py --batch-size 16 --steps 30 --run-dir /tmp/tp2
 
 Under torchrun each process takes cuda:LOCAL_RANK and the batch size is per GPU (global batch = batch x GPUs);
 the run folder must then be one path all processes share (--run-dir). samples/s counts the global batch.
@@ -11,7 +11,7 @@ peak GPU memory, the time 1M samples (the paper's SD1.5 run) would take at that 
 rate achieves: FLOPs of one training sample (counted by `dicecfg.training.flops.update_flops` on the meta
 device) x samples/s, also as a fraction of the card's dense bf16 peak (`PEAK_BF16_DENSE`).
 
-    python benchmarks/distill_throughput.py --arch sdxl --flops-only     # the FLOP count alone, any machine
+    python benchmarks/distill_throughput/distill_throughput.py --arch sdxl --flops-only     # the FLOP count alone, any machine
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Train the shipped mini model on one GPU: data -> text -> vae -> unet -> assemble -> eval, then print a table.
 #
-#   benchmarks/gpu_train_mini.sh OUT_DIR [STAGE ...]      (default: all stages in order)
+#   benchmarks/mini_model/gpu.sh OUT_DIR [STAGE ...]      (default: all stages in order)
 #
 # Assumes PYTHONPATH includes src/ and diffusers + transformers are installed. Every stage resumes when
 # re-run with the same OUT_DIR, and stops with a checkpoint after MAX_MINUTES (default 8), so a stage
 # that did not finish is simply run again in the next command. The shipped folder is OUT_DIR/pipeline.
 set -euo pipefail
-OUT=${1:?usage: gpu_train_mini.sh OUT_DIR [data|text|vae|unet|assemble|eval ...]}
+OUT=${1:?usage: benchmarks/mini_model/gpu.sh OUT_DIR [data|text|vae|unet|assemble|eval ...]}
 shift
 STAGES=${*:-data text vae unet assemble eval}
 PY=${PYTHON:-python}

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Train the shipped mini sharpener with `dice train` (the code path real models use), then measure the targets.
 #
-#   benchmarks/gpu_train_sharpener.sh PIPELINE_DIR RUN_DIR [STEPS]
+#   benchmarks/mini_sharpener/gpu.sh PIPELINE_DIR RUN_DIR [STEPS]
 #
 # Prompt-only (teacher) mode: 20,000 training captions (`export_prompts`, seed 21; no held-out combination);
 # a pool of the model's own CFG samples (w=5) is re-noised at every step. MODE=image uses 60,000 fresh
 # training renders as x_0 instead (the paper's source; PNG decoding makes it about 4x slower here).
 # Training stops with a checkpoint after TRAIN_SECONDS (SIGTERM); re-running the command resumes.
-# Prints the held-out distillation loss by step, then the target table (benchmarks/mini_targets.py).
+# Prints the held-out distillation loss by step, then the target table (benchmarks/mini_sharpener/mini_targets.py).
 set -euo pipefail
 MINI=${1:?pipeline dir}
 RUN=${2:?run dir}
@@ -37,4 +37,4 @@ sps = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
 print("held-out distillation loss by step:", ev)
 print("samples/s (median):", sorted(sps)[len(sps) // 2] if sps else None)
 PY
-$PY benchmarks/mini_targets.py --model "$MINI" --sharpener "$RUN" --json "${OUT:-/tmp}/targets.json"
+$PY benchmarks/mini_sharpener/mini_targets.py --model "$MINI" --sharpener "$RUN" --json "${OUT:-/tmp}/targets.json"

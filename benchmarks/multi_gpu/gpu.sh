@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Issue 7 on one host with 2 GPUs: distillation throughput on 1 and 2 GPUs (full-size SD1.5, random weights, same
+# Multi-GPU distillation on one host with 2 GPUs: distillation throughput on 1 and 2 GPUs (full-size SD1.5, random weights, same
 # per-GPU batch), then loss parity on the shipped mini model (1 GPU x batch 128 vs 2 GPUs x batch 64).
 #
-#   [SKIP_THROUGHPUT=1] benchmarks/gpu_parallel.sh WORK_DIR [STEPS]
+#   [SKIP_THROUGHPUT=1] benchmarks/multi_gpu/gpu.sh WORK_DIR [STEPS]
 set -euo pipefail
 W=${1:?work dir}
 STEPS=${2:-800}
 PY=${PYTHON:-python3}
 mkdir -p "$W"
 if [ -z "${SKIP_THROUGHPUT:-}" ]; then
-CUDA_VISIBLE_DEVICES=0 $PY benchmarks/distill_throughput.py --batch-size 16 --steps 60 --json "$W/throughput.jsonl"
+CUDA_VISIBLE_DEVICES=0 $PY benchmarks/distill_throughput/distill_throughput.py --batch-size 16 --steps 60 --json "$W/throughput.jsonl"
 rm -rf "$W/tp2"
-$PY -m torch.distributed.run --nproc-per-node 2 benchmarks/distill_throughput.py --batch-size 16 --steps 60 \
+$PY -m torch.distributed.run --nproc-per-node 2 benchmarks/distill_throughput/distill_throughput.py --batch-size 16 --steps 60 \
   --run-dir "$W/tp2" --json "$W/throughput.jsonl"
 fi
 [ -f "$W/prompts.txt" ] || $PY -c "import sys; from dicecfg.world.data import export_prompts as e

@@ -1,6 +1,6 @@
 """Hand-made CUDA graphs (dicecfg.sampling.fast) versus torch.compile(mode="reduce-overhead"), on one architecture.
 
-    python benchmarks/compile_vs_graphs.py [--arch sd15] [--batch 1] [--steps 20] [--repeats 5] [--json OUT]
+    python benchmarks/fast_path/compile_vs_graphs.py [--arch sd15] [--batch 1] [--steps 20] [--repeats 5] [--json OUT]
 
 Times one unguided and one CFG sampling call (pre-encoded prompts, latents out, as `dice bench`) in three
 ways: eager, the fast path, and the denoiser's forward wrapped in torch.compile(mode="reduce-overhead")

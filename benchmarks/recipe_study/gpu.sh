@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 13's recipe study on one lent GPU (run from the repository root; wheels in .whl, see the device notes).
+# The recipe study on one lent GPU (run from the repository root; wheels in .whl, see the device notes).
 #
-#   benchmarks/gpu_recipe_study.sh VARIANTS STEPS TRAIN_SECONDS EVAL_SETS
+#   benchmarks/recipe_study/gpu.sh VARIANTS STEPS TRAIN_SECONDS EVAL_SETS
 #
-# Trains the comma-separated VARIANTS of benchmarks/recipe_study.py at once (each bounded by TRAIN_SECONDS),
+# Trains the comma-separated VARIANTS of benchmarks/recipe_study/recipe_study.py at once (each bounded by TRAIN_SECONDS),
 # scores them and the baselines on EVAL_SETS, and leaves logs, the table (JSON) and the trained sharpeners
 # in $OUT (at most 8 files of 16 MB).
 set -uo pipefail
@@ -15,13 +15,13 @@ W=${WORK:-/tmp/w}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 benchmarks/recipe_study.py train --work "$W" --variants "$VARIANTS" --steps "$STEPS" --train-seconds "$SECS" \
+python3 benchmarks/recipe_study/recipe_study.py train --work "$W" --variants "$VARIANTS" --steps "$STEPS" --train-seconds "$SECS" \
   ${TRAIN_EXTRA:-} 2>&1 | tee "$OUT/train.log"
-python3 benchmarks/recipe_study.py eval --work "$W" --variants "$VARIANTS" --sets "$SETS" --json "$OUT/study.json" \
+python3 benchmarks/recipe_study/recipe_study.py eval --work "$W" --variants "$VARIANTS" --sets "$SETS" --json "$OUT/study.json" \
   ${EVAL_EXTRA:-} 2>&1 | grep -v "^{" | tee "$OUT/eval.log"
 if [ -n "${NEG:-}" ]; then  # the negative-prompt table for the variants that finished
   args=(); for v in ${VARIANTS//,/ }; do [ -f "$W/$v/config.json" ] && args+=(--sharpener "$W/$v"); done
-  python3 benchmarks/negative_prompts.py --seeds 4 --sharpener mini "${args[@]}" 2>&1 | grep "|" | tee "$OUT/negatives.log"
+  python3 benchmarks/negative_prompts/negative_prompts.py --seeds 4 --sharpener mini "${args[@]}" 2>&1 | grep "|" | tee "$OUT/negatives.log"
 fi
 (cd "$W" && tar czf "$OUT/runs.tgz" */stats.jsonl */run.json */config.json 2>/dev/null)
 python3 - "$W" "$OUT" ${VARIANTS//,/ } <<'PY'  # the sharpeners' weights, packed into files of < 16 MB

@@ -1,6 +1,6 @@
-"""Why CFG barely helps the shipped mini model: where the spatial relation is lost (issue 3).
+"""Why CFG barely helps the shipped mini model: where the spatial relation is lost.
 
-    python benchmarks/relation_diagnosis.py [--model mini] [--eval-dir eval-mini]
+    python benchmarks/mini_model/relation_diagnosis.py [--model mini] [--eval-dir eval-mini]
 
 1. Text encoder: how much the 77 token states change when one word of a prompt changes (relative L2 norm of
    the difference), for a relation word (left <-> right, above <-> below) versus a colour, a shape, a size.

@@ -2,7 +2,7 @@
 one Inductor cache folder that starts empty. The first process compiles every shape; the second finds the
 kernels in PyTorch's on-disk caches.
 
-    python benchmarks/compile_cache.py --model mini --device cpu --batch-sizes 1 4 --out benchmarks/compile_cache_cpu.json
+    python benchmarks/fast_path/compile_cache.py --model mini --device cpu --batch-sizes 1 4 --out benchmarks/fast_path/results/compile_cache_cpu.json
 
 Prints, per process and batch size: eager CFG / DICE, compiled CFG / DICE / unguided (medians, ms), the first
 compiled call of each shape (compilation included), and the largest latent difference compiled vs eager.

@@ -1,7 +1,7 @@
-"""The recipe study of issue 13: train sharpener variants for the mini model side by side, then score them.
+"""The recipe study: train sharpener variants for the mini model side by side, then score them.
 
-    python benchmarks/recipe_study.py train --work W --variants paper,per-sample-t,... [--steps 1500]
-    python benchmarks/recipe_study.py eval  --work W --variants ... [--sets validation,heldout-a,heldout-b]
+    python benchmarks/recipe_study/recipe_study.py train --work W --variants paper,per-sample-t,... [--steps 1500]
+    python benchmarks/recipe_study/recipe_study.py eval  --work W --variants ... [--sets validation,heldout-a,heldout-b]
 
 ``train`` exports the training prompts (never a held-out combination), makes one teacher pool (the model's
 own CFG samples) and copies it into every teacher-mode run folder, then runs every variant's `dice train` at

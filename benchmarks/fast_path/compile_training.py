@@ -1,6 +1,6 @@
 """`distill` with and without `DistillConfig(compile=True)`: loss parity and speed, one process, same seeds.
 
-    python benchmarks/compile_training.py --model mini --device cpu --steps 30 --batch-size 16 --out benchmarks/compile_training_cpu.json
+    python benchmarks/fast_path/compile_training.py --model mini --device cpu --steps 30 --batch-size 16 --out benchmarks/fast_path/results/compile_training_cpu.json
 
 Trains the same run twice (eager, then with the denoiser torch.compiled by Inductor) and reports the largest
 relative difference of the per-step training losses and of the held-out loss, the steady-state samples/s of
