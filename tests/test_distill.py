@@ -235,3 +235,50 @@ def test_a_half_precision_denoiser_runs_in_its_own_dtype_inside_the_runs_autocas
     assert losses["bfloat16"] and all(
         abs(a - b) <= 0.05 * abs(b) for a, b in zip(losses["bfloat16"], losses["float32"], strict=True)
     ), losses
+
+
+def test_a_nan_loss_is_read_from_the_device_only_when_something_is_kept(tiny_sd, prompts, tmp_path, monkeypatch):
+    """The NaN / Inf check does not make the host wait for the device at every step (FiniteGuard): it is read
+    when a step logs, evaluates or checkpoints, names the step whose loss diverged first, and the diverged update
+    is never checkpointed."""
+    import dicecfg.training.objective as objective
+    from dicecfg.errors import TrainingDivergedError
+    from dicecfg.runs.guards import FiniteGuard
+
+    reads, real_check = [], FiniteGuard.check
+    monkeypatch.setattr(FiniteGuard, "check", lambda self, saved, run_dir: reads.append(saved) or real_check(
+        self, saved, run_dir))  # fmt: skip
+    real, calls = objective.sample_loss, {"n": 0}
+
+    def sample_loss(pred, target, kind):
+        out = real(pred, target, kind)
+        if out.requires_grad:
+            calls["n"] += 1
+            return out * float("nan") if calls["n"] == 7 else out
+        return out
+
+    monkeypatch.setattr(objective, "sample_loss", sample_loss)
+    cfg = DistillConfig(steps=12, **{**FAST, "log_every": 5, "checkpoint_every": 5, "eval_every": 0})
+    with pytest.raises(TrainingDivergedError, match=r"nan at step 7; the last good checkpoint \(step 5\)"):
+        distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
+    assert reads == [0, 5]  # at steps 5 and 10 only, not at every step
+    from safetensors import safe_open
+
+    from dicecfg.runs.folder import CHECKPOINT
+
+    with safe_open(str(tmp_path / "run" / CHECKPOINT), framework="pt") as f:
+        assert int(f.metadata()["step"]) == 5  # the update of step 7 (and later) never reached a checkpoint
+
+
+def test_finite_guard_keeps_the_first_diverged_step():
+    from pathlib import Path
+
+    from dicecfg.errors import TrainingDivergedError
+    from dicecfg.runs.guards import FiniteGuard
+
+    guard = FiniteGuard()
+    guard.check(0, Path("run"))  # nothing added yet
+    for step, value in enumerate([1.0, 2.0, float("inf"), float("nan"), 3.0], start=1):
+        guard.add(torch.tensor(value), step)
+    with pytest.raises(TrainingDivergedError, match=r"Loss became inf at step 3; .*\(step 2\)"):
+        guard.check(2, Path("run"))

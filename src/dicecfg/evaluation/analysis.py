@@ -115,9 +115,9 @@ def analyze(
     cs, cps, gs = [], [], []
     for s in range(0, len(prompts), batch_size):
         cond, neg = fam.encode(pipe, prompts[s : s + batch_size]), fam.encode(pipe, negs[s : s + batch_size])
-        cs.append(cond.tokens)
-        cps.append(sharpen_cond(fam, sharpener, cond, neg, alpha).tokens)
-        gs.append(token_groups(pipe.tokenizer, prompts[s : s + batch_size], cond.tokens.shape[1]))
+        cs.append(cond.embeds)
+        cps.append(sharpen_cond(fam, sharpener, cond, neg, alpha).embeds)
+        gs.append(token_groups(pipe.tokenizer, prompts[s : s + batch_size], cond.embeds.shape[1]))
     stats = edit_stats(torch.cat(cs), torch.cat(cps), torch.cat(gs))
     stats |= {
         "n_prompts": len(prompts),

@@ -179,7 +179,7 @@ class _Batch:
         """Per-prompt mean loss of c' = ``tokens`` (p, N, d) over its draws: shape (p,)."""
         x_t, tt, cond = self._x_t(pick, t, noise, source)
         n = pick.shape[1]
-        edited = cond.with_tokens(tokens.repeat_interleave(n, 0).to(cond.tokens.dtype))
+        edited = cond.with_embeds(tokens.repeat_interleave(n, 0).to(cond.embeds.dtype))
         with self.autocast():
             target, _ = cfg_target(
                 self.pipe, self.fam, x_t, tt, cond, self.neg.expand(len(cond)), self.cfg.guidance_scale
@@ -244,16 +244,16 @@ def ceiling(
                     disable=not cfg.progress)  # fmt: skip
     for k, s in enumerate(range(0, len(prompts), cfg.prompts_per_batch)):
         batch = _Batch(pipe, fam, prompts[s : s + cfg.prompts_per_batch], neg, cfg, k, autocast)
-        c = batch.cond.tokens.float()
+        c = batch.cond.embeds.float()
         delta = _optimise(batch, c, keep, out / "edits" / f"batch_{k:04d}.safetensors", step_bar)
         losses["unguided"].append(batch.eval_loss(c))
         losses["optimum"].append(batch.eval_loss(c + delta))
         if sharpener is not None:
             sharpener.to(device)
             with torch.no_grad():
-                sharp = sharpener.edit(c, neg.tokens.float(), 1.0, neg_mask=fam.key_mask(neg))
+                sharp = sharpener.edit(c, neg.embeds.float(), 1.0, neg_mask=fam.key_mask(neg))
             losses["sharpener"].append(batch.eval_loss(sharp))
-        edited.append((c + delta).to(batch.cond.tokens.dtype))
+        edited.append((c + delta).to(batch.cond.embeds.dtype))
     step_bar.close()
 
     cond_all = fam.encode(pipe, prompts)
@@ -261,7 +261,7 @@ def ceiling(
         "unguided": cond_all,
         "cfg": cond_all,
         "cfg-first": cond_all,
-        "optimum": cond_all.with_tokens(torch.cat(edited)),
+        "optimum": cond_all.with_embeds(torch.cat(edited)),
     }
     if sharpener is not None:
         conds["sharpener"] = sharpen_cond(fam, sharpener, cond_all, neg.expand(len(prompts)))

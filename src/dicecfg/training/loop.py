@@ -34,9 +34,9 @@ from ..runs.folder import (
     truncate_stats,
     write_run_json,
 )
-from ..runs.guards import StopFlag, check_finite, out_of_memory, run_lock
+from ..runs.guards import FiniteGuard, StopFlag, out_of_memory, run_lock
 from ..runs.parallel import Parallel
-from ..sampling.checks import check_memory, check_size, warn_truncated
+from ..sampling.checks import check_memory, check_size, check_text, warn_truncated
 from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
 from .config import RECIPES, DistillConfig, compiles, lr_at
@@ -45,6 +45,10 @@ from .objective import Objective, autocast_for
 from .sources import ImageSource, TeacherSource, XtSource
 
 log = logging.getLogger(__name__)
+COMPILE_NOTICE = (
+    "dice train compiles the frozen denoiser for its first steps: a one-time wait of minutes (SD1.5 on an H100: "
+    "about 4 min), then faster steps; --no-compile trains eager from the first step"
+)
 CONTENT_KEYS = (
     "prompts_sha256",
     "images_sha256",
@@ -120,6 +124,7 @@ def _distill(
     if cfg.init_from:  # a wrong sharpener is refused before run.json and the teacher pool
         start_from(sharpener, cfg.init_from)
     folder = ImageCaptionFolder(images, resolution) if mode == "images" else None
+    check_text(folder.captions if folder else prompts, "captions" if folder else "prompts")  # before run.json
     identity = _identity(pipe, fam, cfg, mode, prompts, images, folder, par)
     _write_run_json(pipe, cfg, run_dir, identity, par)
 
@@ -161,6 +166,10 @@ def _distill(
         stop = stack.enter_context(StopFlag())
         if compiles(cfg, device):
             stack.enter_context(compiled_denoiser(pipe, denoiser, training=True))
+            if device.type == "cuda" and par.main:
+                log.info(COMPILE_NOTICE)
+                bar.set_postfix_str("the first steps compile (one time)")
+        guard = FiniteGuard()  # NaN / Inf losses, read from the device only when something is kept or logged
         try:
             while step < cfg.steps:
                 optimizer.zero_grad(set_to_none=True)
@@ -168,7 +177,7 @@ def _distill(
                     group["lr"] = lr_at(cfg, step)
                 loss = ctx.accumulate(sharpener, step)  # backward over grad_accum micro-batches
                 mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
-                check_finite(mean_loss, step + 1, saved, run_dir)
+                guard.add(mean_loss, step + 1)
                 par.average_gradients(list(sharpener.parameters()))  # one all-reduce per update
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(sharpener.parameters(), cfg.grad_clip)
@@ -181,6 +190,13 @@ def _distill(
                 last = step == cfg.steps
                 log_now = step % cfg.log_every == 0 or last
                 checkpoint_now = step % cfg.checkpoint_every == 0 or last
+                eval_now = bool(cfg.eval_every and step % cfg.eval_every == 0) or last
+                validate_now = bool(
+                    cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0
+                )
+                stop_now = stopping or (par.world == 1 and stop.signum is not None)
+                if log_now or checkpoint_now or eval_now or validate_now or stop_now:
+                    guard.check(saved, run_dir)  # a diverged update is never logged, evaluated or kept
                 if par.main:
                     rec = _bookkeeping(
                         ctx,
@@ -193,6 +209,8 @@ def _distill(
                         t_log,
                         log_now=log_now,
                         checkpoint_now=checkpoint_now,
+                        eval_now=eval_now,
+                        validate_now=validate_now,
                     )
                     if rec:
                         bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
@@ -201,7 +219,7 @@ def _distill(
                 if checkpoint_now:
                     saved = step
 
-                if stopping or (par.world == 1 and stop.signum is not None):
+                if stop_now:  # a signal after the check above is taken at the next step
                     if saved != step and par.main:
                         save_checkpoint(run_dir, step, sharpener, optimizer)
                     par.barrier()
@@ -423,6 +441,8 @@ def _bookkeeping(
     *,
     log_now: bool,
     checkpoint_now: bool,
+    eval_now: bool,
+    validate_now: bool,
 ) -> dict | None:
     """Rank 0 after an update: stats (when ``log_now``), held-out evaluation, checkpoint (when
     ``checkpoint_now``), validation grid. Returns the stats record it logged, if any."""
@@ -431,11 +451,11 @@ def _bookkeeping(
         dt = time.perf_counter() - t_log
         rec = {"step": step, "loss": loss.item(), "samples_per_s": n_log / max(dt, 1e-9)}
         append_stats(run_dir, rec)
-    if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+    if eval_now:
         append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
     if checkpoint_now:
         save_checkpoint(run_dir, step, sharpener, optimizer)
-    if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
+    if validate_now:
         _validation_grid(ctx.pipe, sharpener, cfg, run_dir, step)
     return rec
 
