@@ -2,7 +2,8 @@
 # Runs of the speed profile on one lent GPU, one after another (timings must not share the card), each appending
 # its row to $OUT/rows.jsonl; a run that would start after DEADLINE seconds is skipped. From the repository root,
 # wheels in .whl (see the device notes). "old:ARGS" runs ARGS on the code in .old/src (a baseline: carry .old,
-# made by `git archive COMMIT src | tar -x -C .old`); "cli:ARGS" runs `dice ARGS` instead of the study script.
+# made by `git archive COMMIT src | tar -x -C .old`); "cli:ARGS" runs `dice ARGS` instead of the study script;
+# a leading "T=SECONDS:" caps that run's time (else it may run until DEADLINE + 40 s).
 #
 #   benchmarks/speed_profile/gpu.sh DEADLINE "what args" "what args" ...
 #   benchmarks/speed_profile/gpu.sh 540 "sample --arch pixart --batch-size 1 --profile 1" "old:distill --variant eager"
@@ -18,11 +19,13 @@ for args in "$@"; do
   now=$(( $(date +%s) - t0 ))
   if [ "$now" -ge "$DEADLINE" ]; then echo "skipped at ${now}s: $args"; continue; fi
   echo "== ${now}s: $args"
+  cap=$(( DEADLINE + 40 - now ))
+  case $args in T=*) t=${args%%:*}; t=${t#T=}; args=${args#*:}; [ "$t" -lt "$cap" ] && cap=$t;; esac
   src=$PWD/src; cmd=(benchmarks/speed_profile/where_time_goes.py); tail=(--json "$OUT/rows.jsonl")
   case $args in old:*) src=$PWD/.old/src; args=${args#old:}; tail+=(--code old);; esac
   case $args in cli:*) cmd=(-m dicecfg.cli); args=${args#cli:}; tail=();; esac
   # shellcheck disable=SC2086
-  PYTHONPATH=/tmp/site:$src timeout $(( DEADLINE + 40 - now )) python3 "${cmd[@]}" $args "${tail[@]}" \
+  PYTHONPATH=/tmp/site:$src timeout "$cap" python3 "${cmd[@]}" $args "${tail[@]}" \
     > "$OUT/last.log" 2>&1 || { echo "failed ($?): $args"; tail -5 "$OUT/last.log"; }
   tail -1 "$OUT/last.log" | cut -c1-600
 done

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "distill_throughput"))
 from distill_throughput import flops_per_sample, peak_tflops  # noqa: E402
 
 from dicecfg import DistillConfig, distill  # noqa: E402
@@ -168,7 +168,8 @@ def run_distill(a) -> dict:
     if a.profile:
         per_step = (marks[1] - marks[0]) * 1000.0 / max(1, a.profile - 1)
         prof_out = kernel_table(prof, per_step * a.profile)
-    rates = [r["samples_per_s"] for r in stats if "samples_per_s" in r][1:]
+    rates = [r["samples_per_s"] for r in stats if "samples_per_s" in r]
+    rates = rates[1:] or rates  # the first window (warm-up, compilation) dropped where there are more
     losses = [r["loss"] for r in stats if "loss" in r]
     flops = flops_per_sample(a.arch, a.batch_size, None, "paper") if not a.model else {"per_sample": 0.0}
     rate = statistics.median(rates)
