@@ -180,9 +180,10 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
                     run(method, fast)
             sharpen()
         times: dict[str, list[float]] = {k: [] for k in [*variants, "sharpener"]}
-        for _ in range(cfg.repeats):  # interleaved, so drift (clocks, heat) hits every variant alike
-            for name, (method, fast) in variants.items():
-                times[name].append(timer(lambda m=method, f=fast: run(m, f)))
+        order = list(variants.items())
+        for r in range(cfg.repeats):  # interleaved, so drift (clocks, heat) hits every variant alike; the order
+            for name, (method, fast) in order if r % 2 == 0 else order[::-1]:  # turns, so no variant always
+                times[name].append(timer(lambda m=method, f=fast: run(m, f)))  # follows the same other one
             times["sharpener"].append(timer(sharpen))
         decode_ms = _decode_ms(pipe, latents[0], timer, max(1, cfg.repeats // 2)) if cfg.decode else None
         diff = _fast_vs_eager(run, latents, ("cfg", "dice"), mode) if mode != "off" else {}
