@@ -125,12 +125,12 @@ def run_distill(a) -> dict:
         teacher_pool=a.batch_size,
         teacher_steps=2,
         eval_pairs=a.batch_size,
-        eval_every=0,
+        eval_every=a.eval_every,
         log_every=5,
         checkpoint_every=10**9,
         progress=False,
         compile="compile" in variants,
-        mixed_precision="no" if "pure" in variants else "auto",
+        mixed_precision="no" if "pure" in variants else a.mixed_precision,
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -189,6 +189,8 @@ def run_distill(a) -> dict:
         "fraction_of_peak": round(flops["per_sample"] * rate / 1e12 / peak, 3) if peak else None,
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None,
         "first_losses": [round(x, 6) for x in losses[:3]],
+        "losses": [round(x, 6) for x in losses],
+        "eval_losses": [round(r["eval_loss"], 6) for r in stats if "eval_loss" in r],
         "wall_s": round(wall, 1),
     }
     if prof_out:
@@ -280,6 +282,8 @@ def main() -> None:
     ap.add_argument("--fast", default="graphs")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--profile", type=int, default=0, help="distill: profile this many more steps; sample: 1 = on")
+    ap.add_argument("--eval-every", type=int, default=0, help="distill: held-out loss every this many steps")
+    ap.add_argument("--mixed-precision", default="auto", help="distill: DistillConfig.mixed_precision")
     ap.add_argument("--json", help="append the row to this file")
     ap.add_argument("--code", default="new", help="a label of the code that ran (gpu.sh: old for the baseline)")
     a = ap.parse_args()
