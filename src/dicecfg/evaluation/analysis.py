@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, model_option, sharpener_option
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ GROUPS = ("sos", "words", "eos", "padding")
 
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(Checked):
     """`dice analyze`: the sharpener, the prompts, and where to write the statistics."""
 
     out: str = opt("analysis", "output folder: analysis.json, analysis.md, analysis.png", path="out_dir")

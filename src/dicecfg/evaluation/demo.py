@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_device, sharpener_option
 from ..runs.io import atomic_write_json, check_own_files, read_record
 from ..sampling.generate import Sample, generate
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DemoJob:
+class DemoJob(Checked):
     """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
 
     prompts: int = opt(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, model_option
 from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
 from ..runs.parallel import Parallel
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Checked):
     """`dice eval`: the rows (methods x settings x step counts), the prompts, the metrics and the folder."""
 
     out: str = opt(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import (
     default_sharpener,
     device_option,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SampleJob:
+class SampleJob(Checked):
     """`dice sample`: what to generate, how, and where to write it."""
 
     prompts: tuple[str, ...] = opt((), "prompts (or use --prompts FILE)", positional=True)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..families import Cond, check_compatible, family_of
-from ..flags import check_values, opt
+from ..flags import Checked, opt
 from ..pipeline import (
     default_sharpener,
     device_option,
@@ -67,7 +67,7 @@ ROWS = ("unguided", "cfg", "cfg-first", "optimum", "sharpener")
 
 
 @dataclass(frozen=True)
-class CeilingConfig:
+class CeilingConfig(Checked):
     """The per-prompt optimisation and the comparison of ``ceiling`` (module docstring)."""
 
     steps: int = opt(300, "Adam updates of each prompt's edit")
@@ -93,7 +93,7 @@ class CeilingConfig:
     progress: bool = opt(True, "show progress bars", cli=False)
 
     def __post_init__(self) -> None:
-        check_values(self)  # choices, ranges (the fields' min / max), finite numbers: as the CLI checks them
+        super().__post_init__()  # choices, ranges (the fields' min / max), finite numbers: as the CLI checks them
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
@@ -410,7 +410,7 @@ def _grid(images: dict[str, np.ndarray], prompts: list[str], path: Path, n: int 
 
 
 @dataclass(frozen=True)
-class CeilingJob:
+class CeilingJob(Checked):
     """`dice ceiling`: the model, the prompts, the sharpener to compare and the optimisation (``config``)."""
 
     prompts: tuple[str, ...] = opt(
