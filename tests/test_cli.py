@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dicecfg.app.job import ServeJob
 from dicecfg.bench.speed import BenchConfig
 from dicecfg.cli import main
 from dicecfg.errors import InputError
-from dicecfg.app.job import ServeJob
 from dicecfg.evaluation.analysis import AnalyzeConfig
 from dicecfg.evaluation.demo import DemoJob
 from dicecfg.evaluation.evaluate import EvalConfig

@@ -133,7 +133,9 @@ def test_a_hub_id_is_fetched_from_the_hub(tmp_path, monkeypatch):
     with pytest.raises(SharpenerLoadError) as err:
         Sharpener.from_pretrained("someone/sharpener")
     line = str(err.value)
-    assert line.startswith("'someone/sharpener' is neither a local folder nor reachable on the hub: no network")
+    assert line.startswith(
+        "'someone/sharpener' is neither a local folder nor reachable on the hub: no network"
+    )
     assert "hf download someone/sharpener" in line and "does not exist" not in line and "\n" not in line
 
     saved = _trained()
