@@ -296,6 +296,21 @@ def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_pat
     saved = json.loads((tmp_path / "an" / "analysis.json").read_text())
     assert saved["groups"]["padding"]["edit_share"] == pytest.approx(g["padding"]["edit_share"], rel=1e-6)
     assert (tmp_path / "an" / "analysis.png").stat().st_size > 0
+    assert main(["-q", "analyze", *prompts, "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
+                 "--device", "cpu", "--out", str(tmp_path / "an")]) == 0  # its own folder: written again  # fmt: skip
+
+
+def test_analyze_never_replaces_a_users_own_files(tiny_sd_dir, sharp_dir, tmp_path, capsys):
+    """The output-folder rule: analysis.md that `dice analyze` did not write is refused, by name, before the
+    model loads, and stays as it was."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "analysis.md").write_text("my own notes\n")
+    code = main(["-q", "analyze", "a red circle", "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
+                 "--device", "cpu", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "analysis.md" in err and "not written by `dice analyze`" in err
+    assert (out / "analysis.md").read_text() == "my own notes\n" and not (out / "analysis.json").exists()
 
 
 def test_inception_weights_are_read_safely(tmp_path, monkeypatch):
