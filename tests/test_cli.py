@@ -226,3 +226,16 @@ def test_a_bad_value_from_python_fails_as_on_the_command_line(argv, make, tmp_pa
     with pytest.raises(InputError) as err:
         make()
     assert cli_line == f"dice: error: {err.value}"
+
+
+def test_eval_with_gpus_checks_its_input_before_starting_processes(tmp_path, monkeypatch, capsys):
+    """`dice eval --gpus 2` with bad input says so once, in this process: no processes are started (each would
+    print the same line)."""
+    import dicecfg.cli
+
+    started = []
+    monkeypatch.setattr(dicecfg.cli, "relaunch", lambda argv, n: started.append(n) or 0)
+    code = main(["-q", "eval", "--methods", "cfg", "bogus", "--gpus", "2", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not started
+    assert len(err) == 1 and err[0].startswith("dice: error: Unknown method 'bogus'")

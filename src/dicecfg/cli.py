@@ -19,7 +19,7 @@ from .errors import DiceError
 from .evaluation import report
 from .evaluation.analysis import AnalyzeConfig, run_analyze
 from .evaluation.demo import DemoJob, run_demo
-from .evaluation.evaluate import EvalConfig, run_eval
+from .evaluation.evaluate import EvalConfig, eval_inputs, run_eval
 from .evaluation.tune import TuneJob, run_tune, tune_table
 from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .pipeline import NoTorchvisionNotice, hide_torchvision_notices  # noqa: F401 - the filter is named here too
@@ -63,6 +63,7 @@ def _demo(job: DemoJob, argv: list[str]) -> None:
 
 def _eval(job: EvalConfig, argv: list[str]) -> int | None:
     if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
+        eval_inputs(job)  # bad input: one line here, before any process starts
         return relaunch(argv, job.gpus)
     result = run_eval(job)
     if not main_process():
