@@ -13,7 +13,7 @@ from dicecfg.cli import main
 from dicecfg.errors import InputError
 from dicecfg.evaluation.analysis import AnalyzeConfig
 from dicecfg.evaluation.demo import DemoJob
-from dicecfg.evaluation.evaluate import EvalConfig
+from dicecfg.evaluation.evaluate import EvalJob
 from dicecfg.evaluation.tune import TuneJob
 from dicecfg.sampling.job import SampleJob
 from dicecfg.training.ceiling import CeilingConfig, CeilingJob
@@ -208,7 +208,7 @@ def test_a_hub_id_without_network_says_so(tmp_path, monkeypatch, capsys):
         (["ceiling", "--limit", "0"], lambda: CeilingJob(limit=0)),
         (["tune", "--seed-sets", "0"], lambda: TuneJob(seed_sets=0)),
         (["demo", "--prompts", "0"], lambda: DemoJob(prompts=0)),
-        (["eval", "--gpus", "0"], lambda: EvalConfig(gpus=0)),
+        (["eval", "--gpus", "0"], lambda: EvalJob(gpus=0)),
         (["analyze", "--limit", "0"], lambda: AnalyzeConfig(limit=0)),
         (["serve", "--port", "0"], lambda: ServeJob(port=0)),
         (["sample", "--steps", "0"], lambda: SampleJob(steps=0)),

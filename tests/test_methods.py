@@ -104,7 +104,7 @@ def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
     import dicecfg.evaluation.evaluate as evaluate
     import dicecfg.sampling.job as job
     import dicecfg.sampling.methods as methods
-    from dicecfg.evaluation.evaluate import EvalConfig, eval_inputs
+    from dicecfg.evaluation.evaluate import EvalJob, eval_inputs
     from dicecfg.sampling.job import SampleJob, sample_inputs
 
     parsed = []
@@ -118,7 +118,7 @@ def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
     inputs = sample_inputs(SampleJob(prompts=("a red circle",), method="cfg:w=3", guidance_scale=7.0))
     assert parsed == ["cfg:w=3"] and inputs.method == CFG(3.0) and inputs.ignored == ["--guidance-scale"]
     parsed.clear()
-    inputs = eval_inputs(EvalConfig(methods=("cfg", "scaling:s=1.5"), limit=2, out=str(tmp_path / "e")))
+    inputs = eval_inputs(EvalJob(methods=("cfg", "scaling:s=1.5"), limit=2, out=str(tmp_path / "e")))
     assert parsed == ["cfg", "scaling:s=1.5"]
     assert [r.method for r in inputs.rows] == [CFG(5.0), Scaling(1.5)]
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvalConfig(Checked):
+class EvalJob(Checked):
     """`dice eval`: the rows (methods x settings x step counts), the prompts, the metrics and the folder."""
 
     out: str = opt(
@@ -102,6 +102,9 @@ class EvalConfig(Checked):
     progress: bool = opt(True, "progress bars", cli=False)
 
 
+EvalConfig = EvalJob  # the name of earlier versions, kept so that code written for them keeps working
+
+
 @dataclass
 class PromptSet:
     name: str
@@ -112,7 +115,7 @@ class PromptSet:
     extra: dict = field(default_factory=dict)
 
 
-def prompt_set(cfg: EvalConfig) -> PromptSet:
+def prompt_set(cfg: EvalJob) -> PromptSet:
     """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
     from ..metrics.world import world_specs
 
@@ -158,7 +161,7 @@ def sharpener_tag(name: str) -> str:
 
 
 def make_rows(
-    cfg: EvalConfig,
+    cfg: EvalJob,
     sharpeners: dict[str, Any],
     *,
     notice: bool = True,
@@ -201,7 +204,7 @@ def make_rows(
     return list(rows.values())
 
 
-def reference_row(cfg: EvalConfig, rows: list[Row], steps: int) -> Row | None:
+def reference_row(cfg: EvalJob, rows: list[Row], steps: int) -> Row | None:
     """The fidelity reference at ``steps``: full CFG at the first w, when it is one of the rows."""
     ref = Row(CFG(cfg.cfg_scales[0]), steps)
     return ref if any(r.key == ref.key for r in rows) else None
@@ -253,7 +256,7 @@ def check_eval_folder(out: Path) -> None:
 
 
 def evaluate(
-    pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None, rows: list[Row] | None = None
+    pipe, cfg: EvalJob, ps: PromptSet, sharpeners: dict[str, Any], real=None, rows: list[Row] | None = None
 ) -> dict[str, Any] | None:
     """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot). In one of
     several processes (``--gpus N``) each makes its share of the images and rank 0 alone scores and writes
@@ -337,7 +340,7 @@ class EvalInputs:
     prompts: PromptSet
 
 
-def eval_inputs(cfg: EvalConfig) -> EvalInputs:
+def eval_inputs(cfg: EvalJob) -> EvalInputs:
     """The sharpeners, rows and prompts of ``cfg``, checked before the model loads (also before ``--gpus N``
     starts its processes): bad method spellings first, then a missing sharpener, bad settings or steps, an
     output folder of someone else's files, bad prompts."""
@@ -359,7 +362,7 @@ def eval_inputs(cfg: EvalConfig) -> EvalInputs:
     return EvalInputs(sharpeners, rows, prompt_set(cfg))
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any] | None:
+def run_eval(cfg: EvalJob) -> dict[str, Any] | None:
     """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
     import torch
 
