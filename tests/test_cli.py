@@ -16,7 +16,8 @@ from dicecfg.evaluation.demo import DemoJob
 from dicecfg.evaluation.evaluate import EvalJob
 from dicecfg.evaluation.tune import TuneJob
 from dicecfg.sampling.job import SampleJob
-from dicecfg.training.ceiling import CeilingConfig, CeilingJob
+from dicecfg.training.ceiling import CeilingConfig
+from dicecfg.training.ceiling_job import CeilingJob
 from dicecfg.training.job import TrainJob
 
 

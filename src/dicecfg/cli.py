@@ -25,7 +25,7 @@ from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .pipeline import NoTorchvisionNotice, hide_torchvision_notices  # noqa: F401 - the filter is named here too
 from .runs.parallel import launched, main_process, relaunch
 from .sampling.job import SampleJob, run_sample, sample_inputs
-from .training.ceiling import CeilingJob, run_ceiling
+from .training.ceiling_job import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
 
 EPILOG = """examples:
