@@ -172,8 +172,6 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     from ..world import Oracle, heldout_set
     from .report import demo_grid
 
-    if min(job.prompts, job.shown, job.steps, job.batch_size) < 1:
-        raise InputError("dice demo needs --prompts, --shown, --steps and --batch-size >= 1.")
     check_demo_folder(Path(job.out))
     items = heldout_set(job.prompts)
     prompts, seeds = [it.prompt for it in items], [it.seed for it in items]
