@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from dicecfg.cli import main
 from dicecfg.errors import InputError
 from dicecfg.training import ceiling as ceiling_module
-from dicecfg.training.ceiling import CeilingConfig, ceiling
+from dicecfg.training.ceiling import CeilingConfig
+from dicecfg.training.ceiling_job import ceiling
 
 CFG = dict(
     steps=8,
@@ -135,3 +136,19 @@ def test_damaged_ceiling_files_are_named_with_a_remedy(tiny_sd, prompts, tmp_pat
     edit.unlink()  # the remedy: that batch is optimised again, the same
     run()
     assert torch.equal(load_file(str(edit))["delta"], load(whole)["delta"])
+
+
+def test_every_ceiling_seed_comes_from_one_function_with_the_first_versions_numbers():
+    """derive_seeds keeps the seeds of the first version (pinned here), so ceiling folders made before it
+    resume to the same edits; streams and batches do not share seeds."""
+    from dicecfg.training.ceiling import derive_seeds
+
+    assert derive_seeds(5, "pool", 1, 3) == [59595, 59596, 59597]  # seed * 7919 + 10_000 * 2k + i
+    assert derive_seeds(5, "eval_x0", 1, 2) == [69595, 69596]  # ... 10_000 * (2k + 1) + i
+    assert derive_seeds(5, 7, 1) == [5000031000055]  # step 7's draws of batch 1
+    assert derive_seeds(5, -1, 1) == [5000031000047]  # the fixed held-out draws
+    assert derive_seeds(2**32 - 1, 299, 3) == [6125067704956955243]  # reduced modulo 2**63
+    seen = [s for k in range(3) for st in ("pool", "eval_x0") for s in derive_seeds(0, st, k, 9_999)]
+    assert len(set(seen)) == len(seen)
+    with pytest.raises(ValueError, match="unknown seed stream"):
+        derive_seeds(0, "teacher", 0)

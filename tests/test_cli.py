@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dicecfg.app.job import ServeJob
 from dicecfg.bench.speed import BenchConfig
 from dicecfg.cli import main
 from dicecfg.errors import InputError
+from dicecfg.evaluation.analysis import AnalyzeConfig
+from dicecfg.evaluation.demo import DemoJob
+from dicecfg.evaluation.evaluate import EvalJob
+from dicecfg.evaluation.tune import TuneJob
+from dicecfg.sampling.job import SampleJob
 from dicecfg.training.ceiling import CeilingConfig
+from dicecfg.training.ceiling_job import CeilingJob
 from dicecfg.training.job import TrainJob
 
 
@@ -199,13 +206,37 @@ def test_a_hub_id_without_network_says_so(tmp_path, monkeypatch, capsys):
         (["train", "--gpus", "0"], lambda: TrainJob(out="run", gpus=0)),
         (["bench", "--dice-stop", "2"], lambda: BenchConfig(dice_stop=2.0)),
         (["bench", "--peer-stop", "nan"], lambda: BenchConfig(peer_stop=float("nan"))),
+        (["ceiling", "--limit", "0"], lambda: CeilingJob(limit=0)),
+        (["tune", "--seed-sets", "0"], lambda: TuneJob(seed_sets=0)),
+        (["demo", "--prompts", "0"], lambda: DemoJob(prompts=0)),
+        (["eval", "--gpus", "0"], lambda: EvalJob(gpus=0)),
+        (["analyze", "--limit", "0"], lambda: AnalyzeConfig(limit=0)),
+        (["serve", "--port", "0"], lambda: ServeJob(port=0)),
+        (["sample", "--steps", "0"], lambda: SampleJob(steps=0)),
+        (["sample", "--guidance-scale", "nan"], lambda: SampleJob(guidance_scale=float("nan"))),
     ],
 )
 def test_a_bad_value_from_python_fails_as_on_the_command_line(argv, make, tmp_path, capsys):
     """Configs and jobs check their values when they are made: the Python API refuses what the CLI refuses,
     with the same one line."""
-    assert main(["-q", *argv, *(["--out", str(tmp_path / "o")] if argv[0] != "bench" else [])]) == 2
+    assert (
+        main(["-q", *argv, *(["--out", str(tmp_path / "o")] if argv[0] not in ("bench", "serve") else [])])
+        == 2
+    )
     cli_line = capsys.readouterr().err.strip().splitlines()[-1]
     with pytest.raises(InputError) as err:
         make()
     assert cli_line == f"dice: error: {err.value}"
+
+
+def test_eval_with_gpus_checks_its_input_before_starting_processes(tmp_path, monkeypatch, capsys):
+    """`dice eval --gpus 2` with bad input says so once, in this process: no processes are started (each would
+    print the same line)."""
+    import dicecfg.cli
+
+    started = []
+    monkeypatch.setattr(dicecfg.cli, "relaunch", lambda argv, n: started.append(n) or 0)
+    code = main(["-q", "eval", "--methods", "cfg", "bogus", "--gpus", "2", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not started
+    assert len(err) == 1 and err[0].startswith("dice: error: Unknown method 'bogus'")

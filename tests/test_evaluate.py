@@ -8,7 +8,7 @@ import torch
 
 from dicecfg.cli import main
 from dicecfg.errors import InputError
-from dicecfg.evaluation.evaluate import EvalConfig, run_eval
+from dicecfg.evaluation.evaluate import EvalJob, run_eval
 from dicecfg.metrics import PSNR_CAP, psnr, ssim
 from dicecfg.metrics.real import MissingWeightsError, RealMetrics, feature_stats, fid, frechet_from_stats
 
@@ -27,7 +27,7 @@ def sharp_dir(tmp_path_factory):
 
 def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    cfg = EvalConfig(
+    cfg = EvalJob(
         out=str(out),
         model=str(tiny_sd_dir),
         sharpeners=(str(sharp_dir),),
@@ -296,6 +296,21 @@ def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_pat
     saved = json.loads((tmp_path / "an" / "analysis.json").read_text())
     assert saved["groups"]["padding"]["edit_share"] == pytest.approx(g["padding"]["edit_share"], rel=1e-6)
     assert (tmp_path / "an" / "analysis.png").stat().st_size > 0
+    assert main(["-q", "analyze", *prompts, "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
+                 "--device", "cpu", "--out", str(tmp_path / "an")]) == 0  # its own folder: written again  # fmt: skip
+
+
+def test_analyze_never_replaces_a_users_own_files(tiny_sd_dir, sharp_dir, tmp_path, capsys):
+    """The output-folder rule: analysis.md that `dice analyze` did not write is refused, by name, before the
+    model loads, and stays as it was."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "analysis.md").write_text("my own notes\n")
+    code = main(["-q", "analyze", "a red circle", "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
+                 "--device", "cpu", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "analysis.md" in err and "not written by `dice analyze`" in err
+    assert (out / "analysis.md").read_text() == "my own notes\n" and not (out / "analysis.json").exists()
 
 
 def test_inception_weights_are_read_safely(tmp_path, monkeypatch):
@@ -347,7 +362,7 @@ def test_rows_from_spellings_expand_open_settings_and_keep_old_folder_names(shar
     from dicecfg.evaluation.evaluate import make_rows
 
     sharp = Sharpener.from_pretrained(sharp_dir)
-    cfg = EvalConfig(
+    cfg = EvalJob(
         methods=("unguided", "cfg", "cfg:stop=0.1", "ag:threshold=0.995", "dice", "dice:alpha=2,stop=0.25"),
         cfg_scales=(5.0, 7.0, 5),
         steps=(20,),
@@ -366,7 +381,7 @@ def test_rows_from_spellings_expand_open_settings_and_keep_old_folder_names(shar
     assert {r.method.name for r in negs} == {"cfg", "ag", "dice"}  # methods that take one, at the first w
     assert all(getattr(r.method, "guidance_scale", 5.0) == 5.0 for r in negs)
     with pytest.raises(InputError, match="not a setting of cfg"):
-        make_rows(EvalConfig(methods=("cfg:alpha=2",)), {})
+        make_rows(EvalJob(methods=("cfg:alpha=2",)), {})
 
 
 def _eval_args(tiny_sd_dir, out, *extra):
@@ -430,9 +445,9 @@ def test_heldout_limit_is_bounded_before_work(monkeypatch, tmp_path, capsys):
     from dicecfg.evaluation.evaluate import prompt_set
 
     with pytest.raises(InputError, match="held-out set has 512 prompts"):
-        prompt_set(EvalConfig(limit=513))
-    assert len(prompt_set(EvalConfig(limit=512)).prompts) == 512
-    assert len(prompt_set(EvalConfig(prompts=("a cat",), limit=10**9)).prompts) == 1  # own prompts: any limit
+        prompt_set(EvalJob(limit=513))
+    assert len(prompt_set(EvalJob(limit=512)).prompts) == 512
+    assert len(prompt_set(EvalJob(prompts=("a cat",), limit=10**9)).prompts) == 1  # own prompts: any limit
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model loaded")
@@ -445,12 +460,12 @@ def test_heldout_limit_is_bounded_before_work(monkeypatch, tmp_path, capsys):
 def test_row_folders_name_values_exactly_and_keep_old_names(sharp_dir):
     from dicecfg.evaluation.evaluate import make_rows
 
-    rows = make_rows(EvalConfig(methods=("cfg",), cfg_scales=(5.0, 5.0000001, 7.25), steps=(20,)), {})
+    rows = make_rows(EvalJob(methods=("cfg",), cfg_scales=(5.0, 5.0000001, 7.25), steps=(20,)), {})
     keys = [r.key for r in rows]
     assert len(set(keys)) == 3  # 5 and 5.0000001 used to share the folder cfg-w5
     assert keys[0] == "cfg-w5_steps20" and keys[2] == "cfg-w7.25_steps20"  # folders of older runs: same names
     assert keys[1].startswith("cfg-w5-x") and keys[1].endswith("_steps20")
-    again = make_rows(EvalConfig(methods=("cfg",), cfg_scales=(5.0000001,), steps=(20,)), {})
+    again = make_rows(EvalJob(methods=("cfg",), cfg_scales=(5.0000001,), steps=(20,)), {})
     assert again[0].key == keys[1]  # the same value, the same folder: it resumes
 
 
@@ -458,3 +473,10 @@ def test_analyze_limit_beyond_the_heldout_set_is_one_line(tmp_path, monkeypatch,
     monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
     assert main(["-q", "analyze", "--limit", "513", "--out", str(tmp_path / "a")]) == 2
     assert "held-out set has 512 prompts" in capsys.readouterr().err
+
+
+def test_the_eval_job_keeps_its_earlier_name():
+    """`EvalJob` was `EvalConfig`; code written for that name keeps working."""
+    from dicecfg.evaluation.evaluate import EvalConfig
+
+    assert EvalConfig is EvalJob and EvalConfig(limit=3) == EvalJob(limit=3)

@@ -113,9 +113,19 @@ def test_public_callables_document_their_arguments():
     import dataclasses
     import inspect
 
-    from dicecfg import CFG, AdaptiveGuidance, Dice, Scaling, Sharpener, distill
+    from dicecfg import (
+        CFG,
+        AdaptiveGuidance,
+        Dice,
+        Scaling,
+        Sharpener,
+        disable_dice,
+        distill,
+        enable_dice,
+        sharpen,
+    )
 
-    for obj in (CFG, Scaling, Dice, AdaptiveGuidance, Sharpener, distill):
+    for obj in (CFG, Scaling, Dice, AdaptiveGuidance, Sharpener, distill, sharpen, enable_dice, disable_dice):
         doc = inspect.getdoc(obj) or ""
         assert "\nArgs:\n" in doc, obj
         args = doc.split("\nArgs:\n", 1)[1]

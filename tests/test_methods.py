@@ -98,6 +98,31 @@ def test_spellings_round_trip_and_flat_keywords():
         as_method(CFG(), guidance_scale=7.0)
 
 
+def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
+    """`dice sample` and `dice eval` parse each spelling once and pass the method on (same methods, same
+    notices about ignored flags)."""
+    import dicecfg.evaluation.evaluate as evaluate
+    import dicecfg.sampling.job as job
+    import dicecfg.sampling.methods as methods
+    from dicecfg.evaluation.evaluate import EvalJob, eval_inputs
+    from dicecfg.sampling.job import SampleJob, sample_inputs
+
+    parsed = []
+
+    def counting(text):
+        parsed.append(text)
+        return parse_method(text)
+
+    for module in (methods, job, evaluate):
+        monkeypatch.setattr(module, "parse_method", counting)
+    inputs = sample_inputs(SampleJob(prompts=("a red circle",), method="cfg:w=3", guidance_scale=7.0))
+    assert parsed == ["cfg:w=3"] and inputs.method == CFG(3.0) and inputs.ignored == ["--guidance-scale"]
+    parsed.clear()
+    inputs = eval_inputs(EvalJob(methods=("cfg", "scaling:s=1.5"), limit=2, out=str(tmp_path / "e")))
+    assert parsed == ["cfg", "scaling:s=1.5"]
+    assert [r.method for r in inputs.rows] == [CFG(5.0), Scaling(1.5)]
+
+
 def test_cfg_on_the_whole_interval_is_todays_cfg(tiny_sd):
     stock, nfe = images(tiny_sd, "cfg")
     assert nfe == [20, 20]

@@ -98,14 +98,14 @@ def test_saved_tensor_names_of_each_network_are_fixed():
 
 def test_only_the_hub_clients_errors_read_as_no_such_sharpener(monkeypatch):
     """A hub id that cannot be fetched is one clear line; any other error (a bug) is not disguised as one."""
-    from huggingface_hub import PyTorchModelHubMixin
+    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def fails_with(err):
-        def from_pretrained(*args, **kwargs):
+        def snapshot_download(*args, **kwargs):
             raise err
 
-        monkeypatch.setattr(PyTorchModelHubMixin, "from_pretrained", classmethod(from_pretrained))
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
 
     fails_with(LocalEntryNotFoundError("not in the cache"))
     with pytest.raises(SharpenerLoadError, match="the hub did not give one .LocalEntryNotFoundError."):
@@ -113,6 +113,46 @@ def test_only_the_hub_clients_errors_read_as_no_such_sharpener(monkeypatch):
     fails_with(RuntimeError("a bug of ours"))
     with pytest.raises(RuntimeError, match="a bug of ours"):
         Sharpener.from_pretrained("some-sharpener")
+
+
+def test_a_hub_id_is_fetched_from_the_hub(tmp_path, monkeypatch):
+    """``owner/name`` that is no local folder goes to the hub (snapshot_download of its config.json and
+    model.safetensors); offline, the line says so as load_pipeline does; fetched, it loads from that folder."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    asked = {}
+
+    def offline(repo_id, **kwargs):  # what the hub client raises with no network and nothing cached
+        try:
+            raise ConnectionError("[Errno -2] Name or service not known")
+        except ConnectionError as e:
+            raise LocalEntryNotFoundError("cannot find the requested files in the disk cache") from e
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(SharpenerLoadError) as err:
+        Sharpener.from_pretrained("someone/sharpener")
+    line = str(err.value)
+    assert line.startswith(
+        "'someone/sharpener' is neither a local folder nor reachable on the hub: no network"
+    )
+    assert "hf download someone/sharpener" in line and "does not exist" not in line and "\n" not in line
+
+    saved = _trained()
+    saved.save_pretrained(tmp_path / "snap")
+
+    def fetched(repo_id, **kwargs):
+        asked.update(kwargs, repo_id=repo_id)
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fetched)
+    loaded = Sharpener.from_pretrained("someone/sharpener", revision="v1")
+    assert asked["repo_id"] == "someone/sharpener" and asked["revision"] == "v1"
+    assert set(asked["allow_patterns"]) == {"config.json", "model.safetensors"}
+    for k, v in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    with pytest.raises(SharpenerLoadError, match="does not exist"):  # a path, never a hub id
+        Sharpener.from_pretrained("./runs/missing")
 
 
 def test_the_model_card_is_written_by_the_run_folder_stage(tmp_path):

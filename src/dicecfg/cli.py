@@ -19,13 +19,13 @@ from .errors import DiceError
 from .evaluation import report
 from .evaluation.analysis import AnalyzeConfig, run_analyze
 from .evaluation.demo import DemoJob, run_demo
-from .evaluation.evaluate import EvalConfig, run_eval
+from .evaluation.evaluate import EvalJob, eval_inputs, run_eval
 from .evaluation.tune import TuneJob, run_tune, tune_table
 from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .pipeline import NoTorchvisionNotice, hide_torchvision_notices  # noqa: F401 - the filter is named here too
 from .runs.parallel import launched, main_process, relaunch
 from .sampling.job import SampleJob, run_sample, sample_inputs
-from .training.ceiling import CeilingJob, run_ceiling
+from .training.ceiling_job import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
 
 EPILOG = """examples:
@@ -61,8 +61,9 @@ def _demo(job: DemoJob, argv: list[str]) -> None:
     print(report.demo_summary(summary, commands=COMMANDS))
 
 
-def _eval(job: EvalConfig, argv: list[str]) -> int | None:
+def _eval(job: EvalJob, argv: list[str]) -> int | None:
     if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
+        eval_inputs(job)  # bad input: one line here, before any process starts
         return relaunch(argv, job.gpus)
     result = run_eval(job)
     if not main_process():
@@ -117,7 +118,7 @@ COMMANDS: dict[str, tuple[type, Callable[[Any, list[str]], int | None], str]] = 
     "sample": (SampleJob, _sample, "generate images with dice, cfg, unguided or scaling"),
     "train": (TrainJob, _train, "distil CFG into a sharpener (re-run the same command to resume)"),
     "demo": (DemoJob, _demo, "unguided vs CFG vs DICE on the shipped mini model (CPU)"),
-    "eval": (EvalConfig, _eval, "method x metric table (resumable): alignment, FID, speed"),
+    "eval": (EvalJob, _eval, "method x metric table (resumable): alignment, FID, speed"),
     "tune": (
         TuneJob,
         _tune,

@@ -56,3 +56,28 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int, step: int) -> None:
         super().__init__(f"stopped by signal {signum} at step {step}")
         self.signum, self.step = signum, step
+
+
+def hub_failure(name: str, error: BaseException, save: str = "pipe.save_pretrained(DIR)") -> str | None:
+    """What to tell a user whose hub id did not load (a pipeline or a sharpener), read from the causes of
+    ``error`` (the hub client wraps them in OSErrors): no network (or offline mode) and not in the hub cache, or
+    no such repository; None when it is neither. ``save``: the other way to make the folder."""
+    from huggingface_hub import constants
+
+    names, seen = set(), error
+    while seen is not None and len(names) < 20:
+        names.add(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    fetch = f"`hf download {name} --local-dir DIR` (or `{save}`)"
+    if constants.HF_HUB_OFFLINE or any(k in n for n in names for k in ("Connect", "Timeout", "Offline")):
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        return (
+            f"'{name}' is neither a local folder nor reachable on the hub: no network is available here{offline} "
+            f"and the hub cache does not hold it. On a machine with network, {fetch}, then pass that folder."
+        )
+    if names & {"RepositoryNotFoundError", "GatedRepoError"}:
+        return (
+            f"'{name}' is neither a local folder nor a model on the hub (no such repository, or a private or gated "
+            "one: log in with `hf auth login`). Check the name, or pass a local folder."
+        )
+    return None

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError, ModelNotFoundError
+from .errors import InputError, ModelNotFoundError, hub_failure
 from .flags import opt
 from .sharpener import DEFAULT_NAME as SHIPPED_SHARPENER
 
@@ -105,31 +105,6 @@ def hide_torchvision_notices() -> None:
     noisy = logging.getLogger("transformers.utils.import_utils")
     if not any(isinstance(f, NoTorchvisionNotice) for f in noisy.filters):
         noisy.addFilter(NoTorchvisionNotice())
-
-
-def hub_failure(name: str, error: BaseException) -> str | None:
-    """What to tell a user whose hub id did not load, read from the causes of ``error`` (the hub client wraps
-    them in OSErrors): no network (or offline mode) and not in the hub cache, or no such repository; None when
-    it is neither."""
-    from huggingface_hub import constants
-
-    names, seen = set(), error
-    while seen is not None and len(names) < 20:
-        names.add(type(seen).__name__)
-        seen = seen.__cause__ or seen.__context__
-    fetch = f"`hf download {name} --local-dir DIR` (or `pipe.save_pretrained(DIR)`)"
-    if constants.HF_HUB_OFFLINE or any(k in n for n in names for k in ("Connect", "Timeout", "Offline")):
-        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        return (
-            f"'{name}' is neither a local folder nor reachable on the hub: no network is available here{offline} "
-            f"and the hub cache does not hold it. On a machine with network, {fetch}, then pass that folder."
-        )
-    if names & {"RepositoryNotFoundError", "GatedRepoError"}:
-        return (
-            f"'{name}' is neither a local folder nor a model on the hub (no such repository, or a private or gated "
-            "one: log in with `hf auth login`). Check the name, or pass a local folder."
-        )
-    return None
 
 
 def _dtype_kwarg() -> str:

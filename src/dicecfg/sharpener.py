@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from .errors import SharpenerLoadError
+from .errors import SharpenerLoadError, hub_failure
 from .runs.card import card_text, write_card
 from .runs.io import atomic_save_tensors, atomic_write_json
 
@@ -293,21 +293,9 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             except BAD_CONFIG as e:
                 raise SharpenerLoadError(f"{name}/{CONFIG_NAME} does not describe a sharpener ({e}).") from e
         check_not_a_file(path)
-        if (os.sep in name or name.startswith(".")) and not path.exists():
+        if path.exists() or name.startswith((".", "/", "~", os.sep)) or name.count("/") > 1:
             raise SharpenerLoadError(f"No sharpener at {path}: the folder does not exist.")
-        try:  # a hub id
-            return super().from_pretrained(name, **kwargs)
-        except SharpenerLoadError:
-            raise
-        except (
-            BAD_CONFIG
-        ) as e:  # an id the hub client refuses (HFValidationError), or a config of no sharpener
-            raise SharpenerLoadError(f"'{name}' is neither a sharpener folder nor a hub id ({e}).") from e
-        except HUB_ERRORS as e:
-            raise SharpenerLoadError(
-                f"No sharpener folder '{name}' here, and the hub did not give one ({type(e).__name__}). "
-                "Check the path; hub ids need network access."
-            ) from e
+        return cls.from_pretrained(hub_folder(name, kwargs), **kwargs)  # "owner/name": a hub id
 
     @classmethod
     def _from_pretrained(
@@ -322,26 +310,7 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         map_location: str = "cpu",
         **model_kwargs,
     ):
-        if os.path.isdir(model_id):
-            model_file = os.path.join(model_id, WEIGHTS_NAME)
-        else:
-            from huggingface_hub import hf_hub_download
-
-            try:
-                model_file = hf_hub_download(
-                    repo_id=model_id,
-                    filename=WEIGHTS_NAME,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    force_download=force_download,
-                    token=token,
-                    local_files_only=local_files_only,
-                )
-            except (*HUB_ERRORS, HFValidationError) as e:  # offline, missing repo, bad id: say what was tried
-                raise SharpenerLoadError(
-                    f"Could not get sharpener '{model_id}' from the hub ({type(e).__name__}). "
-                    "If it is a local folder, check the path; hub downloads need network access."
-                ) from e
+        model_file = os.path.join(model_id, WEIGHTS_NAME)  # a folder: from_pretrained fetches hub ids first
         model = cls(**model_kwargs)
         model.load_weights(model_file, map_location)
         return model.eval()
@@ -367,6 +336,29 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
                     f"{tuple(own[k].shape)} (dim={self.dim}). The weights and config do not match."
                 )
         self.load_state_dict(state, strict=True)
+
+
+HUB_OPTIONS = ("revision", "cache_dir", "force_download", "token", "local_files_only")  # snapshot_download's
+
+
+def hub_folder(name: str, kwargs: dict[str, Any]) -> str:
+    """The local folder of the hub repository ``name`` (its config.json and model.safetensors, fetched or from
+    the hub cache); pops the hub client's options out of ``kwargs``. Raises ``SharpenerLoadError`` with one line
+    when the hub cannot give it (no network here: say so and how to fetch it elsewhere)."""
+    from huggingface_hub import snapshot_download
+
+    options = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
+    try:
+        return snapshot_download(repo_id=name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **options)
+    except HFValidationError as e:  # an id the hub client refuses
+        raise SharpenerLoadError(f"'{name}' is neither a sharpener folder nor a hub id ({e}).") from e
+    except HUB_ERRORS as e:
+        why = hub_failure(name, e, save="sharpener.save_pretrained(DIR)")
+        raise SharpenerLoadError(
+            why
+            or f"No sharpener folder '{name}' here, and the hub did not give one ({type(e).__name__}). "
+            "Check the path; hub ids need network access."
+        ) from e
 
 
 def check_not_a_file(path: Path) -> None:

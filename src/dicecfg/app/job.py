@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..families import check_compatible
-from ..flags import check_values, opt
+from ..flags import Checked, opt
 from ..metrics.world import reads_shapes_world
 from ..pipeline import (
     default_sharpener,
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ServeJob:
+class ServeJob(Checked):
     """`dice serve`: the model and sharpener to compare with, and where the page listens."""
 
     model: str | None = model_option()
@@ -66,7 +66,6 @@ def run_serve(job: ServeJob) -> Server:
     """Load the model and sharpener, check that they fit, and start the app; returns once it answers."""
     from ..world import Oracle, heldout_set
 
-    check_values(job)  # the port's range (the command line checks it when parsed; Python callers here)
     # gradio takes seconds to import: do it while the model loads (import locks make the later import wait)
     threading.Thread(target=import_gradio, daemon=True).start()
     name = default_sharpener(job.model, job.sharpener)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, model_option, sharpener_option
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ GROUPS = ("sos", "words", "eos", "padding")
 
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(Checked):
     """`dice analyze`: the sharpener, the prompts, and where to write the statistics."""
 
     out: str = opt("analysis", "output folder: analysis.json, analysis.md, analysis.png", path="out_dir")
@@ -128,6 +128,19 @@ def analyze(
     return stats
 
 
+ANALYSIS_FILES = ("analysis.json", "analysis.md", "analysis.png")
+
+
+def check_analysis_folder(out: Path) -> None:
+    """Refuse an --out folder whose analysis.json / .md / .png were not written by `dice analyze` (they would be
+    replaced); a folder of an earlier analysis is the command's own: it is written again."""
+    from ..runs.io import check_own_files, read_record
+
+    record = read_record(out / "analysis.json")
+    ours = record is not None and {"config", "n_prompts", "family"} <= set(record)
+    check_own_files(out, ANALYSIS_FILES, command="analyze", ours=ours)
+
+
 def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     """`dice analyze`: writes analysis.json, analysis.md and analysis.png under ``cfg.out``."""
     from ..pipeline import default_sharpener, load_pipeline, resolve_device, resolve_dtype
@@ -146,11 +159,12 @@ def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
         from .evaluate import heldout_items
 
         prompts = [it.prompt for it in heldout_items(cfg.limit)]
+    out = Path(cfg.out)
+    check_analysis_folder(out)  # before the model loads
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg.model, dtype=resolve_dtype(cfg.dtype, device), device=device)
     stats = analyze(pipe, sharp, prompts, alpha=cfg.alpha, negative_prompt=cfg.negative_prompt)
     stats["config"] = asdict(cfg)
-    out = Path(cfg.out)
     atomic_write_json(out / "analysis.json", stats)
     atomic_write_text(out / "analysis.md", analysis_summary(stats) + "\n")
     plot_analysis(stats, out / "analysis.png")

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_device, sharpener_option
 from ..runs.io import atomic_write_json, check_own_files, read_record
 from ..sampling.generate import Sample, generate
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DemoJob:
+class DemoJob(Checked):
     """`dice demo`: which held-out prompts, how many steps, where to write the grid."""
 
     prompts: int = opt(
@@ -172,8 +172,6 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     from ..world import Oracle, heldout_set
     from .report import demo_grid
 
-    if min(job.prompts, job.shown, job.steps, job.batch_size) < 1:
-        raise InputError("dice demo needs --prompts, --shown, --steps and --batch-size >= 1.")
     check_demo_folder(Path(job.out))
     items = heldout_set(job.prompts)
     prompts, seeds = [it.prompt for it in items], [it.seed for it in items]

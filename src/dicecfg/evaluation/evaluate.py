@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, model_option
 from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
 from ..runs.parallel import Parallel
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalJob(Checked):
     """`dice eval`: the rows (methods x settings x step counts), the prompts, the metrics and the folder."""
 
     out: str = opt(
@@ -102,6 +102,9 @@ class EvalConfig:
     progress: bool = opt(True, "progress bars", cli=False)
 
 
+EvalConfig = EvalJob  # the name of earlier versions, kept so that code written for them keeps working
+
+
 @dataclass
 class PromptSet:
     name: str
@@ -112,7 +115,7 @@ class PromptSet:
     extra: dict = field(default_factory=dict)
 
 
-def prompt_set(cfg: EvalConfig) -> PromptSet:
+def prompt_set(cfg: EvalJob) -> PromptSet:
     """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
     from ..metrics.world import world_specs
 
@@ -157,17 +160,24 @@ def sharpener_tag(name: str) -> str:
     return f"{slug}-{hashlib.sha1(weights.read_bytes()).hexdigest()[:8]}" if weights.is_file() else slug
 
 
-def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any], *, notice: bool = True) -> list[Row]:
+def make_rows(
+    cfg: EvalJob,
+    sharpeners: dict[str, Any],
+    *,
+    notice: bool = True,
+    parsed: Sequence[tuple[type, dict[str, float]]] | None = None,
+) -> list[Row]:
     """Rows in table order: for each step count, each method of ``cfg.methods`` in order, a setting it leaves
     open taking every value of its list (w: --cfg-scales, s: --scales, alpha: --alphas), dice rows once per
     sharpener (tag -> Sharpener); with a negative prompt, a twin of each row that takes one (w: the first).
-    Rows that come out the same (``--cfg-scales 5 5.0``) are kept once, with a warning unless ``notice`` is off."""
+    Rows that come out the same (``--cfg-scales 5 5.0``) are kept once, with a warning unless ``notice`` is off.
+    ``parsed``: ``cfg.methods`` already parsed (``parse_method``), so that they are parsed once."""
     if any(s < 1 for s in cfg.steps):
         raise InputError(f"--steps must be >= 1 (got {list(cfg.steps)}).")
     lists = {"guidance_scale": cfg.cfg_scales, "scale": cfg.scales, "alpha": cfg.alphas}
     methods = []
-    for spelled in cfg.methods:
-        cls, settings = parse_method(spelled)
+    for cls, spelled_settings in parsed if parsed is not None else map(parse_method, cfg.methods):
+        settings = dict(spelled_settings)
         choices = [settings]
         for f, values in lists.items():
             if f in cls.keys.values() and f not in settings and values:
@@ -194,7 +204,7 @@ def make_rows(cfg: EvalConfig, sharpeners: dict[str, Any], *, notice: bool = Tru
     return list(rows.values())
 
 
-def reference_row(cfg: EvalConfig, rows: list[Row], steps: int) -> Row | None:
+def reference_row(cfg: EvalJob, rows: list[Row], steps: int) -> Row | None:
     """The fidelity reference at ``steps``: full CFG at the first w, when it is one of the rows."""
     ref = Row(CFG(cfg.cfg_scales[0]), steps)
     return ref if any(r.key == ref.key for r in rows) else None
@@ -246,16 +256,17 @@ def check_eval_folder(out: Path) -> None:
 
 
 def evaluate(
-    pipe, cfg: EvalConfig, ps: PromptSet, sharpeners: dict[str, Any], real=None
+    pipe, cfg: EvalJob, ps: PromptSet, sharpeners: dict[str, Any], real=None, rows: list[Row] | None = None
 ) -> dict[str, Any] | None:
     """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot). In one of
     several processes (``--gpus N``) each makes its share of the images and rank 0 alone scores and writes
-    (the others return None)."""
+    (the others return None). ``rows``: ``make_rows(cfg, sharpeners)`` when the caller has them."""
     from ..runs.folder import versions
     from .report import eval_table, plot_nfe
 
     out = Path(cfg.out)
-    rows = make_rows(cfg, sharpeners, notice=False)  # run_eval has said which rows repeat
+    if rows is None:
+        rows = make_rows(cfg, sharpeners, notice=False)
     par = Parallel.current(pipe._execution_device)
     made = {}
     for row in rows:
@@ -320,29 +331,49 @@ def evaluate(
     return report
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any] | None:
-    """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
-    import torch
+@dataclass
+class EvalInputs:
+    """What ``dice eval`` checks before anything heavy loads (``eval_inputs``)."""
 
-    from ..families import check_compatible
-    from ..metrics.real import RealMetrics
-    from ..pipeline import default_sharpener, load_pipeline, model_id, resolve_device, resolve_dtype
-    from ..runs.folder import run_record, write_run_json
-    from ..runs.parallel import rank_device
+    sharpeners: dict[str, Any]  # tag -> Sharpener
+    rows: list[Row]
+    prompts: PromptSet
+
+
+def eval_inputs(cfg: EvalJob) -> EvalInputs:
+    """The sharpeners, rows and prompts of ``cfg``, checked before the model loads (also before ``--gpus N``
+    starts its processes): bad method spellings first, then a missing sharpener, bad settings or steps, an
+    output folder of someone else's files, bad prompts."""
+    from ..pipeline import default_sharpener
     from ..sharpener import Sharpener
 
+    parsed = [parse_method(m) for m in cfg.methods]  # bad spellings fail here, first
     shipped = default_sharpener(cfg.model, None)
     names = list(cfg.sharpeners) or ([shipped] if shipped else [])
-    wants_dice = any(parse_method(m)[0] is Dice for m in cfg.methods)  # bad spellings fail here, first
+    wants_dice = any(cls is Dice for cls, _ in parsed)
     if wants_dice and not names:
         raise InputError(
             "dice rows need --sharpener (a folder written by `dice train`), or drop dice from --methods."
         )
     names = names if wants_dice else []
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
-    make_rows(cfg, sharpeners)  # bad methods, steps or settings fail before the model loads
+    rows = make_rows(cfg, sharpeners, parsed=parsed)  # bad settings or steps
     check_eval_folder(Path(cfg.out))
-    ps = prompt_set(cfg)
+    return EvalInputs(sharpeners, rows, prompt_set(cfg))
+
+
+def run_eval(cfg: EvalJob) -> dict[str, Any] | None:
+    """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
+    import torch
+
+    from ..families import check_compatible
+    from ..metrics.real import RealMetrics
+    from ..pipeline import load_pipeline, model_id, resolve_device, resolve_dtype
+    from ..runs.folder import run_record, write_run_json
+    from ..runs.parallel import rank_device
+
+    inputs = eval_inputs(cfg)
+    sharpeners, ps = inputs.sharpeners, inputs.prompts
     device = rank_device(resolve_device(cfg.device))  # one GPU per process under torchrun
     real = RealMetrics(
         clip=cfg.clip,
@@ -371,7 +402,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any] | None:
         except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             err = e
     par.share_error(err)
-    return evaluate(pipe, cfg, ps, sharpeners, real)
+    return evaluate(pipe, cfg, ps, sharpeners, real, inputs.rows)
 
 
 def sample_and_score(pipe, items: Sequence, method, *, oracle=None, **generate_kwargs):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..metrics.world import reads_shapes_world
 from ..pipeline import device_option, dtype_option, model_option, sharpener_option
 from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
@@ -42,7 +42,7 @@ SEED_SET_STRIDE = 10_000_000  # seed set k samples item i with its seed + k * SE
 
 
 @dataclass(frozen=True)
-class TuneJob:
+class TuneJob(Checked):
     """`dice tune`: the sharpener, the validation prompts, the candidate settings, and whether to record them."""
 
     sharpener: str | None = sharpener_option()

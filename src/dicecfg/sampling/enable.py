@@ -148,7 +148,14 @@ def enable_dice(pipe: Any, sharpener: Sharpener, alpha: float = 1.0) -> Any:
     The negative prompt goes to the sharpener as c_neg (default: the empty prompt). ``guidance_scale`` is 1
     unless given; a value > 1 next to a prompt is refused (``DiceError``). Enabling again replaces the
     sharpener and ``alpha``. A sharpener trained for another family, width or token count is refused here.
-    Returns ``pipe`` (the same object), for chaining.
+
+    Args:
+        pipe: a stock diffusers pipeline of a supported family; changed in place (its class).
+        sharpener: the ``Sharpener`` to apply to every prompt the pipeline is called with.
+        alpha: the strength of the edit, c + alpha * delta (0: plain unguided sampling).
+
+    Returns:
+        ``pipe`` (the same object), for chaining.
     """
     if not isinstance(sharpener, Sharpener):
         raise DiceError(
@@ -173,7 +180,13 @@ def enable_dice(pipe: Any, sharpener: Sharpener, alpha: float = 1.0) -> Any:
 
 def disable_dice(pipe: Any) -> Any:
     """Undo ``enable_dice``: the pipeline's own class again, and no DICE settings (a no-op when not enabled).
-    Returns ``pipe``."""
+
+    Args:
+        pipe: a pipeline, DICE-enabled or not; changed in place.
+
+    Returns:
+        ``pipe`` (the same object).
+    """
     if not hasattr(pipe, "__dict__") or not callable(pipe):
         raise DiceError(f"disable_dice needs a pipeline, not {type(pipe).__name__}.")
     pipe.__class__ = stock_class(pipe)

@@ -81,8 +81,21 @@ def sharpen(
 ) -> dict[str, Any]:
     """Pipeline keyword arguments that sample the sharpened prompts without guidance.
 
-    Use as ``pipe(**sharpen(pipe, sharp, prompts), guidance_scale=1.0)``. ``negative_prompt`` is passed to
-    the sharpener as c_neg (default: the empty prompt, as in training). ``alpha=0`` is plain unguided sampling.
+    Use as ``pipe(**sharpen(pipe, sharp, prompts), guidance_scale=1.0)``. ``alpha=0`` is plain unguided
+    sampling.
+
+    Args:
+        pipe: a stock diffusers pipeline of a supported family (``load_pipeline``).
+        sharpener: a ``Sharpener`` trained for that pipeline's family, width and token count (else refused).
+        prompt: one prompt or a list of prompts (at least one).
+        negative_prompt: passed to the sharpener as c_neg, one for all prompts or one per prompt (default: the
+            empty prompt, as in training).
+        alpha: the strength of the edit, c + alpha * delta; 0 is plain unguided sampling, 1 what it was trained
+            for.
+        num_images_per_prompt: images per prompt, passed on to the pipeline.
+
+    Returns:
+        The pipeline keyword arguments (``prompt_embeds`` and the family's others).
     """
     fam = check_compatible(pipe, sharpener)
     prompts = texts(prompt, "prompt")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import InputError
-from ..flags import opt
+from ..flags import Checked, opt
 from ..pipeline import (
     default_sharpener,
     device_option,
@@ -30,7 +30,7 @@ from ..sharpener import Sharpener
 from .checks import SEED_MAX, check_seeds
 from .fast import FAST_CHOICES
 from .generate import generate
-from .methods import CFG, SPELLING_HELP, Dice, Method, as_method, parse_method
+from .methods import CFG, SPELLING_HELP, Dice, Method, parse_method, spelled_method
 from .prompts import collect_prompts
 from .shard import gathered, share
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SampleJob:
+class SampleJob(Checked):
     """`dice sample`: what to generate, how, and where to write it."""
 
     prompts: tuple[str, ...] = opt((), "prompts (or use --prompts FILE)", positional=True)
@@ -87,9 +87,9 @@ class SampleJob:
 FLAT = ("guidance_scale", "alpha", "scale", "negative_prompt", "sharpener")  # flags only some methods read
 
 
-def ignored_options(job: SampleJob) -> list[str]:
-    """The flags of other methods that ``job`` sets (off their defaults) although its method ignores them."""
-    cls, settings = parse_method(job.method)
+def ignored_options(job: SampleJob, cls: type[Method], settings: dict[str, float]) -> list[str]:
+    """The flags of other methods that ``job`` sets (off their defaults) although its method ignores them;
+    ``cls, settings``: its method spelling, parsed (``parse_method``)."""
     reads = set(cls.keys.values()) - set(settings)
     reads |= {"negative_prompt"} if cls.uses_negative else set()
     reads |= {"sharpener"} if cls is Dice else set()
@@ -103,20 +103,31 @@ def next_index(out: Path) -> int:
     return max(taken, default=-1) + 1
 
 
-def sample_inputs(job: SampleJob) -> tuple[list[str], Method]:
+@dataclass(frozen=True)
+class SampleInputs:
+    """What ``dice sample`` checks before anything heavy loads (``sample_inputs``)."""
+
+    prompts: list[str]
+    method: Method
+    ignored: list[str]  # flags of other methods that the job sets although its method ignores them
+
+
+def sample_inputs(job: SampleJob) -> SampleInputs:
     """The prompts and the method of ``job``, checked before anything heavy loads (also before ``--gpus N``
-    starts its processes): an unknown method, a bad setting, bad prompts or seeds, a missing sharpener."""
-    cls, _ = parse_method(job.method)
+    starts its processes): an unknown method, a bad setting, bad prompts or seeds, a missing sharpener. The
+    method spelling is parsed once, here."""
+    cls, settings = parse_method(job.method)
     flat = {"guidance_scale": job.guidance_scale, "scale": job.scale, "alpha": job.alpha}
-    if cls is not Dice:
-        as_method(job.method, **flat)
+    method = spelled_method(cls, settings, **flat) if cls is not Dice else None  # bad settings fail first
     prompts = collect_prompts(job.prompts, job.prompts_file)
     check_seeds(range(job.seed, job.seed + len(prompts)))
     name = default_sharpener(job.model, job.sharpener) if cls is Dice else job.sharpener  # checked either way
     if cls is Dice and name is None:
         raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
     sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model
-    return prompts, as_method(job.method, sharpener=sharp, **flat)
+    if method is None:
+        method = spelled_method(cls, settings, sharpener=sharp, **flat)
+    return SampleInputs(prompts, method, ignored_options(job, cls, settings))
 
 
 def run_sample(job: SampleJob) -> list[Path]:
@@ -127,9 +138,10 @@ def run_sample(job: SampleJob) -> list[Path]:
     Launched as one of several processes (``--gpus N``, torchrun), each makes the prompts of its share
     (``sampling.shard``) and rank 0 writes samples.jsonl, in prompt order; rank 0 returns every path, the
     others none."""
-    prompts, method = sample_inputs(job)
-    if ignored := ignored_options(job):
-        log.warning("--method %s ignores %s", job.method, ", ".join(ignored))
+    inputs = sample_inputs(job)
+    prompts, method = inputs.prompts, inputs.method
+    if inputs.ignored:
+        log.warning("--method %s ignores %s", job.method, ", ".join(inputs.ignored))
     if isinstance(method, CFG) and method.guidance_scale == 1.0:
         log.warning("cfg at guidance_scale=1 runs one pass per step: conditional sampling")
     device = rank_device(resolve_device(job.device))  # one GPU per process under torchrun

@@ -529,7 +529,24 @@ def as_method(
             f"method must be a method object or a name ({SPELLING_HELP}); got {type(method).__name__}."
         )
     cls, settings = parse_method(method)
+    return spelled_method(
+        cls, settings, sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha
+    )
+
+
+def spelled_method(
+    cls: type[Method],
+    settings: dict[str, float],
+    *,
+    sharpener: Sharpener | None = None,
+    guidance_scale: float | None = None,
+    scale: float | None = None,
+    alpha: float | None = None,
+) -> Method:
+    """The method a parsed spelling (``parse_method``) names, the flat keywords setting what it leaves open
+    (``as_method``); for callers that parse once and build the object later (``dice sample``)."""
     flat = {"guidance_scale": guidance_scale, "scale": scale, "alpha": alpha}
+    settings = dict(settings)
     for f in cls.keys.values():
         if f not in settings and flat.get(f) is not None:
             settings[f] = flat[f]

@@ -17,15 +17,15 @@ or recipe can still win; the gap between the optimum and CFG is what no embeddin
 
 Work is done in batches of ``prompts_per_batch`` prompts; each batch's edit and Adam state are checkpointed
 atomically every ``checkpoint_every`` steps in ``output_dir/edits/``, and the same call resumes exactly.
+
+This module is the library (the settings, the seeds, the optimisation and the comparison); ``ceiling_job``
+holds the run in a folder (``ceiling()``: its checks, its record and its report) and `dice ceiling`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +34,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..families import Cond, check_compatible, family_of
-from ..flags import check_values, opt
-from ..pipeline import (
-    default_sharpener,
-    device_option,
-    dtype_option,
-    is_mini,
-    load_pipeline,
-    model_option,
-    resolve_device,
-    resolve_dtype,
-)
-from ..runs.io import (
-    atomic_save_tensors,
-    atomic_write_json,
-    atomic_write_text,
-    check_own_files,
-    load_tensors,
-    read_record,
-)
+from ..families import Cond
+from ..flags import Checked, opt
+from ..runs.io import atomic_save_tensors, load_tensors
 from ..sampling.generate import generators, sample_batch
 from ..sampling.methods import CFG, PEER_STOP, Unguided, sharpen_cond
 from ..sharpener import Sharpener
-from ..world.heldout import HELDOUT_SIZE
 from .objective import autocast_for, cfg_target, sample_loss
 from .sources import add_noise, train_alphas
 
@@ -67,7 +49,7 @@ ROWS = ("unguided", "cfg", "cfg-first", "optimum", "sharpener")
 
 
 @dataclass(frozen=True)
-class CeilingConfig:
+class CeilingConfig(Checked):
     """The per-prompt optimisation and the comparison of ``ceiling`` (module docstring)."""
 
     steps: int = opt(300, "Adam updates of each prompt's edit")
@@ -93,7 +75,7 @@ class CeilingConfig:
     progress: bool = opt(True, "show progress bars", cli=False)
 
     def __post_init__(self) -> None:
-        check_values(self)  # choices, ranges (the fields' min / max), finite numbers: as the CLI checks them
+        super().__post_init__()  # choices, ranges (the fields' min / max), finite numbers: as the CLI checks them
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
@@ -116,24 +98,39 @@ class CeilingConfig:
                 raise InputError(f"CeilingConfig: {msg}.")
 
 
-@dataclass
-class CeilingReport:
-    """What ``ceiling`` measured: one row per method (NFE, held-out loss, oracle scores) and where files went."""
-
-    rows: list[dict[str, Any]]
-    output_dir: Path
-
-    def table(self) -> str:
-        from ..evaluation.report import ceiling_table
-
-        return ceiling_table(self.rows)
+SEED_STREAMS = ("pool", "eval_x0")  # the teacher samples' streams; an int stream: a step's draws
 
 
-def _generator(seed: int, *parts: int) -> torch.Generator:
-    h = seed
-    for p in parts:
-        h = h * 1_000_003 + p
-    return torch.Generator().manual_seed(h % (2**63))
+def derive_seeds(seed: int, stream: str | int, k: int, n: int = 1) -> list[int]:
+    """Every seed of a ceiling run, derived from ``seed`` (``CeilingConfig.seed``), the use and batch ``k``;
+    the same on every resume, whatever else changes.
+
+    Args:
+        seed: the run's seed.
+        stream: ``"pool"``: the per-image seeds of the teacher's CFG samples whose re-noised versions train the
+            edits; ``"eval_x0"``: those of the other CFG samples behind the fixed held-out draws; an int ``step``
+            >= 0: the one seed of training step ``step``'s (x_0, t, noise) draws; -1: that of the fixed
+            held-out draws.
+        k: the batch of prompts (``prompts_per_batch`` each).
+        n: how many seeds (per-image streams; the draws take one).
+
+    Teacher seeds are ``seed * 7919 + 10_000 * (2k | 2k + 1) + i``: distinct across batches and streams while
+    ``prompts_per_batch x pool`` stays under 10,000 (``CeilingConfig`` refuses more). Draw seeds are
+    ``((seed * 1_000_003 + k) * 1_000_003 + step) mod 2**63``. These are the formulas of the first version,
+    kept as they were rather than moved to ``numpy.random.SeedSequence``: the edits checkpointed in an
+    earlier ceiling folder then resume to the same numbers.
+    """
+    if isinstance(stream, str):
+        if stream not in SEED_STREAMS:
+            raise ValueError(f"unknown seed stream {stream!r}: use one of {SEED_STREAMS} or a step")
+        base = seed * 7919 + 10_000 * (2 * k + SEED_STREAMS.index(stream))
+        return [base + i for i in range(n)]
+    return [((seed * 1_000_003 + k) * 1_000_003 + stream) % (2**63)] * n
+
+
+def draw_generator(seed: int, k: int, step: int) -> torch.Generator:
+    """The CPU generator of batch ``k``'s draws at ``step`` (-1: the held-out draws), seeded by ``derive_seeds``."""
+    return torch.Generator().manual_seed(derive_seeds(seed, step, k)[0])
 
 
 class _Batch:
@@ -150,19 +147,18 @@ class _Batch:
         p = len(prompts)
         size = fam.default_size(pipe)
 
-        def teacher(n: int, salt: int) -> torch.Tensor:  # (p, n, C, h, w) CFG samples of each prompt
+        def teacher(n: int, stream: str) -> torch.Tensor:  # (p, n, C, h, w) CFG samples of each prompt
             rep = self.cond.index(torch.arange(p, device=self.device).repeat_interleave(n))
-            gens = generators(self.device, [cfg.seed * 7919 + salt + i for i in range(p * n)])
+            gens = generators(self.device, derive_seeds(cfg.seed, stream, k, p * n))
             lat, _ = sample_batch(
                 pipe, fam, CFG(cfg.guidance_scale), rep, neg.expand(p * n), gens,
                 num_inference_steps=cfg.teacher_steps, height=size, width=size, output_type="latent",
             )  # fmt: skip
             return lat.float().view(p, n, *lat.shape[1:])
 
-        # seeds: distinct for batches and uses while prompts_per_batch x pool stays under 10,000
-        self.pool = teacher(cfg.pool, 10_000 * (2 * k))
-        self.eval_x0 = teacher(2, 10_000 * (2 * k + 1))
-        g = _generator(cfg.seed, k, -1)
+        self.pool = teacher(cfg.pool, "pool")
+        self.eval_x0 = teacher(2, "eval_x0")
+        g = draw_generator(cfg.seed, k, -1)
         e = cfg.eval_draws
         self.eval_pick = torch.randint(0, 2, (p, e), generator=g)
         self.eval_t = torch.linspace(0, len(self.alphas) - 1, e).round().long().repeat(p, 1)
@@ -188,7 +184,7 @@ class _Batch:
         return sample_loss(pred, target, self.cfg.loss).view(-1, n).mean(1)
 
     def train_draw(self, step: int):
-        g = _generator(self.cfg.seed, self.k, step)
+        g = draw_generator(self.cfg.seed, self.k, step)
         p, d = len(self.cond), self.cfg.draws
         pick = torch.randint(0, self.cfg.pool, (p, d), generator=g)
         t = torch.randint(0, len(self.alphas), (p, d), generator=g)
@@ -199,37 +195,21 @@ class _Batch:
         return self.loss(tokens, self.eval_pick, self.eval_t, self.eval_noise, self.eval_x0)
 
 
-def ceiling(
+def measure_ceiling(
     pipe: Any,
-    prompts: Sequence[str],
-    *,
-    output_dir: str | Path,
-    config: CeilingConfig = CeilingConfig(),
-    sharpener: Sharpener | None = None,
-    seeds: Sequence[int] | int = 0,
-    specs: Sequence[Any] | None = None,
-) -> CeilingReport:
-    """Optimise a free embedding edit per prompt on the DICE objective and compare it with unguided, CFG and
-    ``sharpener`` (module docstring). ``seeds``: the sampler seed of each prompt's images (an int: seed + i).
-    ``specs``: what each prompt asserts in the shapes world (default: parsed from the prompts when they are
-    all in its grammar); with them the report has the oracle's scores. Re-running resumes from
-    ``output_dir``; its ``ceiling.json`` and ``grid.png`` hold the report."""
-    from ..metrics.world import alignment, world_specs
+    fam: Any,
+    prompts: list[str],
+    seeds: list[int],
+    specs: list | None,
+    cfg: CeilingConfig,
+    sharpener: Sharpener | None,
+    edits_dir: str | Path,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The optimisation and the comparison (module docstring) for checked inputs (``ceiling_job.ceiling``):
+    each batch's edits optimised, resuming from and checkpointing to ``edits_dir``; then each row's held-out
+    loss, NFE and (with ``specs``) oracle scores, and its images. Returns (rows, images by row)."""
+    from ..metrics.world import alignment
 
-    prompts = list(prompts)
-    if not prompts:
-        raise InputError("ceiling() needs at least one prompt.")
-    cfg = config
-    fam = family_of(pipe) if sharpener is None else check_compatible(pipe, sharpener)
-    seeds = seed_list(seeds, len(prompts))
-    if len(seeds) != len(prompts):
-        raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
-    specs = list(specs) if specs is not None else world_specs(prompts)
-    out = Path(output_dir)
-    record = run_record(cfg, prompts, seeds)
-    check_ceiling_folder(out, record)
-    (out / "edits").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_FILE, record)
     device = pipe._execution_device
     autocast = autocast_for(device, cfg.mixed_precision)
     fam.denoiser(pipe).requires_grad_(False)
@@ -245,7 +225,7 @@ def ceiling(
     for k, s in enumerate(range(0, len(prompts), cfg.prompts_per_batch)):
         batch = _Batch(pipe, fam, prompts[s : s + cfg.prompts_per_batch], neg, cfg, k, autocast)
         c = batch.cond.embeds.float()
-        delta = _optimise(batch, c, keep, out / "edits" / f"batch_{k:04d}.safetensors", step_bar)
+        delta = _optimise(batch, c, keep, Path(edits_dir) / f"batch_{k:04d}.safetensors", step_bar)
         losses["unguided"].append(batch.eval_loss(c))
         losses["optimum"].append(batch.eval_loss(c + delta))
         if sharpener is not None:
@@ -286,66 +266,7 @@ def ceiling(
         if specs is not None:
             r |= {k: float(v.mean()) for k, v in alignment(images[row], specs).items()}
         rows.append(r)
-    report = CeilingReport(rows, out)
-    atomic_write_json(out / "ceiling.json", {"config": asdict(cfg), "rows": rows})
-    atomic_write_text(out / "ceiling.md", report.table() + "\n")
-    _grid(images, prompts, out / "grid.png")
-    return report
-
-
-RUN_FILE = "ceiling_run.json"  # the run's prompts, seeds and settings: the provenance of the folder
-FILES = ("ceiling.json", "ceiling.md", "grid.png", "edits")  # what a run writes beside it
-NOT_SETTINGS = ("progress",)  # config fields that do not shape the result: never compared
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two ceiling_run.json records, each named (settings that do not shape the result
-    left out)."""
-    out = []
-    old_cfg = old.get("config") if isinstance(old.get("config"), dict) else {}
-    new_cfg = new["config"]
-    for k in sorted((set(old_cfg) | set(new_cfg)) - set(NOT_SETTINGS)):
-        if old_cfg.get(k) != new_cfg.get(k):
-            out.append(f"{k}: {old_cfg.get(k, 'missing')!r} -> {new_cfg.get(k, 'missing')!r}")
-    for k in ("prompts", "seeds"):
-        a, b = old.get(k) if isinstance(old.get(k), list) else [], new[k]
-        if a != b:
-            first = next(
-                (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-            )
-            out.append(f"{k}: {len(a)} -> {len(b)}" if len(a) != len(b) else f"{k}: #{first + 1} differs")
-    return out
-
-
-def seed_list(seeds: Sequence[int] | int, n: int) -> list[int]:
-    """The sampler seed of each of ``n`` prompts: the given list, or (an int) seed, seed + 1, ..."""
-    return [seeds + i for i in range(n)] if isinstance(seeds, int) else list(seeds)
-
-
-def run_record(cfg: CeilingConfig, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
-    """What ceiling_run.json holds: the settings, prompts and seeds of a run (JSON types)."""
-    return json.loads(json.dumps({"config": asdict(cfg), "prompts": list(prompts), "seeds": list(seeds)}))
-
-
-def check_ceiling_folder(out: Path, record: dict[str, Any]) -> None:
-    """Before a run writes into ``out``: a folder of a ceiling run resumes when its prompts, seeds and settings
-    are the same (else each difference is named); any other file it would replace is refused
-    (``runs.io.check_own_files``); a damaged ceiling_run.json is named with what to do."""
-    path = out / RUN_FILE
-    if os.path.lexists(path):
-        old = read_record(path)
-        if old is None:
-            raise InputError(
-                f"{path} is damaged (not a JSON object in UTF-8). It records the prompts, seeds and settings of "
-                f"the edits in {out / 'edits'}: restore it, or use another --out folder."
-            )
-        changed = _differences(old, record)
-        if changed:
-            raise InputError(
-                f"{out} holds a ceiling run with other prompts, seeds or settings ({'; '.join(changed)}). Repeat "
-                "the original ones to resume it, or use another --out folder."
-            )
-    check_own_files(out, FILES, command="ceiling", ours=os.path.lexists(path))
+    return rows, images
 
 
 def _load_edit(path: Path, like: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -398,76 +319,3 @@ def _optimise(batch: _Batch, c: torch.Tensor, keep: torch.Tensor, path: Path, ba
                 "exp_avg": st["exp_avg"], "exp_avg_sq": st["exp_avg_sq"],
             })  # fmt: skip
     return (delta * keep).detach()
-
-
-def _grid(images: dict[str, np.ndarray], prompts: list[str], path: Path, n: int = 8) -> None:
-    from ..sampling.grid import save_grid
-
-    n = min(n, len(prompts))
-    tiles = [images[row][i] for row in images for i in range(n)]
-    labels = [f"{row}: {prompts[i]}" for row in images for i in range(n)]
-    save_grid(tiles, path, cols=n, labels=labels)
-
-
-@dataclass(frozen=True)
-class CeilingJob:
-    """`dice ceiling`: the model, the prompts, the sharpener to compare and the optimisation (``config``)."""
-
-    prompts: tuple[str, ...] = opt(
-        (), "prompts (default with the mini model: its held-out prompts)", positional=True
-    )
-    prompts_file: str | None = opt(
-        None, "text file (one prompt per line) or JSONL", flag="--prompts", metavar="FILE", path="file"
-    )
-    limit: int = opt(
-        32,
-        f"held-out prompts of the shapes world used when no prompts are given (mini model; {HELDOUT_SIZE}: all)",
-        min=1,
-        max=HELDOUT_SIZE,
-    )
-    out: str = opt(
-        "ceiling",
-        "output folder: ceiling.json, ceiling.md, grid.png, edits/ (re-run to resume)",
-        path="out_dir",
-    )
-    model: str | None = model_option()
-    sharpener: str | None = opt(None, "sharpener to compare (default with the mini model: the shipped one)")
-    device: str | None = device_option()
-    dtype: str | None = dtype_option(training=True)
-    config: CeilingConfig = opt(help="the optimisation", factory=CeilingConfig)
-
-
-def run_ceiling(job: CeilingJob) -> CeilingReport:
-    """``dice ceiling``: load the model (and sharpener), pick the prompts, run :func:`ceiling`."""
-    from ..sampling.prompts import collect_prompts
-
-    name = default_sharpener(job.model, job.sharpener)
-    sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: a bad path fails fast
-    specs = None
-    if job.prompts or job.prompts_file:
-        prompts, seeds = collect_prompts(job.prompts, job.prompts_file), job.config.seed
-    elif is_mini(job.model):
-        from ..world import heldout_set
-
-        if not 1 <= job.limit <= HELDOUT_SIZE:
-            raise InputError(
-                f"--limit must be 1 to {HELDOUT_SIZE}, the held-out set's size (got {job.limit})."
-            )
-        items = heldout_set(job.limit)
-        prompts, seeds, specs = (
-            [it.prompt for it in items],
-            [it.seed for it in items],
-            [it.spec for it in items],
-        )
-    else:
-        raise InputError(
-            "dice ceiling needs prompts for this model: pass them as arguments or --prompts FILE."
-        )
-    check_ceiling_folder(
-        Path(job.out), run_record(job.config, prompts, seed_list(seeds, len(prompts)))
-    )  # before the model loads
-    device = resolve_device(job.device)
-    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device, training=True), device=device)
-    return ceiling(
-        pipe, prompts, output_dir=job.out, config=job.config, sharpener=sharp, seeds=seeds, specs=specs
-    )
