@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runs.io import atomic_write
+from ..runs.io import atomic_write, read_jsonl
 from ..runs.parallel import Parallel
 from ..sampling.generate import generate
 from ..sampling.methods import Method
@@ -132,7 +132,9 @@ def ensure_images(
 
     count = 0
     if par.main:
-        _end_with_newline(folder / "meta.jsonl")  # a line cut by a kill stays one damaged line, skipped when read
+        _end_with_newline(
+            folder / "meta.jsonl"
+        )  # a line cut by a kill stays one damaged line, skipped when read
     for records in gathered(par, made(), len(missing), batch_size):
         with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
             meta.writelines(json.dumps(r) + "\n" for r in records)
@@ -200,21 +202,7 @@ def fast_paths(folder: Path, n: int) -> str | None:
 def read_meta(path: Path, *, warn: bool = True) -> list[dict[str, Any]]:
     """The whole records of a row's meta.jsonl; blank lines are skipped, and damaged ones (a write cut short, bad
     UTF-8, a record without its index) with one warning giving the count."""
-    out, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = None
-        if isinstance(rec, dict) and isinstance(rec.get("index"), int):
-            out.append(rec)
-        else:
-            bad += 1
-    if bad and warn:
-        log.warning("%s: skipped %d damaged line(s) (a write cut short?)", path, bad)
-    return out
+    return [rec for _, rec in read_jsonl(path, lambda rec: isinstance(rec.get("index"), int), warn=warn)]
 
 
 def seconds_per_image(folder: Path, n: int) -> float | None:

@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..errors import CheckpointWriteError, InputError
 from .guards import LOCK_NAME
-from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
+from .io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors, read_jsonl
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
@@ -115,21 +115,7 @@ def append_stats(run_dir: str | Path, record: dict[str, Any]) -> None:
 def _stats_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(line, record) of each whole record of a stats.jsonl; a damaged line (a write cut short by a kill) is
     skipped with a warning."""
-    out, bad = [], 0
-    for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not ln.strip():
-            continue
-        try:
-            rec = json.loads(ln)
-        except ValueError:
-            rec = None
-        if isinstance(rec, dict):
-            out.append((ln, rec))
-        else:
-            bad += 1
-    if bad:
-        log.warning("%s: skipped %d damaged line(s) (a write cut short?)", path, bad)
-    return out
+    return read_jsonl(path)
 
 
 def truncate_stats(run_dir: Path, step: int) -> None:

@@ -115,7 +115,9 @@ class FiniteGuard:
     while the steps between checks queue on the device without waiting for each other's loss."""
 
     def __init__(self) -> None:
-        self.first: Any = None  # (step, loss) of the first non-finite loss as device tensors; step -1: none yet
+        self.first: Any = (
+            None  # (step, loss) of the first non-finite loss as device tensors; step -1: none yet
+        )
 
     def add(self, loss: Any, step: int) -> None:
         import torch

@@ -8,6 +8,7 @@ Nothing here pickles; tensors go through safetensors. And the rule of every comm
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -98,3 +101,26 @@ def check_own_files(folder: str | os.PathLike, names: Sequence[str], *, command:
             f"{folder} holds {', '.join(found)}, not written by `dice {command}`: {it} would be replaced. "
             f"Use another --out folder, or move {it} away."
         )
+
+
+def read_jsonl(
+    path: Path, keep: Callable[[dict[str, Any]], bool] = lambda rec: True, *, warn: bool = True
+) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each whole record of an append-only JSON-lines log that ``keep`` accepts. Blank lines
+    are skipped; damaged ones (a write cut short by a kill, bad UTF-8, not an object, refused by ``keep``) too,
+    with one warning giving their count (unless ``warn`` is False)."""
+    out, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict) and keep(rec):
+            out.append((line, rec))
+        else:
+            bad += 1
+    if bad and warn:
+        log.warning("%s: skipped %d damaged line(s) (a write cut short?)", path, bad)
+    return out
