@@ -1,5 +1,6 @@
-"""Shared test helpers: distillation settings, small checks and runners (imported: `from conftest import FAST`),
-and tiny random pipelines, built by the tests and saved to disk, then loaded through the real loading code."""
+"""Shared test helpers, imported by the tests (`from conftest import FAST`): distillation settings, small checks
+and runners; and tiny random pipelines, built by the tests and saved to disk, then loaded through the real
+loading code."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# ---- distillation settings for tests: a few steps of a small sharpener on the tiny pipelines ---------------------
+# ---- distillation settings: a few steps of a small sharpener on the tiny pipelines -------------------------
 FAST = dict(  # enough steps' worth of data for the held-out loss to fall (test_distill)
     batch_size=8,
     lr=2e-3,
@@ -76,7 +77,8 @@ def ckpt_step(run_dir) -> int:
 
 
 def one_line_error(capsys, code, *words) -> str:
-    """Assert that a `dice` call ended with exit 2 and one line `dice: error: ...` holding ``words``; return it."""
+    """Assert that a `dice` call ended with exit 2 and one line `dice: error: ...` holding ``words``; return
+    the line."""
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("dice: error:") and err.count("\n") == 1, err
     assert "Traceback" not in err and all(w in err for w in words), err
@@ -93,8 +95,8 @@ def dice_sample(model, out, *args) -> int:
 
 
 def image_folder_with_faults(root: Path, n_good: int, modes=("RGB",), bad: int = 0) -> Path:
-    """An image folder (metadata.jsonl): ``n_good`` readable images saved in ``modes`` in turn, ``bad`` unreadable
-    files (junk, a cut PNG) and one listed file that is missing."""
+    """An image folder (metadata.jsonl): ``n_good`` readable images saved in ``modes`` in turn, ``bad``
+    unreadable files (junk, a cut PNG) and one listed file that is missing."""
     import json
 
     import numpy as np
@@ -118,7 +120,7 @@ def image_folder_with_faults(root: Path, n_good: int, modes=("RGB",), bad: int =
     return root
 
 
-# ---- tiny random pipelines ---------------------------------------------------------------------------------------
+# ---- tiny random pipelines ---------------------------------------------------------------------------------
 WORDS = (
     "a",
     "red",

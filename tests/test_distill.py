@@ -1,14 +1,16 @@
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, ckpt_step, same_weights
+from conftest import FAST, FAST_FAULTS, ckpt_step, image_folder_with_faults, same_weights
 from PIL import Image
 
 from dicecfg import DistillConfig, Sharpener, distill
 from dicecfg.errors import InputError
 from dicecfg.runs.folder import read_stats
+from dicecfg.training.data import ImageCaptionFolder
 
 
 def _eval_losses(run_dir):
@@ -265,3 +267,26 @@ def test_finite_guard_keeps_the_first_diverged_step():
         guard.add(torch.tensor(value), step)
     with pytest.raises(TrainingDivergedError, match=r"Loss became inf at step 3; .*\(step 2\)"):
         guard.check(2, Path("run"))
+
+
+# ---- image folders with faults (docs/reliability.md) -------------------------------------------------------
+def test_images_without_captions_skipped_with_count(tmp_path, caplog):
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "0.txt").write_text("a red circle")
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        assert ImageCaptionFolder(tmp_path, 8).captions == ["a red circle"]
+    assert any("skipped 2 images without a caption" in r.getMessage() for r in caplog.records)
+
+
+def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog):
+    root = image_folder_with_faults(tmp_path / "imgs", 8, modes=("RGB", "RGBA", "L", "P", "LA"), bad=2)
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        folder = ImageCaptionFolder(root, 16)
+    assert len(folder) == 8 and any("skipped 3 unreadable" in r.getMessage() for r in caplog.records)
+    batch = folder.batch(list(range(8)))
+    assert batch.shape == (8, 3, 16, 16) and batch.min() >= -1 and batch.max() <= 1
+    cfg = DistillConfig(steps=2, **FAST_FAULTS)
+    distill(tiny_sd, None, config=cfg, images=root, output_dir=tmp_path / "run")  # trains on what is usable
+    with pytest.raises(InputError, match="none of its 3 captioned images can be read"):
+        ImageCaptionFolder(image_folder_with_faults(tmp_path / "allbad", 0, bad=2), 16)
