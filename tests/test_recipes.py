@@ -1,4 +1,4 @@
-"""The training recipes (issue 13): the block sharpener, loss weightings, the lr schedule, named recipes."""
+"""The training recipes (docs/recipes.md): the block sharpener, loss weightings, the lr schedule, named recipes."""
 
 import json
 import math
