@@ -170,7 +170,6 @@ def test_signal_checkpoints_exits_and_resumes_exactly(tiny_sd_dir, prompts, tmp_
 
 # ---- the same run again: settings, data and damaged files --------------------------------------------------
 TRAIN = ["--batch-size", "4", "--teacher-pool", "8", "--teacher-steps", "2", "--eval-pairs", "4"]
-
 TRAIN += ["--log-every", "1", "--eval-every", "0", "--checkpoint-every", "2", "--device", "cpu", "-q"]
 
 
