@@ -1,4 +1,6 @@
-"""Tiny random pipelines, built by the tests and saved to disk, then loaded through the real loading code."""
+"""Shared test helpers, imported by the tests (`from conftest import FAST`): distillation settings, small checks
+and runners; and tiny random pipelines, built by the tests and saved to disk, then loaded through the real
+loading code."""
 
 from __future__ import annotations
 
@@ -7,6 +9,118 @@ from pathlib import Path
 import pytest
 import torch
 
+# ---- distillation settings: a few steps of a small sharpener on the tiny pipelines -------------------------
+FAST = dict(  # enough steps' worth of data for the held-out loss to fall (test_distill)
+    batch_size=8,
+    lr=2e-3,
+    teacher_pool=16,
+    teacher_steps=3,
+    eval_pairs=8,
+    log_every=5,
+    eval_every=0,
+    checkpoint_every=10,
+    progress=False,
+)
+FAST_FAULTS = dict(  # smaller; every step logged, a checkpoint every 4: faults land between checkpoints
+    batch_size=4,
+    lr=2e-3,
+    teacher_pool=8,
+    teacher_steps=2,
+    eval_pairs=4,
+    log_every=1,
+    eval_every=0,
+    checkpoint_every=4,
+    progress=False,
+)
+FAST_FAMILY = dict(  # the SDXL and PixArt pipelines: a small sharpener (inner_dim 64, 4 heads)
+    batch_size=4,
+    lr=3e-3,
+    teacher_pool=8,
+    teacher_steps=2,
+    eval_pairs=4,
+    log_every=5,
+    eval_every=0,
+    checkpoint_every=5,
+    inner_dim=64,
+    heads=4,
+    progress=False,
+)
+FAST_RECIPE = dict(  # the recipes' options on top: no lr (each recipe has its own), a small sharpener
+    batch_size=4,
+    teacher_pool=8,
+    teacher_steps=2,
+    eval_pairs=4,
+    log_every=1,
+    eval_every=0,
+    checkpoint_every=5,
+    inner_dim=64,
+    heads=4,
+    progress=False,
+)
+
+
+def same_weights(a, b) -> bool:
+    """Whether two sharpeners hold bitwise the same tensors."""
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def ckpt_step(run_dir) -> int:
+    """The step recorded in a run folder's checkpoint."""
+    from safetensors import safe_open
+
+    from dicecfg.runs.folder import CHECKPOINT
+
+    with safe_open(str(Path(run_dir) / CHECKPOINT), framework="pt") as f:
+        return int(f.metadata()["step"])
+
+
+def one_line_error(capsys, code, *words) -> str:
+    """Assert that a `dice` call ended with exit 2 and one line `dice: error: ...` holding ``words``; return
+    the line."""
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dice: error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err and all(w in err for w in words), err
+    return err
+
+
+def dice_sample(model, out, *args) -> int:
+    """`dice sample ARGS` on the CPU, one step, quiet, in-process: its exit code."""
+    from dicecfg.cli import main
+
+    return main(
+        ["sample", *args, "--model", str(model), "--steps", "1", "--out", str(out), "--device", "cpu", "-q"]
+    )
+
+
+def image_folder_with_faults(root: Path, n_good: int, modes=("RGB",), bad: int = 0) -> Path:
+    """An image folder (metadata.jsonl): ``n_good`` readable images saved in ``modes`` in turn, ``bad``
+    unreadable files (junk, a cut PNG) and one listed file that is missing."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n_good):
+        arr = rng.integers(0, 255, (20, 24, 4), dtype=np.uint8)
+        img = Image.fromarray(arr, "RGBA")
+        mode = modes[i % len(modes)]
+        img = img.convert("RGB").convert("P") if mode == "P" else img.convert(mode)
+        img.save(root / f"{i}.png")
+        lines.append({"file_name": f"{i}.png", "text": "a red circle"})
+    for j in range(bad):
+        (root / f"bad{j}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(50)) if j % 2 else b"junk")
+        lines.append({"file_name": f"bad{j}.png", "text": "a blue square"})
+    lines.append({"file_name": "missing.png", "text": "a green triangle"})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+# ---- tiny random pipelines ---------------------------------------------------------------------------------
 WORDS = (
     "a",
     "red",
@@ -161,7 +275,7 @@ def prompts() -> list[str]:
     return list(PROMPTS)
 
 
-# ---- SDXL and PixArt-alpha (issue 5) ------------------------------------------------------------------------
+# ---- SDXL and PixArt-alpha ---------------------------------------------------------------------------------
 def _tiny_vae(blocks: int = 2):
     from diffusers import AutoencoderKL
 

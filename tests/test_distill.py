@@ -1,25 +1,16 @@
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
+from conftest import FAST, FAST_FAULTS, ckpt_step, image_folder_with_faults, same_weights
 from PIL import Image
 
 from dicecfg import DistillConfig, Sharpener, distill
 from dicecfg.errors import InputError
 from dicecfg.runs.folder import read_stats
-
-FAST = dict(
-    batch_size=8,
-    lr=2e-3,
-    teacher_pool=16,
-    teacher_steps=3,
-    eval_pairs=8,
-    log_every=5,
-    eval_every=0,
-    checkpoint_every=10,
-    progress=False,
-)
+from dicecfg.training.data import ImageCaptionFolder
 
 
 def _eval_losses(run_dir):
@@ -34,10 +25,7 @@ def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     assert last < 0.8 * first, (first, last)
     assert sharp.config["train_steps"] == 40 and sharp.config["guidance_scale"] == 5.0
     loaded = Sharpener.from_pretrained(tmp_path / "run")
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values(), strict=True)
-    )
+    assert same_weights(sharp, loaded)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["steps"] == 40 and "torch" in run["versions"]
     assert sharp.config["base_revision"] == run["base_revision"] == "unknown"  # a plain local folder
@@ -124,9 +112,7 @@ def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
     a = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "a")
     torch.manual_seed(456)
     b = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "b")
-    assert all(
-        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
-    )
+    assert same_weights(a, b)
 
 
 def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
@@ -213,7 +199,9 @@ def test_compiled_denoiser_trains_like_eager_and_may_be_toggled_on_resume(
     assert compiled.config["train_steps"] == 2
 
 
-def test_a_half_precision_denoiser_runs_in_its_own_dtype_inside_the_runs_autocast(tiny_sd_dir, prompts, tmp_path):
+def test_a_half_precision_denoiser_runs_in_its_own_dtype_inside_the_runs_autocast(
+    tiny_sd_dir, prompts, tmp_path
+):
     """With bf16 autocast on, a bf16 denoiser runs autocast-free (its own dtype: no float32 normalisations and
     their casts) while the sharpener keeps autocast; a float32 denoiser keeps autocast. The losses of the two
     bf16 runs agree to bf16 rounding."""
@@ -237,7 +225,9 @@ def test_a_half_precision_denoiser_runs_in_its_own_dtype_inside_the_runs_autocas
     ), losses
 
 
-def test_a_nan_loss_is_read_from_the_device_only_when_something_is_kept(tiny_sd, prompts, tmp_path, monkeypatch):
+def test_a_nan_loss_is_read_from_the_device_only_when_something_is_kept(
+    tiny_sd, prompts, tmp_path, monkeypatch
+):
     """The NaN / Inf check does not make the host wait for the device at every step (FiniteGuard): it is read
     when a step logs, evaluates or checkpoints, names the step whose loss diverged first, and the diverged update
     is never checkpointed."""
@@ -262,12 +252,7 @@ def test_a_nan_loss_is_read_from_the_device_only_when_something_is_kept(tiny_sd,
     with pytest.raises(TrainingDivergedError, match=r"nan at step 7; the last good checkpoint \(step 5\)"):
         distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
     assert reads == [0, 5]  # at steps 5 and 10 only, not at every step
-    from safetensors import safe_open
-
-    from dicecfg.runs.folder import CHECKPOINT
-
-    with safe_open(str(tmp_path / "run" / CHECKPOINT), framework="pt") as f:
-        assert int(f.metadata()["step"]) == 5  # the update of step 7 (and later) never reached a checkpoint
+    assert ckpt_step(tmp_path / "run") == 5  # the update of step 7 (and later) never reached a checkpoint
 
 
 def test_finite_guard_keeps_the_first_diverged_step():
@@ -282,3 +267,26 @@ def test_finite_guard_keeps_the_first_diverged_step():
         guard.add(torch.tensor(value), step)
     with pytest.raises(TrainingDivergedError, match=r"Loss became inf at step 3; .*\(step 2\)"):
         guard.check(2, Path("run"))
+
+
+# ---- image folders with faults (docs/reliability.md) -------------------------------------------------------
+def test_images_without_captions_skipped_with_count(tmp_path, caplog):
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "0.txt").write_text("a red circle")
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        assert ImageCaptionFolder(tmp_path, 8).captions == ["a red circle"]
+    assert any("skipped 2 images without a caption" in r.getMessage() for r in caplog.records)
+
+
+def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog):
+    root = image_folder_with_faults(tmp_path / "imgs", 8, modes=("RGB", "RGBA", "L", "P", "LA"), bad=2)
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        folder = ImageCaptionFolder(root, 16)
+    assert len(folder) == 8 and any("skipped 3 unreadable" in r.getMessage() for r in caplog.records)
+    batch = folder.batch(list(range(8)))
+    assert batch.shape == (8, 3, 16, 16) and batch.min() >= -1 and batch.max() <= 1
+    cfg = DistillConfig(steps=2, **FAST_FAULTS)
+    distill(tiny_sd, None, config=cfg, images=root, output_dir=tmp_path / "run")  # trains on what is usable
+    with pytest.raises(InputError, match="none of its 3 captioned images can be read"):
+        ImageCaptionFolder(image_folder_with_faults(tmp_path / "allbad", 0, bad=2), 16)

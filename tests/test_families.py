@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import random_sharpener
+from conftest import FAST_FAMILY, random_sharpener, same_weights
 
 from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline, sharpen
 from dicecfg.errors import InputError, SharpenerMismatchError
@@ -17,19 +17,6 @@ EXPECT = {
     "sdxl": dict(dim=64, tokens=77, copy_first=True),
     "pixart": dict(dim=32, tokens=120, copy_first=False),
 }
-FAST = dict(
-    batch_size=4,
-    lr=3e-3,
-    teacher_pool=8,
-    teacher_steps=2,
-    eval_pairs=4,
-    log_every=5,
-    eval_every=0,
-    checkpoint_every=5,
-    inner_dim=64,
-    heads=4,
-    progress=False,
-)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -155,7 +142,7 @@ def test_sdxl_negative_is_encoded_empty_prompt_and_flag_untouched(sdxl, prompts,
     assert torch.equal(kwargs["negative_pooled_prompt_embeds"][1], empty.extras["pooled"][0])
     sharpen(sdxl, random_sharpener(sdxl), P)
     _images(sdxl, "cfg")
-    distill(sdxl, prompts, config=DistillConfig(steps=1, **FAST), output_dir=tmp_path / "run")
+    distill(sdxl, prompts, config=DistillConfig(steps=1, **FAST_FAMILY), output_dir=tmp_path / "run")
     assert sdxl.config.force_zeros_for_empty_prompt is True
 
 
@@ -165,7 +152,7 @@ def test_distill_lowers_heldout_loss_and_round_trips(family, mask_mode, request,
     # a tiny random DiT gives erratic CFG targets at w=5; w=2 keeps the test about the loop, not about chaos
     recipe = dict(lr=5e-3) if family == "sdxl" else dict(lr=1e-3, guidance_scale=2.0)
     cfg = DistillConfig(
-        steps=40, mask_mode=mask_mode, loss="l2", **{**FAST, **recipe}
+        steps=40, mask_mode=mask_mode, loss="l2", **{**FAST_FAMILY, **recipe}
     )  # l2: the paper's SDXL loss
     sharp = distill(pipe, prompts, config=cfg, output_dir=tmp_path / "run")
     losses = [r["eval_loss"] for r in read_stats(tmp_path / "run") if "eval_loss" in r]
@@ -173,16 +160,13 @@ def test_distill_lowers_heldout_loss_and_round_trips(family, mask_mode, request,
     loaded = Sharpener.from_pretrained(tmp_path / "run")
     assert loaded.config["family"] == family and loaded.config["mask_mode"] == mask_mode
     assert loaded.config["copy_first_token"] == EXPECT[family]["copy_first"]
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(sharp.state_dict().values(), loaded.state_dict().values(), strict=True)
-    )
+    assert same_weights(sharp, loaded)
     assert np.array_equal(_images(pipe, "dice", sharpener=sharp), _images(pipe, "dice", sharpener=loaded))
 
 
 def test_training_with_negative_prompts_resumes_exactly(sdxl, prompts, tmp_path):
     negs = ("a blue square", "a green circle")
-    fast = {**FAST, "checkpoint_every": 3}
+    fast = {**FAST_FAMILY, "checkpoint_every": 3}
     cfg = DistillConfig(steps=6, negative_prompts=negs, negative_prob=0.5, **fast)
     # distill() draws the sharpener's initial weights from the global generator: start both runs alike
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
-"""Hostile values for every flag of every `dice` command (issue 16): each ends with exit code 0 or 2, never a
-traceback, and changes no file that was in the working directory before. The commands come from
+"""Hostile values for every flag of every `dice` command (docs/reliability.md): each ends with exit code 0 or
+2, never a traceback, and changes no file that was in the working directory before. The commands come from
 ``cli.COMMANDS`` and their flags from the commands' dataclasses, so a command or a flag added later is driven
 too. Every run points ``--model`` at a folder that does not exist (or takes the hostile value itself): a value
 that passes every check fails there, fast, instead of starting work; a run that still goes on past

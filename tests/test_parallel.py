@@ -1,4 +1,4 @@
-"""Data-parallel distillation (issue 7): 2 CPU processes (gloo) with gradient accumulation equal 1 process with
+"""Data-parallel distillation (docs/parallel.md): 2 CPU processes (gloo) with gradient accumulation equal 1 process with
 the same global batch. One 2-process run (its start-up dominates the time) covers both: batch 1 x 2 processes x
 grad_accum 3 = batch 6, three different factors, so a slice taken with the wrong one fails."""
 
@@ -59,7 +59,7 @@ def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, promp
     assert not (run / "run.lock").exists()
 
 
-# ---- sampling and evaluation in several processes (issue 23) ---------------------------------------------------
+# ---- sampling and evaluation in several processes (`dice sample` and `dice eval` with --gpus N) ------------
 def _dice(*args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "dicecfg.cli", "-q", *args], capture_output=True, text=True, timeout=180

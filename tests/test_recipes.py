@@ -1,4 +1,4 @@
-"""The training recipes (issue 13): the block sharpener, loss weightings, the lr schedule, named recipes."""
+"""The training recipes (docs/recipes.md): the block sharpener, loss weightings, the lr schedule, named recipes."""
 
 import json
 import math
@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_RECIPE
 
 from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline
 from dicecfg.cli import build_parser
@@ -15,19 +16,6 @@ from dicecfg.runs.folder import read_stats
 from dicecfg.training.config import LATER_OPTIONS, RECIPES, lr_at, recipe_config
 from dicecfg.training.job import TrainJob
 from dicecfg.training.objective import sample_loss, x0_weight
-
-TINY = dict(
-    batch_size=4,
-    teacher_pool=8,
-    teacher_steps=2,
-    eval_pairs=4,
-    log_every=1,
-    eval_every=0,
-    checkpoint_every=5,
-    inner_dim=64,
-    heads=4,
-    progress=False,
-)
 
 
 def test_lr_schedule_warmup_and_cosine():
@@ -116,7 +104,7 @@ def test_x0_weight_is_the_error_of_the_implied_x0():
 
 def test_relative_loss_is_one_for_the_untrained_sharpener(tiny_sd, prompts, tmp_path):
     # before the first update the student is the unguided model: it misses all of CFG's correction
-    cfg = DistillConfig(steps=1, loss_weighting="relative", **TINY)
+    cfg = DistillConfig(steps=1, loss_weighting="relative", **FAST_RECIPE)
     distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
     first = next(r for r in read_stats(tmp_path / "run") if "loss" in r)
     assert first["loss"] == pytest.approx(1.0, abs=1e-5)
@@ -125,7 +113,7 @@ def test_relative_loss_is_one_for_the_untrained_sharpener(tiny_sd, prompts, tmp_
 @pytest.mark.parametrize("family", ["sd", "sdxl", "pixart"])
 def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompts, tmp_path):
     pipe = load_pipeline(request.getfixturevalue(f"tiny_{family}_dir"))
-    cfg = recipe_config("dicecfg", steps=6, lr=3e-3, loss_weighting="x0", **TINY)
+    cfg = recipe_config("dicecfg", steps=6, lr=3e-3, loss_weighting="x0", **FAST_RECIPE)
     sharp = distill(pipe, prompts, config=cfg, output_dir=tmp_path / "run")
     stats = read_stats(tmp_path / "run")
     assert [r["step"] for r in stats if "loss" in r] == list(range(1, 7))
@@ -156,7 +144,7 @@ def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts
 
 
 def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_path):
-    cfg = dict(TINY, lr=2e-3, eval_every=2)
+    cfg = dict(FAST_RECIPE, lr=2e-3, eval_every=2)
     distill(tiny_sd, prompts, config=DistillConfig(steps=2, **cfg), output_dir=tmp_path / "a")
     tuned = DistillConfig(steps=2, init_from=str(tmp_path / "a"), **cfg)
     distill(tiny_sd, prompts, config=tuned, output_dir=tmp_path / "b")
@@ -178,7 +166,7 @@ def test_init_from_a_sharpener_of_another_model_says_so(tiny_sd, tiny_pixart_dir
     from conftest import random_sharpener
 
     random_sharpener(load_pipeline(tiny_pixart_dir)).save_pretrained(tmp_path / "pixart")
-    cfg = DistillConfig(steps=1, init_from=str(tmp_path / "pixart"), **TINY)
+    cfg = DistillConfig(steps=1, init_from=str(tmp_path / "pixart"), **FAST_RECIPE)
     with pytest.raises(InputError, match="trained for another model") as err:
         distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "run")
     msg = str(err.value)

@@ -1,9 +1,14 @@
+import json
+import logging
+
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_FAULTS, dice_sample, one_line_error
 
-from dicecfg import Sharpener, generate, sharpen
-from dicecfg.errors import InputError
+from dicecfg import DistillConfig, Sharpener, distill, generate, sharpen
+from dicecfg.cli import main
+from dicecfg.errors import InputError, OutOfMemoryError
 
 STEPS = 4
 P = [
@@ -214,3 +219,141 @@ def test_long_prompts_are_counted_in_bounded_chunks(tiny_sd, monkeypatch):
     )  # the exact count, repeats included
     assert max(map(len, batches)) <= 3  # one call with every prompt before: 5.5 GB for 1M prompts
     assert sorted(p for b in batches for p in b) == sorted([*long, edge])  # the short ones skipped
+
+
+# ---- bad input and faults (docs/reliability.md) ------------------------------------------------------------
+LONG = " ".join(["red circle"] * 60)  # 120 words: past CLIP's 77 tokens
+
+
+def _no_pipeline_call(monkeypatch, pipe, exc=None):
+    def call(self, *a, **k):
+        raise exc or AssertionError("the pipeline must not run")
+
+    monkeypatch.setattr(type(pipe), "__call__", call)
+
+
+def test_long_prompts_warn_once_with_count(tiny_sd, caplog):
+    prompts = [LONG, "a red circle", LONG + " square"]
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        list(generate(tiny_sd, prompts, method="cfg", num_inference_steps=1, batch_size=1, progress=False))
+    ours = [r for r in caplog.records if r.name.startswith("dicecfg")]  # diffusers warns per batch on its own
+    hits = [r.getMessage() for r in ours if "truncated" in r.getMessage()]
+    assert len(hits) == 1 and hits[0].startswith("2 of 3 prompts") and "77 tokens" in hits[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        sharpen(tiny_sd, Sharpener(32, inner_dim=64, heads=4), ["a red circle"])
+    assert not [r for r in caplog.records if r.name.startswith("dicecfg") and "truncated" in r.getMessage()]
+
+
+def test_long_negative_prompts_are_counted_apart(tiny_sd, caplog):
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        list(generate(tiny_sd, ["a", "b"], method="cfg", negative_prompt=LONG, num_inference_steps=1,
+                      progress=False))  # fmt: skip
+    ours = [r for r in caplog.records if r.name.startswith("dicecfg")]  # diffusers warns per batch on its own
+    hits = [r.getMessage() for r in ours if "truncated" in r.getMessage()]
+    assert len(hits) == 1 and hits[0].startswith("2 of 2 negative prompts"), hits
+
+
+def test_prompt_files_blank_lines_and_jsonl_fields(tmp_path):
+    from dicecfg.sampling.prompts import load_prompts
+
+    (tmp_path / "p.txt").write_text("\n  a red circle \n\n\t\na blue square\n")
+    assert load_prompts(tmp_path / "p.txt") == ["a red circle", "a blue square"]
+    (tmp_path / "p.jsonl").write_text('{"text": "a"}\n\n{"prompt": "b"}\n{"label": "c"}\n')
+    with pytest.raises(InputError, match=r"p.jsonl:4: no caption field"):
+        load_prompts(tmp_path / "p.jsonl")
+    (tmp_path / "bad.txt").write_bytes(b"a red circle\nblue \xff\xfe square\n")
+    with pytest.raises(InputError, match=r"bad.txt:2: not valid UTF-8"):
+        load_prompts(tmp_path / "bad.txt")
+
+
+def test_invalid_size_refused_before_work(tiny_sd, monkeypatch):
+    _no_pipeline_call(monkeypatch, tiny_sd)
+    for kw in (dict(height=20), dict(width=-8), dict(height=0)):
+        with pytest.raises(InputError, match="multiple of 8"):
+            list(generate(tiny_sd, ["a red circle"], method="unguided", progress=False, **kw))
+    with pytest.raises(InputError, match="num_inference_steps"):
+        list(generate(tiny_sd, ["a"], method="unguided", num_inference_steps=0, progress=False))
+
+
+def test_alpha_out_of_range_warns(tiny_sd, caplog):
+    sharp = Sharpener(32, inner_dim=64, heads=4)
+    for alpha in (-1.0, 5.0):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dicecfg"):
+            list(
+                generate(tiny_sd, ["a"], sharpener=sharp, alpha=alpha, num_inference_steps=1, progress=False)
+            )
+        assert any("outside the usual range" in r.getMessage() for r in caplog.records), alpha
+    with pytest.raises(InputError, match="finite"):
+        sharpen(tiny_sd, sharp, ["a"], alpha=float("nan"))
+
+
+def test_out_of_memory_suggests_smaller_batch(tiny_sd_dir, tiny_sd, monkeypatch, capsys):
+    _no_pipeline_call(monkeypatch, tiny_sd, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    with pytest.raises(OutOfMemoryError, match="batch of 2 images.*smaller --batch-size"):
+        list(generate(tiny_sd, ["a", "b", "c"], method="cfg", batch_size=2, progress=False))
+    code = main(["sample", "a", "--model", str(tiny_sd_dir), "--method", "cfg", "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--batch-size" in err and err.count("\n") == 1
+
+
+def test_memory_is_estimated_before_work(tiny_sd_dir, tiny_sd, tmp_path, monkeypatch, capsys):
+    import dicecfg.sampling.checks as checks
+
+    _no_pipeline_call(monkeypatch, tiny_sd)
+    with pytest.raises(InputError, match=r"needs at least .* GiB"):
+        list(generate(tiny_sd, ["a"], method="unguided", height=65536, width=65536, progress=False))
+    monkeypatch.setattr(checks, "available_memory", lambda device: 2**20)  # 1 MiB free: 64 images need more
+    with pytest.raises(InputError, match=r"Sampling 64 image\(s\).*smaller --batch-size"):
+        list(generate(tiny_sd, ["a"] * 100, method="unguided", batch_size=64, progress=False))
+    monkeypatch.setattr(checks, "available_memory", lambda device: 2**10)  # 1 KiB: not even x_0 and noise
+    with pytest.raises(InputError, match="Training with this batch size"):
+        distill(tiny_sd, ["a"], config=DistillConfig(steps=1, **FAST_FAULTS), output_dir=tmp_path / "never")
+    monkeypatch.undo()
+    code = dice_sample(
+        tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--height", "65536", "--width", "65536"
+    )
+    one_line_error(capsys, code, "GiB")
+
+
+def test_sample_into_a_folder_with_samples_keeps_them(tiny_sd_dir, tmp_path):
+    out = tmp_path / "samples"
+    assert dice_sample(tiny_sd_dir, out, "a red circle", "--method", "unguided") == 0
+    first = (out / "0000_unguided_seed0.png").read_bytes()
+    assert dice_sample(tiny_sd_dir, out, "a blue square", "a red circle", "--method", "cfg") == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["0000_unguided_seed0.png", "0001_cfg_seed0.png", "0002_cfg_seed1.png"]
+    assert (out / "0000_unguided_seed0.png").read_bytes() == first
+    records = [json.loads(ln) for ln in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == names  # every image described, in order
+    assert [r["prompt"] for r in records] == ["a red circle", "a blue square", "a red circle"]
+
+
+def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
+    tiny_sd_dir, tiny_sd, tmp_path, capsys, monkeypatch
+):
+    from dicecfg.evaluation.images import Row
+    from dicecfg.sampling.methods import CFG
+
+    (s,) = generate(tiny_sd, ["a"], method="cfg", guidance_scale=1.0, num_inference_steps=2, progress=False)
+    assert s.nfe == 2 and s.params == {"guidance_scale": 1.0, "start": 0.0, "stop": 1.0}
+    assert Row(CFG(1.0), 20).nfe == 20 and Row(CFG(5.0), 20).nfe == 40
+    assert dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", "1") == 0
+    assert json.loads((tmp_path / "s" / "samples.jsonl").read_text())["nfe"] == 1
+    monkeypatch.setattr("dicecfg.sampling.job.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    for w in ("0.5", "nan", "inf"):
+        code = dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", w)
+        one_line_error(capsys, code, "guidance")
+    for scales in (["1", "nan"], ["0"]):
+        one_line_error(capsys, main(["eval", "--cfg-scales", *scales, "--model", str(tiny_sd_dir), "-q"]))
+    with pytest.raises(InputError, match="below 1"):
+        list(generate(tiny_sd, ["a"], method="cfg", guidance_scale=0.5, progress=False))
+
+
+def test_options_the_method_ignores_get_a_notice(tiny_sd_dir, tmp_path, capsys, caplog):
+    code = dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--sharpener", "/does/not/exist")
+    one_line_error(capsys, code, "does not exist")
+    with caplog.at_level(logging.WARNING, logger="dicecfg"):
+        assert dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--alpha", "3") == 0
+    assert any("--method cfg ignores --alpha" in r.getMessage() for r in caplog.records)

@@ -25,7 +25,7 @@ def test_shipped_pair_loads_offline_and_fits(pair):
     pipe, sharp = pair
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.dtype.is_floating_point
     assert check_compatible(pipe, sharp).name == "sd" and sharp.config["train_steps"] > 0
-    assert sharp.config["arch"] == "block"  # the dicecfg recipe's network (issue 13)
+    assert sharp.config["arch"] == "block"  # the dicecfg recipe's network (docs/recipes.md)
     assert load_pipeline("mini").unet.config == pipe.unet.config
     sizes = [
         p.stat().st_size
