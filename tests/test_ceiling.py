@@ -95,7 +95,9 @@ def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
     assert all(0 <= r["all"] <= 1 for r in rows)
     assert "held-out loss" in capsys.readouterr().out
     assert main(["-q", "ceiling", "--limit", "0", "--out", str(tmp_path / "x")]) == 2
-    assert main(["-q", "ceiling", "--limit", "1000000000", "--out", str(tmp_path / "x")]) == 2  # > 512 prompts
+    assert (
+        main(["-q", "ceiling", "--limit", "1000000000", "--out", str(tmp_path / "x")]) == 2
+    )  # > 512 prompts
     assert "must be <= 512" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 

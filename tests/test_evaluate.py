@@ -309,7 +309,9 @@ def test_analyze_never_replaces_a_users_own_files(tiny_sd_dir, sharp_dir, tmp_pa
     code = main(["-q", "analyze", "a red circle", "--model", str(tiny_sd_dir), "--sharpener", str(sharp_dir),
                  "--device", "cpu", "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "analysis.md" in err and "not written by `dice analyze`" in err
+    assert (
+        code == 2 and err.count("\n") == 1 and "analysis.md" in err and "not written by `dice analyze`" in err
+    )
     assert (out / "analysis.md").read_text() == "my own notes\n" and not (out / "analysis.json").exists()
 
 
@@ -347,7 +349,7 @@ def test_inception_weights_are_read_safely(tmp_path, monkeypatch):
 
 
 def test_plots_need_no_extra_install():
-    """matplotlib is a plain dependency, so `dice eval` draws its plot after `pip install -e .` (issue 18)."""
+    """matplotlib is a plain dependency, so `dice eval` draws its plot after `pip install -e .`."""
     from importlib.metadata import requires
 
     from dicecfg.evaluation.report import pyplot

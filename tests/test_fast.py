@@ -238,7 +238,7 @@ def test_bench_compiled_columns(cheap_compile, tiny_sd_dir):
     assert "| compile |" in bench_table([row])
 
 
-# ---- fast="auto", the default of the long jobs (issue 23) ----------------------------------------------------
+# ---- fast="auto", the default of the long jobs -------------------------------------------------------------
 def test_auto_is_eager_on_cpu_silently(tiny_sd, caplog):
     fastmod._noticed.clear()
     with caplog.at_level(logging.INFO, logger="dicecfg.sampling.fast"):

@@ -181,7 +181,9 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
             sharpen()
         times: dict[str, list[float]] = {k: [] for k in [*variants, "sharpener"]}
         order = list(variants.items())
-        for r in range(cfg.repeats):  # interleaved, so drift (clocks, heat) hits every variant alike; the order
+        for r in range(
+            cfg.repeats
+        ):  # interleaved, so drift (clocks, heat) hits every variant alike; the order
             for name, (method, fast) in order if r % 2 == 0 else order[::-1]:  # turns, so no variant always
                 times[name].append(timer(lambda m=method, f=fast: run(m, f)))  # follows the same other one
             times["sharpener"].append(timer(sharpen))
