@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -189,7 +190,8 @@ def test_no_torchvision_notices_from_python(tiny_sd_dir):
         f"import logging, warnings; from dicecfg import load_pipeline; load_pipeline({where!r}); "
         "logging.getLogger('mine').warning('my own warning'); warnings.warn('my own UserWarning')"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # CI sets it to "ignore"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert "requires torchvision" not in res.stderr  # the command line hid them, Python did not
     assert "my own warning" in res.stderr and "my own UserWarning" in res.stderr  # the caller's still show
