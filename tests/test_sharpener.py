@@ -102,7 +102,9 @@ def test_only_the_hub_clients_errors_read_as_no_such_sharpener(monkeypatch):
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # CI sets HF_HUB_OFFLINE=1; this is the online case
+    monkeypatch.setattr(
+        constants, "HF_HUB_OFFLINE", False
+    )  # CI sets HF_HUB_OFFLINE=1; this is the online case
 
     def fails_with(err):
         def snapshot_download(*args, **kwargs):
