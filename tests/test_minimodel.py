@@ -68,7 +68,7 @@ def test_default_config_fits_budget(tokenizer):
 
 
 # ---------------------------------------------------------------- stages on a tiny run
-def _fake_make_dataset(n, seed, *, workers=1):
+def _fake_make_dataset(n, seed, *, workers=1, world="shapes"):
     """Stand-in for dicecfg.world.data.make_dataset while it does not exist: coloured squares."""
     rng = np.random.default_rng(seed)
     images = np.full((n, 64, 64, 3), 255, np.uint8)

@@ -11,44 +11,49 @@ import multiprocessing
 
 import numpy as np
 
-from .captions import caption_spec
-from .heldout import is_heldout
-from .render import render
-from .scenes import Scene, sample_scene
+from .worlds import DEFAULT_WORLD, World, get_world
 
 log = logging.getLogger(__name__)
 CHUNK = 2048
 
 
-def sample_training_scenes(n: int, seed: int, chunk: int = 0) -> tuple[list[Scene], list[str]]:
-    """``n`` scenes outside the held-out combinations and one caption each, from generator ``[seed, chunk]``."""
+def sample_training_scenes(
+    n: int, seed: int, chunk: int = 0, world: str | World = DEFAULT_WORLD
+) -> tuple[list, list[str]]:
+    """``n`` scenes of ``world`` outside its held-out combinations and one caption each, from generator
+    ``[seed, chunk]``."""
+    w = get_world(world)
     rng = np.random.default_rng([seed, chunk])
-    scenes: list[Scene] = []
+    scenes: list = []
     captions: list[str] = []
     while len(scenes) < n:
-        scene = sample_scene(rng)
-        if is_heldout(scene):
+        scene = w.sample_scene(rng)
+        if w.is_heldout(scene):
             continue
         scenes.append(scene)
-        captions.append(caption_spec(scene, rng)[0])
+        captions.append(w.caption_spec(scene, rng)[0])
     return scenes, captions
 
 
-def _make_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
-    n, seed, chunk = args
-    scenes, captions = sample_training_scenes(n, seed, chunk)
-    return render(scenes), captions
+def _make_chunk(args: tuple[int, int, int, str]) -> tuple[np.ndarray, list[str]]:
+    n, seed, chunk, world = args
+    scenes, captions = sample_training_scenes(n, seed, chunk, world)
+    return get_world(world).render(scenes), captions
 
 
-def make_dataset(n: int, seed: int, *, workers: int = 1) -> tuple[np.ndarray, list[str]]:
-    """``n`` rendered uint8 images (N, 64, 64, 3) and one caption each; deterministic in ``(n, seed)``.
+def make_dataset(
+    n: int, seed: int, *, workers: int = 1, world: str = DEFAULT_WORLD
+) -> tuple[np.ndarray, list[str]]:
+    """``n`` rendered uint8 images (N, H, W, 3) of ``world`` and one caption each; deterministic in
+    ``(n, seed, world)``.
 
     ``workers > 1`` spreads the chunks over a spawn-based process pool (safe on every platform; call it
     under ``if __name__ == "__main__":`` in scripts).
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
-    tasks = [(min(CHUNK, n - start), seed, k) for k, start in enumerate(range(0, n, CHUNK))]
+    res = get_world(world).resolution
+    tasks = [(min(CHUNK, n - start), seed, k, world) for k, start in enumerate(range(0, n, CHUNK))]
     if workers > 1 and len(tasks) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(min(workers, len(tasks))) as pool:
@@ -57,7 +62,7 @@ def make_dataset(n: int, seed: int, *, workers: int = 1) -> tuple[np.ndarray, li
         parts = [_make_chunk(t) for t in tasks]
     log.info("made %d captioned images (seed %d) in %d chunks", n, seed, len(tasks))
     if not parts:
-        return np.zeros((0, 64, 64, 3), dtype=np.uint8), []
+        return np.zeros((0, res, res, 3), dtype=np.uint8), []
     images = np.concatenate([p[0] for p in parts], axis=0)
     captions = [c for p in parts for c in p[1]]
     return images, captions

@@ -57,12 +57,14 @@ class EvalItem:
     seed: int
 
 
-def _pick_subset(options: list, k: int, rng: np.random.Generator) -> tuple:
+def pick_subset(options: list, k: int, rng: np.random.Generator) -> tuple:
+    """``k`` of ``options`` drawn without replacement from one raw double each (shared by the worlds)."""
     keys = rng.random(len(options))
     return tuple(options[i] for i in np.argsort(keys, kind="stable")[:k])  # in random order
 
 
-def _all_pairs() -> list[PairKey]:
+def all_pairs() -> list[PairKey]:
+    """Every canonical pair combination (shape0, colour0, shape1, colour1, "left of" | "above")."""
     return [
         (s0, c0, s1, c1, rel)
         for s0, c0, s1, c1, rel in itertools.product(SHAPES, COLOURS, SHAPES, COLOURS, ("left of", "above"))
@@ -71,21 +73,23 @@ def _all_pairs() -> list[PairKey]:
 
 
 _rng = np.random.default_rng(HELDOUT_SEED)
-HELDOUT_PAIRS: tuple[PairKey, ...] = _pick_subset(_all_pairs(), N_PAIRS, _rng)
-HELDOUT_SINGLES: tuple[SingleKey, ...] = _pick_subset(
+HELDOUT_PAIRS: tuple[PairKey, ...] = pick_subset(all_pairs(), N_PAIRS, _rng)
+HELDOUT_SINGLES: tuple[SingleKey, ...] = pick_subset(
     list(itertools.product(SHAPES, COLOURS, SIZES)), N_SINGLES, _rng
 )
 del _rng
 _PAIR_SET, _SINGLE_SET = frozenset(HELDOUT_PAIRS), frozenset(HELDOUT_SINGLES)
 
 
-def _canonical(s0, c0, s1, c1, relation: str) -> PairKey:
+def canonical(s0, c0, s1, c1, relation: str) -> PairKey:
+    """The pair's identity with "right of" / "below" rewritten as "left of" / "above", objects swapped."""
     if relation in ("right of", "below"):
         return (s1, c1, s0, c0, INVERSE_RELATION[relation])
     return (s0, c0, s1, c1, relation)
 
 
-def _fits(key: tuple, stated: tuple) -> bool:
+def fits(key: tuple, stated: tuple) -> bool:
+    """Whether a combination agrees with every stated (non-None) attribute."""
     return all(v is None or v == k for k, v in zip(key, stated, strict=True))
 
 
@@ -98,14 +102,14 @@ def is_heldout(scene_or_spec: Scene | Spec) -> bool:
     objs, relation = scene_or_spec.objects, scene_or_spec.relation
     if len(objs) == 1:
         o = objs[0]
-        return any(_fits(k, (o.shape, o.colour, o.size)) for k in _SINGLE_SET)
+        return any(fits(k, (o.shape, o.colour, o.size)) for k in _SINGLE_SET)
     if len(objs) != 2 or relation is None:
         return False
     a, b = objs
-    stated = _canonical(a.shape, a.colour, b.shape, b.colour, relation)
+    stated = canonical(a.shape, a.colour, b.shape, b.colour, relation)
     if None not in stated:
         return stated in _PAIR_SET
-    return any(_fits(k, stated) for k in _PAIR_SET)
+    return any(fits(k, stated) for k in _PAIR_SET)
 
 
 def _item(i: int) -> EvalItem:

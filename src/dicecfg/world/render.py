@@ -19,7 +19,7 @@ _WIN = np.arange(_WINDOW)
 _WIN_CENTRES = _WIN.astype(np.float32) + 0.5
 
 
-def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+def sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Signed distance (pixels) to a shape of half extent ``r`` centred at the origin."""
     ax, ay = np.abs(dx), np.abs(dy)
     if shape == "circle":
@@ -61,7 +61,7 @@ def render(scenes: Sequence[Scene]) -> np.ndarray:
                 continue
             dx = (ox[m, None] + _WIN_CENTRES[None, :] - cx[m, None])[:, None, :]
             dy = (oy[m, None] + _WIN_CENTRES[None, :] - cy[m, None])[:, :, None]
-            cov = np.clip(0.5 - _sdf(shape, dx, dy, r[m, None, None]), 0.0, 1.0)[..., None]
+            cov = np.clip(0.5 - sdf(shape, dx, dy, r[m, None, None]), 0.0, 1.0)[..., None]
             ii = idx[m, None, None]
             yy = oy[m, None, None] + _WIN[None, :, None]
             xx = ox[m, None, None] + _WIN[None, None, :]

@@ -70,29 +70,39 @@ def pick(rng: np.random.Generator, options: Sequence[T]) -> T:
     return options[min(int(rng.random() * len(options)), len(options) - 1)]
 
 
-def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """One uniform draw in [lo, hi) from one raw double."""
     return lo + (hi - lo) * float(rng.random())
 
 
-def _centre_range(size: str) -> tuple[float, float]:
-    """Pixel range of a centre that keeps the shape one pixel inside the image."""
-    r = HALF_EXTENT_PX[size]
-    return r + 1.0, RESOLUTION - 1.0 - r
+def centre_range(r: float, resolution: int = RESOLUTION) -> tuple[float, float]:
+    """Pixel range of the centre of a shape of half extent ``r`` that keeps it one pixel inside the image."""
+    return r + 1.0, resolution - 1.0 - r
 
 
-def _place_pair(rng: np.random.Generator, size0: str, size1: str, relation: str) -> tuple[float, ...]:
-    """Pixel centres (x0, y0, x1, y1) with ``relation`` of object 0 to object 1 clearly true."""
-    lo0, hi0 = _centre_range(size0)
-    lo1, hi1 = _centre_range(size1)
-    min_sep = HALF_EXTENT_PX[size0] + HALF_EXTENT_PX[size1] + GAP_PX
+def place_pair(
+    rng: np.random.Generator,
+    r0: float,
+    r1: float,
+    relation: str,
+    *,
+    resolution: int = RESOLUTION,
+    gap: float = GAP_PX,
+) -> tuple[float, ...]:
+    """Pixel centres (x0, y0, x1, y1) of shapes of half extents ``r0``, ``r1`` with ``relation`` of object 0
+    to object 1 clearly true: at least ``gap`` px apart along the relation's axis, at most ``MAX_OFF_AXIS``
+    as far off it. Shared by the worlds."""
+    lo0, hi0 = centre_range(r0, resolution)
+    lo1, hi1 = centre_range(r1, resolution)
+    min_sep = r0 + r1 + gap
     sign = -1.0 if relation in ("left of", "above") else 1.0  # sign of (object 0 - object 1) on the axis
     while True:
-        a0, a1 = _uniform(rng, lo0, hi0), _uniform(rng, lo1, hi1)
+        a0, a1 = uniform(rng, lo0, hi0), uniform(rng, lo1, hi1)
         if sign * (a0 - a1) >= min_sep:
             break
     d = abs(a0 - a1) * MAX_OFF_AXIS
-    b1 = _uniform(rng, lo1, hi1)
-    b0 = _uniform(rng, max(lo0, b1 - d), min(hi0, b1 + d))
+    b1 = uniform(rng, lo1, hi1)
+    b0 = uniform(rng, max(lo0, b1 - d), min(hi0, b1 + d))
     if relation in ("left of", "right of"):
         return a0, b0, a1, b1
     return b0, a0, b1, a1
@@ -125,14 +135,14 @@ def place_scene(
     """Place given (shape, colour, size) objects at random valid positions so that ``relation`` holds."""
     if len(objects) == 1:
         shape, colour, size = objects[0]
-        lo, hi = _centre_range(size)
-        x, y = _uniform(rng, lo, hi), _uniform(rng, lo, hi)
+        lo, hi = centre_range(HALF_EXTENT_PX[size])
+        x, y = uniform(rng, lo, hi), uniform(rng, lo, hi)
         scene = Scene((Obj(shape, colour, size, x / RESOLUTION, y / RESOLUTION),), background, None)
     else:
         (s0, c0, z0), (s1, c1, z1) = objects
         if relation not in RELATIONS:
             raise ValueError(f"two objects need a relation from {RELATIONS}, got {relation!r}")
-        x0, y0, x1, y1 = _place_pair(rng, z0, z1, relation)
+        x0, y0, x1, y1 = place_pair(rng, HALF_EXTENT_PX[z0], HALF_EXTENT_PX[z1], relation)
         scene = Scene(
             (
                 Obj(s0, c0, z0, x0 / RESOLUTION, y0 / RESOLUTION),
