@@ -31,7 +31,7 @@ def test_relation_changes_exactly_the_two_roles():
 
 
 def test_empty_prompt_and_single_object():
-    assert torch.equal(code(""), torch.zeros(mt.N_TARGETS, dtype=torch.long))
+    assert torch.equal(code(""), torch.zeros(mt.SHAPES_CODE.n_targets, dtype=torch.long))
     one = code("a big green triangle")
     assert sorted(mt.ROLES[int(r)] for r in one[: 3 * 7 : 3]).count("only") == 1
     assert int(one[-1]) == 0  # background not said

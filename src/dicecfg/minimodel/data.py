@@ -33,6 +33,7 @@ def render_shards(
     seed: int,
     workers: int,
     deadline: float | None = None,
+    world: str = "shapes",
 ) -> Iterator[dict]:
     """Render missing shards (``images_KKK.npy`` + ``captions_KKK.json``, and ``*_eval``); yield one row each.
 
@@ -52,7 +53,8 @@ def render_shards(
             log.info("data: time limit reached; re-run to continue")
             return
         t = time.monotonic()
-        images, captions = make_dataset(n, 1_000_000 * (seed + 1) + 1000 * k, workers=workers)
+        kw = {"world": world} if world != "shapes" else {}  # the shapes world's shards as before
+        images, captions = make_dataset(n, 1_000_000 * (seed + 1) + 1000 * k, workers=workers, **kw)
         atomic_write_json(data / f"captions_{name}.json", list(captions))
         _save_npy(data / f"images_{name}.npy", np.asarray(images, dtype=np.uint8))
         yield {"shard": name, "n": n, "seconds": time.monotonic() - t}

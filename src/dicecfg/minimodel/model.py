@@ -28,7 +28,9 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
 EOW = "</w>"
 WEIGHT_FILE_LIMIT = 16 * 2**20  # bytes, per weight file
-WEIGHT_TOTAL_LIMIT = 25 * 2**20  # bytes, all shipped weights
+WEIGHT_TOTAL_LIMIT = 25 * 2**20  # bytes, all weights of one mini model
+PACKAGE_WEIGHT_LIMIT = 40 * 2**20  # bytes, every weight file the package ships (both models, sharpeners)
+WORLD_FILE = "dicecfg_world.json"  # {"world": name} in a mini-model folder: which world's oracle reads it
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -140,6 +142,9 @@ class MiniConfig:
 
 PRESETS = {
     "default": MiniConfig(),
+    # the shapes-fine model: within the package's budget beside the first (a shallower text encoder with a
+    # narrower FFN, one layer per UNet block)
+    "fine": MiniConfig(text_layers=3, text_ffn=512, unet_layers=1),
     "tiny": MiniConfig(
         text_hidden=32,
         text_layers=1,
@@ -244,11 +249,15 @@ def assemble_pipeline(text_encoder, tokenizer, unet, vae, scheduler) -> StableDi
     )
 
 
-def save_pipeline(pipe: StableDiffusionPipeline, out_dir: str | Path, dtype=torch.float16) -> Path:
-    """Save with weights stored in ``dtype`` (fp16 keeps the budget); loads in fp32 via ``torch_dtype``."""
+def save_pipeline(
+    pipe: StableDiffusionPipeline, out_dir: str | Path, dtype=torch.float16, world: str = "shapes"
+) -> Path:
+    """Save with weights stored in ``dtype`` (fp16 keeps the budget); loads in fp32 via ``torch_dtype``.
+    ``WORLD_FILE`` records the world it was trained on."""
     pipe.to(dtype=dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     write_bpe_files(pipe.tokenizer, Path(out_dir) / "tokenizer")
+    (Path(out_dir) / WORLD_FILE).write_text(json.dumps({"world": world}) + "\n", encoding="utf-8")
     check_budget(out_dir)
     return Path(out_dir)
 

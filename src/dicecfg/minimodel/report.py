@@ -13,6 +13,16 @@ from dicecfg.minimodel import model as mm
 from dicecfg.runs.folder import read_stats
 from dicecfg.runs.io import atomic_write_text
 
+EXAMPLE_PROMPTS = {
+    "shapes": "a small red circle to the left of a blue square",
+    "shapes-fine": "a hollow red circle to the left of a blue square with vertical stripes and two dots",
+}
+WORLD_BLURBS = {
+    "shapes": "one or two coloured shapes, their sizes, a relation, a background",
+    "shapes-fine": "the shapes world plus each object's pattern (solid, hollow, horizontal or vertical stripes) "
+    "and a count of small dots, attributes settled late in sampling",
+}
+
 
 def _version(run: dict, package: str) -> str:
     """A package version recorded in a stage's run json (runs written before the shared record kept them at
@@ -50,6 +60,8 @@ def write_model_card(out: str | Path) -> Path:
     wall = data_s + sum(r.get("elapsed_s") or 0 for r in (text, vae, unet))
     cfg = runs.get("unet", {}).get("config", {})
     tcfg = runs.get("text", {}).get("config", {})
+    world = cfg.get("world", "shapes")
+    prompt = EXAMPLE_PROMPTS[world]
     vae_steps = f"reused from `{vae['source']}`" if vae.get("source") else f"{_fmt(vae.get('step'))} steps"
     lines = [
         "---",
@@ -57,11 +69,12 @@ def write_model_card(out: str | Path) -> Path:
         "pipeline_tag: text-to-image",
         "license: apache-2.0",
         "---",
-        "# dicecfg mini model (shapes world)",
+        f"# dicecfg mini model ({world} world)",
         "",
         "A small `StableDiffusionPipeline` trained from scratch by `dicecfg.minimodel.train` on procedurally",
-        "rendered 64x64 captioned scenes of the shapes world. The text encoder (CLIPTextModel) is pre-trained",
-        "to parse captions into a canonical scene code (which colour is where, its shape and size; see",
+        f"rendered 64x64 captioned scenes of the {world} world ({WORLD_BLURBS[world]}; docs/world.md).",
+        "The text encoder (CLIPTextModel) is pre-trained",
+        "to parse captions into a canonical scene code (which colour is where, its shape, size and the rest; see",
         "`dicecfg/minimodel/text.py`), then frozen; the UNet is trained on it with"
         f" {cfg.get('caption_dropout', 'n/a')} caption dropout",
         "to the empty prompt, so classifier-free guidance works with the stock pipeline.",
@@ -94,8 +107,13 @@ def write_model_card(out: str | Path) -> Path:
         fields.append(
             (
                 f"held-out oracle accuracy ({ev['n']} prompts, {ev['steps']} steps)",
-                f"CFG w={ev['guidance']}: {ev['cfg']:.3f}, unguided: {ev['unguided']:.3f} (relation: "
-                f"{_fmt(ev.get('cfg_relation'), '.3f')}, {_fmt(ev.get('unguided_relation'), '.3f')})",
+                f"CFG w={ev['guidance']}: {ev['cfg']:.3f}, unguided: {ev['unguided']:.3f} ("
+                + ", ".join(
+                    f"{k}: {ev[f'cfg_{k}']:.3f} / {ev[f'unguided_{k}']:.3f}"
+                    for k in ("relation", "pattern", "dots")
+                    if f"cfg_{k}" in ev
+                )
+                + ")",
             )
         )
     lines.append(markdown(["field", "value"], fields))
@@ -106,7 +124,7 @@ def write_model_card(out: str | Path) -> Path:
         "from diffusers import StableDiffusionPipeline",
         "",
         'pipe = StableDiffusionPipeline.from_pretrained("<this folder>", torch_dtype=torch.float32)',
-        'image = pipe("a small red circle to the left of a blue square", num_inference_steps=20).images[0]',
+        f'image = pipe("{prompt}", num_inference_steps=20).images[0]',
         "```",
         "",
     ]
@@ -119,21 +137,22 @@ def quick_eval(
     steps: int = 20,
     device: str = "cpu",
     guidance: float = 5.0,
+    world: str = "shapes",
     batch: int = 16,
 ) -> dict[str, float]:
-    """Oracle all-correct accuracy on ``n`` held-out prompts: CFG (w=guidance) vs unguided (w=1).
+    """Oracle all-correct accuracy on ``n`` held-out prompts of ``world``: CFG (w=guidance) vs unguided (w=1).
 
     One ``torch.Generator`` per image, seeded from the held-out item, so results do not depend on batch.
     """
     from diffusers import StableDiffusionPipeline
 
     from dicecfg.sampling.generate import generators
-    from dicecfg.world.heldout import heldout_set
-    from dicecfg.world.oracle import Oracle
+    from dicecfg.world.worlds import get_world
 
     pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
-    items, oracle, result = heldout_set()[:n], Oracle(), {}
+    the_world = get_world(world)
+    items, oracle, result = the_world.heldout_set(n), the_world.oracle(), {}
     for name, w in (("cfg", guidance), ("unguided", 1.0)):
         images = []
         for i in range(0, len(items), batch):
@@ -149,6 +168,8 @@ def quick_eval(
             images.append((out * 255).round().astype(np.uint8))
         scores = oracle.score(np.concatenate(images), [it.spec for it in items])
         result[name] = float(np.mean(scores["all"]))
-        result[f"{name}_relation"] = float(np.mean(scores["relation"]))
+        for key in oracle.keys:
+            if key != "all":
+                result[f"{name}_{key}"] = float(np.mean(scores[key]))
     result["gap"] = result["cfg"] - result["unguided"]
     return result

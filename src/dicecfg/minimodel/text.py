@@ -16,53 +16,99 @@ dropout) has its own code: everything absent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..world.captions import Spec, parse
 from ..world.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES
+from ..world.worlds import DEFAULT_WORLD, get_world
 
 ROLES = ("absent", "only", "left", "right", "top", "bottom")
 _ROLE_OF = {"left of": ("left", "right"), "right of": ("right", "left"), "above": ("top", "bottom")}
 _ROLE_OF["below"] = ("bottom", "top")
-# per colour: role, shape (0 = none), size (0 = not said); then the background (0 = not said)
-FIELDS = (("role", len(ROLES)), ("shape", 1 + len(SHAPES)), ("size", 1 + len(SIZES)))
-N_TARGETS = len(COLOURS) * len(FIELDS) + 1
-N_LOGITS = len(COLOURS) * sum(n for _, n in FIELDS) + 1 + len(BACKGROUNDS)
 
 
-def spec_code(spec: Spec) -> np.ndarray:
-    """The canonical code of a caption's spec: ``N_TARGETS`` class indices (see the module doc)."""
-    code = np.zeros((len(COLOURS), len(FIELDS)), dtype=np.int64)
-    roles = ("only",) if len(spec.objects) == 1 else _ROLE_OF[spec.relation]
-    for obj, role in zip(spec.objects, roles, strict=True):
-        if obj.colour is None or obj.shape is None:
-            raise ValueError(f"pre-training captions name every object's colour and shape, got {spec}")
-        size = 0 if obj.size is None else 1 + SIZES.index(obj.size)
-        code[COLOURS.index(obj.colour)] = (ROLES.index(role), 1 + SHAPES.index(obj.shape), size)
-    bg = 0 if spec.background is None else 1 + BACKGROUNDS.index(spec.background)
-    return np.concatenate([code.reshape(-1), [bg]])
+@dataclass(frozen=True)
+class SceneCode:
+    """A world's canonical code: per palette colour its role (``ROLES``) and one class per object field
+    (0 = no such object / not said, else 1 + the value's index), then one class per scene field (0 = not
+    said). The shapes world's: (role, shape, size) per colour, then the background; shapes-fine adds each
+    object's pattern and the number of dots."""
+
+    world: str
+    object_fields: tuple[tuple[str, tuple], ...]  # (attribute of an object spec, its values)
+    scene_fields: tuple[tuple[str, tuple], ...]  # (attribute of a spec, its values)
+
+    @property
+    def class_sizes(self) -> list[int]:
+        """Number of classes of each target, in code order."""
+        per_colour = [len(ROLES)] + [1 + len(v) for _, v in self.object_fields]
+        return per_colour * len(COLOURS) + [1 + len(v) for _, v in self.scene_fields]
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.class_sizes)
+
+    def of_spec(self, spec) -> np.ndarray:
+        """The code of a caption's spec: ``n_targets`` class indices."""
+        code = np.zeros((len(COLOURS), 1 + len(self.object_fields)), dtype=np.int64)
+        roles = ("only",) if len(spec.objects) == 1 else _ROLE_OF[spec.relation]
+        for obj, role in zip(spec.objects, roles, strict=True):
+            if obj.colour is None or obj.shape is None:
+                raise ValueError(f"pre-training captions name every object's colour and shape, got {spec}")
+            fields = [
+                0 if getattr(obj, k) is None else 1 + v.index(getattr(obj, k)) for k, v in self.object_fields
+            ]
+            code[COLOURS.index(obj.colour)] = (ROLES.index(role), *fields)
+        scene = [
+            0 if getattr(spec, k) is None else 1 + v.index(getattr(spec, k)) for k, v in self.scene_fields
+        ]
+        return np.concatenate([code.reshape(-1), scene])
+
+    def of_captions(self, captions: list[str]) -> torch.Tensor:
+        """(N, n_targets) codes of captions of the world's grammar; the empty caption: all absent."""
+        parse = get_world(self.world).parse
+        empty = np.zeros(self.n_targets, dtype=np.int64)
+        return torch.from_numpy(np.stack([self.of_spec(parse(c)) if c else empty for c in captions]))
 
 
-def caption_codes(captions: list[str]) -> torch.Tensor:
-    """(N, N_TARGETS) codes of captions of the grammar; the empty caption gets the all-absent code."""
-    empty = np.zeros(N_TARGETS, dtype=np.int64)
-    return torch.from_numpy(np.stack([spec_code(parse(c)) if c else empty for c in captions]))
+def _fine_code() -> SceneCode:
+    from ..world.fine.scenes import DOT_COUNTS, PATTERNS
+
+    objects = (("shape", SHAPES), ("size", SIZES), ("pattern", PATTERNS))
+    return SceneCode("shapes-fine", objects, (("background", BACKGROUNDS), ("dots", DOT_COUNTS)))
+
+
+CODES = {
+    "shapes": SceneCode("shapes", (("shape", SHAPES), ("size", SIZES)), (("background", BACKGROUNDS),)),
+    "shapes-fine": _fine_code(),
+}
+SHAPES_CODE = CODES[DEFAULT_WORLD]
+
+
+def spec_code(spec, code: SceneCode = SHAPES_CODE) -> np.ndarray:
+    """The canonical code of a caption's spec (see :class:`SceneCode`)."""
+    return code.of_spec(spec)
+
+
+def caption_codes(captions: list[str], code: SceneCode = SHAPES_CODE) -> torch.Tensor:
+    """(N, n_targets) codes of captions; the empty caption gets the all-absent code."""
+    return code.of_captions(captions)
 
 
 class ParseHead(torch.nn.Module):
     """Linear heads from one hidden state to the code's logits (used in pre-training only; not shipped)."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, code: SceneCode = SHAPES_CODE):
         super().__init__()
-        self.proj = torch.nn.Linear(hidden, N_LOGITS)
+        self.sizes = code.class_sizes
+        self.proj = torch.nn.Linear(hidden, sum(self.sizes))
 
     def forward(self, states: torch.Tensor) -> list[torch.Tensor]:
         """(..., hidden) -> one (..., classes) logit tensor per target, in code order."""
-        logits = self.proj(states)
-        sizes = [n for _ in COLOURS for _, n in FIELDS] + [1 + len(BACKGROUNDS)]
-        return list(logits.split(sizes, dim=-1))
+        return list(self.proj(states).split(self.sizes, dim=-1))
 
 
 def tail_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -85,15 +131,21 @@ def parse_loss(
     return loss, exact.float().mean()
 
 
-def heldout_exact(text_encoder, tokenizer, head: ParseHead, device: torch.device, n: int = 512) -> float:
-    """Share of held-out prompts (unseen attribute combinations) whose code is read exactly at the
-    end-of-text token and at every padding position."""
-    from ..world.heldout import heldout_set
+def heldout_exact(
+    text_encoder,
+    tokenizer,
+    head: ParseHead,
+    device: torch.device,
+    n: int = 512,
+    code: SceneCode = SHAPES_CODE,
+) -> float:
+    """Share of the world's held-out prompts (unseen attribute combinations) whose code is read exactly at
+    the end-of-text token and at every padding position."""
     from . import model as mm
 
-    prompts = [it.prompt for it in heldout_set(n)]
+    prompts = [it.prompt for it in get_world(code.world).heldout_set(n)]
     ids = mm.tokenize(tokenizer, prompts).to(device)
-    codes = caption_codes(prompts).to(device)
+    codes = code.of_captions(prompts).to(device)
     with torch.no_grad():
         states = text_encoder(ids)[0].float()
         mask = tail_mask(ids, tokenizer.eos_token_id)
@@ -113,13 +165,12 @@ _FLIP = {
 }
 
 
-def flipped(caption: str) -> str | None:
+def flipped(caption: str, world: str = DEFAULT_WORLD) -> str | None:
     """The caption with its relation reversed ("left" <-> "right", ...), or None if that caption is of a
-    held-out combination (never shown in training) or has no relation."""
-    from ..world.heldout import is_heldout
-
-    flip = " ".join(_FLIP.get(w, w) for w in caption.split())
-    return None if flip == caption or is_heldout(parse(flip)) else flip
+    held-out combination of ``world`` (never shown in training) or has no relation."""
+    w = get_world(world)
+    flip = " ".join(_FLIP.get(word, word) for word in caption.split())
+    return None if flip == caption or w.is_heldout(w.parse(flip)) else flip
 
 
 def relation_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,17 +210,19 @@ def pretraining_loss(text_encoder, head: ParseHead, data: dict[str, torch.Tensor
     return loss_fn
 
 
-def pretraining_data(tokenizer, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+def pretraining_data(
+    tokenizer, captions: list[str], device: torch.device, code: SceneCode = SHAPES_CODE
+) -> dict[str, torch.Tensor]:
     """Token ids and codes of ``[""] + captions`` and of their relation-reversed twins."""
     from . import model as mm
 
     captions = ["", *captions]
-    flips = [flipped(c) if c else None for c in captions]
+    flips = [flipped(c, code.world) if c else None for c in captions]
     twins = [f or c for c, f in zip(captions, flips, strict=True)]
     return {
         "ids": mm.tokenize(tokenizer, captions).to(device),
-        "codes": caption_codes(captions).to(device),
+        "codes": code.of_captions(captions).to(device),
         "flip_ids": mm.tokenize(tokenizer, twins).to(device),
-        "flip_codes": caption_codes(twins).to(device),
+        "flip_codes": code.of_captions(twins).to(device),
         "has_flip": torch.tensor([f is not None for f in flips], dtype=torch.float32, device=device),
     }

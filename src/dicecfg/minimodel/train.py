@@ -42,7 +42,8 @@ class MiniTrainConfig(Checked):
     out: str = opt(help="run directory (scratch data, checkpoints, final pipeline/)")
     device: str = opt("auto", '"auto" = cuda if available')
     seed: int = opt(0, "base seed of every stage")
-    preset: str = opt("default", "model sizes, a key of model.PRESETS")
+    world: str = opt("shapes", "the world to train on: shapes or shapes-fine (dicecfg.world.worlds)")
+    preset: str = opt("default", "model sizes, a key of model.PRESETS (shapes-fine ships with 'fine')")
     progress: bool = opt(True, "tqdm progress bars")
     max_minutes: float = opt(8.5, "each command checkpoints and stops before this wall time")
     ckpt_every: int = opt(1000, "checkpoint period (steps)")
@@ -64,6 +65,7 @@ class MiniTrainConfig(Checked):
     vae_batch: int = opt(256, "images per VAE step")
     vae_lr: float = opt(1e-3, "VAE AdamW peak learning rate")
     vae_from: str = opt("", "a trained AutoencoderKL folder to reuse instead of training one")
+    vae_init: str = opt("", "a trained AutoencoderKL folder to start from, then trained --vae-steps more")
     kl_weight: float = opt(1e-6, "weight of the KL term (keeps latents near N(0, s^2))")
     edge_weight: float = opt(0.5, "L1 on image gradients: sharp edges without a GAN")
     # unet (the pre-trained text encoder frozen)
@@ -110,7 +112,7 @@ def stage_data(cfg: MiniTrainConfig) -> Path:
     out, _, deadline = _start(cfg, "data")
     workers = cfg.workers or os.cpu_count() or 1
     for row in render_shards(
-        out / "data", cfg.n_images, cfg.shard_size, cfg.n_eval, cfg.seed, workers, deadline
+        out / "data", cfg.n_images, cfg.shard_size, cfg.n_eval, cfg.seed, workers, deadline, cfg.world
     ):
         append_stats(out, {"stage": "data", **row})
     return out / "data"
@@ -120,15 +122,17 @@ def stage_data(cfg: MiniTrainConfig) -> Path:
 def stage_text(cfg: MiniTrainConfig) -> Path:
     """Pre-train the CLIPTextModel to parse captions into the canonical scene code (``minimodel.text``)."""
     from dicecfg.minimodel import text as mt
-    from dicecfg.world.captions import VOCAB
     from dicecfg.world.data import sample_training_scenes
+    from dicecfg.world.worlds import get_world
 
     out, device, deadline = _start(cfg, "text")
-    tokenizer = mm.build_tokenizer(VOCAB, out / "tokenizer")
-    data = mt.pretraining_data(tokenizer, sample_training_scenes(cfg.text_captions, cfg.seed + 1)[1], device)
+    tokenizer = mm.build_tokenizer(get_world(cfg.world).vocab, out / "tokenizer")
+    code = mt.CODES[cfg.world]
+    captions = sample_training_scenes(cfg.text_captions, cfg.seed + 1, world=cfg.world)[1]
+    data = mt.pretraining_data(tokenizer, captions, device, code)
     mcfg = mm.PRESETS[cfg.preset]
     text_encoder = mm.make_text_encoder(mcfg, tokenizer).to(device)
-    head = mt.ParseHead(mcfg.text_hidden).to(device)
+    head = mt.ParseHead(mcfg.text_hidden, code).to(device)
     loss_fn = mt.pretraining_loss(text_encoder, head, data, cfg, tokenizer.eos_token_id)
     loop = _loop(cfg, deadline, cfg.text_steps, cfg.text_lr, warmup=cfg.warmup, weight_decay=0.01)
     modules = {"text_encoder": text_encoder, "head": head}
@@ -136,7 +140,7 @@ def stage_text(cfg: MiniTrainConfig) -> Path:
     if not meta["finished"]:
         return out / "text"
     text_encoder.eval()
-    exact = mt.heldout_exact(text_encoder, tokenizer, head, device)
+    exact = mt.heldout_exact(text_encoder, tokenizer, head, device, code=code)
     text_encoder.save_pretrained(out / "text" / "final")
     append_stats(
         out,
@@ -192,7 +196,12 @@ def stage_vae(cfg: MiniTrainConfig) -> Path:
         return _reuse_vae(cfg, out, device)
     images = torch.from_numpy(load_data(out)[0]).to(device)
     mcfg = mm.PRESETS[cfg.preset]
-    vae = mm.make_vae(mcfg).to(device)
+    vae = mm.make_vae(mcfg)
+    if cfg.vae_init:  # fine-tune a trained VAE (same sizes) rather than start from random weights
+        from diffusers import AutoencoderKL
+
+        vae.load_state_dict(AutoencoderKL.from_pretrained(cfg.vae_init).float().state_dict())
+    vae = vae.to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
@@ -301,7 +310,7 @@ def stage_assemble(cfg: MiniTrainConfig) -> Path:
     unet.load_state_dict(final_weights(out / "unet", "unet"))
     vae = AutoencoderKL.from_pretrained(out / "vae" / "final")
     pipe = mm.assemble_pipeline(text_encoder, tokenizer, unet, vae, mm.make_scheduler())
-    mm.save_pipeline(pipe, out / "pipeline")
+    mm.save_pipeline(pipe, out / "pipeline", world=cfg.world)
     write_model_card(out)
     return out / "pipeline"
 
@@ -310,7 +319,7 @@ def stage_eval(cfg: MiniTrainConfig) -> dict[str, float]:
     """quick_eval on the assembled pipeline; appends to stats.jsonl and refreshes the model card."""
     out, device, _ = _start(cfg, "eval")
     t = time.monotonic()
-    res = quick_eval(out / "pipeline", cfg.eval_n, cfg.eval_steps, str(device), cfg.eval_guidance)
+    res = quick_eval(out / "pipeline", cfg.eval_n, cfg.eval_steps, str(device), cfg.eval_guidance, cfg.world)
     row = {
         "n": cfg.eval_n,
         "steps": cfg.eval_steps,

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Train the shapes-fine mini model on one lent GPU, in two calls of under 10 minutes on one warm machine
+# (repository root; wheels of diffusers and importlib_metadata in .whl; the run folder stays on the machine).
+#
+#   CALL=1 bash benchmarks/second_world/gpu_train.sh   # data || text encoder; the VAE (from the first model's);
+#                                                      # the UNet until the call's time is up
+#   CALL=2 bash benchmarks/second_world/gpu_train.sh   # the UNet until the time is up; assemble; quick eval
+#
+# Every stage resumes when run again with the same RUN. What comes back in $OUT: logs.tar (the logs, stats.jsonl,
+# the stages' run_*.json), the text encoder and VAE (so a lost machine costs only the UNet), VAE reconstructions of
+# the held-out renders (recon.npz: the oracle's ceiling on this VAE, scored on a CPU), and after CALL=2 the
+# assembled fp16 pipeline (pipeline.tar) and 64 held-out images with CFG and unguided (quick.npz).
+set -uo pipefail
+RUN=${RUN:-/tmp/fine-run}
+CALL=${CALL:?CALL=1 or CALL=2}
+LIMIT=${LIMIT:-565}  # seconds this call may use before the last steps (assemble, copies)
+t0=$(date +%s)
+left_min() { python3 -c "print(max(0.5, ($LIMIT - ($(date +%s) - $t0)) / 60))"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+T="python3 -m dicecfg.minimodel.train"
+C="--out $RUN --world shapes-fine --preset fine --no-progress"
+L=/tmp/logs
+mkdir -p "$OUT" $L
+if [ "$CALL" = 1 ]; then
+  $T data $C --workers 14 --max-minutes 4 > "$L/data.log" 2>&1 &
+  DATA=$!
+  $T text $C --device cuda --max-minutes 4 > "$L/text.log" 2>&1
+  wait $DATA
+  echo "data + text done at $(( $(date +%s) - t0 )) s"; grep -E "held-out|Error" "$L/text.log" | tail -3
+  $T vae $C --device cuda --vae-init src/dicecfg/assets/mini-model/vae --vae-steps 3000 --max-minutes 3 > "$L/vae.log" 2>&1
+  echo "vae done at $(( $(date +%s) - t0 )) s"; grep -E "PSNR|Error" "$L/vae.log" | tail -3
+  python3 - "$RUN" "$OUT/recon.npz" <<'PY'
+import sys, numpy as np, torch
+from pathlib import Path
+from diffusers import AutoencoderKL
+from dicecfg.minimodel.data import load_data, to_float
+run = Path(sys.argv[1])
+vae = AutoencoderKL.from_pretrained(run / "vae" / "final").float().cuda().eval()
+x = torch.from_numpy(load_data(run, "eval")[0][:1024]).cuda()
+with torch.no_grad():
+    rec = torch.cat([vae(to_float(b)).sample for b in x.split(256)])
+rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+caps = load_data(run, "eval", images=False)[1][:1024]
+np.savez_compressed(sys.argv[2], recon=rec, original=x.cpu().numpy(), captions=np.array(caps))
+print("recon saved", rec.shape)
+PY
+fi
+$T unet $C --device cuda --max-minutes "$(left_min)" > "$L/unet_call$CALL.log" 2>&1
+echo "unet stopped at $(( $(date +%s) - t0 )) s"; grep -E "Error|Traceback" "$L/unet_call$CALL.log" | tail -3
+if [ "$CALL" = 2 ]; then
+  $T assemble $C --device cpu > "$L/assemble.log" 2>&1 && tar -C "$RUN" -cf "$OUT/pipeline.tar" pipeline
+  python3 - "$RUN/pipeline" "$OUT/quick.npz" <<'PY'
+import sys, numpy as np
+from dicecfg import generate, load_pipeline
+from dicecfg.sampling.methods import CFG, Unguided
+from dicecfg.world.fine import heldout_set
+pipe = load_pipeline(sys.argv[1], device="cuda", dtype="float32")
+items = heldout_set(64)
+out = {}
+for name, m in (("cfg", CFG(guidance_scale=5.0)), ("unguided", Unguided())):
+    out[name] = np.stack([s.image for s in generate(pipe, [i.prompt for i in items], method=m,
+                          seeds=[i.seed for i in items], batch_size=64, progress=False)])
+np.savez_compressed(sys.argv[2], prompts=np.array([i.prompt for i in items]), **out)
+print("quick samples saved")
+PY
+fi
+cp "$RUN"/stats.jsonl "$RUN"/run_*.json $L/ 2>/dev/null
+tar -C /tmp -cf "$OUT/logs.tar" logs
+tar -C "$RUN" -cf "$OUT/text_vae.tar" text/final vae/final tokenizer 2>/dev/null
+python3 - "$RUN" <<'PY'
+import json, sys
+from pathlib import Path
+rows = [json.loads(l) for l in (Path(sys.argv[1]) / "stats.jsonl").read_text().splitlines() if l.strip()]
+for r in rows:
+    if r.get("event") in ("done", "end") or (r.get("stage") == "unet" and r.get("step", 0) % 1000 == 0 and "loss" in r):
+        print({k: r[k] for k in r if k in ("stage", "event", "step", "loss", "psnr_eval", "heldout_exact", "elapsed_s", "it_s")})
+PY
+echo "call $CALL done at $(( $(date +%s) - t0 )) s"
