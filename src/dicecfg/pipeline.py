@@ -14,7 +14,6 @@ import torch
 
 from .errors import InputError, ModelNotFoundError, hub_failure
 from .flags import opt
-from .sharpener import DEFAULT_NAME as SHIPPED_SHARPENER
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "mini"
@@ -22,23 +21,38 @@ UNKNOWN_REVISION = "unknown"  # recorded when a model's revision cannot be known
 SNAPSHOT = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")  # a hub-cache snapshot folder
 
 
+def shipped_name(name_or_path: str | os.PathLike | None) -> str | None:
+    """The shipped model a model argument names (``None`` = the default ``"mini"``, or ``"mini-fine"``), else
+    None."""
+    from .assets import MODELS
+
+    if name_or_path is None:
+        return DEFAULT_MODEL
+    return str(name_or_path) if str(name_or_path) in MODELS else None
+
+
 def is_mini(name_or_path: str | os.PathLike | None) -> bool:
-    """Whether a model argument means the shipped mini model (``None``, the default, or ``"mini"``)."""
-    return name_or_path is None or str(name_or_path) == DEFAULT_MODEL
+    """Whether a model argument means a shipped mini model (``None``, the default, ``"mini"`` or
+    ``"mini-fine"``)."""
+    return shipped_name(name_or_path) is not None
 
 
 def default_sharpener(model: str | None, sharpener: str | None) -> str | None:
-    """The sharpener to use with ``model``: the one given, else the shipped one when ``model`` is the shipped
-    mini model; None when there is none (the caller says which option is missing)."""
-    return sharpener or (SHIPPED_SHARPENER if is_mini(model) else None)
+    """The sharpener to use with ``model``: the one given, else the one shipped for ``model`` when it is a
+    shipped mini model that has one; None when there is none (the caller says which option is missing)."""
+    from .assets import has_shipped_sharpener
+
+    name = shipped_name(model)
+    return sharpener or (name if name and has_shipped_sharpener(name) else None)
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
-    """``None`` or ``"mini"`` -> the shipped mini model's folder; anything else unchanged."""
-    if is_mini(name_or_path):
+    """A shipped model's name (``None``, ``"mini"``, ``"mini-fine"``) -> its folder; anything else unchanged."""
+    name = shipped_name(name_or_path)
+    if name is not None:
         from .assets import shipped_model_dir
 
-        return str(shipped_model_dir())
+        return str(shipped_model_dir(name))
     return str(name_or_path)
 
 

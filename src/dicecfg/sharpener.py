@@ -52,11 +52,12 @@ BAD_CONFIG = (TypeError, ValueError, ZeroDivisionError)  # a config.json the net
 
 
 def resolve_sharpener(name_or_path: str | os.PathLike) -> str:
-    """``"mini"`` -> the shipped sharpener's folder; anything else unchanged."""
-    if str(name_or_path) == DEFAULT_NAME:
-        from .assets import shipped_sharpener_dir
+    """A shipped sharpener's name (``"mini"``, ``"mini-fine"``: its model's) -> its folder; anything else
+    unchanged."""
+    from .assets import SHARPENERS, shipped_sharpener_dir
 
-        return str(shipped_sharpener_dir())
+    if str(name_or_path) in SHARPENERS:
+        return str(shipped_sharpener_dir(str(name_or_path)))
     return str(name_or_path)
 
 

@@ -1,4 +1,8 @@
-"""Weights shipped with the package: the mini model (a diffusers folder) and its sharpener."""
+"""Weights shipped with the package: the mini models (diffusers folders) and their sharpeners, by name.
+
+``mini`` is the shapes world's model (the default everywhere), ``mini-fine`` the shapes-fine world's
+(docs/world.md); a sharpener's name is its model's.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,29 @@ from pathlib import Path
 from ..errors import ModelNotFoundError
 
 ASSETS = Path(__file__).resolve().parent
-MINI_MODEL = ASSETS / "mini-model"
-MINI_SHARPENER = ASSETS / "mini-sharpener"
+MODELS = {"mini": ASSETS / "mini-model", "mini-fine": ASSETS / "mini-fine-model"}
+SHARPENERS = {"mini": ASSETS / "mini-sharpener", "mini-fine": ASSETS / "mini-fine-sharpener"}
+MINI_MODEL = MODELS["mini"]
+MINI_SHARPENER = SHARPENERS["mini"]
 
 
-def _require(path: Path, what: str) -> Path:
+def _require(path: Path, what: str, name: str) -> Path:
     if not (path / ("model_index.json" if what == "model" else "config.json")).is_file():
         raise ModelNotFoundError(
-            f"The shipped mini {what} is not installed at {path}. Pass a model explicitly "
-            "(a local diffusers folder or hub id), or reinstall dicecfg from a checkout that has its assets."
+            f"The shipped {what} {name!r} is not installed at {path}. Pass a {what} explicitly "
+            "(a local folder or hub id), or reinstall dicecfg from a checkout that has its assets."
         )
     return path
 
 
-def shipped_model_dir() -> Path:
-    return _require(MINI_MODEL, "model")
+def shipped_model_dir(name: str = "mini") -> Path:
+    return _require(MODELS[name], "model", name)
 
 
-def shipped_sharpener_dir() -> Path:
-    return _require(MINI_SHARPENER, "sharpener")
+def shipped_sharpener_dir(name: str = "mini") -> Path:
+    return _require(SHARPENERS[name], "sharpener", name)
+
+
+def has_shipped_sharpener(name: str) -> bool:
+    """Whether the package ships a sharpener for the shipped model ``name``."""
+    return name in SHARPENERS and (SHARPENERS[name] / "config.json").is_file()

@@ -1,33 +1,65 @@
-"""Shapes-world metrics: oracle alignment per attribute and a Frechet distance in oracle features."""
+"""World metrics: oracle alignment per attribute and a Frechet distance in oracle features, for either world
+(``shapes`` or ``shapes-fine``; the specs and scenes say which)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..world.worlds import WORLD_FILE
+
 log = logging.getLogger(__name__)
-RENDER_SIZE = 64  # the world's images are 64 x 64
+RENDER_SIZE = 64  # the worlds' images are 64 x 64
 
 
-def world_specs(prompts: Sequence[str]) -> list | None:
-    """Each prompt's :class:`~dicecfg.world.Spec`, or None when any prompt is outside the world grammar."""
-    from ..world import parse
+def world_specs(prompts: Sequence[str], world: str = "shapes") -> list | None:
+    """Each prompt's spec in ``world``'s grammar, or None when any prompt is outside it."""
+    from ..world.worlds import get_world
 
+    parse = get_world(world).parse
     try:
         return [parse(p) for p in prompts]
     except ValueError:
         return None
 
 
-def reads_shapes_world(pipe: Any) -> bool:
-    """Whether the oracle can judge this model's images: a shapes-world model (the shipped mini model, or one
-    trained by its recipe) samples at the world's 64 x 64 pixels."""
+def world_of(pipe: Any) -> str | None:
+    """The world whose oracle can judge this model's images, or None: the world its folder records
+    (``dicecfg_world.json``, written by the mini-model recipe), else ``"shapes"`` for an SD-family model that
+    samples at the worlds' 64 x 64 pixels (folders trained by the recipe before it recorded its world)."""
     from ..families import family_of
 
-    return family_of(pipe).default_size(pipe) == RENDER_SIZE
+    folder = pipe.config.get("_name_or_path") if hasattr(pipe, "config") else None
+    if folder and (marker := Path(folder) / WORLD_FILE).is_file():
+        try:
+            world = json.loads(marker.read_text(encoding="utf-8"))["world"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is not {'world': NAME}; judging the model as a shapes-world model", marker)
+        else:
+            from ..world.worlds import WORLD_NAMES
+
+            if world in WORLD_NAMES:
+                return world
+            log.warning("%s names the unknown world %r; no oracle judges this model", marker, world)
+            return None
+    return "shapes" if family_of(pipe).default_size(pipe) == RENDER_SIZE else None
+
+
+def reads_shapes_world(pipe: Any) -> bool:
+    """Whether an oracle can judge this model's images (a model of either world: see :func:`world_of`)."""
+    return world_of(pipe) is not None
+
+
+def _oracle_for(items: Sequence) -> Any:
+    """The oracle of the world that specs or scenes belong to."""
+    from ..world.worlds import get_world, world_of_item
+
+    return get_world(world_of_item(items[0]) if items else "shapes").oracle()
 
 
 def _world_size(images: np.ndarray) -> np.ndarray:
@@ -42,17 +74,17 @@ def _world_size(images: np.ndarray) -> np.ndarray:
 
 
 def alignment(images: np.ndarray, specs: Sequence, oracle=None) -> dict[str, np.ndarray]:
-    """Per-image 0/1 oracle scores: count, shape, colour, size, relation, background and all-correct."""
-    from ..world import Oracle
-
-    return (oracle or Oracle()).score(_world_size(images), list(specs))
+    """Per-image 0/1 oracle scores of each of the oracle's keys (count, shape, colour, size, relation,
+    background, and pattern and dots in shapes-fine) and all-correct."""
+    return (oracle or _oracle_for(specs)).score(_world_size(images), list(specs))
 
 
 def scene_features(scenes: Sequence, oracle=None) -> np.ndarray:
     """Oracle features of clean renders of ``scenes``: the reference side of ``oracle_frechet``."""
-    from ..world import Oracle, render
+    from ..world.worlds import get_world, world_of_item
 
-    return (oracle or Oracle()).features(render(list(scenes)))
+    world = get_world(world_of_item(scenes[0]) if len(scenes) else "shapes")
+    return (oracle or world.oracle()).features(world.render(list(scenes)))
 
 
 def oracle_frechet(
@@ -60,8 +92,8 @@ def oracle_frechet(
 ) -> float:
     """Frechet distance between oracle features of ``images`` and of clean renders of the same scenes
     (``reference``: their ``scene_features``, when several image sets are compared with the same scenes)."""
-    from ..world import Oracle, frechet_distance
+    from ..world import frechet_distance
 
-    oracle = oracle or Oracle()
+    oracle = oracle or _oracle_for(scenes)
     ref = scene_features(scenes, oracle) if reference is None else reference
     return frechet_distance(oracle.features(_world_size(images)), ref)

@@ -24,13 +24,14 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ..world.worlds import WORLD_FILE
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
 EOW = "</w>"
 WEIGHT_FILE_LIMIT = 16 * 2**20  # bytes, per weight file
 WEIGHT_TOTAL_LIMIT = 25 * 2**20  # bytes, all weights of one mini model
 PACKAGE_WEIGHT_LIMIT = 40 * 2**20  # bytes, every weight file the package ships (both models, sharpeners)
-WORLD_FILE = "dicecfg_world.json"  # {"world": name} in a mini-model folder: which world's oracle reads it
 
 
 # ---------------------------------------------------------------- tokenizer

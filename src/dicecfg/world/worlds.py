@@ -64,9 +64,15 @@ def _fine() -> World:
     )  # fmt: skip
 
 
+def world_of_item(item: Any) -> str:
+    """The world a scene or spec belongs to (by the module that defines its class)."""
+    return "shapes-fine" if type(item).__module__.startswith("dicecfg.world.fine") else "shapes"
+
+
 _MAKERS = {"shapes": _shapes, "shapes-fine": _fine}
 WORLD_NAMES = tuple(_MAKERS)
 DEFAULT_WORLD = "shapes"
+WORLD_FILE = "dicecfg_world.json"  # {"world": name} in a model folder: the world whose oracle judges it
 
 
 def get_world(name: str | World = DEFAULT_WORLD) -> World:
