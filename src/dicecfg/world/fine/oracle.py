@@ -18,6 +18,7 @@ border vote, each pixel explained as ``bg + alpha (colour - bg)``) and adds, all
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,13 +35,13 @@ from ..oracle import (
     prepare,
     to_uint8_hwc,
 )
-from ..scenes import BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES
+from ..scenes import BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES, SIZES
 from .captions import FineSpec
 from .scenes import DOT_RGB, MAX_DOTS, PATTERNS
 
 MIN_AREA = 30  # pixels (closed mask) for a blob to count as an object
 LARGE_EXTENT = 21.0  # bounding-box side (px) that separates small (16 px) from large (26 px)
-OVERLAP = 0.3  # share of the smaller of two objects' filled masks that, overlapped, makes one a ghost
+OVERLAP = 0.3  # share of an object's filled mask on a bigger one's (grown by 1 px) that makes it a ghost
 DOT_AREA = (3, 24)  # pixel area range (at half coverage) of a dot; a clean dot covers 5-12
 DOT_TOLERANCE = 40.0  # RGB distance off the background-to-dot-colour line (grey axis) a dot pixel may have
 SOLID_CORE = 0.8  # mean core coverage above which an object is solid (solid: >= 0.93, hollow: <= 0.72)
@@ -50,42 +51,82 @@ STRIPE_RATIO = 0.6  # share of the steps one way above which they mean stripes w
 _OBJ_RGB = np.array([COLOUR_RGB[c] for c in COLOURS], dtype=np.float32)
 _DOT_RGB = np.array([DOT_RGB[b] for b in BACKGROUNDS], dtype=np.float32)
 _CHUNK = 128  # images processed at once (bounds memory)
-# Shape prototypes per (shape, pattern) on box fill, compactness, diagonal concavity, log 4th-moment ratio and
-# vertical skew of the filled mask, measured on clean renders (see _measure_prototypes in the tests).
+# Shape prototypes per (shape, size, pattern) on box fill, compactness, diagonal concavity, log 4th-moment ratio
+# and vertical skew of the shape mask: measure_prototypes() on clean renders (tests check that they match).
 _PROTOTYPES = np.array(
-    [
-        [  # circle
-            [0.785, 1.000, 0.000, 1.098, -0.002],  # solid
-            [0.786, 1.000, 0.000, 1.098, -0.003],  # hollow
-            [0.756, 0.992, 0.005, 1.096, 0.002],  # horizontal stripes
-            [0.756, 0.992, 0.006, 1.096, -0.001],  # vertical stripes
+    [  # (shape, size, pattern, feature)
+        [
+            [
+                [0.788, 1.000, 0.000, 1.101, -0.000],  # small circle, solid
+                [0.788, 1.000, 0.000, 1.101, -0.000],  # small circle, hollow
+                [0.754, 0.988, 0.001, 0.999, 0.000],  # small circle, horizontal stripes
+                [0.754, 0.988, 0.001, 0.999, 0.000],  # small circle, vertical stripes
+            ],
+            [
+                [0.785, 1.000, 0.000, 1.100, -0.000],  # large circle, solid
+                [0.785, 1.000, 0.000, 1.100, -0.000],  # large circle, hollow
+                [0.756, 0.994, 0.012, 1.192, -0.000],  # large circle, horizontal stripes
+                [0.756, 0.994, 0.012, 1.192, -0.000],  # large circle, vertical stripes
+            ],
         ],
-        [  # square
-            [1.000, 0.957, 0.000, 0.584, 0.000],  # solid
-            [1.000, 0.957, 0.000, 0.584, 0.000],  # hollow
-            [0.994, 0.959, 0.000, 0.611, 0.000],  # horizontal stripes
-            [0.994, 0.959, 0.000, 0.611, 0.001],  # vertical stripes
+        [
+            [
+                [1.000, 0.959, 0.000, 0.583, 0.000],  # small square, solid
+                [1.000, 0.959, 0.000, 0.583, 0.000],  # small square, hollow
+                [0.989, 0.963, 0.000, 0.625, 0.000],  # small square, horizontal stripes
+                [0.989, 0.963, 0.000, 0.625, -0.000],  # small square, vertical stripes
+            ],
+            [
+                [1.000, 0.956, 0.000, 0.586, 0.000],  # large square, solid
+                [1.000, 0.956, 0.000, 0.586, 0.000],  # large square, hollow
+                [0.999, 0.955, 0.000, 0.597, 0.000],  # large square, horizontal stripes
+                [0.999, 0.955, 0.000, 0.597, -0.000],  # large square, vertical stripes
+            ],
         ],
-        [  # triangle
-            [0.526, 0.821, 0.000, 1.142, -0.570],  # solid
-            [0.526, 0.821, 0.000, 1.139, -0.569],  # hollow
-            [0.570, 0.835, 0.006, 1.168, -0.544],  # horizontal stripes
-            [0.555, 0.814, 0.026, 1.243, -0.592],  # vertical stripes
+        [
+            [
+                [0.533, 0.822, 0.000, 1.143, -0.572],  # small triangle, solid
+                [0.533, 0.822, 0.000, 1.143, -0.572],  # small triangle, hollow
+                [0.615, 0.850, 0.004, 1.152, -0.507],  # small triangle, horizontal stripes
+                [0.614, 0.825, 0.020, 1.338, -0.599],  # small triangle, vertical stripes
+            ],
+            [
+                [0.520, 0.820, 0.000, 1.141, -0.568],  # large triangle, solid
+                [0.520, 0.820, 0.000, 1.141, -0.568],  # large triangle, hollow
+                [0.536, 0.823, 0.004, 1.173, -0.573],  # large triangle, horizontal stripes
+                [0.502, 0.806, 0.022, 1.145, -0.582],  # large triangle, vertical stripes
+            ],
         ],
-        [  # diamond
-            [0.527, 0.957, 0.000, 1.798, -0.000],  # solid
-            [0.527, 0.958, 0.000, 1.799, 0.000],  # hollow
-            [0.547, 0.947, 0.099, 1.723, -0.002],  # horizontal stripes
-            [0.545, 0.948, 0.093, 1.726, 0.009],  # vertical stripes
+        [
+            [
+                [0.532, 0.958, 0.000, 1.794, -0.000],  # small diamond, solid
+                [0.532, 0.958, 0.000, 1.794, -0.000],  # small diamond, hollow
+                [0.590, 0.950, 0.089, 1.652, 0.000],  # small diamond, horizontal stripes
+                [0.590, 0.950, 0.089, 1.652, 0.000],  # small diamond, vertical stripes
+            ],
+            [
+                [0.520, 0.956, 0.000, 1.793, 0.000],  # large diamond, solid
+                [0.520, 0.956, 0.000, 1.793, 0.000],  # large diamond, hollow
+                [0.498, 0.943, 0.104, 1.815, -0.000],  # large diamond, horizontal stripes
+                [0.498, 0.943, 0.104, 1.815, 0.000],  # large diamond, vertical stripes
+            ],
         ],
-        [  # cross
-            [0.542, 0.811, 0.336, 2.177, -0.009],  # solid
-            [0.552, 0.821, 0.321, 2.128, 0.015],  # hollow
-            [0.526, 0.806, 0.315, 2.251, 0.011],  # horizontal stripes
-            [0.524, 0.806, 0.318, 2.256, -0.000],  # vertical stripes
+        [
+            [
+                [0.569, 0.838, 0.284, 2.058, 0.000],  # small cross, solid
+                [0.569, 0.838, 0.284, 2.058, 0.000],  # small cross, hollow
+                [0.482, 0.768, 0.321, 2.435, 0.000],  # small cross, horizontal stripes
+                [0.482, 0.768, 0.321, 2.435, 0.000],  # small cross, vertical stripes
+            ],
+            [
+                [0.547, 0.816, 0.353, 2.157, -0.000],  # large cross, solid
+                [0.547, 0.816, 0.353, 2.157, -0.000],  # large cross, hollow
+                [0.571, 0.844, 0.306, 2.052, 0.000],  # large cross, horizontal stripes
+                [0.571, 0.844, 0.306, 2.052, -0.000],  # large cross, vertical stripes
+            ],
         ],
     ]
-)  # (shape, pattern, feature)
+)
 _SCALES = np.array([0.06, 0.03, 0.05, 0.15, 0.1])  # typical spread of each feature under mild blur/noise
 N_FEATURES = 109 + len(SHAPES) + 2 + len(PATTERNS) + MAX_DOTS + 2 + 1
 
@@ -199,9 +240,10 @@ def classify_pattern(pf: np.ndarray) -> np.ndarray:
     )
 
 
-def classify_shape(feats: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-    """Shape indices (into ``SHAPES``): nearest prototype of the object's pattern."""
-    protos = _PROTOTYPES[:, pattern].transpose(1, 0, 2)  # (K, shapes, 5)
+def classify_shape(feats: np.ndarray, large: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """Shape indices (into ``SHAPES``): nearest prototype of the object's size and pattern (stripes are tied
+    to the object's centre, so each (shape, size, pattern) looks the same up to a sub-pixel shift)."""
+    protos = _PROTOTYPES[:, large.astype(np.int64), pattern].transpose(1, 0, 2)  # (K, shapes, 5)
     d = (((feats[:, None, :] - protos) / _SCALES) ** 2).sum(-1)
     return d.argmin(1)
 
@@ -254,36 +296,36 @@ class _Found:
     lab: np.ndarray  # (N,H,W) palette label map
 
 
-def _find(x: np.ndarray) -> _Found:
-    """Objects and dots in uint8 (N,H,W,3) images (steps 1-4 of the module docstring)."""
-    xf, bg = prepare(x)
-    lab = label_pixels(xf, bg)
+def _objects(xf: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Objects of prepared images (step 1): each one's image, colour, filled mask and coverage by its colour."""
     n, h, w = lab.shape
     raw = lab[:, None] == np.arange(len(COLOURS))[None, :, None, None]  # (N,C,H,W)
     pairs = np.argwhere(raw.sum((2, 3)) >= MIN_AREA // 3)
-    closed = _close(raw[pairs[:, 0], pairs[:, 1]])
-    labels = components(closed)
+    labels = components(_close(raw[pairs[:, 0], pairs[:, 1]]))
     key = (np.arange(len(pairs))[:, None, None] * (h * w) + labels)[labels >= 0]
     ids, counts = np.unique(key, return_counts=True)
     ids = ids[counts >= MIN_AREA]
     k, cid = ids // (h * w), ids % (h * w)
     filled = _fill(labels[k] == cid[:, None, None])
     image, colour = pairs[k, 0], pairs[k, 1]
-    # The anti-aliased edges of stripes can read as a neighbouring palette colour (orange half over white is
-    # near yellow) and close into a ghost object on top of the real one: objects never overlap, so of two
-    # overlapping ones only the one with more raw pixels stays.
+    # The anti-aliased edges of stripes and outlines can read as a neighbouring palette colour (orange half
+    # over white is near yellow, yellow half over black near orange) and close into a ghost object on or just
+    # around the real one: objects never come within 4 px of each other, so of two that touch only the one
+    # with more raw pixels stays.
     raw_area = (raw[image, colour] & filled).sum((1, 2))
     flat = filled.reshape(len(k), -1).astype(np.float32)
-    overlap = (flat @ flat.T) > OVERLAP * np.minimum.outer(flat.sum(1), flat.sum(1))
-    beaten = overlap & (image[:, None] == image[None, :]) & (raw_area[None, :] > raw_area[:, None])
+    grown = dilate(filled).reshape(len(k), -1).astype(np.float32)
+    touching = (flat @ grown.T) > OVERLAP * flat.sum(1)[:, None]  # [i, j]: i lies on j grown by 1 px
+    beaten = touching & (image[:, None] == image[None, :]) & (raw_area[None, :] > raw_area[:, None])
     keep = ~beaten.any(1)
     filled, image, colour = filled[keep], image[keep], colour[keep]
     alpha = colour_alpha(xf[image], bg[image], _OBJ_RGB[colour][:, None, :])[0][..., 0]
-    pattern = classify_pattern(pattern_features(alpha, filled))
-    mask = shape_mask(alpha, filled, pattern)
-    feats, extent, centre = shape_features(mask)
-    shape = classify_shape(feats, pattern)
-    # Dots: contrast-colour blobs of a dot's area away from every object.
+    return image, colour, filled, alpha
+
+
+def _dots(xf: np.ndarray, bg: np.ndarray, image: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """Dots per prepared image (step 4): contrast-colour blobs of a dot's area away from every object."""
+    n, h, w, _ = xf.shape
     occupied = np.zeros((n, h, w), dtype=bool)
     np.logical_or.at(occupied, image, filled)
     dot_alpha, dot_resid2 = colour_alpha(xf, bg, _DOT_RGB[bg][:, None, :])
@@ -292,8 +334,49 @@ def _find(x: np.ndarray) -> _Found:
     dkey = (np.arange(n)[:, None, None] * (h * w) + dlab)[dlab >= 0]
     dids, dcounts = np.unique(dkey, return_counts=True)
     ok = (dcounts >= DOT_AREA[0]) & (dcounts <= DOT_AREA[1])
-    dots = np.bincount(dids[ok] // (h * w), minlength=n)
+    return np.bincount(dids[ok] // (h * w), minlength=n)
+
+
+def _find(x: np.ndarray) -> _Found:
+    """Objects and dots in uint8 (N,H,W,3) images (steps 1-4 of the module docstring)."""
+    xf, bg = prepare(x)
+    lab = label_pixels(xf, bg)
+    image, colour, filled, alpha = _objects(xf, bg, lab)
+    pattern = classify_pattern(pattern_features(alpha, filled))
+    mask = shape_mask(alpha, filled, pattern)
+    feats, extent, centre = shape_features(mask)
+    shape = classify_shape(feats, extent >= LARGE_EXTENT, pattern)
+    dots = _dots(xf, bg, image, filled)
     return _Found(image, colour, shape, pattern, extent, centre, mask.sum((1, 2)), dots, bg, lab)
+
+
+def measure_prototypes(offsets: int = 4) -> np.ndarray:
+    """(shapes, sizes, patterns, 5) mean shape features of clean renders, red on white, each (shape, size,
+    pattern) centred at ``offsets`` x ``offsets`` sub-pixel positions, measured with the true pattern: how
+    ``_PROTOTYPES`` was made (the tests check it still matches the renderer)."""
+    from .render import render
+    from .scenes import FineObj, FineScene
+
+    sub = (np.arange(offsets) + 0.5) / offsets
+    classes = list(itertools.product(range(len(SHAPES)), range(len(SIZES)), range(len(PATTERNS))))
+    scenes = [
+        FineScene(
+            (FineObj(SHAPES[s], "red", SIZES[z], PATTERNS[p], (32 + u) / 64, (32 + v) / 64),),
+            "white",
+            None,
+            (),
+        )
+        for s, z, p in classes
+        for u in sub
+        for v in sub
+    ]
+    xf, bg = prepare(render(scenes))
+    image, _, filled, alpha = _objects(xf, bg, label_pixels(xf, bg))
+    if not np.array_equal(image, np.arange(len(scenes))):
+        raise RuntimeError("a prototype render did not read as exactly one object")
+    pattern = np.repeat([p for _, _, p in classes], offsets * offsets)
+    feats = shape_features(shape_mask(alpha, filled, pattern))[0]
+    return feats.reshape(len(SHAPES), len(SIZES), len(PATTERNS), offsets * offsets, 5).mean(3)
 
 
 def _detections(f: _Found) -> list[list[FineDetection]]:
