@@ -95,22 +95,40 @@ def erode(m: np.ndarray) -> np.ndarray:
     return ~dilate(~m)
 
 
+def _runs(order: np.ndarray, line: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start positions and lengths of runs of consecutive flat indices ``order`` that stay on a line of ``line``."""
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (np.diff(order) != 1) | (order[1:] % line == 0)
+    starts = np.flatnonzero(new)
+    return starts, np.diff(np.append(starts, len(order)))
+
+
 def components(masks: np.ndarray) -> np.ndarray:
     """Label 4-connected components of (K,H,W) masks: each pixel gets its component's largest index."""
     k, h, w = masks.shape
-    lab = np.where(masks, np.arange(h * w, dtype=np.int32).reshape(1, h, w), np.int32(-1))
+    pix = np.flatnonzero(masks)  # mask pixels in row-major order
+    lab = np.full(masks.shape, -1, dtype=np.int32)
+    if len(pix) == 0:
+        return lab
+    by_col = np.flatnonzero(masks.transpose(0, 2, 1))  # the same pixels, column-major
+    img, rem = np.divmod(by_col, h * w)
+    col_order = np.searchsorted(pix, img * (h * w) + (rem % h) * w + rem // h)  # positions in pix
+    row_starts, row_len = _runs(pix, w)
+    col_starts, col_len = _runs(by_col, h)
+    where = np.full(k * h * w, -1, dtype=np.int64)
+    where[pix] = np.arange(len(pix))
+    base = (pix // (h * w)) * (h * w)
+    v = (pix - base).astype(np.int64)  # each pixel's own index within its mask
     while True:
-        new = lab.copy()
-        new[:, 1:] = np.maximum(new[:, 1:], lab[:, :-1])
-        new[:, :-1] = np.maximum(new[:, :-1], lab[:, 1:])
-        new[:, :, 1:] = np.maximum(new[:, :, 1:], lab[:, :, :-1])
-        new[:, :, :-1] = np.maximum(new[:, :, :-1], lab[:, :, 1:])
-        flat = np.where(masks, new, np.int32(-1)).reshape(k, -1)
-        flat = np.where(flat >= 0, np.take_along_axis(flat, np.maximum(flat, 0), axis=1), np.int32(-1))
-        new = flat.reshape(k, h, w)
-        if np.array_equal(new, lab):
-            return lab
-        lab = new
+        new = np.repeat(np.maximum.reduceat(v, row_starts), row_len)  # the largest label along each row run
+        c = np.repeat(np.maximum.reduceat(new[col_order], col_starts), col_len)  # ... and column run
+        new[col_order] = c
+        new = new[where[base + new]]  # pointer jump: the label of the pixel the label names
+        if np.array_equal(new, v):
+            break
+        v = new
+    lab.reshape(-1)[pix] = v
+    return lab
 
 
 def smooth(x: np.ndarray) -> np.ndarray:
@@ -148,26 +166,41 @@ def prepare(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, bg
 
 
-def colour_alpha(x: np.ndarray, bg: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coverage ``alpha`` (clipped to [0, 1]) and squared residual of float pixels (N,H,W,3) explained as
-    ``bg + alpha (rgb - bg)``, for colours ``rgb`` (C,3) or per image (N,C,3): each (N,H,W,C)."""
-    n, h, w, _ = x.shape
-    q = x.reshape(n, h * w, 3) - _BG_RGB[bg][:, None, :]  # pixel minus background
-    span = np.broadcast_to(rgb, (n, *rgb.shape[-2:])) - _BG_RGB[bg][:, None, :]  # (N,C,3)
-    norm2 = (span * span).sum(-1)[:, None, :]
-    dot = q @ span.transpose(0, 2, 1)  # (N,HW,C)
+def pixel_planes(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prepared pixels (N,H,W,3) minus their background as contiguous channel planes (3,N,H,W), and their
+    squared norms (N,H,W)."""
+    q = np.ascontiguousarray(x.transpose(3, 0, 1, 2)) - _BG_RGB[bg].T[:, :, None, None]
+    return q, (q[0] * q[0] + q[1] * q[1]) + q[2] * q[2]
+
+
+def line_fit(q: np.ndarray, qq: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage ``alpha`` (clipped to [0, 1]) and squared residual of pixels ``bg + q`` (planes of
+    :func:`pixel_planes`) explained as ``bg + alpha span``, for one colour-minus-background ``span`` (N,3) per
+    image: each (N,H,W)."""
+    s = span.astype(np.float32)[:, :, None, None]
+    norm2 = (s[:, 0] * s[:, 0] + s[:, 1] * s[:, 1]) + s[:, 2] * s[:, 2]
+    dot = (q[0] * s[:, 0] + q[1] * s[:, 1]) + q[2] * s[:, 2]
     alpha = np.clip(dot / norm2, 0.0, 1.0)
-    resid2 = (q * q).sum(-1, keepdims=True) - 2 * alpha * dot + alpha * alpha * norm2
-    return alpha.reshape(n, h, w, -1), resid2.reshape(n, h, w, -1)
+    return alpha, qq - 2 * alpha * dot + alpha * alpha * norm2
+
+
+def label_planes(q: np.ndarray, qq: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Per-pixel palette colour index (-1 = background/unknown) from :func:`pixel_planes` (step 2): the
+    colour with the smallest residual among those with ``alpha >= 0.5``, if below ``TOLERANCE``."""
+    best = np.full(qq.shape, np.inf, dtype=np.float32)
+    lab = np.full(qq.shape, -1, dtype=np.int8)
+    for c, rgb in enumerate(_OBJ_RGB):
+        alpha, resid2 = line_fit(q, qq, rgb - _BG_RGB[bg])
+        better = (alpha >= 0.5) & (resid2 < best)
+        np.copyto(best, resid2, where=better)
+        np.copyto(lab, np.int8(c), where=better)
+    lab[best > TOLERANCE**2] = -1
+    return lab.astype(np.int64)
 
 
 def label_pixels(x: np.ndarray, bg: np.ndarray) -> np.ndarray:
     """Per-pixel palette colour index (-1 = background/unknown) of prepared pixels (step 2)."""
-    alpha, resid2 = colour_alpha(x, bg, _OBJ_RGB)
-    resid = np.where(alpha >= 0.5, resid2, np.inf)
-    lab = resid.argmin(-1)
-    lab[resid.min(-1) > TOLERANCE**2] = -1
-    return lab
+    return label_planes(*pixel_planes(x, bg), bg)
 
 
 def segment(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,17 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..oracle import (
-    colour_alpha,
     colour_features,
     components,
     dilate,
     erode,
-    label_pixels,
+    label_planes,
+    line_fit,
     match,
+    pixel_planes,
     prepare,
     to_uint8_hwc,
 )
-from ..scenes import BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES, SIZES
+from ..scenes import BACKGROUND_RGB, BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES, SIZES
 from .captions import FineSpec
 from .scenes import DOT_RGB, MAX_DOTS, PATTERNS
 
@@ -49,6 +50,7 @@ STRIPE_STEP = 0.09  # least excess of the mean coverage step across stripes over
 STRIPE_FILL = 0.2  # core coverage above which lopsided steps mean stripes (stripes: ~0.45, hollow: ~0.05)
 STRIPE_RATIO = 0.6  # share of the steps one way above which they mean stripes whatever the core
 _OBJ_RGB = np.array([COLOUR_RGB[c] for c in COLOURS], dtype=np.float32)
+_BG_RGB = np.array([BACKGROUND_RGB[b] for b in BACKGROUNDS], dtype=np.float32)
 _DOT_RGB = np.array([DOT_RGB[b] for b in BACKGROUNDS], dtype=np.float32)
 _CHUNK = 128  # images processed at once (bounds memory)
 # Shape prototypes per (shape, size, pattern) on box fill, compactness, diagonal concavity, log 4th-moment ratio
@@ -266,17 +268,8 @@ def shape_mask(alpha: np.ndarray, filled: np.ndarray, pattern: np.ndarray) -> np
     for axis, name in ((1, "horizontal stripes"), (2, "vertical stripes")):
         m = pattern == PATTERNS.index(name)
         if m.any():
-            out[m] = _fill(components_largest((_period_mean(alpha[m], axis) >= 0.25) & near[m]))
+            out[m] = _fill((_period_mean(alpha[m], axis) >= 0.25) & near[m])
     return out
-
-
-def components_largest(m: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of each of (K,H,W) masks."""
-    k, h, w = m.shape
-    lab = components(m)
-    flat = (np.arange(k)[:, None, None] * (h * w) + lab)[lab >= 0]
-    counts = np.bincount(flat, minlength=k * h * w).reshape(k, h * w)
-    return lab == counts.argmax(1)[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -296,8 +289,9 @@ class _Found:
     lab: np.ndarray  # (N,H,W) palette label map
 
 
-def _objects(xf: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Objects of prepared images (step 1): each one's image, colour, filled mask and coverage by its colour."""
+def _objects(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Objects of prepared images (step 1; ``q``, ``qq`` from :func:`~dicecfg.world.oracle.pixel_planes`):
+    each one's image, colour, filled mask and coverage by its colour."""
     n, h, w = lab.shape
     raw = lab[:, None] == np.arange(len(COLOURS))[None, :, None, None]  # (N,C,H,W)
     pairs = np.argwhere(raw.sum((2, 3)) >= MIN_AREA // 3)
@@ -313,23 +307,22 @@ def _objects(xf: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> tuple[np.ndarra
     # around the real one: objects never come within 4 px of each other, so of two that touch only the one
     # with more raw pixels stays.
     raw_area = (raw[image, colour] & filled).sum((1, 2))
-    flat = filled.reshape(len(k), -1).astype(np.float32)
-    grown = dilate(filled).reshape(len(k), -1).astype(np.float32)
-    touching = (flat @ grown.T) > OVERLAP * flat.sum(1)[:, None]  # [i, j]: i lies on j grown by 1 px
-    beaten = touching & (image[:, None] == image[None, :]) & (raw_area[None, :] > raw_area[:, None])
-    keep = ~beaten.any(1)
+    i, j = np.nonzero((image[:, None] == image[None, :]) & (raw_area[:, None] < raw_area[None, :]))
+    on = (filled[i] & dilate(filled[j])).sum((1, 2)) > OVERLAP * filled[i].sum((1, 2))
+    keep = np.ones(len(k), dtype=bool)
+    keep[i[on]] = False
     filled, image, colour = filled[keep], image[keep], colour[keep]
-    alpha = colour_alpha(xf[image], bg[image], _OBJ_RGB[colour][:, None, :])[0][..., 0]
+    alpha = line_fit(q[:, image], qq[image], _OBJ_RGB[colour] - _BG_RGB[bg[image]])[0]
     return image, colour, filled, alpha
 
 
-def _dots(xf: np.ndarray, bg: np.ndarray, image: np.ndarray, filled: np.ndarray) -> np.ndarray:
+def _dots(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, image: np.ndarray, filled: np.ndarray) -> np.ndarray:
     """Dots per prepared image (step 4): contrast-colour blobs of a dot's area away from every object."""
-    n, h, w, _ = xf.shape
+    n, h, w = qq.shape
     occupied = np.zeros((n, h, w), dtype=bool)
     np.logical_or.at(occupied, image, filled)
-    dot_alpha, dot_resid2 = colour_alpha(xf, bg, _DOT_RGB[bg][:, None, :])
-    dmask = (dot_alpha[..., 0] >= 0.5) & (dot_resid2[..., 0] <= DOT_TOLERANCE**2) & ~dilate(dilate(occupied))
+    alpha, resid2 = line_fit(q, qq, _DOT_RGB[bg] - _BG_RGB[bg])
+    dmask = (alpha >= 0.5) & (resid2 <= DOT_TOLERANCE**2) & ~dilate(dilate(occupied))
     dlab = components(dmask)
     dkey = (np.arange(n)[:, None, None] * (h * w) + dlab)[dlab >= 0]
     dids, dcounts = np.unique(dkey, return_counts=True)
@@ -340,13 +333,14 @@ def _dots(xf: np.ndarray, bg: np.ndarray, image: np.ndarray, filled: np.ndarray)
 def _find(x: np.ndarray) -> _Found:
     """Objects and dots in uint8 (N,H,W,3) images (steps 1-4 of the module docstring)."""
     xf, bg = prepare(x)
-    lab = label_pixels(xf, bg)
-    image, colour, filled, alpha = _objects(xf, bg, lab)
+    q, qq = pixel_planes(xf, bg)
+    lab = label_planes(q, qq, bg)
+    image, colour, filled, alpha = _objects(q, qq, bg, lab)
     pattern = classify_pattern(pattern_features(alpha, filled))
     mask = shape_mask(alpha, filled, pattern)
     feats, extent, centre = shape_features(mask)
     shape = classify_shape(feats, extent >= LARGE_EXTENT, pattern)
-    dots = _dots(xf, bg, image, filled)
+    dots = _dots(q, qq, bg, image, filled)
     return _Found(image, colour, shape, pattern, extent, centre, mask.sum((1, 2)), dots, bg, lab)
 
 
@@ -371,7 +365,8 @@ def measure_prototypes(offsets: int = 4) -> np.ndarray:
         for v in sub
     ]
     xf, bg = prepare(render(scenes))
-    image, _, filled, alpha = _objects(xf, bg, label_pixels(xf, bg))
+    q, qq = pixel_planes(xf, bg)
+    image, _, filled, alpha = _objects(q, qq, bg, label_planes(q, qq, bg))
     if not np.array_equal(image, np.arange(len(scenes))):
         raise RuntimeError("a prototype render did not read as exactly one object")
     pattern = np.repeat([p for _, _, p in classes], offsets * offsets)
