@@ -18,6 +18,7 @@ border vote, each pixel explained as ``bg + alpha (colour - bg)``) and adds, all
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ..oracle import (
     match,
     pixel_planes,
     prepare,
+    shift,
     to_uint8_hwc,
 )
 from ..scenes import BACKGROUND_RGB, BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES, SIZES
@@ -53,82 +55,7 @@ _OBJ_RGB = np.array([COLOUR_RGB[c] for c in COLOURS], dtype=np.float32)
 _BG_RGB = np.array([BACKGROUND_RGB[b] for b in BACKGROUNDS], dtype=np.float32)
 _DOT_RGB = np.array([DOT_RGB[b] for b in BACKGROUNDS], dtype=np.float32)
 _CHUNK = 128  # images processed at once (bounds memory)
-# Shape prototypes per (shape, size, pattern) on box fill, compactness, diagonal concavity, log 4th-moment ratio
-# and vertical skew of the shape mask: measure_prototypes() on clean renders (tests check that they match).
-_PROTOTYPES = np.array(
-    [  # (shape, size, pattern, feature)
-        [
-            [
-                [0.788, 1.000, 0.000, 1.101, -0.000],  # small circle, solid
-                [0.788, 1.000, 0.000, 1.101, -0.000],  # small circle, hollow
-                [0.754, 0.988, 0.001, 0.999, 0.000],  # small circle, horizontal stripes
-                [0.754, 0.988, 0.001, 0.999, 0.000],  # small circle, vertical stripes
-            ],
-            [
-                [0.785, 1.000, 0.000, 1.100, -0.000],  # large circle, solid
-                [0.785, 1.000, 0.000, 1.100, -0.000],  # large circle, hollow
-                [0.756, 0.994, 0.012, 1.192, -0.000],  # large circle, horizontal stripes
-                [0.756, 0.994, 0.012, 1.192, -0.000],  # large circle, vertical stripes
-            ],
-        ],
-        [
-            [
-                [1.000, 0.959, 0.000, 0.583, 0.000],  # small square, solid
-                [1.000, 0.959, 0.000, 0.583, 0.000],  # small square, hollow
-                [0.989, 0.963, 0.000, 0.625, 0.000],  # small square, horizontal stripes
-                [0.989, 0.963, 0.000, 0.625, -0.000],  # small square, vertical stripes
-            ],
-            [
-                [1.000, 0.956, 0.000, 0.586, 0.000],  # large square, solid
-                [1.000, 0.956, 0.000, 0.586, 0.000],  # large square, hollow
-                [0.999, 0.955, 0.000, 0.597, 0.000],  # large square, horizontal stripes
-                [0.999, 0.955, 0.000, 0.597, -0.000],  # large square, vertical stripes
-            ],
-        ],
-        [
-            [
-                [0.533, 0.822, 0.000, 1.143, -0.572],  # small triangle, solid
-                [0.533, 0.822, 0.000, 1.143, -0.572],  # small triangle, hollow
-                [0.615, 0.850, 0.004, 1.152, -0.507],  # small triangle, horizontal stripes
-                [0.614, 0.825, 0.020, 1.338, -0.599],  # small triangle, vertical stripes
-            ],
-            [
-                [0.520, 0.820, 0.000, 1.141, -0.568],  # large triangle, solid
-                [0.520, 0.820, 0.000, 1.141, -0.568],  # large triangle, hollow
-                [0.536, 0.823, 0.004, 1.173, -0.573],  # large triangle, horizontal stripes
-                [0.502, 0.806, 0.022, 1.145, -0.582],  # large triangle, vertical stripes
-            ],
-        ],
-        [
-            [
-                [0.532, 0.958, 0.000, 1.794, -0.000],  # small diamond, solid
-                [0.532, 0.958, 0.000, 1.794, -0.000],  # small diamond, hollow
-                [0.590, 0.950, 0.089, 1.652, 0.000],  # small diamond, horizontal stripes
-                [0.590, 0.950, 0.089, 1.652, 0.000],  # small diamond, vertical stripes
-            ],
-            [
-                [0.520, 0.956, 0.000, 1.793, 0.000],  # large diamond, solid
-                [0.520, 0.956, 0.000, 1.793, 0.000],  # large diamond, hollow
-                [0.498, 0.943, 0.104, 1.815, -0.000],  # large diamond, horizontal stripes
-                [0.498, 0.943, 0.104, 1.815, 0.000],  # large diamond, vertical stripes
-            ],
-        ],
-        [
-            [
-                [0.569, 0.838, 0.284, 2.058, 0.000],  # small cross, solid
-                [0.569, 0.838, 0.284, 2.058, 0.000],  # small cross, hollow
-                [0.482, 0.768, 0.321, 2.435, 0.000],  # small cross, horizontal stripes
-                [0.482, 0.768, 0.321, 2.435, 0.000],  # small cross, vertical stripes
-            ],
-            [
-                [0.547, 0.816, 0.353, 2.157, -0.000],  # large cross, solid
-                [0.547, 0.816, 0.353, 2.157, -0.000],  # large cross, hollow
-                [0.571, 0.844, 0.306, 2.052, 0.000],  # large cross, horizontal stripes
-                [0.571, 0.844, 0.306, 2.052, -0.000],  # large cross, vertical stripes
-            ],
-        ],
-    ]
-)
+PROTOTYPE_BLURS = (0.0, 0.7, 1.0)  # shape prototypes are measured on renders this blurred (sigma, px)
 _SCALES = np.array([0.06, 0.03, 0.05, 0.15, 0.1])  # typical spread of each feature under mild blur/noise
 N_FEATURES = 109 + len(SHAPES) + 2 + len(PATTERNS) + MAX_DOTS + 2 + 1
 
@@ -144,6 +71,14 @@ class FineDetection:
     x: float
     y: float
     area: int
+
+
+def _despeckle(m: np.ndarray) -> np.ndarray:
+    """(K,H,W) masks less their isolated pixels (no 8-neighbour in the mask): a stray anti-aliased pixel (a
+    dot's rim can read as green on white) must not be closed onto an object 4 px away."""
+    rows = shift(m, 1, 0) | shift(m, -1, 0)
+    around = rows | shift(m | rows, 0, 1) | shift(m | rows, 0, -1)
+    return m & around
 
 
 def _close(m: np.ndarray) -> np.ndarray:
@@ -243,32 +178,38 @@ def classify_pattern(pf: np.ndarray) -> np.ndarray:
 
 
 def classify_shape(feats: np.ndarray, large: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-    """Shape indices (into ``SHAPES``): nearest prototype of the object's size and pattern (stripes are tied
-    to the object's centre, so each (shape, size, pattern) looks the same up to a sub-pixel shift)."""
-    protos = _PROTOTYPES[:, large.astype(np.int64), pattern].transpose(1, 0, 2)  # (K, shapes, 5)
-    d = (((feats[:, None, :] - protos) / _SCALES) ** 2).sum(-1)
-    return d.argmin(1)
+    """Shape indices (into ``SHAPES``): the nearest of the prototypes of the object's size and pattern (stripes
+    are tied to the object's centre, so each (shape, size, pattern) looks the same up to a sub-pixel shift)
+    measured at each of ``PROTOTYPE_BLURS`` (blur fattens a small cross's arms towards a diamond)."""
+    protos = prototypes()[:, :, large.astype(np.int64), pattern]  # (blurs, shapes, K, 5)
+    d = (((feats[None, None] - protos) / _SCALES) ** 2).sum(-1).min(0)
+    return d.argmin(0)
 
 
-def _period_mean(a: np.ndarray, axis: int) -> np.ndarray:
-    """Mean of (K,H,W) ``a`` over one stripe period along ``axis`` (weights 1/2, 1, 1, 1, 1/2 over 4): a striped
-    region reads 1/2 whatever the stripes' phase, and a straight edge across the stripes stays in place."""
-    p = np.pad(a, [(0, 0)] + [(2, 2) if ax == axis else (0, 0) for ax in (1, 2)])
+def _filter(a: np.ndarray, axis: int, weights: Sequence[float]) -> np.ndarray:
+    """(K,H,W) ``a`` filtered along ``axis`` by centred ``weights`` (odd length), zero-padded."""
+    h = len(weights) // 2
+    p = np.pad(a, [(0, 0)] + [(h, h) if ax == axis else (0, 0) for ax in (1, 2)])
     n = a.shape[axis]
-    taps = [np.take(p, range(j, j + n), axis=axis) for j in range(5)]
-    return (0.5 * taps[0] + taps[1] + taps[2] + taps[3] + 0.5 * taps[4]) / 4
+    return sum(wt * np.take(p, range(j, j + n), axis=axis) for j, wt in enumerate(weights))
+
+
+PERIOD_MEAN = (0.125, 0.25, 0.25, 0.25, 0.125)  # mean over one stripe period: 1/2 on stripes of any phase
+BINOMIAL = (0.25, 0.5, 0.25)
 
 
 def shape_mask(alpha: np.ndarray, filled: np.ndarray, pattern: np.ndarray) -> np.ndarray:
     """The mask to measure each object's size, position and shape on: the filled mask, except that a striped
-    object's coverage is first averaged over a stripe period across its stripes and cut at a quarter (half
-    of the striped region's 1/2), so that its outline follows the shape rather than the stripes' ends."""
+    object's coverage is averaged over a stripe period across its stripes (and smoothed a little along them,
+    against noise) and cut at a quarter (half of the striped region's 1/2), so that its outline follows the
+    shape rather than the stripes' ends."""
     out = filled.copy()
-    near = dilate(dilate(filled))
-    for axis, name in ((1, "horizontal stripes"), (2, "vertical stripes")):
+    near = dilate(dilate(dilate(filled)))
+    for across, name in ((1, "horizontal stripes"), (2, "vertical stripes")):
         m = pattern == PATTERNS.index(name)
         if m.any():
-            out[m] = _fill((_period_mean(alpha[m], axis) >= 0.25) & near[m])
+            a = _filter(_filter(alpha[m], across, PERIOD_MEAN), 3 - across, BINOMIAL)
+            out[m] = _fill((a >= 0.25) & near[m])
     return out
 
 
@@ -295,7 +236,7 @@ def _objects(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> 
     n, h, w = lab.shape
     raw = lab[:, None] == np.arange(len(COLOURS))[None, :, None, None]  # (N,C,H,W)
     pairs = np.argwhere(raw.sum((2, 3)) >= MIN_AREA // 3)
-    labels = components(_close(raw[pairs[:, 0], pairs[:, 1]]))
+    labels = components(_close(_despeckle(raw[pairs[:, 0], pairs[:, 1]])))
     key = (np.arange(len(pairs))[:, None, None] * (h * w) + labels)[labels >= 0]
     ids, counts = np.unique(key, return_counts=True)
     ids = ids[counts >= MIN_AREA]
@@ -344,10 +285,18 @@ def _find(x: np.ndarray) -> _Found:
     return _Found(image, colour, shape, pattern, extent, centre, mask.sum((1, 2)), dots, bg, lab)
 
 
-def measure_prototypes(offsets: int = 4) -> np.ndarray:
-    """(shapes, sizes, patterns, 5) mean shape features of clean renders, red on white, each (shape, size,
-    pattern) centred at ``offsets`` x ``offsets`` sub-pixel positions, measured with the true pattern: how
-    ``_PROTOTYPES`` was made (the tests check it still matches the renderer)."""
+@functools.cache
+def prototypes() -> np.ndarray:
+    """(blurs, shapes, sizes, patterns, 5) shape prototypes: :func:`measure_prototypes` at each of
+    ``PROTOTYPE_BLURS`` (computed once per process, about a second; deterministic)."""
+    return np.stack([measure_prototypes(blur=b) for b in PROTOTYPE_BLURS])
+
+
+def measure_prototypes(offsets: int = 3, blur: float = 0.0) -> np.ndarray:
+    """(shapes, sizes, patterns, 5) mean shape features of renders, red on white, blurred by ``blur`` px, each
+    (shape, size, pattern) centred at ``offsets`` x ``offsets`` sub-pixel positions, measured with the true
+    pattern."""
+    from ..render import degrade
     from .render import render
     from .scenes import FineObj, FineScene
 
@@ -364,7 +313,8 @@ def measure_prototypes(offsets: int = 4) -> np.ndarray:
         for u in sub
         for v in sub
     ]
-    xf, bg = prepare(render(scenes))
+    images = render(scenes)
+    xf, bg = prepare(degrade(images, blur=blur) if blur else images)
     q, qq = pixel_planes(xf, bg)
     image, _, filled, alpha = _objects(q, qq, bg, label_planes(q, qq, bg))
     if not np.array_equal(image, np.arange(len(scenes))):
