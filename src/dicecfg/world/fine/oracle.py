@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..oracle import (
+    TOLERANCE,
     colour_features,
     components,
     dilate,
@@ -253,7 +254,8 @@ def _objects(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> 
     keep = np.ones(len(k), dtype=bool)
     keep[i[on]] = False
     filled, image, colour = filled[keep], image[keep], colour[keep]
-    alpha = line_fit(q[:, image], qq[image], _OBJ_RGB[colour] - _BG_RGB[bg[image]])[0]
+    alpha, resid2 = line_fit(q[:, image], qq[image], _OBJ_RGB[colour] - _BG_RGB[bg[image]])
+    alpha[resid2 > TOLERANCE**2] = 0.0  # off the colour's line: not this object (a black dot reads blue)
     return image, colour, filled, alpha
 
 
