@@ -244,15 +244,30 @@ def _objects(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> 
     k, cid = ids // (h * w), ids % (h * w)
     filled = _fill(labels[k] == cid[:, None, None])
     image, colour = pairs[k, 0], pairs[k, 1]
-    # The anti-aliased edges of stripes and outlines can read as a neighbouring palette colour (orange half
-    # over white is near yellow, yellow half over black near orange) and close into a ghost object on or just
-    # around the real one: objects never come within 4 px of each other, so of two that touch only the one
-    # with more raw pixels stays.
+    # The anti-aliased edges of stripes and outlines can read as a neighbouring palette colour (orange a
+    # little under half over white is nearer yellow, yellow half over black orange) and close into a ghost
+    # object on or just around the real one. Objects never come within 4 px of each other, so two that touch
+    # are one: it takes the union of their masks and, of their two colours, the one whose line explains the
+    # union's coloured pixels with the smaller mean residual (under strong blur most of a striped object's
+    # pixels are partial, and the ghost can hold more of them).
     raw_area = (raw[image, colour] & filled).sum((1, 2))
     i, j = np.nonzero((image[:, None] == image[None, :]) & (raw_area[:, None] < raw_area[None, :]))
     on = (filled[i] & dilate(filled[j])).sum((1, 2)) > OVERLAP * filled[i].sum((1, 2))
+    i, j = i[on], j[on]
+    union = filled[i] | filled[j]
+    coloured = union & (lab[image[i]] >= 0)
+    fit = [
+        (
+            line_fit(q[:, image[i]], qq[image[i]], _OBJ_RGB[colour[m]] - _BG_RGB[bg[image[i]]])[1] * coloured
+        ).sum((1, 2))
+        for m in (i, j)
+    ]
+    colour = colour.copy()
+    colour[j] = np.where(fit[0] < fit[1], colour[i], colour[j])
+    np.logical_or.at(filled, j, union)
+    filled[j] = _fill(filled[j])
     keep = np.ones(len(k), dtype=bool)
-    keep[i[on]] = False
+    keep[i] = False
     filled, image, colour = filled[keep], image[keep], colour[keep]
     alpha, resid2 = line_fit(q[:, image], qq[image], _OBJ_RGB[colour] - _BG_RGB[bg[image]])
     alpha[resid2 > TOLERANCE**2] = 0.0  # off the colour's line: not this object (a black dot reads blue)
