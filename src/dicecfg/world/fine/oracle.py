@@ -13,7 +13,7 @@ border vote, each pixel explained as ``bg + alpha (colour - bg)``) and adds, all
 3. Shape: nearest of per-(shape, pattern) prototypes on the shapes world's five geometric features, measured
    on clean renders (a striped shape's filled mask is a staircase, a little unlike a solid one).
 4. Dots: blobs of the background's contrast colour (black on white, white on black or gray; grey-axis pixels
-   only, so no palette colour passes) of ``DOT_AREA`` px, at least 2 px clear of every object.
+   only, so no palette colour passes) of ``DOT_AREA`` px at ``DOT_COVERAGE``, at least 2 px clear of every object.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from .scenes import DOT_RGB, MAX_DOTS, PATTERNS
 MIN_AREA = 30  # pixels (closed mask) for a blob to count as an object
 LARGE_EXTENT = 21.0  # bounding-box side (px) that separates small (16 px) from large (26 px)
 OVERLAP = 0.3  # share of an object's filled mask on a bigger one's (grown by 1 px) that makes it a ghost
-DOT_AREA = (3, 24)  # pixel area range (at half coverage) of a dot; a clean dot covers 5-12
+DOT_COVERAGE = 0.35  # least contrast-colour coverage of a dot pixel (blur 1 and smoothing leave a dot ~0.5)
+DOT_AREA = (4, 30)  # pixel area range of a dot at that coverage; a clean dot covers 8-14
 DOT_TOLERANCE = 40.0  # RGB distance off the background-to-dot-colour line (grey axis) a dot pixel may have
 SOLID_CORE = 0.8  # mean core coverage above which an object is solid (solid: >= 0.93, hollow: <= 0.72)
 STRIPE_STEP = 0.09  # least excess of the mean coverage step across stripes over that along them
@@ -280,7 +281,7 @@ def _dots(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, image: np.ndarray, fill
     occupied = np.zeros((n, h, w), dtype=bool)
     np.logical_or.at(occupied, image, filled)
     alpha, resid2 = line_fit(q, qq, _DOT_RGB[bg] - _BG_RGB[bg])
-    dmask = (alpha >= 0.5) & (resid2 <= DOT_TOLERANCE**2) & ~dilate(dilate(occupied))
+    dmask = (alpha >= DOT_COVERAGE) & (resid2 <= DOT_TOLERANCE**2) & ~dilate(dilate(occupied))
     dlab = components(dmask)
     dkey = (np.arange(n)[:, None, None] * (h * w) + dlab)[dlab >= 0]
     dids, dcounts = np.unique(dkey, return_counts=True)
