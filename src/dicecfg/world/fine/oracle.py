@@ -1,19 +1,22 @@
-"""The exact oracle of the shapes-fine world: objects with their patterns, and the dots.
+"""The exact oracle of the shapes-fine world: objects with their patterns, and the dots (docs/world.md).
 
 It shares the shapes world's pixel model (:mod:`dicecfg.world.oracle`: noise-gated smoothing, background by
 border vote, each pixel explained as ``bg + alpha (colour - bg)``) and adds, all vectorised over objects:
-1. Objects: per palette colour, the pixel mask is closed (two 3x3 dilations, two erosions: stripes 2 px
-   apart become one blob), cut into 4-connected components of at least ``MIN_AREA`` px, and each component
-   is filled row-wise and column-wise (every shape of the world is convex along rows and columns, so this
-   fills a hollow outline exactly). Size, position and shape are measured on the filled mask.
+1. Objects: per palette colour, isolated pixels are dropped and the mask is closed (two 3x3 dilations, two
+   erosions: stripes 2 px apart become one blob), cut into 4-connected components of at least ``MIN_AREA``
+   px, and each component is filled row-wise and column-wise (every shape of the world is convex along rows
+   and columns, so this fills a hollow outline exactly). Blobs that touch are one object (a ghost of
+   anti-aliased edges read as a neighbouring colour), of the colour that fits its pixels best.
 2. Pattern, from the object's own coverage ``alpha`` inside its filled mask: the mean coverage of the core
-   (the mask less a 2 px rim) parts solid (~1) from hollow (~0); the mean absolute coverage step between
+   (the mask less a 2 px rim) parts solid (~1) from the rest; the mean absolute coverage step between
    vertical and between horizontal neighbours in the mask less a 1 px rim shows stripes and their direction
-   (horizontal stripes change along y only).
-3. Shape: nearest of per-(shape, pattern) prototypes on the shapes world's five geometric features, measured
-   on clean renders (a striped shape's filled mask is a staircase, a little unlike a solid one).
+   (horizontal stripes change along y only); what is neither is hollow.
+3. Size, position and shape on a shape mask (for stripes, coverage averaged over one stripe period across
+   them); shape by the nearest of per-(shape, size, pattern) prototypes of the shapes world's five geometric
+   features, measured on clean and blurred renders (:func:`prototypes`).
 4. Dots: blobs of the background's contrast colour (black on white, white on black or gray; grey-axis pixels
-   only, so no palette colour passes) of ``DOT_AREA`` px at ``DOT_COVERAGE``, at least 2 px clear of every object.
+   only, so no palette colour passes) of ``DOT_AREA`` px at ``DOT_COVERAGE``, at least 2 px clear of every
+   object.
 """
 
 from __future__ import annotations
