@@ -175,27 +175,36 @@ def pixel_planes(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def line_fit(q: np.ndarray, qq: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coverage ``alpha`` (clipped to [0, 1]) and squared residual of pixels ``bg + q`` (planes of
-    :func:`pixel_planes`) explained as ``bg + alpha span``, for one colour-minus-background ``span`` (N,3) per
-    image: each (N,H,W)."""
-    s = span.astype(np.float32)[:, :, None, None]
-    norm2 = (s[:, 0] * s[:, 0] + s[:, 1] * s[:, 1]) + s[:, 2] * s[:, 2]
-    dot = (q[0] * s[:, 0] + q[1] * s[:, 1]) + q[2] * s[:, 2]
+    :func:`pixel_planes`, (3,N,H,W), or a list of pixels, (3,P)) explained as ``bg + alpha span``, for one
+    colour-minus-background ``span`` per image (N,3) or per pixel (P,3): each (N,H,W) or (P,)."""
+    s = np.moveaxis(span.astype(np.float32), -1, 0).reshape(3, len(span), *(1,) * (q.ndim - 2))
+    norm2 = (s[0] * s[0] + s[1] * s[1]) + s[2] * s[2]
+    dot = (q[0] * s[0] + q[1] * s[1]) + q[2] * s[2]
     alpha = np.clip(dot / norm2, 0.0, 1.0)
     return alpha, qq - 2 * alpha * dot + alpha * alpha * norm2
 
 
 def label_planes(q: np.ndarray, qq: np.ndarray, bg: np.ndarray) -> np.ndarray:
     """Per-pixel palette colour index (-1 = background/unknown) from :func:`pixel_planes` (step 2): the
-    colour with the smallest residual among those with ``alpha >= 0.5``, if below ``TOLERANCE``."""
-    best = np.full(qq.shape, np.inf, dtype=np.float32)
-    lab = np.full(qq.shape, -1, dtype=np.int8)
-    for c, rgb in enumerate(_OBJ_RGB):
-        alpha, resid2 = line_fit(q, qq, rgb - _BG_RGB[bg])
+    colour with the smallest residual among those with ``alpha >= 0.5``, if below ``TOLERANCE``.
+
+    ``alpha >= 0.5`` needs ``|q| >= |span| / 2``, so pixels nearer their background than 0.45 of the
+    shortest span are background without being fitted (most of an image; the labels are the same)."""
+    spans = _OBJ_RGB[None] - _BG_RGB[bg][:, None, :]  # (N,C,3)
+    near = (0.45 * np.sqrt((spans * spans).sum(-1)).min(1)) ** 2  # (N,)
+    img, ys, xs = np.nonzero(qq >= near[:, None, None])
+    qp, qqp = q[:, img, ys, xs], qq[img, ys, xs]
+    best = np.full(len(img), np.inf, dtype=np.float32)
+    found = np.full(len(img), -1, dtype=np.int64)
+    for c in range(len(_OBJ_RGB)):
+        alpha, resid2 = line_fit(qp, qqp, spans[img, c])
         better = (alpha >= 0.5) & (resid2 < best)
-        np.copyto(best, resid2, where=better)
-        np.copyto(lab, np.int8(c), where=better)
-    lab[best > TOLERANCE**2] = -1
-    return lab.astype(np.int64)
+        best[better] = resid2[better]
+        found[better] = c
+    found[best > TOLERANCE**2] = -1
+    lab = np.full(qq.shape, -1, dtype=np.int64)
+    lab[img, ys, xs] = found
+    return lab
 
 
 def label_pixels(x: np.ndarray, bg: np.ndarray) -> np.ndarray:
