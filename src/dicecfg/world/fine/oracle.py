@@ -60,6 +60,7 @@ _OBJ_RGB = np.array([COLOUR_RGB[c] for c in COLOURS], dtype=np.float32)
 _BG_RGB = np.array([BACKGROUND_RGB[b] for b in BACKGROUNDS], dtype=np.float32)
 _DOT_RGB = np.array([DOT_RGB[b] for b in BACKGROUNDS], dtype=np.float32)
 _CHUNK = 128  # images processed at once (bounds memory)
+WINDOW_MARGIN = 6  # px kept around an object's filled mask when measuring it (the filters reach 5)
 PROTOTYPE_BLURS = (0.0, 0.7, 1.0)  # shape prototypes are measured on renders this blurred (sigma, px)
 _SCALES = np.array([0.06, 0.03, 0.05, 0.15, 0.1])  # typical spread of each feature under mild blur/noise
 N_FEATURES = 109 + len(SHAPES) + 2 + len(PATTERNS) + MAX_DOTS + 2 + 1
@@ -237,7 +238,8 @@ class _Found:
 
 def _objects(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, ...]:
     """Objects of prepared images (step 1; ``q``, ``qq`` from :func:`~dicecfg.world.oracle.pixel_planes`):
-    each one's image, colour, filled mask and coverage by its colour."""
+    each one's image, colour and filled mask (J,H,W), and in a square window around it (J,S,S) its filled
+    mask and its coverage by its colour, with the windows' corners (J,2) (x, y)."""
     n, h, w = lab.shape
     raw = lab[:, None] == np.arange(len(COLOURS))[None, :, None, None]  # (N,C,H,W)
     pairs = np.argwhere(raw.sum((2, 3)) >= MIN_AREA // 3)
@@ -273,9 +275,21 @@ def _objects(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, lab: np.ndarray) -> 
     keep = np.ones(len(k), dtype=bool)
     keep[i] = False
     filled, image, colour = filled[keep], image[keep], colour[keep]
-    alpha, resid2 = line_fit(q[:, image], qq[image], _OBJ_RGB[colour] - _BG_RGB[bg[image]])
+    # From here on each object is measured in a square window around it (a margin of WINDOW_MARGIN px).
+    rows, cols = filled.any(2), filled.any(1)
+    y0, y1 = rows.argmax(1), h - 1 - rows[:, ::-1].argmax(1)
+    x0, x1 = cols.argmax(1), w - 1 - cols[:, ::-1].argmax(1)
+    side = int(min(max(np.max(np.maximum(y1 - y0, x1 - x0), initial=0) + 1 + 2 * WINDOW_MARGIN, 32), h, w))
+    origin = np.stack(
+        [np.clip((x0 + x1 + 1 - side) // 2, 0, w - side), np.clip((y0 + y1 + 1 - side) // 2, 0, h - side)], 1
+    )  # (J,2) x, y of each window's corner
+    yy = (origin[:, 1, None] + np.arange(side))[:, :, None]
+    xx = (origin[:, 0, None] + np.arange(side))[:, None, :]
+    window = filled[np.arange(len(image))[:, None, None], yy, xx]
+    ii = image[:, None, None]
+    alpha, resid2 = line_fit(q[:, ii, yy, xx], qq[ii, yy, xx], _OBJ_RGB[colour] - _BG_RGB[bg[image]])
     alpha[resid2 > TOLERANCE**2] = 0.0  # off the colour's line: not this object (a black dot reads blue)
-    return image, colour, filled, alpha
+    return image, colour, filled, window, alpha, origin
 
 
 def _dots(q: np.ndarray, qq: np.ndarray, bg: np.ndarray, image: np.ndarray, filled: np.ndarray) -> np.ndarray:
@@ -297,13 +311,13 @@ def _find(x: np.ndarray) -> _Found:
     xf, bg = prepare(x)
     q, qq = pixel_planes(xf, bg)
     lab = label_planes(q, qq, bg)
-    image, colour, filled, alpha = _objects(q, qq, bg, lab)
-    pattern = classify_pattern(pattern_features(alpha, filled))
-    mask = shape_mask(alpha, filled, pattern)
+    image, colour, filled, window, alpha, origin = _objects(q, qq, bg, lab)
+    pattern = classify_pattern(pattern_features(alpha, window))
+    mask = shape_mask(alpha, window, pattern)
     feats, extent, centre = shape_features(mask)
     shape = classify_shape(feats, extent >= LARGE_EXTENT, pattern)
     dots = _dots(q, qq, bg, image, filled)
-    return _Found(image, colour, shape, pattern, extent, centre, mask.sum((1, 2)), dots, bg, lab)
+    return _Found(image, colour, shape, pattern, extent, centre + origin, mask.sum((1, 2)), dots, bg, lab)
 
 
 @functools.cache
@@ -337,11 +351,11 @@ def measure_prototypes(offsets: int = 3, blur: float = 0.0) -> np.ndarray:
     images = render(scenes)
     xf, bg = prepare(degrade(images, blur=blur) if blur else images)
     q, qq = pixel_planes(xf, bg)
-    image, _, filled, alpha = _objects(q, qq, bg, label_planes(q, qq, bg))
+    image, _, _, window, alpha, _ = _objects(q, qq, bg, label_planes(q, qq, bg))
     if not np.array_equal(image, np.arange(len(scenes))):
         raise RuntimeError("a prototype render did not read as exactly one object")
     pattern = np.repeat([p for _, _, p in classes], offsets * offsets)
-    feats = shape_features(shape_mask(alpha, filled, pattern))[0]
+    feats = shape_features(shape_mask(alpha, window, pattern))[0]
     return feats.reshape(len(SHAPES), len(SIZES), len(PATTERNS), offsets * offsets, 5).mean(3)
 
 
