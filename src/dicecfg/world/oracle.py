@@ -76,7 +76,7 @@ def to_uint8_hwc(images) -> np.ndarray:
     return np.rint(np.clip((x.astype(np.float32) + 1.0) * 127.5, 0, 255)).astype(np.uint8)
 
 
-def _shift(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
+def shift(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``out[..., y, x] = m[..., y - dy, x - dx]``, zero-filled."""
     out = np.zeros_like(m)
     h, w = m.shape[-2:]
@@ -86,34 +86,52 @@ def _shift(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def _dilate(m: np.ndarray) -> np.ndarray:
-    rows = m | _shift(m, 1, 0) | _shift(m, -1, 0)
-    return rows | _shift(rows, 0, 1) | _shift(rows, 0, -1)
+def dilate(m: np.ndarray) -> np.ndarray:
+    rows = m | shift(m, 1, 0) | shift(m, -1, 0)
+    return rows | shift(rows, 0, 1) | shift(rows, 0, -1)
 
 
-def _erode(m: np.ndarray) -> np.ndarray:
-    return ~_dilate(~m)
+def erode(m: np.ndarray) -> np.ndarray:
+    return ~dilate(~m)
 
 
-def _components(masks: np.ndarray) -> np.ndarray:
+def _runs(order: np.ndarray, line: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start positions and lengths of runs of consecutive flat indices ``order`` that stay on a line of ``line``."""
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (np.diff(order) != 1) | (order[1:] % line == 0)
+    starts = np.flatnonzero(new)
+    return starts, np.diff(np.append(starts, len(order)))
+
+
+def components(masks: np.ndarray) -> np.ndarray:
     """Label 4-connected components of (K,H,W) masks: each pixel gets its component's largest index."""
     k, h, w = masks.shape
-    lab = np.where(masks, np.arange(h * w, dtype=np.int32).reshape(1, h, w), np.int32(-1))
+    pix = np.flatnonzero(masks)  # mask pixels in row-major order
+    lab = np.full(masks.shape, -1, dtype=np.int32)
+    if len(pix) == 0:
+        return lab
+    by_col = np.flatnonzero(masks.transpose(0, 2, 1))  # the same pixels, column-major
+    img, rem = np.divmod(by_col, h * w)
+    col_order = np.searchsorted(pix, img * (h * w) + (rem % h) * w + rem // h)  # positions in pix
+    row_starts, row_len = _runs(pix, w)
+    col_starts, col_len = _runs(by_col, h)
+    where = np.full(k * h * w, -1, dtype=np.int64)
+    where[pix] = np.arange(len(pix))
+    base = (pix // (h * w)) * (h * w)
+    v = (pix - base).astype(np.int64)  # each pixel's own index within its mask
     while True:
-        new = lab.copy()
-        new[:, 1:] = np.maximum(new[:, 1:], lab[:, :-1])
-        new[:, :-1] = np.maximum(new[:, :-1], lab[:, 1:])
-        new[:, :, 1:] = np.maximum(new[:, :, 1:], lab[:, :, :-1])
-        new[:, :, :-1] = np.maximum(new[:, :, :-1], lab[:, :, 1:])
-        flat = np.where(masks, new, np.int32(-1)).reshape(k, -1)
-        flat = np.where(flat >= 0, np.take_along_axis(flat, np.maximum(flat, 0), axis=1), np.int32(-1))
-        new = flat.reshape(k, h, w)
-        if np.array_equal(new, lab):
-            return lab
-        lab = new
+        new = np.repeat(np.maximum.reduceat(v, row_starts), row_len)  # the largest label along each row run
+        c = np.repeat(np.maximum.reduceat(new[col_order], col_starts), col_len)  # ... and column run
+        new[col_order] = c
+        new = new[where[base + new]]  # pointer jump: the label of the pixel the label names
+        if np.array_equal(new, v):
+            break
+        v = new
+    lab.reshape(-1)[pix] = v
+    return lab
 
 
-def _smooth(x: np.ndarray) -> np.ndarray:
+def smooth(x: np.ndarray) -> np.ndarray:
     """[1, 2, 1] / 4 binomial filter along both image axes (edge-padded): damps pixel noise."""
     for axis in (1, 2):
         p = np.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(4)], mode="edge")
@@ -126,7 +144,7 @@ def _smooth(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _noise_level(border: np.ndarray) -> np.ndarray:
+def noise_level(border: np.ndarray) -> np.ndarray:
     """Per-image pixel-noise std from (N,P,3) border pixels: RMS deviation from the per-channel median,
     the top 5% dropped (object pixels), times sqrt(2) for channels pinned at 0 or 255 (half clipped)."""
     med = np.median(border, axis=1, keepdims=True)
@@ -135,26 +153,69 @@ def _noise_level(border: np.ndarray) -> np.ndarray:
     return np.sqrt(dev2.mean(-1))
 
 
-def _segment(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel colour index (-1 = background/unknown) and background index, for uint8 (N,H,W,3)."""
+def prepare(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float pixels (smoothed where the border shows strong noise) and each image's background index, for
+    uint8 (N,H,W,3) images (steps 0-1 of the module docstring)."""
     x = x.astype(np.float32)
     border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
-    noisy = _noise_level(border) > NOISY
+    noisy = noise_level(border) > NOISY
     if noisy.any():
-        x[noisy] = _smooth(x[noisy])
+        x[noisy] = smooth(x[noisy])
     nearest = ((border[:, :, None, :] - _BG_RGB) ** 2).sum(-1).argmin(-1)
     bg = np.array([np.bincount(v, minlength=len(BACKGROUNDS)).argmax() for v in nearest])
-    n, h, w, _ = x.shape
-    q = x.reshape(n, h * w, 3) - _BG_RGB[bg][:, None, :]  # pixel minus background
-    span = _OBJ_RGB[None] - _BG_RGB[bg][:, None, :]  # (N,C,3): colour minus background
-    norm2 = (span * span).sum(-1)[:, None, :]
-    dot = q @ span.transpose(0, 2, 1)  # (N,HW,C)
+    return x, bg
+
+
+def pixel_planes(x: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prepared pixels (N,H,W,3) minus their background as contiguous channel planes (3,N,H,W), and their
+    squared norms (N,H,W)."""
+    q = np.ascontiguousarray(x.transpose(3, 0, 1, 2)) - _BG_RGB[bg].T[:, :, None, None]
+    return q, (q[0] * q[0] + q[1] * q[1]) + q[2] * q[2]
+
+
+def line_fit(q: np.ndarray, qq: np.ndarray, span: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage ``alpha`` (clipped to [0, 1]) and squared residual of pixels ``bg + q`` (planes of
+    :func:`pixel_planes`, (3,N,H,W), or a list of pixels, (3,P)) explained as ``bg + alpha span``, for one
+    colour-minus-background ``span`` per image (N,3) or per pixel (P,3): each (N,H,W) or (P,)."""
+    s = np.moveaxis(span.astype(np.float32), -1, 0).reshape(3, len(span), *(1,) * (q.ndim - 2))
+    norm2 = (s[0] * s[0] + s[1] * s[1]) + s[2] * s[2]
+    dot = (q[0] * s[0] + q[1] * s[1]) + q[2] * s[2]
     alpha = np.clip(dot / norm2, 0.0, 1.0)
-    resid2 = (q * q).sum(-1, keepdims=True) - 2 * alpha * dot + alpha * alpha * norm2
-    resid = np.where(alpha >= 0.5, resid2, np.inf).reshape(n, h, w, -1)
-    lab = resid.argmin(-1)
-    lab[resid.min(-1) > TOLERANCE**2] = -1
-    return lab, bg
+    return alpha, qq - 2 * alpha * dot + alpha * alpha * norm2
+
+
+def label_planes(q: np.ndarray, qq: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Per-pixel palette colour index (-1 = background/unknown) from :func:`pixel_planes` (step 2): the
+    colour with the smallest residual among those with ``alpha >= 0.5``, if below ``TOLERANCE``.
+
+    ``alpha >= 0.5`` needs ``|q| >= |span| / 2``, so pixels nearer their background than 0.45 of the
+    shortest span are background without being fitted (most of an image; the labels are the same)."""
+    spans = _OBJ_RGB[None] - _BG_RGB[bg][:, None, :]  # (N,C,3)
+    near = (0.45 * np.sqrt((spans * spans).sum(-1)).min(1)) ** 2  # (N,)
+    img, ys, xs = np.nonzero(qq >= near[:, None, None])
+    qp, qqp = q[:, img, ys, xs], qq[img, ys, xs]
+    best = np.full(len(img), np.inf, dtype=np.float32)
+    found = np.full(len(img), -1, dtype=np.int64)
+    for c in range(len(_OBJ_RGB)):
+        alpha, resid2 = line_fit(qp, qqp, spans[img, c])
+        better = (alpha >= 0.5) & (resid2 < best)
+        best[better] = resid2[better]
+        found[better] = c
+    found[best > TOLERANCE**2] = -1
+    lab = np.full(qq.shape, -1, dtype=np.int64)
+    lab[img, ys, xs] = found
+    return lab
+
+
+def label_pixels(x: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Per-pixel palette colour index (-1 = background/unknown) of prepared pixels (step 2)."""
+    return label_planes(*pixel_planes(x, bg), bg)
+
+
+def segment(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel colour index (-1 = background/unknown) and background index, for uint8 (N,H,W,3)."""
+    xf, bg = prepare(x)
+    return label_pixels(xf, bg), bg
 
 
 def _shape_features(m: np.ndarray) -> np.ndarray:
@@ -183,18 +244,18 @@ def _classify_shape(m: np.ndarray) -> str:
 
 
 def _detect(lab: np.ndarray, bg: np.ndarray) -> tuple[list[list[Detection]], list[str]]:
-    """Objects from a label map of :func:`_segment`."""
+    """Objects from a label map of :func:`segment`."""
     n, h, w = lab.shape
     raw = lab[:, None] == np.arange(len(COLOURS))[None, :, None, None]  # (N,C,H,W)
-    opened = _dilate(_erode(raw))
+    opened = dilate(erode(raw))
     keep = np.argwhere(opened.sum((-1, -2)) >= MIN_AREA)
     found: list[list[Detection]] = [[] for _ in range(n)]
     if len(keep):
-        labels = _components(opened[keep[:, 0], keep[:, 1]])
+        labels = components(opened[keep[:, 0], keep[:, 1]])
         for (i, c), comp in zip(keep, labels, strict=True):
             ids, counts = np.unique(comp[comp >= 0], return_counts=True)
             for cid in ids[counts >= MIN_AREA]:
-                m = raw[i, c] & _dilate(_dilate(comp == cid))
+                m = raw[i, c] & dilate(dilate(comp == cid))
                 ys, xs = np.nonzero(m)
                 extent = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
                 size = "large" if extent >= LARGE_EXTENT else "small"
@@ -211,8 +272,11 @@ def _detect(lab: np.ndarray, bg: np.ndarray) -> tuple[list[list[Detection]], lis
     return found, [BACKGROUNDS[b] for b in bg]
 
 
-def _match(spec: Spec, dets: list[Detection], background: str) -> dict[str, bool]:
-    """Attribute checks under the assignment of detections to spec objects that satisfies the most."""
+def match(
+    spec, dets: Sequence, background: str, keys: tuple[str, ...] = ("shape", "colour", "size")
+) -> dict[str, bool]:
+    """Attribute checks under the assignment of detections to spec objects that satisfies the most: each of
+    ``keys`` (per object), ``relation``, ``count``, ``background`` and ``all``."""
     m = len(spec.objects)
     best: dict[str, bool] | None = None
     for assign in set(itertools.permutations([*range(len(dets)), *[None] * m], m)):
@@ -222,7 +286,7 @@ def _match(spec: Spec, dets: list[Detection], background: str) -> dict[str, bool
                 getattr(o, key) is None or (d is not None and getattr(d, key) == getattr(o, key))
                 for o, d in zip(spec.objects, got, strict=True)
             )
-            for key in ("shape", "colour", "size")
+            for key in keys
         }
         if spec.relation is None:
             res["relation"] = True
@@ -240,6 +304,23 @@ def _match(spec: Spec, dets: list[Detection], background: str) -> dict[str, bool
     return best
 
 
+def colour_features(x: np.ndarray, lab: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """(N, 109) features of uint8 images and their label map: per palette colour area, centroid and second
+    moments (42), background one-hot (3), a 4x4x4 colour histogram (64)."""
+    n, h, w = lab.shape
+    masks = (lab[:, None] == np.arange(len(COLOURS))[None, :, None, None]).astype(np.float64)
+    gy, gx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    area = masks.sum((-1, -2))
+    safe = np.maximum(area, 1.0)
+    mx, my = (masks * gx).sum((-1, -2)) / safe, (masks * gy).sum((-1, -2)) / safe
+    dx, dy = gx - mx[..., None, None], gy - my[..., None, None]
+    mom = [(masks * a).sum((-1, -2)) / safe for a in (dx * dx, dy * dy, dx * dy)]
+    colour_stats = np.stack([area / (h * w), mx, my, *mom], axis=-1).reshape(n, -1)
+    bins = (x.astype(np.int64) // 64).reshape(n, -1, 3) @ np.array([16, 4, 1])
+    hist = np.stack([np.bincount(b, minlength=64) for b in bins]) / (h * w)
+    return np.concatenate([colour_stats, np.eye(len(BACKGROUNDS))[bg], hist], axis=1)
+
+
 class Oracle:
     """Scores images against specs, and gives deterministic features for a Frechet distance."""
 
@@ -251,7 +332,7 @@ class Oracle:
         dets: list[list[Detection]] = []
         bgs: list[str] = []
         for s in range(0, len(x), _CHUNK):
-            d, b = _detect(*_segment(x[s : s + _CHUNK]))
+            d, b = _detect(*segment(x[s : s + _CHUNK]))
             dets += d
             bgs += b
         return dets, bgs
@@ -261,7 +342,7 @@ class Oracle:
         dets, bgs = self.detect(images)
         if len(specs) != len(dets):
             raise ValueError(f"got {len(dets)} images but {len(specs)} specs")
-        rows = [_match(s, d, b) for s, d, b in zip(specs, dets, bgs, strict=True)]
+        rows = [match(s, d, b) for s, d, b in zip(specs, dets, bgs, strict=True)]
         return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in self.keys}
 
     def features(self, images) -> np.ndarray:
@@ -271,18 +352,8 @@ class Oracle:
         out = []
         for s in range(0, len(x), _CHUNK):
             xc = x[s : s + _CHUNK]
-            lab, bg = _segment(xc)
-            n, h, w = lab.shape
-            masks = (lab[:, None] == np.arange(len(COLOURS))[None, :, None, None]).astype(np.float64)
-            gy, gx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-            area = masks.sum((-1, -2))
-            safe = np.maximum(area, 1.0)
-            mx, my = (masks * gx).sum((-1, -2)) / safe, (masks * gy).sum((-1, -2)) / safe
-            dx, dy = gx - mx[..., None, None], gy - my[..., None, None]
-            mom = [(masks * a).sum((-1, -2)) / safe for a in (dx * dx, dy * dy, dx * dy)]
-            colour_stats = np.stack([area / (h * w), mx, my, *mom], axis=-1).reshape(n, -1)
-            bins = (xc.astype(np.int64) // 64).reshape(n, -1, 3) @ np.array([16, 4, 1])
-            hist = np.stack([np.bincount(b, minlength=64) for b in bins]) / (h * w)
+            lab, bg = segment(xc)
+            base = colour_features(xc, lab, bg)
             dets, _ = _detect(lab, bg)
             counts = np.array(
                 [
@@ -291,7 +362,7 @@ class Oracle:
                     for ds in dets
                 ]
             )
-            out.append(np.concatenate([colour_stats, np.eye(len(BACKGROUNDS))[bg], hist, counts], axis=1))
+            out.append(np.concatenate([base, counts], axis=1))
         return np.concatenate(out, axis=0) if out else np.zeros((0, 116))
 
 

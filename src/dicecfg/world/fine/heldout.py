@@ -19,7 +19,7 @@ import itertools
 
 import numpy as np
 
-from ..heldout import EvalItem, all_pairs, canonical, fits, pick_subset
+from ..heldout import CONDITIONS, EvalItem, all_pairs, canonical, fits, pick_subset
 from ..scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES, pick
 from .captions import FineSpec, caption_spec
 from .scenes import DOT_COUNTS, PATTERNS, FineScene, place_scene, sample_scene
@@ -109,3 +109,33 @@ def validation_set(n: int = 512) -> list[EvalItem]:
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     return list(_validation_items(n))
+
+
+def oracle_accuracy(
+    n: int = HELDOUT_SIZE, *, blur: float = 0.0, noise: float = 0.0, seed: int = 0, split: str = "heldout"
+) -> dict[str, float]:
+    """Mean :class:`~dicecfg.world.fine.oracle.FineOracle` scores of the renders of the first ``n`` held-out
+    (or ``split="validation"``) items against their own prompts, optionally blurred / noised."""
+    from ..render import degrade
+    from .oracle import FineOracle
+    from .render import render
+
+    if split not in ("heldout", "validation"):
+        raise ValueError(f"split must be 'heldout' or 'validation', got {split!r}")
+    items = heldout_set(n) if split == "heldout" else validation_set(n)
+    images = render([it.scene for it in items])
+    if blur or noise:
+        images = degrade(images, blur=blur, noise=noise, seed=seed)
+    return {k: float(v.mean()) for k, v in FineOracle().score(images, [it.spec for it in items]).items()}
+
+
+def oracle_table(n: int = HELDOUT_SIZE, split: str = "heldout") -> str:
+    """The shapes-fine oracle accuracy table of docs/world.md (the shapes world's degradations), as text."""
+    from .oracle import FineOracle
+
+    keys = FineOracle.keys
+    lines = [f"{'condition':<22} " + " ".join(f"{k:>10}" for k in keys)]
+    for name, blur, noise in CONDITIONS:
+        acc = oracle_accuracy(n, blur=blur, noise=noise, split=split)
+        lines.append(f"{name:<22} " + " ".join(f"{acc[k]:>10.4f}" for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,299 @@
+"""The shapes-fine world: scenes with patterns and dots, grammar, renderer, held-out split, oracle, dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dicecfg.world import data as world_data
+from dicecfg.world import degrade, frechet_distance, make_dataset, sample_training_scenes
+from dicecfg.world.fine import (
+    DOT_COUNTS,
+    PATTERNS,
+    VOCAB,
+    FineObj,
+    FineObjSpec,
+    FineScene,
+    FineSpec,
+    caption_spec,
+    heldout_set,
+    is_heldout,
+    parse,
+    render,
+    sample_scene,
+    spec_of,
+    validate_scene,
+    validation_set,
+)
+from dicecfg.world.fine.heldout import HELDOUT_SIZE
+from dicecfg.world.fine.oracle import N_FEATURES, FineOracle, prototypes
+from dicecfg.world.fine.scenes import DOT_RGB
+from dicecfg.world.scenes import (
+    BACKGROUND_RGB,
+    BACKGROUNDS,
+    COLOUR_RGB,
+    COLOURS,
+    INVERSE_RELATION,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+)
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[FineScene]:
+    rng = np.random.default_rng(0)
+    return [sample_scene(rng) for _ in range(2000)]
+
+
+@pytest.fixture(scope="module")
+def heldout_renders():
+    items = heldout_set()
+    return items, render([it.scene for it in items])
+
+
+def test_sampled_scenes_are_valid_and_mixed(scenes):
+    for s in scenes:
+        validate_scene(s)
+    assert 0.25 < np.mean([len(s.objects) == 1 for s in scenes]) < 0.35
+    assert 0.15 < np.mean([not s.dots for s in scenes]) < 0.25
+    assert {len(s.dots) for s in scenes} == set(DOT_COUNTS)
+    assert {o.pattern for s in scenes for o in s.objects} == set(PATTERNS)
+    assert {o.shape for s in scenes for o in s.objects} == set(SHAPES)
+    assert {o.size for s in scenes for o in s.objects} == set(SIZES)
+    assert {s.relation for s in scenes if s.relation} == set(RELATIONS)
+    assert {s.background for s in scenes} == set(BACKGROUNDS)
+
+
+def test_validate_scene_rejects_broken_scenes():
+    a = FineObj("circle", "red", "small", "hollow", 0.25, 0.5)
+    b = FineObj("square", "blue", "small", "solid", 0.75, 0.5)
+    good = FineScene((a, b), "white", "left of", ((0.5, 0.1),))
+    validate_scene(good)
+    broken = {
+        "relation": dataclasses.replace(good, relation="right of"),
+        "overlap": dataclasses.replace(good, objects=(a, dataclasses.replace(b, x=0.3))),
+        "distinct colours": dataclasses.replace(good, objects=(a, dataclasses.replace(b, colour="red"))),
+        "unknown attribute": dataclasses.replace(good, objects=(a, dataclasses.replace(b, pattern="dotted"))),
+        "touches an object": dataclasses.replace(good, dots=((0.25, 0.5),)),
+        "too close to the border": dataclasses.replace(good, dots=((0.5, 0.01),)),
+        "at most 4 dots": dataclasses.replace(good, dots=((0.5, 0.1),) * 5),
+    }
+    for message, scene in broken.items():
+        with pytest.raises(ValueError, match=message):
+            validate_scene(scene)
+
+
+def test_caption_parse_round_trip(scenes):
+    rng = np.random.default_rng(1)
+    seen_words: set[str] = set()
+    for s in scenes + scenes:  # two paraphrases of each
+        text, spec = caption_spec(s, rng)
+        assert parse(text) == spec, text
+        seen_words |= set(text.split())
+        assert spec.dots in (None, len(s.dots)) and spec.background in (None, s.background)
+        objs = s.objects if spec.objects[0].colour == s.objects[0].colour else s.objects[::-1]
+        for o, os_ in zip(objs, spec.objects, strict=True):
+            assert (os_.shape, os_.colour) == (o.shape, o.colour)
+            assert os_.size in (None, o.size) and os_.pattern in (None, o.pattern)
+    assert seen_words == set(VOCAB)
+
+
+def test_parse_accepts_partial_prompts_and_names_the_word_that_does_not_fit():
+    assert parse("A hollow circle above a big square with vertical stripes and no dots.") == FineSpec(
+        (
+            FineObjSpec("circle", None, None, "hollow"),
+            FineObjSpec("square", None, "large", "vertical stripes"),
+        ),
+        "above",
+        None,
+        0,
+    )
+    assert parse("an outlined red cross on gray and one dot").objects[0].pattern == "hollow"
+    errors = {
+        "a red circle with diagonal stripes": r"'horizontal stripes' or 'vertical stripes', found 'diagonal' \(word 5\)",
+        "a solid red circle with vertical stripes": "one pattern per object",
+        "a red circle and five dots": r"number of dots .* found 'five' \(word 5\)",
+        "a red circle and two dot": r"expected 'dots', found 'dot' \(word 6\)",
+        "a red circle and one dots": r"expected 'dot', found 'dots'",
+        "a striped red circle": r"expected a shape .* found 'striped' \(word 2\)",
+        "a red circle and": "found the end",
+    }
+    for text, message in errors.items():
+        with pytest.raises(ValueError, match=message):
+            parse(text)
+
+
+def test_render_shape_colours_and_speed(scenes):
+    started = time.perf_counter()
+    images = render(scenes)
+    rate = len(scenes) / (time.perf_counter() - started)
+    assert images.shape == (len(scenes), 64, 64, 3) and images.dtype == np.uint8
+    for s, im in zip(scenes[:300], images[:300], strict=True):
+        assert tuple(im[0, 0]) == BACKGROUND_RGB[s.background]
+        for x, y in s.dots:
+            assert tuple(im[int(y * 64), int(x * 64)]) == DOT_RGB[s.background]
+        for o in s.objects:  # a solid object's centre, a horizontally striped one's centre row are its colour
+            if o.pattern in ("solid", "horizontal stripes", "vertical stripes"):
+                assert tuple(im[int(o.y * 64), int(o.x * 64)]) == COLOUR_RGB[o.colour]
+    assert rate > 1000, f"render ran at {rate:.0f} images/s"
+
+
+def test_heldout_set_is_fixed_bounded_and_states_the_fine_attributes():
+    a = heldout_set()
+    assert a == heldout_set() and len(a) == HELDOUT_SIZE and heldout_set(100) == a[:100]
+    assert len({it.seed for it in a}) == len(a)
+    assert all(is_heldout(it.scene) and is_heldout(it.spec) for it in a)
+    assert all(parse(it.prompt) == it.spec == dataclasses.replace(it.spec) for it in a)
+    assert all(it.spec.dots == len(it.scene.dots) and 1 <= it.spec.dots <= 4 for it in a)
+    assert all(o.pattern is not None for it in a for o in it.spec.objects)
+    assert {o.pattern for it in a for o in it.scene.objects} == set(PATTERNS)
+    started = time.perf_counter()
+    for n in (HELDOUT_SIZE + 1, 10**9):
+        with pytest.raises(ValueError, match=f"held-out set has {HELDOUT_SIZE} prompts"):
+            heldout_set(n)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_training_never_shows_a_heldout_combination():
+    scenes, captions = sample_training_scenes(3000, seed=7, world="shapes-fine")
+    assert not any(is_heldout(s) for s in scenes)
+    specs = [parse(c) for c in captions]
+    assert not any(is_heldout(sp) for sp in specs if sp.relation is not None)  # pair captions name the pair
+    pair = next(it.scene for it in heldout_set() if it.scene.relation)
+    flipped = dataclasses.replace(pair, objects=pair.objects[::-1], relation=INVERSE_RELATION[pair.relation])
+    assert is_heldout(flipped)  # the same combination said the other way round is still held out
+
+
+def test_validation_set_is_fixed_and_apart_from_heldout_and_training():
+    v = validation_set()
+    assert v == validation_set() and validation_set(600)[:512] == v
+    assert not any(is_heldout(it.scene) for it in v)
+    seeds = {it.seed for it in v}
+    assert len(seeds) == len(v) and not seeds & {it.seed for it in heldout_set()}
+    assert all(parse(it.prompt) == it.spec and it.spec.dots == len(it.scene.dots) >= 1 for it in v)
+    _, training = sample_training_scenes(512, seed=21, world="shapes-fine")
+    assert not {it.prompt for it in v} >= set(training)
+
+
+def test_oracle_is_right_on_heldout_renders(heldout_renders):
+    items, images = heldout_renders
+    specs = [it.spec for it in items]
+    clean = FineOracle().score(images, specs)
+    assert set(clean) == set(FineOracle.keys)
+    for key, values in clean.items():
+        assert values.mean() >= 0.995, key
+    mild = FineOracle().score(degrade(images[:256], blur=0.7, noise=0.05, seed=0), specs[:256])
+    assert mild["all"].mean() >= 0.98
+
+
+def test_oracle_reads_every_shape_size_pattern_and_colour():
+    rng = np.random.default_rng(3)
+    combos = list(itertools.product(SHAPES, SIZES, PATTERNS))
+    scenes = []
+    for i, (shape, size, pattern) in enumerate(combos * 4):
+        colour, background = COLOURS[i % len(COLOURS)], BACKGROUNDS[i % len(BACKGROUNDS)]
+        obj = FineObj(shape, colour, size, pattern, 0.3 + 0.4 * rng.random(), 0.3 + 0.4 * rng.random())
+        scenes.append(FineScene((obj,), background, None, ()))
+    dets, dots, bgs = FineOracle().detect(render(scenes))
+    got = [[(d.shape, d.colour, d.size, d.pattern) for d in ds] for ds in dets]
+    assert got == [[(o.shape, o.colour, o.size, o.pattern) for o in s.objects] for s in scenes]
+    assert dots == [0] * len(scenes) and bgs == [s.background for s in scenes]
+    assert prototypes().shape == (3, len(SHAPES), len(SIZES), len(PATTERNS), 5)
+
+
+def _wrong_specs(spec: FineSpec) -> dict[str, FineSpec]:
+    """Full specs of a scene with one thing changed, and the key that must catch it."""
+    o0, rest = spec.objects[0], spec.objects[1:]
+    used = {o.colour for o in spec.objects}
+
+    def first(**change) -> FineSpec:
+        return dataclasses.replace(spec, objects=(dataclasses.replace(o0, **change), *rest))
+
+    wrong = {
+        "pattern": first(pattern=next(p for p in PATTERNS if p != o0.pattern)),
+        "shape": first(shape=next(s for s in SHAPES if s != o0.shape)),
+        "colour": first(colour=next(c for c in COLOURS if c not in used)),
+        "size": first(size=next(z for z in SIZES if z != o0.size)),
+        "dots": dataclasses.replace(spec, dots=(spec.dots + 1) % 5),
+        "background": dataclasses.replace(
+            spec, background=next(b for b in BACKGROUNDS if b != spec.background)
+        ),
+    }
+    if spec.relation is not None:
+        wrong["relation"] = dataclasses.replace(spec, relation=INVERSE_RELATION[spec.relation])
+        wrong["count"] = dataclasses.replace(spec, objects=spec.objects[:1], relation=None)
+        o1 = spec.objects[1]
+        wrong["pattern "] = dataclasses.replace(  # the second object's pattern
+            spec, objects=(o0, dataclasses.replace(o1, pattern=next(p for p in PATTERNS if p != o1.pattern)))
+        )
+    else:
+        wrong["count"] = dataclasses.replace(
+            spec, objects=(o0, FineObjSpec(None, None, None, None)), relation="left of"
+        )
+    return wrong
+
+
+def test_oracle_rejects_wrong_specs(heldout_renders):
+    items, images = heldout_renders
+    rows, specs, keys = [], [], []
+    for i, it in enumerate(items[:120]):
+        for key, spec in _wrong_specs(spec_of(it.scene)).items():
+            rows.append(i)
+            specs.append(spec)
+            keys.append(key.strip())
+    scores = FineOracle().score(images[rows], specs)
+    assert scores["all"].mean() <= 0.01
+    for key in ("pattern", "dots", "background", "count"):  # the keys no reassignment of objects can fool
+        caught = np.array([k == key for k in keys])
+        assert scores[key][caught].mean() <= 0.01, key
+    full = FineOracle().score(images[:120], [spec_of(it.scene) for it in items[:120]])
+    assert full["all"].mean() >= 0.99
+
+
+def test_oracle_accepts_float_chw_and_torch(heldout_renders):
+    items, images = heldout_renders
+    specs = [it.spec for it in items[:48]]
+    as_float = torch.from_numpy(images[:48]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    ref = FineOracle().score(images[:48], specs)
+    for other in (as_float, as_float.numpy()):
+        got = FineOracle().score(other, specs)
+        assert all(np.array_equal(ref[k], got[k]) for k in ref)
+    with pytest.raises(ValueError, match="images but"):
+        FineOracle().score(images[:3], specs[:2])
+
+
+def test_features_are_deterministic_and_see_patterns_and_dots(heldout_renders):
+    items, images = heldout_renders
+    f = FineOracle().features(images[:128])
+    assert f.shape == (128, N_FEATURES) and np.isfinite(f).all()
+    assert np.array_equal(f, FineOracle().features(images[:128]))
+    same = frechet_distance(f, FineOracle().features(images[128:256]))
+    scenes = [it.scene for it in items[128:256]]
+    solid = [
+        dataclasses.replace(s, objects=tuple(dataclasses.replace(o, pattern="solid") for o in s.objects))
+        for s in scenes
+    ]
+    no_dots = [dataclasses.replace(s, dots=()) for s in scenes]
+    assert same < frechet_distance(f, FineOracle().features(render(solid)))
+    assert same < frechet_distance(f, FineOracle().features(render(no_dots)))
+    assert same < frechet_distance(f, FineOracle().features(degrade(images[128:256], blur=1.5, noise=0.1)))
+
+
+def test_make_dataset_is_deterministic_for_any_worker_count(monkeypatch):
+    monkeypatch.setattr(world_data, "CHUNK", 128)
+    images, captions = make_dataset(300, seed=5, world="shapes-fine")
+    again, captions_again = make_dataset(300, seed=5, world="shapes-fine")
+    pooled, captions_pooled = make_dataset(300, seed=5, workers=2, world="shapes-fine")
+    assert images.shape == (300, 64, 64, 3) and images.dtype == np.uint8 and len(captions) == 300
+    assert np.array_equal(images, again) and captions == captions_again
+    assert np.array_equal(images, pooled) and captions == captions_pooled
+    assert make_dataset(300, seed=6, world="shapes-fine")[1] != captions
+    first_scenes, first_captions = sample_training_scenes(128, seed=5, chunk=0, world="shapes-fine")
+    assert captions[:128] == first_captions and np.array_equal(images[:128], render(first_scenes))
+    assert all(parse(c) for c in captions)
