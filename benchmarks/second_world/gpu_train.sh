@@ -4,16 +4,18 @@
 #
 #   CALL=1 bash benchmarks/second_world/gpu_train.sh   # data || text encoder; the VAE (from the first model's);
 #                                                      # the UNet until the call's time is up
-#   CALL=2 bash benchmarks/second_world/gpu_train.sh   # the UNet until the time is up; assemble; quick eval
+#   CALL=2 LIMIT=330 bash benchmarks/second_world/gpu_train.sh  # the UNet until LIMIT; assemble; the realism
+#                                                      # study of both worlds
 #
 # Every stage resumes when run again with the same RUN. What comes back in $OUT: logs.tar (the logs, stats.jsonl,
 # the stages' run_*.json), the text encoder and VAE (so a lost machine costs only the UNet), VAE reconstructions of
 # the held-out renders (recon.npz: the oracle's ceiling on this VAE, scored on a CPU), and after CALL=2 the
-# assembled fp16 pipeline (pipeline.tar) and 64 held-out images with CFG and unguided (quick.npz).
+# assembled fp16 pipeline (pipeline.tar), the study's JSON (in logs.tar) and a few of its images.
 set -uo pipefail
 RUN=${RUN:-/tmp/fine-run}
 CALL=${CALL:?CALL=1 or CALL=2}
-LIMIT=${LIMIT:-565}  # seconds this call may use before the last steps (assemble, copies)
+LIMIT=${LIMIT:-565}  # seconds of this call before the UNet stops (CALL=2: leave EVAL_S + 30 for the rest)
+EVAL_S=${EVAL_S:-240}  # CALL=2: the realism study of both worlds (benchmarks/second_world/realism.py)
 t0=$(date +%s)
 left_min() { python3 -c "print(max(0.5, ($LIMIT - ($(date +%s) - $t0)) / 60))"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -47,24 +49,17 @@ np.savez_compressed(sys.argv[2], recon=rec, original=x.cpu().numpy(), captions=n
 print("recon saved", rec.shape)
 PY
 fi
-$T unet $C --device cuda --max-minutes "$(left_min)" > "$L/unet_call$CALL.log" 2>&1
+$T unet $C --device cuda --max-minutes "$(left_min)" > "$L/unet_call$CALL.log" 2>&1  # LIMIT leaves room for CALL 2's study
 echo "unet stopped at $(( $(date +%s) - t0 )) s"; grep -E "Error|Traceback" "$L/unet_call$CALL.log" | tail -3
 if [ "$CALL" = 2 ]; then
   $T assemble $C --device cpu > "$L/assemble.log" 2>&1 && tar -C "$RUN" -cf "$OUT/pipeline.tar" pipeline
-  python3 - "$RUN/pipeline" "$OUT/quick.npz" <<'PY'
-import sys, numpy as np
-from dicecfg import generate, load_pipeline
-from dicecfg.sampling.methods import CFG, Unguided
-from dicecfg.world.fine import heldout_set
-pipe = load_pipeline(sys.argv[1], device="cuda", dtype="float32")
-items = heldout_set(64)
-out = {}
-for name, m in (("cfg", CFG(guidance_scale=5.0)), ("unguided", Unguided())):
-    out[name] = np.stack([s.image for s in generate(pipe, [i.prompt for i in items], method=m,
-                          seeds=[i.seed for i in items], batch_size=64, progress=False)])
-np.savez_compressed(sys.argv[2], prompts=np.array([i.prompt for i in items]), **out)
-print("quick samples saved")
-PY
+  echo "assembled at $(( $(date +%s) - t0 )) s"
+  S=benchmarks/second_world/realism.py
+  timeout $EVAL_S python3 $S --model mini --world shapes --n 512 --json "$L/realism_shapes.json" > "$L/realism_shapes.log" 2>&1 &
+  timeout $EVAL_S python3 $S --model "$RUN/pipeline" --world shapes-fine --n 512 --json "$L/realism_fine.json" \
+    --images "$OUT/realism_fine_images.npz" > "$L/realism_fine.log" 2>&1
+  wait
+  tail -n 30 "$L"/realism_fine.log; tail -n 3 "$L"/realism_shapes.log
 fi
 cp "$RUN"/stats.jsonl "$RUN"/run_*.json $L/ 2>/dev/null
 tar -C /tmp -cf "$OUT/logs.tar" logs

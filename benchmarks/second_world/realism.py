@@ -74,9 +74,17 @@ def sample(pipe, items, method, batch: int) -> tuple[np.ndarray, float]:
     return np.stack(images), float(np.mean(nfe))
 
 
+PARTIAL: dict = {"path": None, "rows": []}  # rows so far, written after each one (a cut-off run keeps them)
+SHOWN = {}  # row name -> its first images (seed set A), for a look by eye (--images)
+SHOWN_ROWS = ("unguided", "first 2 steps", "first 5 steps", "full")
+SHOWN_N = 24
+
+
 def row(name: str, method, pipe, world, items, batch: int, reference: np.ndarray) -> dict:
     t = time.monotonic()
     images, nfe = sample(pipe, items, method, batch)
+    if name in SHOWN_ROWS or name.startswith("cfg w="):
+        SHOWN[name] = images[:SHOWN_N]
     oracle = world.oracle()
     specs = [it.spec for it in items] * len(SEED_SETS)
     scores = oracle.score(images, specs)
@@ -182,9 +190,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", required=True)
+    p.add_argument("--images", default=None, help="npz with the first images of a few rows")
     a = p.parse_args()
+    PARTIAL["path"] = a.json
     result = run(a.model, a.world, a.n, a.batch, a.device)
     Path(a.json).write_text(json.dumps(result, indent=1))
+    if a.images:
+        prompts = [it.prompt for it in get_world(a.world).heldout_set(a.n)][:SHOWN_N]
+        np.savez_compressed(
+            a.images, prompts=np.array(prompts), **{k.replace(" ", "_"): v for k, v in SHOWN.items()}
+        )
     print(table(result))
     print(json.dumps(result["criteria"]))
 
