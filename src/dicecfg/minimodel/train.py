@@ -57,6 +57,9 @@ class MiniTrainConfig(Checked):
     text_steps: int = opt(3000, "text encoder pre-training steps")
     text_batch: int = opt(256, "captions per text encoder step")
     text_lr: float = opt(5e-4, "text encoder AdamW peak learning rate")
+    text_from: str = opt(
+        "", "a mini-model pipeline folder whose tokenizer and text encoder to reuse (no training)"
+    )
     relation_margin: float = opt(
         0.3, "least relative L2 change of the tail states when a relation is reversed"
     )
@@ -72,6 +75,9 @@ class MiniTrainConfig(Checked):
     unet_steps: int = opt(100_000, "UNet training steps: an upper bound; --max-minutes usually stops first")
     unet_batch: int = opt(512, "latents per UNet step")
     unet_lr: float = opt(4e-4, "UNet AdamW peak learning rate")
+    unet_init: str = opt(
+        "", "a mini-model pipeline folder whose UNet to start from (a fresh optimizer; same sizes)"
+    )
     warmup: int = opt(500, "linear learning-rate warm-up steps of the text encoder and the UNet")
     caption_dropout: float = opt(0.1, 'share of captions replaced by "" (the unconditional embedding)')
     snr_gamma: float = opt(5.0, "min-SNR loss weighting (0 = plain epsilon MSE)")
@@ -126,6 +132,8 @@ def stage_text(cfg: MiniTrainConfig) -> Path:
     from dicecfg.world.worlds import get_world
 
     out, device, deadline = _start(cfg, "text")
+    if cfg.text_from:
+        return _reuse_text(cfg, out)
     tokenizer = mm.build_tokenizer(get_world(cfg.world).vocab, out / "tokenizer")
     code = mt.CODES[cfg.world]
     captions = sample_training_scenes(cfg.text_captions, cfg.seed + 1, world=cfg.world)[1]
@@ -154,6 +162,20 @@ def stage_text(cfg: MiniTrainConfig) -> Path:
         },
     )
     log.info("text: held-out prompts parsed exactly at every tail position: %.4f", exact)
+    return out / "text" / "final"
+
+
+def _reuse_text(cfg: MiniTrainConfig, out: Path) -> Path:
+    """Copy a trained pipeline's tokenizer and frozen text encoder (``--text-from``) as this run's."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    src = Path(cfg.text_from)
+    CLIPTokenizer.from_pretrained(src / "tokenizer").save_pretrained(out / "tokenizer")
+    mm.write_bpe_files(CLIPTokenizer.from_pretrained(out / "tokenizer"), out / "tokenizer")
+    CLIPTextModel.from_pretrained(src / "text_encoder").float().save_pretrained(out / "text" / "final")
+    append_stats(
+        out, {"stage": "text", "event": "done", "source": cfg.text_from, "step": None, "elapsed_s": 0.0}
+    )
     return out / "text" / "final"
 
 
@@ -253,7 +275,16 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
     cap_idx = torch.tensor([where[c] for c in captions], device=device)
     empty = where[""]
     mcfg = mm.PRESETS[cfg.preset]
-    unet = mm.make_unet(mcfg).to(device)
+    unet = mm.make_unet(mcfg)
+    if (
+        cfg.unet_init
+    ):  # continue from a trained UNet (e.g. a shipped one) when no checkpoint of this run exists
+        from diffusers import UNet2DConditionModel
+
+        unet.load_state_dict(
+            UNet2DConditionModel.from_pretrained(Path(cfg.unet_init) / "unet").float().state_dict()
+        )
+    unet = unet.to(device)
     ac = DDPMScheduler.from_config(mm.make_scheduler().config).alphas_cumprod.to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
