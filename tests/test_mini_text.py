@@ -95,3 +95,38 @@ def test_relation_distance_counts_tail_positions_only():
     assert mt.relation_distance(a, b, mask).item() == 0.0
     b[0, 3] = 0.0
     assert abs(mt.relation_distance(a, b, mask).item() - (2**0.5 / 6**0.5)) < 1e-6
+
+
+# ---------------------------------------------------------------- the shapes-fine world's code
+FINE = mt.CODES["shapes-fine"]
+
+
+def fine_code(caption: str) -> torch.Tensor:
+    return FINE.of_captions([caption])[0]
+
+
+def test_fine_code_holds_patterns_and_dots_and_ignores_word_order():
+    a = fine_code("a hollow red circle left of a blue square with vertical stripes and two dots")
+    assert torch.equal(
+        a, fine_code("a blue square with vertical stripes right of an outlined red circle and two dots")
+    )
+    assert not torch.equal(
+        a, fine_code("a hollow red circle left of a blue square with horizontal stripes and two dots")
+    )
+    assert not torch.equal(
+        a, fine_code("a hollow red circle left of a blue square with vertical stripes and three dots")
+    )
+    # the dots are the last target: 0 = not said, 1 + count otherwise ("no dots" is a count)
+    assert int(fine_code("a red circle")[-1]) == 0 and int(fine_code("a red circle and no dots")[-1]) == 1
+    assert (
+        FINE.n_targets == 7 * 4 + 2
+    )  # per colour: role, shape, size, pattern; then background, dots and len(FINE.class_sizes) == FINE.n_targets
+    assert torch.equal(fine_code(""), torch.zeros(FINE.n_targets, dtype=torch.long))
+
+
+def test_fine_parse_head_and_flips_follow_the_world():
+    head = mt.ParseHead(8, FINE)
+    assert [lg.shape[-1] for lg in head(torch.zeros(2, 8))] == FINE.class_sizes
+    flip = mt.flipped("a hollow red circle left of a blue square and two dots", "shapes-fine")
+    assert flip in (None, "a hollow red circle right of a blue square and two dots")
+    assert mt.flipped("a hollow red circle and two dots", "shapes-fine") is None

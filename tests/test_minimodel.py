@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import shutil
 import sys
 import types
@@ -11,6 +12,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from transformers import CLIPTokenizer
 
 from dicecfg.minimodel import model as mm
 from dicecfg.minimodel.loop import CKPT
@@ -287,3 +289,24 @@ def test_vae_can_be_reused(run_dir, tmp_path):
     row = [r for r in map(__import__("json").loads, (out / "stats.jsonl").read_text().splitlines())][-1]
     assert row["event"] == "done" and row["source"] == str(run_dir / "vae" / "final")
     assert np.isfinite(row["psnr_eval"])
+
+
+def test_fine_world_run_records_its_world(tmp_path):
+    """A shapes-fine run renders that world, builds its tokenizer from its grammar and records the world in the
+    pipeline folder, where the metrics read it."""
+    from dicecfg.metrics.world import world_of
+    from dicecfg.pipeline import load_pipeline
+    from dicecfg.world.fine.captions import VOCAB, parse
+
+    out = tmp_path / "fine"
+    cfg = _cfg(out, world="shapes-fine", vae_steps=2, unet_steps=2)
+    for stage in ("data", "text", "vae", "unet", "assemble"):
+        run_stage(stage, cfg)
+    captions = json.loads((out / "data" / "captions_000.json").read_text())
+    assert all(parse(c) for c in captions) and any("dot" in c or "stripes" in c for c in captions)
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    assert all(len(tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in VOCAB)
+    assert json.loads((out / "pipeline" / "dicecfg_world.json").read_text()) == {"world": "shapes-fine"}
+    assert world_of(load_pipeline(out / "pipeline")) == "shapes-fine"
+    assert world_of(load_pipeline("mini")) == "shapes"
+    assert "shapes-fine world" in (out / "pipeline" / "README.md").read_text()
