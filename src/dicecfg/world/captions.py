@@ -19,6 +19,7 @@ what a caption asserts; ``None`` leaves an attribute open.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +119,10 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     return caption_spec(scene, rng)[0]
 
 
-class _Parser:
+class CaptionParser:
+    """A recursive-descent parser of the shapes world's grammar; a world that extends the grammar subclasses it
+    (its ``object``, ``after_background`` and ``spec``)."""
+
     def __init__(self, text: str):
         self.text = text
         self.words = text.strip().lower().removesuffix(".").split()
@@ -131,21 +135,29 @@ class _Parser:
     def peek(self, n: int = 1) -> tuple[str, ...]:
         return tuple(self.words[self.pos : self.pos + n])
 
-    def object(self) -> ObjSpec:
+    def take(self, table: dict[str, Any]) -> Any:
+        """The value of the next word in ``table`` (consumed), or None (nothing consumed)."""
+        if self.peek() and self.peek()[0] in table:
+            self.pos += 1
+            return table[self.words[self.pos - 1]]
+        return None
+
+    def article(self) -> None:
         if self.peek() not in (("a",), ("an",)):
             raise self.fail("'a' or 'an'")
         self.pos += 1
-        size = colour = None
-        if self.peek() and self.peek()[0] in _SIZE_OF_WORD:
-            size = _SIZE_OF_WORD[self.words[self.pos]]
-            self.pos += 1
-        if self.peek() and self.peek()[0] in COLOURS:
-            colour = self.words[self.pos]
-            self.pos += 1
-        if not self.peek() or self.peek()[0] not in SHAPES:
+
+    def shape(self) -> str:
+        shape = self.take({s: s for s in SHAPES})
+        if shape is None:
             raise self.fail(f"a shape ({', '.join(SHAPES)})")
-        self.pos += 1
-        return ObjSpec(self.words[self.pos - 1], colour, size)
+        return shape
+
+    def object(self) -> ObjSpec:
+        self.article()
+        size = self.take(_SIZE_OF_WORD)
+        colour = self.take({c: c for c in COLOURS})
+        return ObjSpec(self.shape(), colour, size)
 
     def relation(self) -> str | None:
         for phrase, rel in _PHRASES:
@@ -154,7 +166,33 @@ class _Parser:
                 return rel
         return None
 
-    def parse(self) -> Spec:
+    def background(self) -> str | None:
+        if self.peek() != ("on",):
+            return None
+        self.pos += 1
+        long_form = self.peek() == ("a",)
+        self.pos += long_form
+        background = self.take({b: b for b in BACKGROUNDS})
+        if background is None:
+            raise self.fail(f"a background colour ({', '.join(BACKGROUNDS)})")
+        if long_form:
+            if self.peek() != ("background",):
+                raise self.fail("'background'")
+            self.pos += 1
+        return background
+
+    def after_background(self) -> Any:
+        """What a world's grammar allows after the background (nothing in the shapes world)."""
+        return None
+
+    def ending(self, relation: str | None) -> str:
+        """What could have come where a caption did not end."""
+        return "a relation, 'on <background>' or the end" if relation is None else "the end"
+
+    def spec(self, objects: list, relation: str | None, background: str | None, extra: Any) -> Any:
+        return Spec(tuple(objects), relation, background)
+
+    def parse(self) -> Any:
         prefix = next((p for p in PREFIXES if p and self.peek(len(p.split())) == tuple(p.split())), "")
         self.pos += len(prefix.split())
         objects = [self.object()]
@@ -165,24 +203,13 @@ class _Parser:
             objects.append(self.object())
         elif copula:
             raise self.fail("a relation (" + ", ".join(RELATIONS) + ")")
-        background = None
-        if self.peek() == ("on",):
-            self.pos += 1
-            long_form = self.peek() == ("a",)
-            self.pos += long_form
-            if not self.peek() or self.peek()[0] not in BACKGROUNDS:
-                raise self.fail(f"a background colour ({', '.join(BACKGROUNDS)})")
-            background = self.words[self.pos]
-            self.pos += 1
-            if long_form:
-                if self.peek() != ("background",):
-                    raise self.fail("'background'")
-                self.pos += 1
+        background = self.background()
+        extra = self.after_background()
         if self.pos < len(self.words):
-            raise self.fail("a relation, 'on <background>' or the end" if relation is None else "the end")
-        return Spec(tuple(objects), relation, background)
+            raise self.fail(self.ending(relation))
+        return self.spec(objects, relation, background, extra)
 
 
 def parse(text: str) -> Spec:
     """Parse a caption of the grammar above; raise ValueError naming the first word that does not fit."""
-    return _Parser(text).parse()
+    return CaptionParser(text).parse()

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,17 +101,26 @@ def is_heldout(scene_or_spec: Scene | Spec) -> bool:
     A spec that leaves an identity attribute open counts as held out when some held-out combination
     fits it (so the test is conservative for partial prompts).
     """
+    return combination_held_out(scene_or_spec, ("shape", "colour", "size"), _SINGLE_SET, _PAIR_SET)
+
+
+def combination_held_out(
+    scene_or_spec, single_keys: tuple[str, ...], singles: frozenset, pairs: frozenset
+) -> bool:
+    """The split rule shared by the worlds: a one-object scene's identity is its ``single_keys`` attributes, a
+    two-object scene's its canonical pair; open attributes (None) count as held out when a held-out
+    combination fits."""
     objs, relation = scene_or_spec.objects, scene_or_spec.relation
     if len(objs) == 1:
-        o = objs[0]
-        return any(fits(k, (o.shape, o.colour, o.size)) for k in _SINGLE_SET)
+        stated = tuple(getattr(objs[0], k) for k in single_keys)
+        return any(fits(k, stated) for k in singles)
     if len(objs) != 2 or relation is None:
         return False
     a, b = objs
     stated = canonical(a.shape, a.colour, b.shape, b.colour, relation)
     if None not in stated:
-        return stated in _PAIR_SET
-    return any(fits(k, stated) for k in _PAIR_SET)
+        return stated in pairs
+    return any(fits(k, stated) for k in pairs)
 
 
 def _item(i: int) -> EvalItem:
@@ -132,27 +143,46 @@ def _items(n: int) -> tuple[EvalItem, ...]:
     return tuple(_item(i) for i in range(n))
 
 
+def first_items(n: int, size: int | None, items: Callable[[int], tuple[EvalItem, ...]]) -> list[EvalItem]:
+    """The first ``n`` items of a fixed list (``items(n)``), refused beyond its ``size`` (None: unbounded)."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    if size is not None and n > size:
+        raise ValueError(f"the held-out set has {size} prompts; asked for {n}")
+    return list(items(n))
+
+
+def validation_items(
+    n: int,
+    seed: int,
+    seed_base: int,
+    sample: Callable[[np.random.Generator], Any],
+    caption: Callable[[Any, np.random.Generator], tuple[str, Any]],
+    keep: Callable[[Any], bool],
+) -> tuple[EvalItem, ...]:
+    """``n`` validation items of a world: scenes drawn from generator ``seed`` that ``keep`` accepts, captioned,
+    sampled with seeds ``seed_base + i`` (shared by the worlds)."""
+    rng = np.random.default_rng(seed)
+    items: list[EvalItem] = []
+    while len(items) < n:
+        scene = sample(rng)
+        if not keep(scene):
+            continue
+        prompt, spec = caption(scene, rng)
+        items.append(EvalItem(prompt, spec, scene, seed_base + len(items)))
+    return tuple(items)
+
+
 def heldout_set(n: int = HELDOUT_SIZE) -> list[EvalItem]:
     """The first ``n`` held-out items (the same list on every call, machine and numpy version); at most
     ``HELDOUT_SIZE``."""
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    if n > HELDOUT_SIZE:
-        raise ValueError(f"the held-out set has {HELDOUT_SIZE} prompts; asked for {n}")
-    return list(_items(n))
+    return first_items(n, HELDOUT_SIZE, _items)
 
 
 @functools.lru_cache(maxsize=4)
 def _validation_items(n: int) -> tuple[EvalItem, ...]:
-    rng = np.random.default_rng(VALIDATION_SEED)
-    items: list[EvalItem] = []
-    while len(items) < n:
-        scene = sample_scene(rng)
-        if is_heldout(scene):
-            continue
-        prompt, spec = caption_spec(scene, rng)
-        items.append(EvalItem(prompt, spec, scene, VALIDATION_SEED_BASE + len(items)))
-    return tuple(items)
+    keep = lambda scene: not is_heldout(scene)  # noqa: E731
+    return validation_items(n, VALIDATION_SEED, VALIDATION_SEED_BASE, sample_scene, caption_spec, keep)
 
 
 def validation_set(n: int = 512) -> list[EvalItem]:
@@ -161,9 +191,7 @@ def validation_set(n: int = 512) -> list[EvalItem]:
     Fresh scenes of the training distribution (never a held-out combination), captioned by the same grammar,
     from their own generator, with sampler seeds of their own; any ``n`` gives a prefix of the same list.
     """
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    return list(_validation_items(n))
+    return first_items(n, None, _validation_items)
 
 
 def oracle_accuracy(

@@ -36,6 +36,19 @@ def sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
+def object_windows(rows: Sequence, half_extent: dict[str, float], window: int, resolution: int = RESOLUTION):
+    """Per object of ``rows`` ((image index, object) pairs): image index, centre (px), half extent, colour and
+    the top-left corner of the ``window`` x ``window`` square drawn around it (shared by the worlds)."""
+    idx = np.array([i for i, _ in rows])
+    cx = np.array([o.x * resolution for _, o in rows], dtype=np.float32)
+    cy = np.array([o.y * resolution for _, o in rows], dtype=np.float32)
+    r = np.array([half_extent[o.size] for _, o in rows], dtype=np.float32)
+    rgb = np.array([COLOUR_RGB[o.colour] for _, o in rows], dtype=np.float32)
+    ox = np.clip(np.floor(cx - window / 2).astype(np.int64), 0, resolution - window)
+    oy = np.clip(np.floor(cy - window / 2).astype(np.int64), 0, resolution - window)
+    return idx, cx, cy, r, rgb, ox, oy
+
+
 def render(scenes: Sequence[Scene]) -> np.ndarray:
     """Render scenes to a uint8 array of shape (N, 64, 64, 3)."""
     n = len(scenes)
@@ -46,15 +59,9 @@ def render(scenes: Sequence[Scene]) -> np.ndarray:
     slots = max((len(s.objects) for s in scenes), default=0)
     for k in range(slots):
         rows = [(i, s.objects[k]) for i, s in enumerate(scenes) if len(s.objects) > k]
-        idx = np.array([i for i, _ in rows])
         kind = np.array([shape_id[o.shape] for _, o in rows])
-        cx = np.array([o.x * RESOLUTION for _, o in rows], dtype=np.float32)
-        cy = np.array([o.y * RESOLUTION for _, o in rows], dtype=np.float32)
-        r = np.array([HALF_EXTENT_PX[o.size] for _, o in rows], dtype=np.float32)
-        rgb = np.array([COLOUR_RGB[o.colour] for _, o in rows], dtype=np.float32)
         # Draw in a window around each object (shapes never reach beyond r + 1 px from the centre).
-        ox = np.clip(np.floor(cx - _WINDOW / 2).astype(np.int64), 0, RESOLUTION - _WINDOW)
-        oy = np.clip(np.floor(cy - _WINDOW / 2).astype(np.int64), 0, RESOLUTION - _WINDOW)
+        idx, cx, cy, r, rgb, ox, oy = object_windows(rows, HALF_EXTENT_PX, _WINDOW)
         for j, shape in enumerate(SHAPES):
             m = np.flatnonzero(kind == j)
             if m.size == 0:

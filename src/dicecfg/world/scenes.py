@@ -177,19 +177,26 @@ def validate_scene(scene: Scene) -> None:
         raise ValueError(f"unknown background {scene.background!r}")
     if not 1 <= len(scene.objects) <= 2:
         raise ValueError(f"a scene holds 1 or 2 objects, got {len(scene.objects)}")
-    boxes = []
     for o in scene.objects:
         if o.shape not in SHAPES or o.colour not in COLOURS or o.size not in SIZES:
             raise ValueError(f"unknown attribute in {o}")
-        r = HALF_EXTENT_PX[o.size]
-        cx, cy = o.x * RESOLUTION, o.y * RESOLUTION
-        if not (r < cx < RESOLUTION - r and r < cy < RESOLUTION - r):
+    check_layout(scene, HALF_EXTENT_PX, RESOLUTION)
+
+
+def check_layout(scene, half_extent: dict[str, float], resolution: int) -> list[tuple[float, ...]]:
+    """The rules on where objects are, shared by the worlds: inside the image, one object without a relation,
+    two of distinct colours that do not overlap and whose relation holds. Returns their pixel boxes."""
+    boxes = []
+    for o in scene.objects:
+        r = half_extent[o.size]
+        cx, cy = o.x * resolution, o.y * resolution
+        if not (r < cx < resolution - r and r < cy < resolution - r):
             raise ValueError(f"{o} leaves the image")
         boxes.append((cx - r, cy - r, cx + r, cy + r))
     if len(scene.objects) == 1:
         if scene.relation is not None:
             raise ValueError("a one-object scene has no relation")
-        return
+        return boxes
     a, b = scene.objects
     if a.colour == b.colour:
         raise ValueError("the two objects of a scene have distinct colours")
@@ -198,3 +205,4 @@ def validate_scene(scene: Scene) -> None:
         raise ValueError("objects overlap")
     if scene.relation is None or not relation_holds(scene.relation, a.x - b.x, a.y - b.y):
         raise ValueError(f"relation {scene.relation!r} does not hold in the geometry")
+    return boxes

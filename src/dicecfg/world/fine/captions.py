@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..captions import PREFIXES, RELATION_PHRASES, SIZE_WORDS
+from ..captions import PREFIXES, RELATION_PHRASES, SIZE_WORDS, CaptionParser
 from ..captions import VOCAB as SHAPES_VOCAB
-from ..scenes import BACKGROUNDS, COLOURS, INVERSE_RELATION, RELATIONS, SHAPES, pick
+from ..scenes import COLOURS, INVERSE_RELATION, pick
 from .scenes import PATTERNS, FineScene
 
 FILL_WORDS = {"solid": ("solid",), "hollow": ("hollow", "outlined")}
@@ -41,9 +41,6 @@ P_SWAP = 0.5
 _SIZE_OF_WORD = {w: s for s, words in SIZE_WORDS.items() for w in words}
 _FILL_OF_WORD = {w: p for p, words in FILL_WORDS.items() for w in words}
 _STRIPES_OF_WORDS = {tuple(ph.split()[1:]): p for p, ph in STRIPE_PHRASES.items()}
-_PHRASES = sorted(
-    ((tuple(p.split()), rel) for rel, ps in RELATION_PHRASES.items() for p in ps), key=lambda t: -len(t[0])
-)
 VOCAB: tuple[str, ...] = tuple(
     sorted(
         set(SHAPES_VOCAB)
@@ -136,35 +133,15 @@ def caption(scene: FineScene, rng: np.random.Generator) -> str:
     return caption_spec(scene, rng)[0]
 
 
-class _Parser:
-    def __init__(self, text: str):
-        self.text = text
-        self.words = text.strip().lower().removesuffix(".").split()
-        self.pos = 0
-
-    def fail(self, expected: str) -> ValueError:
-        found = f"{self.words[self.pos]!r} (word {self.pos + 1})" if self.pos < len(self.words) else "the end"
-        return ValueError(f"cannot parse caption {self.text!r}: expected {expected}, found {found}")
-
-    def peek(self, n: int = 1) -> tuple[str, ...]:
-        return tuple(self.words[self.pos : self.pos + n])
-
-    def take(self, table: dict) -> str | None:
-        if self.peek() and self.peek()[0] in table:
-            self.pos += 1
-            return table[self.words[self.pos - 1]]
-        return None
+class _Parser(CaptionParser):
+    """The shapes world's parser, with patterns on objects and the dots after the background."""
 
     def object(self) -> FineObjSpec:
-        if self.peek() not in (("a",), ("an",)):
-            raise self.fail("'a' or 'an'")
-        self.pos += 1
+        self.article()
         size = self.take(_SIZE_OF_WORD)
         pattern = self.take(_FILL_OF_WORD)
         colour = self.take({c: c for c in COLOURS})
-        if self.take({s: s for s in SHAPES}) is None:
-            raise self.fail(f"a shape ({', '.join(SHAPES)})")
-        shape = self.words[self.pos - 1]
+        shape = self.shape()
         if self.peek() == ("with",):
             stripes = _STRIPES_OF_WORDS.get(self.peek(3)[1:])
             if stripes is None:
@@ -176,58 +153,25 @@ class _Parser:
             self.pos += 3
         return FineObjSpec(shape, colour, size, pattern)
 
-    def relation(self) -> str | None:
-        for phrase, rel in _PHRASES:
-            if self.peek(len(phrase)) == phrase:
-                self.pos += len(phrase)
-                return rel
-        return None
-
-    def background(self) -> str | None:
-        if self.peek() != ("on",):
-            return None
-        self.pos += 1
-        long_form = self.peek() == ("a",)
-        self.pos += long_form
-        if not self.peek() or self.peek()[0] not in BACKGROUNDS:
-            raise self.fail(f"a background colour ({', '.join(BACKGROUNDS)})")
-        background = self.words[self.pos]
-        self.pos += 1
-        if long_form:
-            if self.peek() != ("background",):
-                raise self.fail("'background'")
-            self.pos += 1
-        return background
-
-    def dots(self) -> int | None:
+    def after_background(self) -> int | None:
         if self.peek() != ("and",):
             return None
         self.pos += 1
-        if not self.peek() or self.peek()[0] not in COUNT_WORDS:
+        n = self.take({w: i for i, w in enumerate(COUNT_WORDS)})
+        if n is None:
             raise self.fail("a number of dots (" + ", ".join(COUNT_WORDS) + ")")
-        n = COUNT_WORDS.index(self.words[self.pos])
-        self.pos += 1
         if self.peek() != (("dot",) if n == 1 else ("dots",)):
             raise self.fail("'dot'" if n == 1 else "'dots'")
         self.pos += 1
         return n
 
-    def parse(self) -> FineSpec:
-        prefix = next((p for p in PREFIXES if p and self.peek(len(p.split())) == tuple(p.split())), "")
-        self.pos += len(prefix.split())
-        objects = [self.object()]
-        copula = not prefix and self.peek() == ("is",)
-        self.pos += copula
-        relation = self.relation()
-        if relation is not None:
-            objects.append(self.object())
-        elif copula:
-            raise self.fail("a relation (" + ", ".join(RELATIONS) + ")")
-        background = self.background()
-        dots = self.dots()
-        if self.pos < len(self.words):
-            raise self.fail("'on <background>', 'and <number> dots' or the end")
-        return FineSpec(tuple(objects), relation, background, dots)
+    def ending(self, relation: str | None) -> str:
+        return "'on <background>', 'and <number> dots' or the end"
+
+    def spec(
+        self, objects: list, relation: str | None, background: str | None, extra: int | None
+    ) -> FineSpec:
+        return FineSpec(tuple(objects), relation, background, extra)
 
 
 def parse(text: str) -> FineSpec:

@@ -19,7 +19,15 @@ import itertools
 
 import numpy as np
 
-from ..heldout import CONDITIONS, EvalItem, all_pairs, canonical, fits, pick_subset
+from ..heldout import (
+    CONDITIONS,
+    EvalItem,
+    all_pairs,
+    combination_held_out,
+    first_items,
+    pick_subset,
+    validation_items,
+)
 from ..scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES, pick
 from .captions import FineSpec, caption_spec
 from .scenes import DOT_COUNTS, PATTERNS, FineScene, place_scene, sample_scene
@@ -41,17 +49,7 @@ _PAIR_SET, _SINGLE_SET = frozenset(HELDOUT_PAIRS), frozenset(HELDOUT_SINGLES)
 def is_heldout(scene_or_spec: FineScene | FineSpec) -> bool:
     """True if the scene's (or spec's) combination is held out; a spec that leaves an identity attribute open
     counts as held out when some held-out combination fits it."""
-    objs, relation = scene_or_spec.objects, scene_or_spec.relation
-    if len(objs) == 1:
-        o = objs[0]
-        return any(fits(k, (o.shape, o.colour, o.pattern)) for k in _SINGLE_SET)
-    if len(objs) != 2 or relation is None:
-        return False
-    a, b = objs
-    stated = canonical(a.shape, a.colour, b.shape, b.colour, relation)
-    if None not in stated:
-        return stated in _PAIR_SET
-    return any(fits(k, stated) for k in _PAIR_SET)
+    return combination_held_out(scene_or_spec, ("shape", "colour", "pattern"), _SINGLE_SET, _PAIR_SET)
 
 
 def _caption(scene: FineScene, rng: np.random.Generator) -> tuple[str, FineSpec]:
@@ -83,32 +81,19 @@ def _items(n: int) -> tuple[EvalItem, ...]:
 
 def heldout_set(n: int = HELDOUT_SIZE) -> list[EvalItem]:
     """The first ``n`` held-out items (the same list on every call, machine and numpy version)."""
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    if n > HELDOUT_SIZE:
-        raise ValueError(f"the held-out set has {HELDOUT_SIZE} prompts; asked for {n}")
-    return list(_items(n))
+    return first_items(n, HELDOUT_SIZE, _items)
 
 
 @functools.lru_cache(maxsize=4)
 def _validation_items(n: int) -> tuple[EvalItem, ...]:
-    rng = np.random.default_rng(VALIDATION_SEED)
-    items: list[EvalItem] = []
-    while len(items) < n:
-        scene = sample_scene(rng)
-        if is_heldout(scene) or not scene.dots:
-            continue
-        prompt, spec = _caption(scene, rng)
-        items.append(EvalItem(prompt, spec, scene, VALIDATION_SEED_BASE + len(items)))
-    return tuple(items)
+    keep = lambda scene: scene.dots and not is_heldout(scene)  # noqa: E731
+    return validation_items(n, VALIDATION_SEED, VALIDATION_SEED_BASE, sample_scene, _caption, keep)
 
 
 def validation_set(n: int = 512) -> list[EvalItem]:
     """``n`` items to choose methods and recipes on: fresh training-distribution scenes with 1-4 dots, never
     a held-out combination, captioned as the held-out set is, with sampler seeds of their own."""
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    return list(_validation_items(n))
+    return first_items(n, None, _validation_items)
 
 
 def oracle_accuracy(

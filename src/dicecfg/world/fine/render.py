@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..render import sdf
-from ..scenes import BACKGROUND_RGB, COLOUR_RGB, SHAPES
+from ..render import object_windows, sdf
+from ..scenes import BACKGROUND_RGB, SHAPES
 from .scenes import (
     DOT_RADIUS_PX,
     DOT_RGB,
@@ -72,13 +72,7 @@ def render(scenes: Sequence[FineScene]) -> np.ndarray:
     img[...] = np.array([BACKGROUND_RGB[s.background] for s in scenes], dtype=np.uint8).reshape(n, 1, 1, 3)
     for k in range(max((len(s.objects) for s in scenes), default=0)):
         rows = [(i, s.objects[k]) for i, s in enumerate(scenes) if len(s.objects) > k]
-        idx = np.array([i for i, _ in rows])
-        cx = np.array([o.x * RESOLUTION for _, o in rows], dtype=np.float32)
-        cy = np.array([o.y * RESOLUTION for _, o in rows], dtype=np.float32)
-        r = np.array([HALF_EXTENT_PX[o.size] for _, o in rows], dtype=np.float32)
-        rgb = np.array([COLOUR_RGB[o.colour] for _, o in rows], dtype=np.float32)
-        ox = np.clip(np.floor(cx - _WINDOW / 2).astype(np.int64), 0, RESOLUTION - _WINDOW)
-        oy = np.clip(np.floor(cy - _WINDOW / 2).astype(np.int64), 0, RESOLUTION - _WINDOW)
+        idx, cx, cy, r, rgb, ox, oy = object_windows(rows, HALF_EXTENT_PX, _WINDOW, RESOLUTION)
         for shape in SHAPES:
             for pattern in PATTERNS:
                 m = np.flatnonzero([o.shape == shape and o.pattern == pattern for _, o in rows])

@@ -20,7 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..scenes import BACKGROUNDS, COLOURS, RELATIONS, SHAPES, SIZES, centre_range, pick, place_pair, uniform
+from ..scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    centre_range,
+    check_layout,
+    pick,
+    place_pair,
+    uniform,
+)
 from ..scenes import relation_holds as relation_holds
 
 RESOLUTION = 64
@@ -136,7 +147,6 @@ def validate_scene(scene: FineScene) -> None:
         raise ValueError(f"a scene holds 1 or 2 objects, got {len(scene.objects)}")
     if len(scene.dots) > MAX_DOTS:
         raise ValueError(f"a scene holds at most {MAX_DOTS} dots, got {len(scene.dots)}")
-    boxes = []
     for o in scene.objects:
         if (
             o.shape not in SHAPES
@@ -145,29 +155,12 @@ def validate_scene(scene: FineScene) -> None:
             or o.pattern not in PATTERNS
         ):
             raise ValueError(f"unknown attribute in {o}")
-        r = HALF_EXTENT_PX[o.size]
-        cx, cy = o.x * RESOLUTION, o.y * RESOLUTION
-        if not (r < cx < RESOLUTION - r and r < cy < RESOLUTION - r):
-            raise ValueError(f"{o} leaves the image")
-        boxes.append((cx - r, cy - r, cx + r, cy + r))
+    boxes = check_layout(scene, HALF_EXTENT_PX, RESOLUTION)
     for i, (x, y) in enumerate(scene.dots):
         px, py = x * RESOLUTION, y * RESOLUTION
-        if not (DOT_MARGIN_PX - 1e-6 <= px <= RESOLUTION - DOT_MARGIN_PX + 1e-6):
-            raise ValueError(f"dot {i} is too close to the border")
-        if not (DOT_MARGIN_PX - 1e-6 <= py <= RESOLUTION - DOT_MARGIN_PX + 1e-6):
+        lo, hi = DOT_MARGIN_PX - 1e-6, RESOLUTION - DOT_MARGIN_PX + 1e-6
+        if not (lo <= px <= hi and lo <= py <= hi):
             raise ValueError(f"dot {i} is too close to the border")
         reach = DOT_RADIUS_PX + DOT_CLEARANCE_PX - 1e-6
         if any(x0 - reach < px < x1 + reach and y0 - reach < py < y1 + reach for x0, y0, x1, y1 in boxes):
             raise ValueError(f"dot {i} touches an object")
-    if len(scene.objects) == 1:
-        if scene.relation is not None:
-            raise ValueError("a one-object scene has no relation")
-        return
-    a, b = scene.objects
-    if a.colour == b.colour:
-        raise ValueError("the two objects of a scene have distinct colours")
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
-    if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
-        raise ValueError("objects overlap")
-    if scene.relation is None or not relation_holds(scene.relation, a.x - b.x, a.y - b.y):
-        raise ValueError(f"relation {scene.relation!r} does not hold in the geometry")
