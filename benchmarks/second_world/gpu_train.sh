@@ -31,7 +31,7 @@ if [ "$CALL" = 1 ]; then
   $T text $C --device cuda --max-minutes 4 > "$L/text.log" 2>&1
   wait $DATA
   echo "data + text done at $(( $(date +%s) - t0 )) s"; grep -E "held-out|Error" "$L/text.log" | tail -3
-  $T vae $C --device cuda --vae-init src/dicecfg/assets/mini-model/vae --vae-steps 3000 --max-minutes 3 > "$L/vae.log" 2>&1
+  $T vae $C --device cuda --vae-init src/dicecfg/assets/mini-model/vae --vae-steps 3000 --max-minutes "${VAE_MIN:-3}" > "$L/vae.log" 2>&1
   echo "vae done at $(( $(date +%s) - t0 )) s"; grep -E "PSNR|Error" "$L/vae.log" | tail -3
   python3 - "$RUN" "$OUT/recon.npz" <<'PY'
 import sys, numpy as np, torch
@@ -55,11 +55,12 @@ if [ "$CALL" = 2 ]; then
   $T assemble $C --device cpu > "$L/assemble.log" 2>&1 && tar -C "$RUN" -cf "$OUT/pipeline.tar" pipeline
   echo "assembled at $(( $(date +%s) - t0 )) s"
   S=benchmarks/second_world/realism.py
-  timeout $EVAL_S python3 $S --model mini --world shapes --n 512 --json "$L/realism_shapes.json" > "$L/realism_shapes.log" 2>&1 &
+  [ -n "${SHAPES:-}" ] &&  # SHAPES=1: the first world's shipped model too, in parallel
+    timeout $EVAL_S python3 $S --model mini --world shapes --n 512 --json "$L/realism_shapes.json" > "$L/realism_shapes.log" 2>&1 &
   timeout $EVAL_S python3 $S --model "$RUN/pipeline" --world shapes-fine --n 512 --json "$L/realism_fine.json" \
     --images "$OUT/realism_fine_images.npz" > "$L/realism_fine.log" 2>&1
   wait
-  tail -n 30 "$L"/realism_fine.log; tail -n 3 "$L"/realism_shapes.log
+  tail -n 30 "$L"/realism_fine.log; [ -n "${SHAPES:-}" ] && tail -n 3 "$L"/realism_shapes.log
 fi
 cp "$RUN"/stats.jsonl "$RUN"/run_*.json $L/ 2>/dev/null
 tar -C /tmp -cf "$OUT/logs.tar" logs
