@@ -4,6 +4,7 @@
 #
 #   CALL=1 bash benchmarks/second_world/gpu_train.sh   # data || text encoder; the VAE (from the first model's);
 #                                                      # the UNet until the call's time is up
+#   CALL=0 LIMIT=300 ...: both in one call (a short device budget)
 #   CALL=2 LIMIT=330 bash benchmarks/second_world/gpu_train.sh  # the UNet until LIMIT; assemble; the realism
 #                                                      # study of both worlds
 #
@@ -25,7 +26,7 @@ T="python3 -m dicecfg.minimodel.train"
 C="--out $RUN --world shapes-fine --preset fine --no-progress"
 L=/tmp/logs
 mkdir -p "$OUT" $L
-if [ "$CALL" = 1 ]; then
+if [ "$CALL" != 2 ]; then  # 1, or 0: everything in one call (a short budget)
   $T data $C --workers 14 --max-minutes 4 > "$L/data.log" 2>&1 &
   DATA=$!
   $T text $C --device cuda --max-minutes 4 > "$L/text.log" 2>&1
@@ -51,7 +52,7 @@ PY
 fi
 $T unet $C --device cuda --max-minutes "$(left_min)" > "$L/unet_call$CALL.log" 2>&1  # LIMIT leaves room for CALL 2's study
 echo "unet stopped at $(( $(date +%s) - t0 )) s"; grep -E "Error|Traceback" "$L/unet_call$CALL.log" | tail -3
-if [ "$CALL" = 2 ]; then
+if [ "$CALL" != 1 ]; then
   $T assemble $C --device cpu > "$L/assemble.log" 2>&1 && tar -C "$RUN" -cf "$OUT/pipeline.tar" pipeline
   echo "assembled at $(( $(date +%s) - t0 )) s"
   S=benchmarks/second_world/realism.py
