@@ -20,7 +20,7 @@ from dicecfg.sampling.methods import (
     Unguided,
     implied_x0_cosine,
 )
-from dicecfg.sampling.registry import as_method, parse_method
+from dicecfg.sampling.spelling import as_method, parse_method
 from dicecfg.sampling.steps import guided_steps
 
 P = ["a red circle", "a large blue square"]
@@ -100,7 +100,7 @@ def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
     notices about ignored flags)."""
     import dicecfg.evaluation.evaluate as evaluate
     import dicecfg.sampling.job as job
-    import dicecfg.sampling.registry as registry
+    import dicecfg.sampling.spelling as spelling
     from dicecfg.evaluation.evaluate import EvalJob, eval_inputs
     from dicecfg.sampling.job import SampleJob, sample_inputs
 
@@ -110,7 +110,7 @@ def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
         parsed.append(text)
         return parse_method(text)
 
-    for module in (registry, job, evaluate):
+    for module in (spelling, job, evaluate):
         monkeypatch.setattr(module, "parse_method", counting)
     inputs = sample_inputs(SampleJob(prompts=("a red circle",), method="cfg:w=3", guidance_scale=7.0))
     assert parsed == ["cfg:w=3"] and inputs.method == CFG(3.0) and inputs.ignored == ["--guidance-scale"]

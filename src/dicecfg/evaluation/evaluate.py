@@ -28,7 +28,7 @@ from ..sampling.checks import SEED_MAX
 from ..sampling.fast import FAST_CHOICES
 from ..sampling.generate import generate
 from ..sampling.methods import CFG, PEER_STOP, Dice
-from ..sampling.registry import parse_method, spelling_help
+from ..sampling.spelling import parse_method, spelling_help
 from .images import Row, ensure_images, fast_paths, load_images, meta_mean, seconds_per_image
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from ..sharpener import Sharpener
 from .checks import check_memory, check_seeds, check_size, sampling_memory, warn_truncated
 from .fast import fast_mode, path_ran, resolve_fast, speedup
 from .methods import Dice, Method, sharpen_cond
-from .registry import as_method
+from .spelling import as_method
 from .steps import Step, StepClock, routed
 
 log = logging.getLogger(__name__)

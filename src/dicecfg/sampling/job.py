@@ -32,8 +32,8 @@ from .fast import FAST_CHOICES
 from .generate import generate
 from .methods import CFG, Dice, Method
 from .prompts import collect_prompts
-from .registry import parse_method, spelling_help
 from .shard import gathered, share
+from .spelling import parse_method, spelling_help
 
 log = logging.getLogger(__name__)
 

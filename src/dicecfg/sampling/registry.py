@@ -1,21 +1,10 @@
-"""The one list of sampling methods: their spellings (``cfg:w=5,stop=0.1``), the help text that lists them and the
-package's exports (``from dicecfg import CFG``) all come from ``METHOD_CLASSES``.
+"""The one list of sampling methods: their spellings (``cfg:w=5,stop=0.1``) and help text
+(``sampling/spelling.py``) and the package's exports (``from dicecfg import CFG``) all come from
+``METHOD_CLASSES``.
 
 Adding a method: a subclass of ``sampling.methods.Method`` in a module of its own (``sampling/apg.py`` is one),
-and its line below. This module imports no torch until a method is looked up, so ``import dicecfg`` stays fast.
+and its line below. This module is data alone (no imports), so ``import dicecfg`` stays fast.
 """
-
-from __future__ import annotations
-
-import importlib
-from functools import cache
-from typing import TYPE_CHECKING
-
-from ..errors import InputError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..sharpener import Sharpener
-    from .methods import Method
 
 METHOD_CLASSES: dict[str, str] = {  # class name -> the module of the package that defines it, in help order
     "Unguided": "sampling.methods",
@@ -24,72 +13,3 @@ METHOD_CLASSES: dict[str, str] = {  # class name -> the module of the package th
     "Dice": "sampling.methods",
     "AdaptiveGuidance": "sampling.methods",
 }
-
-
-@cache
-def method_classes() -> dict[str, type[Method]]:
-    """Spelled name (``"cfg"``) -> class, for every method of ``METHOD_CLASSES``."""
-    classes = [getattr(importlib.import_module(f"dicecfg.{m}"), c) for c, m in METHOD_CLASSES.items()]
-    return {c.name: c for c in classes}
-
-
-def spelling(cls: type[Method]) -> str:
-    """How the help shows one method: ``cfg[:w=5,start=0,stop=0.1]``."""
-    if not cls.keys:
-        return cls.name
-    if cls.example:
-        return f"{cls.name}[:{cls.example}]"
-    from .methods import shown
-
-    defaults = {f: getattr(cls, f, None) for f in cls.keys.values()}
-    parts = [
-        f"{k}={shown(defaults[f])}" for k, f in cls.keys.items() if isinstance(defaults[f], (int, float))
-    ]
-    return f"{cls.name}[:{','.join(parts)}]"
-
-
-def spelling_help() -> str:
-    """The methods and their settings, for help texts and error messages."""
-    return "a method, optionally with settings: " + " | ".join(map(spelling, method_classes().values()))
-
-
-def parse_method(text: str) -> tuple[type[Method], dict[str, float]]:
-    """``"cfg:w=5,stop=0.1"`` -> (CFG, {"guidance_scale": 5.0, "stop": 0.1}); a one-line error naming the
-    allowed names and keys for anything else (an unknown key, a value that is not a number, a key given twice)."""
-    name, _, rest = str(text).strip().partition(":")
-    cls = method_classes().get(name.strip().lower())
-    if cls is None:
-        raise InputError(f"Unknown method {text!r}: use {spelling_help()}.")
-    settings: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip().lower()
-        if not eq or key not in cls.keys:
-            allowed = ", ".join(cls.keys) or "none"
-            raise InputError(
-                f"Method {text!r}: {part!r} is not a setting of {cls.name} (its keys: {allowed})."
-            )
-        if cls.keys[key] in settings:
-            raise InputError(f"Method {text!r}: {key} is given twice; give each setting once.")
-        try:
-            settings[cls.keys[key]] = float(value)
-        except ValueError:
-            raise InputError(f"Method {text!r}: {key} must be a number (got {value.strip()!r}).") from None
-    return cls, settings
-
-
-def as_method(method: Method | str, *, sharpener: Sharpener | None = None) -> Method:
-    """A method object from an object or a spelling (``"cfg"``, ``"dice:stop=0.1"``; ``sharpener`` is the one
-    a spelled ``dice`` uses). An object comes with its own settings and sharpener."""
-    from .methods import Method
-
-    if isinstance(method, Method):
-        if sharpener is not None and sharpener is not getattr(method, "sharpener", sharpener):
-            raise InputError("sharpener= is given twice: once in Dice(...) and once to generate(); give one.")
-        return method
-    if not isinstance(method, str):
-        raise InputError(
-            f"method must be a method object or a name ({spelling_help()}); got {type(method).__name__}."
-        )
-    cls, settings = parse_method(method)
-    return cls.create(settings, sharpener)
