@@ -12,4 +12,5 @@ METHOD_CLASSES: dict[str, str] = {  # class name -> the module of the package th
     "Scaling": "sampling.methods",
     "Dice": "sampling.methods",
     "AdaptiveGuidance": "sampling.methods",
+    "APG": "sampling.apg",
 }
