@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import FAST_FAULTS, dice_sample, one_line_error
 
-from dicecfg import DistillConfig, Sharpener, distill, generate, sharpen
+from dicecfg import Dice, DistillConfig, Sharpener, distill, generate, sharpen
 from dicecfg.cli import main
 from dicecfg.errors import InputError, OutOfMemoryError
 
@@ -37,7 +37,7 @@ def _random_sharpener(dim=32, seed=0):
 def test_alpha_zero_and_untrained_equal_unguided(tiny_sd):
     base = _images(tiny_sd, "unguided", batch_size=4)
     assert np.array_equal(
-        base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), alpha=0.0, batch_size=4)
+        base, _images(tiny_sd, "dice:alpha=0", sharpener=_random_sharpener(), batch_size=4)
     )
     assert np.array_equal(base, _images(tiny_sd, "dice", sharpener=Sharpener(32, 64, 4), batch_size=4))
     assert not np.array_equal(base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), batch_size=4))
@@ -284,7 +284,7 @@ def test_alpha_out_of_range_warns(tiny_sd, caplog):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="dicecfg"):
             list(
-                generate(tiny_sd, ["a"], sharpener=sharp, alpha=alpha, num_inference_steps=1, progress=False)
+                generate(tiny_sd, ["a"], method=Dice(sharp, alpha), num_inference_steps=1, progress=False)
             )
         assert any("outside the usual range" in r.getMessage() for r in caplog.records), alpha
     with pytest.raises(InputError, match="finite"):
@@ -338,7 +338,7 @@ def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
     from dicecfg.evaluation.images import Row
     from dicecfg.sampling.methods import CFG
 
-    (s,) = generate(tiny_sd, ["a"], method="cfg", guidance_scale=1.0, num_inference_steps=2, progress=False)
+    (s,) = generate(tiny_sd, ["a"], method="cfg:w=1", num_inference_steps=2, progress=False)
     assert s.nfe == 2 and s.params == {"guidance_scale": 1.0, "start": 0.0, "stop": 1.0}
     assert Row(CFG(1.0), 20).nfe == 20 and Row(CFG(5.0), 20).nfe == 40
     assert dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", "1") == 0
@@ -350,7 +350,7 @@ def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
     for scales in (["1", "nan"], ["0"]):
         one_line_error(capsys, main(["eval", "--cfg-scales", *scales, "--model", str(tiny_sd_dir), "-q"]))
     with pytest.raises(InputError, match="below 1"):
-        list(generate(tiny_sd, ["a"], method="cfg", guidance_scale=0.5, progress=False))
+        list(generate(tiny_sd, ["a"], method="cfg:w=0.5", progress=False))
 
 
 def test_options_the_method_ignores_get_a_notice(tiny_sd_dir, tmp_path, capsys, caplog):
