@@ -401,3 +401,60 @@ def test_negative_prompts_have_settings_of_their_own(tiny_sd):
     assert rec.settings == (1.5, 0.0, 0.3) and rec.neg_settings == (1.0, 0.0, 1.0)
     assert "negative prompts: alpha=1" in rec.setting and rec.spec.endswith("neg_stop=1")
     assert parse_method(rec.spec)[1]["neg_stop"] == 1.0
+
+
+def count_rows(pipe):
+    """Rows of every denoiser call from now on (the hook sees the rows that really ran), and its remover."""
+    rows = []
+    hook = pipe.unet.conv_in.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    return rows, hook
+
+
+@pytest.mark.parametrize("strength, rows", [(0.5, [2, 2, 1, 1, 1]), (0.3, [2, 1, 1])])
+def test_intervals_count_the_steps_an_img2img_strength_runs(tiny_sd, strength, rows):
+    """At strength s an img2img call runs int(10 s) of 10 steps; CFG(stop=0.4) guides the first 40% of *those*
+    (diffusers' guider rule on the steps run), and at 0.5 it is exactly diffusers' cutoff callback there."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    from dicecfg.sampling.generate import generators, sample_batch
+
+    pipe = StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    fam = family_of(tiny_sd)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond, neg = fam.encode(pipe, P[:1]), fam.encode(pipe, [""])
+    ran, hook = count_rows(pipe)
+    try:
+        got, nfe = sample_batch(pipe, fam, CFG(stop=0.4), cond, neg, generators(torch.device("cpu"), [7]),
+                                num_inference_steps=10, image=image, strength=strength)  # fmt: skip
+    finally:
+        hook.remove()
+    assert ran == rows and list(nfe) == [sum(rows)] == [CFG(stop=0.4).nfe(len(rows))]
+    ref = pipe(P[0], image=image, strength=strength, guidance_scale=5.0, num_inference_steps=10, output_type="np",
+               generator=torch.Generator().manual_seed(7),
+               callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=rows.count(2) - 1),
+               ).images  # fmt: skip
+    assert np.array_equal(got, ref)
+
+
+def test_repeated_timesteps_are_steps_of_their_own(tiny_sd):
+    """DPM-Solver++ with Karras sigmas repeats timesteps at 50 steps: each call is its own step, so an interval
+    counts 50 steps and the NFE that runs is the NFE planned, for CFG and DICE."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    tiny_sd.scheduler = DPMSolverMultistepScheduler.from_config(
+        tiny_sd.scheduler.config, use_karras_sigmas=True
+    )
+    tiny_sd.scheduler.set_timesteps(50)
+    ts = tiny_sd.scheduler.timesteps.tolist()
+    assert len(set(ts)) < len(ts) == 50  # the case: some timestep is repeated
+    sharp = random_sharpener(tiny_sd, std=0.1)
+    ran, hook = count_rows(tiny_sd)
+    try:
+        _, nfe = images(tiny_sd, CFG(stop=0.5), prompts=P[:1], seeds=[1], steps=50)
+        assert ran == [2] * 25 + [1] * 25 and nfe == [CFG(stop=0.5).nfe(50)] == [75]
+        ran.clear()
+        _, nfe = images(tiny_sd, Dice(sharp, stop=0.5), prompts=P[:1], seeds=[1], steps=50)
+        assert ran == [1] * 50 and nfe == [Dice(sharp, stop=0.5).nfe(50)]
+    finally:
+        hook.remove()
