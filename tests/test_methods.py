@@ -458,3 +458,107 @@ def test_repeated_timesteps_are_steps_of_their_own(tiny_sd):
         assert ran == [1] * 50 and nfe == [Dice(sharp, stop=0.5).nfe(50)]
     finally:
         hook.remove()
+
+
+def recording(pipe, sampling):
+    sharp = random_sharpener(pipe, std=0.1)
+    sharp.config["sampling"] = sampling
+    return sharp
+
+
+@pytest.mark.parametrize(
+    "sampling, names",
+    [
+        ("abc", ['"sampling" must be an object']),
+        ([1, 2], ['"sampling" must be an object']),
+        ({"alpha": "abc"}, ['"sampling".alpha must be a finite number', "'abc'"]),
+        ({"alpha": None}, ['"sampling".alpha must be a finite number']),
+        ({"alpha": float("inf")}, ['"sampling".alpha must be a finite number']),  # 1e400 in the file
+        ({"alpha": True}, ['"sampling".alpha']),
+        ({"stop": 2}, ['"sampling" records the interval [0, 2)']),
+        ({"start": 0.5, "stop": 0.2}, ['"sampling" records the interval [0.5, 0.2)']),
+    ],
+)
+def test_malformed_recorded_settings_name_config_json_and_the_key(tiny_sd, sampling, names):
+    with pytest.raises(InputError) as e:
+        Dice(recording(tiny_sd, sampling))
+    text = str(e.value)
+    assert text.startswith("config.json: ") and "\n" not in text and all(n in text for n in names), text
+
+
+def test_a_bad_negative_entry_blocks_only_images_with_a_negative_prompt(tiny_sd, tmp_path):
+    from dicecfg.sampling.methods import check_recorded
+
+    sharp = recording(tiny_sd, {"alpha": 1.5, "stop": 0.5, "negative": "x"})
+    d = Dice(sharp)
+    assert d.settings == (1.5, 0.0, 0.5)
+    _, nfe = images(tiny_sd, d, steps=4)  # no negative prompt: samples
+    assert nfe == [4, 4]
+    for bad in (
+        lambda: images(tiny_sd, d, steps=4, negative_prompt="a blue square"),
+        lambda: check_recorded(sharp),
+    ):
+        with pytest.raises(InputError, match='"sampling"."negative" must be an object'):
+            bad()
+    (tmp_path / "s").mkdir()  # a value beyond float range in the file itself loads, and is named when read
+    sharp.save_pretrained(tmp_path / "s")
+    config = (
+        (tmp_path / "s" / "config.json")
+        .read_text()
+        .replace('"negative": "x"', '"negative": {"alpha": 1e400}')
+    )
+    (tmp_path / "s" / "config.json").write_text(config)
+    with pytest.raises(InputError, match=r'"sampling"."negative".alpha must be a finite number \(got inf\)'):
+        check_recorded(Sharpener.from_pretrained(tmp_path / "s"))
+
+
+def test_given_settings_win_over_every_recorded_one(tiny_sd):
+    """A start given takes the interval whole (the recorded stop is not mixed in); an alpha given acts on images
+    with a negative prompt too, and their records say so."""
+    sharp = recording(tiny_sd, {"alpha": 1.5, "stop": 0.15, "negative": {"alpha": 1.0, "stop": 1.0}})
+    assert Dice(sharp, start=0.5).settings == (1.5, 0.5, 1.0)
+    assert Dice(sharp, start=0.5).neg_settings == (1.0, 0.5, 1.0)
+    d = Dice(sharp, alpha=2.0)
+    assert d.settings == (2.0, 0.0, 0.15) and d.neg_settings == (2.0, 0.0, 1.0)
+    assert Dice(sharp).neg_settings == (1.0, 0.0, 1.0)  # told nothing: every recorded setting
+    (s,) = generate(tiny_sd, P[:1], method=d, negative_prompt="a blue square", num_inference_steps=2,
+                    progress=False)  # fmt: skip
+    assert s.params["neg_alpha"] == 2.0
+    with pytest.raises(InputError, match=r"start \(0.5\) must be below stop \(0.2\)"):
+        Dice(sharp, start=0.5, stop=0.2)  # both given: the advice fits what was given
+
+
+def test_dice_equality_includes_the_sharpener(tiny_sd):
+    a, b = random_sharpener(tiny_sd, seed=1), random_sharpener(tiny_sd, seed=2)
+    assert Dice(a) == Dice(a) and hash(Dice(a)) == hash(Dice(a))
+    assert Dice(a) != Dice(b) and len({Dice(a), Dice(b)}) == 2 and len({Dice(a): 1, Dice(b): 2}) == 2
+
+
+def test_numpy_numbers_repeated_keys_and_printed_values():
+    assert CFG(np.float32(7.0), stop=np.float64(0.5)) == CFG(7.0, stop=0.5)
+    assert Scaling(np.int64(2)).scale == 2.0
+    with pytest.raises(InputError, match="w is given twice"):
+        parse_method("cfg:w=5,w=9")
+    with pytest.raises(InputError, match=r"guidance_scale=0.9999999 is below 1"):
+        CFG(0.9999999)
+    assert CFG(5.0000001).label == "cfg w=5.0000001"
+
+
+def test_an_interval_with_no_guided_step_runs_and_is_recorded_as_what_acts(tiny_sd, caplog):
+    import logging
+
+    sharp = recording(tiny_sd, {"alpha": 1.5, "stop": 0.15})
+    for method, steps in ((CFG(stop=0.1), 9), (Dice(sharp), 6)):
+        with caplog.at_level(logging.WARNING, logger="dicecfg"):
+            caplog.clear()
+            (s,) = generate(
+                tiny_sd, P[:1], method=method, seeds=[2], num_inference_steps=steps, progress=False
+            )
+        (warning,) = [r.getMessage() for r in caplog.records if "no guided step" in r.getMessage()]
+        assert f"at {steps} steps" in warning and "as unguided" in warning
+        assert s.method == "unguided" and s.params == {} and s.nfe == steps
+        (plain,) = generate(
+            tiny_sd, P[:1], method="unguided", seeds=[2], num_inference_steps=steps, progress=False
+        )
+        assert np.array_equal(s.image, plain.image)
+    assert CFG(stop=0.1).acting(10) == CFG(stop=0.1)  # one guided step at 10: as asked
