@@ -36,9 +36,7 @@ def _random_sharpener(dim=32, seed=0):
 
 def test_alpha_zero_and_untrained_equal_unguided(tiny_sd):
     base = _images(tiny_sd, "unguided", batch_size=4)
-    assert np.array_equal(
-        base, _images(tiny_sd, "dice:alpha=0", sharpener=_random_sharpener(), batch_size=4)
-    )
+    assert np.array_equal(base, _images(tiny_sd, "dice:alpha=0", sharpener=_random_sharpener(), batch_size=4))
     assert np.array_equal(base, _images(tiny_sd, "dice", sharpener=Sharpener(32, 64, 4), batch_size=4))
     assert not np.array_equal(base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), batch_size=4))
 
@@ -283,9 +281,7 @@ def test_alpha_out_of_range_warns(tiny_sd, caplog):
     for alpha in (-1.0, 5.0):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="dicecfg"):
-            list(
-                generate(tiny_sd, ["a"], method=Dice(sharp, alpha), num_inference_steps=1, progress=False)
-            )
+            list(generate(tiny_sd, ["a"], method=Dice(sharp, alpha), num_inference_steps=1, progress=False))
         assert any("outside the usual range" in r.getMessage() for r in caplog.records), alpha
     with pytest.raises(InputError, match="finite"):
         sharpen(tiny_sd, sharp, ["a"], alpha=float("nan"))
@@ -359,3 +355,17 @@ def test_options_the_method_ignores_get_a_notice(tiny_sd_dir, tmp_path, capsys, 
     with caplog.at_level(logging.WARNING, logger="dicecfg"):
         assert dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--alpha", "3") == 0
     assert any("--method cfg ignores --alpha" in r.getMessage() for r in caplog.records)
+
+
+def test_settings_that_overflow_are_refused_never_written_black(tiny_sd):
+    """cfg:w=1e30 and scaling:s=1e308 are finite settings whose arithmetic is not: refused with one line naming
+    what to change, instead of a NaN image saved as black."""
+    for method, message in (
+        ("cfg:w=1e30", "came out not finite"),
+        ("scaling:s=1e308", "makes the embedding overflow"),
+    ):
+        with pytest.raises(InputError, match=message) as e:
+            list(generate(tiny_sd, ["a red circle"], method=method, num_inference_steps=2, progress=False))
+        assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="not finite at alpha=1e"):
+        sharpen(tiny_sd, _random_sharpener(), ["a red circle"], alpha=1e38)
