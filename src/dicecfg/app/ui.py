@@ -80,7 +80,7 @@ def build_app(
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0, minimum=LIMITS.seed[0])
             steps = gr.Slider(*LIMITS.steps, DEFAULTS.steps, step=1, label="Steps")
             w = gr.Slider(*LIMITS.guidance_scale, DEFAULTS.guidance_scale, step=0.5, label="CFG scale w")
-            first = Dice(sharpener).alpha  # the sharpener's own (recorded, else 1); moved: it acts on every image
+            first = Dice(sharpener).alpha  # recorded, else 1; moved, it acts on every image
             alpha = gr.Slider(*LIMITS.alpha, first, step=0.05, label="DICE alpha")
             button = gr.Button("Compare", variant="primary", elem_id="compare")
         images = gr.Gallery(

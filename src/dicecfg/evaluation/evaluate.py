@@ -73,7 +73,7 @@ class EvalJob(Checked):
     )
     steps: tuple[int, ...] = opt((20,), "sampling step counts; every method runs at each")
     negative_prompt: str | None = opt(None, "also run cfg and dice with this negative prompt")
-    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
+    batch_size: int = opt(16, "images per pipeline call (pixels vary with it by 1/255 at most)")
     height: int | None = opt(None, "image height in pixels (default: the model's native size)", min=8)
     width: int | None = opt(None, "image width in pixels (default: the model's native size)", min=8)
     device: str | None = device_option()

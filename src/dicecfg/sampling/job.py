@@ -57,7 +57,7 @@ class SampleJob(Checked):
     negative_prompt: str | None = opt(None, "negative prompt: c_neg for cfg and dice")
     steps: int = opt(20, "sampling steps", min=1)
     seed: int = opt(0, "seed of the first image; image i uses seed + i", min=0, max=SEED_MAX)
-    batch_size: int = opt(8, "images per pipeline call (results do not depend on it)", min=1)
+    batch_size: int = opt(8, "images per pipeline call (pixels vary with it by 1/255 at most)", min=1)
     height: int | None = opt(None, "image height in pixels (default: the model's native size)", min=8)
     width: int | None = opt(None, "image width in pixels (default: the model's native size)", min=8)
     out: str = opt(
