@@ -53,7 +53,7 @@ def test_detection_and_dims(pipe):
 
 def test_alpha_zero_and_untrained_equal_unguided(pipe):
     base = _images(pipe, "unguided")
-    assert np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe), alpha=0.0))
+    assert np.array_equal(base, _images(pipe, "dice:alpha=0", sharpener=random_sharpener(pipe)))
     assert np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe, std=0)))
     assert not np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe)))
 

@@ -384,3 +384,15 @@ def test_settings_that_overflow_are_refused_never_written_black(tiny_sd):
         assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="not finite at alpha=1e"):
         sharpen(tiny_sd, _random_sharpener(), ["a red circle"], alpha=1e38)
+
+
+def test_settings_next_to_a_method_are_refused_with_their_place(tiny_sd):
+    """0.1's flat keywords (alpha=, guidance_scale=, scale=) would reach the pipeline's **kwargs and be ignored:
+    refused, naming where the setting goes."""
+    for key, where in (("alpha", "dice:alpha="), ("guidance_scale", "cfg:w="), ("scale", "scaling:s=")):
+        with pytest.raises(InputError, match=f"takes {key} in the method.*{where}"):
+            list(
+                generate(
+                    tiny_sd, ["a"], method="unguided", num_inference_steps=1, progress=False, **{key: 2.0}
+                )
+            )

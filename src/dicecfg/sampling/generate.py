@@ -28,7 +28,7 @@ from .checks import check_memory, check_seeds, check_size, sampling_memory, warn
 from .fast import fast_mode, path_ran, resolve_fast, speedup
 from .methods import Dice, Method, sharpen_cond
 from .spelling import as_method
-from .steps import Step, StepClock, routed
+from .steps import StepClock, routed
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,11 @@ class EditInterval:
 
     def __call__(self, pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         clock = StepClock(pipe.scheduler)
-        clock.tick(None)  # where the pipeline's steps begin (an img2img strength skips the first ones)
+        clock.begin(None)  # where the pipeline's steps begin (an img2img strength skips the first ones)
         if i + 1 >= len(clock.times):
             return {}
-        step = Step(min((i + 1 + clock.order - 1) // clock.order, clock.count - 1), clock.count,
-                    clock.times[i + 1])  # fmt: skip
         given = kwargs["prompt_embeds"]
-        embeds = self.pick(step).embeds.repeat_interleave(self.per_prompt, 0)
+        embeds = self.pick(clock.at(i + 1)).embeds.repeat_interleave(self.per_prompt, 0)
         return {"prompt_embeds": embeds.to(device=given.device, dtype=given.dtype)}
 
 
@@ -134,7 +132,8 @@ def sharpen(
     Use as ``pipe(**sharpen(pipe, sharp, prompts), guidance_scale=1.0)``. ``alpha=0`` is plain unguided
     sampling. Where the settings (recorded or given) put the edit on an interval of the steps, the arguments
     carry a ``callback_on_step_end`` that switches the embedding between steps (pipelines that take one: SD1.x/2.x
-    and SDXL; the interval must start at step 0, since the first step's embedding is given here).
+    and SDXL; the interval must start at step 0, since the first step's embedding is given here, and step 0 runs
+    sharpened even where the interval gives no step at the call's count: ``generate`` warns about that case).
 
     Args:
         pipe: a stock diffusers pipeline of a supported family (``load_pipeline``).
@@ -247,6 +246,15 @@ def sample_batch(
 BATCH_NOTE = "an image depends on its seed, not on its batch (up to float rounding: 1/255 at most on a CPU)"
 
 
+# settings that once sat next to a method (0.1's flat keywords): refused with their place, never passed on to a
+# pipeline that would take them into its **kwargs and ignore them
+MOVED_SETTINGS = {
+    "guidance_scale": "guidance_scale= is CFG(guidance_scale=...) or 'cfg:w=...'",
+    "scale": "scale= is Scaling(scale=...) or 'scaling:s=...'",
+    "alpha": "alpha= is Dice(sharpener, alpha=...) or 'dice:alpha=...'",
+}
+
+
 @dataclass(frozen=True)
 class SamplingRequest:
     """A ``generate`` call, checked before any work (``sampling_request``)."""
@@ -272,12 +280,19 @@ def sampling_request(
     height: int | None,
     width: int | None,
     fast: bool | str,
+    pipe_kwargs: dict[str, Any],
 ) -> SamplingRequest:
     """Every input of ``generate`` checked, before any work: the method and its settings, steps, batch size,
     seeds, negative prompts, image size, memory, prompt text. A method whose interval gives no guided step at
     ``num_inference_steps`` gets one warning and runs (and is recorded) as what acts."""
     prompts = list(prompts)
     m = as_method(method, sharpener=sharpener)
+    moved = [k for k in MOVED_SETTINGS if k in pipe_kwargs]
+    if moved:
+        raise InputError(
+            f"generate() takes {', '.join(moved)} in the method, not next to it: "
+            f"{'; '.join(MOVED_SETTINGS[k] for k in moved)} (CHANGELOG.md, 0.2.0)."
+        )
     fast_mode(fast)
     steps = whole_number(num_inference_steps, "num_inference_steps")
     batch_size = whole_number(batch_size, "batch_size")
@@ -399,7 +414,8 @@ def generate(
     """
     req = sampling_request(pipe, prompts, method=method, seeds=seeds, sharpener=sharpener,
                            negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-                           batch_size=batch_size, height=height, width=width, fast=fast)  # fmt: skip
+                           batch_size=batch_size, height=height, width=width, fast=fast,
+                           pipe_kwargs=pipe_kwargs)  # fmt: skip
     call = dict(num_inference_steps=num_inference_steps, height=height, width=width, **pipe_kwargs)
     with tqdm(total=len(req.prompts), desc=req.method.label, unit="img", disable=not progress) as bar:
         for sl in batches(len(req.prompts), batch_size):

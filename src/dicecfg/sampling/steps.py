@@ -64,7 +64,9 @@ class StepClock:
         self.times: list[float] = []  # timestep of each call this pipeline call makes
         self.order = max(1, int(getattr(scheduler, "order", 1) or 1))
 
-    def _begin(self, t: Any) -> None:
+    def begin(self, t: Any) -> None:
+        """Where the pipeline's steps begin, from the first call's timestep ``t`` (None: the scheduler's
+        ``begin_index``, else its first timestep)."""
         ts = self.scheduler.timesteps
         values = [float(v) for v in ts.detach().cpu().flatten().tolist()]
         first = None
@@ -84,13 +86,17 @@ class StepClock:
         """Steps of this pipeline call."""
         return (len(self.times) + self.order - 1) // self.order
 
+    def at(self, k: int) -> Step:
+        """The step of call ``k`` (0-based) of this pipeline call (a call past the planned ones: the last step)."""
+        k = min(k, len(self.times) - 1)
+        return Step(min((k + self.order - 1) // self.order, self.count - 1), self.count, self.times[k])
+
     def tick(self, t: Any) -> Step:
         """The step of the next denoiser call (``t``: the timestep it was given)."""
         if self.calls == 0:
-            self._begin(t)
-        k = min(self.calls, len(self.times) - 1)  # a call past the planned ones stays in the last step
+            self.begin(t)
         self.calls += 1
-        return Step(min((k + self.order - 1) // self.order, self.count - 1), self.count, self.times[k])
+        return self.at(self.calls - 1)
 
 
 @dataclass
