@@ -136,6 +136,35 @@ def test_a_sharpener_for_another_model_stops_serve_before_it_starts(tiny_sd_dir,
     assert time.perf_counter() - t0 < 60
 
 
+def test_serve_refuses_unusable_recorded_settings_at_start(tiny_sd_dir, tmp_path, capsys, monkeypatch):
+    """A sharpener whose config.json records settings it cannot sample with (here a bad entry for negative
+    prompts) stops `dice serve` with one line before the model loads, instead of failing every request."""
+    sharp = random_sharpener(load_pipeline(tiny_sd_dir))
+    sharp.config["sampling"] = {"alpha": 1.5, "stop": 0.5, "negative": "x"}
+    sharp.save_pretrained(tmp_path / "s")
+    monkeypatch.setattr("dicecfg.app.job.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    code = main(["-q", "serve", "--model", str(tiny_sd_dir), "--sharpener", str(tmp_path / "s"), "--port",
+                 str(free_port())])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith('dice: error: config.json: "sampling"."negative" must be an object')
+
+
+def test_the_alpha_of_a_request_acts_on_every_image_and_panels_say_what_ran(tiny_sd):
+    """The page's alpha slider starts at the recorded alpha: there, DICE is the sharpener's own settings; moved,
+    it acts on images with a negative prompt too. A panel whose interval has no step at the request's count is
+    labelled by what ran."""
+    sharp = random_sharpener(tiny_sd)
+    sharp.config["sampling"] = {"alpha": 1.5, "stop": 0.5, "negative": {"alpha": 1.0, "stop": 1.0}}
+    from dicecfg.sampling.methods import Dice
+
+    assert panels(sharp, Request(PROMPT, steps=10))["dice"] == Dice(sharp)
+    assert panels(sharp, Request(PROMPT, steps=10, alpha=1.5))["dice"] == Dice(sharp)
+    moved = panels(sharp, Request(PROMPT, steps=10, alpha=2.0))["dice"]
+    assert moved.alpha == moved.neg_alpha == 2.0
+    assert panels(sharp, Request(PROMPT, steps=9))["peer"] == Unguided()  # int(0.1 * 9) = 0 guided steps
+
+
 def test_the_queue_is_bounded_and_inputs_reach_the_apps_own_check(tiny_sd):
     pytest.importorskip("gradio", reason="dice serve needs gradio: pip install -e '.[app]'")
     from dicecfg.app.ui import QUEUE_SIZE, build_app
@@ -240,7 +269,7 @@ def test_compare_endpoint_through_gradio_client(server, mini, tmp_path):
         expected = generate(
             pipe,
             [PROMPT],
-            method=panels(sharp, Request(PROMPT, seed=7, steps=STEPS))[d["method"]],
+            method=panels(sharp, Request(PROMPT, seed=7, steps=STEPS, alpha=1.0))[d["method"]],
             seeds=[7],
             num_inference_steps=STEPS,
             progress=False,

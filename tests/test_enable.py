@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import random_sharpener
 
-from dicecfg import DiceError, disable_dice, enable_dice, generate, load_pipeline, sharpen
+from dicecfg import Dice, DiceError, disable_dice, enable_dice, generate, load_pipeline, sharpen
 from dicecfg.errors import SharpenerMismatchError
 from dicecfg.families import family_of
 
@@ -25,6 +25,10 @@ def run(pipe, *args, seeds=(0, 1), **kwargs):
     """Images of one call with fresh per-image generators (the same seeds give the same noise)."""
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     return pipe(*args, num_inference_steps=STEPS, generator=gens, output_type="np", **kwargs).images
+
+
+def as_uint8(images):
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
 def count_denoiser_calls(pipe):
@@ -141,9 +145,12 @@ def test_wrong_types_are_dice_errors(tiny_sd):
             tiny_sd(5, num_inference_steps=1)
         with pytest.raises(DiceError, match="negative_prompt must be a text"):
             tiny_sd("a red circle", negative_prompt=5, num_inference_steps=1)
-        with pytest.raises(Exception) as e:  # as the stock call: no silent switch to one image
-            tiny_sd("a red circle", num_images_per_prompt=0, num_inference_steps=1)
-        assert not isinstance(e.value, AssertionError)
+        for bad in (0, -1, 1.5):  # no silent switch to one image, and no raw torch error either
+            with pytest.raises(DiceError, match=r"num_images_per_prompt must be a whole number >= 1"):
+                tiny_sd("a red circle", num_images_per_prompt=bad, num_inference_steps=1)
+        for scale in (float("nan"), float("inf"), "5"):
+            with pytest.raises(DiceError, match="guidance_scale must be a finite number or left out"):
+                tiny_sd("a red circle", guidance_scale=scale, num_inference_steps=1)
     finally:
         disable_dice(tiny_sd)
 
@@ -161,3 +168,28 @@ def test_an_enabled_pipeline_pickles_and_stays_enabled(tiny_sd_dir):
     assert np.array_equal(run(copy, P, negative_prompt=NEG), run(pipe, P, negative_prompt=NEG))
     disable_dice(copy)
     assert type(copy) is type(disable_dice(pipe)) and not dice_enabled(copy)
+
+
+def test_an_enabled_pipeline_and_sharpen_use_the_recorded_settings_as_dice_does(pipe):
+    """One default for "DICE with this sharpener": enable_dice(pipe, sharp), pipe(**sharpen(...)) and
+    generate(method=Dice(sharp)) give the same images when the sharpener records an interval (the edit on step 0
+    of 2 only) and its own settings for images with a negative prompt."""
+    sharp = random_sharpener(pipe)
+    sharp.config["sampling"] = {"alpha": 1.5, "stop": 0.5, "negative": {"alpha": 0.5, "stop": 1.0}}
+    negs = ["", NEG]
+    want = np.stack([s.image for s in generate(pipe, P, method=Dice(sharp), seeds=[0, 1], negative_prompt=negs,
+                                               num_inference_steps=STEPS, progress=False)])  # fmt: skip
+    every_step = np.stack([s.image for s in generate(pipe, P, method=Dice(sharp, stop=1.0), seeds=[0, 1],
+                                                     negative_prompt=negs, num_inference_steps=STEPS, progress=False)])  # fmt: skip
+    assert not np.array_equal(want, every_step)  # the recorded interval matters here
+    if family_of(pipe).name != "pixart":  # through callback_on_step_end, which PixArt-alpha's pipeline lacks
+        assert np.array_equal(
+            as_uint8(run(pipe, **sharpen(pipe, sharp, P, negative_prompt=negs), guidance_scale=1.0)), want
+        )
+    else:
+        with pytest.raises(DiceError, match="takes no callback_on_step_end"):
+            sharpen(pipe, sharp, P, negative_prompt=negs)
+    enable_dice(pipe, sharp)
+    assert np.array_equal(as_uint8(run(pipe, P, negative_prompt=negs)), want)
+    enable_dice(pipe, sharp, stop=1.0)  # told otherwise: the edit on every step
+    assert np.array_equal(as_uint8(run(pipe, P, negative_prompt=negs)), every_step)

@@ -53,7 +53,7 @@ def test_detection_and_dims(pipe):
 
 def test_alpha_zero_and_untrained_equal_unguided(pipe):
     base = _images(pipe, "unguided")
-    assert np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe), alpha=0.0))
+    assert np.array_equal(base, _images(pipe, "dice:alpha=0", sharpener=random_sharpener(pipe)))
     assert np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe, std=0)))
     assert not np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe)))
 
@@ -262,14 +262,15 @@ def test_a_family_missing_a_method_cannot_be_made():
     StableDiffusionFamily()  # the shipped families implement all of them
 
 
-def test_cond_names_its_embeddings_and_keeps_the_old_name():
-    """``Cond.embeds`` holds the token embeddings the sharpener edits; ``tokens`` / ``with_tokens`` remain as
-    deprecated names of the same thing."""
+def test_cond_names_its_embeddings():
+    """``Cond.embeds`` holds the token embeddings the sharpener edits; the old names ``tokens`` / ``with_tokens``
+    are gone (CHANGELOG.md, 0.2.0)."""
     from dicecfg.families import Cond
 
     x = torch.randn(2, 5, 8)
     cond = Cond(embeds=x, extras={"pooled": torch.randn(2, 8)})
-    assert cond.embeds is x and cond.tokens is x and len(cond) == 2
+    assert cond.embeds is x and len(cond) == 2
+    assert not hasattr(cond, "tokens") and not hasattr(cond, "with_tokens")
     y = torch.randn(2, 5, 8)
-    assert cond.with_embeds(y).embeds is y and cond.with_tokens(y).embeds is y
+    assert cond.with_embeds(y).embeds is y
     assert cond.with_embeds(y).extras is cond.extras

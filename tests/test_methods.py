@@ -18,11 +18,10 @@ from dicecfg.sampling.methods import (
     Dice,
     Scaling,
     Unguided,
-    as_method,
-    guided_steps,
-    parse_method,
+    implied_x0_cosine,
 )
-from dicecfg.sampling.steps import implied_x0_cosine
+from dicecfg.sampling.spelling import as_method, parse_method
+from dicecfg.sampling.steps import guided_steps
 
 P = ["a red circle", "a large blue square"]
 
@@ -81,7 +80,7 @@ def test_bad_settings_are_one_line_errors(make, message):
     assert "\n" not in str(e.value)
 
 
-def test_spellings_round_trip_and_flat_keywords():
+def test_spellings_round_trip():
     for text in (
         "cfg:w=7,stop=0.1",
         "cfg:start=0.25,stop=0.5",
@@ -91,11 +90,9 @@ def test_spellings_round_trip_and_flat_keywords():
     ):
         cls, settings = parse_method(text)
         assert cls(**settings).spec == text
-    assert as_method("cfg", guidance_scale=7.0) == CFG(7.0)
-    assert as_method("cfg:w=3", guidance_scale=7.0) == CFG(3.0)  # the spelling wins over the flat keyword
-    assert as_method("unguided", guidance_scale=7.0, alpha=2.0) == Unguided()  # others ignore them
-    with pytest.raises(InputError, match="method object"):
-        as_method(CFG(), guidance_scale=7.0)
+    assert as_method("cfg:w=7") == CFG(7.0) and as_method("unguided") == Unguided()
+    assert CFG(0.0 + 5.0000001).spec == "cfg:w=5.0000001"  # every digit: read back as the same value
+    assert parse_method(CFG(5.0000001).spec)[1] == {"guidance_scale": 5.0000001}
 
 
 def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
@@ -103,7 +100,7 @@ def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
     notices about ignored flags)."""
     import dicecfg.evaluation.evaluate as evaluate
     import dicecfg.sampling.job as job
-    import dicecfg.sampling.methods as methods
+    import dicecfg.sampling.spelling as spelling
     from dicecfg.evaluation.evaluate import EvalJob, eval_inputs
     from dicecfg.sampling.job import SampleJob, sample_inputs
 
@@ -113,7 +110,7 @@ def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
         parsed.append(text)
         return parse_method(text)
 
-    for module in (methods, job, evaluate):
+    for module in (spelling, job, evaluate):
         monkeypatch.setattr(module, "parse_method", counting)
     inputs = sample_inputs(SampleJob(prompts=("a red circle",), method="cfg:w=3", guidance_scale=7.0))
     assert parsed == ["cfg:w=3"] and inputs.method == CFG(3.0) and inputs.ignored == ["--guidance-scale"]
@@ -404,3 +401,164 @@ def test_negative_prompts_have_settings_of_their_own(tiny_sd):
     assert rec.settings == (1.5, 0.0, 0.3) and rec.neg_settings == (1.0, 0.0, 1.0)
     assert "negative prompts: alpha=1" in rec.setting and rec.spec.endswith("neg_stop=1")
     assert parse_method(rec.spec)[1]["neg_stop"] == 1.0
+
+
+def count_rows(pipe):
+    """Rows of every denoiser call from now on (the hook sees the rows that really ran), and its remover."""
+    rows = []
+    hook = pipe.unet.conv_in.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    return rows, hook
+
+
+@pytest.mark.parametrize("strength, rows", [(0.5, [2, 2, 1, 1, 1]), (0.3, [2, 1, 1])])
+def test_intervals_count_the_steps_an_img2img_strength_runs(tiny_sd, strength, rows):
+    """At strength s an img2img call runs int(10 s) of 10 steps; CFG(stop=0.4) guides the first 40% of *those*
+    (diffusers' guider rule on the steps run), and at 0.5 it is exactly diffusers' cutoff callback there."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    from dicecfg.sampling.generate import generators, sample_batch
+
+    pipe = StableDiffusionImg2ImgPipeline(**tiny_sd.components)
+    fam = family_of(tiny_sd)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond, neg = fam.encode(pipe, P[:1]), fam.encode(pipe, [""])
+    ran, hook = count_rows(pipe)
+    try:
+        got, nfe = sample_batch(pipe, fam, CFG(stop=0.4), cond, neg, generators(torch.device("cpu"), [7]),
+                                num_inference_steps=10, image=image, strength=strength)  # fmt: skip
+    finally:
+        hook.remove()
+    assert ran == rows and list(nfe) == [sum(rows)] == [CFG(stop=0.4).nfe(len(rows))]
+    ref = pipe(P[0], image=image, strength=strength, guidance_scale=5.0, num_inference_steps=10, output_type="np",
+               generator=torch.Generator().manual_seed(7),
+               callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=rows.count(2) - 1),
+               ).images  # fmt: skip
+    assert np.array_equal(got, ref)
+
+
+def test_repeated_timesteps_are_steps_of_their_own(tiny_sd):
+    """DPM-Solver++ with Karras sigmas repeats timesteps at 50 steps: each call is its own step, so an interval
+    counts 50 steps and the NFE that runs is the NFE planned, for CFG and DICE."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    tiny_sd.scheduler = DPMSolverMultistepScheduler.from_config(
+        tiny_sd.scheduler.config, use_karras_sigmas=True
+    )
+    tiny_sd.scheduler.set_timesteps(50)
+    ts = tiny_sd.scheduler.timesteps.tolist()
+    assert len(set(ts)) < len(ts) == 50  # the case: some timestep is repeated
+    sharp = random_sharpener(tiny_sd, std=0.1)
+    ran, hook = count_rows(tiny_sd)
+    try:
+        _, nfe = images(tiny_sd, CFG(stop=0.5), prompts=P[:1], seeds=[1], steps=50)
+        assert ran == [2] * 25 + [1] * 25 and nfe == [CFG(stop=0.5).nfe(50)] == [75]
+        ran.clear()
+        _, nfe = images(tiny_sd, Dice(sharp, stop=0.5), prompts=P[:1], seeds=[1], steps=50)
+        assert ran == [1] * 50 and nfe == [Dice(sharp, stop=0.5).nfe(50)]
+    finally:
+        hook.remove()
+
+
+def recording(pipe, sampling):
+    sharp = random_sharpener(pipe, std=0.1)
+    sharp.config["sampling"] = sampling
+    return sharp
+
+
+@pytest.mark.parametrize(
+    "sampling, names",
+    [
+        ("abc", ['"sampling" must be an object']),
+        ([1, 2], ['"sampling" must be an object']),
+        ({"alpha": "abc"}, ['"sampling".alpha must be a finite number', "'abc'"]),
+        ({"alpha": None}, ['"sampling".alpha must be a finite number']),
+        ({"alpha": float("inf")}, ['"sampling".alpha must be a finite number']),  # 1e400 in the file
+        ({"alpha": True}, ['"sampling".alpha']),
+        ({"stop": 2}, ['"sampling" records the interval [0, 2)']),
+        ({"start": 0.5, "stop": 0.2}, ['"sampling" records the interval [0.5, 0.2)']),
+    ],
+)
+def test_malformed_recorded_settings_name_config_json_and_the_key(tiny_sd, sampling, names):
+    with pytest.raises(InputError) as e:
+        Dice(recording(tiny_sd, sampling))
+    text = str(e.value)
+    assert text.startswith("config.json: ") and "\n" not in text and all(n in text for n in names), text
+
+
+def test_a_bad_negative_entry_blocks_only_images_with_a_negative_prompt(tiny_sd, tmp_path):
+    from dicecfg.sampling.methods import check_recorded
+
+    sharp = recording(tiny_sd, {"alpha": 1.5, "stop": 0.5, "negative": "x"})
+    d = Dice(sharp)
+    assert d.settings == (1.5, 0.0, 0.5)
+    _, nfe = images(tiny_sd, d, steps=4)  # no negative prompt: samples
+    assert nfe == [4, 4]
+    for bad in (
+        lambda: images(tiny_sd, d, steps=4, negative_prompt="a blue square"),
+        lambda: check_recorded(sharp),
+    ):
+        with pytest.raises(InputError, match='"sampling"."negative" must be an object'):
+            bad()
+    (tmp_path / "s").mkdir()  # a value beyond float range in the file itself loads, and is named when read
+    sharp.save_pretrained(tmp_path / "s")
+    config = (
+        (tmp_path / "s" / "config.json")
+        .read_text()
+        .replace('"negative": "x"', '"negative": {"alpha": 1e400}')
+    )
+    (tmp_path / "s" / "config.json").write_text(config)
+    with pytest.raises(InputError, match=r'"sampling"."negative".alpha must be a finite number \(got inf\)'):
+        check_recorded(Sharpener.from_pretrained(tmp_path / "s"))
+
+
+def test_given_settings_win_over_every_recorded_one(tiny_sd):
+    """A start given takes the interval whole (the recorded stop is not mixed in); an alpha given acts on images
+    with a negative prompt too, and their records say so."""
+    sharp = recording(tiny_sd, {"alpha": 1.5, "stop": 0.15, "negative": {"alpha": 1.0, "stop": 1.0}})
+    assert Dice(sharp, start=0.5).settings == (1.5, 0.5, 1.0)
+    assert Dice(sharp, start=0.5).neg_settings == (1.0, 0.5, 1.0)
+    d = Dice(sharp, alpha=2.0)
+    assert d.settings == (2.0, 0.0, 0.15) and d.neg_settings == (2.0, 0.0, 1.0)
+    assert Dice(sharp).neg_settings == (1.0, 0.0, 1.0)  # told nothing: every recorded setting
+    (s,) = generate(tiny_sd, P[:1], method=d, negative_prompt="a blue square", num_inference_steps=2,
+                    progress=False)  # fmt: skip
+    assert s.params["neg_alpha"] == 2.0
+    with pytest.raises(InputError, match=r"start \(0.5\) must be below stop \(0.2\)"):
+        Dice(sharp, start=0.5, stop=0.2)  # both given: the advice fits what was given
+
+
+def test_dice_equality_includes_the_sharpener(tiny_sd):
+    a, b = random_sharpener(tiny_sd, seed=1), random_sharpener(tiny_sd, seed=2)
+    assert Dice(a) == Dice(a) and hash(Dice(a)) == hash(Dice(a))
+    assert Dice(a) != Dice(b) and len({Dice(a), Dice(b)}) == 2 and len({Dice(a): 1, Dice(b): 2}) == 2
+
+
+def test_numpy_numbers_repeated_keys_and_printed_values():
+    assert CFG(np.float32(7.0), stop=np.float64(0.5)) == CFG(7.0, stop=0.5)
+    assert Scaling(np.int64(2)).scale == 2.0
+    with pytest.raises(InputError, match="w is given twice"):
+        parse_method("cfg:w=5,w=9")
+    with pytest.raises(InputError, match=r"guidance_scale=0.9999999 is below 1"):
+        CFG(0.9999999)
+    assert CFG(5.0000001).label == "cfg w=5.0000001"
+
+
+def test_an_interval_with_no_guided_step_runs_and_is_recorded_as_what_acts(tiny_sd, caplog):
+    import logging
+
+    sharp = recording(tiny_sd, {"alpha": 1.5, "stop": 0.15})
+    for method, steps in ((CFG(stop=0.1), 9), (Dice(sharp), 6)):
+        with caplog.at_level(logging.WARNING, logger="dicecfg"):
+            caplog.clear()
+            (s,) = generate(
+                tiny_sd, P[:1], method=method, seeds=[2], num_inference_steps=steps, progress=False
+            )
+        (warning,) = [r.getMessage() for r in caplog.records if "no guided step" in r.getMessage()]
+        assert f"at {steps} steps" in warning and "as unguided" in warning
+        assert s.method == "unguided" and s.params == {} and s.nfe == steps
+        (plain,) = generate(
+            tiny_sd, P[:1], method="unguided", seeds=[2], num_inference_steps=steps, progress=False
+        )
+        assert np.array_equal(s.image, plain.image)
+    assert CFG(stop=0.1).acting(10) == CFG(stop=0.1)  # one guided step at 10: as asked

@@ -106,7 +106,7 @@ def train(a: argparse.Namespace) -> None:
 
 
 def peers(a: argparse.Namespace) -> None:
-    from dicecfg.sampling.methods import as_method
+    from dicecfg.sampling.spelling import as_method
 
     write(
         a.json, score({p: as_method(p) for p in PEERS}, a.sets.split(","), a.n, a.batch_size, a.seed_sets), a
@@ -132,7 +132,7 @@ def chosen(rows: list[dict]) -> dict:
     """The selection rule (README.md), on validation only: the highest pooled all-correct; candidates within one
     standard error of it are tied; a tie goes to the lower validation FD, then the earlier stop, the smaller
     alpha."""
-    from dicecfg.sampling.methods import parse_method
+    from dicecfg.sampling.spelling import parse_method
 
     top = max(rows, key=lambda r: r["validation"]["score"])
     tied = [
@@ -152,7 +152,8 @@ def final(a: argparse.Namespace) -> None:
     """Per sharpener its chosen setting, and the overall choice, all by the rule on validation; then every
     sharpener's chosen setting on held-out A and B (reported, never chosen on)."""
     from dicecfg.evaluation.tune import record_settings
-    from dicecfg.sampling.methods import Dice, parse_method
+    from dicecfg.sampling.methods import Dice
+    from dicecfg.sampling.spelling import parse_method
 
     tuned = [r for f in a.tuned if Path(f).is_file() for r in json.loads(Path(f).read_text())["rows"]]
     by_sharpener: dict[str, list[dict]] = {}

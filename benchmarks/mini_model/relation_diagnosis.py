@@ -36,7 +36,7 @@ def text_sensitivity(pipe) -> list[tuple[str, float]]:
     fam = family_of(pipe)
     out = []
     for name, a, b in PAIRS:
-        c = fam.encode(pipe, [a, b]).tokens.float()
+        c = fam.encode(pipe, [a, b]).embeds.float()
         out.append((name, ((c[0] - c[1]).norm() / c[0].norm()).item()))
     return out
 

@@ -210,7 +210,7 @@ def run_sample(a) -> dict:
     cond, neg = fam.encode(pipe, ["a photo of a red car in the city at night"] * a.batch_size), fam.encode(
         pipe, [""] * a.batch_size
     )
-    sharp = random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe)).to(cond.tokens.device, cond.tokens.dtype)
+    sharp = random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe)).to(cond.embeds.device, cond.embeds.dtype)
     methods = {"dice": Dice(sharp, 1.0), "unguided": Unguided()}
     common = dict(num_inference_steps=20, output_type="latent")
 

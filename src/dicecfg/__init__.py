@@ -1,7 +1,8 @@
 """dicecfg: distil classifier-free guidance into a text-embedding sharpener (DICE, arXiv 2502.03726).
 
     from dicecfg import Sharpener, sharpen, generate, distill, load_pipeline, enable_dice, disable_dice
-    from dicecfg import Unguided, CFG, Scaling, Dice, AdaptiveGuidance   # the sampling methods
+    from dicecfg import Unguided, CFG, Scaling, Dice, AdaptiveGuidance   # the sampling methods (and more:
+                                                                          # sampling/registry.py lists them)
 
 The public names are imported lazily, so ``import dicecfg.world`` or ``dice --help`` stay fast.
 """
@@ -11,16 +12,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .sampling.registry import METHOD_CLASSES
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AdaptiveGuidance": "sampling.methods",
-    "CFG": "sampling.methods",
-    "Dice": "sampling.methods",
     "DiceError": "errors",
     "DistillConfig": "training.config",
     "Sample": "sampling.generate",
-    "Scaling": "sampling.methods",
     "Sharpener": "sharpener",
     "disable_dice": "sampling.enable",
     "distill": "training.loop",
@@ -28,7 +27,7 @@ _EXPORTS = {
     "generate": "sampling.generate",
     "load_pipeline": "pipeline",
     "sharpen": "sampling.generate",
-    "Unguided": "sampling.methods",
+    **METHOD_CLASSES,  # the sampling methods, from their one list
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

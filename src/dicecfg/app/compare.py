@@ -48,7 +48,7 @@ class Request:
     seed: int = 0
     steps: int = 20
     guidance_scale: float = 5.0  # CFG's w
-    alpha: float = 1.0  # DICE's edit strength
+    alpha: float | None = None  # DICE's edit strength; None: the sharpener's recorded settings
 
     def checked(self, limits: Limits = LIMITS) -> Request:
         """This request with text stripped and integral numbers as ints; an ``InputError`` saying what to
@@ -68,9 +68,11 @@ class Request:
             "seed": number(self.seed, "seed", whole=True),
             "steps": number(self.steps, "steps", whole=True),
             "guidance_scale": number(self.guidance_scale, "guidance scale"),
-            "alpha": number(self.alpha, "alpha"),
+            "alpha": None if self.alpha is None else number(self.alpha, "alpha"),
         }
         for name, v in values.items():
+            if v is None:
+                continue
             lo, hi = getattr(limits, name)
             if not (math.isfinite(v) and lo <= v <= hi):
                 raise InputError(f"{name.replace('_', ' ')} must be between {lo} and {hi} (got {v}).")
@@ -153,13 +155,20 @@ def judge(images: list, prompt: str, oracle: Any) -> list[dict[str, float] | Non
 
 
 def panels(sharpener: Sharpener, r: Request) -> dict[str, Method]:
-    """The method of each panel of ``SHOWN`` for request ``r`` (DICE on the steps its sharpener records)."""
-    return {
+    """The method of each panel of ``SHOWN`` for request ``r``, as it acts at ``r.steps`` (``Method.acting``: an
+    interval with no guided step there is labelled by what runs). DICE: the sharpener's recorded settings, unless
+    the request's alpha differs from the recorded one (the page's slider starts there): then that alpha, for
+    images with and without a negative prompt."""
+    dice = Dice(sharpener)
+    if r.alpha is not None and r.alpha != dice.alpha:
+        dice = Dice(sharpener, alpha=r.alpha)
+    methods = {
         "unguided": Unguided(),
         "cfg": CFG(r.guidance_scale),
         "peer": CFG(r.guidance_scale, stop=PEER_STOP),
-        "dice": Dice(sharpener, alpha=r.alpha),
+        "dice": dice,
     }
+    return {k: m.acting(r.steps) for k, m in methods.items()}
 
 
 def compare(pipe: Any, sharpener: Sharpener, request: Request, *, oracle: Any = None) -> list[Shot]:

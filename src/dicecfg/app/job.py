@@ -23,6 +23,7 @@ from ..pipeline import (
     resolve_dtype,
     sharpener_option,
 )
+from ..sampling.methods import check_recorded
 from ..sharpener import Sharpener
 from .ui import CSS, build_app, import_gradio
 
@@ -72,6 +73,7 @@ def run_serve(job: ServeJob) -> Server:
     if name is None:
         raise InputError("dice serve with a model of your own needs its sharpener (--sharpener).")
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
+    check_recorded(sharp)  # recorded settings it cannot sample with: refused now, not on every request
     device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     fam = check_compatible(pipe, sharp)  # a sharpener for another model: refused before the page exists

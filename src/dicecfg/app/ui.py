@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..errors import DiceError, MissingExtraError
-from ..sampling.methods import recorded_settings
+from ..sampling.methods import Dice
 from ..sharpener import Sharpener
 from .compare import LIMITS, SHOWN, Request, compare
 
@@ -55,7 +55,7 @@ def build_app(
             steps: sampling steps (CFG evaluates the network twice per step, the peer twice on its first
                 steps, the others once).
             guidance_scale: CFG's scale w.
-            alpha: DICE's edit strength.
+            alpha: DICE's edit strength (the sharpener's recorded settings when it is the recorded alpha).
         Returns:
             the four images, each captioned "method: NFE, seconds[, oracle verdict]", and the same as JSON.
         """
@@ -80,9 +80,7 @@ def build_app(
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0, minimum=LIMITS.seed[0])
             steps = gr.Slider(*LIMITS.steps, DEFAULTS.steps, step=1, label="Steps")
             w = gr.Slider(*LIMITS.guidance_scale, DEFAULTS.guidance_scale, step=0.5, label="CFG scale w")
-            first = recorded_settings(sharpener).get(
-                "alpha", DEFAULTS.alpha
-            )  # the sharpener's own, if recorded
+            first = Dice(sharpener).alpha  # recorded, else 1; moved, it acts on every image
             alpha = gr.Slider(*LIMITS.alpha, first, step=0.05, label="DICE alpha")
             button = gr.Button("Compare", variant="primary", elem_id="compare")
         images = gr.Gallery(

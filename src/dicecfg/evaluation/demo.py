@@ -57,7 +57,7 @@ class DemoJob(Checked):
         min=0.0,
         max=1.0,
     )
-    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)", min=1)
+    batch_size: int = opt(16, "images per pipeline call (pixels vary with it by 1/255 at most)", min=1)
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
     out: str = opt("dice-demo", "folder for grid.png and demo.json", path="out_dir")

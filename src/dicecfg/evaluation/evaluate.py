@@ -27,7 +27,8 @@ from ..runs.parallel import Parallel
 from ..sampling.checks import SEED_MAX
 from ..sampling.fast import FAST_CHOICES
 from ..sampling.generate import generate
-from ..sampling.methods import CFG, PEER_STOP, SPELLING_HELP, Dice, make_method, parse_method
+from ..sampling.methods import CFG, PEER_STOP, Dice
+from ..sampling.spelling import parse_method, spelling_help
 from .images import Row, ensure_images, fast_paths, load_images, meta_mean, seconds_per_image
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class EvalJob(Checked):
     )
     methods: tuple[str, ...] = opt(
         ("unguided", "cfg", f"cfg:stop={PEER_STOP:g}", "ag", "scaling", "dice"),
-        f"which methods to run, each {SPELLING_HELP}; a setting left open takes every value of --cfg-scales, "
+        f"which methods to run, each {spelling_help()}; a setting left open takes every value of --cfg-scales, "
         "--scales or --alphas",
         metavar="METHOD",
     )
@@ -72,7 +73,7 @@ class EvalJob(Checked):
     )
     steps: tuple[int, ...] = opt((20,), "sampling step counts; every method runs at each")
     negative_prompt: str | None = opt(None, "also run cfg and dice with this negative prompt")
-    batch_size: int = opt(16, "images per pipeline call (results do not depend on it)")
+    batch_size: int = opt(16, "images per pipeline call (pixels vary with it by 1/255 at most)")
     height: int | None = opt(None, "image height in pixels (default: the model's native size)", min=8)
     width: int | None = opt(None, "image width in pixels (default: the model's native size)", min=8)
     device: str | None = device_option()
@@ -183,7 +184,7 @@ def make_rows(
             if f in cls.keys.values() and f not in settings and values:
                 choices = [c | {f: v} for c in choices for v in values]
         tags = list(sharpeners) if cls is Dice else [None]
-        methods += [(make_method(cls, c, sharpeners.get(t)), t) for c in choices for t in tags]
+        methods += [(cls.create(c, sharpeners.get(t)), t) for c in choices for t in tags]
     rows: dict[str, Row] = {}
     asked = 0
     for steps in cfg.steps:

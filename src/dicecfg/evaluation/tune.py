@@ -73,7 +73,7 @@ class TuneJob(Checked):
         min=0.01,
         max=1.0,
     )
-    batch_size: int = opt(64, "images per pipeline call (results do not depend on it)", min=1)
+    batch_size: int = opt(64, "images per pipeline call (pixels vary with it by 1/255 at most)", min=1)
     write: bool = opt(True, "record the best settings in the sharpener folder (--no-write: measure only)")
     out: str | None = opt(None, "also write tune.json and tune.md here", path="out_dir")
     device: str | None = device_option()

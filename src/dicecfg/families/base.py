@@ -26,15 +26,6 @@ class Cond:
     def with_embeds(self, embeds: torch.Tensor) -> Cond:
         return replace(self, embeds=embeds)
 
-    @property
-    def tokens(self) -> torch.Tensor:
-        """Deprecated: the earlier name of ``embeds``."""
-        return self.embeds
-
-    def with_tokens(self, tokens: torch.Tensor) -> Cond:
-        """Deprecated: the earlier name of ``with_embeds``."""
-        return self.with_embeds(tokens)
-
     def index(self, idx: torch.Tensor | slice | list[int]) -> Cond:
         return Cond(self.embeds[idx], {k: v[idx] for k, v in self.extras.items()})
 
@@ -95,13 +86,13 @@ class Family(abc.ABC):
         """Valid positions of ``cond`` as sharpener keys (None: all valid)."""
         return None
 
-    def edited(self, cond: Cond, tokens: torch.Tensor, mask_mode: str = "keep") -> Cond:
-        """The conditioning that carries the sharpened tokens c' (the family's other conditioning kept).
+    def edited(self, cond: Cond, embeds: torch.Tensor, mask_mode: str = "keep") -> Cond:
+        """The conditioning that carries the sharpened token embeddings c' (the family's other conditioning kept).
 
         ``mask_mode`` comes from the sharpener's config, so training and sampling treat masks alike; only
         families with an attention mask over padding (PixArt) use it.
         """
-        return cond.with_embeds(tokens)
+        return cond.with_embeds(embeds)
 
     @abc.abstractmethod
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:

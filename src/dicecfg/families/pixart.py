@@ -67,10 +67,10 @@ class PixArtAlphaFamily(Family):
         )
         return Cond(embeds, {"attention_mask": mask})
 
-    def edited(self, cond: Cond, tokens: torch.Tensor, mask_mode: str = "keep") -> Cond:
+    def edited(self, cond: Cond, embeds: torch.Tensor, mask_mode: str = "keep") -> Cond:
         if check_mask_mode(mask_mode) == "keep":
-            return cond.with_embeds(tokens)
-        return Cond(tokens, {**cond.extras, "attention_mask": torch.ones_like(cond.extras["attention_mask"])})
+            return cond.with_embeds(embeds)
+        return Cond(embeds, {**cond.extras, "attention_mask": torch.ones_like(cond.extras["attention_mask"])})
 
     def pipeline_kwargs(self, pipe: Any, cond: Cond, neg: Cond | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

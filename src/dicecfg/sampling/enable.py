@@ -1,13 +1,16 @@
 """One-line DICE on a stock pipeline: ``enable_dice(pipe, sharpener)``, ``disable_dice(pipe)``.
 
 After ``enable_dice`` a plain ``pipe(prompt, negative_prompt=..., num_images_per_prompt=..., generator=...)``
-samples the sharpened prompts at one network evaluation per step: the call is exactly
+samples the sharpened prompts at one network evaluation per step, as ``generate(method=Dice(sharpener, ...))``
+does: with the sharpener's recorded settings (``config["sampling"]``: alpha, and the steps the edit acts on)
+unless ``enable_dice`` is told otherwise. With the edit on every step the call is exactly
 ``pipe(**sharpen(pipe, sharpener, prompt, negative_prompt=..., alpha=..., num_images_per_prompt=...),
 guidance_scale=1.0, <every other argument>)`` on the stock pipeline.
 
 How: the instance's class is swapped for a small subclass of its own class (made once per pipeline class)
-whose ``__call__`` turns the text arguments into ``sharpen()``'s keyword arguments and calls the stock
-``__call__``; no pipeline code is copied. The subclass keeps the stock class's name, so ``save_pretrained``
+whose ``__call__`` encodes the prompts, asks the ``Dice`` method for its plan (the stock pipeline's keyword
+arguments, and the guide of an interval: ``sampling/steps.py``) and calls the stock ``__call__`` under it; no
+pipeline code is copied. The subclass keeps the stock class's name, so ``save_pretrained``
 writes the same ``model_index.json``, and ``isinstance`` checks and family detection see the same class.
 ``disable_dice`` puts the stock class back and drops the settings: the instance is as it was before.
 An enabled pipeline pickles (under the stock class's name) and unpickles DICE-enabled.
@@ -23,27 +26,32 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DiceError
-from ..families import check_compatible
+from ..families import check_compatible, family_of
 from ..sharpener import Sharpener
-from .checks import check_alpha
-from .generate import sharpen
+from .generate import encoded_prompts, whole_number
+from .methods import Dice
+from .steps import Guide, routed
 
 log = logging.getLogger(__name__)
-SETTINGS = "_dice_settings"  # the instance attribute that holds a pipeline's DiceSettings
+SETTINGS = "_dice_settings"  # the instance attribute that holds a pipeline's ``Dice`` method
 # text-side arguments that sharpen() does not take; refused next to a prompt unless left at their default
 UNSHARPENED = ("prompt_2", "negative_prompt_2", "clip_skip", "clean_caption", "max_sequence_length")
 
 
 @dataclass(frozen=True)
-class DiceSettings:
-    """What an enabled pipeline sharpens its prompts with."""
+class EnabledCall:
+    """The stock ``__call__``'s arguments for one call of an enabled pipeline, and the guide of its steps (None:
+    as the pipeline runs them) over its ``images``."""
 
-    sharpener: Sharpener
-    alpha: float
+    kwargs: dict[str, Any]
+    guide: Guide | None = None
+    images: int = 0
 
 
 class DicePipeline:
@@ -52,8 +60,13 @@ class DicePipeline:
     _dice_stock: type  # the stock pipeline class (set on each subclass made by ``dice_class``)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        call = named_arguments(self._dice_stock.__call__, args, kwargs)
-        return super().__call__(**dice_arguments(self, self.__dict__[SETTINGS], call))
+        call = dice_call(
+            self, self.__dict__[SETTINGS], named_arguments(self._dice_stock.__call__, args, kwargs)
+        )
+        if call.guide is None:
+            return super().__call__(**call.kwargs)
+        with routed(self, family_of(self).denoiser(self), call.images, call.guide):
+            return super().__call__(**call.kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         """Pickle as the stock pipeline does (its ``__dict__``, the DICE settings included), but name the stock
@@ -98,16 +111,25 @@ def named_arguments(fn: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, A
     return out
 
 
-def dice_arguments(pipe: Any, settings: DiceSettings, call: dict[str, Any]) -> dict[str, Any]:
+def guidance_scale_of(scale: Any) -> float | None:
+    """The ``guidance_scale`` of an enabled call: None (left out) or a finite number; a ``DiceError`` else."""
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise DiceError(f"guidance_scale must be a finite number or left out (got {scale!r}).")
+    return float(scale)
+
+
+def dice_call(pipe: Any, method: Dice, call: dict[str, Any]) -> EnabledCall:
     """The stock ``__call__``'s arguments for a call to an enabled pipeline (see the module docstring)."""
     call = dict(call)
-    scale = call.pop("guidance_scale", None)
+    scale = guidance_scale_of(call.pop("guidance_scale", None))
     prompt = call.pop("prompt", None)
     if prompt is None:  # embeddings from the caller: run as given, without a silent switch to CFG
-        return {**call, "guidance_scale": 1.0 if scale is None else scale}
+        return EnabledCall({**call, "guidance_scale": 1.0 if scale is None else scale})
     if scale is not None and scale > 1:
         raise DiceError(
-            f"guidance_scale={scale}: a pipeline with DICE enabled samples without guidance (one network "
+            f"guidance_scale={scale!r}: a pipeline with DICE enabled samples without guidance (one network "
             "evaluation per step), so guidance_scale must be left out or <= 1. Set the edit's strength with "
             "enable_dice(pipe, sharpener, alpha=...); for CFG call disable_dice(pipe) first."
         )
@@ -125,15 +147,18 @@ def dice_arguments(pipe: Any, settings: DiceSettings, call: dict[str, Any]) -> d
             f"{', '.join(foreign)} next to it. Leave them out, or build the embeddings with "
             "dicecfg.sharpen(...) and pass those instead of a prompt."
         )
-    sharpened = sharpen(
-        pipe,
-        settings.sharpener,
-        prompt,
-        negative_prompt=call.pop("negative_prompt", None),
-        alpha=settings.alpha,
-        num_images_per_prompt=1 if (n := call.pop("num_images_per_prompt", None)) is None else n,
-    )
-    return {**call, **sharpened, "guidance_scale": 1.0 if scale is None else scale}
+    n = call.pop("num_images_per_prompt", None)
+    n = 1 if n is None else whole_number(n, "num_images_per_prompt")
+    fam = family_of(pipe)
+    _, negs, cond, neg = encoded_prompts(pipe, fam, prompt, call.pop("negative_prompt", None))
+    plan = method.plan(pipe, fam, cond, neg, [bool(x) for x in negs])
+    kwargs = {
+        **call,
+        **plan.kwargs,
+        "num_images_per_prompt": n,
+        "guidance_scale": 1.0 if scale is None else scale,
+    }
+    return EnabledCall(kwargs, plan.guide, len(cond) * n)
 
 
 def is_default(value: Any, default: Any) -> bool:
@@ -142,17 +167,29 @@ def is_default(value: Any, default: Any) -> bool:
     return value is default or (isinstance(value, plain) and isinstance(default, plain) and value == default)
 
 
-def enable_dice(pipe: Any, sharpener: Sharpener, alpha: float = 1.0) -> Any:
+def enable_dice(
+    pipe: Any,
+    sharpener: Sharpener,
+    alpha: float | None = None,
+    *,
+    start: float | None = None,
+    stop: float | None = None,
+) -> Any:
     """Make a plain ``pipe(prompt, negative_prompt=...)`` sample with DICE (one network evaluation per step).
 
-    The negative prompt goes to the sharpener as c_neg (default: the empty prompt). ``guidance_scale`` is 1
-    unless given; a value > 1 next to a prompt is refused (``DiceError``). Enabling again replaces the
-    sharpener and ``alpha``. A sharpener trained for another family, width or token count is refused here.
+    DICE as ``Dice(sharpener, alpha=alpha, start=start, stop=stop)`` samples it: settings left out are the ones
+    the sharpener records (``config["sampling"]``, written by `dice tune`; its own for images with a negative
+    prompt), else alpha 1 on every step; an interval acts through the same step guide as ``generate``. The
+    negative prompt goes to the sharpener as c_neg (default: the empty prompt). ``guidance_scale`` is 1 unless
+    given; a value > 1 next to a prompt is refused (``DiceError``). Enabling again replaces the sharpener and
+    settings. A sharpener trained for another family, width or token count is refused here.
 
     Args:
         pipe: a stock diffusers pipeline of a supported family; changed in place (its class).
         sharpener: the ``Sharpener`` to apply to every prompt the pipeline is called with.
-        alpha: the strength of the edit, c + alpha * delta (0: plain unguided sampling).
+        alpha: the strength of the edit, c + alpha * delta (0: plain unguided sampling; default: recorded, else 1).
+        start: first step of the edit, a fraction of the steps (default: recorded, else 0).
+        stop: end of the edit's steps, a fraction (default: recorded, else 1).
 
     Returns:
         ``pipe`` (the same object), for chaining.
@@ -162,18 +199,18 @@ def enable_dice(pipe: Any, sharpener: Sharpener, alpha: float = 1.0) -> Any:
             f"enable_dice needs a Sharpener, not {type(sharpener).__name__}: "
             f"enable_dice(pipe, Sharpener.from_pretrained({sharpener!r} or a folder))."
         )
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise DiceError(f"alpha must be a number (got {alpha!r}).")
     check_compatible(pipe, sharpener)
-    check_alpha(alpha)
+    method = Dice(
+        sharpener, alpha=alpha, start=start, stop=stop
+    )  # checks the settings, recorded ones included
     stock = stock_class(pipe)
-    pipe.__dict__[SETTINGS] = DiceSettings(sharpener, float(alpha))
+    pipe.__dict__[SETTINGS] = method
     pipe.__class__ = dice_class(stock)
     log.info(
-        "DICE enabled on %s (alpha=%g): pipe(prompt, negative_prompt=...) runs one network evaluation per "
-        "step; disable_dice(pipe) restores it",
+        "DICE enabled on %s (%s): pipe(prompt, negative_prompt=...) runs one network evaluation per step; "
+        "disable_dice(pipe) restores it",
         stock.__name__,
-        alpha,
+        method.setting,
     )
     return pipe
 

@@ -30,9 +30,10 @@ from ..sharpener import Sharpener
 from .checks import SEED_MAX, check_seeds
 from .fast import FAST_CHOICES
 from .generate import generate
-from .methods import CFG, SPELLING_HELP, Dice, Method, parse_method, spelled_method
+from .methods import CFG, Dice, Method
 from .prompts import collect_prompts
 from .shard import gathered, share
+from .spelling import parse_method, spelling_help
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class SampleJob(Checked):
     )
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
-    method: str = opt("dice", f"sampling method: {SPELLING_HELP}")
+    method: str = opt("dice", f"sampling method: {spelling_help()}")
     guidance_scale: float = opt(5.0, "CFG scale w (methods cfg and ag)")
     alpha: float | None = opt(
         None, "edit strength (method dice; default: the sharpener's recorded setting, else 1)"
@@ -56,7 +57,7 @@ class SampleJob(Checked):
     negative_prompt: str | None = opt(None, "negative prompt: c_neg for cfg and dice")
     steps: int = opt(20, "sampling steps", min=1)
     seed: int = opt(0, "seed of the first image; image i uses seed + i", min=0, max=SEED_MAX)
-    batch_size: int = opt(8, "images per pipeline call (results do not depend on it)", min=1)
+    batch_size: int = opt(8, "images per pipeline call (pixels vary with it by 1/255 at most)", min=1)
     height: int | None = opt(None, "image height in pixels (default: the model's native size)", min=8)
     width: int | None = opt(None, "image width in pixels (default: the model's native size)", min=8)
     out: str = opt(
@@ -87,14 +88,20 @@ class SampleJob(Checked):
 FLAT = ("guidance_scale", "alpha", "scale", "negative_prompt", "sharpener")  # flags only some methods read
 
 
-def ignored_options(job: SampleJob, cls: type[Method], settings: dict[str, float]) -> list[str]:
-    """The flags of other methods that ``job`` sets (off their defaults) although its method ignores them;
-    ``cls, settings``: its method spelling, parsed (``parse_method``)."""
-    reads = set(cls.keys.values()) - set(settings)
-    reads |= {"negative_prompt"} if cls.uses_negative else set()
+def flag_settings(
+    job: SampleJob, cls: type[Method], spelled: dict[str, float]
+) -> tuple[dict[str, float], list[str]]:
+    """The settings of ``job``'s method: its spelling (parsed: ``cls, spelled``), and the flags (--guidance-scale,
+    --alpha, --scale) for what the spelling leaves open; and the flags of other methods that ``job`` sets (off
+    their defaults) although its method ignores them."""
+    flags = {"guidance_scale": job.guidance_scale, "scale": job.scale, "alpha": job.alpha}
+    open_fields = set(cls.keys.values()) - set(spelled)
+    settings = {f: v for f, v in flags.items() if f in open_fields and v is not None} | spelled
+    reads = open_fields | ({"negative_prompt"} if cls.uses_negative else set())
     reads |= {"sharpener"} if cls is Dice else set()
     default = {f.name: f.default for f in fields(job)}
-    return ["--" + o.replace("_", "-") for o in FLAT if o not in reads and getattr(job, o) != default[o]]
+    ignored = ["--" + o.replace("_", "-") for o in FLAT if o not in reads and getattr(job, o) != default[o]]
+    return settings, ignored
 
 
 def next_index(out: Path) -> int:
@@ -116,9 +123,9 @@ def sample_inputs(job: SampleJob) -> SampleInputs:
     """The prompts and the method of ``job``, checked before anything heavy loads (also before ``--gpus N``
     starts its processes): an unknown method, a bad setting, bad prompts or seeds, a missing sharpener. The
     method spelling is parsed once, here."""
-    cls, settings = parse_method(job.method)
-    flat = {"guidance_scale": job.guidance_scale, "scale": job.scale, "alpha": job.alpha}
-    method = spelled_method(cls, settings, **flat) if cls is not Dice else None  # bad settings fail first
+    cls, spelled = parse_method(job.method)
+    settings, ignored = flag_settings(job, cls, spelled)
+    method = cls.create(settings) if cls is not Dice else None  # bad settings fail first
     prompts = collect_prompts(job.prompts, job.prompts_file)
     check_seeds(range(job.seed, job.seed + len(prompts)))
     name = default_sharpener(job.model, job.sharpener) if cls is Dice else job.sharpener  # checked either way
@@ -126,8 +133,8 @@ def sample_inputs(job: SampleJob) -> SampleInputs:
         raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
     sharp = Sharpener.from_pretrained(name) if name else None  # the small file first: fails before the model
     if method is None:
-        method = spelled_method(cls, settings, sharpener=sharp, **flat)
-    return SampleInputs(prompts, method, ignored_options(job, cls, settings))
+        method = cls.create(settings, sharp)
+    return SampleInputs(prompts, method, ignored)
 
 
 def run_sample(job: SampleJob) -> list[Path]:

@@ -1,30 +1,32 @@
 """The sampling methods as objects that hold their settings (the idea of diffusers' guiders): each knows what the
-stock pipeline is called with, what a step costs, how it is spelled and labelled, and checks its settings once,
-when it is made.
+stock pipeline is called with, what it does at each step, what a step costs, how it is spelled and labelled, and
+checks its settings once, when it is made.
 
 Every method hands the stock diffusers pipeline its own ``prompt_embeds`` (docs/method.md, "Sampling"):
 - ``Unguided()``: c, guidance_scale=1 (one network evaluation per step);
 - ``CFG(guidance_scale=5, start=0, stop=1)``: c and c_neg, guidance_scale=w (two evaluations per guided step);
 - ``Scaling(scale=1.2)``: c' = s * c (the paper's training-free baseline; token 0 kept), guidance_scale=1;
-- ``Dice(sharpener, alpha=1, start=0, stop=1)``: c' = c + alpha * r(c, c_neg), guidance_scale=1;
+- ``Dice(sharpener, alpha=None, start=None, stop=None)``: c' = c + alpha * r(c, c_neg), guidance_scale=1;
 - ``AdaptiveGuidance(guidance_scale=5, threshold=0.99)``: CFG until the two predictions agree, then c alone.
+More methods live in modules of their own (``sampling/apg.py``); ``sampling/registry.py`` lists them all.
 
-Step intervals (docs/method.md, "Where guidance acts"): ``start`` and ``stop`` are fractions of the steps, and
-step i (0-based, of N) is guided when ``int(start * N) <= i < int(stop * N)`` (diffusers' guider rule). Outside
-its interval a CFG step runs the prompt alone, one pass (the unconditional half is not computed), and a DICE
-step runs the plain prompt c instead of c'. Which step a network call belongs to is read off its timestep
-(``sampling/steps.py``), so intervals work on every family, on the fast paths and with second-order schedulers.
+Step intervals (docs/method.md, "Where guidance acts"): ``start`` and ``stop`` are fractions of the steps a
+pipeline call runs, and step i (0-based, of N) is guided when ``int(start * N) <= i < int(stop * N)`` (diffusers'
+guider rule). What a method does at a step is its ``Guide`` (``sampling/steps.py``): outside its interval a CFG
+step runs the prompt alone, one pass, and a DICE step runs the plain prompt c instead of c'.
 
-Methods are spelled ``name[:key=value,...]`` on the command line (``parse_method``): ``cfg:w=5,stop=0.1``,
-``dice:alpha=2,stop=0.1``, ``ag:threshold=0.995``; the bare names are the shortcuts of earlier versions.
+Methods are spelled ``name[:key=value,...]`` on the command line (``registry.parse_method``):
+``cfg:w=5,stop=0.1``, ``dice:alpha=2,stop=0.1``, ``ag:threshold=0.995``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -32,12 +34,21 @@ import torch
 from ..errors import InputError
 from ..families import Cond, Family
 from ..sharpener import Sharpener
-from .steps import Plan, Step, adaptive_route, cond_only, swap_cond
+from .steps import Guide, IntervalGuide, Plan, Predictions, Step, guided_steps
+
+log = logging.getLogger(__name__)
 
 # the best cheap training-free peer measured on the shapes world: CFG on the first 10% of the steps (2 of 20),
 # then the prompt alone (BENCHMARKS.md, "Where guidance acts"); every table shows it beside DICE
 PEER_STOP = 0.1
 DEFAULT_THRESHOLD = 0.99  # AdaptiveGuidance: the cosine above which guidance stops (ours; tools use 0.99-1)
+
+
+def shown(value: float) -> str:
+    """A setting as messages, labels and spellings print it: every digit it has (``0.9999999``, never a rounded
+    ``1`` that would contradict the message), without a trailing ``.0``."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def sharpen_cond(
@@ -60,8 +71,13 @@ def sharpen_cond(
     """
     sharpener.to(cond.embeds.device)
     with torch.no_grad():
-        tokens = sharpener.edit(cond.embeds, neg.embeds, alpha, neg_mask=fam.key_mask(neg), t=t)
-    return fam.edited(cond, tokens, sharpener.config.get("mask_mode", "keep"))
+        embeds = sharpener.edit(cond.embeds, neg.embeds, alpha, neg_mask=fam.key_mask(neg), t=t)
+    if not torch.isfinite(embeds).all():
+        raise InputError(
+            f"The sharpened embedding is not finite at alpha={shown(alpha)}: the edit overflows "
+            f"{str(embeds.dtype).removeprefix('torch.')}. Use a smaller alpha."
+        )
+    return fam.edited(cond, embeds, sharpener.config.get("mask_mode", "keep"))
 
 
 def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
@@ -73,58 +89,68 @@ def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
     return cond.with_embeds(torch.cat([t[:, :1], s * t[:, 1:]], dim=1))
 
 
-def guided_steps(start: float, stop: float, steps: int) -> range:
-    """The steps (0-based, of ``steps``) inside the interval [start, stop): diffusers' guider rule."""
-    return range(int(start * steps), int(stop * steps))
-
-
-def _finite(owner: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def finite(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float: any real number (Python's or NumPy's), finite; a one-line ``InputError`` else."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{owner}: {name} must be a number (got {value!r}).")
     if not math.isfinite(value):
         raise InputError(f"{owner}: {name} must be a finite number (got {value}).")
     return float(value)
 
 
-def _check_interval(owner: str, start: Any, stop: Any) -> None:
-    start, stop = _finite(owner, "start", start), _finite(owner, "stop", stop)
+def check_interval(owner: str, start: Any, stop: Any, names: tuple[str, str] = ("start", "stop")) -> None:
+    start, stop = finite(owner, names[0], start), finite(owner, names[1], stop)
     if not (0.0 <= start <= 1.0 and 0.0 <= stop <= 1.0):
         raise InputError(
-            f"{owner}: start and stop are fractions of the steps, in [0, 1] (got {start:g}, {stop:g})."
+            f"{owner}: {names[0]} and {names[1]} are fractions of the steps, in [0, 1] (got {shown(start)}, "
+            f"{shown(stop)})."
         )
     if start >= stop:
         raise InputError(
-            f"{owner}: start ({start:g}) must be below stop ({stop:g}); steps i with int(start*N) <= i < "
-            "int(stop*N) are guided. For no guided step at all use Unguided() (method 'unguided')."
+            f"{owner}: {names[0]} ({shown(start)}) must be below {names[1]} ({shown(stop)}); steps i with "
+            "int(start*N) <= i < int(stop*N) are guided. For no guided step at all use Unguided() (method "
+            "'unguided')."
         )
 
 
-def _interval_text(start: float, stop: float) -> str:
-    return "" if (start, stop) == (0.0, 1.0) else f" on [{start:g},{stop:g})"
+def interval_text(start: float, stop: float) -> str:
+    return "" if (start, stop) == (0.0, 1.0) else f" on [{shown(start)},{shown(stop)})"
 
 
-def _interval_tag(start: float, stop: float) -> str:
+def interval_tag(start: float, stop: float) -> str:
     return "" if (start, stop) == (0.0, 1.0) else f"-i{start:g}-{stop:g}"
 
 
 class Method(ABC):
-    """One sampling method with its settings. Subclasses are frozen dataclasses, checked when made."""
+    """One sampling method with its settings. Subclasses are frozen dataclasses, checked when made; a subclass
+    in a module of its own joins the others by its line in ``sampling/registry.py``."""
 
     name: ClassVar[str]  # the shortcut (``method="cfg"``) and the first part of its spelling
     keys: ClassVar[dict[str, str]] = {}  # spelled key -> field (``w`` -> ``guidance_scale``)
     uses_negative: ClassVar[bool] = False  # a negative prompt reaches it (as c_neg)
+    example: ClassVar[str] = ""  # settings shown in the help (default: each key at its default)
+
+    @classmethod
+    def create(cls, settings: dict[str, Any], sharpener: Sharpener | None = None) -> Method:
+        """An object of this class with ``settings`` (fields); ``sharpener`` is for the methods that take one."""
+        return cls(**settings)
 
     @abstractmethod
     def plan(
         self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
     ) -> Plan:
-        """The stock pipeline's keyword arguments for an encoded batch, and the route of its denoiser calls.
+        """The stock pipeline's keyword arguments for an encoded batch, and the ``Guide`` of its steps.
         ``negative``: which rows have a negative prompt (DICE may sample those with settings of their own)."""
 
     def nfe(self, steps: int) -> int:
         """Network evaluations of one image sampled in ``steps`` first-order steps (``AdaptiveGuidance``: the
         most; ``Sample.nfe`` holds what each image really took, counted as it ran)."""
         return steps
+
+    def acting(self, steps: int) -> Method:
+        """The method as it acts at ``steps`` steps: an interval that gives no guided step there becomes what
+        runs instead (CFG on no step is unguided sampling). ``generate`` warns and labels by it."""
+        return self
 
     @property
     def setting(self) -> str:
@@ -141,7 +167,7 @@ class Method(ABC):
         """How the method is spelled (``parse_method`` reads it back): ``cfg:w=5,stop=0.1``."""
         own = {v: k for k, v in self.keys.items()}
         parts = [
-            f"{own[f.name]}={getattr(self, f.name):g}"
+            f"{own[f.name]}={shown(getattr(self, f.name))}"
             for f in fields(self)
             if f.name in own and getattr(self, f.name) != f.default
         ]
@@ -170,6 +196,18 @@ class Unguided(Method):
         return Plan({**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0})
 
 
+def guidance_scale(owner: str, w: Any) -> float:
+    """A CFG-like scale: finite and at least 1 (below 1 the stock pipeline turns CFG off and would sample
+    something else)."""
+    w = finite(owner, "guidance_scale", w)
+    if w < 1.0:
+        raise InputError(
+            f"{owner}: guidance_scale={shown(w)} is below 1: the stock pipeline turns CFG off there and would "
+            "sample something else. Use guidance_scale >= 1."
+        )
+    return w
+
+
 @dataclass(frozen=True)
 class CFG(Method):
     """Classifier-free guidance at scale w on the steps of [start, stop), the prompt alone elsewhere.
@@ -190,46 +228,35 @@ class CFG(Method):
     name: ClassVar[str] = "cfg"
     keys: ClassVar[dict[str, str]] = {"w": "guidance_scale", "start": "start", "stop": "stop"}
     uses_negative: ClassVar[bool] = True
+    example: ClassVar[str] = "w=5,start=0,stop=0.1"
 
     def __post_init__(self) -> None:
-        w = _finite("CFG", "guidance_scale", self.guidance_scale)
-        if w < 1.0:
-            raise InputError(
-                f"CFG: guidance_scale={w:g} is below 1: the stock pipeline turns CFG off there and would "
-                "sample something else. Use guidance_scale >= 1."
-            )
-        _check_interval("CFG", self.start, self.stop)
-
-    @property
-    def interval(self) -> bool:
-        return (self.start, self.stop) != (0.0, 1.0)
+        guidance_scale("CFG", self.guidance_scale)
+        check_interval("CFG", self.start, self.stop)
 
     def guided(self, steps: int) -> range:
         return guided_steps(self.start, self.stop, steps) if self.guidance_scale > 1 else range(0)
 
-    def is_guided(self, step: Step) -> bool:
-        return step.index in self.guided(step.count)
-
     def nfe(self, steps: int) -> int:
         return steps + len(self.guided(steps))
+
+    def acting(self, steps: int) -> Method:
+        return Unguided() if self.guidance_scale > 1 and not self.guided(steps) else self
 
     def plan(
         self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
     ) -> Plan:
         kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
-        if not self.interval:
-            return Plan(kwargs)
-        return Plan(
-            kwargs, lambda step, call: (call.run(), None) if self.is_guided(step) else cond_only(call)
-        )
+        whole = (self.start, self.stop) == (0.0, 1.0)
+        return Plan(kwargs, None if whole else IntervalGuide(self.start, self.stop))
 
     @property
     def setting(self) -> str:
-        return f"w={self.guidance_scale:g}{_interval_text(self.start, self.stop)}"
+        return f"w={shown(self.guidance_scale)}{interval_text(self.start, self.stop)}"
 
     @property
     def tag(self) -> str:
-        return f"cfg-w{self.guidance_scale:g}{_interval_tag(self.start, self.stop)}"
+        return f"cfg-w{self.guidance_scale:g}{interval_tag(self.start, self.stop)}"
 
 
 @dataclass(frozen=True)
@@ -245,21 +272,77 @@ class Scaling(Method):
     keys: ClassVar[dict[str, str]] = {"s": "scale"}
 
     def __post_init__(self) -> None:
-        _finite("Scaling", "scale", self.scale)
+        finite("Scaling", "scale", self.scale)
 
     def plan(
         self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
     ) -> Plan:
         scaled = scale_cond(cond, self.scale, fam.copy_first_token)
+        if not torch.isfinite(scaled.embeds).all():
+            raise InputError(
+                f"Scaling: s={shown(self.scale)} makes the embedding overflow "
+                f"{str(scaled.embeds.dtype).removeprefix('torch.')}; use a smaller scale."
+            )
         return Plan({**fam.pipeline_kwargs(pipe, scaled), "guidance_scale": 1.0})
 
     @property
     def setting(self) -> str:
-        return f"s={self.scale:g}"
+        return f"s={shown(self.scale)}"
 
     @property
     def tag(self) -> str:
         return f"scaling-s{self.scale:g}"
+
+
+SETTINGS_FILE = "config.json"  # where a sharpener records its sampling settings, under "sampling"
+RECORDED_KEYS = {"alpha": 1.0, "start": 0.0, "stop": 1.0}  # the settings recorded, and their defaults
+
+
+def recorded_entry(entry: Any, where: str) -> dict[str, float]:
+    """One recorded entry (``"sampling"`` or its ``"negative"``) checked: an object whose alpha, start and stop
+    are finite numbers, the interval inside [0, 1] and not empty; a one-line ``InputError`` naming config.json
+    and the key else."""
+    fix = f"fix or delete it in the sharpener's {SETTINGS_FILE} (`dice tune` writes it)"
+    if entry is None:
+        return {}
+    if not isinstance(entry, dict):
+        raise InputError(f'{SETTINGS_FILE}: {where} must be an object like {{"alpha": 1.5, "stop": 0.15}} '
+                         f"(got {entry!r}); {fix}.")  # fmt: skip
+    out = {}
+    for k in RECORDED_KEYS:
+        if k not in entry:
+            continue
+        v = entry[k]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise InputError(f"{SETTINGS_FILE}: {where}.{k} must be a finite number (got {v!r}); {fix}.")
+        out[k] = float(v)
+    start, stop = out.get("start", 0.0), out.get("stop", 1.0)
+    if not (0.0 <= start < stop <= 1.0):
+        raise InputError(
+            f"{SETTINGS_FILE}: {where} records the interval [{shown(start)}, {shown(stop)}), which is not "
+            f"inside [0, 1] with start below stop; {fix}."
+        )
+    return out
+
+
+def recorded_settings(sharpener: Sharpener) -> dict[str, float]:
+    """The sampling settings a sharpener records (``config["sampling"]``: alpha, start, stop), checked where read;
+    {} for none. Those of images with a negative prompt: ``recorded_negative``."""
+    return recorded_entry(sharpener.config.get("sampling"), '"sampling"')
+
+
+def recorded_negative(sharpener: Sharpener) -> dict[str, float]:
+    """The recorded settings of images with a negative prompt (``config["sampling"]["negative"]``); {} for
+    none."""
+    entry = sharpener.config.get("sampling")
+    return recorded_entry(entry.get("negative") if isinstance(entry, dict) else None, '"sampling"."negative"')
+
+
+def check_recorded(sharpener: Sharpener) -> None:
+    """Refuse a sharpener whose recorded settings cannot be used, the negative ones included (for `dice serve`,
+    which checks once at start rather than refusing every request)."""
+    recorded_settings(sharpener)
+    recorded_negative(sharpener)
 
 
 @dataclass(frozen=True)
@@ -270,10 +353,13 @@ class Dice(Method):
     negative prompt has no effect at all (on the shapes world the negated colour comes back when the edit stops
     early; docs/method.md, "Where guidance acts").
 
-    Settings left as None come from the sampling settings the sharpener records (``config["sampling"]``,
-    written by `dice tune`; its ``negative`` entry for the ``neg_*`` ones), else alpha=1 on every step (the
-    paper's use); ``neg_*`` default to the prompt's own settings. A sharpener whose edit depends on the timestep
-    (``time_edges``) gets one edit per block of steps, all computed once per image.
+    Settings left as None come from what the sharpener records (``config["sampling"]``, written by `dice tune`;
+    its ``negative`` entry for the ``neg_*`` ones), else alpha=1 on every step (the paper's use). What is given
+    wins over everything recorded: an alpha given applies to images with a negative prompt too (unless
+    ``neg_alpha`` is given), and a start or stop given makes the whole interval (the other end 0 or 1), for both
+    kinds of image (unless ``neg_start``/``neg_stop`` are given). A sharpener whose edit depends on the timestep
+    (``time_edges``) gets one edit per block of steps, all computed once per image. Two ``Dice`` are equal when
+    their settings are and their sharpener is the same object.
 
     Args:
         sharpener: the trained sharpener (``Sharpener.from_pretrained``); required.
@@ -285,7 +371,7 @@ class Dice(Method):
         neg_stop: ``stop`` for images with a negative prompt.
     """
 
-    sharpener: Sharpener | None = field(default=None, compare=False)
+    sharpener: Sharpener | None = field(default=None, repr=False)
     alpha: float | None = None
     start: float | None = None
     stop: float | None = None
@@ -297,7 +383,11 @@ class Dice(Method):
         k: k for k in ("alpha", "start", "stop", "neg_alpha", "neg_start", "neg_stop")
     }
     uses_negative: ClassVar[bool] = True
-    DEFAULTS: ClassVar[dict[str, float]] = {"alpha": 1.0, "start": 0.0, "stop": 1.0}
+    example: ClassVar[str] = "alpha=1,start=0,stop=0.1"
+
+    @classmethod
+    def create(cls, settings: dict[str, Any], sharpener: Sharpener | None = None) -> Method:
+        return cls(sharpener, **settings)
 
     def __post_init__(self) -> None:
         if self.sharpener is None:
@@ -307,18 +397,57 @@ class Dice(Method):
                 f"Dice: sharpener must be a Sharpener (Sharpener.from_pretrained(...)), not "
                 f"{type(self.sharpener).__name__}."
             )
-        recorded = recorded_settings(self.sharpener)
-        for k, default in self.DEFAULTS.items():
-            if getattr(self, k) is None:
-                object.__setattr__(self, k, float(recorded.get(k, default)))
-        for k in self.DEFAULTS:
-            if getattr(self, "neg_" + k) is None:
-                object.__setattr__(self, "neg_" + k, float(recorded.get("neg_" + k, getattr(self, k))))
+        given = {k: finite("Dice", k, getattr(self, k)) for k in self.keys if getattr(self, k) is not None}
+        interval = ("start", "stop")
+        told = {k: k in given for k in ("alpha", "start", "stop", "neg_alpha", "neg_start", "neg_stop")}
+        whole = told["alpha"] and (told["start"] or told["stop"])  # nothing recorded is read then
+        own = self.resolve(given, "", {} if whole else recorded_settings(self.sharpener), {})
+        neg_told = (told["neg_alpha"] or told["alpha"]) and any(told[k] or told["neg_" + k] for k in interval)
+        try:
+            neg = self.resolve(given, "neg_", {} if neg_told else recorded_negative(self.sharpener), own)
+            problem = None
+        except InputError as e:  # acts only on images with a negative prompt: refused there (``plan``)
+            neg, problem = own, str(e)
+        for k in RECORDED_KEYS:
+            object.__setattr__(self, k, own[k])
+            object.__setattr__(self, "neg_" + k, neg[k])
+        object.__setattr__(self, "_negative_problem", problem)
         from .checks import check_alpha
 
         for prefix in ("", "neg_"):
-            check_alpha(_finite("Dice", prefix + "alpha", getattr(self, prefix + "alpha")))
-            _check_interval("Dice", getattr(self, prefix + "start"), getattr(self, prefix + "stop"))
+            check_alpha(getattr(self, prefix + "alpha"))
+            check_interval("Dice", getattr(self, prefix + "start"), getattr(self, prefix + "stop"),
+                           (prefix + "start", prefix + "stop"))  # fmt: skip
+
+    @staticmethod
+    def resolve(
+        given: dict[str, float], prefix: str, recorded: dict[str, float], fallback: dict[str, float]
+    ) -> dict[str, float]:
+        """alpha, start, stop of one kind of image (``prefix`` "" or "neg_"): what is given for it, else (for
+        "neg_") what is given for the plain prompt, else what is recorded, else ``fallback`` (the plain prompt's
+        settings) or the defaults. An interval is taken whole from one source."""
+
+        def pick(keys: tuple[str, ...]) -> dict[str, float]:
+            sources = [{k: given[prefix + k] for k in keys if prefix + k in given}]
+            if prefix:
+                sources.append({k: given[k] for k in keys if k in given})
+            sources += [{k: recorded[k] for k in keys if k in recorded}, {k: fallback[k] for k in keys
+                                                                         if k in fallback}]  # fmt: skip
+            chosen = next((s for s in sources if s), {})
+            return {k: chosen.get(k, RECORDED_KEYS[k]) for k in keys}
+
+        return pick(("alpha",)) | pick(("start", "stop"))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Dice):
+            return NotImplemented
+        return self.sharpener is other.sharpener and (self.settings, self.neg_settings) == (
+            other.settings,
+            other.neg_settings,
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.sharpener), self.settings, self.neg_settings))
 
     @property
     def settings(self) -> tuple[float, float, float]:
@@ -327,6 +456,17 @@ class Dice(Method):
     @property
     def neg_settings(self) -> tuple[float, float, float]:
         return (self.neg_alpha, self.neg_start, self.neg_stop)
+
+    def acting(self, steps: int) -> Method:
+        empty = [not guided_steps(s, e, steps) for (_, s, e) in (self.settings, self.neg_settings)]
+        if not any(empty):
+            return self
+        if all(empty):
+            return Unguided()
+        no_edit = {"alpha": 0.0, "start": 0.0, "stop": 1.0}
+        plain = no_edit if empty[0] else dict(zip(RECORDED_KEYS, self.settings, strict=True))
+        neg = no_edit if empty[1] else dict(zip(RECORDED_KEYS, self.neg_settings, strict=True))
+        return replace(self, **plain, **{"neg_" + k: v for k, v in neg.items()})
 
     def edits(self, fam: Family, cond: Cond, neg: Cond, alpha: float) -> Callable[[float], Cond]:
         """t -> c' of every row: one edit, or one per block of timesteps of a ``time_edges`` sharpener, all
@@ -342,49 +482,64 @@ class Dice(Method):
         per_block = [every.index(slice(b * n, (b + 1) * n)) for b in range(blocks)]
         return lambda t: per_block[block_of(edges, t)]
 
-    def plan(
-        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
-    ) -> Plan:
+    def schedule(
+        self, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> tuple[Cond | None, Callable[[Step], Cond] | None]:
+        """What each row runs on: (one conditioning for every step, None) when nothing changes with the step,
+        else (None, step -> conditioning). For ``plan`` and ``sharpen``."""
         rows = torch.tensor(list(negative) if negative is not None else [False] * len(cond), dtype=torch.bool)
+        if rows.any() and self._negative_problem:
+            raise InputError(self._negative_problem)
         pairs = ((self.settings, ~rows), (self.neg_settings, rows))
         groups = {s: m for s, m in pairs if m.any()}  # settings -> their rows (one entry: the mask is unused)
         if len(groups) == 1 and not self.sharpener.config.get("time_edges"):
             ((alpha, start, stop),) = groups
-            if (start, stop) == (0.0, 1.0):  # the paper's use: the edit on every step, no route
-                sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
-                return Plan({**fam.pipeline_kwargs(pipe, sharp), "guidance_scale": 1.0})
+            if (start, stop) == (0.0, 1.0):  # the paper's use: the edit on every step
+                return sharpen_cond(fam, self.sharpener, cond, neg, alpha), None
         schedules = [(self.edits(fam, cond, neg, a), s, e, m) for (a, s, e), m in groups.items()]
 
         def pick(step: Step) -> Cond:
             out = None
             for edit, s, e, mask in schedules:
-                c = edit(step.t) if step.index in guided_steps(s, e, step.count) else cond
+                c = edit(step.t) if step.within(s, e) else cond
                 out = c if out is None else Cond.where(mask, c, out)
             return out
 
-        return Plan({**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0}, swap_cond(fam, pick))
+        return None, pick
+
+    def plan(
+        self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
+    ) -> Plan:
+        fixed, pick = self.schedule(fam, cond, neg, negative)
+        if fixed is not None:
+            return Plan({**fam.pipeline_kwargs(pipe, fixed), "guidance_scale": 1.0})
+        return Plan({**fam.pipeline_kwargs(pipe, cond), "guidance_scale": 1.0}, SwapGuide(fam, pick))
 
     @property
     def setting(self) -> str:
-        text = f"alpha={self.alpha:g}{_interval_text(self.start, self.stop)}"
+        text = f"alpha={shown(self.alpha)}{interval_text(self.start, self.stop)}"
         if self.neg_settings != self.settings:
             text += (
-                f"; negative prompts: alpha={self.neg_alpha:g}{_interval_text(self.neg_start, self.neg_stop)}"
+                f"; negative prompts: alpha={shown(self.neg_alpha)}"
+                f"{interval_text(self.neg_start, self.neg_stop)}"
             )
         return text
 
     @property
     def tag(self) -> str:
-        tag = f"dice-a{self.alpha:g}{_interval_tag(self.start, self.stop)}"
+        tag = f"dice-a{self.alpha:g}{interval_tag(self.start, self.stop)}"
         if self.neg_settings != self.settings:
-            tag += f"-n{self.neg_alpha:g}{_interval_tag(self.neg_start, self.neg_stop)}"
+            tag += f"-n{self.neg_alpha:g}{interval_tag(self.neg_start, self.neg_stop)}"
         return tag
 
     @property
     def spec(self) -> str:  # every setting spelled: recorded ones differ from sharpener to sharpener
-        text = f"dice:alpha={self.alpha:g},start={self.start:g},stop={self.stop:g}"
+        text = f"dice:alpha={shown(self.alpha)},start={shown(self.start)},stop={shown(self.stop)}"
         if self.neg_settings != self.settings:
-            text += f",neg_alpha={self.neg_alpha:g},neg_start={self.neg_start:g},neg_stop={self.neg_stop:g}"
+            text += (
+                f",neg_alpha={shown(self.neg_alpha)},neg_start={shown(self.neg_start)},"
+                f"neg_stop={shown(self.neg_stop)}"
+            )
         return text
 
     @property
@@ -393,6 +548,16 @@ class Dice(Method):
         if self.neg_settings != self.settings:
             out |= {"neg_alpha": self.neg_alpha, "neg_start": self.neg_start, "neg_stop": self.neg_stop}
         return out
+
+
+class SwapGuide(Guide):
+    """One pass per step on the conditioning ``pick(step)`` (DICE's c' on its steps, the plain c elsewhere)."""
+
+    def __init__(self, fam: Family, pick: Callable[[Step], Cond]) -> None:
+        self.fam, self.pick = fam, pick
+
+    def conditioning(self, step: Step) -> dict[str, torch.Tensor]:
+        return self.fam.denoiser_inputs(self.pick(step))
 
 
 @dataclass(frozen=True)
@@ -418,12 +583,14 @@ class AdaptiveGuidance(Method):
     uses_negative: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        w = _finite("AdaptiveGuidance", "guidance_scale", self.guidance_scale)
+        w = finite("AdaptiveGuidance", "guidance_scale", self.guidance_scale)
         if w <= 1.0:
-            raise InputError(f"AdaptiveGuidance: guidance_scale must be above 1 (got {w:g}).")
-        th = _finite("AdaptiveGuidance", "threshold", self.threshold)
+            raise InputError(f"AdaptiveGuidance: guidance_scale must be above 1 (got {shown(w)}).")
+        th = finite("AdaptiveGuidance", "threshold", self.threshold)
         if not 0.0 < th <= 1.0:
-            raise InputError(f"AdaptiveGuidance: threshold is a cosine similarity in (0, 1] (got {th:g}).")
+            raise InputError(
+                f"AdaptiveGuidance: threshold is a cosine similarity in (0, 1] (got {shown(th)})."
+            )
 
     def nfe(self, steps: int) -> int:
         return 2 * steps
@@ -432,31 +599,54 @@ class AdaptiveGuidance(Method):
         self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
     ) -> Plan:
         kwargs = {**fam.pipeline_kwargs(pipe, cond, neg), "guidance_scale": self.guidance_scale}
-        return Plan(kwargs, adaptive_route(pipe, len(cond), self.threshold))
+        return Plan(kwargs, AdaptiveGuide(pipe.scheduler, len(cond), self.threshold))
 
     @property
     def setting(self) -> str:
-        return f"w={self.guidance_scale:g}, cos>{self.threshold:g}"
+        return f"w={shown(self.guidance_scale)}, cos>{shown(self.threshold)}"
 
     @property
     def tag(self) -> str:
         return f"ag-w{self.guidance_scale:g}-c{self.threshold:g}"
 
 
-CLASSES: dict[str, type[Method]] = {c.name: c for c in (Unguided, CFG, Scaling, Dice, AdaptiveGuidance)}
-METHODS = tuple(CLASSES)  # the shortcut names
-SPELLING_HELP = (
-    "a method, optionally with settings: unguided | cfg[:w=5,start=0,stop=0.1] | scaling[:s=1.2] | "
-    "dice[:alpha=1,start=0,stop=0.1] | ag[:w=5,threshold=0.99]"
-)
+def implied_x0_cosine(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, abar: float, prediction_type: str
+) -> torch.Tensor:
+    """Per image, the cosine similarity of the x_0 that two predictions ``a`` and ``b`` imply at noisy input
+    ``x`` (x_0 = (x - sqrt(1-abar) eps) / sqrt(abar); for v, x_0 = sqrt(abar) x - sqrt(1-abar) v; the common
+    factor drops out of the cosine)."""
+    x, a, b = x.float(), a[:, : x.shape[1]].float(), b[:, : x.shape[1]].float()
+    s, r = (1.0 - abar) ** 0.5, abar**0.5
+    scale_x = r if prediction_type == "v_prediction" else 1.0
+    xa, xb = (scale_x * x - s * p for p in (a, b))
+    cos = torch.nn.functional.cosine_similarity(xa.flatten(1), xb.flatten(1), dim=1)
+    return cos.clamp(max=1.0)  # rounding can put equal predictions a hair above 1: threshold 1 never stops
 
 
-def recorded_settings(sharpener: Sharpener) -> dict[str, float]:
-    """The sampling settings a sharpener records (``config["sampling"]``: alpha, start, stop, and under
-    ``negative`` those of images with a negative prompt, as ``neg_*``); {} for none."""
-    rec = sharpener.config.get("sampling") or {}
-    out = {k: float(v) for k, v in rec.items() if k in Dice.DEFAULTS}
-    return out | {"neg_" + k: float(v) for k, v in (rec.get("negative") or {}).items() if k in Dice.DEFAULTS}
+class AdaptiveGuide(Guide):
+    """Adaptive Guidance's steps: CFG for the images still guided, the prompt alone for the others; after each
+    guided step, an image whose two predictions agree (``implied_x0_cosine`` above ``threshold``) is guided no
+    more."""
+
+    def __init__(self, scheduler: Any, batch: int, threshold: float) -> None:
+        self.abars = getattr(scheduler, "alphas_cumprod", None)
+        if self.abars is None:
+            raise InputError(
+                f"AdaptiveGuidance needs a scheduler with alphas_cumprod ({type(scheduler).__name__} has none)."
+            )
+        self.kind = scheduler.config.get("prediction_type", "epsilon")
+        self.threshold = threshold
+        self.done = torch.zeros(batch, dtype=torch.bool)
+
+    def guided(self, step: Step) -> torch.Tensor:
+        return ~self.done
+
+    def combine(self, step: Step, p: Predictions) -> None:
+        abar = float(self.abars[min(int(round(step.t)), len(self.abars) - 1)])
+        cos = implied_x0_cosine(p.sample, p.uncond, p.cond, abar, self.kind)
+        self.done[p.images[(cos > self.threshold).cpu()]] = True
+        return None  # the pipeline's own u + w (c - u)
 
 
 def block_timesteps(edges: list[float], device: Any) -> torch.Tensor:
@@ -468,86 +658,3 @@ def block_timesteps(edges: list[float], device: Any) -> torch.Tensor:
 def block_of(edges: list[float], t: float) -> int:
     """The block of timestep ``t``: 0 at t >= edges[0] (the noisiest), len(edges) below the last edge."""
     return sum(t < e for e in edges)
-
-
-def parse_method(text: str) -> tuple[type[Method], dict[str, float]]:
-    """``"cfg:w=5,stop=0.1"`` -> (CFG, {"guidance_scale": 5.0, "stop": 0.1}); a one-line error naming the
-    allowed names and keys for anything else."""
-    name, _, rest = str(text).strip().partition(":")
-    cls = CLASSES.get(name.strip().lower())
-    if cls is None:
-        raise InputError(f"Unknown method {text!r}: use {SPELLING_HELP}.")
-    settings: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip().lower()
-        if not eq or key not in cls.keys:
-            allowed = ", ".join(cls.keys) or "none"
-            raise InputError(
-                f"Method {text!r}: {part!r} is not a setting of {cls.name} (its keys: {allowed})."
-            )
-        try:
-            settings[cls.keys[key]] = float(value)
-        except ValueError:
-            raise InputError(f"Method {text!r}: {key} must be a number (got {value.strip()!r}).") from None
-    return cls, settings
-
-
-def make_method(cls: type[Method], settings: dict[str, Any], sharpener: Sharpener | None = None) -> Method:
-    """An object of ``cls`` with ``settings`` (fields), given the sharpener when it is DICE."""
-    return cls(sharpener=sharpener, **settings) if cls is Dice else cls(**settings)
-
-
-def as_method(
-    method: Method | str,
-    *,
-    sharpener: Sharpener | None = None,
-    guidance_scale: float | None = None,
-    scale: float | None = None,
-    alpha: float | None = None,
-) -> Method:
-    """A method object from an object or a spelling (``"cfg"``, ``"dice:stop=0.1"``). With a spelling, the
-    flat keywords of earlier versions set what the spelling leaves open: guidance_scale for cfg and ag, scale
-    for scaling, alpha and the sharpener for dice; other methods ignore them. An object comes with its own
-    settings, so flat keywords next to it are refused."""
-    if isinstance(method, Method):
-        given = [
-            k
-            for k, v in (("guidance_scale", guidance_scale), ("scale", scale), ("alpha", alpha))
-            if v is not None
-        ]
-        if given:
-            raise InputError(
-                f"{', '.join(given)} cannot be given next to a method object ({method.label}): set it in the "
-                f"object, e.g. {type(method).__name__}(...)."
-            )
-        if isinstance(method, Dice) and sharpener is not None and sharpener is not method.sharpener:
-            raise InputError("sharpener= is given twice: once in Dice(...) and once to generate(); give one.")
-        return method
-    if not isinstance(method, str):
-        raise InputError(
-            f"method must be a method object or a name ({SPELLING_HELP}); got {type(method).__name__}."
-        )
-    cls, settings = parse_method(method)
-    return spelled_method(
-        cls, settings, sharpener=sharpener, guidance_scale=guidance_scale, scale=scale, alpha=alpha
-    )
-
-
-def spelled_method(
-    cls: type[Method],
-    settings: dict[str, float],
-    *,
-    sharpener: Sharpener | None = None,
-    guidance_scale: float | None = None,
-    scale: float | None = None,
-    alpha: float | None = None,
-) -> Method:
-    """The method a parsed spelling (``parse_method``) names, the flat keywords setting what it leaves open
-    (``as_method``); for callers that parse once and build the object later (``dice sample``)."""
-    flat = {"guidance_scale": guidance_scale, "scale": scale, "alpha": alpha}
-    settings = dict(settings)
-    for f in cls.keys.values():
-        if f not in settings and flat.get(f) is not None:
-            settings[f] = flat[f]
-    return make_method(cls, settings, sharpener)

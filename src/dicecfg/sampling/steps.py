@@ -1,16 +1,19 @@
-"""What runs at each step of one pipeline call: the denoiser's ``forward`` wrapped for the call (``StepRouter``).
+"""What runs at each step of one pipeline call: the seam between a method and the stock pipeline.
 
-The stock pipeline keeps its own loop (one sampling code path). For the duration of one call, the denoiser's
-``forward`` is swapped (as the fast paths do, and on top of them) for a router that
-- finds the step of each network call from its timestep, not from a count of calls: the i-th distinct
-  timestep of ``pipe.scheduler.timesteps`` is step i (a second-order scheduler evaluates some timesteps twice;
-  both evaluations belong to the step of that noise level), so it works for every family and scheduler;
-- hands the call to the method's *route*, which runs it as given, runs part of its rows, or runs it on other
-  conditioning (``cond_only``, ``swap_cond``, ``adaptive_route``);
-- counts the rows each image got: an image's network evaluations (NFE) as really run.
+The stock pipeline keeps its own loop (one sampling code path). A method says what it does at each step through
+a ``Guide`` (made per batch by ``Method.plan``; diffusers' guiders play the same part in its modular pipelines):
+- ``guided(step)``: which images run both halves (c_neg and c) of a CFG call; the others run c alone, one pass;
+- ``combine(step, predictions)``: how a guided image's two predictions combine (None: the pipeline's own
+  ``u + w (c - u)``);
+- ``conditioning(step)``: what a one-pass call runs on (DICE's c' on its steps, the plain c elsewhere).
 
-A method without a route (unguided, full CFG, scaling, DICE on every step) is run exactly as the stock
-pipeline would run it; the router then only counts.
+For the duration of one call the denoiser's ``forward`` is swapped (as the fast paths do, and on top of them)
+for a ``StepRouter`` that places each network call in the trajectory by the call's own count of denoiser calls
+(``StepClock``): never by the value of its timestep, so a step means the same under an img2img strength (the
+pipeline's first call is step 0 of the steps it runs), custom timesteps or sigmas, and schedulers that repeat a
+timestep (DPM-Solver++ with Karras sigmas). The router hands each call to the guide and counts the rows each
+image got: its network evaluations (NFE) as really run. A method without a guide (unguided, full CFG, scaling,
+DICE on every step) runs exactly as the stock pipeline would run it; the router then only counts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,75 @@ from ..errors import InputError
 from .fast import flatten, swapped_forward, unflatten
 
 
+def guided_steps(start: float, stop: float, steps: int) -> range:
+    """The steps (0-based, of ``steps``) inside the interval [start, stop): diffusers' guider rule
+    ``int(start * N) <= i < int(stop * N)``."""
+    return range(int(start * steps), int(stop * steps))
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where a call is in the trajectory of one pipeline call: step ``index`` (0-based) of the ``count`` steps
+    this call runs, at timestep ``t``."""
+
+    index: int
+    count: int
+    t: float
+
+    def within(self, start: float, stop: float) -> bool:
+        """Whether this step is inside [start, stop) (``guided_steps``)."""
+        return self.index in guided_steps(start, stop, self.count)
+
+
+class StepClock:
+    """The step of each denoiser call of one pipeline call, from the count of calls so far.
+
+    The first call fixes where the pipeline's steps begin in ``scheduler.timesteps`` (an img2img strength skips
+    the first ones; the stock loop passes a view of the scheduler's tensor, or the scheduler knows its
+    ``begin_index``), and so how many calls the pipeline makes. A scheduler of order 2 (Heun, KDPM2) evaluates
+    ``1 + 2 (N - 1)`` times for N noise levels: calls are grouped by level, call k in step ``(k + 1) // 2``."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.calls = 0
+        self.times: list[float] = []  # timestep of each call this pipeline call makes
+        self.order = max(1, int(getattr(scheduler, "order", 1) or 1))
+
+    def begin(self, t: Any) -> None:
+        """Where the pipeline's steps begin, from the first call's timestep ``t`` (None: the scheduler's
+        ``begin_index``, else its first timestep)."""
+        ts = self.scheduler.timesteps
+        values = [float(v) for v in ts.detach().cpu().flatten().tolist()]
+        first = None
+        if isinstance(t, torch.Tensor) and ts.dim() == 1 and t.device == ts.device:
+            if t.untyped_storage().data_ptr() == ts.untyped_storage().data_ptr():
+                pos = (t.storage_offset() - ts.storage_offset()) // max(1, ts.stride(0))
+                first = pos if 0 <= pos < len(values) else None
+        if first is None:
+            first = getattr(self.scheduler, "begin_index", None)
+        if first is None and t is not None and values:
+            value = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+            first = min(range(len(values)), key=lambda i: abs(values[i] - value))  # the first nearest
+        self.times = values[int(first or 0) :] or [float("nan")]
+
+    @property
+    def count(self) -> int:
+        """Steps of this pipeline call."""
+        return (len(self.times) + self.order - 1) // self.order
+
+    def at(self, k: int) -> Step:
+        """The step of call ``k`` (0-based) of this pipeline call (a call past the planned ones: the last step)."""
+        k = min(k, len(self.times) - 1)
+        return Step(min((k + self.order - 1) // self.order, self.count - 1), self.count, self.times[k])
+
+    def tick(self, t: Any) -> Step:
+        """The step of the next denoiser call (``t``: the timestep it was given)."""
+        if self.calls == 0:
+            self.begin(t)
+        self.calls += 1
+        return self.at(self.calls - 1)
+
+
 @dataclass
 class DenoiserCall:
     """One call of the denoiser by the pipeline: its arguments, the forward it would have reached, the number of
@@ -41,6 +113,10 @@ class DenoiserCall:
     @property
     def sample(self) -> torch.Tensor:
         return self.args[0] if self.args else self.kwargs.get("sample", self.kwargs.get("hidden_states"))
+
+    @property
+    def timestep(self) -> Any:
+        return self.args[1] if len(self.args) > 1 else self.kwargs.get("timestep")
 
     @property
     def rows(self) -> int:
@@ -70,25 +146,51 @@ class DenoiserCall:
 
 
 @dataclass(frozen=True)
-class Step:
-    """Where a call is in the trajectory: step ``index`` of ``count`` distinct timesteps, at timestep ``t``."""
+class Predictions:
+    """The two predictions of the guided images of one step: ``images`` (their indices in the batch), their noisy
+    input ``sample``, and the conditional and unconditional outputs of the denoiser."""
 
-    index: int
-    count: int
-    t: float
+    images: torch.Tensor
+    sample: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor
 
 
-# (step, call) -> (the denoiser's output, network evaluations per image; None: the rows of the call)
-Route = Callable[[Step, DenoiserCall], tuple[Any, "np.ndarray | None"]]
+class Guide:
+    """What a method does at each step of one pipeline call (made per batch by ``Method.plan``; it may keep
+    state across the steps of its call). The defaults: every image guided, the pipeline's own combination, the
+    conditioning as the pipeline passes it."""
+
+    def guided(self, step: Step) -> bool | torch.Tensor:
+        """Whether each image runs both halves at ``step``: one bool for all, or a (batch,) bool tensor."""
+        return True
+
+    def combine(self, step: Step, p: Predictions) -> torch.Tensor | None:
+        """The guided images' prediction from their two; None: the pipeline's own ``u + w (c - u)``."""
+        return None
+
+    def conditioning(self, step: Step) -> dict[str, torch.Tensor] | None:
+        """The denoiser keyword arguments a one-pass call runs on at ``step`` (None: as the pipeline passes)."""
+        return None
+
+
+class IntervalGuide(Guide):
+    """Both halves on the steps of [start, stop), the conditional half alone elsewhere (CFG on an interval)."""
+
+    def __init__(self, start: float, stop: float) -> None:
+        self.start, self.stop = start, stop
+
+    def guided(self, step: Step) -> bool:
+        return step.within(self.start, self.stop)
 
 
 @dataclass
 class Plan:
-    """How a method runs one batch: the stock pipeline's keyword arguments, and the route of its denoiser calls
+    """How a method runs one batch: the stock pipeline's keyword arguments, and the guide of its denoiser calls
     (None: every call as the pipeline makes it)."""
 
     kwargs: dict[str, Any]
-    route: Route | None = None
+    guide: Guide | None = None
 
 
 def main_output(out: Any) -> torch.Tensor:
@@ -112,146 +214,81 @@ def with_output(out: Any, tensor: torch.Tensor) -> Any:
     return tensor
 
 
-def cond_only(call: DenoiserCall) -> tuple[Any, np.ndarray]:
-    """A CFG step left unguided: the conditional rows alone, their prediction given for both halves, so the
-    pipeline's u + w (c - u) is c, exactly. One row per image."""
-    if not call.paired:
-        return call.run(), np.ones(call.batch, dtype=np.int64)
+def paired_step(guide: Guide, step: Step, call: DenoiserCall) -> tuple[Any, np.ndarray]:
+    """A CFG call ([c_neg rows; c rows]) run as ``guide`` says: both halves for its guided images, the
+    conditional rows alone for the others. The pipeline then combines ``u + w (c - u)``: an image left unguided
+    gets its conditional prediction in both halves (so the pipeline gives c, exactly); an image the guide
+    combines itself gets its combined prediction in both halves (p + w (p - p) = p, exactly)."""
     b = call.batch
-    out = call.run_rows(torch.arange(b, 2 * b))
-    pred = main_output(out)
-    return with_output(out, torch.cat([pred, pred])), np.ones(b, dtype=np.int64)
-
-
-def swap_cond(fam: Any, pick: Callable[[Step], Any]) -> Route:
-    """A route that runs each step on the conditioning ``pick(step)`` (a Cond; None: as given), in place of
-    what the pipeline passes (the family says which keyword arguments carry it)."""
-
-    def route(step: Step, call: DenoiserCall) -> tuple[Any, None]:
-        cond = pick(step)
-        if cond is None:
-            return call.run(), None
-        swap = {}
-        for k, v in fam.denoiser_inputs(cond).items():
-            given = call.kwargs.get(k)
-            if given is None:
-                raise InputError(
-                    f"the denoiser was called without {k}; this pipeline cannot run a DICE interval"
-                )
-            swap[k] = v.to(device=given.device, dtype=given.dtype)
-        return call.run(**swap), None
-
-    return route
-
-
-def implied_x0_cosine(
-    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, abar: float, prediction_type: str
-) -> torch.Tensor:
-    """Per image, the cosine similarity of the x_0 that two predictions ``a`` and ``b`` imply at noisy input
-    ``x`` (x_0 = (x - sqrt(1-abar) eps) / sqrt(abar); for v, x_0 = sqrt(abar) x - sqrt(1-abar) v; the common
-    factor drops out of the cosine)."""
-    x, a, b = x.float(), a[:, : x.shape[1]].float(), b[:, : x.shape[1]].float()
-    s, r = (1.0 - abar) ** 0.5, abar**0.5
-    scale_x = r if prediction_type == "v_prediction" else 1.0
-    xa, xb = (scale_x * x - s * p for p in (a, b))
-    cos = torch.nn.functional.cosine_similarity(xa.flatten(1), xb.flatten(1), dim=1)
-    return cos.clamp(max=1.0)  # rounding can put equal predictions a hair above 1: threshold 1 never stops
-
-
-def adaptive_route(pipe: Any, batch: int, threshold: float) -> Route:
-    """Adaptive Guidance's route: CFG for the images still guided (both halves), the conditional row alone for
-    the others; after each guided step, an image whose two predictions agree (``implied_x0_cosine`` above
-    ``threshold``) is guided no more."""
-    abars = getattr(pipe.scheduler, "alphas_cumprod", None)
-    if abars is None:
-        raise InputError(
-            f"AdaptiveGuidance needs a scheduler with alphas_cumprod ({type(pipe.scheduler).__name__} has none)."
-        )
-    kind = pipe.scheduler.config.get("prediction_type", "epsilon")
-    done = torch.zeros(batch, dtype=torch.bool)
-
-    def route(step: Step, call: DenoiserCall) -> tuple[Any, np.ndarray]:
-        if not call.paired:
-            return call.run(), np.ones(batch, dtype=np.int64)
-        guided = torch.nonzero(~done).flatten()
-        if len(guided) == 0:
-            return cond_only(call)
-        if len(guided) == batch:
-            out = call.run()
-            full = main_output(out)
+    mask = torch.as_tensor(guide.guided(step), dtype=torch.bool).expand(b)
+    images = torch.nonzero(mask).flatten()
+    rows = 1 + mask.numpy().astype(np.int64)
+    if len(images) == b:
+        out = call.run()
+        full = main_output(out)
+        uncond, cond = full[:b], full[b:]
+        mine = guide.combine(step, Predictions(images, call.sample[b:], cond, uncond))
+        return (out if mine is None else with_output(out, torch.cat([mine, mine]))), rows
+    out = call.run_rows(torch.cat([images, torch.arange(b, 2 * b)]))
+    part = main_output(out)
+    cond = part[len(images) :]
+    halves = [cond.clone(), cond]
+    if len(images):
+        at = images.to(cond.device)
+        uncond = part[: len(images)]
+        mine = guide.combine(step, Predictions(images, call.sample[b + at], cond[at], uncond))
+        if mine is None:
+            halves[0][at] = uncond
         else:
-            out = call.run_rows(torch.cat([guided, torch.arange(batch, 2 * batch)]))
-            part = main_output(out)
-            cond = part[len(guided) :]
-            uncond = cond.clone()
-            uncond[guided.to(cond.device)] = part[: len(guided)]
-            full = torch.cat([uncond, cond])
-            out = with_output(out, full)
-        g = guided.to(full.device)
-        abar = float(abars[min(int(round(step.t)), len(abars) - 1)])
-        cos = implied_x0_cosine(call.sample[batch + g], full[g], full[batch + g], abar, kind)
-        done[guided[(cos > threshold).cpu()]] = True
-        rows = np.ones(batch, dtype=np.int64)
-        rows[guided.numpy()] = 2
-        return out, rows
+            halves = [cond.clone(), cond.clone()]
+            halves[0][at] = mine
+            halves[1][at] = mine
+    else:  # no image guided: the conditional prediction for both halves
+        halves = [cond, cond]
+    return with_output(out, torch.cat(halves)), rows
 
-    return route
+
+def one_pass_step(guide: Guide, step: Step, call: DenoiserCall) -> tuple[Any, np.ndarray]:
+    """A call of one row per image, run on the conditioning the guide gives for ``step`` (as passed if none; a
+    row per prompt is repeated for each of its images, ``num_images_per_prompt``)."""
+    swap = guide.conditioning(step)
+    rows = np.ones(call.batch, dtype=np.int64)
+    if swap is None:
+        return call.run(), rows
+    cast = {}
+    for k, v in swap.items():
+        given = call.kwargs.get(k)
+        if given is None:
+            raise InputError(f"the denoiser was called without {k}; this pipeline cannot run a DICE interval")
+        if v.shape[0] != given.shape[0] and given.shape[0] % v.shape[0] == 0:  # one row per prompt: per image
+            v = v.repeat_interleave(given.shape[0] // v.shape[0], 0)
+        cast[k] = v.to(device=given.device, dtype=given.dtype)
+    return call.run(**cast), rows
 
 
 class StepRouter:
-    """The denoiser's ``forward`` during one pipeline call: routes each call by its step and counts rows."""
+    """The denoiser's ``forward`` during one pipeline call: places each call by its step and counts rows."""
 
-    def __init__(self, pipe: Any, forward: Callable[..., Any], batch: int, route: Route | None) -> None:
-        self.pipe, self.forward, self.batch, self.route = pipe, forward, batch, route
+    def __init__(self, pipe: Any, forward: Callable[..., Any], batch: int, guide: Guide | None) -> None:
+        self.forward, self.batch, self.guide = forward, batch, guide
+        self.clock = StepClock(pipe.scheduler)
         self.nfe = np.zeros(batch, dtype=np.int64)  # network evaluations per image so far
-        self._key: Any = None
-        self._steps: list[float] = []  # distinct timesteps in order: step i runs at _steps[i]
-        self._pos_step: list[int] = []  # position in scheduler.timesteps -> step
-
-    def _index(self) -> torch.Tensor:
-        ts = self.pipe.scheduler.timesteps
-        if self._key is not ts:
-            values = [float(v) for v in ts.detach().cpu().flatten().tolist()]
-            self._steps, self._pos_step = [], []
-            for v in values:
-                if not self._steps or v != self._steps[-1]:
-                    self._steps.append(v)
-                self._pos_step.append(len(self._steps) - 1)
-            self._key = ts
-        return ts
-
-    def step_of(self, t: Any) -> int:
-        """The step a call at timestep ``t`` belongs to. ``t`` drawn from the scheduler's own timesteps (a
-        view of them, as the stock loops pass it) is placed without reading its value (no device sync)."""
-        ts = self._index()
-        if (
-            isinstance(t, torch.Tensor)
-            and t.device == ts.device
-            and ts.dim() == 1
-            and t.untyped_storage().data_ptr() == ts.untyped_storage().data_ptr()
-        ):
-            pos = (t.storage_offset() - ts.storage_offset()) // max(1, ts.stride(0))
-            if 0 <= pos < len(self._pos_step):
-                return self._pos_step[pos]
-        value = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-        return min(range(len(self._steps)), key=lambda i: abs(self._steps[i] - value))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         call = DenoiserCall(self.forward, args, kwargs, self.batch)
-        if self.route is None:
+        if self.guide is None:
             self.nfe += call.rows // self.batch
             return call.run()
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
-        i = self.step_of(t)
-        out, rows = self.route(Step(i, len(self._steps), self._steps[i]), call)
-        self.nfe += rows if rows is not None else call.rows // self.batch
+        step = self.clock.tick(call.timestep)
+        out, rows = (paired_step if call.paired else one_pass_step)(self.guide, step, call)
+        self.nfe += rows
         return out
 
 
 @contextlib.contextmanager
-def routed(pipe: Any, denoiser: torch.nn.Module, batch: int, route: Route | None) -> Iterator[StepRouter]:
+def routed(pipe: Any, denoiser: torch.nn.Module, batch: int, guide: Guide | None) -> Iterator[StepRouter]:
     """Swap ``denoiser.forward`` for a ``StepRouter`` over whatever forward it has now (eager, graphed or
     compiled) while the block runs."""
-    router = StepRouter(pipe, denoiser.forward, batch, route)
+    router = StepRouter(pipe, denoiser.forward, batch, guide)
     with swapped_forward(denoiser, router):
         yield router
