@@ -56,12 +56,13 @@ if [ "$CALL" != 1 ]; then
   $T assemble $C --device cpu > "$L/assemble.log" 2>&1 && tar -C "$RUN" -cf "$OUT/pipeline.tar" pipeline
   echo "assembled at $(( $(date +%s) - t0 )) s"
   S=benchmarks/second_world/realism.py
-  [ -n "${SHAPES:-}" ] &&  # SHAPES=1: the first world's shipped model too, in parallel
+  [ "$EVAL_S" -gt 0 ] || { echo "EVAL_S=0: no study"; S=""; }
+  [ -n "$S" ] && [ -n "${SHAPES:-}" ] &&  # SHAPES=1: the first world's shipped model too, in parallel
     timeout $EVAL_S python3 $S --model mini --world shapes --n 512 --json "$L/realism_shapes.json" > "$L/realism_shapes.log" 2>&1 &
-  timeout $EVAL_S python3 $S --model "$RUN/pipeline" --world shapes-fine --n 512 --json "$L/realism_fine.json" \
+  [ -n "$S" ] && timeout $EVAL_S python3 $S --model "$RUN/pipeline" --world shapes-fine --n 512 --json "$L/realism_fine.json" \
     --images "$OUT/realism_fine_images.npz" > "$L/realism_fine.log" 2>&1
   wait
-  tail -n 30 "$L"/realism_fine.log; [ -n "${SHAPES:-}" ] && tail -n 3 "$L"/realism_shapes.log
+  [ -n "$S" ] && tail -n 30 "$L"/realism_fine.log; [ -n "${SHAPES:-}" ] && tail -n 3 "$L"/realism_shapes.log
 fi
 cp "$RUN"/stats.jsonl "$RUN"/run_*.json $L/ 2>/dev/null
 tar -C /tmp -cf "$OUT/logs.tar" logs
