@@ -2,7 +2,7 @@
 first steps only) and DICE images of the same seed.
 
 Every image comes from ``generate()`` (the one sampling path), one call per method, so each carries its own NFE
-and measured seconds. On a shapes-world model the oracle's verdict comes with each image.
+and measured seconds. On a model of one of the worlds (shapes, shapes-fine) the oracle's verdict comes with each image.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Shot:
 def judge(images: list, prompt: str, oracle: Any) -> list[dict[str, float] | None]:
     """The oracle's 0/1 score of each attribute (and "all") of each image of ``prompt``; None for each image
     when the prompt is outside the world's grammar."""
-    specs = world_specs([prompt])
+    specs = world_specs([prompt], oracle.world)
     if specs is None:
         return [None] * len(images)
     scores = alignment(np.stack(images), specs * len(images), oracle)
@@ -173,7 +173,7 @@ def panels(sharpener: Sharpener, r: Request) -> dict[str, Method]:
 
 def compare(pipe: Any, sharpener: Sharpener, request: Request, *, oracle: Any = None) -> list[Shot]:
     """Unguided, CFG, peer and DICE images of ``request`` (checked first) from the same seed, in ``SHOWN`` order.
-    With an ``oracle`` (see ``reads_shapes_world``) each image gets its verdict."""
+    With an ``oracle`` (of the model's world: ``metrics.world.world_of``) each image gets its verdict."""
     r = request.checked()
     knobs = dict(seeds=[r.seed], negative_prompt=r.negative_prompt or None, num_inference_steps=r.steps)
     methods = panels(sharpener, r)

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import InputError
 from ..families import check_compatible
 from ..flags import Checked, opt
-from ..metrics.world import reads_shapes_world
+from ..metrics.world import world_of
 from ..pipeline import (
     default_sharpener,
     device_option,
@@ -65,7 +65,7 @@ class Server:
 
 def run_serve(job: ServeJob) -> Server:
     """Load the model and sharpener, check that they fit, and start the app; returns once it answers."""
-    from ..world import Oracle, heldout_set
+    from ..world.worlds import get_world
 
     # gradio takes seconds to import: do it while the model loads (import locks make the later import wait)
     threading.Thread(target=import_gradio, daemon=True).start()
@@ -77,21 +77,21 @@ def run_serve(job: ServeJob) -> Server:
     device = resolve_device(job.device)
     pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
     fam = check_compatible(pipe, sharp)  # a sharpener for another model: refused before the page exists
-    world = reads_shapes_world(pipe)
+    world = get_world(world_name) if (world_name := world_of(pipe)) else None
     model = "the shipped mini model" if is_mini(job.model) else job.model
     about = (
         f"Model: {model} ({fam.name}, {type(pipe).__name__}); sharpener: {name}; device: {device}. "
         "All four images use the same seed. CFG evaluates the network twice per step; the training-free peer "
         "guides only the first steps (twice there, once after); unguided sampling and DICE once per step."
-        + (" The shapes-world oracle judges each image (prompts in the world's grammar)." if world else "")
+        + (f" The {world.name} world's oracle judges each image (prompts in its grammar)." if world else "")
     )
     app = build_app(
         pipe,
         sharp,
-        oracle=Oracle() if world else None,
+        oracle=world.oracle() if world else None,
         title="DICE: unguided vs CFG vs its cheap peer vs DICE",
         about=about,
-        examples=[it.prompt for it in heldout_set()[::97][:5]] if world else (),
+        examples=[it.prompt for it in world.heldout_set()[::97][:5]] if world else (),
     )
     try:
         app.launch(

@@ -324,6 +324,7 @@ def colour_features(x: np.ndarray, lab: np.ndarray, bg: np.ndarray) -> np.ndarra
 class Oracle:
     """Scores images against specs, and gives deterministic features for a Frechet distance."""
 
+    world = "shapes"  # the world whose specs it scores (dicecfg.world.worlds)
     keys = ("count", "shape", "colour", "size", "relation", "background", "all")
 
     def detect(self, images) -> tuple[list[list[Detection]], list[str]]:

@@ -388,6 +388,7 @@ class FineOracle:
     """Scores images of the shapes-fine world against :class:`FineSpec`s, and gives deterministic features
     for a Frechet distance."""
 
+    world = "shapes-fine"  # the world whose specs it scores (dicecfg.world.worlds)
     keys = ("count", "shape", "colour", "size", "pattern", "dots", "relation", "background", "all")
 
     def detect(self, images) -> tuple[list[list[FineDetection]], list[int], list[str]]:
