@@ -482,3 +482,152 @@ def test_the_eval_job_keeps_its_earlier_name():
     from dicecfg.evaluation.evaluate import EvalConfig
 
     assert EvalConfig is EvalJob and EvalConfig(limit=3) == EvalJob(limit=3)
+
+
+# ---- dice tune: the sharpener folder it records settings in (issue 33, rows 1-4, 7, 16) ------------------------
+WORLD_PROMPTS = "a red circle\na blue square\na green triangle\n"  # in the world's grammar
+
+
+def _tune_args(model, sharp, prompts, *extra, alphas=("1",), stops=("0.5", "1")):
+    return ["-q", "tune", "--model", str(model), "--sharpener", str(sharp), "--prompts", str(prompts),
+            "--steps", "2", "--alphas", *alphas, "--stops", *stops, "--seed-sets", "1", "--device", "cpu",
+            *extra]  # fmt: skip
+
+
+@pytest.fixture()
+def fp16_sharp(sharp_dir, tmp_path):
+    """A copy of the random sharpener saved in fp16, with a note of the user's added to its card."""
+    from dicecfg import Sharpener
+
+    folder = tmp_path / "sharp16"
+    Sharpener.from_pretrained(sharp_dir).half().save_pretrained(folder)
+    card = folder / "README.md"
+    card.write_text(card.read_text() + "\nMy note: trained on my cats.\n")
+    return folder
+
+
+def test_tune_records_in_place_keeping_weights_card_and_history(tiny_sd_dir, fp16_sharp, tmp_path, capsys):
+    """Rows 1-2: only config.json and the card's marked section change, through temporary files and renames
+    (never save_pretrained, which removes config.json first); the fp16 weights stay byte for byte; the user's
+    note stays; the settings replaced are kept in config.json's sampling_history."""
+    import dicecfg.evaluation.tune as tune_mod
+
+    (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+    weights = (fp16_sharp / "model.safetensors").read_bytes()
+    assert main(_tune_args(tiny_sd_dir, fp16_sharp, tmp_path / "p.txt")) == 0
+    first = json.loads((fp16_sharp / "config.json").read_text())
+    assert first["sampling"]["stop"] in (0.5, 1.0) and first["sampling_history"] == []
+    assert main(_tune_args(tiny_sd_dir, fp16_sharp, tmp_path / "p.txt", alphas=("2",))) == 0
+    second = json.loads((fp16_sharp / "config.json").read_text())
+    assert second["sampling"]["alpha"] == 2.0
+    assert [h["sampling"] for h in second["sampling_history"]] == [first["sampling"]]
+    assert (fp16_sharp / "model.safetensors").read_bytes() == weights  # fp16 kept, not re-saved as fp32
+    card = (fp16_sharp / "README.md").read_text()
+    assert "My note: trained on my cats." in card and card.count("dicecfg:sampling -->") == 2
+    assert "alpha=2.0" in card and "# DICE sharpener" in card
+    assert not list(fp16_sharp.glob("tune_rows.jsonl"))  # the progress of a finished tune is gone
+    capsys.readouterr()
+
+    before = {p.name: p.read_bytes() for p in fp16_sharp.iterdir()}
+    real = tune_mod.atomic_write_files.__globals__["_whole_temp"]
+
+    def full_disk(path, write):  # the card's temporary file cannot be written whole
+        if path.name == "README.md":
+            raise OSError(28, "No space left on device")
+        return real(path, write)
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setitem(tune_mod.atomic_write_files.__globals__, "_whole_temp", full_disk)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            tune_mod.record_settings(fp16_sharp, tune_mod.Sharpener.from_pretrained(fp16_sharp), first["sampling"])
+    finally:
+        monkey.undo()
+    assert {p.name: p.read_bytes() for p in fp16_sharp.iterdir()} == before  # no temp file, nothing changed
+
+
+def test_tune_never_writes_the_shipped_sharpener_or_a_folder_it_cannot_write(
+    tiny_sd_dir, sharp_dir, tmp_path, capsys, monkeypatch
+):
+    """Rows 3-4: the package's own sharpener is refused in one line naming --sharpener; a folder it cannot write
+    is found before the model loads, and --no-write --out still measures and writes the table."""
+    import dicecfg.pipeline
+    import dicecfg.runs.io as io
+    from dicecfg.assets import MINI_SHARPENER
+
+    shipped = {p.name: p.read_bytes() for p in MINI_SHARPENER.iterdir() if p.is_file()}
+
+    def no_model(*a, **k):
+        raise AssertionError("the model loaded before the refusal")
+
+    with monkeypatch.context() as m:
+        m.setattr(dicecfg.pipeline, "load_pipeline", no_model)
+        assert main(["-q", "tune", "--limit", "2", "--steps", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "shipped sharpener" in err[0] and "--sharpener" in err[0]
+
+        real = io.tempfile.TemporaryFile
+
+        def read_only(*a, dir=None, **k):
+            if dir is not None and str(dir) == str(sharp_dir):
+                raise PermissionError(13, "Permission denied")
+            return real(*a, dir=dir, **k)
+
+        m.setattr(io.tempfile, "TemporaryFile", read_only)
+        (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+        assert main(_tune_args(tiny_sd_dir, sharp_dir, tmp_path / "p.txt")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot write in" in err[0] and "--no-write" in err[0]
+    assert {p.name: p.read_bytes() for p in MINI_SHARPENER.iterdir() if p.is_file()} == shipped
+    args = _tune_args(tiny_sd_dir, sharp_dir, tmp_path / "p.txt", "--no-write", "--out", str(tmp_path / "t"))
+    assert main(args) == 0 and (tmp_path / "t" / "tune.json").is_file()
+
+
+def test_an_interrupted_tune_resumes_from_the_rows_it_measured(tiny_sd_dir, sharp_dir, tmp_path, monkeypatch):
+    """Row 4: rows measured before an interrupt are read back from tune_rows.jsonl and not sampled again; the
+    result equals an uninterrupted run's."""
+    import dicecfg.evaluation.tune as tune_mod
+
+    (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+    calls = []
+    real = tune_mod.generate
+
+    def counted(*a, **k):
+        calls.append(k["method"].spec)
+        if len(calls) == 3 and stop_at_3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tune_mod, "generate", counted)
+    args = _tune_args(tiny_sd_dir, sharp_dir, tmp_path / "p.txt", "--no-write", "--out", str(tmp_path / "t"))
+    stop_at_3 = True
+    assert main(args) == 130 and not (tmp_path / "t" / "tune.json").exists()
+    assert len((tmp_path / "t" / "tune_rows.jsonl").read_text().splitlines()) == 2  # cfg, cfg-first
+    calls.clear()
+    stop_at_3 = False
+    assert main(args) == 0
+    assert len(calls) == 3  # the CFG reference again (its images, not stored) and the two DICE rows
+    resumed = json.loads((tmp_path / "t" / "tune.json").read_text())
+    calls.clear()
+    assert main([*args[:-1], str(tmp_path / "t2")]) == 0 and len(calls) == 4
+    whole = json.loads((tmp_path / "t2" / "tune.json").read_text())
+    assert resumed["rows"] == whole["rows"] and resumed["best"] == whole["best"]
+
+
+def test_tune_measures_only_settings_that_act_and_the_oracle_only_on_the_world(
+    tiny_sd_dir, sharp_dir, tmp_path, capsys, caplog
+):
+    """Row 7: a stop with no guided step at the run's step count is not measured (one warning), and none left
+    is refused in one line. Row 16: prompts in the world's grammar on a model that is not of the shapes world
+    are scored against CFG, not by the oracle."""
+    (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+    args = (tiny_sd_dir, sharp_dir, tmp_path / "p.txt", "--no-write", "--out", str(tmp_path / "t"))
+    assert main(_tune_args(*args, stops=("0.25", "1"))) == 0  # at 2 steps, int(0.25 * 2) = 0
+    result = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert [r["row"] for r in result["rows"] if r["method"] == "dice"] == ["dice:alpha=1,start=0,stop=1"]
+    assert result["best"]["stop"] == 1.0 and "--stops 0.25: no guided step at --steps 2" in caplog.text
+    assert result["score"] == "PSNR vs CFG (dB)" and all("fd" not in r for r in result["rows"])
+    capsys.readouterr()
+    assert main(_tune_args(*args, stops=("0.25", "0.4"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no stop gives a guided step" in err[0]
