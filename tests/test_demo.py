@@ -195,7 +195,7 @@ def test_demo_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, monkeyp
     def no_model(*a, **k):
         raise AssertionError("the model loaded")
 
-    monkeypatch.setattr(demo, "load_pipeline", no_model)
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", no_model)
     mine = tmp_path / "my2"
     mine.mkdir()
     for name in ("grid.png", "demo.json"):

@@ -540,7 +540,9 @@ def test_tune_records_in_place_keeping_weights_card_and_history(tiny_sd_dir, fp1
     monkey.setitem(tune_mod.atomic_write_files.__globals__, "_whole_temp", full_disk)
     try:
         with pytest.raises(OSError, match="No space"):
-            tune_mod.record_settings(fp16_sharp, tune_mod.Sharpener.from_pretrained(fp16_sharp), first["sampling"])
+            tune_mod.record_settings(
+                fp16_sharp, tune_mod.Sharpener.from_pretrained(fp16_sharp), first["sampling"]
+            )
     finally:
         monkey.undo()
     assert {p.name: p.read_bytes() for p in fp16_sharp.iterdir()} == before  # no temp file, nothing changed
@@ -631,3 +633,56 @@ def test_tune_measures_only_settings_that_act_and_the_oracle_only_on_the_world(
     assert main(_tune_args(*args, stops=("0.25", "0.4"))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no stop gives a guided step" in err[0]
+
+
+def test_eval_folder_parts_in_the_wrong_shape_are_one_line(tiny_sd_dir, tmp_path, capsys, monkeypatch):
+    """Issue 33 row 14: `images` as a file, a row folder as a file, a meta.jsonl as a folder, an `images/` it may
+    not write in: one line each, before the model loads; never an OSError traceback."""
+    import shutil
+
+    import dicecfg.runs.io as io
+
+    out = tmp_path / "e"
+    args = ["-q", "eval", "a red circle", "--model", str(tiny_sd_dir), "--methods", "unguided", "--steps", "1",
+            "--device", "cpu", "--no-plot", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0  # an eval folder of its own, then its parts in the wrong shape
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
+    shutil.rmtree(out / "images")
+    (out / "images").write_text("not a folder")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file where a folder is expected" in err and "Traceback" not in err
+    (out / "images").unlink()
+    (out / "images").mkdir()
+    (out / "images" / "unguided_steps1").write_text("not a folder")
+    assert main(args) == 2 and "is a file where a folder is expected" in capsys.readouterr().err
+    (out / "images" / "unguided_steps1").unlink()
+    (out / "images" / "unguided_steps1" / "meta.jsonl").mkdir(parents=True)
+    assert main(args) == 2 and "is a folder where a file is expected" in capsys.readouterr().err
+    (out / "images" / "unguided_steps1" / "meta.jsonl").rmdir()
+    real = io.tempfile.TemporaryFile
+
+    def read_only(*a, dir=None, **k):  # chmod 555 does not stop root, who runs these tests in CI
+        if dir is not None and str(dir) == str(out / "images" / "unguided_steps1"):
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(io.tempfile, "TemporaryFile", read_only)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in" in err and "Permission denied" in err
+
+
+def test_eval_makes_again_images_without_a_record(tiny_sd_dir, tmp_path):
+    """Issue 33 row 10: an image a stopped process wrote without its meta.jsonl line is made again (same seed,
+    same image) and gets its record."""
+    out = tmp_path / "e"
+    job = EvalJob(out=str(out), model=str(tiny_sd_dir), prompts=FREE_PROMPTS, methods=("unguided",), steps=(1,),
+                  device="cpu", plot=False, progress=False)  # fmt: skip
+    run_eval(job)
+    meta = out / "images" / "unguided_steps1" / "meta.jsonl"
+    lines = meta.read_text().splitlines()
+    meta.write_text(lines[0] + "\n")
+    again = run_eval(job)
+    assert again["rows"][0]["generated"] == 2
+    assert sorted(json.loads(ln)["index"] for ln in meta.read_text().splitlines()) == [0, 1, 2]

@@ -343,7 +343,7 @@ def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
     assert Row(CFG(1.0), 20).nfe == 20 and Row(CFG(5.0), 20).nfe == 40
     assert dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", "1") == 0
     assert json.loads((tmp_path / "s" / "samples.jsonl").read_text())["nfe"] == 1
-    monkeypatch.setattr("dicecfg.sampling.job.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
     for w in ("0.5", "nan", "inf"):
         code = dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", w)
         one_line_error(capsys, code, "guidance")
@@ -359,3 +359,46 @@ def test_options_the_method_ignores_get_a_notice(tiny_sd_dir, tmp_path, capsys, 
     with caplog.at_level(logging.WARNING, logger="dicecfg"):
         assert dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--alpha", "3") == 0
     assert any("--method cfg ignores --alpha" in r.getMessage() for r in caplog.records)
+
+
+def test_sample_adds_only_to_its_own_log_and_numbers(tiny_sd_dir, tmp_path, capsys):
+    """Issue 33 rows 14-15: a samples.jsonl of someone else's, a symbolic link of that name (to a file outside
+    the folder) or a folder of that name is refused in one line before the model loads, and left as it was; a
+    user file such as 2024_report.pdf does not move the numbering."""
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "samples.jsonl").write_text("name,score\nmine,3\n")
+    one_line_error(
+        capsys, dice_sample(tiny_sd_dir, out, "a", "--method", "unguided"), "not written by `dice sample`"
+    )
+    assert (out / "samples.jsonl").read_text() == "name,score\nmine,3\n"
+    (out / "samples.jsonl").unlink()
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text('{"file": "x.png", "seed": 0, "method": "cfg"}\n')
+    (out / "samples.jsonl").symlink_to(outside)
+    one_line_error(capsys, dice_sample(tiny_sd_dir, out, "a", "--method", "unguided"), "symbolic link")
+    assert outside.read_text() == '{"file": "x.png", "seed": 0, "method": "cfg"}\n'
+    (out / "samples.jsonl").unlink()
+    (out / "samples.jsonl").mkdir()
+    one_line_error(capsys, dice_sample(tiny_sd_dir, out, "a", "--method", "unguided"), "is a folder")
+    (out / "samples.jsonl").rmdir()
+    (out / "2024_report.pdf").write_text("my report")
+    assert dice_sample(tiny_sd_dir, out, "a", "--method", "unguided") == 0
+    assert (out / "0000_unguided_seed0.png").is_file() and (
+        out / "2024_report.pdf"
+    ).read_text() == "my report"
+
+
+def test_images_a_stopped_run_wrote_get_their_records_back(tiny_sd_dir, tmp_path, caplog):
+    """Issue 33 row 10: images whose lines never reached samples.jsonl (a process killed after writing its PNGs,
+    before rank 0 appended them) get their records on the next run, from the record each PNG carries."""
+    out = tmp_path / "s"
+    assert (
+        dice_sample(tiny_sd_dir, out, "a red circle", "a blue square", "a green star", "--method", "cfg") == 0
+    )
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text(lines[0] + "\n")  # the last two lines never written
+    assert dice_sample(tiny_sd_dir, out, "a red circle", "--method", "unguided") == 0
+    again = (out / "samples.jsonl").read_text().splitlines()
+    assert again[:3] == lines and json.loads(again[3])["file"] == "0003_unguided_seed0.png"
+    assert "recovered the records of 2 image(s)" in caplog.text

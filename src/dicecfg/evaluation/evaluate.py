@@ -22,7 +22,15 @@ import numpy as np
 from ..errors import InputError
 from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, model_option
-from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
+from ..runs.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_file_slot,
+    check_folder_slot,
+    check_own_files,
+    read_record,
+)
+from ..runs.jobs import job_pipeline, on_rank_0, seeds_of
 from ..runs.parallel import Parallel
 from ..sampling.checks import SEED_MAX
 from ..sampling.fast import FAST_CHOICES
@@ -125,9 +133,7 @@ def prompt_set(cfg: EvalJob) -> PromptSet:
         from ..sampling.prompts import collect_prompts
 
         prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
-        return PromptSet(
-            "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
-        )
+        return PromptSet("prompts", prompts, seeds_of(cfg.seed, range(len(prompts))), world_specs(prompts))
     items = heldout_items(cfg.limit)
     return PromptSet(
         "heldout",
@@ -255,6 +261,17 @@ def check_eval_folder(out: Path) -> None:
     check_own_files(out, EVAL_FILES, command="eval", ours=ours)
 
 
+def check_eval_slots(out: Path, rows: Sequence[Row]) -> None:
+    """Refuse, before the model loads, an eval folder whose parts are not what `dice eval` writes there: a file
+    where ``images/`` or a row's folder goes, a folder where a file goes, or a folder it may not write in."""
+    fix = "move it away, or give dice eval another --out folder"
+    for name in ("run.json", "eval.json", "eval.md", "eval_nfe.png"):
+        check_file_slot(out / name, fix=fix)
+    for row in rows:
+        check_folder_slot(out / "images" / row.key, fix=fix)
+        check_file_slot(out / "images" / row.key / "meta.jsonl", fix=fix)
+
+
 def evaluate(
     pipe, cfg: EvalJob, ps: PromptSet, sharpeners: dict[str, Any], real=None, rows: list[Row] | None = None
 ) -> dict[str, Any] | None:
@@ -359,16 +376,15 @@ def eval_inputs(cfg: EvalJob) -> EvalInputs:
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
     rows = make_rows(cfg, sharpeners, parsed=parsed)  # bad settings or steps
     check_eval_folder(Path(cfg.out))
+    check_eval_slots(Path(cfg.out), rows)
     return EvalInputs(sharpeners, rows, prompt_set(cfg))
 
 
 def run_eval(cfg: EvalJob) -> dict[str, Any] | None:
     """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
-    import torch
-
     from ..families import check_compatible
     from ..metrics.real import RealMetrics
-    from ..pipeline import load_pipeline, model_id, resolve_device, resolve_dtype
+    from ..pipeline import model_id, resolve_device
     from ..runs.folder import run_record, write_run_json
     from ..runs.parallel import rank_device
 
@@ -383,25 +399,19 @@ def run_eval(cfg: EvalJob) -> dict[str, Any] | None:
         fid_ref=cfg.fid_ref,
         device=device,
     )
-    dtype = resolve_dtype(cfg.dtype, device)
-    pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
+    pipe = job_pipeline(cfg.model, cfg.device, cfg.dtype)
     for sharp in sharpeners.values():  # a mismatched sharpener fails before any sampling
         check_compatible(pipe, sharp)
     identity = {
         "model": model_id(pipe),
-        "dtype": str(dtype),
-        "device_type": torch.device(device).type,
+        "dtype": str(pipe.dtype),
+        "device_type": pipe._execution_device.type,
         "height": cfg.height,
         "width": cfg.width,
     }
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    par, err = Parallel.current(pipe._execution_device), None
-    if par.main:
-        try:
-            write_run_json(Path(cfg.out), run_record(cfg), identity)
-        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-            err = e
-    par.share_error(err)
+    par = Parallel.current(pipe._execution_device)
+    on_rank_0(par, lambda: write_run_json(Path(cfg.out), run_record(cfg), identity))
     return evaluate(pipe, cfg, ps, sharpeners, real, inputs.rows)
 
 

@@ -44,6 +44,7 @@ from ..runs.io import (
     read_jsonl,
     read_record,
 )
+from ..runs.jobs import job_pipeline, seeds_of, stderr
 from ..sampling.generate import generate
 from ..sampling.methods import CFG, Dice, Method, guided_steps
 from ..sharpener import Sharpener
@@ -110,7 +111,7 @@ def validation_prompts(job: TuneJob) -> Prompts:
         from ..sampling.prompts import collect_prompts
 
         prompts = collect_prompts((), job.prompts_file)[: job.limit]
-        return Prompts(prompts, [job.seed + i for i in range(len(prompts))], world_specs(prompts))
+        return Prompts(prompts, seeds_of(job.seed, range(len(prompts))), world_specs(prompts))
     from ..world import validation_set
 
     items = validation_set(job.limit)
@@ -276,7 +277,7 @@ def row_of(key: str, method: Method, sets: Sequence[Measured]) -> dict[str, Any]
         return row
     values = np.concatenate([np.asarray(p, dtype=float) for p in per_image])
     row["score"] = float(values.mean())
-    row["stderr"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    row["stderr"] = stderr(values)
     if sets[0].ok is not None:
         row["all_correct_per_set"] = [float(np.mean(s.ok)) for s in sets]
         if sets[0].fd is not None:
@@ -426,10 +427,8 @@ def sharpener_folder(job: TuneJob, name: str) -> Path:
 def run_tune(job: TuneJob) -> dict[str, Any]:
     """`dice tune`: check, load, measure (resuming from what an interrupted run measured), write --out, then
     record the best settings in the sharpener (unless --no-write)."""
-    import torch
-
     from ..families import check_compatible
-    from ..pipeline import default_sharpener, load_pipeline, resolve_device, resolve_dtype
+    from ..pipeline import default_sharpener
 
     name = default_sharpener(job.model, job.sharpener)
     if name is None:
@@ -440,9 +439,7 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
     if job.out:
         check_out(Path(job.out))
     ps = validation_prompts(job)
-    device = resolve_device(job.device)
-    dtype = resolve_dtype(job.dtype, device)
-    pipe = load_pipeline(job.model, dtype=dtype, device=device)
+    pipe = job_pipeline(job.model, job.device, job.dtype)
     check_compatible(pipe, sharp)
     if not reads_shapes_world(pipe):  # the oracle judges shapes-world images only (module docstring)
         if not job.prompts_file:
@@ -451,8 +448,7 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
             )
         ps.specs = ps.scenes = None
     place = Path(job.out) if job.out else folder
-    done = Progress(place / Progress.NAME if place else None, progress_identity(job, pipe, sharp, ps, dtype,
-                    torch.device(device).type))  # fmt: skip
+    done = Progress(place / Progress.NAME if place else None, progress_identity(job, pipe, sharp, ps))
     result = tune(pipe, sharp, ps, alphas=job.alphas, stops=job.stops, seed_sets=job.seed_sets, steps=job.steps,
                   guidance_scale=job.guidance_scale, negative_stop=job.negative_stop, batch_size=job.batch_size,
                   progress=job.progress, done=done)  # fmt: skip
@@ -472,9 +468,7 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
     return result
 
 
-def progress_identity(
-    job: TuneJob, pipe: Any, sharp: Sharpener, ps: Prompts, dtype: Any, device: str
-) -> dict:
+def progress_identity(job: TuneJob, pipe: Any, sharp: Sharpener, ps: Prompts) -> dict:
     """What a measurement depends on: measurements of another identity are not resumed."""
     from ..pipeline import model_id
 
@@ -489,7 +483,7 @@ def progress_identity(
         "oracle": ps.specs is not None,
         "steps": job.steps,
         "w": job.guidance_scale or sharp.config.get("guidance_scale") or 5.0,
-        "dtype": str(dtype),
-        "device": device,
+        "dtype": str(pipe.dtype),
+        "device": pipe._execution_device.type,
         "version": 1,
     }
