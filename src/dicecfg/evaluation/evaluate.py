@@ -94,8 +94,8 @@ class EvalJob(Checked):
     )
     gpus: int = opt(
         1,
-        "sample in N processes, one per GPU, prompts split by index (relaunches itself through "
-        "torch.distributed.run; the same images and eval.json as one process; docs/parallel.md)",
+        "sample in N processes, one per GPU, prompts split by index (relaunches itself, "
+        "one process per rank; the same images and eval.json as one process; docs/parallel.md)",
         metavar="N",
         min=1,
     )
@@ -390,7 +390,7 @@ def run_eval(cfg: EvalJob) -> dict[str, Any] | None:
 
     inputs = eval_inputs(cfg)
     sharpeners, ps = inputs.sharpeners, inputs.prompts
-    device = rank_device(resolve_device(cfg.device))  # one GPU per process under torchrun
+    device = rank_device(resolve_device(cfg.device))  # one GPU per process under a launcher
     real = RealMetrics(
         clip=cfg.clip,
         aesthetic=cfg.aesthetic,

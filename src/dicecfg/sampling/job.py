@@ -74,8 +74,8 @@ class SampleJob(Checked):
     )
     gpus: int = opt(
         1,
-        "sample in N processes, one per GPU, prompts split by index (relaunches itself through "
-        "torch.distributed.run; the same images as one process; docs/parallel.md)",
+        "sample in N processes, one per GPU, prompts split by index (relaunches itself, "
+        "one process per rank; the same images as one process; docs/parallel.md)",
         metavar="N",
         min=1,
     )
@@ -176,7 +176,7 @@ def run_sample(job: SampleJob) -> list[Path]:
     image paths. A folder that holds samples already keeps them: the numbers continue after its highest one
     and samples.jsonl grows by a line per image, so every image in the folder stays described.
 
-    Launched as one of several processes (``--gpus N``, torchrun), each makes the prompts of its share
+    Launched as one of several processes (``--gpus N``, or torchrun), each makes the prompts of its share
     (``sampling.shard``) and rank 0 writes samples.jsonl, in prompt order; rank 0 returns every path, the
     others none."""
     inputs = sample_inputs(job)

@@ -44,7 +44,7 @@ class TrainJob(Checked):
     )
     gpus: int = opt(
         1,
-        "train data-parallel in N processes, one per GPU (relaunches itself through torch.distributed.run; "
+        "train data-parallel in N processes, one per GPU (relaunches itself, one process per rank; "
         "--batch-size is per process: global batch = batch-size x N x grad-accum; see docs/parallel.md)",
         metavar="N",
         min=1,
