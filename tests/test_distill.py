@@ -88,7 +88,7 @@ def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
             output_dir=tmp_path / "run",
         )
     split = DistillConfig(steps=4, **{**FAST, "batch_size": 4, "grad_accum": 2})  # same 8, split differently
-    with pytest.raises(InputError, match=r"settings \(batch_size: 8 -> 4, grad_accum: default -> 2\)"):
+    with pytest.raises(InputError, match=r"settings \(batch_size: 8 -> 4, grad_accum: 1 -> 2\)"):
         distill(tiny_sd, prompts, config=split, output_dir=tmp_path / "run")
 
 

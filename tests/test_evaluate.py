@@ -477,13 +477,6 @@ def test_analyze_limit_beyond_the_heldout_set_is_one_line(tmp_path, monkeypatch,
     assert "held-out set has 512 prompts" in capsys.readouterr().err
 
 
-def test_the_eval_job_keeps_its_earlier_name():
-    """`EvalJob` was `EvalConfig`; code written for that name keeps working."""
-    from dicecfg.evaluation.evaluate import EvalConfig
-
-    assert EvalConfig is EvalJob and EvalConfig(limit=3) == EvalJob(limit=3)
-
-
 # ---- dice tune: the sharpener folder it records settings in (issue 33, rows 1-4, 7, 16) ------------------------
 WORLD_PROMPTS = "a red circle\na blue square\na green triangle\n"  # in the world's grammar
 

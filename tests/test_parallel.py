@@ -111,11 +111,11 @@ def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, 
     the images and the eval.json of one process, making only what was missing."""
     import shutil
 
-    from dicecfg.evaluation.evaluate import EvalConfig, run_eval
+    from dicecfg.evaluation.evaluate import EvalJob, run_eval
 
     one = tmp_path / "one"
     common = dict(model=str(tiny_sd_dir), methods=("unguided", "cfg"), steps=(2,), batch_size=2, device="cpu")
-    cfg = EvalConfig(prompts=tuple(prompts[:5]), out=str(one), plot=False, progress=False, **common)
+    cfg = EvalJob(prompts=tuple(prompts[:5]), out=str(one), plot=False, progress=False, **common)
     full = _one_process(run_eval, cfg)
     two = tmp_path / "two"
     shutil.copytree(one, two)
@@ -276,7 +276,10 @@ def test_the_launcher_forwards_signals_and_waits_for_its_workers(tmp_path):
         _wait_for([folder / "pid-0", folder / "pid-1"])
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == 128 + sig
-        assert {p.name for p in folder.glob("stopped-*")} == {f"stopped-0-{int(sig)}", f"stopped-1-{int(sig)}"}
+        assert {p.name for p in folder.glob("stopped-*")} == {
+            f"stopped-0-{int(sig)}",
+            f"stopped-1-{int(sig)}",
+        }
         assert all(_gone(int((folder / f"pid-{r}").read_text())) for r in (0, 1))
 
 

@@ -13,7 +13,7 @@ from dicecfg.cli import build_parser
 from dicecfg.errors import InputError
 from dicecfg.flags import from_flags
 from dicecfg.runs.folder import read_stats
-from dicecfg.training.config import LATER_OPTIONS, RECIPES, lr_at, recipe_config
+from dicecfg.training.config import RECIPES, lr_at, recipe_config
 from dicecfg.training.job import TrainJob
 from dicecfg.training.objective import sample_loss, x0_weight
 
@@ -28,9 +28,12 @@ def test_lr_schedule_warmup_and_cosine():
     assert {lr_at(const, s) for s in (0, 50, 99)} == {2e-4}
 
 
-def test_identity_keeps_old_runs_resumable_and_pins_the_schedule_length():
+def test_identity_holds_every_setting_and_pins_the_schedule_length():
     paper = DistillConfig().identity()
-    assert not set(LATER_OPTIONS) & set(paper) and "steps" not in paper  # old run.json files still match
+    assert {"arch", "lr_schedule", "warmup", "grad_accum", "time_edges"} <= set(
+        paper
+    )  # at their defaults too
+    assert "steps" not in paper  # a constant schedule can grow on resume
     ours = recipe_config("dicecfg").identity()
     assert ours["arch"] == "block" and ours["shared_timestep"] is False
     assert "steps" in ours  # a cosine schedule cannot grow on resume
@@ -129,6 +132,8 @@ def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompt
 
 
 def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts, tmp_path, capsys):
+    """A run of the paper's recipe resumed without --recipe paper names the settings that differ; a run of the
+    dicecfg recipe resumed with more steps says why its steps cannot grow (issue 33 row 18)."""
     from dicecfg.cli import main
 
     (tmp_path / "p.txt").write_text("\n".join(prompts))
@@ -139,8 +144,16 @@ def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts
     assert (
         main([*args, "--out", str(tmp_path / "run")]) == 2
     )  # dice train's default is now the dicecfg recipe
-    assert "add --recipe paper to resume it" in capsys.readouterr().err
+    assert "lr_schedule: 'constant' -> 'cosine'" in capsys.readouterr().err
     assert main([*args, "--recipe", "paper", "--steps", "2", "--out", str(tmp_path / "run")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ours")]) == 0
+    assert main([*args[:-1], "2", "--out", str(tmp_path / "ours")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "steps: 1 -> 2" in err
+        and "learning-rate schedule (lr_schedule=cosine" in err
+        and "--init-from" in err
+    )
 
 
 def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_path):

@@ -110,9 +110,6 @@ class EvalJob(Checked):
     progress: bool = opt(True, "progress bars", cli=False)
 
 
-EvalConfig = EvalJob  # the name of earlier versions, kept so that code written for them keeps working
-
-
 @dataclass
 class PromptSet:
     name: str

@@ -35,11 +35,12 @@ from ..runs.folder import (
     write_run_json,
 )
 from ..runs.guards import FiniteGuard, StopFlag, out_of_memory, run_lock
+from ..runs.jobs import on_rank_0
 from ..runs.parallel import Parallel
 from ..sampling.checks import check_memory, check_size, check_text, warn_truncated
 from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
-from .config import RECIPES, DistillConfig, compiles, lr_at
+from .config import DistillConfig, compiles, lr_at
 from .data import ImageCaptionFolder
 from .objective import Objective, autocast_for
 from .sources import ImageSource, TeacherSource, XtSource
@@ -49,10 +50,11 @@ COMPILE_NOTICE = (
     "dice train compiles the frozen denoiser for its first steps: a one-time wait of minutes (SD1.5 on an H100: "
     "about 4 min), then faster steps; --no-compile trains eager from the first step"
 )
-CONTENT_KEYS = (
-    "prompts_sha256",
-    "images_sha256",
-)  # recorded by newer versions: runs without them still resume
+STEPS_PINNED = (  # why a run with a learning-rate schedule cannot grow on resume (docs/reliability.md, 6)
+    "steps are part of this run's identity because its learning-rate schedule (lr_schedule={schedule}, "
+    "warmup={warmup}) is a function of the run's length: only a constant schedule without warm-up (--recipe "
+    "paper) can grow on resume; to train longer, start a new --out with --init-from {run_dir}."
+)
 
 
 def digest(texts: list[str]) -> str:
@@ -93,21 +95,14 @@ def distill(
         f"The checkpoint in {run_dir} is intact. A resume must keep the batch settings: start a new output "
         "folder with a smaller batch size and a larger grad_accum (the same global batch).",
     )
-    if par.world == 1:
-        check_run_folder(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with run_lock(run_dir), oom:
-            return _distill(pipe, prompts, config, images, run_dir, par)
     with contextlib.ExitStack() as stack:
-        err = None
-        if par.main:
-            try:
-                check_run_folder(run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(run_lock(run_dir))
-            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-                err = e
-        par.share_error(err)
+
+        def take_folder() -> None:  # rank 0 alone holds the run folder's lock
+            check_run_folder(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(run_dir))
+
+        on_rank_0(par, take_folder)
         with oom:
             return _distill(pipe, prompts, config, images, run_dir, par)
 
@@ -313,16 +308,9 @@ def _identity(pipe: Any, fam, cfg: DistillConfig, mode: str, prompts, images, fo
 
 def _write_run_json(pipe: Any, cfg: DistillConfig, run_dir: Path, identity: dict, par: Parallel) -> None:
     """Rank 0 writes (or checks, on a resume) run.json; a refusal is raised on every rank."""
-    err = None
-    if par.main:
-        try:
-            record = {**run_record(cfg), "base_revision": model_revision(pipe)}
-            write_run_json(run_dir, record, identity, added_later=CONTENT_KEYS)
-        except InputError as e:
-            err = _with_recipe_hint(e, run_dir, identity)
-        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-            err = e
-    par.share_error(err)
+    record = {**run_record(cfg), "base_revision": model_revision(pipe)}
+    why = {"steps": STEPS_PINNED.format(schedule=cfg.lr_schedule, warmup=cfg.warmup, run_dir=run_dir)}
+    on_rank_0(par, lambda: write_run_json(run_dir, record, identity, why=why))
 
 
 def _resume(ctx: Objective, sharpener: Sharpener, optimizer, run_dir: Path, par: Parallel) -> int:
@@ -409,24 +397,6 @@ def interval_of(pipe: Any, cfg: DistillConfig, steps: int = 20) -> dict[str, flo
     if not inside:
         return None
     return {"alpha": 1.0, "start": inside[0] / steps, "stop": (inside[-1] + 1) / steps}
-
-
-def _with_recipe_hint(e: InputError, run_dir: Path, identity: dict[str, Any]) -> InputError:
-    """A refused resume of a run made with the paper's settings by a command that now uses another recipe (runs
-    from before `dice train --recipe` existed): say which flag resumes it."""
-
-    try:
-        old = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("identity", {})
-    except (OSError, ValueError):
-        return e
-    paper = DistillConfig()
-
-    def is_paper(ident: dict[str, Any]) -> bool:  # a setting left out of an identity is at its default
-        return all(ident.get(k, getattr(paper, k)) == getattr(paper, k) for k in RECIPES["dicecfg"])
-
-    if is_paper(old) and not is_paper(identity):
-        return InputError(f"{e} That run used the paper's recipe: add --recipe paper to resume it.")
-    return e
 
 
 def _bookkeeping(
