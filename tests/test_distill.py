@@ -162,7 +162,7 @@ def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch
         assert x.get("samples_per_s") == y.get("samples_per_s")  # counts the whole batch of an update
     ident1 = json.loads((tmp_path / "accum1" / "run.json").read_text())["identity"]
     ident3 = json.loads((tmp_path / "accum3" / "run.json").read_text())["identity"]
-    assert "grad_accum" not in ident1 and ident3["grad_accum"] == 3  # runs from before grad_accum resume
+    assert ident1["grad_accum"] == 1 and ident3["grad_accum"] == 3  # every setting is recorded
 
 
 def test_compiled_denoiser_trains_like_eager_and_may_be_toggled_on_resume(
