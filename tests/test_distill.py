@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -277,3 +278,20 @@ def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog)
     distill(tiny_sd, None, config=cfg, images=root, output_dir=tmp_path / "run")  # trains on what is usable
     with pytest.raises(InputError, match="none of its 3 captioned images can be read"):
         ImageCaptionFolder(image_folder_with_faults(tmp_path / "allbad", 0, bad=2), 16)
+
+
+def test_metadata_lines_that_are_not_objects_are_one_line(tmp_path, capsys):
+    """Issue 31 item 4: `5`, `null`, a list or a record without file_name in metadata.jsonl is an InputError
+    naming file:line (a TypeError traceback before), through the one strict JSON-lines reader."""
+    from dicecfg.training.data import ImageCaptionFolder
+
+    root = image_folder_with_faults(tmp_path / "imgs", 2)
+    meta = root / "metadata.jsonl"
+    good = meta.read_text()
+    for bad, words in (("5", "expected a JSON object"), ("null", "expected a JSON object"),
+                       ("[1, 2]", "expected a JSON object"), ('{"text": "a"}', "missing 'file_name'"),
+                       ("{oops", "invalid JSON")):  # fmt: skip
+        meta.write_text(good + bad + "\n")
+        n = len(good.splitlines()) + 1
+        with pytest.raises(InputError, match=rf"metadata.jsonl:{n}: {re.escape(words)}"):
+            ImageCaptionFolder(root, 16)

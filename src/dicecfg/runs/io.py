@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,23 @@ def check_own_log(
         return
     if not any(ours(rec) for _, rec in read_jsonl(path, warn=False)):
         raise InputError(f"{path} was not written by `dice {command}` (no record of it): {fix}.")
+
+
+def json_records(text: str, where: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each line of a JSON-lines input file's ``text`` (``where``: its name in errors),
+    read strictly: blank lines are skipped; a line that is not JSON, or JSON that is not an object (``5``,
+    ``null``, a list), is an ``InputError`` naming ``file:line``. For the append-only logs dicecfg writes
+    itself, where a line cut by a kill is expected, see :func:`read_jsonl`."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{where}:{n}: invalid JSON ({getattr(e, 'msg', e)}).") from e
+        if not isinstance(record, dict):
+            raise InputError(f"{where}:{n}: expected a JSON object per line (got {line.strip()[:40]}).")
+        yield n, record
 
 
 def read_jsonl(
