@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,14 @@ from ..runs.io import (
     check_own_files,
     read_record,
 )
-from ..runs.jobs import job_pipeline, on_rank_0, seeds_of
+from ..runs.jobs import job_pipeline, on_rank_0
 from ..runs.parallel import Parallel
 from ..sampling.checks import SEED_MAX
 from ..sampling.fast import FAST_CHOICES
 from ..sampling.generate import generate
 from ..sampling.methods import CFG, PEER_STOP, SPELLING_HELP, Dice, make_method, parse_method
 from .images import Row, ensure_images, fast_paths, load_images, meta_mean, seconds_per_image
+from .prompt_sets import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -110,35 +111,15 @@ class EvalJob(Checked):
     progress: bool = opt(True, "progress bars", cli=False)
 
 
-@dataclass
-class PromptSet:
-    name: str
-    prompts: list[str]
-    seeds: list[int]
-    specs: list | None = None  # world Specs when every prompt is in the grammar
-    scenes: list | None = None  # world Scenes the prompts were written from (held-out set)
-    extra: dict = field(default_factory=dict)
-
-
 def prompt_set(cfg: EvalJob) -> PromptSet:
     """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
-    from ..metrics.world import world_specs
-
     if cfg.limit < 1:
         raise InputError(f"--limit must be >= 1 (got {cfg.limit}).")
     if cfg.prompts or cfg.prompts_file:
         from ..sampling.prompts import collect_prompts
 
-        prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
-        return PromptSet("prompts", prompts, seeds_of(cfg.seed, range(len(prompts))), world_specs(prompts))
-    items = heldout_items(cfg.limit)
-    return PromptSet(
-        "heldout",
-        [it.prompt for it in items],
-        [it.seed for it in items],
-        [it.spec for it in items],
-        [it.scene for it in items],
-    )
+        return PromptSet.given(collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit], cfg.seed)
+    return PromptSet.of_world(heldout_items(cfg.limit), "heldout")
 
 
 def heldout_items(limit: int) -> list:

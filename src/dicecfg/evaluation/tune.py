@@ -44,10 +44,11 @@ from ..runs.io import (
     read_jsonl,
     read_record,
 )
-from ..runs.jobs import job_pipeline, seeds_of, stderr
+from ..runs.jobs import job_pipeline, stderr
 from ..sampling.generate import generate
 from ..sampling.methods import CFG, Dice, Method, guided_steps
 from ..sharpener import Sharpener
+from .prompt_sets import PromptSet
 
 log = logging.getLogger(__name__)
 SEED_SET_STRIDE = 10_000_000  # seed set k samples item i with its seed + k * SEED_SET_STRIDE
@@ -93,30 +94,15 @@ class TuneJob(Checked):
     progress: bool = opt(True, "progress bars", cli=False)
 
 
-@dataclass
-class Prompts:
-    """Validation prompts and their seeds, with the world's specs and scenes when the oracle can judge them."""
-
-    prompts: list[str]
-    seeds: list[int]
-    specs: list | None = None
-    scenes: list | None = None
-
-
-def validation_prompts(job: TuneJob) -> Prompts:
+def validation_prompts(job: TuneJob) -> PromptSet:
     """The prompts of a tuning run: ``--prompts``, else the shapes world's validation set."""
-    from ..metrics.world import world_specs
-
     if job.prompts_file:
         from ..sampling.prompts import collect_prompts
 
-        prompts = collect_prompts((), job.prompts_file)[: job.limit]
-        return Prompts(prompts, seeds_of(job.seed, range(len(prompts))), world_specs(prompts))
+        return PromptSet.given(collect_prompts((), job.prompts_file)[: job.limit], job.seed)
     from ..world import validation_set
 
-    items = validation_set(job.limit)
-    return Prompts([it.prompt for it in items], [it.seed for it in items], [it.spec for it in items],
-                   [it.scene for it in items])  # fmt: skip
+    return PromptSet.of_world(validation_set(job.limit), "validation")
 
 
 def candidates(
@@ -203,7 +189,7 @@ def ours(record: dict[str, Any]) -> bool:
 def measure(
     pipe: Any,
     method: Method,
-    ps: Prompts,
+    ps: PromptSet,
     seeds: Sequence[int],
     *,
     steps: int,
@@ -234,7 +220,7 @@ def measure(
 def score_rows(
     pipe: Any,
     methods: dict[str, Method],
-    ps: Prompts,
+    ps: PromptSet,
     *,
     seed_sets: int = 1,
     steps: int = 20,
@@ -303,7 +289,7 @@ def best_of(rows: Sequence[dict[str, Any]], methods: dict[str, Method]) -> dict[
 def tune(
     pipe: Any,
     sharpener: Sharpener,
-    ps: Prompts,
+    ps: PromptSet,
     *,
     alphas: Sequence[float] = TuneJob.alphas,  # the defaults live once, in TuneJob
     stops: Sequence[float] = TuneJob.stops,
@@ -446,7 +432,7 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
             raise InputError(
                 "dice tune on a model of your own needs --prompts FILE (validation prompts of it)."
             )
-        ps.specs = ps.scenes = None
+        ps = ps.without_oracle()
     place = Path(job.out) if job.out else folder
     done = Progress(place / Progress.NAME if place else None, progress_identity(job, pipe, sharp, ps))
     result = tune(pipe, sharp, ps, alphas=job.alphas, stops=job.stops, seed_sets=job.seed_sets, steps=job.steps,
@@ -468,7 +454,7 @@ def run_tune(job: TuneJob) -> dict[str, Any]:
     return result
 
 
-def progress_identity(job: TuneJob, pipe: Any, sharp: Sharpener, ps: Prompts) -> dict:
+def progress_identity(job: TuneJob, pipe: Any, sharp: Sharpener, ps: PromptSet) -> dict:
     """What a measurement depends on: measurements of another identity are not resumed."""
     from ..pipeline import model_id
 
