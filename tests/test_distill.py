@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, FAST_FAULTS, ckpt_step, image_folder_with_faults, same_weights
+from helpers import FAST, FAST_FAULTS, ckpt_step, image_folder_with_faults, same_weights
 from PIL import Image
 
 from dicecfg import DistillConfig, Sharpener, distill
@@ -20,6 +20,7 @@ def _eval_losses(run_dir):
     return losses
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     sharp = distill(tiny_sd, prompts, config=DistillConfig(steps=40, **FAST), output_dir=tmp_path / "run")
     first, last = _eval_losses(tmp_path / "run")[0], _eval_losses(tmp_path / "run")[-1]
@@ -32,6 +33,7 @@ def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     assert sharp.config["base_revision"] == run["base_revision"] == "unknown"  # a plain local folder
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_base_revision_of_a_hub_snapshot(tiny_sd_dir, tmp_path):
     """A pipeline read from a hub-cache snapshot folder records that snapshot's commit."""
     import shutil
@@ -56,6 +58,7 @@ def _image_folder(root, prompts, n=40):
     return root
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_image_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     folder = _image_folder(tmp_path / "imgs", prompts)
     distill(tiny_sd, None, config=DistillConfig(steps=80, **FAST), images=folder, output_dir=tmp_path / "run")
@@ -63,6 +66,7 @@ def test_image_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_interrupted_resume_equals_uninterrupted(tiny_sd, prompts, tmp_path):
     cfg = DistillConfig(steps=20, **{**FAST, "checkpoint_every": 5})
     full = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "full")
@@ -79,6 +83,7 @@ def test_interrupted_resume_equals_uninterrupted(tiny_sd, prompts, tmp_path):
     assert steps == sorted(set(steps)) == [5, 10, 15, 20]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
     distill(tiny_sd, prompts, config=DistillConfig(steps=2, **FAST), output_dir=tmp_path / "run")
     with pytest.raises(InputError, match="different settings.*lr"):
@@ -93,6 +98,7 @@ def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
         distill(tiny_sd, prompts, config=split, output_dir=tmp_path / "run")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
     sharp = distill(
         tiny_sd, prompts, config=DistillConfig(steps=3, **{**FAST, "loss": "l2"}), output_dir=tmp_path / "r"
@@ -107,6 +113,7 @@ def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
         distill(tiny_sd, None, config=DistillConfig(steps=1, **FAST), output_dir=tmp_path / "x")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
     cfg = DistillConfig(steps=1, **FAST)
     torch.manual_seed(123)
@@ -116,6 +123,7 @@ def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
     assert same_weights(a, b)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
     cfg = DistillConfig(
         steps=2, **{**FAST, "validate_every": 1}, validation_prompts=("a red circle", "a blue square")
@@ -125,6 +133,7 @@ def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
     assert grids == ["step_0000001.png", "step_0000002.png"]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch):
     """batch 2 x grad_accum 3 = batch 6: the same gradients (one all-reduce per update), weights and logs."""
     import importlib
@@ -166,6 +175,7 @@ def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch
     assert ident1["grad_accum"] == 1 and ident3["grad_accum"] == 3  # every setting is recorded
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_compiled_denoiser_trains_like_eager_and_may_be_toggled_on_resume(
     cheap_compile, tiny_sd, prompts, tmp_path
 ):
@@ -213,6 +223,7 @@ def test_a_half_precision_denoiser_runs_in_its_own_dtype_inside_the_runs_autocas
             assert torch.is_autocast_enabled("cpu") is autocast_inside, dtype
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_nan_loss_is_read_from_the_device_only_when_something_is_kept(
     tiny_sd, prompts, tmp_path, monkeypatch
 ):
@@ -267,6 +278,7 @@ def test_images_without_captions_skipped_with_count(tmp_path, caplog):
     assert any("skipped 2 images without a caption" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog):
     root = image_folder_with_faults(tmp_path / "imgs", 8, modes=("RGB", "RGBA", "L", "P", "LA"), bad=2)
     with caplog.at_level(logging.WARNING, logger="dicecfg"):

@@ -25,6 +25,7 @@ def sharp_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     cfg = EvalJob(
@@ -100,6 +101,7 @@ def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, ca
             assert r["psnr"] == pytest.approx(r1[r["key"]]["psnr"])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_errors_are_clear(tiny_sd_dir, tmp_path, capsys):
     code = main(
         [
@@ -165,7 +167,7 @@ def test_world_metrics_on_renders():
 
 
 def _tiny_clip(path, tmp_path):
-    from conftest import write_clip_tokenizer
+    from helpers import write_clip_tokenizer
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     write_clip_tokenizer(tmp_path / "cliptok")
@@ -256,6 +258,7 @@ def test_fid_with_stand_in_extractor(tmp_path):
     assert frechet_from_stats(mu, 4 * sigma, mu, sigma) == pytest.approx(2.0)  # tr(4I + I - 2*2I) = 2
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_path, capsys):
     from dicecfg.evaluation.analysis import analyze, token_groups
     from dicecfg.sharpener import Sharpener
@@ -300,6 +303,7 @@ def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_pat
                  "--device", "cpu", "--out", str(tmp_path / "an")]) == 0  # its own folder: written again  # fmt: skip
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_analyze_never_replaces_a_users_own_files(tiny_sd_dir, sharp_dir, tmp_path, capsys):
     """The output-folder rule: analysis.md that `dice analyze` did not write is refused, by name, before the
     model loads, and stays as it was."""
@@ -391,6 +395,7 @@ def _eval_args(tiny_sd_dir, out, *extra):
             "--device", "cpu", "--no-plot", "--out", str(out), *extra]  # fmt: skip
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -418,6 +423,7 @@ def test_eval_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, capsys)
     )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_repairs_damaged_images_and_meta_lines(tiny_sd_dir, tmp_path, capsys, caplog):
     out = tmp_path / "e"
     assert main(_eval_args(tiny_sd_dir, out, "--cfg-scales", "5", "5.0")) == 0
@@ -443,6 +449,7 @@ def test_eval_repairs_damaged_images_and_meta_lines(tiny_sd_dir, tmp_path, capsy
     assert json.loads(lines[-1])["index"] == 0  # the new record starts a line of its own
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_heldout_limit_is_bounded_before_work(monkeypatch, tmp_path, capsys):
     from dicecfg.evaluation.evaluate import prompt_set
 
@@ -471,6 +478,7 @@ def test_row_folders_name_values_exactly_and_keep_old_names(sharp_dir):
     assert again[0].key == keys[1]  # the same value, the same folder: it resumes
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_analyze_limit_beyond_the_heldout_set_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
     assert main(["-q", "analyze", "--limit", "513", "--out", str(tmp_path / "a")]) == 2
@@ -499,6 +507,7 @@ def fp16_sharp(sharp_dir, tmp_path):
     return folder
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_tune_records_in_place_keeping_weights_card_and_history(tiny_sd_dir, fp16_sharp, tmp_path, capsys):
     """Rows 1-2: only config.json and the card's marked section change, through temporary files and renames
     (never save_pretrained, which removes config.json first); the fp16 weights stay byte for byte; the user's
@@ -541,6 +550,7 @@ def test_tune_records_in_place_keeping_weights_card_and_history(tiny_sd_dir, fp1
     assert {p.name: p.read_bytes() for p in fp16_sharp.iterdir()} == before  # no temp file, nothing changed
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_tune_never_writes_the_shipped_sharpener_or_a_folder_it_cannot_write(
     tiny_sd_dir, sharp_dir, tmp_path, capsys, monkeypatch
 ):
@@ -578,6 +588,7 @@ def test_tune_never_writes_the_shipped_sharpener_or_a_folder_it_cannot_write(
     assert main(args) == 0 and (tmp_path / "t" / "tune.json").is_file()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_an_interrupted_tune_resumes_from_the_rows_it_measured(tiny_sd_dir, sharp_dir, tmp_path, monkeypatch):
     """Row 4: rows measured before an interrupt are read back from tune_rows.jsonl and not sampled again; the
     result equals an uninterrupted run's."""
@@ -609,6 +620,7 @@ def test_an_interrupted_tune_resumes_from_the_rows_it_measured(tiny_sd_dir, shar
     assert resumed["rows"] == whole["rows"] and resumed["best"] == whole["best"]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_tune_measures_only_settings_that_act_and_the_oracle_only_on_the_world(
     tiny_sd_dir, sharp_dir, tmp_path, capsys, caplog
 ):
@@ -628,6 +640,7 @@ def test_tune_measures_only_settings_that_act_and_the_oracle_only_on_the_world(
     assert len(err) == 1 and "no stop gives a guided step" in err[0]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_folder_parts_in_the_wrong_shape_are_one_line(tiny_sd_dir, tmp_path, capsys, monkeypatch):
     """Issue 33 row 14: `images` as a file, a row folder as a file, a meta.jsonl as a folder, an `images/` it may
     not write in: one line each, before the model loads; never an OSError traceback."""
@@ -666,6 +679,7 @@ def test_eval_folder_parts_in_the_wrong_shape_are_one_line(tiny_sd_dir, tmp_path
     assert err.count("\n") == 1 and "cannot write in" in err and "Permission denied" in err
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_makes_again_images_without_a_record(tiny_sd_dir, tmp_path):
     """Issue 33 row 10: an image a stopped process wrote without its meta.jsonl line is made again (same seed,
     same image) and gets its record."""

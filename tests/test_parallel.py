@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from dicecfg import DistillConfig, Sharpener, distill
@@ -16,6 +17,7 @@ ARGS = ["--teacher-pool", "16", "--teacher-steps", "3", "--eval-pairs", "8", "--
 ARGS += ["--log-every", "2", "--eval-every", "0", "--checkpoint-every", "2", "--steps", "4"]
 
 
+@pytest.mark.integration  # processes of their own
 def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, prompts, tmp_path):
     pfile, run = tmp_path / "prompts.txt", tmp_path / "run2"
     pfile.write_text("\n".join(prompts) + "\n")
@@ -83,6 +85,7 @@ def _one_process(fn, *args):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.integration  # processes of their own
 def test_sample_on_two_ranks_equals_one_process(tiny_sd_dir, prompts, tmp_path):
     from dicecfg.sampling.job import SampleJob, run_sample
 
@@ -106,6 +109,7 @@ def test_sample_on_two_ranks_equals_one_process(tiny_sd_dir, prompts, tmp_path):
     assert lines(one) == lines(two) and [r["seed"] for r in lines(two)] == [3, 4, 5, 6, 7]
 
 
+@pytest.mark.integration  # processes of their own
 def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, tmp_path):
     """An interrupted eval (images missing from both ranks' shares, no eval.json) finished by 2 processes gives
     the images and the eval.json of one process, making only what was missing."""
@@ -139,6 +143,7 @@ def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, 
     ]  # only what was missing (a finished row makes none: eval tests)
 
 
+@pytest.mark.integration  # processes of their own
 def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
     """benchmarks/parallel_sampling/study.py (made for 2 GPUs) in a tiny CPU setting: rows, ratios, same images."""
     import importlib.util
@@ -159,6 +164,7 @@ def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
     assert json.loads((tmp_path / "study.json").read_text())["rows"] == rows
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bad_input_with_gpus_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     """`dice sample --gpus 2` and `dice eval --gpus 2` check their input before starting processes: one line,
     exit 2, no process started."""
@@ -264,6 +270,7 @@ def _wait_for(paths, seconds=30):
         time.sleep(0.05)
 
 
+@pytest.mark.integration  # processes of their own
 def test_the_launcher_forwards_signals_and_waits_for_its_workers(tmp_path):
     """SIGTERM or SIGINT to the launcher reaches every worker once; it waits for them to stop (a checkpoint's
     time) and exits 128 + the signal; no worker outlives it."""
@@ -283,6 +290,7 @@ def test_the_launcher_forwards_signals_and_waits_for_its_workers(tmp_path):
         assert all(_gone(int((folder / f"pid-{r}").read_text())) for r in (0, 1))
 
 
+@pytest.mark.integration  # processes of their own
 def test_a_dead_worker_is_named_with_its_rank_and_the_others_stop(tmp_path):
     proc = _launch(tmp_path, die="1")
     _, err = proc.communicate(timeout=60)
@@ -291,6 +299,7 @@ def test_a_dead_worker_is_named_with_its_rank_and_the_others_stop(tmp_path):
     assert (tmp_path / "stopped-0-15").exists() and _gone(int((tmp_path / "pid-0").read_text()))
 
 
+@pytest.mark.integration  # processes of their own
 def test_sample_on_two_ranks_after_a_dead_worker_is_one_line_and_resumes(tiny_sd_dir, prompts, tmp_path):
     """A worker of `dice sample --gpus 2` killed mid-run: one line naming its rank, exit 2; the same command
     again describes every image in samples.jsonl (records of images the dead run wrote are recovered)."""

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_RECIPE
+from helpers import FAST_RECIPE
 
 from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline
 from dicecfg.cli import build_parser
@@ -105,6 +105,7 @@ def test_x0_weight_is_the_error_of_the_implied_x0():
             assert torch.allclose(got, want, rtol=1e-4), (kind, loss)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_relative_loss_is_one_for_the_untrained_sharpener(tiny_sd, prompts, tmp_path):
     # before the first update the student is the unguided model: it misses all of CFG's correction
     cfg = DistillConfig(steps=1, loss_weighting="relative", **FAST_RECIPE)
@@ -113,6 +114,7 @@ def test_relative_loss_is_one_for_the_untrained_sharpener(tiny_sd, prompts, tmp_
     assert first["loss"] == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("family", ["sd", "sdxl", "pixart"])
 def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompts, tmp_path):
     pipe = load_pipeline(request.getfixturevalue(f"tiny_{family}_dir"))
@@ -131,6 +133,7 @@ def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompt
     assert np.array_equal(images(sharp), images(loaded))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts, tmp_path, capsys):
     """A run of the paper's recipe resumed without --recipe paper names the settings that differ; a run of the
     dicecfg recipe resumed with more steps says why its steps cannot grow (issue 33 row 18)."""
@@ -156,6 +159,7 @@ def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts
     )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_path):
     cfg = dict(FAST_RECIPE, lr=2e-3, eval_every=2)
     distill(tiny_sd, prompts, config=DistillConfig(steps=2, **cfg), output_dir=tmp_path / "a")
@@ -173,10 +177,11 @@ def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # refused before any file
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_init_from_a_sharpener_of_another_model_says_so(tiny_sd, tiny_pixart_dir, prompts, tmp_path):
     """A sharpener made for another base model (another family and text width) cannot be fixed by the network
     options: the refusal says what differs and that it was trained for another model."""
-    from conftest import random_sharpener
+    from helpers import random_sharpener
 
     random_sharpener(load_pipeline(tiny_pixart_dir)).save_pretrained(tmp_path / "pixart")
     cfg = DistillConfig(steps=1, init_from=str(tmp_path / "pixart"), **FAST_RECIPE)

@@ -256,16 +256,21 @@ def evaluate(
     """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot). In one of
     several processes (``--gpus N``) each makes its share of the images and rank 0 alone scores and writes
     (the others return None). ``rows``: ``make_rows(cfg, sharpeners)`` when the caller has them."""
-    from ..runs.folder import versions
-    from .report import eval_table, plot_nfe
-
-    out = Path(cfg.out)
-    if rows is None:
-        rows = make_rows(cfg, sharpeners, notice=False)
+    rows = rows if rows is not None else make_rows(cfg, sharpeners, notice=False)
     par = Parallel.current(pipe._execution_device)
-    made = {}
-    for row in rows:
-        made[row.key] = ensure_images(
+    made = make_images(pipe, cfg, ps, rows, par)
+    if not par.main:
+        return None
+    results = score(cfg, ps, rows, made, real)
+    return write_report(cfg, ps, results)
+
+
+def make_images(pipe, cfg: EvalJob, ps: PromptSet, rows: Sequence[Row], par: Parallel) -> dict[str, int]:
+    """Every row's missing images (this rank's share); row key -> how many were made (by every rank, on rank
+    0)."""
+    out = Path(cfg.out)
+    return {
+        row.key: ensure_images(
             pipe,
             row,
             ps.prompts,
@@ -277,40 +282,56 @@ def evaluate(
             progress=cfg.progress and par.main,
             fast=cfg.fast,
             par=par,
-        )
-    if not par.main:
-        return None
+        )  # fmt: skip
+        for row in rows
+    }
+
+
+def score(cfg: EvalJob, ps: PromptSet, rows: Sequence[Row], made: dict[str, int], real=None) -> list[dict]:
+    """The result of every row, from its images on disk: what it is, what it cost, every metric that applies
+    (fidelity against the reference row at the same step count, read once per step count)."""
+    out = Path(cfg.out)
     refs: dict[int, np.ndarray] = {}
     results = []
     for row in rows:
-        folder = out / "images" / row.key
-        images = load_images(folder, ps.prompts, ps.seeds)
+        images = load_images(out / "images" / row.key, ps.prompts, ps.seeds)
         ref_row = reference_row(cfg, rows, row.steps)
         if ref_row is not None and row.steps not in refs:
+            same = ref_row.key == row.key
             refs[row.steps] = (
-                images
-                if ref_row.key == row.key
-                else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
+                images if same else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
             )
-        nfe = meta_mean(folder, len(images), "nfe")
-        results.append(
-            {
-                "label": row.label,
-                "method": row.method.name,
-                "spec": row.method.spec,
-                "setting": row.method.setting,
-                "key": row.key,
-                "params": row.params,
-                "steps": row.steps,
-                "nfe": row.nfe if nfe is None else (int(nfe) if nfe.is_integer() else round(nfe, 2)),
-                "n": len(images),
-                "generated": made[row.key],
-                "seconds_per_image": seconds_per_image(folder, len(images)),
-                "fast": fast_paths(folder, len(images)),
-                **row_metrics(images, ps, refs.get(row.steps), real),
-            }
-        )
+        result = row_record(row, out / "images" / row.key, len(images), made[row.key])
+        results.append(result | row_metrics(images, ps, refs.get(row.steps), real))
         log.info("%s: %s", row.key, {k: v for k, v in results[-1].items() if isinstance(v, float)})
+    return results
+
+
+def row_record(row: Row, folder: Path, n: int, generated: int) -> dict[str, Any]:
+    """What a row is and what its images cost (NFE and seconds as measured, from meta.jsonl)."""
+    nfe = meta_mean(folder, n, "nfe")
+    return {
+        "label": row.label,
+        "method": row.method.name,
+        "spec": row.method.spec,
+        "setting": row.method.setting,
+        "key": row.key,
+        "params": row.params,
+        "steps": row.steps,
+        "nfe": row.nfe if nfe is None else (int(nfe) if nfe.is_integer() else round(nfe, 2)),
+        "n": n,
+        "generated": generated,
+        "seconds_per_image": seconds_per_image(folder, n),
+        "fast": fast_paths(folder, n),
+    }
+
+
+def write_report(cfg: EvalJob, ps: PromptSet, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """eval.json (with the config and versions), eval.md and the plot; returns the report."""
+    from ..runs.folder import versions
+    from .report import eval_table, plot_nfe
+
+    out = Path(cfg.out)
     report = {
         "prompt_set": ps.name,
         "n": len(ps.prompts),

@@ -404,8 +404,8 @@ def sharpener_folder(job: TuneJob, name: str) -> Path:
         )
     fix = "copy the folder somewhere you can write and pass that --sharpener, or measure only with --no-write"
     check_folder_slot(folder, fix=fix)
-    for name in ("config.json", "README.md"):
-        check_file_slot(folder / name, fix=fix)
+    for file in ("config.json", "README.md"):
+        check_file_slot(folder / file, fix=fix)
     check_own_log(folder / Progress.NAME, ours, command="tune", fix="move it away")
     return folder
 
