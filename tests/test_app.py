@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_sharpener
+from helpers import random_sharpener
 
 from dicecfg import Sharpener, generate, load_pipeline
 from dicecfg.app.compare import SHOWN, Request, Shot, compare, judge, panels
@@ -77,6 +77,7 @@ def test_requests_are_normalised():
     assert isinstance(r.seed, int) and isinstance(r.steps, int)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_compare_is_generate_for_each_method_from_one_seed(tiny_sd):
     sharp = random_sharpener(tiny_sd)
     shots = compare(tiny_sd, sharp, Request("a red circle", "a blue square", seed=4, steps=10))
@@ -102,6 +103,7 @@ def test_compare_is_generate_for_each_method_from_one_seed(tiny_sd):
     assert not reads_shapes_world(tiny_sd)  # 16-px images: no oracle verdicts
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_oracle_verdicts_name_what_is_wrong(tiny_sd):
     from dicecfg.world import Oracle, heldout_set, render
 
@@ -121,6 +123,7 @@ def test_oracle_verdicts_name_what_is_wrong(tiny_sd):
     assert none.verdict is None and "oracle" not in none.caption
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_sharpener_for_another_model_stops_serve_before_it_starts(tiny_sd_dir, capsys):
     t0 = time.perf_counter()
     assert (
@@ -136,6 +139,7 @@ def test_a_sharpener_for_another_model_stops_serve_before_it_starts(tiny_sd_dir,
     assert time.perf_counter() - t0 < 60
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_serve_refuses_unusable_recorded_settings_at_start(tiny_sd_dir, tmp_path, capsys, monkeypatch):
     """A sharpener whose config.json records settings it cannot sample with (here a bad entry for negative
     prompts) stops `dice serve` with one line before the model loads, instead of failing every request."""
@@ -150,6 +154,7 @@ def test_serve_refuses_unusable_recorded_settings_at_start(tiny_sd_dir, tmp_path
     assert err.startswith('dice: error: config.json: "sampling"."negative" must be an object')
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_the_alpha_of_a_request_acts_on_every_image_and_panels_say_what_ran(tiny_sd):
     """The page's alpha slider starts at the recorded alpha: there, DICE is the sharpener's own settings; moved,
     it acts on images with a negative prompt too. A panel whose interval has no step at the request's count is
@@ -165,6 +170,7 @@ def test_the_alpha_of_a_request_acts_on_every_image_and_panels_say_what_ran(tiny
     assert panels(sharp, Request(PROMPT, steps=9))["peer"] == Unguided()  # int(0.1 * 9) = 0 guided steps
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_the_queue_is_bounded_and_inputs_reach_the_apps_own_check(tiny_sd):
     pytest.importorskip("gradio", reason="dice serve needs gradio: pip install -e '.[app]'")
     from dicecfg.app.ui import QUEUE_SIZE, build_app
@@ -236,6 +242,7 @@ def mini():
     return load_pipeline(), Sharpener.from_pretrained("mini")
 
 
+@pytest.mark.integration  # a server process and a browser
 def test_serve_answers_and_binds_to_this_machine_only(server):
     url, seconds, _ = server
     print(f"dice serve answered after {seconds:.1f} s")
@@ -248,6 +255,7 @@ def test_serve_answers_and_binds_to_this_machine_only(server):
             pass
 
 
+@pytest.mark.integration  # a server process and a browser
 def test_compare_endpoint_through_gradio_client(server, mini, tmp_path):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -315,6 +323,7 @@ def browser(tmp_path):
     driver.quit()
 
 
+@pytest.mark.integration  # a server process and a browser
 def test_page_in_headless_chromium(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -352,6 +361,7 @@ def test_page_in_headless_chromium(server, browser, tmp_path):
     )  # nothing from elsewhere
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("port", ["70000", "-1", "0"])
 def test_a_port_out_of_range_is_refused_when_parsed(port, capsys):
     assert main(["-q", "serve", "--port", port]) == 2  # OverflowError or httpx.ConnectError before

@@ -9,6 +9,7 @@ from dicecfg.cli import main
 from dicecfg.evaluation.report import bench_table
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bench_cpu_tiny_pipeline_and_resume(tiny_sd_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(
@@ -70,6 +71,7 @@ def test_bench_cpu_tiny_pipeline_and_resume(tiny_sd_dir, tmp_path, capsys):
     assert "| 3 | 2 |" in bench_table(rows2)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bench_rejects_unknown_arch():
     from dicecfg.errors import InputError
 

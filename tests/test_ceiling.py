@@ -26,6 +26,7 @@ CFG = dict(
 )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_optimum_lowers_the_heldout_loss_and_reports_every_row(tiny_sd, prompts, tmp_path):
     report = ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "c", config=CeilingConfig(**CFG))
     rows = {r["row"]: r for r in report.rows}
@@ -42,6 +43,7 @@ def test_optimum_lowers_the_heldout_loss_and_reports_every_row(tiny_sd, prompts,
     assert torch.all(edits[:, 0] == 0) and edits[:, 1:].abs().sum() > 0  # token 0 (<SOS>) is kept
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_interrupted_ceiling_resumes_to_the_same_edits(tiny_sd, prompts, tmp_path, monkeypatch):
     ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "full", config=CeilingConfig(**CFG))
     real, calls = ceiling_module._Batch.loss, {"n": 0}
@@ -80,6 +82,7 @@ def test_interrupted_ceiling_resumes_to_the_same_edits(tiny_sd, prompts, tmp_pat
     assert again.rows == report.rows
 
 
+@pytest.mark.integration  # the mini model end to end
 def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
     args = ["--limit", "2", "--steps", "2", "--pool", "1", "--draws", "1", "--eval-draws", "1"]
     args += ["--teacher-steps", "2", "--num-inference-steps", "2", "--device", "cpu", "--out", str(tmp_path)]
@@ -101,6 +104,7 @@ def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
     assert "must be <= 512" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_ceiling_never_replaces_files_it_did_not_write(tmp_path, capsys):
     args = ["-q", "ceiling", "--limit", "1", "--steps", "1", "--device", "cpu", "--out"]
     for theirs in (("grid.png", "ceiling.json"), ("demo.json", "grid.png")):  # the user's; a demo's folder
@@ -115,6 +119,7 @@ def test_ceiling_never_replaces_files_it_did_not_write(tmp_path, capsys):
         assert all((out / n).read_text() == f"my {n}\n" for n in theirs)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_damaged_ceiling_files_are_named_with_a_remedy(tiny_sd, prompts, tmp_path):
     from safetensors.torch import load, save_file
 

@@ -55,6 +55,7 @@ def test_every_flag_of_every_command_has_help():
     assert "(default: 0.0002)" in sub.choices["train"].format_help()  # the default comes from DistillConfig
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_train_then_sample_end_to_end(tiny_sd_dir, prompts, tmp_path):
     pfile = tmp_path / "prompts.txt"
     pfile.write_text("\n".join(prompts) + "\n\n")
@@ -118,6 +119,7 @@ def test_train_then_sample_end_to_end(tiny_sd_dir, prompts, tmp_path):
     assert img.shape == (16, 16, 3)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_errors_are_one_line_exit_2(tiny_sd_dir, tmp_path, capsys):
     code = main(
         [
@@ -160,6 +162,7 @@ def test_errors_are_one_line_exit_2(tiny_sd_dir, tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_prompts_that_are_not_utf8_fail_before_any_work(tiny_sd_dir, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a red circle\n")
     bad = "a red \udcff circle"  # how Python receives the argument bytes b"a red \xff circle"
@@ -180,6 +183,7 @@ def test_prompts_that_are_not_utf8_fail_before_any_work(tiny_sd_dir, tmp_path, c
     assert not (tmp_path / "s1").exists() and not (tmp_path / "run").exists()  # the run never started
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_hub_id_without_network_says_so(tmp_path, monkeypatch, capsys):
     from diffusers import DiffusionPipeline
 
@@ -216,6 +220,7 @@ def test_a_hub_id_without_network_says_so(tmp_path, monkeypatch, capsys):
         (["sample", "--guidance-scale", "nan"], lambda: SampleJob(guidance_scale=float("nan"))),
     ],
 )
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_bad_value_from_python_fails_as_on_the_command_line(argv, make, tmp_path, capsys):
     """Configs and jobs check their values when they are made: the Python API refuses what the CLI refuses,
     with the same one line."""
@@ -229,6 +234,7 @@ def test_a_bad_value_from_python_fails_as_on_the_command_line(argv, make, tmp_pa
     assert cli_line == f"dice: error: {err.value}"
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_with_gpus_checks_its_input_before_starting_processes(tmp_path, monkeypatch, capsys):
     """`dice eval --gpus 2` with bad input says so once, in this process: no processes are started (each would
     print the same line)."""

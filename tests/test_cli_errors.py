@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import dice_sample, one_line_error
+from helpers import dice_sample, one_line_error
 
 from dicecfg import Sharpener
 from dicecfg.cli import main
@@ -33,6 +33,7 @@ def _sharpener_with(tmp_path, name, **config):
     return path
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bad_input_is_one_line_exit_2(tiny_sd_dir, prompts, tmp_path, capsys, monkeypatch):
     """The inputs that used to end in a traceback: each now fails with one line, most before the model loads."""
     m = str(tiny_sd_dir)
@@ -79,6 +80,7 @@ def test_bad_input_is_one_line_exit_2(tiny_sd_dir, prompts, tmp_path, capsys, mo
     assert a_file.read_text() == "keep me\n" and not list((tmp_path / "run").iterdir())  # nothing written
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("flag", ["--loss", "--xt-source", "--mixed-precision", "--mask-mode"])
 def test_free_text_options_are_choices(flag, capsys):
     with pytest.raises(SystemExit) as e:
@@ -86,6 +88,7 @@ def test_free_text_options_are_choices(flag, capsys):
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_prompts_after_an_option_are_prompts(tiny_sd_dir, tmp_path):
     out = tmp_path / "s"
     assert (
@@ -123,6 +126,7 @@ def test_warnings_get_their_own_line_under_a_progress_bar(capsys):
     assert not NoTorchvisionNotice().filter(record)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_no_torchvision_notices_on_the_command_line(tiny_sd_dir, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "dicecfg.cli", "sample", "a", "--model", str(tiny_sd_dir), "--method",
@@ -132,3 +136,23 @@ def test_no_torchvision_notices_on_the_command_line(tiny_sd_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "requires torchvision" not in res.stderr and "Traceback" not in res.stderr
     assert "WARNING --method unguided ignores --alpha" in res.stderr.splitlines()
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_a_path_of_the_wrong_kind_found_late_is_still_one_line(monkeypatch, capsys):
+    """Issue 33 row 14, the backstop: a file where a folder goes (or the reverse, or no permission) that a
+    command meets after its checks (the folder changed under it) is one line, exit 2, never an OSError
+    traceback; --debug shows the traceback."""
+    import dicecfg.cli as cli
+
+    for err in (IsADirectoryError(21, "Is a directory", "out/samples.jsonl"),
+                NotADirectoryError(20, "Not a directory", "out/images/row"),
+                PermissionError(13, "Permission denied", "out/images")):  # fmt: skip
+
+        def fail(job, argv, err=err):
+            raise err
+
+        monkeypatch.setitem(cli.COMMANDS, "sample", (cli.SampleJob, fail, "sample"))
+        one_line_error(capsys, cli.main(["-q", "sample", "a"]), err.filename, err.strerror, "--out")
+        with pytest.raises(type(err)):
+            cli.main(["-q", "--debug", "sample", "a"])

@@ -181,6 +181,7 @@ def test_next_steps_name_real_commands():
         assert (line in text) == (name in COMMANDS)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_demo_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, monkeypatch, capsys):
     from dicecfg.bench.speed import random_sharpener
     from dicecfg.cli import main
@@ -195,7 +196,7 @@ def test_demo_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, monkeyp
     def no_model(*a, **k):
         raise AssertionError("the model loaded")
 
-    monkeypatch.setattr(demo, "load_pipeline", no_model)
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", no_model)
     mine = tmp_path / "my2"
     mine.mkdir()
     for name in ("grid.png", "demo.json"):

@@ -1,10 +1,11 @@
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, FAST_FAULTS, ckpt_step, image_folder_with_faults, same_weights
+from helpers import FAST, FAST_FAULTS, ckpt_step, image_folder_with_faults, same_weights
 from PIL import Image
 
 from dicecfg import DistillConfig, Sharpener, distill
@@ -19,6 +20,7 @@ def _eval_losses(run_dir):
     return losses
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     sharp = distill(tiny_sd, prompts, config=DistillConfig(steps=40, **FAST), output_dir=tmp_path / "run")
     first, last = _eval_losses(tmp_path / "run")[0], _eval_losses(tmp_path / "run")[-1]
@@ -31,6 +33,7 @@ def test_teacher_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     assert sharp.config["base_revision"] == run["base_revision"] == "unknown"  # a plain local folder
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_base_revision_of_a_hub_snapshot(tiny_sd_dir, tmp_path):
     """A pipeline read from a hub-cache snapshot folder records that snapshot's commit."""
     import shutil
@@ -55,6 +58,7 @@ def _image_folder(root, prompts, n=40):
     return root
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_image_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     folder = _image_folder(tmp_path / "imgs", prompts)
     distill(tiny_sd, None, config=DistillConfig(steps=80, **FAST), images=folder, output_dir=tmp_path / "run")
@@ -62,6 +66,7 @@ def test_image_mode_lowers_heldout_loss(tiny_sd, prompts, tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_interrupted_resume_equals_uninterrupted(tiny_sd, prompts, tmp_path):
     cfg = DistillConfig(steps=20, **{**FAST, "checkpoint_every": 5})
     full = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "full")
@@ -78,6 +83,7 @@ def test_interrupted_resume_equals_uninterrupted(tiny_sd, prompts, tmp_path):
     assert steps == sorted(set(steps)) == [5, 10, 15, 20]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
     distill(tiny_sd, prompts, config=DistillConfig(steps=2, **FAST), output_dir=tmp_path / "run")
     with pytest.raises(InputError, match="different settings.*lr"):
@@ -88,10 +94,11 @@ def test_changed_settings_are_refused(tiny_sd, prompts, tmp_path):
             output_dir=tmp_path / "run",
         )
     split = DistillConfig(steps=4, **{**FAST, "batch_size": 4, "grad_accum": 2})  # same 8, split differently
-    with pytest.raises(InputError, match=r"settings \(batch_size: 8 -> 4, grad_accum: default -> 2\)"):
+    with pytest.raises(InputError, match=r"settings \(batch_size: 8 -> 4, grad_accum: 1 -> 2\)"):
         distill(tiny_sd, prompts, config=split, output_dir=tmp_path / "run")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
     sharp = distill(
         tiny_sd, prompts, config=DistillConfig(steps=3, **{**FAST, "loss": "l2"}), output_dir=tmp_path / "r"
@@ -106,6 +113,7 @@ def test_l2_loss_and_config_validation(tiny_sd, prompts, tmp_path):
         distill(tiny_sd, None, config=DistillConfig(steps=1, **FAST), output_dir=tmp_path / "x")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
     cfg = DistillConfig(steps=1, **FAST)
     torch.manual_seed(123)
@@ -115,6 +123,7 @@ def test_initial_weights_depend_on_seed_only(tiny_sd, prompts, tmp_path):
     assert same_weights(a, b)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
     cfg = DistillConfig(
         steps=2, **{**FAST, "validate_every": 1}, validation_prompts=("a red circle", "a blue square")
@@ -124,6 +133,7 @@ def test_validation_grids_are_written(tiny_sd, prompts, tmp_path):
     assert grids == ["step_0000001.png", "step_0000002.png"]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch):
     """batch 2 x grad_accum 3 = batch 6: the same gradients (one all-reduce per update), weights and logs."""
     import importlib
@@ -162,9 +172,10 @@ def test_grad_accum_equals_one_big_batch(tiny_sd, prompts, tmp_path, monkeypatch
         assert x.get("samples_per_s") == y.get("samples_per_s")  # counts the whole batch of an update
     ident1 = json.loads((tmp_path / "accum1" / "run.json").read_text())["identity"]
     ident3 = json.loads((tmp_path / "accum3" / "run.json").read_text())["identity"]
-    assert "grad_accum" not in ident1 and ident3["grad_accum"] == 3  # runs from before grad_accum resume
+    assert ident1["grad_accum"] == 1 and ident3["grad_accum"] == 3  # every setting is recorded
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_compiled_denoiser_trains_like_eager_and_may_be_toggled_on_resume(
     cheap_compile, tiny_sd, prompts, tmp_path
 ):
@@ -212,6 +223,7 @@ def test_a_half_precision_denoiser_runs_in_its_own_dtype_inside_the_runs_autocas
             assert torch.is_autocast_enabled("cpu") is autocast_inside, dtype
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_nan_loss_is_read_from_the_device_only_when_something_is_kept(
     tiny_sd, prompts, tmp_path, monkeypatch
 ):
@@ -266,6 +278,7 @@ def test_images_without_captions_skipped_with_count(tmp_path, caplog):
     assert any("skipped 2 images without a caption" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog):
     root = image_folder_with_faults(tmp_path / "imgs", 8, modes=("RGB", "RGBA", "L", "P", "LA"), bad=2)
     with caplog.at_level(logging.WARNING, logger="dicecfg"):
@@ -277,3 +290,20 @@ def test_image_folder_skips_unreadable_converts_modes(tiny_sd, tmp_path, caplog)
     distill(tiny_sd, None, config=cfg, images=root, output_dir=tmp_path / "run")  # trains on what is usable
     with pytest.raises(InputError, match="none of its 3 captioned images can be read"):
         ImageCaptionFolder(image_folder_with_faults(tmp_path / "allbad", 0, bad=2), 16)
+
+
+def test_metadata_lines_that_are_not_objects_are_one_line(tmp_path, capsys):
+    """Issue 31 item 4: `5`, `null`, a list or a record without file_name in metadata.jsonl is an InputError
+    naming file:line (a TypeError traceback before), through the one strict JSON-lines reader."""
+    from dicecfg.training.data import ImageCaptionFolder
+
+    root = image_folder_with_faults(tmp_path / "imgs", 2)
+    meta = root / "metadata.jsonl"
+    good = meta.read_text()
+    for bad, words in (("5", "expected a JSON object"), ("null", "expected a JSON object"),
+                       ("[1, 2]", "expected a JSON object"), ('{"text": "a"}', "missing 'file_name'"),
+                       ("{oops", "invalid JSON")):  # fmt: skip
+        meta.write_text(good + bad + "\n")
+        n = len(good.splitlines()) + 1
+        with pytest.raises(InputError, match=rf"metadata.jsonl:{n}: {re.escape(words)}"):
+            ImageCaptionFolder(root, 16)

@@ -5,7 +5,7 @@ stock pipeline."""
 import numpy as np
 import pytest
 import torch
-from conftest import random_sharpener
+from helpers import random_sharpener
 
 from dicecfg import Dice, DiceError, disable_dice, enable_dice, generate, load_pipeline, sharpen
 from dicecfg.errors import SharpenerMismatchError
@@ -38,6 +38,7 @@ def count_denoiser_calls(pipe):
     return calls
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_enabled_call_equals_sharpen_at_one_evaluation_per_step(pipe):
     sharp = random_sharpener(pipe)
     kwargs = sharpen(pipe, sharp, P, negative_prompt=NEG, alpha=0.7, num_images_per_prompt=2)
@@ -55,6 +56,7 @@ def test_enabled_call_equals_sharpen_at_one_evaluation_per_step(pipe):
     assert np.array_equal(run(pipe, P[0], seeds=(5,)), run(pipe, **one, seeds=(5,)))  # a positional prompt
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_disable_restores_the_stock_pipeline_exactly(pipe):
     stock_class, fam = type(pipe), family_of(pipe)
     negs = [NEG] * len(P)  # the stock SD pipeline wants a list of negatives for a list of prompts
@@ -74,6 +76,7 @@ def test_disable_restores_the_stock_pipeline_exactly(pipe):
     assert disable_dice(pipe) is pipe and type(pipe) is stock_class  # disabling twice is harmless
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_alpha_zero_is_unguided(tiny_sd_dir):
     pipe = load_pipeline(tiny_sd_dir)
     unguided = run(pipe, P, guidance_scale=1.0)
@@ -81,6 +84,7 @@ def test_alpha_zero_is_unguided(tiny_sd_dir):
     assert np.array_equal(run(pipe, P, negative_prompt=NEG), unguided)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_guidance_above_one_and_unsharpened_text_arguments_are_refused(tiny_sd_dir, tiny_sdxl_dir):
     pipe = load_pipeline(tiny_sd_dir)
     sharp = random_sharpener(pipe)
@@ -99,6 +103,7 @@ def test_guidance_above_one_and_unsharpened_text_arguments_are_refused(tiny_sd_d
         run(sdxl, P, negative_prompt_2="a cat")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_embeddings_run_as_given_so_every_generate_method_works(tiny_sd_dir):
     pipe = load_pipeline(tiny_sd_dir)
     sharp = random_sharpener(pipe)
@@ -113,6 +118,7 @@ def test_embeddings_run_as_given_so_every_generate_method_works(tiny_sd_dir):
         assert np.array_equal(images(method), expected), method
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_sharpener_for_another_family_is_refused_and_nothing_changes(tiny_sd_dir, tiny_pixart_dir):
     pipe = load_pipeline(tiny_sd_dir)
     stock_class = type(pipe)
@@ -121,6 +127,7 @@ def test_a_sharpener_for_another_family_is_refused_and_nothing_changes(tiny_sd_d
     assert type(pipe) is stock_class and "_dice_settings" not in pipe.__dict__
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_an_enabled_pipeline_saves_as_the_stock_one(tiny_sd_dir, tmp_path):
     pipe = enable_dice(load_pipeline(tiny_sd_dir), random_sharpener(load_pipeline(tiny_sd_dir)))
     pipe.save_pretrained(tmp_path / "saved")
@@ -129,6 +136,7 @@ def test_an_enabled_pipeline_saves_as_the_stock_one(tiny_sd_dir, tmp_path):
     assert type(load_pipeline(tmp_path / "saved")).__name__ == "StableDiffusionPipeline"
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_wrong_types_are_dice_errors(tiny_sd):
     from dicecfg import DiceError, disable_dice, enable_dice
 
@@ -155,6 +163,7 @@ def test_wrong_types_are_dice_errors(tiny_sd):
         disable_dice(tiny_sd)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_an_enabled_pipeline_pickles_and_stays_enabled(tiny_sd_dir):
     import pickle
 

@@ -25,6 +25,7 @@ def sharp_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     cfg = EvalJob(
@@ -100,6 +101,7 @@ def test_eval_table_nfe_fidelity_and_resume(tiny_sd_dir, sharp_dir, tmp_path, ca
             assert r["psnr"] == pytest.approx(r1[r["key"]]["psnr"])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_errors_are_clear(tiny_sd_dir, tmp_path, capsys):
     code = main(
         [
@@ -165,7 +167,7 @@ def test_world_metrics_on_renders():
 
 
 def _tiny_clip(path, tmp_path):
-    from conftest import write_clip_tokenizer
+    from helpers import write_clip_tokenizer
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     write_clip_tokenizer(tmp_path / "cliptok")
@@ -256,6 +258,7 @@ def test_fid_with_stand_in_extractor(tmp_path):
     assert frechet_from_stats(mu, 4 * sigma, mu, sigma) == pytest.approx(2.0)  # tr(4I + I - 2*2I) = 2
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_path, capsys):
     from dicecfg.evaluation.analysis import analyze, token_groups
     from dicecfg.sharpener import Sharpener
@@ -300,6 +303,7 @@ def test_analyze_groups_and_composition(tiny_sd, tiny_sd_dir, sharp_dir, tmp_pat
                  "--device", "cpu", "--out", str(tmp_path / "an")]) == 0  # its own folder: written again  # fmt: skip
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_analyze_never_replaces_a_users_own_files(tiny_sd_dir, sharp_dir, tmp_path, capsys):
     """The output-folder rule: analysis.md that `dice analyze` did not write is refused, by name, before the
     model loads, and stays as it was."""
@@ -391,6 +395,7 @@ def _eval_args(tiny_sd_dir, out, *extra):
             "--device", "cpu", "--no-plot", "--out", str(out), *extra]  # fmt: skip
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -418,6 +423,7 @@ def test_eval_folder_keeps_files_it_did_not_write(tiny_sd_dir, tmp_path, capsys)
     )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_eval_repairs_damaged_images_and_meta_lines(tiny_sd_dir, tmp_path, capsys, caplog):
     out = tmp_path / "e"
     assert main(_eval_args(tiny_sd_dir, out, "--cfg-scales", "5", "5.0")) == 0
@@ -443,6 +449,7 @@ def test_eval_repairs_damaged_images_and_meta_lines(tiny_sd_dir, tmp_path, capsy
     assert json.loads(lines[-1])["index"] == 0  # the new record starts a line of its own
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_heldout_limit_is_bounded_before_work(monkeypatch, tmp_path, capsys):
     from dicecfg.evaluation.evaluate import prompt_set
 
@@ -471,14 +478,218 @@ def test_row_folders_name_values_exactly_and_keep_old_names(sharp_dir):
     assert again[0].key == keys[1]  # the same value, the same folder: it resumes
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_analyze_limit_beyond_the_heldout_set_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
     assert main(["-q", "analyze", "--limit", "513", "--out", str(tmp_path / "a")]) == 2
     assert "held-out set has 512 prompts" in capsys.readouterr().err
 
 
-def test_the_eval_job_keeps_its_earlier_name():
-    """`EvalJob` was `EvalConfig`; code written for that name keeps working."""
-    from dicecfg.evaluation.evaluate import EvalConfig
+# ---- dice tune: the sharpener folder it records settings in (issue 33, rows 1-4, 7, 16) ------------------------
+WORLD_PROMPTS = "a red circle\na blue square\na green triangle\n"  # in the world's grammar
 
-    assert EvalConfig is EvalJob and EvalConfig(limit=3) == EvalJob(limit=3)
+
+def _tune_args(model, sharp, prompts, *extra, alphas=("1",), stops=("0.5", "1")):
+    return ["-q", "tune", "--model", str(model), "--sharpener", str(sharp), "--prompts", str(prompts),
+            "--steps", "2", "--alphas", *alphas, "--stops", *stops, "--seed-sets", "1", "--device", "cpu",
+            *extra]  # fmt: skip
+
+
+@pytest.fixture()
+def fp16_sharp(sharp_dir, tmp_path):
+    """A copy of the random sharpener saved in fp16, with a note of the user's added to its card."""
+    from dicecfg import Sharpener
+
+    folder = tmp_path / "sharp16"
+    Sharpener.from_pretrained(sharp_dir).half().save_pretrained(folder)
+    card = folder / "README.md"
+    card.write_text(card.read_text() + "\nMy note: trained on my cats.\n")
+    return folder
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_tune_records_in_place_keeping_weights_card_and_history(tiny_sd_dir, fp16_sharp, tmp_path, capsys):
+    """Rows 1-2: only config.json and the card's marked section change, through temporary files and renames
+    (never save_pretrained, which removes config.json first); the fp16 weights stay byte for byte; the user's
+    note stays; the settings replaced are kept in config.json's sampling_history."""
+    import dicecfg.evaluation.tune as tune_mod
+
+    (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+    weights = (fp16_sharp / "model.safetensors").read_bytes()
+    assert main(_tune_args(tiny_sd_dir, fp16_sharp, tmp_path / "p.txt")) == 0
+    first = json.loads((fp16_sharp / "config.json").read_text())
+    assert first["sampling"]["stop"] in (0.5, 1.0) and first["sampling_history"] == []
+    assert main(_tune_args(tiny_sd_dir, fp16_sharp, tmp_path / "p.txt", alphas=("2",))) == 0
+    second = json.loads((fp16_sharp / "config.json").read_text())
+    assert second["sampling"]["alpha"] == 2.0
+    assert [h["sampling"] for h in second["sampling_history"]] == [first["sampling"]]
+    assert (fp16_sharp / "model.safetensors").read_bytes() == weights  # fp16 kept, not re-saved as fp32
+    card = (fp16_sharp / "README.md").read_text()
+    assert "My note: trained on my cats." in card and card.count("dicecfg:sampling -->") == 2
+    assert "alpha=2.0" in card and "# DICE sharpener" in card
+    assert not list(fp16_sharp.glob("tune_rows.jsonl"))  # the progress of a finished tune is gone
+    capsys.readouterr()
+
+    before = {p.name: p.read_bytes() for p in fp16_sharp.iterdir()}
+    real = tune_mod.atomic_write_files.__globals__["_whole_temp"]
+
+    def full_disk(path, write):  # the card's temporary file cannot be written whole
+        if path.name == "README.md":
+            raise OSError(28, "No space left on device")
+        return real(path, write)
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setitem(tune_mod.atomic_write_files.__globals__, "_whole_temp", full_disk)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            tune_mod.record_settings(
+                fp16_sharp, tune_mod.Sharpener.from_pretrained(fp16_sharp), first["sampling"]
+            )
+    finally:
+        monkey.undo()
+    assert {p.name: p.read_bytes() for p in fp16_sharp.iterdir()} == before  # no temp file, nothing changed
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_tune_never_writes_the_shipped_sharpener_or_a_folder_it_cannot_write(
+    tiny_sd_dir, sharp_dir, tmp_path, capsys, monkeypatch
+):
+    """Rows 3-4: the package's own sharpener is refused in one line naming --sharpener; a folder it cannot write
+    is found before the model loads, and --no-write --out still measures and writes the table."""
+    import dicecfg.pipeline
+    import dicecfg.runs.io as io
+    from dicecfg.assets import MINI_SHARPENER
+
+    shipped = {p.name: p.read_bytes() for p in MINI_SHARPENER.iterdir() if p.is_file()}
+
+    def no_model(*a, **k):
+        raise AssertionError("the model loaded before the refusal")
+
+    with monkeypatch.context() as m:
+        m.setattr(dicecfg.pipeline, "load_pipeline", no_model)
+        assert main(["-q", "tune", "--limit", "2", "--steps", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "shipped sharpener" in err[0] and "--sharpener" in err[0]
+
+        real = io.tempfile.TemporaryFile
+
+        def read_only(*a, dir=None, **k):
+            if dir is not None and str(dir) == str(sharp_dir):
+                raise PermissionError(13, "Permission denied")
+            return real(*a, dir=dir, **k)
+
+        m.setattr(io.tempfile, "TemporaryFile", read_only)
+        (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+        assert main(_tune_args(tiny_sd_dir, sharp_dir, tmp_path / "p.txt")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot write in" in err[0] and "--no-write" in err[0]
+    assert {p.name: p.read_bytes() for p in MINI_SHARPENER.iterdir() if p.is_file()} == shipped
+    args = _tune_args(tiny_sd_dir, sharp_dir, tmp_path / "p.txt", "--no-write", "--out", str(tmp_path / "t"))
+    assert main(args) == 0 and (tmp_path / "t" / "tune.json").is_file()
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_an_interrupted_tune_resumes_from_the_rows_it_measured(tiny_sd_dir, sharp_dir, tmp_path, monkeypatch):
+    """Row 4: rows measured before an interrupt are read back from tune_rows.jsonl and not sampled again; the
+    result equals an uninterrupted run's."""
+    import dicecfg.evaluation.tune as tune_mod
+
+    (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+    calls = []
+    real = tune_mod.generate
+
+    def counted(*a, **k):
+        calls.append(k["method"].spec)
+        if len(calls) == 3 and stop_at_3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tune_mod, "generate", counted)
+    args = _tune_args(tiny_sd_dir, sharp_dir, tmp_path / "p.txt", "--no-write", "--out", str(tmp_path / "t"))
+    stop_at_3 = True
+    assert main(args) == 130 and not (tmp_path / "t" / "tune.json").exists()
+    assert len((tmp_path / "t" / "tune_rows.jsonl").read_text().splitlines()) == 2  # cfg, cfg-first
+    calls.clear()
+    stop_at_3 = False
+    assert main(args) == 0
+    assert len(calls) == 3  # the CFG reference again (its images, not stored) and the two DICE rows
+    resumed = json.loads((tmp_path / "t" / "tune.json").read_text())
+    calls.clear()
+    assert main([*args[:-1], str(tmp_path / "t2")]) == 0 and len(calls) == 4
+    whole = json.loads((tmp_path / "t2" / "tune.json").read_text())
+    assert resumed["rows"] == whole["rows"] and resumed["best"] == whole["best"]
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_tune_measures_only_settings_that_act_and_the_oracle_only_on_the_world(
+    tiny_sd_dir, sharp_dir, tmp_path, capsys, caplog
+):
+    """Row 7: a stop with no guided step at the run's step count is not measured (one warning), and none left
+    is refused in one line. Row 16: prompts in the world's grammar on a model that is not of the shapes world
+    are scored against CFG, not by the oracle."""
+    (tmp_path / "p.txt").write_text(WORLD_PROMPTS)
+    args = (tiny_sd_dir, sharp_dir, tmp_path / "p.txt", "--no-write", "--out", str(tmp_path / "t"))
+    assert main(_tune_args(*args, stops=("0.25", "1"))) == 0  # at 2 steps, int(0.25 * 2) = 0
+    result = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert [r["row"] for r in result["rows"] if r["method"] == "dice"] == ["dice:alpha=1,start=0,stop=1"]
+    assert result["best"]["stop"] == 1.0 and "--stops 0.25: no guided step at --steps 2" in caplog.text
+    assert result["score"] == "PSNR vs CFG (dB)" and all("fd" not in r for r in result["rows"])
+    capsys.readouterr()
+    assert main(_tune_args(*args, stops=("0.25", "0.4"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no stop gives a guided step" in err[0]
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_eval_folder_parts_in_the_wrong_shape_are_one_line(tiny_sd_dir, tmp_path, capsys, monkeypatch):
+    """Issue 33 row 14: `images` as a file, a row folder as a file, a meta.jsonl as a folder, an `images/` it may
+    not write in: one line each, before the model loads; never an OSError traceback."""
+    import shutil
+
+    import dicecfg.runs.io as io
+
+    out = tmp_path / "e"
+    args = ["-q", "eval", "a red circle", "--model", str(tiny_sd_dir), "--methods", "unguided", "--steps", "1",
+            "--device", "cpu", "--no-plot", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0  # an eval folder of its own, then its parts in the wrong shape
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
+    shutil.rmtree(out / "images")
+    (out / "images").write_text("not a folder")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file where a folder is expected" in err and "Traceback" not in err
+    (out / "images").unlink()
+    (out / "images").mkdir()
+    (out / "images" / "unguided_steps1").write_text("not a folder")
+    assert main(args) == 2 and "is a file where a folder is expected" in capsys.readouterr().err
+    (out / "images" / "unguided_steps1").unlink()
+    (out / "images" / "unguided_steps1" / "meta.jsonl").mkdir(parents=True)
+    assert main(args) == 2 and "is a folder where a file is expected" in capsys.readouterr().err
+    (out / "images" / "unguided_steps1" / "meta.jsonl").rmdir()
+    real = io.tempfile.TemporaryFile
+
+    def read_only(*a, dir=None, **k):  # chmod 555 does not stop root, who runs these tests in CI
+        if dir is not None and str(dir) == str(out / "images" / "unguided_steps1"):
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(io.tempfile, "TemporaryFile", read_only)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in" in err and "Permission denied" in err
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_eval_makes_again_images_without_a_record(tiny_sd_dir, tmp_path):
+    """Issue 33 row 10: an image a stopped process wrote without its meta.jsonl line is made again (same seed,
+    same image) and gets its record."""
+    out = tmp_path / "e"
+    job = EvalJob(out=str(out), model=str(tiny_sd_dir), prompts=FREE_PROMPTS, methods=("unguided",), steps=(1,),
+                  device="cpu", plot=False, progress=False)  # fmt: skip
+    run_eval(job)
+    meta = out / "images" / "unguided_steps1" / "meta.jsonl"
+    lines = meta.read_text().splitlines()
+    meta.write_text(lines[0] + "\n")
+    again = run_eval(job)
+    assert again["rows"][0]["generated"] == 2
+    assert sorted(json.loads(ln)["index"] for ln in meta.read_text().splitlines()) == [0, 1, 2]

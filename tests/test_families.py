@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_FAMILY, random_sharpener, same_weights
+from helpers import FAST_FAMILY, random_sharpener, same_weights
 
 from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline, sharpen
 from dicecfg.errors import InputError, SharpenerMismatchError
@@ -39,6 +39,7 @@ def _images(pipe, method, **kw):
     return np.stack([s.image for s in out])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_detection_and_dims(pipe):
     fam = family_of(pipe)
     exp = EXPECT[fam.name]
@@ -51,6 +52,7 @@ def test_detection_and_dims(pipe):
     assert cond.embeds.shape == (2, exp["tokens"], exp["dim"])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_alpha_zero_and_untrained_equal_unguided(pipe):
     base = _images(pipe, "unguided")
     assert np.array_equal(base, _images(pipe, "dice:alpha=0", sharpener=random_sharpener(pipe)))
@@ -58,6 +60,7 @@ def test_alpha_zero_and_untrained_equal_unguided(pipe):
     assert not np.array_equal(base, _images(pipe, "dice", sharpener=random_sharpener(pipe)))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_kwargs_have_stock_shapes_and_run_the_pipeline(pipe):
     fam, sharp = family_of(pipe), random_sharpener(pipe)
     kwargs = sharpen(pipe, sharp, P, negative_prompt="a blue triangle")
@@ -79,6 +82,7 @@ def test_kwargs_have_stock_shapes_and_run_the_pipeline(pipe):
     assert np.array_equal((np.clip(direct, 0, 1) * 255).round().astype(np.uint8), via)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_negative_prompt_changes_dice_and_cfg(pipe):
     sharp = random_sharpener(pipe)
     for method in ("dice", "cfg"):
@@ -88,6 +92,7 @@ def test_negative_prompt_changes_dice_and_cfg(pipe):
         ), method
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_wrong_family_or_dim_is_refused(sdxl, pixart):
     with pytest.raises(SharpenerMismatchError, match="'pixart' family but the pipeline is 'sdxl'"):
         sharpen(sdxl, random_sharpener(pixart), P)
@@ -100,6 +105,7 @@ def test_wrong_family_or_dim_is_refused(sdxl, pixart):
         sharpen(sdxl, wrong_dim, P)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_pixart_mask_modes(pixart):
     fam = family_of(pixart)
     cond = fam.encode(pixart, P)
@@ -130,6 +136,7 @@ def test_pixart_mask_modes(pixart):
         DistillConfig(mask_mode="half")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_sdxl_negative_is_encoded_empty_prompt_and_flag_untouched(sdxl, prompts, tmp_path):
     fam = family_of(sdxl)
     assert sdxl.config.force_zeros_for_empty_prompt is True
@@ -146,6 +153,7 @@ def test_sdxl_negative_is_encoded_empty_prompt_and_flag_untouched(sdxl, prompts,
     assert sdxl.config.force_zeros_for_empty_prompt is True
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("family,mask_mode", [("sdxl", "keep"), ("pixart", "keep"), ("pixart", "open")])
 def test_distill_lowers_heldout_loss_and_round_trips(family, mask_mode, request, prompts, tmp_path):
     pipe = load_pipeline(request.getfixturevalue(f"tiny_{family}_dir"))
@@ -164,6 +172,7 @@ def test_distill_lowers_heldout_loss_and_round_trips(family, mask_mode, request,
     assert np.array_equal(_images(pipe, "dice", sharpener=sharp), _images(pipe, "dice", sharpener=loaded))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_training_with_negative_prompts_resumes_exactly(sdxl, prompts, tmp_path):
     negs = ("a blue square", "a green circle")
     fast = {**FAST_FAMILY, "checkpoint_every": 3}
@@ -193,6 +202,7 @@ def test_training_with_negative_prompts_resumes_exactly(sdxl, prompts, tmp_path)
         )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_cli_reads_negative_prompts_file(tmp_path, monkeypatch):
     from dicecfg import cli
 

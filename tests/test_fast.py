@@ -13,6 +13,16 @@ from dicecfg.families import family_of
 from dicecfg.sampling import fast as fastmod
 
 STEPS = 3
+
+
+@pytest.fixture(autouse=True)
+def fresh_notices():
+    """Each test sees the notices of its own calls: the once-per-process record starts empty."""
+    fastmod.NOTICES.forget()
+    yield
+    fastmod.NOTICES.forget()
+
+
 P = ["a red circle", "a blue square to the left of a green triangle"]
 
 
@@ -46,8 +56,8 @@ def test_flatten_round_trip_and_signature():
         fastmod.flatten((object(),))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_fast_on_cpu_falls_back_with_one_notice(tiny_sd, caplog):
-    fastmod._noticed.clear()
     sharp = _sharpener(tiny_sd)
     with caplog.at_level(logging.WARNING, logger="dicecfg.sampling.fast"):
         fast = _images(tiny_sd, "dice", sharpener=sharp, fast=True)
@@ -65,6 +75,7 @@ def stand_in_capture(monkeypatch):
     monkeypatch.setattr(fastmod, "cuda_capture", fastmod.eager_capture)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("family", ["sd", "sdxl", "pixart"])
 def test_graph_plumbing_matches_eager(family, stand_in_capture, tiny_sd_dir, tiny_sdxl_dir, tiny_pixart_dir):
     pipe = load_pipeline({"sd": tiny_sd_dir, "sdxl": tiny_sdxl_dir, "pixart": tiny_pixart_dir}[family])
@@ -83,6 +94,7 @@ def test_graph_plumbing_matches_eager(family, stand_in_capture, tiny_sd_dir, tin
     assert len(graphed.graphs) == 2
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_stale_buffers_would_be_caught(stand_in_capture, tiny_sd):
     """The plumbing test can fail: a replay that skips copying the inputs in gives other images."""
     sharp = _sharpener(tiny_sd)
@@ -94,8 +106,8 @@ def test_stale_buffers_would_be_caught(stand_in_capture, tiny_sd):
     assert not np.array_equal(stale, _images(tiny_sd, "dice", sharpener=sharp))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_capture_failure_runs_eager(monkeypatch, tiny_sd, caplog):
-    fastmod._noticed.clear()
     monkeypatch.setattr(fastmod, "unsupported", lambda module, device: None)
 
     def broken(fn, device, pool):
@@ -108,6 +120,7 @@ def test_capture_failure_runs_eager(monkeypatch, tiny_sd, caplog):
     assert any("capture failed (RuntimeError" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bench_fast_columns(stand_in_capture, tiny_sd_dir):
     from dicecfg.bench.speed import BenchConfig, run_bench
     from dicecfg.evaluation.report import bench_table
@@ -135,18 +148,22 @@ def test_bench_fast_columns(stand_in_capture, tiny_sd_dir):
     )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_cli_sample_fast_on_cpu(tiny_sd_dir, tmp_path, caplog):
     from dicecfg.cli import main
 
-    fastmod._noticed.clear()
     args = ["-q", "sample", "a red circle", "--model", str(tiny_sd_dir), "--method", "cfg", "--steps", "2"]
     assert main([*args, "--fast", "--out", str(tmp_path / "f")]) == 0
     assert main([*args, "--out", str(tmp_path / "e")]) == 0
     assert any("needs a CUDA device" in r.getMessage() for r in caplog.records)
     (f,), (e,) = sorted((tmp_path / "f").glob("*.png")), sorted((tmp_path / "e").glob("*.png"))
-    assert f.read_bytes() == e.read_bytes()
+    from PIL import Image
+
+    # the same pixels (the PNGs differ in the record each carries: its own seconds)
+    assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(e)))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_compiled_path_gives_eager_images_and_restores_forward(cheap_compile, tiny_sd):
     sharp = _sharpener(tiny_sd)
     den = tiny_sd.unet
@@ -162,8 +179,8 @@ def test_compiled_path_gives_eager_images_and_restores_forward(cheap_compile, ti
     assert den.__dict__.pop("_dice_compiled") is compiled and compiled.calls == calls + STEPS
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_compilation_failure_runs_eager_with_one_notice(monkeypatch, tiny_sd, caplog):
-    fastmod._noticed.clear()
 
     def broken(forward, graphs):
         def fails(*a, **k):
@@ -184,6 +201,7 @@ def test_compilation_failure_runs_eager_with_one_notice(monkeypatch, tiny_sd, ca
     ]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_fast_names_a_path_and_the_flag_alone_means_graphs(tiny_sd, tmp_path):
     from dicecfg.cli import build_parser
     from dicecfg.errors import InputError
@@ -224,6 +242,7 @@ def test_fast_names_a_path_and_the_flag_alone_means_graphs(tiny_sd, tmp_path):
         build_parser().parse_args(["sample", "a", "--fast", "turbo"])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bench_compiled_columns(cheap_compile, tiny_sd_dir):
     from dicecfg.bench.speed import BenchConfig, run_bench
     from dicecfg.evaluation.report import bench_table
@@ -239,8 +258,8 @@ def test_bench_compiled_columns(cheap_compile, tiny_sd_dir):
 
 
 # ---- fast="auto", the default of the long jobs -------------------------------------------------------------
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_auto_is_eager_on_cpu_silently(tiny_sd, caplog):
-    fastmod._noticed.clear()
     with caplog.at_level(logging.INFO, logger="dicecfg.sampling.fast"):
         out = list(generate(tiny_sd, P, method="cfg", num_inference_steps=STEPS, progress=False, fast="auto"))
     assert fastmod.resolve_fast("auto", "cpu", 10**6) == "off"
@@ -249,7 +268,6 @@ def test_auto_is_eager_on_cpu_silently(tiny_sd, caplog):
 
 
 def test_auto_picks_graphs_for_short_jobs_and_compile_for_long_ones(monkeypatch, caplog):
-    fastmod._noticed.clear()
     monkeypatch.setattr(fastmod, "on_cuda", lambda device: True)
     n = fastmod.COMPILE_FROM_IMAGES
     with caplog.at_level(logging.INFO, logger="dicecfg.sampling.fast"):
@@ -264,6 +282,7 @@ def test_auto_picks_graphs_for_short_jobs_and_compile_for_long_ones(monkeypatch,
     assert n == round(52 / (0.197 - 0.117))  # the derivation in fast.py: cold compile / time saved per image
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_samples_record_the_path_that_ran(monkeypatch, cheap_compile, tiny_sd, caplog):
     def ran(**kw):
         return {
@@ -285,13 +304,13 @@ def test_samples_record_the_path_that_ran(monkeypatch, cheap_compile, tiny_sd, c
     tiny_sd.unet.__dict__.pop("_dice_graphed")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_jobs_default_to_auto_and_record_the_path(monkeypatch, cheap_compile, tiny_sd_dir, tmp_path):
     """`dice sample` with several prompts and `dice eval` resolve auto themselves and write the path that ran."""
     import json
 
     from dicecfg.cli import main
 
-    fastmod._noticed.clear()
     args = [
         "-q",
         "sample",

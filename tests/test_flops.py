@@ -16,6 +16,7 @@ def _sharpener(pipe, inner=64, heads=4):
     )  # fmt: skip
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_counts_scale_with_the_batch_and_the_backward_skips_weight_gradients(tiny_sd):
     one, four = update_flops(tiny_sd, _sharpener(tiny_sd), 1), update_flops(tiny_sd, _sharpener(tiny_sd), 4)
     assert four["total"] == 4 * one["total"] > 0 and four["per_sample"] == one["per_sample"]

@@ -3,7 +3,7 @@
 ``cli.COMMANDS`` and their flags from the commands' dataclasses, so a command or a flag added later is driven
 too. Every run points ``--model`` at a folder that does not exist (or takes the hostile value itself): a value
 that passes every check fails there, fast, instead of starting work; a run that still goes on past
-``TIMEOUT_S`` counts as passed when it printed no traceback."""
+``TIMEOUT_S`` is a failure (a hang is red; the limit is far above the slowest run on a busy 2-core CPU)."""
 
 import argparse
 import dataclasses
@@ -18,7 +18,7 @@ import pytest
 
 from dicecfg import cli
 
-TIMEOUT_S = 20
+TIMEOUT_S = 60
 NUMBERS = {
     int: ["0", "-1", "99999999999999999999999", "1.5", "abc"],
     float: ["0", "-1", "nan", "inf", "-inf", "1e400", "abc"],
@@ -85,6 +85,7 @@ def _argv(name: str, flags: dict[str, list[str]], fields: dict[str, str | None])
     return argv
 
 
+@pytest.mark.integration  # hundreds of runs
 def test_every_command_survives_hostile_values(tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
@@ -136,7 +137,7 @@ def test_every_command_survives_hostile_values(tmp_path, monkeypatch, capsys):
                     finally:
                         signal.alarm(0)
                     err = capsys.readouterr().err
-                    if code not in (0, 2, "timeout") or "Traceback" in err:
+                    if code not in (0, 2) or "Traceback" in err:
                         failures.append((argv, code, err[-500:]))
                     changed = {p for p, h in before.items() if _snapshot(tmp_path).get(p) != h}
                     if changed:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_sharpener
+from helpers import random_sharpener
 
 from dicecfg import Sharpener, generate, load_pipeline
 from dicecfg.errors import InputError
@@ -120,6 +120,7 @@ def test_each_entry_point_parses_a_method_spelling_once(tmp_path, monkeypatch):
     assert [r.method for r in inputs.rows] == [CFG(5.0), Scaling(1.5)]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_cfg_on_the_whole_interval_is_todays_cfg(tiny_sd):
     stock, nfe = images(tiny_sd, "cfg")
     assert nfe == [20, 20]
@@ -127,6 +128,7 @@ def test_cfg_on_the_whole_interval_is_todays_cfg(tiny_sd):
         assert np.array_equal(images(tiny_sd, same)[0], stock)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_cfg_interval_equals_the_diffusers_cutoff_recipe_on_the_mini_model():
     """CFG(stop=0.1) at 20 steps: CFG on steps 0 and 1, then the prompt alone, as diffusers' SDCFGCutoffCallback
     with cutoff_step_index=1 makes it (it switches after the step it is called at), at 22 NFE."""
@@ -144,6 +146,7 @@ def test_cfg_interval_equals_the_diffusers_cutoff_recipe_on_the_mini_model():
     assert not np.array_equal(s.image, full)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_cfg_interval_equals_the_sdxl_cutoff_recipe(pipes):
     from diffusers.callbacks import SDXLCFGCutoffCallback
 
@@ -162,6 +165,7 @@ def test_cfg_interval_equals_the_sdxl_cutoff_recipe(pipes):
     assert np.array_equal(s.image, (np.clip(ref, 0, 1) * 255).round().astype(np.uint8))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_dice_interval_equals_switching_embeddings_after_two_steps(family, pipes):
     """Dice(stop=0.2) at 10 steps: the sharpened embedding on steps 0 and 1, the plain one after, as a step-end
@@ -187,6 +191,7 @@ def test_dice_interval_equals_switching_embeddings_after_two_steps(family, pipes
     assert not np.array_equal(s.image, full)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("family", ["sd", "sdxl", "pixart"])
 def test_nfe_is_the_rows_that_ran(family, pipes):
     """For every method, each image's NFE equals the rows of the denoiser's first layer, counted by a hook."""
@@ -207,6 +212,7 @@ def test_nfe_is_the_rows_that_ran(family, pipes):
         hook.remove()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("family", ["sd", "pixart"])
 def test_intervals_change_only_what_they_should(family, pipes):
     pipe = pipes[family]
@@ -219,6 +225,7 @@ def test_intervals_change_only_what_they_should(family, pipes):
     assert not np.array_equal(images(pipe, CFG(stop=0.3))[0], unguided)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_adaptive_guidance_stops_per_image(tiny_sd):
     cfg, _ = images(tiny_sd, "cfg")
     never, nfe = images(
@@ -240,6 +247,7 @@ def test_implied_x0_cosine():
     assert (other < 0.999).all()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_second_order_scheduler_intervals(tiny_sd):
     """Heun evaluates each noise level twice: both evaluations belong to that level's step, and NFE counts them."""
     from diffusers import HeunDiscreteScheduler
@@ -256,6 +264,7 @@ def test_second_order_scheduler_intervals(tiny_sd):
     assert np.array_equal(images(tiny_sd, CFG(), steps=6)[0], images(tiny_sd, "cfg", steps=6)[0])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_fast_graphs_plumbing_with_intervals(monkeypatch, tiny_sd):
     from dicecfg.sampling import fast as fastmod
 
@@ -269,6 +278,7 @@ def test_fast_graphs_plumbing_with_intervals(monkeypatch, tiny_sd):
     assert "forward" not in tiny_sd.unet.__dict__
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_time_block_sharpener_edits_per_block_and_saves(tiny_sd, tmp_path):
     """A sharpener with time_edges makes one edit per block of timesteps, once per image: DICE equals switching
     the embedding to each block's edit at its steps. Saved and loaded, it keeps its edges."""
@@ -304,6 +314,7 @@ def test_time_block_sharpener_edits_per_block_and_saves(tiny_sd, tmp_path):
         Sharpener(8, 8, 1, time_edges=[400, 700])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_recorded_settings_travel_with_the_sharpener(tiny_sd, tmp_path):
     sharp = random_sharpener(tiny_sd, std=0.1)
     assert (Dice(sharp).alpha, Dice(sharp).start, Dice(sharp).stop) == (1.0, 0.0, 1.0)  # none: as before
@@ -323,6 +334,7 @@ def test_recorded_settings_travel_with_the_sharpener(tiny_sd, tmp_path):
         Dice(loaded)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_dice_tune_records_the_best_settings(tiny_sd_dir, tmp_path, capsys):
     from dicecfg import cli
 
@@ -359,6 +371,7 @@ def test_dice_tune_records_the_best_settings(tiny_sd_dir, tmp_path, capsys):
     assert "needs --prompts" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_dice_tune_on_the_mini_model_scores_with_the_oracle(tmp_path):
     from dicecfg.evaluation.tune import TuneJob, tune, validation_prompts
 
@@ -372,6 +385,7 @@ def test_dice_tune_on_the_mini_model_scores_with_the_oracle(tmp_path):
     assert result["best"]["stop"] in (0.25, 1.0)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_negative_prompts_have_settings_of_their_own(tiny_sd):
     """Images with a negative prompt follow neg_* (here: the edit on every step), the others the interval; in
     one batch each row follows its own."""

@@ -147,12 +147,14 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_data_stage_writes_shards(run_dir):
     names = sorted(p.name for p in (run_dir / "data").glob("images_*.npy"))
     assert names == ["images_000.npy", "images_001.npy", "images_eval.npy"]
     assert np.load(run_dir / "data" / "images_001.npy").shape == (4, 64, 64, 3)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_vae_sets_scaling_factor(run_dir):
     from diffusers import AutoencoderKL
 
@@ -160,6 +162,7 @@ def test_vae_sets_scaling_factor(run_dir):
     assert vae.config.scaling_factor != 0.18215 and np.isfinite(vae.config.scaling_factor)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("stage", ["text", "vae", "unet"])
 def test_resume_is_bitwise_identical(run_dir, tmp_path, stage):
     """2 steps, stop, resume to 4 == 4 steps straight."""
@@ -181,6 +184,7 @@ def test_resume_is_bitwise_identical(run_dir, tmp_path, stage):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_checkpoints_with_the_old_optimizer_keys_resume_exactly(run_dir, tmp_path):
     """Mini-model checkpoints written before the shared run-folder format named the optimizer state opt.*"""
     import json
@@ -204,6 +208,7 @@ def test_checkpoints_with_the_old_optimizer_keys_resume_exactly(run_dir, tmp_pat
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_time_limit_stops_with_checkpoint(run_dir, tmp_path):
     out = tmp_path / "limited"
     shutil.copytree(run_dir / "data", out / "data")
@@ -213,6 +218,7 @@ def test_time_limit_stops_with_checkpoint(run_dir, tmp_path):
     assert not (out / "vae" / "final").exists()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_assembled_pipeline_loads_offline_and_generates(run_dir):
     from diffusers import StableDiffusionPipeline
 
@@ -257,6 +263,7 @@ def test_config_round_trip():
     assert mm.config_from_dict(dataclasses.asdict(cfg)) == cfg
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_unet_trains_on_the_frozen_pretrained_text_encoder(run_dir, tmp_path):
     from transformers import CLIPTextModel
 
@@ -276,6 +283,7 @@ def test_unet_trains_on_the_frozen_pretrained_text_encoder(run_dir, tmp_path):
         run_stage("unet", _cfg(out))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_vae_can_be_reused(run_dir, tmp_path):
     from diffusers import AutoencoderKL
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from dicecfg import DistillConfig, Sharpener, distill
@@ -16,6 +17,7 @@ ARGS = ["--teacher-pool", "16", "--teacher-steps", "3", "--eval-pairs", "8", "--
 ARGS += ["--log-every", "2", "--eval-every", "0", "--checkpoint-every", "2", "--steps", "4"]
 
 
+@pytest.mark.integration  # processes of their own
 def test_two_ranks_with_grad_accum_equal_one_process(tiny_sd_dir, tiny_sd, prompts, tmp_path):
     pfile, run = tmp_path / "prompts.txt", tmp_path / "run2"
     pfile.write_text("\n".join(prompts) + "\n")
@@ -83,6 +85,7 @@ def _one_process(fn, *args):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.integration  # processes of their own
 def test_sample_on_two_ranks_equals_one_process(tiny_sd_dir, prompts, tmp_path):
     from dicecfg.sampling.job import SampleJob, run_sample
 
@@ -106,16 +109,17 @@ def test_sample_on_two_ranks_equals_one_process(tiny_sd_dir, prompts, tmp_path):
     assert lines(one) == lines(two) and [r["seed"] for r in lines(two)] == [3, 4, 5, 6, 7]
 
 
+@pytest.mark.integration  # processes of their own
 def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, tmp_path):
     """An interrupted eval (images missing from both ranks' shares, no eval.json) finished by 2 processes gives
     the images and the eval.json of one process, making only what was missing."""
     import shutil
 
-    from dicecfg.evaluation.evaluate import EvalConfig, run_eval
+    from dicecfg.evaluation.evaluate import EvalJob, run_eval
 
     one = tmp_path / "one"
     common = dict(model=str(tiny_sd_dir), methods=("unguided", "cfg"), steps=(2,), batch_size=2, device="cpu")
-    cfg = EvalConfig(prompts=tuple(prompts[:5]), out=str(one), plot=False, progress=False, **common)
+    cfg = EvalJob(prompts=tuple(prompts[:5]), out=str(one), plot=False, progress=False, **common)
     full = _one_process(run_eval, cfg)
     two = tmp_path / "two"
     shutil.copytree(one, two)
@@ -139,6 +143,7 @@ def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, 
     ]  # only what was missing (a finished row makes none: eval tests)
 
 
+@pytest.mark.integration  # processes of their own
 def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
     """benchmarks/parallel_sampling/study.py (made for 2 GPUs) in a tiny CPU setting: rows, ratios, same images."""
     import importlib.util
@@ -159,6 +164,7 @@ def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
     assert json.loads((tmp_path / "study.json").read_text())["rows"] == rows
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bad_input_with_gpus_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     """`dice sample --gpus 2` and `dice eval --gpus 2` check their input before starting processes: one line,
     exit 2, no process started."""
@@ -218,3 +224,107 @@ def test_main_process_first_runs_rank_0_then_the_others_and_leaves_together():
     with Parallel().main_process_first():  # one process: no barrier at all (Parallel.barrier is a no-op)
         events.append("block")
     assert events == ["block"]
+
+
+# ---- the --gpus N launcher: signals, deaths (issue 33 rows 9-10) ---------------------------------------------
+WORKER = """
+import os, signal, sys, time
+rank, folder = os.environ["RANK"], sys.argv[1]
+def stop(signum, frame):  # as dice train does: finish the step, checkpoint, exit 128 + signal
+    time.sleep(0.3)
+    open(os.path.join(folder, f"stopped-{rank}-{signum}"), "w").close()
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+open(os.path.join(folder, f"pid-{rank}"), "w").write(str(os.getpid()))
+if rank == sys.argv[2]:
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(60)
+"""
+LAUNCHER = "import sys; from dicecfg.runs.parallel import Workers; sys.exit(Workers(sys.argv[1:], 2, {}, grace=5).run())"
+
+
+def _launch(tmp_path, die: str = "none") -> subprocess.Popen:
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    cmd = [sys.executable, "-c", LAUNCHER, sys.executable, str(worker), str(tmp_path), die]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait_for(paths, seconds=30):
+    import time
+
+    end = time.monotonic() + seconds
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < end, paths
+        time.sleep(0.05)
+
+
+@pytest.mark.integration  # processes of their own
+def test_the_launcher_forwards_signals_and_waits_for_its_workers(tmp_path):
+    """SIGTERM or SIGINT to the launcher reaches every worker once; it waits for them to stop (a checkpoint's
+    time) and exits 128 + the signal; no worker outlives it."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        folder = tmp_path / sig.name
+        folder.mkdir()
+        proc = _launch(folder)
+        _wait_for([folder / "pid-0", folder / "pid-1"])
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 128 + sig
+        assert {p.name for p in folder.glob("stopped-*")} == {
+            f"stopped-0-{int(sig)}",
+            f"stopped-1-{int(sig)}",
+        }
+        assert all(_gone(int((folder / f"pid-{r}").read_text())) for r in (0, 1))
+
+
+@pytest.mark.integration  # processes of their own
+def test_a_dead_worker_is_named_with_its_rank_and_the_others_stop(tmp_path):
+    proc = _launch(tmp_path, die="1")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "the process of rank 1 (of 2) was killed by SIGKILL; the others were stopped. Re-run" in err
+    assert (tmp_path / "stopped-0-15").exists() and _gone(int((tmp_path / "pid-0").read_text()))
+
+
+@pytest.mark.integration  # processes of their own
+def test_sample_on_two_ranks_after_a_dead_worker_is_one_line_and_resumes(tiny_sd_dir, prompts, tmp_path):
+    """A worker of `dice sample --gpus 2` killed mid-run: one line naming its rank, exit 2; the same command
+    again describes every image in samples.jsonl (records of images the dead run wrote are recovered)."""
+    import os
+    import signal
+    import time
+
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text("\n".join(prompts[:6]) + "\n")
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "dicecfg.cli", "-q", "sample", "--prompts", str(pfile), "--model", str(tiny_sd_dir),
+           "--method", "cfg", "--steps", "2", "--batch-size", "1", "--device", "cpu", "--out", str(out),
+           "--gpus", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while not list(out.glob("0001_*.png")):  # rank 1's first image
+        assert time.monotonic() < end and proc.poll() is None
+        time.sleep(0.05)
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                              text=True).stdout.split()]  # fmt: skip
+    rank1 = next(p for p in workers if "RANK=1\0" in open(f"/proc/{p}/environ").read())
+    os.kill(rank1, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "rank 1 (of 2) was killed by SIGKILL" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("dice: error:") and all(_gone(p) for p in workers)
+    _dice(*cmd[4:])
+    files = {json.loads(ln)["file"] for ln in (out / "samples.jsonl").read_text().splitlines()}
+    assert files == {p.name for p in out.glob("*.png")}

@@ -6,14 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_RECIPE
+from helpers import FAST_RECIPE
 
 from dicecfg import DistillConfig, Sharpener, distill, generate, load_pipeline
 from dicecfg.cli import build_parser
 from dicecfg.errors import InputError
 from dicecfg.flags import from_flags
 from dicecfg.runs.folder import read_stats
-from dicecfg.training.config import LATER_OPTIONS, RECIPES, lr_at, recipe_config
+from dicecfg.training.config import RECIPES, lr_at, recipe_config
 from dicecfg.training.job import TrainJob
 from dicecfg.training.objective import sample_loss, x0_weight
 
@@ -28,9 +28,12 @@ def test_lr_schedule_warmup_and_cosine():
     assert {lr_at(const, s) for s in (0, 50, 99)} == {2e-4}
 
 
-def test_identity_keeps_old_runs_resumable_and_pins_the_schedule_length():
+def test_identity_holds_every_setting_and_pins_the_schedule_length():
     paper = DistillConfig().identity()
-    assert not set(LATER_OPTIONS) & set(paper) and "steps" not in paper  # old run.json files still match
+    assert {"arch", "lr_schedule", "warmup", "grad_accum", "time_edges"} <= set(
+        paper
+    )  # at their defaults too
+    assert "steps" not in paper  # a constant schedule can grow on resume
     ours = recipe_config("dicecfg").identity()
     assert ours["arch"] == "block" and ours["shared_timestep"] is False
     assert "steps" in ours  # a cosine schedule cannot grow on resume
@@ -102,6 +105,7 @@ def test_x0_weight_is_the_error_of_the_implied_x0():
             assert torch.allclose(got, want, rtol=1e-4), (kind, loss)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_relative_loss_is_one_for_the_untrained_sharpener(tiny_sd, prompts, tmp_path):
     # before the first update the student is the unguided model: it misses all of CFG's correction
     cfg = DistillConfig(steps=1, loss_weighting="relative", **FAST_RECIPE)
@@ -110,6 +114,7 @@ def test_relative_loss_is_one_for_the_untrained_sharpener(tiny_sd, prompts, tmp_
     assert first["loss"] == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("family", ["sd", "sdxl", "pixart"])
 def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompts, tmp_path):
     pipe = load_pipeline(request.getfixturevalue(f"tiny_{family}_dir"))
@@ -128,7 +133,10 @@ def test_dicecfg_recipe_trains_and_loads_on_every_family(family, request, prompt
     assert np.array_equal(images(sharp), images(loaded))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts, tmp_path, capsys):
+    """A run of the paper's recipe resumed without --recipe paper names the settings that differ; a run of the
+    dicecfg recipe resumed with more steps says why its steps cannot grow (issue 33 row 18)."""
     from dicecfg.cli import main
 
     (tmp_path / "p.txt").write_text("\n".join(prompts))
@@ -139,10 +147,19 @@ def test_a_paper_run_resumed_under_the_new_default_says_how(tiny_sd_dir, prompts
     assert (
         main([*args, "--out", str(tmp_path / "run")]) == 2
     )  # dice train's default is now the dicecfg recipe
-    assert "add --recipe paper to resume it" in capsys.readouterr().err
+    assert "lr_schedule: 'constant' -> 'cosine'" in capsys.readouterr().err
     assert main([*args, "--recipe", "paper", "--steps", "2", "--out", str(tmp_path / "run")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ours")]) == 0
+    assert main([*args[:-1], "2", "--out", str(tmp_path / "ours")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "steps: 1 -> 2" in err
+        and "learning-rate schedule (lr_schedule=cosine" in err
+        and "--init-from" in err
+    )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_path):
     cfg = dict(FAST_RECIPE, lr=2e-3, eval_every=2)
     distill(tiny_sd, prompts, config=DistillConfig(steps=2, **cfg), output_dir=tmp_path / "a")
@@ -160,10 +177,11 @@ def test_init_from_starts_where_the_given_sharpener_ended(tiny_sd, prompts, tmp_
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # refused before any file
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_init_from_a_sharpener_of_another_model_says_so(tiny_sd, tiny_pixart_dir, prompts, tmp_path):
     """A sharpener made for another base model (another family and text width) cannot be fixed by the network
     options: the refusal says what differs and that it was trained for another model."""
-    from conftest import random_sharpener
+    from helpers import random_sharpener
 
     random_sharpener(load_pipeline(tiny_pixart_dir)).save_pretrained(tmp_path / "pixart")
     cfg = DistillConfig(steps=1, init_from=str(tmp_path / "pixart"), **FAST_RECIPE)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import FAST_FAULTS, ckpt_step, image_folder_with_faults, one_line_error, same_weights
+from helpers import FAST_FAULTS, ckpt_step, image_folder_with_faults, one_line_error, same_weights
 
 from dicecfg import DistillConfig, Sharpener, distill
 from dicecfg.cli import main
@@ -47,6 +47,7 @@ def _fail_at(monkeypatch, k, exc):
     monkeypatch.setattr(d, "sample_loss", sample_loss)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_sd, prompts, tmp_path, monkeypatch, capsys):
     _fail_at(monkeypatch, 6, torch.tensor(float("nan")))
     with pytest.raises(TrainingDivergedError, match=r"nan at step 6.*checkpoint \(step 4\)"):
@@ -59,6 +60,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_sd, prompts, tmp_pat
     assert torch.isfinite(next(resumed.parameters())).all()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_out_of_memory_in_training_keeps_the_checkpoint(tiny_sd, prompts, tmp_path, monkeypatch):
     _fail_at(monkeypatch, 6, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     with pytest.raises(OutOfMemoryError, match="while training.*checkpoint in .* is intact.*grad_accum"):
@@ -66,6 +68,7 @@ def test_out_of_memory_in_training_keeps_the_checkpoint(tiny_sd, prompts, tmp_pa
     assert ckpt_step(tmp_path / "run") == 4 and not (tmp_path / "run" / "run.lock").exists()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("where", ["save_file", "os.replace"])
 def test_failing_checkpoint_write_keeps_previous(tiny_sd, prompts, tmp_path, monkeypatch, where):
     import dicecfg.runs.io as io
@@ -97,6 +100,7 @@ def test_failing_checkpoint_write_keeps_previous(tiny_sd, prompts, tmp_path, mon
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name == "run.lock"]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_run_lock_refuses_live_and_takes_over_stale(tiny_sd, prompts, tmp_path, caplog):
     import socket
 
@@ -115,6 +119,7 @@ def test_run_lock_refuses_live_and_takes_over_stale(tiny_sd, prompts, tmp_path, 
     assert not (run / "run.lock").exists()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("k", [2, 7, 11])  # before the first checkpoint, between two, just before the end
 def test_killed_at_any_step_resumes_exactly(tiny_sd, prompts, tmp_path, monkeypatch, k):
     cfg = DistillConfig(steps=12, **FAST_FAULTS)
@@ -138,6 +143,7 @@ def _logged(run):
         return []
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_checkpoints_exits_and_resumes_exactly(tiny_sd_dir, prompts, tmp_path, sig, code):
     from dicecfg import load_pipeline
@@ -179,6 +185,7 @@ def _train(model, out, prompts_file, steps, *extra):
                 + ["--steps", str(steps), "--recipe", "paper", *TRAIN, *extra])  # fmt: skip
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_resume_with_other_content_is_refused(tiny_sd_dir, prompts, tmp_path, capsys):
     a, b, run = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "run"
     a.write_text("\n".join(prompts) + "\n")
@@ -191,14 +198,14 @@ def test_resume_with_other_content_is_refused(tiny_sd_dir, prompts, tmp_path, ca
     assert _train(tiny_sd_dir, tmp_path / "neg", a, 2, "--negative-prompts", str(negs[0])) == 0
     code = _train(tiny_sd_dir, tmp_path / "neg", a, 4, "--negative-prompts", str(negs[1]))
     one_line_error(capsys, code, "negative_prompts")
-    # a run recorded before the content was: its run.json lacks the hash, and it still resumes
+    # a run.json without the hash (dicecfg 0.x before it was recorded) is not taken for this run: no hash, no match
     record = json.loads((run / "run.json").read_text())
     del record["identity"]["prompts_sha256"]
     (run / "run.json").write_text(json.dumps(record))
-    assert _train(tiny_sd_dir, run, a, 4) == 0 and ckpt_step(run) == 4
-    assert "prompts_sha256" in json.loads((run / "run.json").read_text())["identity"]
+    one_line_error(capsys, _train(tiny_sd_dir, run, a, 4), "prompts_sha256: not recorded")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_image_folder_content_is_part_of_the_identity(tiny_sd, tmp_path):
     root = image_folder_with_faults(tmp_path / "imgs", 6)
     cfg = DistillConfig(steps=1, **FAST_FAULTS)
@@ -214,6 +221,7 @@ def test_image_folder_content_is_part_of_the_identity(tiny_sd, tmp_path):
         )
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_train_refuses_a_folder_that_is_not_a_run(tiny_sd_dir, prompts, tmp_path, capsys):
     pfile, sharp = tmp_path / "p.txt", tmp_path / "sharp"
     pfile.write_text("\n".join(prompts) + "\n")
@@ -231,6 +239,7 @@ def _trained_run(tiny_sd_dir, prompts, tmp_path):
     return pfile, run, {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_damaged_run_files_are_named_with_a_remedy(tiny_sd_dir, prompts, tmp_path, capsys, caplog):
     pfile, run, files = _trained_run(tiny_sd_dir, prompts, tmp_path)
 
@@ -259,6 +268,7 @@ def test_damaged_run_files_are_named_with_a_remedy(tiny_sd_dir, prompts, tmp_pat
     assert [r["step"] for r in read_stats(run) if "loss" in r] == list(range(1, 7))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_model_card_is_honest(tiny_sd_dir, prompts, tmp_path):
     _, run, _ = _trained_run(tiny_sd_dir, prompts, tmp_path)
     card = (run / "README.md").read_text()

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_FAULTS, dice_sample, one_line_error
+from helpers import FAST_FAULTS, dice_sample, one_line_error
 
 from dicecfg import Dice, DistillConfig, Sharpener, distill, generate, sharpen
 from dicecfg.cli import main
@@ -34,6 +34,7 @@ def _random_sharpener(dim=32, seed=0):
     return s
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_alpha_zero_and_untrained_equal_unguided(tiny_sd):
     base = _images(tiny_sd, "unguided", batch_size=4)
     assert np.array_equal(base, _images(tiny_sd, "dice:alpha=0", sharpener=_random_sharpener(), batch_size=4))
@@ -41,6 +42,7 @@ def test_alpha_zero_and_untrained_equal_unguided(tiny_sd):
     assert not np.array_equal(base, _images(tiny_sd, "dice", sharpener=_random_sharpener(), batch_size=4))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_sharpen_kwargs_run_stock_pipeline_like_generate(tiny_sd):
     sharp = _random_sharpener()
     kwargs = sharpen(tiny_sd, sharp, P[:2])
@@ -58,6 +60,7 @@ def test_sharpen_kwargs_run_stock_pipeline_like_generate(tiny_sd):
     assert np.array_equal((np.clip(direct, 0, 1) * 255).round().astype(np.uint8), np.stack(via))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_same_seed_same_image_at_batch_1_and_4(tiny_sd):
     sharp = _random_sharpener()
     for method in ("cfg", "dice"):
@@ -81,6 +84,7 @@ def test_batch_size_help_says_what_holds():
         assert "1/255 at most" in help_text and "do not depend" not in help_text, job.__name__
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_methods_differ_and_report_nfe(tiny_sd):
     out = {
         m: list(
@@ -100,6 +104,7 @@ def test_methods_differ_and_report_nfe(tiny_sd):
     assert not np.array_equal(out["scaling"].image, out["unguided"].image)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_negative_prompt_changes_dice_and_cfg(tiny_sd):
     sharp = _random_sharpener()
     for method in ("dice", "cfg"):
@@ -108,6 +113,7 @@ def test_negative_prompt_changes_dice_and_cfg(tiny_sd):
         assert not np.array_equal(a, b), method
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_v_prediction_pipeline_samples(tiny_sd_v_dir):
     from dicecfg import load_pipeline
 
@@ -116,6 +122,7 @@ def test_v_prediction_pipeline_samples(tiny_sd_v_dir):
     assert np.array_equal(_images(pipe, "unguided"), _images(pipe, "dice", sharpener=Sharpener(32, 64, 4)))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_bad_inputs(tiny_sd):
     with pytest.raises(InputError, match="Unknown method"):
         list(generate(tiny_sd, P, method="magic"))
@@ -127,6 +134,7 @@ def test_bad_inputs(tiny_sd):
         list(generate(tiny_sd, P, method="cfg", num_inference_steps=0))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_pipeline_step_bar_silenced_and_restored(tiny_sd, capsys):
     from dicecfg.families import family_of
     from dicecfg.sampling.generate import sample_batch
@@ -154,6 +162,7 @@ def test_a_byte_order_mark_does_not_reach_the_first_prompt(tmp_path):
 BAD_TEXT = "a red \udcff circle"  # the byte 0xFF of a command-line argument (Python's surrogateescape)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_prompts_that_are_not_text_are_refused_before_encoding(tiny_sd):
     from dicecfg.sampling.prompts import collect_prompts
 
@@ -183,6 +192,7 @@ def test_prompt_files_that_are_not_text_name_the_line(tmp_path):
         load_prompts(tmp_path / "p.txt")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_the_compile_notice_on_a_cpu_says_minutes(tiny_sd, cheap_compile, caplog):
     from dicecfg.families import family_of
     from dicecfg.sampling.fast import compiled_denoiser
@@ -194,6 +204,7 @@ def test_the_compile_notice_on_a_cpu_says_minutes(tiny_sd, cheap_compile, caplog
     assert "several minutes on a CPU" in notice and "a minute or more" not in notice
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_no_torchvision_notices_from_python(tiny_sd_dir):
     import subprocess
     import sys
@@ -210,6 +221,7 @@ def test_no_torchvision_notices_from_python(tiny_sd_dir):
     assert "my own warning" in res.stderr and "my own UserWarning" in res.stderr  # the caller's still show
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_long_prompts_are_counted_in_bounded_chunks(tiny_sd, monkeypatch):
     from dicecfg.families import family_of
     from dicecfg.sampling import checks
@@ -247,6 +259,7 @@ def _no_pipeline_call(monkeypatch, pipe, exc=None):
     monkeypatch.setattr(type(pipe), "__call__", call)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_long_prompts_warn_once_with_count(tiny_sd, caplog):
     prompts = [LONG, "a red circle", LONG + " square"]
     with caplog.at_level(logging.WARNING, logger="dicecfg"):
@@ -260,6 +273,7 @@ def test_long_prompts_warn_once_with_count(tiny_sd, caplog):
     assert not [r for r in caplog.records if r.name.startswith("dicecfg") and "truncated" in r.getMessage()]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_long_negative_prompts_are_counted_apart(tiny_sd, caplog):
     with caplog.at_level(logging.WARNING, logger="dicecfg"):
         list(generate(tiny_sd, ["a", "b"], method="cfg", negative_prompt=LONG, num_inference_steps=1,
@@ -282,6 +296,7 @@ def test_prompt_files_blank_lines_and_jsonl_fields(tmp_path):
         load_prompts(tmp_path / "bad.txt")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_invalid_size_refused_before_work(tiny_sd, monkeypatch):
     _no_pipeline_call(monkeypatch, tiny_sd)
     for kw in (dict(height=20), dict(width=-8), dict(height=0)):
@@ -291,6 +306,7 @@ def test_invalid_size_refused_before_work(tiny_sd, monkeypatch):
         list(generate(tiny_sd, ["a"], method="unguided", num_inference_steps=0, progress=False))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_alpha_out_of_range_warns(tiny_sd, caplog):
     sharp = Sharpener(32, inner_dim=64, heads=4)
     for alpha in (-1.0, 5.0):
@@ -302,6 +318,7 @@ def test_alpha_out_of_range_warns(tiny_sd, caplog):
         sharpen(tiny_sd, sharp, ["a"], alpha=float("nan"))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_out_of_memory_suggests_smaller_batch(tiny_sd_dir, tiny_sd, monkeypatch, capsys):
     _no_pipeline_call(monkeypatch, tiny_sd, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     with pytest.raises(OutOfMemoryError, match="batch of 2 images.*smaller --batch-size"):
@@ -311,6 +328,7 @@ def test_out_of_memory_suggests_smaller_batch(tiny_sd_dir, tiny_sd, monkeypatch,
     assert code == 2 and "--batch-size" in err and err.count("\n") == 1
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_memory_is_estimated_before_work(tiny_sd_dir, tiny_sd, tmp_path, monkeypatch, capsys):
     import dicecfg.sampling.checks as checks
 
@@ -330,6 +348,7 @@ def test_memory_is_estimated_before_work(tiny_sd_dir, tiny_sd, tmp_path, monkeyp
     one_line_error(capsys, code, "GiB")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_sample_into_a_folder_with_samples_keeps_them(tiny_sd_dir, tmp_path):
     out = tmp_path / "samples"
     assert dice_sample(tiny_sd_dir, out, "a red circle", "--method", "unguided") == 0
@@ -343,6 +362,7 @@ def test_sample_into_a_folder_with_samples_keeps_them(tiny_sd_dir, tmp_path):
     assert [r["prompt"] for r in records] == ["a red circle", "a blue square", "a red circle"]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
     tiny_sd_dir, tiny_sd, tmp_path, capsys, monkeypatch
 ):
@@ -354,7 +374,7 @@ def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
     assert Row(CFG(1.0), 20).nfe == 20 and Row(CFG(5.0), 20).nfe == 40
     assert dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", "1") == 0
     assert json.loads((tmp_path / "s" / "samples.jsonl").read_text())["nfe"] == 1
-    monkeypatch.setattr("dicecfg.sampling.job.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr("dicecfg.pipeline.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
     for w in ("0.5", "nan", "inf"):
         code = dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--guidance-scale", w)
         one_line_error(capsys, code, "guidance")
@@ -364,6 +384,7 @@ def test_cfg_at_w_one_is_recorded_as_one_pass_and_below_refused(
         list(generate(tiny_sd, ["a"], method="cfg:w=0.5", progress=False))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_options_the_method_ignores_get_a_notice(tiny_sd_dir, tmp_path, capsys, caplog):
     code = dice_sample(tiny_sd_dir, tmp_path / "s", "a", "--method", "cfg", "--sharpener", "/does/not/exist")
     one_line_error(capsys, code, "does not exist")
@@ -372,6 +393,7 @@ def test_options_the_method_ignores_get_a_notice(tiny_sd_dir, tmp_path, capsys, 
     assert any("--method cfg ignores --alpha" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_settings_that_overflow_are_refused_never_written_black(tiny_sd):
     """cfg:w=1e30 and scaling:s=1e308 are finite settings whose arithmetic is not: refused with one line naming
     what to change, instead of a NaN image saved as black."""
@@ -386,6 +408,7 @@ def test_settings_that_overflow_are_refused_never_written_black(tiny_sd):
         sharpen(tiny_sd, _random_sharpener(), ["a red circle"], alpha=1e38)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_settings_next_to_a_method_are_refused_with_their_place(tiny_sd):
     """0.1's flat keywords (alpha=, guidance_scale=, scale=) would reach the pipeline's **kwargs and be ignored:
     refused, naming where the setting goes."""
@@ -396,3 +419,48 @@ def test_settings_next_to_a_method_are_refused_with_their_place(tiny_sd):
                     tiny_sd, ["a"], method="unguided", num_inference_steps=1, progress=False, **{key: 2.0}
                 )
             )
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_sample_adds_only_to_its_own_log_and_numbers(tiny_sd_dir, tmp_path, capsys):
+    """Issue 33 rows 14-15: a samples.jsonl of someone else's, a symbolic link of that name (to a file outside
+    the folder) or a folder of that name is refused in one line before the model loads, and left as it was; a
+    user file such as 2024_report.pdf does not move the numbering."""
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "samples.jsonl").write_text("name,score\nmine,3\n")
+    one_line_error(
+        capsys, dice_sample(tiny_sd_dir, out, "a", "--method", "unguided"), "not written by `dice sample`"
+    )
+    assert (out / "samples.jsonl").read_text() == "name,score\nmine,3\n"
+    (out / "samples.jsonl").unlink()
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text('{"file": "x.png", "seed": 0, "method": "cfg"}\n')
+    (out / "samples.jsonl").symlink_to(outside)
+    one_line_error(capsys, dice_sample(tiny_sd_dir, out, "a", "--method", "unguided"), "symbolic link")
+    assert outside.read_text() == '{"file": "x.png", "seed": 0, "method": "cfg"}\n'
+    (out / "samples.jsonl").unlink()
+    (out / "samples.jsonl").mkdir()
+    one_line_error(capsys, dice_sample(tiny_sd_dir, out, "a", "--method", "unguided"), "is a folder")
+    (out / "samples.jsonl").rmdir()
+    (out / "2024_report.pdf").write_text("my report")
+    assert dice_sample(tiny_sd_dir, out, "a", "--method", "unguided") == 0
+    assert (out / "0000_unguided_seed0.png").is_file() and (
+        out / "2024_report.pdf"
+    ).read_text() == "my report"
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_images_a_stopped_run_wrote_get_their_records_back(tiny_sd_dir, tmp_path, caplog):
+    """Issue 33 row 10: images whose lines never reached samples.jsonl (a process killed after writing its PNGs,
+    before rank 0 appended them) get their records on the next run, from the record each PNG carries."""
+    out = tmp_path / "s"
+    assert (
+        dice_sample(tiny_sd_dir, out, "a red circle", "a blue square", "a green star", "--method", "cfg") == 0
+    )
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text(lines[0] + "\n")  # the last two lines never written
+    assert dice_sample(tiny_sd_dir, out, "a red circle", "--method", "unguided") == 0
+    again = (out / "samples.jsonl").read_text().splitlines()
+    assert again[:3] == lines and json.loads(again[3])["file"] == "0003_unguided_seed0.png"
+    assert "recovered the records of 2 image(s)" in caplog.text

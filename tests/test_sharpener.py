@@ -49,12 +49,14 @@ def test_first_token_unchanged_and_negative_changes_edit():
     assert not torch.allclose(out1, out2)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_wrong_dim_for_pipeline_names_both(tiny_sd):
     s = Sharpener(48, inner_dim=64, heads=4)
     with pytest.raises(SharpenerMismatchError, match=r"48.*32"):
         sharpen(tiny_sd, s, "a red circle")
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_wrong_family_refused(tiny_sd):
     s = Sharpener(32, inner_dim=64, heads=4, family="pixart")
     with pytest.raises(SharpenerMismatchError, match="pixart"):

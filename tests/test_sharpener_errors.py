@@ -20,6 +20,7 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_pickles_are_refused_and_never_unpickled(tiny_sd_dir, tmp_path, capsys):
     marker = tmp_path / "UNPICKLED"
     payload = pickle.dumps(_Evil(marker))
@@ -45,6 +46,7 @@ def test_pickles_are_refused_and_never_unpickled(tiny_sd_dir, tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_corrupt_config_and_wrong_family(tiny_sd_dir, tmp_path, capsys):
     sh = tmp_path / "sh"
     Sharpener(32, inner_dim=64, heads=4).save_pretrained(sh)

@@ -11,9 +11,10 @@ from dicecfg.families import check_compatible
 from dicecfg.metrics.fidelity import psnr, ssim
 from dicecfg.world import Oracle, heldout_set
 
-pytestmark = pytest.mark.skipif(
-    not (MINI_MODEL / "model_index.json").is_file(), reason="assets not installed"
-)
+pytestmark = [
+    pytest.mark.skipif(not (MINI_MODEL / "model_index.json").is_file(), reason="assets not installed"),
+    pytest.mark.integration,  # the shipped pair measured on held-out prompts
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def pair():
     return load_pipeline(), Sharpener.from_pretrained()
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_shipped_pair_loads_offline_and_fits(pair):
     pipe, sharp = pair
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.dtype.is_floating_point
@@ -59,6 +61,7 @@ def images(pair):
     return items, out
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_dice_moves_toward_cfg(images):
     # measured on these 64 prompts (2-core CPU, fp32), the shipped sharpener (block-4k fine-tuned with negative
     # prompts): on every step (alpha 1) PSNR vs CFG 25.44 dB vs 22.35 dB (unguided), SSIM 0.880 vs 0.810; with its
@@ -78,6 +81,7 @@ def test_dice_moves_toward_cfg(images):
     assert tuned_psnr > 0.6 and tuned_ssim > 0.01, (tuned_psnr, tuned_ssim)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_alignment_of_shipped_pair(images):
     # measured on these 64 prompts (2-core CPU, fp32), oracle all-correct: unguided 0.906, CFG 1.000, DICE 0.953
     # (the shipped sharpener, with its recorded settings and on every step alike; block-4k and the paper-recipe one
@@ -90,6 +94,7 @@ def test_alignment_of_shipped_pair(images):
     assert score["dice"] >= score["cfg"] - 0.08, score
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_shipped_sharpener_follows_a_negative_prompt(pair):
     """ "a SHAPE" with the negative prompt "a COLOUR SHAPE": the negated colour must mostly stay away.
 
@@ -120,6 +125,7 @@ def test_shipped_sharpener_follows_a_negative_prompt(pair):
     assert negated <= 0.06 and plain - negated >= 0.1, (plain, negated)
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_demo_agrees_with_eval(tmp_path, capsys):
     """`dice demo` and the `dice eval` command it names score the same images alike: every oracle verdict."""
     import shlex
@@ -171,6 +177,7 @@ def test_demo_agrees_with_eval(tmp_path, capsys):
         assert failed == m["failed"], m["method"]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_shipped_text_encoder_keeps_relations_apart(pair):
     # measured: reversing the relation changes the 77 token states by 0.665 (left/right) and 0.624
     # (above/below), relative L2; the first, jointly trained encoder: 0.008 and 0.022 (BENCHMARKS.md)

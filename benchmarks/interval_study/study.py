@@ -57,15 +57,15 @@ SETS = ("validation", "heldout-a", "heldout-b")
 def prompt_sets(names, n: int, validation_seed_sets: int = 2):
     """name -> (Prompts, seed sets): validation with two seed sets (by default); held-out A (the project's seeds)
     and B (+10M), one each."""
-    from dicecfg.evaluation.tune import SEED_SET_STRIDE, Prompts
+    from dicecfg.evaluation.prompt_sets import PromptSet
+    from dicecfg.evaluation.tune import SEED_SET_STRIDE
     from dicecfg.world import heldout_set, validation_set
 
     out = {}
     for name in names:
         items = validation_set(n) if name == "validation" else heldout_set(n)
         shift = SEED_SET_STRIDE if name == "heldout-b" else 0
-        ps = Prompts([it.prompt for it in items], [it.seed + shift for it in items], [it.spec for it in items],
-                     [it.scene for it in items])  # fmt: skip
+        ps = PromptSet.of_world(items, name, seed_shift=shift)
         out[name] = (ps, validation_seed_sets if name == "validation" else 1)
     return out
 

@@ -23,7 +23,7 @@ from .evaluation.evaluate import EvalJob, eval_inputs, run_eval
 from .evaluation.tune import TuneJob, run_tune, tune_table
 from .flags import add_flags, from_flags, spell_bare_consts, take_positionals
 from .pipeline import NoTorchvisionNotice, hide_torchvision_notices  # noqa: F401 - the filter is named here too
-from .runs.parallel import launched, main_process, relaunch
+from .runs.parallel import PEER_LOST, launched, main_process, peer_lost, relaunch
 from .sampling.job import SampleJob, run_sample, sample_inputs
 from .training.ceiling_job import CeilingJob, run_ceiling
 from .training.job import TrainJob, run_train
@@ -36,10 +36,20 @@ EPILOG = """examples:
 """
 
 
+def on_gpus(job: Any, argv: list[str], check: Callable[[Any], Any] | None = None) -> int | None:
+    """``--gpus N`` (N > 1) in the process the user started: check the input here (``check``: bad input is one
+    line before any process starts), then run this command once per GPU (``runs.parallel.relaunch``) and return
+    its exit code. None when this process is to run the job itself (one GPU, or one of the launched ones)."""
+    if job.gpus <= 1 or launched():
+        return None
+    if check is not None:
+        check(job)
+    return relaunch(argv, job.gpus)
+
+
 def _sample(job: SampleJob, argv: list[str]) -> int | None:
-    if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
-        sample_inputs(job)  # bad input: one line here, before any process starts
-        return relaunch(argv, job.gpus)
+    if (code := on_gpus(job, argv, sample_inputs)) is not None:
+        return code
     paths = run_sample(job)
     if main_process():
         print(f"wrote {len(paths)} images to {paths[0].parent}")
@@ -47,8 +57,8 @@ def _sample(job: SampleJob, argv: list[str]) -> int | None:
 
 
 def _train(job: TrainJob, argv: list[str]) -> int | None:
-    if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
-        return relaunch(argv, job.gpus)
+    if (code := on_gpus(job, argv)) is not None:
+        return code
     sharp = run_train(job)
     if main_process():
         print(f"sharpener ({sharp.config['train_steps']} steps) saved to {job.out}")
@@ -62,9 +72,8 @@ def _demo(job: DemoJob, argv: list[str]) -> None:
 
 
 def _eval(job: EvalJob, argv: list[str]) -> int | None:
-    if job.gpus > 1 and not launched():  # this command once per GPU, without --gpus
-        eval_inputs(job)  # bad input: one line here, before any process starts
-        return relaunch(argv, job.gpus)
+    if (code := on_gpus(job, argv, eval_inputs)) is not None:
+        return code
     result = run_eval(job)
     if not main_process():
         return None
@@ -196,6 +205,18 @@ def quiet_libraries() -> None:
         lib.set_verbosity_error()
 
 
+def misplaced(e: OSError) -> str:
+    """One line for a path that is not what a command needs: a file where a folder goes (or the reverse), a name
+    already taken, no permission."""
+    what = {
+        IsADirectoryError: "is a folder where a file is expected",
+        NotADirectoryError: "is on a path through a file where a folder is expected",
+        FileExistsError: "already exists",
+        PermissionError: "may not be written by this user",
+    }[type(e)]
+    return f"{e.filename} {what} ({e.strerror}): move it away, or give another --out folder."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -220,9 +241,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dice: error: {e}", file=sys.stderr)
         return 2
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as e:
+        if ns.debug:  # a path that changed under the command after its checks: still one line
+            raise
+        print(f"dice: error: {misplaced(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:  # SIGINT -> 130, SIGTERM -> 143 (128 + signal number)
         print("dice: interrupted", file=sys.stderr)
         return 128 + getattr(e, "signum", 2)
+    except Exception as e:
+        if ns.debug or not launched() or not peer_lost(e):
+            raise
+        return PEER_LOST  # another process of this --gpus run is gone: the launcher names it
     return code or 0
 
 

@@ -128,6 +128,56 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def bench_methods(sharpener: Any, cfg: BenchConfig) -> dict[str, Any]:
+    """The methods a row times: CFG, DICE (on its first steps with ``dice_stop``), unguided sampling, and the
+    training-free peer (CFG on the first steps) with ``peer_stop``."""
+    from ..sampling.methods import CFG, Dice, Unguided
+
+    dice = Dice(sharpener, 1.0, 0.0, cfg.dice_stop) if cfg.dice_stop > 0 else Dice(sharpener, 1.0)
+    methods = {"cfg": CFG(cfg.guidance_scale), "dice": dice, "unguided": Unguided()}
+    return methods | ({"peer": CFG(cfg.guidance_scale, stop=cfg.peer_stop)} if cfg.peer_stop > 0 else {})
+
+
+def bench_variants(methods: dict[str, Any], mode: str) -> dict[str, tuple[str, bool | str]]:
+    """Variant name -> (method, fast path): eager CFG, DICE (and peer); with a fast ``mode`` the same on it,
+    plus fast unguided sampling (the floor DICE is held to)."""
+    eager = [m for m in ("cfg", "dice", "peer") if m in methods]
+    variants: dict[str, tuple[str, bool | str]] = {m: (m, False) for m in eager}
+    if mode != "off":
+        variants |= {f"fast_{m}": (m, mode) for m in ("cfg", "dice", "unguided", "peer") if m in methods}
+    return variants
+
+
+def time_variants(
+    run: Callable[[str, bool | str], None],
+    sharpen: Callable[[], None],
+    variants: dict[str, tuple[str, bool | str]],
+    timer: Timer,
+    *,
+    warmup: int,
+    repeats: int,
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Warm-up calls, then ``repeats`` timed rounds of every variant and of the sharpener alone, interleaved so
+    drift (clocks, heat) hits every variant alike, the order turning so no variant always follows the same
+    other one. Returns the times (ms) of each and the first fast call of each shape (capture or compilation,
+    timed apart from the steady state)."""
+    first: dict[str, float] = {}
+    for i in range(warmup):
+        for name, (method, fast) in variants.items():
+            if i == 0 and fast:
+                first[name] = timer(lambda m=method, f=fast: run(m, f))
+            else:
+                run(method, fast)
+        sharpen()
+    times: dict[str, list[float]] = {k: [] for k in [*variants, "sharpener"]}
+    order = list(variants.items())
+    for r in range(repeats):
+        for name, (method, fast) in order if r % 2 == 0 else order[::-1]:
+            times[name].append(timer(lambda m=method, f=fast: run(m, f)))
+        times["sharpener"].append(timer(sharpen))
+    return times, first
+
+
 def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[str, Any]:
     """Time CFG and DICE sampling (and the sharpener, and the decode) for one batch size.
 
@@ -137,7 +187,6 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     """
     from ..families import family_of
     from ..sampling.generate import generators, sample_batch
-    from ..sampling.methods import CFG, Dice, Unguided
 
     fam = family_of(pipe)
     device = pipe._execution_device
@@ -147,10 +196,7 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     sharpener.to(device=device, dtype=cond.embeds.dtype)
     common = dict(num_inference_steps=cfg.steps, output_type="latent", height=cfg.height, width=cfg.width)
     latents: list[torch.Tensor] = []
-    dice = Dice(sharpener, 1.0, 0.0, cfg.dice_stop) if cfg.dice_stop > 0 else Dice(sharpener, 1.0)
-    methods = {"cfg": CFG(cfg.guidance_scale), "dice": dice, "unguided": Unguided()}
-    if cfg.peer_stop > 0:
-        methods["peer"] = CFG(cfg.guidance_scale, stop=cfg.peer_stop)
+    methods = bench_methods(sharpener, cfg)
 
     def run(method: str, fast: bool | str = False) -> None:
         out, _ = sample_batch(
@@ -159,71 +205,116 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         latents[:] = [out]
 
     def sharpen() -> None:  # the sharpener's work of one DICE call: every edit it makes, once per image
-        dice.plan(pipe, fam, cond, neg)
+        methods["dice"].plan(pipe, fam, cond, neg)
 
-    variants = {"cfg": ("cfg", False), "dice": ("dice", False)}
-    variants |= {"peer": ("peer", False)} if "peer" in methods else {}
-    if mode != "off":
-        variants |= {
-            "fast_cfg": ("cfg", mode),
-            "fast_dice": ("dice", mode),
-            "fast_unguided": ("unguided", mode),
-        }
-        variants |= {"fast_peer": ("peer", mode)} if "peer" in methods else {}
-    first: dict[str, float] = {}
     with torch.inference_mode():
-        for i in range(max(cfg.warmup, 1 if mode != "off" else 0)):
-            for name, (method, fast) in variants.items():
-                if i == 0 and fast:  # the first fast call of a shape captures or compiles: timed apart
-                    first[name] = timer(lambda m=method, f=fast: run(m, f))
-                else:
-                    run(method, fast)
-            sharpen()
-        times: dict[str, list[float]] = {k: [] for k in [*variants, "sharpener"]}
-        order = list(variants.items())
-        for r in range(
-            cfg.repeats
-        ):  # interleaved, so drift (clocks, heat) hits every variant alike; the order
-            for name, (method, fast) in order if r % 2 == 0 else order[::-1]:  # turns, so no variant always
-                times[name].append(timer(lambda m=method, f=fast: run(m, f)))  # follows the same other one
-            times["sharpener"].append(timer(sharpen))
+        warmup = max(cfg.warmup, 1 if mode != "off" else 0)
+        variants = bench_variants(methods, mode)
+        times, first = time_variants(run, sharpen, variants, timer, warmup=warmup, repeats=cfg.repeats)
         decode_ms = _decode_ms(pipe, latents[0], timer, max(1, cfg.repeats // 2)) if cfg.decode else None
         diff = _fast_vs_eager(run, latents, ("cfg", "dice"), mode) if mode != "off" else {}
     med = {k: statistics.median(v) for k, v in times.items()}
-    row = {
+    row = eager_columns(med, batch) | {
+        "decode_ms": decode_ms,
+        "times_ms": times,
+        "latent_shape": list(latents[0].shape),
+    }
+    if "peer" in methods:
+        row |= peer_columns(methods["peer"], med, cfg.steps)
+    if mode != "off":
+        row |= fast_columns(med, first, mode) | {"fast_path": _fast_path_used(pipe, fam, mode), **diff}
+    return row
+
+
+def eager_columns(med: dict[str, float], batch: int) -> dict[str, Any]:
+    """CFG against DICE on the eager path, and the sharpener's share of a DICE call (medians in ms)."""
+    return {
         "batch": batch,
         "cfg_ms": med["cfg"],
         "dice_ms": med["dice"],
         "ratio": med["cfg"] / med["dice"],
         "sharpener_ms": med["sharpener"],
         "sharpener_pct": 100.0 * med["sharpener"] / med["dice"],
-        "decode_ms": decode_ms,
         "cfg_ms_per_image": med["cfg"] / batch,
         "dice_ms_per_image": med["dice"] / batch,
-        "times_ms": times,
-        "latent_shape": list(latents[0].shape),
     }
-    if "peer" in methods:  # the training-free peer: its label, NFE at these steps, time and its ratio to DICE
-        peer = methods["peer"]
-        row |= {"peer": peer.label, "peer_nfe": peer.nfe(cfg.steps), "peer_ms": med["peer"]}
-        row |= {"peer_dice_ratio": med["peer"] / med["dice"]}
-        if mode != "off":
-            row |= {
-                "fast_peer_ms": med["fast_peer"],
-                "fast_peer_dice_ratio": med["fast_peer"] / med["fast_dice"],
-            }
-    if mode != "off":
-        row |= {"fast_mode": mode}
-        row |= {f"{k}_ms": med[k] for k in ("fast_cfg", "fast_dice", "fast_unguided")}
-        row |= {f"{k}_first_ms": v for k, v in first.items()}
-        row |= {
-            "fast_ratio": med["fast_cfg"] / med["fast_dice"],  # fast CFG / fast DICE
-            "speedup_vs_eager_cfg": med["cfg"] / med["fast_dice"],  # the fast path's aim: >= 2 at batch 1
-            "fast_dice_over_unguided_pct": 100.0 * (med["fast_dice"] / med["fast_unguided"] - 1.0),
-            "fast_path": _fast_path_used(pipe, fam, mode),
-            **diff,
-        }
-    return row
+
+
+def peer_columns(peer: Any, med: dict[str, float], steps: int) -> dict[str, Any]:
+    """The training-free peer: its label, NFE at these steps, time and its ratio to DICE (eager, and fast)."""
+    out = {"peer": peer.label, "peer_nfe": peer.nfe(steps), "peer_ms": med["peer"]}
+    out["peer_dice_ratio"] = med["peer"] / med["dice"]
+    if "fast_peer" in med:
+        out |= {"fast_peer_ms": med["fast_peer"], "fast_peer_dice_ratio": med["fast_peer"] / med["fast_dice"]}
+    return out
+
+
+def fast_columns(med: dict[str, float], first: dict[str, float], mode: str) -> dict[str, Any]:
+    """The fast path (``mode``): each method's time on it, its first calls, and its ratios."""
+    out: dict[str, Any] = {"fast_mode": mode}
+    out |= {f"{k}_ms": med[k] for k in ("fast_cfg", "fast_dice", "fast_unguided")}
+    out |= {f"{k}_first_ms": v for k, v in first.items()}
+    return out | {
+        "fast_ratio": med["fast_cfg"] / med["fast_dice"],  # fast CFG / fast DICE
+        "speedup_vs_eager_cfg": med["cfg"] / med["fast_dice"],  # the fast path's aim: >= 2 at batch 1
+        "fast_dice_over_unguided_pct": 100.0 * (med["fast_dice"] / med["fast_unguided"] - 1.0),
+    }
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the `dice bench` table: its title, the row key it shows (or a function of the row), how, and
+    the group of columns it belongs to (shown when some row has the group)."""
+
+    title: str
+    key: str | Callable[[dict[str, Any]], Any]
+    fmt: str = "{}"
+    group: str = "eager"
+
+
+# The table `dice bench` prints last, in one place beside the row it shows.
+TABLE = (
+    Column("model", "name"), Column("device", "device"), Column("dtype", "dtype"), Column("batch", "batch"),
+    Column("steps", "steps"), Column("CFG ms", "cfg_ms", "{:.1f}"), Column("DICE ms", "dice_ms", "{:.1f}"),
+    Column("CFG/DICE", "ratio", "{:.3f}"), Column("sharpener %", "sharpener_pct", "{:.2f}"),
+    Column("peer", "peer", group="peer"), Column("peer NFE", "peer_nfe", group="peer"),
+    Column("peer ms", "peer_ms", "{:.1f}", "peer"), Column("peer/DICE", "peer_dice_ratio", "{:.3f}", "peer"),
+    Column("decode ms", "decode_ms", "{:.1f}"),
+    Column("fast path", lambda r: r.get("fast_mode", "graphs"), group="fast"),
+    Column("fast CFG ms", "fast_cfg_ms", "{:.1f}", "fast"), Column("fast DICE ms", "fast_dice_ms", "{:.1f}", "fast"),
+    Column("fast unguided ms", "fast_unguided_ms", "{:.1f}", "fast"),
+    Column("eager CFG / fast DICE", "speedup_vs_eager_cfg", "{:.3f}", "fast"),
+    Column("fast peer ms", "fast_peer_ms", "{:.1f}", "fast_peer"),
+    Column("fast peer/DICE", "fast_peer_dice_ratio", "{:.3f}", "fast_peer"),
+    Column("first calls ms", lambda r: sum(v for k, v in r.items() if k.endswith("_first_ms")), "{:.0f}", "fast"),
+)  # fmt: skip
+GROUP_KEY = {"peer": "peer_ms", "fast": "fast_dice_ms", "fast_peer": "fast_peer_ms"}  # a row has the group
+
+
+def bench_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The titles and cells of the `dice bench` table: a group's columns appear when some row has the group
+    (with ``-`` in rows without it); a row that failed shows its error."""
+    shown = [c for c in TABLE if c.group == "eager" or any(GROUP_KEY[c.group] in r for r in rows)]
+    if any(GROUP_KEY["fast_peer"] in r for r in rows) and not any(GROUP_KEY["peer"] in r for r in rows):
+        shown = [c for c in shown if c.group != "fast_peer"]
+    body = []
+    for r in rows:
+        if "error" in r:
+            cells = [r[c.key] for c in shown[:5]] + [r["error"]]
+            body.append(cells + [""] * (len(shown) - len(cells)))
+            continue
+        cells = []
+        for c in shown:
+            value = c.key(r) if callable(c.key) else r.get(c.key)
+            has_group = c.group == "eager" or GROUP_KEY[c.group] in r
+            if not has_group:  # a row without the fast path leaves its columns empty; one without a peer: -
+                cells.append("" if "fast_dice_ms" not in r and c.group.startswith("fast") else "-")
+            elif value is None:
+                cells.append("-")
+            else:
+                cells.append(c.fmt.format(value))
+        body.append(cells)
+    return [c.title for c in shown], body
 
 
 def _fast_vs_eager(

@@ -21,6 +21,7 @@ import torch
 from ..errors import InputError
 from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, model_option, sharpener_option
+from ..runs.jobs import job_pipeline
 
 log = logging.getLogger(__name__)
 GROUPS = ("sos", "words", "eos", "padding")
@@ -143,7 +144,7 @@ def check_analysis_folder(out: Path) -> None:
 
 def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     """`dice analyze`: writes analysis.json, analysis.md and analysis.png under ``cfg.out``."""
-    from ..pipeline import default_sharpener, load_pipeline, resolve_device, resolve_dtype
+    from ..pipeline import default_sharpener
     from ..runs.io import atomic_write_json, atomic_write_text
     from ..sampling.prompts import collect_prompts
     from ..sharpener import Sharpener
@@ -161,8 +162,7 @@ def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
         prompts = [it.prompt for it in heldout_items(cfg.limit)]
     out = Path(cfg.out)
     check_analysis_folder(out)  # before the model loads
-    device = resolve_device(cfg.device)
-    pipe = load_pipeline(cfg.model, dtype=resolve_dtype(cfg.dtype, device), device=device)
+    pipe = job_pipeline(cfg.model, cfg.device, cfg.dtype)
     stats = analyze(pipe, sharp, prompts, alpha=cfg.alpha, negative_prompt=cfg.negative_prompt)
     stats["config"] = asdict(cfg)
     atomic_write_json(out / "analysis.json", stats)

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..flags import Checked, opt
-from ..pipeline import default_sharpener, load_pipeline, model_option, resolve_device, sharpener_option
+from ..pipeline import default_sharpener, model_option, sharpener_option
 from ..runs.io import atomic_write_json, check_own_files, read_record
+from ..runs.jobs import job_pipeline, stderr
 from ..sampling.generate import Sample, generate
 from ..sampling.grid import save_png
 from ..sampling.methods import CFG, PEER_STOP, Dice, Method, Unguided
@@ -96,11 +97,6 @@ def sample_in_turns(
     finally:
         bar.close()
     return out
-
-
-def stderr(x: np.ndarray) -> float:
-    """Standard error of the mean of ``x`` (sample standard deviation / sqrt(n); 0 for one value)."""
-    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
 def paired(correct: np.ndarray, base: np.ndarray) -> dict[str, Any]:
@@ -179,7 +175,7 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     if name is None:
         raise InputError("dice demo with a model of your own needs its sharpener (sharpener=...).")
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
-    pipe = load_pipeline(job.model, device=resolve_device(job.device))
+    pipe = job_pipeline(job.model, job.device)
     check_compatible(pipe, sharp)
     methods = demo_methods(job, sharp)
     samples = sample_in_turns(

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,15 @@ import numpy as np
 from ..errors import InputError
 from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option, model_option
-from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
+from ..runs.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_file_slot,
+    check_folder_slot,
+    check_own_files,
+    read_record,
+)
+from ..runs.jobs import job_pipeline, on_rank_0
 from ..runs.parallel import Parallel
 from ..sampling.checks import SEED_MAX
 from ..sampling.fast import FAST_CHOICES
@@ -30,6 +38,7 @@ from ..sampling.generate import generate
 from ..sampling.methods import CFG, PEER_STOP, Dice
 from ..sampling.spelling import parse_method, spelling_help
 from .images import Row, ensure_images, fast_paths, load_images, meta_mean, seconds_per_image
+from .prompt_sets import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +96,8 @@ class EvalJob(Checked):
     )
     gpus: int = opt(
         1,
-        "sample in N processes, one per GPU, prompts split by index (relaunches itself through "
-        "torch.distributed.run; the same images and eval.json as one process; docs/parallel.md)",
+        "sample in N processes, one per GPU, prompts split by index (relaunches itself, "
+        "one process per rank; the same images and eval.json as one process; docs/parallel.md)",
         metavar="N",
         min=1,
     )
@@ -103,40 +112,15 @@ class EvalJob(Checked):
     progress: bool = opt(True, "progress bars", cli=False)
 
 
-EvalConfig = EvalJob  # the name of earlier versions, kept so that code written for them keeps working
-
-
-@dataclass
-class PromptSet:
-    name: str
-    prompts: list[str]
-    seeds: list[int]
-    specs: list | None = None  # world Specs when every prompt is in the grammar
-    scenes: list | None = None  # world Scenes the prompts were written from (held-out set)
-    extra: dict = field(default_factory=dict)
-
-
 def prompt_set(cfg: EvalJob) -> PromptSet:
     """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
-    from ..metrics.world import world_specs
-
     if cfg.limit < 1:
         raise InputError(f"--limit must be >= 1 (got {cfg.limit}).")
     if cfg.prompts or cfg.prompts_file:
         from ..sampling.prompts import collect_prompts
 
-        prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
-        return PromptSet(
-            "prompts", prompts, [cfg.seed + i for i in range(len(prompts))], world_specs(prompts)
-        )
-    items = heldout_items(cfg.limit)
-    return PromptSet(
-        "heldout",
-        [it.prompt for it in items],
-        [it.seed for it in items],
-        [it.spec for it in items],
-        [it.scene for it in items],
-    )
+        return PromptSet.given(collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit], cfg.seed)
+    return PromptSet.of_world(heldout_items(cfg.limit), "heldout")
 
 
 def heldout_items(limit: int) -> list:
@@ -256,22 +240,38 @@ def check_eval_folder(out: Path) -> None:
     check_own_files(out, EVAL_FILES, command="eval", ours=ours)
 
 
+def check_eval_slots(out: Path, rows: Sequence[Row]) -> None:
+    """Refuse, before the model loads, an eval folder whose parts are not what `dice eval` writes there: a file
+    where ``images/`` or a row's folder goes, a folder where a file goes, or a folder it may not write in."""
+    fix = "move it away, or give dice eval another --out folder"
+    for name in ("run.json", "eval.json", "eval.md", "eval_nfe.png"):
+        check_file_slot(out / name, fix=fix)
+    for row in rows:
+        check_folder_slot(out / "images" / row.key, fix=fix)
+        check_file_slot(out / "images" / row.key / "meta.jsonl", fix=fix)
+
+
 def evaluate(
     pipe, cfg: EvalJob, ps: PromptSet, sharpeners: dict[str, Any], real=None, rows: list[Row] | None = None
 ) -> dict[str, Any] | None:
     """Generate what is missing, then score every row; writes eval.json and eval.md (and the plot). In one of
     several processes (``--gpus N``) each makes its share of the images and rank 0 alone scores and writes
     (the others return None). ``rows``: ``make_rows(cfg, sharpeners)`` when the caller has them."""
-    from ..runs.folder import versions
-    from .report import eval_table, plot_nfe
-
-    out = Path(cfg.out)
-    if rows is None:
-        rows = make_rows(cfg, sharpeners, notice=False)
+    rows = rows if rows is not None else make_rows(cfg, sharpeners, notice=False)
     par = Parallel.current(pipe._execution_device)
-    made = {}
-    for row in rows:
-        made[row.key] = ensure_images(
+    made = make_images(pipe, cfg, ps, rows, par)
+    if not par.main:
+        return None
+    results = score(cfg, ps, rows, made, real)
+    return write_report(cfg, ps, results)
+
+
+def make_images(pipe, cfg: EvalJob, ps: PromptSet, rows: Sequence[Row], par: Parallel) -> dict[str, int]:
+    """Every row's missing images (this rank's share); row key -> how many were made (by every rank, on rank
+    0)."""
+    out = Path(cfg.out)
+    return {
+        row.key: ensure_images(
             pipe,
             row,
             ps.prompts,
@@ -283,40 +283,56 @@ def evaluate(
             progress=cfg.progress and par.main,
             fast=cfg.fast,
             par=par,
-        )
-    if not par.main:
-        return None
+        )  # fmt: skip
+        for row in rows
+    }
+
+
+def score(cfg: EvalJob, ps: PromptSet, rows: Sequence[Row], made: dict[str, int], real=None) -> list[dict]:
+    """The result of every row, from its images on disk: what it is, what it cost, every metric that applies
+    (fidelity against the reference row at the same step count, read once per step count)."""
+    out = Path(cfg.out)
     refs: dict[int, np.ndarray] = {}
     results = []
     for row in rows:
-        folder = out / "images" / row.key
-        images = load_images(folder, ps.prompts, ps.seeds)
+        images = load_images(out / "images" / row.key, ps.prompts, ps.seeds)
         ref_row = reference_row(cfg, rows, row.steps)
         if ref_row is not None and row.steps not in refs:
+            same = ref_row.key == row.key
             refs[row.steps] = (
-                images
-                if ref_row.key == row.key
-                else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
+                images if same else load_images(out / "images" / ref_row.key, ps.prompts, ps.seeds)
             )
-        nfe = meta_mean(folder, len(images), "nfe")
-        results.append(
-            {
-                "label": row.label,
-                "method": row.method.name,
-                "spec": row.method.spec,
-                "setting": row.method.setting,
-                "key": row.key,
-                "params": row.params,
-                "steps": row.steps,
-                "nfe": row.nfe if nfe is None else (int(nfe) if nfe.is_integer() else round(nfe, 2)),
-                "n": len(images),
-                "generated": made[row.key],
-                "seconds_per_image": seconds_per_image(folder, len(images)),
-                "fast": fast_paths(folder, len(images)),
-                **row_metrics(images, ps, refs.get(row.steps), real),
-            }
-        )
+        result = row_record(row, out / "images" / row.key, len(images), made[row.key])
+        results.append(result | row_metrics(images, ps, refs.get(row.steps), real))
         log.info("%s: %s", row.key, {k: v for k, v in results[-1].items() if isinstance(v, float)})
+    return results
+
+
+def row_record(row: Row, folder: Path, n: int, generated: int) -> dict[str, Any]:
+    """What a row is and what its images cost (NFE and seconds as measured, from meta.jsonl)."""
+    nfe = meta_mean(folder, n, "nfe")
+    return {
+        "label": row.label,
+        "method": row.method.name,
+        "spec": row.method.spec,
+        "setting": row.method.setting,
+        "key": row.key,
+        "params": row.params,
+        "steps": row.steps,
+        "nfe": row.nfe if nfe is None else (int(nfe) if nfe.is_integer() else round(nfe, 2)),
+        "n": n,
+        "generated": generated,
+        "seconds_per_image": seconds_per_image(folder, n),
+        "fast": fast_paths(folder, n),
+    }
+
+
+def write_report(cfg: EvalJob, ps: PromptSet, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """eval.json (with the config and versions), eval.md and the plot; returns the report."""
+    from ..runs.folder import versions
+    from .report import eval_table, plot_nfe
+
+    out = Path(cfg.out)
     report = {
         "prompt_set": ps.name,
         "n": len(ps.prompts),
@@ -360,22 +376,21 @@ def eval_inputs(cfg: EvalJob) -> EvalInputs:
     sharpeners = {sharpener_tag(n): Sharpener.from_pretrained(n) for n in names}
     rows = make_rows(cfg, sharpeners, parsed=parsed)  # bad settings or steps
     check_eval_folder(Path(cfg.out))
+    check_eval_slots(Path(cfg.out), rows)
     return EvalInputs(sharpeners, rows, prompt_set(cfg))
 
 
 def run_eval(cfg: EvalJob) -> dict[str, Any] | None:
     """`dice eval`: load the model, sharpeners and metric weights (failing early), then :func:`evaluate`."""
-    import torch
-
     from ..families import check_compatible
     from ..metrics.real import RealMetrics
-    from ..pipeline import load_pipeline, model_id, resolve_device, resolve_dtype
+    from ..pipeline import model_id, resolve_device
     from ..runs.folder import run_record, write_run_json
     from ..runs.parallel import rank_device
 
     inputs = eval_inputs(cfg)
     sharpeners, ps = inputs.sharpeners, inputs.prompts
-    device = rank_device(resolve_device(cfg.device))  # one GPU per process under torchrun
+    device = rank_device(resolve_device(cfg.device))  # one GPU per process under a launcher
     real = RealMetrics(
         clip=cfg.clip,
         aesthetic=cfg.aesthetic,
@@ -384,25 +399,19 @@ def run_eval(cfg: EvalJob) -> dict[str, Any] | None:
         fid_ref=cfg.fid_ref,
         device=device,
     )
-    dtype = resolve_dtype(cfg.dtype, device)
-    pipe = load_pipeline(cfg.model, dtype=dtype, device=device)
+    pipe = job_pipeline(cfg.model, cfg.device, cfg.dtype)
     for sharp in sharpeners.values():  # a mismatched sharpener fails before any sampling
         check_compatible(pipe, sharp)
     identity = {
         "model": model_id(pipe),
-        "dtype": str(dtype),
-        "device_type": torch.device(device).type,
+        "dtype": str(pipe.dtype),
+        "device_type": pipe._execution_device.type,
         "height": cfg.height,
         "width": cfg.width,
     }
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    par, err = Parallel.current(pipe._execution_device), None
-    if par.main:
-        try:
-            write_run_json(Path(cfg.out), run_record(cfg), identity)
-        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-            err = e
-    par.share_error(err)
+    par = Parallel.current(pipe._execution_device)
+    on_rank_0(par, lambda: write_run_json(Path(cfg.out), run_record(cfg), identity))
     return evaluate(pipe, cfg, ps, sharpeners, real, inputs.rows)
 
 

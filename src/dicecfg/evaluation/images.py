@@ -8,9 +8,7 @@ the fast path it ran on). In several processes (``dice eval --gpus N``) each mak
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ..runs.io import atomic_write, read_jsonl
+from ..runs.io import read_jsonl
 from ..runs.parallel import Parallel
 from ..sampling.generate import generate
 from ..sampling.methods import Method
-from ..sampling.shard import gathered, share
+from ..sampling.shard import share
+from ..sampling.store import write_samples
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +98,15 @@ def ensure_images(
             len(damaged),
             paths[min(damaged)].name,
         )
-    missing = [i for i in mine if not paths[i].is_file() or i in damaged]
+    recorded = meta_records(folder, len(paths), warn=False)
+    unrecorded = {i for i in mine if paths[i].is_file() and i not in recorded and i not in damaged}
+    if unrecorded:  # a process stopped after writing the image, before rank 0 wrote its line
+        log.warning("%s: %d image(s) without a meta.jsonl record: made again", folder, len(unrecorded))
+    missing = [i for i in mine if not paths[i].is_file() or i in damaged or i in unrecorded]
     if missing:
         log.info("%s: generating %d of %d images", row.key, len(missing), len(paths))
 
-    def made():  # this rank's missing images, written as they come; their records
+    def made():  # this rank's missing images: (index, sample, path, record)
         if not missing:
             return
         for s in generate(
@@ -120,8 +123,7 @@ def ensure_images(
             fast=fast,
         ):
             i = missing[s.index]
-            atomic_write(paths[i], lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
-            yield {
+            record = {
                 "index": i,
                 "seed": s.seed,
                 "prompt": s.prompt,
@@ -129,17 +131,10 @@ def ensure_images(
                 "seconds": s.seconds,
                 "fast": s.fast,
             }
+            yield i, s, paths[i], record
 
-    count = 0
-    if par.main:
-        _end_with_newline(
-            folder / "meta.jsonl"
-        )  # a line cut by a kill stays one damaged line, skipped when read
-    for records in gathered(par, made(), len(missing), batch_size):
-        with open(folder / "meta.jsonl", "a", encoding="utf-8") as meta:
-            meta.writelines(json.dumps(r) + "\n" for r in records)
-        count += len(records)
-    return count
+    rounds = write_samples(par, made(), len(missing), batch_size, folder / "meta.jsonl")
+    return sum(len(records) for records in rounds)
 
 
 def image_paths(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> list[Path]:
@@ -160,15 +155,6 @@ def _readable(path: Path) -> bool:
     except (OSError, ValueError, SyntaxError):  # PIL: truncated, unidentified or corrupt
         return False
     return True
-
-
-def _end_with_newline(path: Path) -> None:
-    """Terminate a cut last line of an append-only log, so the next record starts a line of its own."""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
 
 
 def load_images(folder: Path, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:

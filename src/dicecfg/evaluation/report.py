@@ -292,53 +292,10 @@ def demo_grid(summary: dict[str, Any], images: dict[str, np.ndarray]):
 
 
 def bench_table(rows: list[dict[str, Any]]) -> str:
-    """The short table `dice bench` prints last (with fast-path columns when any row has them)."""
-    cols = ["model", "device", "dtype", "batch", "steps", "CFG ms", "DICE ms", "CFG/DICE", "sharpener %"]
-    peer = any("peer_ms" in r for r in rows)
-    if peer:  # the training-free peer beside DICE: CFG on the first steps
-        cols += ["peer", "peer NFE", "peer ms", "peer/DICE"]
-    cols.append("decode ms")
-    fast = any("fast_dice_ms" in r for r in rows)
-    if fast:
-        cols += ["fast path", "fast CFG ms", "fast DICE ms", "fast unguided ms", "eager CFG / fast DICE"]
-        cols += ["fast peer ms", "fast peer/DICE"] if peer else []
-        cols.append("first calls ms")  # capture or compilation of each shape, summed over the fast variants
-    body = []
-    for r in rows:
-        cells = [r["name"], r["device"], r["dtype"], r["batch"], r["steps"]]
-        if "error" in r:
-            cells += [r["error"]] + [""] * (len(cols) - len(cells) - 1)
-        else:
-            dec = f"{r['decode_ms']:.1f}" if r.get("decode_ms") is not None else "-"
-            cells += [f"{r['cfg_ms']:.1f}", f"{r['dice_ms']:.1f}", f"{r['ratio']:.3f}"]
-            cells += [f"{r['sharpener_pct']:.2f}"]
-            if peer:
-                cells += (
-                    [r["peer"], r["peer_nfe"], f"{r['peer_ms']:.1f}", f"{r['peer_dice_ratio']:.3f}"]
-                    if "peer_ms" in r
-                    else ["-"] * 4
-                )
-            cells += [dec]
-            if fast and "fast_dice_ms" in r:
-                capture = sum(v for k, v in r.items() if k.endswith("_first_ms"))
-                cells += [
-                    r.get("fast_mode", "graphs"),
-                    f"{r['fast_cfg_ms']:.1f}",
-                    f"{r['fast_dice_ms']:.1f}",
-                    f"{r['fast_unguided_ms']:.1f}",
-                ]
-                cells += [f"{r['speedup_vs_eager_cfg']:.3f}"]
-                if peer:
-                    cells += (
-                        [f"{r['fast_peer_ms']:.1f}", f"{r['fast_peer_dice_ratio']:.3f}"]
-                        if "fast_peer_ms" in r
-                        else ["-", "-"]
-                    )
-                cells += [f"{capture:.0f}"]
-            elif fast:
-                cells += [""] * (6 + 2 * peer)
-        body.append(cells)
-    return markdown(cols, body)
+    """The short table `dice bench` prints last (its columns: ``bench.speed.TABLE``, beside the row they show)."""
+    from ..bench.speed import bench_cells
+
+    return markdown(*bench_cells(rows))
 
 
 def ceiling_table(rows: Sequence[dict[str, Any]]) -> str:

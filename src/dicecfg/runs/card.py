@@ -1,8 +1,11 @@
 """The model card (README.md) of a sharpener folder: what the sharpener is for, how it was trained, the held-out
 loss its run measured (read from the folder's stats.jsonl, when it is a run folder), how to use it.
 
-A card dicecfg wrote (front matter ``library_name: dicecfg``) is rewritten on every save; a README the user
-wrote is kept."""
+The generated text of a card sits between two marks (``<!-- dicecfg:card -->`` ... ``<!-- /dicecfg:card -->``):
+a save regenerates only that section, so what a user adds above or below it stays. A card dicecfg wrote before
+the marks (front matter ``library_name: dicecfg``, no marks) is rewritten whole; a README the user wrote is
+kept. `dice tune` keeps its own marked section (``dicecfg:sampling``: the recorded sampling settings and the
+ones they replaced) and touches nothing else (:func:`with_section`)."""
 
 from __future__ import annotations
 
@@ -14,13 +17,54 @@ from .io import atomic_write_text
 
 CARD_NAME = "README.md"
 OURS = "library_name: dicecfg"  # the front matter that marks a card as ours
+CARD_SECTION = "card"  # the generated body of a card
+SAMPLING_SECTION = "sampling"  # the settings `dice tune` recorded
+
+
+def marks(section: str) -> tuple[str, str]:
+    """The two lines that enclose a generated ``section`` of a card."""
+    return f"<!-- dicecfg:{section} -->", f"<!-- /dicecfg:{section} -->"
+
+
+def with_section(text: str, section: str, body: str) -> str:
+    """``text`` with its marked ``section`` replaced by ``body`` (appended at the end when it has none); every
+    other line stays as it was."""
+    start, end = marks(section)
+    block = f"{start}\n{body.strip()}\n{end}"
+    i, j = text.find(start), text.find(end)
+    if i >= 0 and j > i:
+        return text[:i] + block + text[j + len(end) :]
+    return text.rstrip("\n") + ("\n\n" if text.strip() else "") + block + "\n"
 
 
 def write_card(folder: Path, config: dict[str, Any], num_params: int) -> None:
-    """Write the card of the sharpener saved in ``folder``, unless the folder holds a README of the user's."""
+    """Write the card of the sharpener saved in ``folder``: a new card, or only the generated section of one
+    that has it; an older card of ours without marks is rewritten, a README of the user's is kept."""
     card = Path(folder) / CARD_NAME
-    if not card.exists() or OURS in card.read_text(encoding="utf-8", errors="replace"):
-        atomic_write_text(card, card_text(config, num_params, heldout_loss(folder)))
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None
+    new = card_text(config, num_params, heldout_loss(folder))
+    if text is not None and marks(CARD_SECTION)[0] in text:
+        start, end = marks(CARD_SECTION)
+        body = new[new.index(start) + len(start) : new.index(end)]
+        atomic_write_text(card, with_section(text, CARD_SECTION, body))
+    elif text is None or OURS in text:
+        atomic_write_text(card, new)
+
+
+def sampling_section(settings: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    """The card's account of the recorded sampling settings (written by `dice tune`) and those they replaced."""
+    lines = ["## Sampling settings (recorded by `dice tune`)", "", f"- now: `{_settings_text(settings)}`"]
+    lines += [
+        f"- before {h.get('replaced', '?')}: `{_settings_text(h.get('sampling'))}`" for h in reversed(history)
+    ]
+    lines += ["", "Every earlier setting is kept in `config.json` under `sampling_history`."]
+    return "\n".join(lines)
+
+
+def _settings_text(settings: Any) -> str:
+    if not isinstance(settings, dict):
+        return "none (the paper's: alpha 1 on every step)"
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
 def card_text(
@@ -38,10 +82,12 @@ def card_text(
         if heldout
         else "not measured here (no `stats.jsonl` of a `dice train` run beside it)"
     )
+    start, end = marks(CARD_SECTION)
     return f"""---
 {OURS}
 tags: [dice, cfg-distillation]
 ---
+{start}
 # DICE sharpener for `{base}`
 
 A {num_params / 1e6:.2f}M-parameter sharpener (DICE, arXiv 2502.03726): it edits a prompt's text embedding once,
@@ -65,4 +111,5 @@ pipe = load_pipeline("{base}")
 sharp = Sharpener.from_pretrained("THIS_FOLDER")
 image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.0).images[0]
 ```
+{end}
 """

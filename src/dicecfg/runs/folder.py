@@ -51,8 +51,9 @@ def run_record(config: Any) -> dict[str, Any]:
 
 
 def _shown(identity: dict[str, Any], key: str) -> str:
-    """A setting in a message; settings at their defaults are left out of a run's identity."""
-    return repr(identity[key]) if key in identity else "default"
+    """A setting in a message (a run's identity leaves out negative prompts and the world size at their
+    defaults)."""
+    return repr(identity[key]) if key in identity else "not recorded (default)"
 
 
 POOL_FILE = "teacher_pool.safetensors"  # a run's teacher pool; one placed ahead in a new folder is reused
@@ -79,10 +80,10 @@ def _damaged(path: Path, error: Any, remedy: str) -> InputError:
 
 
 def write_run_json(
-    run_dir: Path, record: dict[str, Any], compare_keys: dict[str, Any], added_later: tuple[str, ...] = ()
+    run_dir: Path, record: dict[str, Any], compare_keys: dict[str, Any], why: dict[str, str] | None = None
 ) -> None:
-    """Write run.json; when one exists, refuse if the settings that shape the result differ. Keys in
-    ``added_later`` that an older run.json lacks were not recorded then: they are not compared."""
+    """Write run.json; when one exists, refuse if the settings that shape the result differ, naming each, with
+    ``why`` a key must match where that is not obvious (key -> the reason, in the refusal)."""
     path = run_dir / "run.json"
     compare_keys = json.loads(json.dumps(compare_keys, default=str))  # tuples -> lists, as stored
     if path.is_file():
@@ -95,12 +96,12 @@ def write_run_json(
                 "It records the run's settings: restore it, or delete it to resume with the settings given now "
                 "(they cannot be checked against the old ones then), or use a new output folder.",
             ) from e
-        old |= {k: compare_keys[k] for k in added_later if k not in old and k in compare_keys}
         changed = sorted(k for k in set(old) | set(compare_keys) if old.get(k) != compare_keys.get(k))
         if changed:
             detail = ", ".join(f"{k}: {_shown(old, k)} -> {_shown(compare_keys, k)}" for k in changed)
+            reasons = "".join(f" {why[k]}" for k in changed if why and k in why)
             raise InputError(
-                f"{run_dir} holds a run with different settings ({detail}). "
+                f"{run_dir} holds a run with different settings ({detail}).{reasons} "
                 "Use a new output folder, or repeat the original settings to resume."
             )
     atomic_write_json(path, {**record, "identity": compare_keys})

@@ -1,11 +1,12 @@
 """Several processes, one per GPU (docs/parallel.md): joining the process group, the collectives the stages
-use, and ``dice CMD --gpus N`` relaunching itself through torch.distributed.run.
+use, and ``dice CMD --gpus N`` relaunching itself, one process per GPU.
 
 A process launched by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1 in its environment) joins the
 process group here. Distillation (``training.loop``) replicates the sharpener and averages its gradients by hand
 with one all-reduce per step (the student calls ``Sharpener.edit``, not ``forward``, so no DDP wrapper is
 needed); sampling and evaluation (``sampling.shard``) split the prompts by index and gather what each rank made
-to rank 0. Rank 0 alone writes the shared files; the others wait for it at barriers.
+to rank 0. Rank 0 alone writes the shared files; the others wait for it at barriers. ``relaunch`` starts the
+processes itself (:class:`Workers`): it forwards signals to them, waits for them and names a rank that died.
 """
 
 from __future__ import annotations
@@ -156,38 +157,137 @@ def without_gpus(argv: Sequence[str]) -> list[str]:
 
 
 def relaunch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``dice <argv>`` (less ``--gpus``) in ``nproc`` processes through torch.distributed.run on this host;
-    returns its exit code. Refuses more processes than the host has GPUs (CPU cores where it has none)."""
+    """Run ``dice <argv>`` (less ``--gpus``) in ``nproc`` processes on this host, one per rank (:class:`Workers`);
+    returns their exit code. Refuses more processes than the host has GPUs (CPU cores where it has none)."""
     gpus = torch.cuda.device_count()
     limit = gpus or os.cpu_count() or 1
     if nproc > limit:
         raise InputError(f"--gpus {nproc}: this host has {limit} {'GPUs' if gpus else 'CPU cores (no GPU)'}.")
-    cmd = [sys.executable, "-m", "dicecfg.runs.parallel", "--nnodes", "1", "--nproc-per-node", str(nproc)]
-    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "dicecfg.cli"]
-    cmd += without_gpus(argv)
-    try:
-        return subprocess.run(cmd, check=False).returncode
-    except KeyboardInterrupt:  # the launcher forwards the signal to the ranks, which checkpoint and stop
-        return 130
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(nproc)}
+    env |= {"LOCAL_WORLD_SIZE": str(nproc), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return Workers([sys.executable, "-m", "dicecfg.cli", *without_gpus(argv)], nproc, env).run()
 
 
-def launch(args: Sequence[str]) -> int:
-    """torch.distributed.run with ``args``; a failed process ends it with that process's exit code (2 for an
-    input error, which the process has said in one line) instead of the launcher's traceback."""
-    import logging
+class Workers:
+    """The processes of one ``--gpus N`` run, rank r with ``RANK=LOCAL_RANK=r`` (what ``torchrun`` gives).
 
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main
+    - SIGINT and SIGTERM sent to the launcher are forwarded to every worker, once per signal received, and the
+      launcher waits for all of them: a training run checkpoints and stops as one process does (a second signal
+      stops at once), and no worker outlives the launcher. The workers have a process group of their own, so a
+      Ctrl-C in the terminal reaches them once, through the launcher. On Linux a worker is also killed when the
+      launcher dies without a chance to forward (SIGKILL).
+    - A worker that dies (a signal, or an exit code other than 0 and 2) is reported in one line with its rank
+      and the remedy (``DiceError``); the others are stopped (SIGTERM, then SIGKILL after ``grace`` seconds: they
+      would wait for it forever at their next collective). Exit code 2 is a worker's own one-line error.
+    """
 
-    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # the ranks say what failed
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        main(list(args))
-    except ChildFailedError as e:
-        code = e.get_first_failure()[1].exitcode
-        return code if code > 0 else 1
-    return 0
+    def __init__(self, cmd: Sequence[str], nproc: int, env: dict[str, str], *, grace: float = 10.0) -> None:
+        self.cmd, self.nproc, self.env, self.grace = list(cmd), nproc, env, grace
+        self.procs: list[subprocess.Popen] = []
+        self.signals: list[int] = []
+
+    def run(self) -> int:
+        import signal
+
+        handlers = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for rank in range(self.nproc):
+                env = os.environ | self.env | {"RANK": str(rank), "LOCAL_RANK": str(rank)}
+                self.procs.append(subprocess.Popen(self.cmd, env=env, preexec_fn=_worker_setup))
+            return self._wait()
+        finally:
+            self._stop_all()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signum)
+
+    def _wait(self) -> int:
+        import time
+
+        while True:
+            codes = [p.poll() for p in self.procs]
+            if self.signals:  # stopping on the user's request: every worker finishes what it must
+                if all(c is not None for c in codes):
+                    return 128 + self.signals[0]
+            elif any(c not in (None, 0) for c in codes):
+                time.sleep(0.5)  # the ranks that lost contact with a dead one exit too: see them all
+                codes = [p.poll() for p in self.procs]  # before the launcher stops the others itself
+                self._stop_all()
+                rank = _first_failure(codes)
+                if codes[rank] == 2:  # the worker's own one-line error, already printed
+                    return 2
+                raise DiceError(_death(rank, self.nproc, codes[rank]))
+            elif all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.1)
+
+    def _stop_all(self) -> None:
+        """Stop the workers still running: SIGTERM, then SIGKILL after the grace period; reap them all."""
+        import time
+
+        alive = [p for p in self.procs if p.poll() is None]
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
+        end = time.monotonic() + self.grace
+        for p in alive:
+            try:
+                p.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
-if __name__ == "__main__":  # what ``relaunch`` runs
-    sys.exit(launch(sys.argv[1:]))
+def _first_failure(codes: Sequence[int | None]) -> int:
+    """The rank to name: one killed by a signal, else one that failed by itself, else one that lost contact."""
+    failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+    return min(failed, key=lambda r: (codes[r] >= 0, codes[r] == PEER_LOST))
+
+
+def _death(rank: int, world: int, code: int) -> str:
+    import signal
+
+    if code == PEER_LOST:
+        how = "lost contact with the other processes"
+    elif code < 0:
+        how = f"was killed by {signal.Signals(-code).name}"
+    else:
+        how = f"exited with code {code}"
+    return (
+        f"the process of rank {rank} (of {world}) {how}; the others were stopped. Re-run the same command to "
+        "resume (what was finished is kept); if it happens again, run with --gpus 1 to see the error."
+    )
+
+
+PEER_LOST = 75  # a worker's exit code when a collective failed because another process is gone
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another process of the group is gone (a launched worker then
+    exits with ``PEER_LOST``, quietly: the launcher names the rank that died)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        w in text for w in ("Connection closed by peer", "gloo", "NCCL")
+    )
+
+
+def _worker_setup() -> None:
+    """In a worker, before it runs: a process group of its own, and (Linux) death when the launcher dies."""
+    import ctypes
+    import signal
+
+    os.setpgid(0, 0)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

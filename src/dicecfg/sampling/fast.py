@@ -55,7 +55,6 @@ FAST_CHOICES = ("auto", *FAST_MODES)  # what the sampling jobs accept: "auto" re
 COMPILE_FROM_IMAGES = 650
 MAX_GRAPHS = 16  # signatures per denoiser; more means the arguments change per step (eager is then better)
 _ATOMS = (type(None), bool, int, float, str)
-_noticed: set[str] = set()
 
 
 class Unkeyable(Exception):
@@ -190,11 +189,28 @@ class GraphedForward:
         return sum(g.capture_ms for g in self.graphs.values())
 
 
+class Notices:
+    """One-line warnings said once each: by default once per process (``NOTICES``)."""
+
+    def __init__(self) -> None:
+        self.said: set[str] = set()
+
+    def say(self, msg: str) -> None:
+        if msg not in self.said:
+            self.said.add(msg)
+            log.warning(msg)
+
+    def forget(self) -> None:
+        """Say every notice again when next due (a new job in a long-lived process; the tests)."""
+        self.said.clear()
+
+
+NOTICES = Notices()
+
+
 def notice(msg: str) -> None:
-    """A one-line warning, said once per process."""
-    if msg not in _noticed:
-        _noticed.add(msg)
-        log.warning(msg)
+    """A one-line warning, said once per process (``NOTICES``)."""
+    NOTICES.say(msg)
 
 
 def unsupported(module: torch.nn.Module, device: torch.device) -> str | None:

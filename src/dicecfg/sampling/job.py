@@ -6,7 +6,6 @@ from Python.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, fields
@@ -18,22 +17,21 @@ from ..pipeline import (
     default_sharpener,
     device_option,
     dtype_option,
-    load_pipeline,
     model_option,
-    resolve_device,
-    resolve_dtype,
     sharpener_option,
 )
-from ..runs.io import atomic_write
-from ..runs.parallel import Parallel, rank_device
+from ..runs.io import check_folder_slot, check_own_log, read_jsonl
+from ..runs.jobs import job_pipeline, seeds_of
+from ..runs.parallel import Parallel
 from ..sharpener import Sharpener
 from .checks import SEED_MAX, check_seeds
 from .fast import FAST_CHOICES
 from .generate import generate
 from .methods import CFG, Dice, Method
 from .prompts import collect_prompts
-from .shard import gathered, share
+from .shard import share
 from .spelling import parse_method, spelling_help
+from .store import append_records, embedded_record, end_line, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +75,8 @@ class SampleJob(Checked):
     )
     gpus: int = opt(
         1,
-        "sample in N processes, one per GPU, prompts split by index (relaunches itself through "
-        "torch.distributed.run; the same images as one process; docs/parallel.md)",
+        "sample in N processes, one per GPU, prompts split by index (relaunches itself, "
+        "one process per rank; the same images as one process; docs/parallel.md)",
         metavar="N",
         min=1,
     )
@@ -104,10 +102,52 @@ def flag_settings(
     return settings, ignored
 
 
+IMAGE_NAME = re.compile(r"(\d+)_.+_seed\d+\.png")  # NNNN_method_seedS.png: the names dice sample writes
+LOG = "samples.jsonl"
+FOLDER_FIX = "give another --out folder, or move it away"
+
+
 def next_index(out: Path) -> int:
-    """The number the next sample in ``out`` gets: one past the highest ``NNNN_...`` file already there."""
-    taken = (int(m[1]) for p in out.iterdir() if (m := re.match(r"(\d+)_", p.name)))
+    """The number the next sample in ``out`` gets: one past the highest ``NNNN_method_seedS.png`` already there
+    (files of other names, such as ``2024_report.pdf``, do not count)."""
+    taken = (int(m[1]) for p in out.iterdir() if (m := IMAGE_NAME.fullmatch(p.name)))
     return max(taken, default=-1) + 1
+
+
+def is_record(rec: dict) -> bool:
+    """Whether a line of samples.jsonl is a record `dice sample` wrote."""
+    return isinstance(rec.get("file"), str) and "seed" in rec and "method" in rec
+
+
+def check_sample_folder(out: Path) -> None:
+    """Refuse, before any work, an --out folder dice sample cannot add to: a file on its way, no permission, a
+    ``samples.jsonl`` that is a folder, a symbolic link (the appends would leave the folder) or a file of
+    someone else's (no record of ours)."""
+    check_folder_slot(out, fix="give another --out folder")
+    check_own_log(out / LOG, is_record, command="sample", fix=FOLDER_FIX)
+
+
+def recover_records(out: Path) -> None:
+    """Append the records of images in ``out`` that have none in samples.jsonl (a process stopped between
+    writing an image and rank 0 writing its line; ``--gpus N``), read from the record each PNG carries."""
+    log_path = out / LOG
+    known = (
+        {rec["file"] for _, rec in read_jsonl(log_path, is_record, warn=False)}
+        if log_path.is_file()
+        else set()
+    )
+    orphans = sorted(
+        (int(m[1]), p) for p in out.iterdir() if (m := IMAGE_NAME.fullmatch(p.name)) and p.name not in known
+    )
+    found = [r for _, p in orphans if (r := embedded_record(p)) is not None and r.get("file") == p.name]
+    if found:
+        end_line(log_path)
+        append_records(log_path, found)
+        log.warning("%s: recovered the records of %d image(s) a stopped run wrote", log_path, len(found))
+    if len(found) < len(orphans):
+        log.warning(
+            "%s: %d image(s) have no record (not written by dice sample?)", out, len(orphans) - len(found)
+        )
 
 
 @dataclass(frozen=True)
@@ -127,7 +167,8 @@ def sample_inputs(job: SampleJob) -> SampleInputs:
     settings, ignored = flag_settings(job, cls, spelled)
     method = cls.create(settings) if cls is not Dice else None  # bad settings fail first
     prompts = collect_prompts(job.prompts, job.prompts_file)
-    check_seeds(range(job.seed, job.seed + len(prompts)))
+    check_seeds(seeds_of(job.seed, range(len(prompts))))
+    check_sample_folder(Path(job.out))
     name = default_sharpener(job.model, job.sharpener) if cls is Dice else job.sharpener  # checked either way
     if cls is Dice and name is None:
         raise InputError("--method dice needs --sharpener (a folder written by `dice train`).")
@@ -142,7 +183,7 @@ def run_sample(job: SampleJob) -> list[Path]:
     image paths. A folder that holds samples already keeps them: the numbers continue after its highest one
     and samples.jsonl grows by a line per image, so every image in the folder stays described.
 
-    Launched as one of several processes (``--gpus N``, torchrun), each makes the prompts of its share
+    Launched as one of several processes (``--gpus N``, or torchrun), each makes the prompts of its share
     (``sampling.shard``) and rank 0 writes samples.jsonl, in prompt order; rank 0 returns every path, the
     others none."""
     inputs = sample_inputs(job)
@@ -151,24 +192,21 @@ def run_sample(job: SampleJob) -> list[Path]:
         log.warning("--method %s ignores %s", job.method, ", ".join(inputs.ignored))
     if isinstance(method, CFG) and method.guidance_scale == 1.0:
         log.warning("cfg at guidance_scale=1 runs one pass per step: conditional sampling")
-    device = rank_device(resolve_device(job.device))  # one GPU per process under torchrun
-    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
+    pipe = job_pipeline(job.model, job.device, job.dtype)
     par = Parallel.current(pipe._execution_device)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
+    if par.main:
+        recover_records(out)
     first = par.all_gather(next_index(out))[0]  # rank 0's, read before any rank writes
-    index = out / "samples.jsonl"
-    if par.main and index.is_file() and not index.read_bytes().endswith(b"\n") and index.stat().st_size:
-        with open(index, "a", encoding="utf-8") as f:  # a line cut short by a kill: end it
-            f.write("\n")
     mine = share(range(len(prompts)), par)
 
-    def made():  # this rank's images, written as they come; their records
+    def made():  # this rank's images: (index, sample, path, record)
         for s in generate(
             pipe,
             [prompts[i] for i in mine],
             method=method,
-            seeds=[job.seed + i for i in mine],
+            seeds=seeds_of(job.seed, mine),
             negative_prompt=job.negative_prompt,
             num_inference_steps=job.steps,
             batch_size=job.batch_size,
@@ -179,9 +217,7 @@ def run_sample(job: SampleJob) -> list[Path]:
         ):
             i = mine[s.index]
             path = out / f"{first + i:04d}_{s.method}_seed{s.seed}.png"
-            atomic_write(path, lambda tmp, s=s: s.pil().save(tmp, format="PNG"))
-            yield {
-                "index": i,
+            record = {
                 "file": path.name,
                 "prompt": s.prompt,
                 "seed": s.seed,
@@ -191,12 +227,7 @@ def run_sample(job: SampleJob) -> list[Path]:
                 "fast": s.fast,
                 **s.params,
             }
+            yield i, s, path, record
 
-    paths = []
-    for records in gathered(par, made(), len(mine), job.batch_size):
-        with open(index, "a", encoding="utf-8") as f:  # whole lines, after their PNGs
-            for r in records:
-                del r["index"]
-                f.write(json.dumps(r) + "\n")
-                paths.append(out / r["file"])
-    return paths
+    rounds = write_samples(par, made(), len(mine), job.batch_size, out / LOG)
+    return [out / r["file"] for records in rounds for r in records]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from ..runs.io import json_records
 from .checks import NOT_TEXT, check_text
 
 CAPTION_KEYS = ("text", "prompt", "caption")
@@ -47,16 +47,8 @@ def load_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     text = read_text(path)
     prompts: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: invalid JSON ({e.msg}).") from e
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object per line.")
+    if path.suffix == ".jsonl":
+        for n, record in json_records(text, path):
             caption = caption_of(record, f"{path}:{n}").strip()
             if NOT_TEXT.search(caption):  # a "\\ud800" escape decodes to a lone surrogate
                 raise InputError(
@@ -64,8 +56,8 @@ def load_prompts(path: str | Path) -> list[str]:
                     "such as \\ud800, or NUL); write the text itself, as UTF-8."
                 )
             prompts.append(caption)
-        else:
-            prompts.append(line.strip())
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise InputError(f"{path} holds no prompts (empty or only blank lines).")
     return prompts

@@ -21,12 +21,10 @@ from ..pipeline import (
     device_option,
     dtype_option,
     is_mini,
-    load_pipeline,
     model_option,
-    resolve_device,
-    resolve_dtype,
 )
 from ..runs.io import atomic_write_json, atomic_write_text, check_own_files, read_record
+from ..runs.jobs import job_pipeline, seeds_of
 from ..sharpener import Sharpener
 from ..world.heldout import HELDOUT_SIZE
 from .ceiling import CeilingConfig, measure_ceiling
@@ -110,7 +108,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def seed_list(seeds: Sequence[int] | int, n: int) -> list[int]:
     """The sampler seed of each of ``n`` prompts: the given list, or (an int) seed, seed + 1, ..."""
-    return [seeds + i for i in range(n)] if isinstance(seeds, int) else list(seeds)
+    return seeds_of(seeds, range(n)) if isinstance(seeds, int) else list(seeds)
 
 
 def run_record(cfg: CeilingConfig, prompts: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
@@ -201,8 +199,7 @@ def run_ceiling(job: CeilingJob) -> CeilingReport:
     check_ceiling_folder(
         Path(job.out), run_record(job.config, prompts, seed_list(seeds, len(prompts)))
     )  # before the model loads
-    device = resolve_device(job.device)
-    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device, training=True), device=device)
+    pipe = job_pipeline(job.model, job.device, job.dtype, training=True)
     return ceiling(
         pipe, prompts, output_dir=job.out, config=job.config, sharpener=sharp, seeds=seeds, specs=specs
     )

@@ -4,7 +4,7 @@ the named recipes (``RECIPES``) that `dice train --recipe` starts from (docs/rec
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -14,12 +14,6 @@ from ..flags import Checked, opt
 from ..sampling.checks import check_text
 from ..sharpener import ARCHS
 from .objective import LOSS_WEIGHTINGS
-
-# Options added after runs existed: left out of a run's identity at their defaults, so old runs resume.
-LATER_OPTIONS = (
-    "mask_mode", "grad_accum", "loss_weighting", "lr_schedule", "warmup", "grad_clip", "arch", "init_from",
-    "t_range", "time_edges",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -170,9 +164,6 @@ class DistillConfig(Checked):
         }
         if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
             skip |= {"negative_prompts", "negative_prob"}
-        skip |= {
-            f.name for f in fields(self) if f.name in LATER_OPTIONS and getattr(self, f.name) == f.default
-        }
         if self.lr_schedule != "constant" or self.warmup:
             skip.discard("steps")  # the schedule is a function of the run's length: it cannot grow on resume
         return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..runs.io import json_records
 from ..sampling.prompts import caption_of, read_text
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,9 @@ class ImageCaptionFolder:
         self.items: list[tuple[Path, str]] = []
         meta = self.root / "metadata.jsonl"
         if meta.is_file():
-            for n, line in enumerate(read_text(meta).splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{meta}:{n}: invalid JSON ({e.msg}).") from e
-                if "file_name" not in rec:
-                    raise InputError(f"{meta}:{n}: missing 'file_name'.")
+            for n, rec in json_records(read_text(meta), meta):
+                if not isinstance(rec.get("file_name"), str):
+                    raise InputError(f"{meta}:{n}: missing 'file_name' (the image's path in the folder).")
                 self.items.append((self.root / rec["file_name"], caption_of(rec, f"{meta}:{n}")))
         else:
             skipped = 0

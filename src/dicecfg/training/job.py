@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import InputError
 from ..flags import Checked, opt
-from ..pipeline import device_option, dtype_option, load_pipeline, model_option, resolve_device, resolve_dtype
+from ..pipeline import device_option, dtype_option, model_option
 from ..runs.folder import check_run_folder
-from ..runs.parallel import rank_device
+from ..runs.jobs import job_pipeline
 from ..sampling.prompts import load_prompts
 from ..sharpener import Sharpener
 from .config import DEFAULT_RECIPE, RECIPES, DistillConfig
@@ -44,7 +44,7 @@ class TrainJob(Checked):
     )
     gpus: int = opt(
         1,
-        "train data-parallel in N processes, one per GPU (relaunches itself through torch.distributed.run; "
+        "train data-parallel in N processes, one per GPU (relaunches itself, one process per rank; "
         "--batch-size is per process: global batch = batch-size x N x grad-accum; see docs/parallel.md)",
         metavar="N",
         min=1,
@@ -71,11 +71,10 @@ class TrainJob(Checked):
 
 def run_train(job: TrainJob) -> Sharpener:
     config = job.resolved_config()
-    device = rank_device(resolve_device(job.device))  # one GPU per process under torchrun
     prompts = load_prompts(job.prompts_file) if job.prompts_file else None
     if prompts is None and job.images is None:
         raise InputError("dice train needs --prompts FILE (prompt-only) or --images DIR (captioned images).")
     check_run_folder(job.out)  # before the model loads (distill checks it again)
-    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device, training=True), device=device)
+    pipe = job_pipeline(job.model, job.device, job.dtype, training=True)
     log.info("training a sharpener: %s", json.dumps(asdict(config)))
     return distill(pipe, prompts, config=config, images=job.images, output_dir=job.out)

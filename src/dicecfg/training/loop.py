@@ -16,6 +16,7 @@ import logging
 import math
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,12 @@ from ..runs.folder import (
     write_run_json,
 )
 from ..runs.guards import FiniteGuard, StopFlag, out_of_memory, run_lock
+from ..runs.jobs import on_rank_0
 from ..runs.parallel import Parallel
 from ..sampling.checks import check_memory, check_size, check_text, warn_truncated
 from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
-from .config import RECIPES, DistillConfig, compiles, lr_at
+from .config import DistillConfig, compiles, lr_at
 from .data import ImageCaptionFolder
 from .objective import Objective, autocast_for
 from .sources import ImageSource, TeacherSource, XtSource
@@ -49,10 +51,11 @@ COMPILE_NOTICE = (
     "dice train compiles the frozen denoiser for its first steps: a one-time wait of minutes (SD1.5 on an H100: "
     "about 4 min), then faster steps; --no-compile trains eager from the first step"
 )
-CONTENT_KEYS = (
-    "prompts_sha256",
-    "images_sha256",
-)  # recorded by newer versions: runs without them still resume
+STEPS_PINNED = (  # why a run with a learning-rate schedule cannot grow on resume (docs/reliability.md, 6)
+    "steps are part of this run's identity because its learning-rate schedule (lr_schedule={schedule}, "
+    "warmup={warmup}) is a function of the run's length: only a constant schedule without warm-up (--recipe "
+    "paper) can grow on resume; to train longer, start a new --out with --init-from {run_dir}."
+)
 
 
 def digest(texts: list[str]) -> str:
@@ -93,21 +96,14 @@ def distill(
         f"The checkpoint in {run_dir} is intact. A resume must keep the batch settings: start a new output "
         "folder with a smaller batch size and a larger grad_accum (the same global batch).",
     )
-    if par.world == 1:
-        check_run_folder(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with run_lock(run_dir), oom:
-            return _distill(pipe, prompts, config, images, run_dir, par)
     with contextlib.ExitStack() as stack:
-        err = None
-        if par.main:
-            try:
-                check_run_folder(run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(run_lock(run_dir))
-            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-                err = e
-        par.share_error(err)
+
+        def take_folder() -> None:  # rank 0 alone holds the run folder's lock
+            check_run_folder(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(run_dir))
+
+        on_rank_0(par, take_folder)
         with oom:
             return _distill(pipe, prompts, config, images, run_dir, par)
 
@@ -115,7 +111,28 @@ def distill(
 def _distill(
     pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, run_dir: Path, par: Parallel
 ) -> Sharpener:
-    # Initialize: what x_t comes from, the sharpener, the run record (refusals come before any file).
+    # Initialize: the run record, the frozen model, the source of x_t and the objective; resume.
+    objective, sharpener = _initialize(pipe, prompts, cfg, images, run_dir, par)
+    optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = Run(objective, sharpener, optimizer, run_dir, par)
+    start = _resume(objective, sharpener, optimizer, run_dir, par)
+
+    # Main training loop: one update per step; a stop request (SIGINT / SIGTERM) ends it at a step boundary.
+    step = run.train(start)
+
+    # Finish: the sharpener and its config (config.json + model.safetensors) next to the run record.
+    sharpener.config["train_steps"] = step
+    if par.main:
+        sharpener.save_pretrained(run_dir)
+    par.barrier()
+    return sharpener.eval()
+
+
+def _initialize(
+    pipe: Any, prompts: list[str] | None, cfg: DistillConfig, images, run_dir: Path, par: Parallel
+) -> tuple[Objective, Sharpener]:
+    """Everything before the first step: what x_t comes from, the sharpener, the run record (refusals come
+    before any file), the frozen model, the teacher pool or image source, the objective."""
     fam = family_of(pipe)
     device = pipe._execution_device
     mode = _xt_mode(cfg, prompts, images)
@@ -129,9 +146,7 @@ def _distill(
     _write_run_json(pipe, cfg, run_dir, identity, par)
 
     # The frozen model, the source of x_t and the objective (docs/method.md, "Training objective").
-    autocast = autocast_for(device, cfg.mixed_precision)
-    denoiser = fam.denoiser(pipe)
-    for module in (denoiser, pipe.vae, getattr(pipe, "text_encoder", None)):
+    for module in (fam.denoiser(pipe), pipe.vae, getattr(pipe, "text_encoder", None)):
         if module is not None:
             module.requires_grad_(False)
     neg = fam.encode(pipe, [""])
@@ -145,101 +160,158 @@ def _distill(
             source = TeacherSource(
                 pipe, fam, list(prompts), neg, cfg, run_dir, resolution, par.rank, par.world
             )
-    ctx = Objective(pipe, fam, cfg, source, neg, autocast)
-    optimizer = torch.optim.AdamW(sharpener.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = _resume(ctx, sharpener, optimizer, run_dir, par)
+    objective = Objective(pipe, fam, cfg, source, neg, autocast_for(device, cfg.mixed_precision))
+    return objective, sharpener
 
-    # Main training loop: one update per step; a stop request (SIGINT / SIGTERM) ends it at a step boundary.
-    step, saved, t_log, n_log = start, start, time.perf_counter(), 0
-    with contextlib.ExitStack() as stack:
+
+@dataclass(frozen=True)
+class Due:
+    """What is due after the update that ended ``step``, decided here, once."""
+
+    log: bool
+    checkpoint: bool
+    evaluate: bool
+    validate: bool
+    stop: bool
+
+    @classmethod
+    def at(cls, cfg: DistillConfig, step: int, stop: bool) -> Due:
+        last = step == cfg.steps
+        return cls(
+            log=step % cfg.log_every == 0 or last,
+            checkpoint=step % cfg.checkpoint_every == 0 or last,
+            evaluate=bool(cfg.eval_every and step % cfg.eval_every == 0) or last,
+            validate=bool(cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0),
+            stop=stop,
+        )
+
+    @property
+    def anything(self) -> bool:
+        """Whether something is kept, logged or stopped: the loss must then be known to be finite."""
+        return self.log or self.checkpoint or self.evaluate or self.validate or self.stop
+
+
+@dataclass
+class Throughput:
+    """Samples trained since the last stats record, and when that was."""
+
+    samples: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+    def per_second(self) -> float:
+        return self.samples / max(time.perf_counter() - self.since, 1e-9)
+
+    def restart(self) -> None:
+        self.samples, self.since = 0, time.perf_counter()
+
+
+@dataclass
+class Run:
+    """The training state of one run: the objective, the sharpener and its optimizer, the run folder, the
+    process group. ``train`` is the main loop."""
+
+    objective: Objective
+    sharpener: Sharpener
+    optimizer: torch.optim.Optimizer
+    run_dir: Path
+    par: Parallel
+
+    def train(self, start: int) -> int:
+        """Updates from ``start`` to ``cfg.steps``; returns the last step. A stop request (SIGINT / SIGTERM)
+        ends it at a step boundary with a checkpoint (``TrainingInterrupted``)."""
+        cfg, par, run_dir = self.objective.cfg, self.par, self.run_dir
+        step, saved, speed = start, start, Throughput()
+        with contextlib.ExitStack() as stack:
+            bar, stop = self._enter(stack, start)
+            guard = (
+                FiniteGuard()
+            )  # NaN / Inf losses, read from the device only when something is kept or logged
+            try:
+                while step < cfg.steps:
+                    mean_loss, stopping = self.update(step, stop.signum is not None)
+                    guard.add(mean_loss, step + 1)
+                    step += 1
+                    speed.samples += self.objective.source.global_batch
+                    bar.update(1)
+                    due = Due.at(cfg, step, stopping or (par.world == 1 and stop.signum is not None))
+                    if due.anything:
+                        guard.check(saved, run_dir)  # a diverged update is never logged, evaluated or kept
+                    if par.main and (rec := self.keep(step, mean_loss, speed, due)):
+                        bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
+                    if due.log:
+                        speed.restart()
+                    if due.checkpoint:
+                        saved = step
+                    if due.stop:  # a signal after the check above is taken at the next step
+                        self.stop_at(step, saved, stop.signum)
+            except (
+                KeyboardInterrupt
+            ) as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
+                if not isinstance(e, TrainingInterrupted):
+                    log.warning(
+                        "interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir
+                    )
+                raise
+        return step
+
+    def _enter(self, stack: contextlib.ExitStack, start: int) -> tuple[Any, StopFlag]:
+        """The loop's surroundings: gradient checkpointing, the progress bar, the stop flag, compilation."""
+        cfg, pipe = self.objective.cfg, self.objective.pipe
+        denoiser, device = self.objective.fam.denoiser(pipe), pipe._execution_device
         if cfg.gradient_checkpointing:
             stack.enter_context(_gradient_checkpointing(denoiser))
+        show = cfg.progress and self.par.main
         bar = stack.enter_context(
-            tqdm(
-                total=cfg.steps,
-                initial=start,
-                desc="distill",
-                unit="step",
-                disable=not (cfg.progress and par.main),
-            )
+            tqdm(total=cfg.steps, initial=start, desc="distill", unit="step", disable=not show)
         )
         stop = stack.enter_context(StopFlag())
         if compiles(cfg, device):
             stack.enter_context(compiled_denoiser(pipe, denoiser, training=True))
-            if device.type == "cuda" and par.main:
+            if device.type == "cuda" and self.par.main:
                 log.info(COMPILE_NOTICE)
                 bar.set_postfix_str("the first steps compile (one time)")
-        guard = FiniteGuard()  # NaN / Inf losses, read from the device only when something is kept or logged
-        try:
-            while step < cfg.steps:
-                optimizer.zero_grad(set_to_none=True)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(cfg, step)
-                loss = ctx.accumulate(sharpener, step)  # backward over grad_accum micro-batches
-                mean_loss, stopping = par.reduce_step(loss, stop.signum is not None)  # the same on every rank
-                guard.add(mean_loss, step + 1)
-                par.average_gradients(list(sharpener.parameters()))  # one all-reduce per update
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(sharpener.parameters(), cfg.grad_clip)
-                optimizer.step()
-                step += 1
-                n_log += source.global_batch
-                bar.update(1)
+        return bar, stop
 
-                # Bookkeeping: what is due at this step is decided here, once.
-                last = step == cfg.steps
-                log_now = step % cfg.log_every == 0 or last
-                checkpoint_now = step % cfg.checkpoint_every == 0 or last
-                eval_now = bool(cfg.eval_every and step % cfg.eval_every == 0) or last
-                validate_now = bool(
-                    cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0
-                )
-                stop_now = stopping or (par.world == 1 and stop.signum is not None)
-                if log_now or checkpoint_now or eval_now or validate_now or stop_now:
-                    guard.check(saved, run_dir)  # a diverged update is never logged, evaluated or kept
-                if par.main:
-                    rec = _bookkeeping(
-                        ctx,
-                        sharpener,
-                        optimizer,
-                        run_dir,
-                        step,
-                        mean_loss,
-                        n_log,
-                        t_log,
-                        log_now=log_now,
-                        checkpoint_now=checkpoint_now,
-                        eval_now=eval_now,
-                        validate_now=validate_now,
-                    )
-                    if rec:
-                        bar.set_postfix(loss=f"{rec['loss']:.4g}", samples_s=f"{rec['samples_per_s']:.1f}")
-                if log_now:
-                    t_log, n_log = time.perf_counter(), 0
-                if checkpoint_now:
-                    saved = step
+    def update(self, step: int, stop: bool) -> tuple[torch.Tensor, bool]:
+        """One optimizer update (``step`` is the number of updates before it); returns the loss averaged over
+        the ranks and whether any rank was asked to stop."""
+        cfg, optimizer = self.objective.cfg, self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        loss = self.objective.accumulate(self.sharpener, step)  # backward over grad_accum micro-batches
+        mean_loss, stopping = self.par.reduce_step(loss, stop)  # the same on every rank
+        self.par.average_gradients(list(self.sharpener.parameters()))  # one all-reduce per update
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.sharpener.parameters(), cfg.grad_clip)
+        optimizer.step()
+        return mean_loss, stopping
 
-                if stop_now:  # a signal after the check above is taken at the next step
-                    if saved != step and par.main:
-                        save_checkpoint(run_dir, step, sharpener, optimizer)
-                    par.barrier()
-                    log.warning(
-                        "stopped at step %d; checkpoint in %s (run the same command to resume)", step, run_dir
-                    )
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
-        except KeyboardInterrupt as e:  # a second signal stops mid-step: the last checkpoint on disk is kept
-            if not isinstance(e, TrainingInterrupted):
-                log.warning(
-                    "interrupted in step %d; checkpoint of step %d kept in %s", step + 1, saved, run_dir
-                )
-            raise
+    def keep(self, step: int, loss: torch.Tensor, speed: Throughput, due: Due) -> dict | None:
+        """Rank 0 after an update: what ``due`` says (stats, held-out evaluation, checkpoint, validation grid).
+        Returns the stats record it logged, if any."""
+        rec = None
+        if due.log:
+            rec = {"step": step, "loss": loss.item(), "samples_per_s": speed.per_second()}
+            append_stats(self.run_dir, rec)
+        if due.evaluate:
+            append_stats(self.run_dir, {"step": step, "eval_loss": self.objective.eval_loss(self.sharpener)})
+        if due.checkpoint:
+            save_checkpoint(self.run_dir, step, self.sharpener, self.optimizer)
+        if due.validate:
+            _validation_grid(self.objective.pipe, self.sharpener, self.objective.cfg, self.run_dir, step)
+        return rec
 
-    # Finish: the sharpener and its config (config.json + model.safetensors) next to the run record.
-    sharpener.config["train_steps"] = step
-    if par.main:
-        sharpener.save_pretrained(run_dir)
-    par.barrier()
-    return sharpener.eval()
+    def stop_at(self, step: int, saved: int, signum: int | None) -> None:
+        """Stop on request at the end of ``step``: a checkpoint unless one was just written, then
+        ``TrainingInterrupted`` (exit 130 / 143)."""
+        if saved != step and self.par.main:
+            save_checkpoint(self.run_dir, step, self.sharpener, self.optimizer)
+        self.par.barrier()
+        log.warning(
+            "stopped at step %d; checkpoint in %s (run the same command to resume)", step, self.run_dir
+        )
+        raise TrainingInterrupted(signum or signal.SIGTERM, step)
 
 
 def _xt_mode(cfg: DistillConfig, prompts: list[str] | None, images) -> str:
@@ -313,19 +385,12 @@ def _identity(pipe: Any, fam, cfg: DistillConfig, mode: str, prompts, images, fo
 
 def _write_run_json(pipe: Any, cfg: DistillConfig, run_dir: Path, identity: dict, par: Parallel) -> None:
     """Rank 0 writes (or checks, on a resume) run.json; a refusal is raised on every rank."""
-    err = None
-    if par.main:
-        try:
-            record = {**run_record(cfg), "base_revision": model_revision(pipe)}
-            write_run_json(run_dir, record, identity, added_later=CONTENT_KEYS)
-        except InputError as e:
-            err = _with_recipe_hint(e, run_dir, identity)
-        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-            err = e
-    par.share_error(err)
+    record = {**run_record(cfg), "base_revision": model_revision(pipe)}
+    why = {"steps": STEPS_PINNED.format(schedule=cfg.lr_schedule, warmup=cfg.warmup, run_dir=run_dir)}
+    on_rank_0(par, lambda: write_run_json(run_dir, record, identity, why=why))
 
 
-def _resume(ctx: Objective, sharpener: Sharpener, optimizer, run_dir: Path, par: Parallel) -> int:
+def _resume(objective: Objective, sharpener: Sharpener, optimizer, run_dir: Path, par: Parallel) -> int:
     """The step to start from: the run folder's checkpoint, loaded into ``sharpener`` and ``optimizer`` on every
     rank (it replaces the init_from weights), or 0 with the held-out loss of the starting weights recorded."""
     start = load_checkpoint(run_dir, sharpener, optimizer)
@@ -335,7 +400,7 @@ def _resume(ctx: Objective, sharpener: Sharpener, optimizer, run_dir: Path, par:
         if start:
             log.info("resuming %s from step %d", run_dir, start)
         if start == 0:
-            append_stats(run_dir, {"step": 0, "eval_loss": ctx.eval_loss(sharpener)})
+            append_stats(run_dir, {"step": 0, "eval_loss": objective.eval_loss(sharpener)})
     return start
 
 
@@ -409,55 +474,6 @@ def interval_of(pipe: Any, cfg: DistillConfig, steps: int = 20) -> dict[str, flo
     if not inside:
         return None
     return {"alpha": 1.0, "start": inside[0] / steps, "stop": (inside[-1] + 1) / steps}
-
-
-def _with_recipe_hint(e: InputError, run_dir: Path, identity: dict[str, Any]) -> InputError:
-    """A refused resume of a run made with the paper's settings by a command that now uses another recipe (runs
-    from before `dice train --recipe` existed): say which flag resumes it."""
-
-    try:
-        old = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("identity", {})
-    except (OSError, ValueError):
-        return e
-    paper = DistillConfig()
-
-    def is_paper(ident: dict[str, Any]) -> bool:  # a setting left out of an identity is at its default
-        return all(ident.get(k, getattr(paper, k)) == getattr(paper, k) for k in RECIPES["dicecfg"])
-
-    if is_paper(old) and not is_paper(identity):
-        return InputError(f"{e} That run used the paper's recipe: add --recipe paper to resume it.")
-    return e
-
-
-def _bookkeeping(
-    ctx: Objective,
-    sharpener,
-    optimizer,
-    run_dir: Path,
-    step: int,
-    loss,
-    n_log: int,
-    t_log: float,
-    *,
-    log_now: bool,
-    checkpoint_now: bool,
-    eval_now: bool,
-    validate_now: bool,
-) -> dict | None:
-    """Rank 0 after an update: stats (when ``log_now``), held-out evaluation, checkpoint (when
-    ``checkpoint_now``), validation grid. Returns the stats record it logged, if any."""
-    cfg, rec = ctx.cfg, None
-    if log_now:
-        dt = time.perf_counter() - t_log
-        rec = {"step": step, "loss": loss.item(), "samples_per_s": n_log / max(dt, 1e-9)}
-        append_stats(run_dir, rec)
-    if eval_now:
-        append_stats(run_dir, {"step": step, "eval_loss": ctx.eval_loss(sharpener)})
-    if checkpoint_now:
-        save_checkpoint(run_dir, step, sharpener, optimizer)
-    if validate_now:
-        _validation_grid(ctx.pipe, sharpener, cfg, run_dir, step)
-    return rec
 
 
 def _validation_grid(pipe, sharpener: Sharpener, cfg: DistillConfig, run_dir: Path, step: int) -> None:

@@ -74,12 +74,19 @@ def cfg_target(
 
 
 def student(
-    pipe, fam: Family, sharpener: Sharpener, x_t, t, cond: Cond, neg: Cond, plain=contextlib.nullcontext
+    pipe,
+    fam: Family,
+    sharpener: Sharpener,
+    x_t,
+    t,
+    cond: Cond,
+    neg: Cond,
+    denoiser_precision=contextlib.nullcontext,
 ) -> torch.Tensor:
     """Student: the same frozen denoiser on the sharpened embedding c + r(c, c_neg), no guidance; the denoiser
-    runs inside ``plain()`` (``own_precision``)."""
+    runs inside ``denoiser_precision()`` (a context factory: ``own_precision``)."""
     sharp = sharpener.edit(cond.embeds, neg.embeds, 1.0, neg_mask=fam.key_mask(neg), t=t)
-    with plain():
+    with denoiser_precision():
         return fam.denoise(pipe, x_t, t, fam.edited(cond, sharp, sharpener.config["mask_mode"]))
 
 
@@ -93,11 +100,12 @@ class Objective:
     source: XtSource
     neg: Cond
     autocast: Any = field(default=contextlib.nullcontext)
-    plain: Any = None  # the denoiser's context inside autocast (default: ``own_precision`` of its denoiser)
+    # a factory of the context the denoiser runs in, inside autocast (default: ``own_precision`` of the denoiser)
+    denoiser_precision: Any = None
 
     def __post_init__(self) -> None:
-        if self.plain is None:
-            self.plain = own_precision(self.fam.denoiser(self.pipe))
+        if self.denoiser_precision is None:
+            self.denoiser_precision = own_precision(self.fam.denoiser(self.pipe))
 
     def batch_loss(
         self, sharpener: Sharpener, x0, noise, t, cond: Cond, neg: Cond | None = None, weighting: str = "none"
@@ -106,9 +114,9 @@ class Objective:
         x_t = self.source.add_noise(x0, noise, t)
         neg = self.neg.expand(len(cond)) if neg is None else neg
         with self.autocast():
-            with self.plain():
+            with self.denoiser_precision():
                 target, eps_c = cfg_target(self.pipe, self.fam, x_t, t, cond, neg, self.cfg.guidance_scale)
-            pred = student(self.pipe, self.fam, sharpener, x_t, t, cond, neg, self.plain)
+            pred = student(self.pipe, self.fam, sharpener, x_t, t, cond, neg, self.denoiser_precision)
         per = sample_loss(pred, target, self.cfg.loss)
         if weighting == "x0":
             kind = self.pipe.scheduler.config.get("prediction_type", "epsilon")
