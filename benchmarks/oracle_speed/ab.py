@@ -68,7 +68,7 @@ def main() -> None:
     }
     print(json.dumps({"cpu": platform.processor() or platform.machine(), "python": sys.version.split()[0],
                       "numpy": np.__version__, "n": a.n, "repeat": a.repeat}))  # fmt: skip
-    print("| oracle | images/s (best of %d) | all-correct on clean renders |" % a.repeat)
+    print(f"| oracle | images/s (best of {a.repeat}) | all-correct on clean renders |")
     print("|---|---|---|")
     for name, (rate, acc) in rows.items():
         print(f"| {name} | {rate:.0f} | {acc['all']:.4f} |")
