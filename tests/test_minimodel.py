@@ -19,6 +19,7 @@ from dicecfg.minimodel.loop import CKPT
 from dicecfg.minimodel.train import MiniTrainConfig, main, run_stage
 from dicecfg.runs.folder import read_checkpoint
 from dicecfg.world.captions import VOCAB
+from dicecfg.world.fine import heldout_set as fine_heldout_set
 
 CAPTIONS = ["a small red circle to the left of a blue square", "there is a big green triangle", ""]
 
@@ -299,6 +300,7 @@ def test_vae_can_be_reused(run_dir, tmp_path):
     assert np.isfinite(row["psnr_eval"])
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_fine_world_run_records_its_world(tmp_path):
     """A shapes-fine run renders that world, builds its tokenizer from its grammar and records the world in the
     pipeline folder, where the metrics read it."""
@@ -318,3 +320,32 @@ def test_fine_world_run_records_its_world(tmp_path):
     assert world_of(load_pipeline(out / "pipeline")) == "shapes-fine"
     assert world_of(load_pipeline("mini")) == "shapes"
     assert "shapes-fine world" in (out / "pipeline" / "README.md").read_text()
+    # dice demo on that world: its held-out prompts, judged by its own oracle (pattern and dots among the keys)
+    from helpers import random_sharpener
+
+    from dicecfg.cli import main as dice
+
+    random_sharpener(load_pipeline(out / "pipeline")).save_pretrained(tmp_path / "sharp")
+    args = ["-q", "demo", "--world", "shapes-fine", "--model", str(out / "pipeline"), "--prompts", "2"]
+    assert (
+        dice([*args, "--shown", "2", "--sharpener", str(tmp_path / "sharp"), "--out", str(tmp_path / "d")])
+        == 0
+    )
+    record = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert record["prompts"][0] == fine_heldout_set(1)[0].prompt
+    assert "pattern" in json.dumps(record) and "dots" in json.dumps(record)
+    assert (
+        dice(
+            [
+                "-q",
+                "demo",
+                "--world",
+                "shapes",
+                "--model",
+                str(out / "pipeline"),
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 2
+    )

@@ -157,9 +157,10 @@ def run_analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     if cfg.prompts or cfg.prompts_file:
         prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
     else:
+        from ..metrics.world import world_of_model
         from .evaluate import heldout_items
 
-        prompts = [it.prompt for it in heldout_items(cfg.limit)]
+        prompts = [it.prompt for it in heldout_items(cfg.limit, world_of_model(cfg.model))]
     out = Path(cfg.out)
     check_analysis_folder(out)  # before the model loads
     pipe = job_pipeline(cfg.model, cfg.device, cfg.dtype)

@@ -30,6 +30,7 @@ from ..sampling.grid import save_png
 from ..sampling.methods import CFG, PEER_STOP, Dice, Method, Unguided
 from ..sharpener import Sharpener
 from ..world.heldout import HELDOUT_SIZE
+from ..world.worlds import DEFAULT_WORLD, WORLD_NAMES
 from .evaluate import alignment_means
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,12 @@ class DemoJob(Checked):
         max=1.0,
     )
     batch_size: int = opt(16, "images per pipeline call (pixels vary with it by 1/255 at most)", min=1)
+    world: str = opt(
+        DEFAULT_WORLD,
+        "the world whose held-out prompts the demo samples; without --model, its shipped model "
+        "(shapes: the mini model; shapes-fine: mini-fine)",
+        choices=WORLD_NAMES,
+    )
     model: str | None = model_option()
     sharpener: str | None = sharpener_option()
     out: str = opt("dice-demo", "folder for grid.png and demo.json", path="out_dir")
@@ -136,7 +143,7 @@ def eval_command(job: DemoJob) -> str:
         f"--batch-size {job.batch_size}",
         f"--device {job.device}",
     ]
-    parts += [f"--model {job.model}"] if job.model else []
+    parts += [f"--model {demo_model(job)}"] if job.model or job.world != DEFAULT_WORLD else []
     parts += [f"--sharpener {job.sharpener}"] if job.sharpener else []
     return " ".join([*parts, "--out runs/eval-demo"])
 
@@ -161,21 +168,42 @@ def check_demo_folder(out: Path) -> None:
     check_own_files(out, DEMO_FILES, command="demo", ours=ours)
 
 
+def demo_model(job: DemoJob) -> str | None:
+    """The model the demo samples: --model, else the shipped model of --world; a model of another world than
+    --world is refused (its oracle could not judge the world's prompts)."""
+    from ..assets import MODELS
+    from ..metrics.world import recorded_world, world_of_model
+
+    if job.model is None:
+        shipped = [name for name, folder in MODELS.items() if recorded_world(folder) == job.world]
+        if not shipped:
+            raise InputError(
+                f"--world {job.world}: its mini model is not shipped with this version (docs/mini_model.md, "
+                "'The second mini model', trains it); pass --model FOLDER of one."
+            )
+        return None if shipped[0] == "mini" else shipped[0]
+    if (world := world_of_model(job.model)) != job.world:
+        raise InputError(f"--model {job.model} is a model of the {world} world; give --world {world}.")
+    return job.model
+
+
 def run_demo(job: DemoJob) -> dict[str, Any]:
     """Run the demo; returns the summary that is also written to ``out/demo.json``."""
     from ..families import check_compatible
     from ..metrics.world import alignment
-    from ..world import Oracle, heldout_set
+    from ..world.worlds import get_world
     from .report import demo_grid
 
     check_demo_folder(Path(job.out))
-    items = heldout_set(job.prompts)
+    world = get_world(job.world)
+    model = demo_model(job)
+    items = world.heldout_set(job.prompts)
     prompts, seeds = [it.prompt for it in items], [it.seed for it in items]
-    name = default_sharpener(job.model, job.sharpener)
+    name = default_sharpener(model, job.sharpener)
     if name is None:
         raise InputError("dice demo with a model of your own needs its sharpener (sharpener=...).")
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
-    pipe = job_pipeline(job.model, job.device)
+    pipe = job_pipeline(model, job.device)
     check_compatible(pipe, sharp)
     methods = demo_methods(job, sharp)
     samples = sample_in_turns(
@@ -187,7 +215,7 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
         progress=job.progress,
         num_inference_steps=job.steps,
     )
-    oracle, specs = Oracle(), [it.spec for it in items]
+    oracle, specs = world.oracle(), [it.spec for it in items]
     images = {m: np.stack([s.image for s in ss]) for m, ss in samples.items()}
     scores = {m: alignment(images[m], specs, oracle) for m in methods}
     base = scores["unguided"]["all"]

@@ -113,26 +113,31 @@ class EvalJob(Checked):
 
 
 def prompt_set(cfg: EvalJob) -> PromptSet:
-    """The prompts to evaluate: given prompts / a prompt file, else the shapes world's held-out set."""
+    """The prompts to evaluate: given prompts / a prompt file, else the held-out set of the model's world (the
+    shapes world's for a model that records none)."""
+    from ..metrics.world import world_of_model
+
     if cfg.limit < 1:
         raise InputError(f"--limit must be >= 1 (got {cfg.limit}).")
     if cfg.prompts or cfg.prompts_file:
         from ..sampling.prompts import collect_prompts
 
-        return PromptSet.given(collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit], cfg.seed)
-    return PromptSet.of_world(heldout_items(cfg.limit), "heldout")
+        prompts = collect_prompts(cfg.prompts, cfg.prompts_file)[: cfg.limit]
+        return PromptSet.given(prompts, cfg.seed, world=world_of_model(cfg.model))
+    return PromptSet.of_world(heldout_items(cfg.limit, world_of_model(cfg.model)), "heldout")
 
 
-def heldout_items(limit: int) -> list:
-    """The first ``limit`` items of the shapes world's held-out set; a limit beyond the set is refused."""
-    from ..world.heldout import HELDOUT_SIZE, heldout_set
+def heldout_items(limit: int, world: str = "shapes") -> list:
+    """The first ``limit`` items of ``world``'s held-out set; a limit beyond the set is refused."""
+    from ..world.worlds import get_world
 
-    if limit > HELDOUT_SIZE:
+    w = get_world(world)
+    if limit > w.heldout_size:
         raise InputError(
-            f"--limit {limit}: the held-out set has {HELDOUT_SIZE} prompts; give --limit {HELDOUT_SIZE} or "
+            f"--limit {limit}: the held-out set has {w.heldout_size} prompts; give --limit {w.heldout_size} or "
             "less, or your own prompts (--prompts FILE)."
         )
-    return heldout_set(limit)
+    return w.heldout_set(limit)
 
 
 def sharpener_tag(name: str) -> str:

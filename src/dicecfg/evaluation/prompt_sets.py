@@ -1,4 +1,4 @@
-"""The prompts a measurement runs on, with their seeds and, where the shapes world's oracle can judge them, the
+"""The prompts a measurement runs on, with their seeds and, where a world's oracle can judge them, the
 world's specs (and the scenes they were written from): one type for `dice eval`, `dice tune` and the studies."""
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ class PromptSet:
     scenes: list | None = None
 
     @classmethod
-    def given(cls, prompts: Sequence[str], seed: int, name: str = "prompts") -> PromptSet:
-        """The user's prompts: item i gets ``seed + i``; the world's specs when every prompt parses."""
+    def given(cls, prompts: Sequence[str], seed: int, name: str = "prompts", world: str = "shapes") -> PromptSet:
+        """The user's prompts: item i gets ``seed + i``; ``world``'s specs when every prompt parses in its
+        grammar."""
         from ..metrics.world import world_specs
 
         prompts = list(prompts)
-        return cls(name, prompts, seeds_of(seed, range(len(prompts))), world_specs(prompts))
+        return cls(name, prompts, seeds_of(seed, range(len(prompts))), world_specs(prompts, world))
 
     @classmethod
     def of_world(cls, items: Sequence, name: str, seed_shift: int = 0) -> PromptSet:

@@ -95,14 +95,16 @@ class TuneJob(Checked):
 
 
 def validation_prompts(job: TuneJob) -> PromptSet:
-    """The prompts of a tuning run: ``--prompts``, else the shapes world's validation set."""
+    """The prompts of a tuning run: ``--prompts``, else the validation set of the model's world."""
+    from ..metrics.world import world_of_model
+    from ..world.worlds import get_world
+
+    world = world_of_model(job.model)
     if job.prompts_file:
         from ..sampling.prompts import collect_prompts
 
-        return PromptSet.given(collect_prompts((), job.prompts_file)[: job.limit], job.seed)
-    from ..world import validation_set
-
-    return PromptSet.of_world(validation_set(job.limit), "validation")
+        return PromptSet.given(collect_prompts((), job.prompts_file)[: job.limit], job.seed, world=world)
+    return PromptSet.of_world(get_world(world).validation_set(job.limit), "validation")
 
 
 def candidates(
@@ -232,11 +234,10 @@ def score_rows(
     """Sample every method on the prompts of ``ps`` with each seed set and score it: oracle all-correct (and FD
     where scenes are known) on the world, else PSNR/SSIM against the ``reference`` method's images. What
     ``done`` holds is not measured again (the reference's images are made again where a row still needs them)."""
-    from ..metrics.world import scene_features
-    from ..world import Oracle
+    from ..metrics.world import oracle_for, scene_features
 
     done = done or Progress(None, {})
-    oracle = Oracle()
+    oracle = oracle_for(ps.specs or [])
     feats = scene_features(ps.scenes, oracle) if ps.scenes is not None and len(ps.prompts) > 1 else None
     for k in range(seed_sets):
         seeds = [s + k * SEED_SET_STRIDE for s in ps.seeds]

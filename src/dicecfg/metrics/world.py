@@ -28,6 +28,37 @@ def world_specs(prompts: Sequence[str], world: str = "shapes") -> list | None:
         return None
 
 
+def recorded_world(folder: str | Path | None) -> str | None:
+    """The world a model folder records (``dicecfg_world.json``, written by the mini-model recipe), or None."""
+    marker = Path(folder) / WORLD_FILE if folder else None
+    if marker is None or not marker.is_file():
+        return None
+    try:
+        world = json.loads(marker.read_text(encoding="utf-8"))["world"]
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s is not {'world': NAME}; judging the model as a shapes-world model", marker)
+        return None
+    from ..world.worlds import WORLD_NAMES
+
+    if world not in WORLD_NAMES:
+        log.warning("%s names the unknown world %r; no oracle judges this model", marker, world)
+        return None
+    return world
+
+
+def world_of_model(model: str | None) -> str:
+    """The world whose prompts a model argument (``--model``; None = the shipped default) is measured on before
+    it loads: the world its folder records, else the shapes world (whose grammar then decides, prompt by
+    prompt, whether the oracle can judge)."""
+    from ..pipeline import resolve_model
+
+    try:
+        folder = resolve_model(model)
+    except Exception:  # a shipped name whose folder is missing: loading says so
+        return "shapes"
+    return recorded_world(folder) or "shapes"
+
+
 def world_of(pipe: Any) -> str | None:
     """The world whose oracle can judge this model's images, or None: the world its folder records
     (``dicecfg_world.json``, written by the mini-model recipe), else ``"shapes"`` for an SD-family model that
@@ -35,18 +66,8 @@ def world_of(pipe: Any) -> str | None:
     from ..families import family_of
 
     folder = pipe.config.get("_name_or_path") if hasattr(pipe, "config") else None
-    if folder and (marker := Path(folder) / WORLD_FILE).is_file():
-        try:
-            world = json.loads(marker.read_text(encoding="utf-8"))["world"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s is not {'world': NAME}; judging the model as a shapes-world model", marker)
-        else:
-            from ..world.worlds import WORLD_NAMES
-
-            if world in WORLD_NAMES:
-                return world
-            log.warning("%s names the unknown world %r; no oracle judges this model", marker, world)
-            return None
+    if folder and (Path(folder) / WORLD_FILE).is_file():
+        return recorded_world(folder)
     return "shapes" if family_of(pipe).default_size(pipe) == RENDER_SIZE else None
 
 
@@ -55,8 +76,8 @@ def reads_shapes_world(pipe: Any) -> bool:
     return world_of(pipe) is not None
 
 
-def _oracle_for(items: Sequence) -> Any:
-    """The oracle of the world that specs or scenes belong to."""
+def oracle_for(items: Sequence) -> Any:
+    """A new oracle of the world that specs or scenes belong to (the shapes world's for none)."""
     from ..world.worlds import get_world, world_of_item
 
     return get_world(world_of_item(items[0]) if items else "shapes").oracle()
@@ -76,7 +97,7 @@ def _world_size(images: np.ndarray) -> np.ndarray:
 def alignment(images: np.ndarray, specs: Sequence, oracle=None) -> dict[str, np.ndarray]:
     """Per-image 0/1 oracle scores of each of the oracle's keys (count, shape, colour, size, relation,
     background, and pattern and dots in shapes-fine) and all-correct."""
-    return (oracle or _oracle_for(specs)).score(_world_size(images), list(specs))
+    return (oracle or oracle_for(specs)).score(_world_size(images), list(specs))
 
 
 def scene_features(scenes: Sequence, oracle=None) -> np.ndarray:
@@ -94,6 +115,6 @@ def oracle_frechet(
     (``reference``: their ``scene_features``, when several image sets are compared with the same scenes)."""
     from ..world import frechet_distance
 
-    oracle = oracle or _oracle_for(scenes)
+    oracle = oracle or oracle_for(scenes)
     ref = scene_features(scenes, oracle) if reference is None else reference
     return frechet_distance(oracle.features(_world_size(images)), ref)

@@ -55,10 +55,10 @@ def ceiling(
 ) -> CeilingReport:
     """Optimise a free embedding edit per prompt on the DICE objective and compare it with unguided, CFG and
     ``sharpener`` (module docstring). ``seeds``: the sampler seed of each prompt's images (an int: seed + i).
-    ``specs``: what each prompt asserts in the shapes world (default: parsed from the prompts when they are
+    ``specs``: what each prompt asserts in the model's world (default: parsed from the prompts when they are
     all in its grammar); with them the report has the oracle's scores. Re-running resumes from
     ``output_dir``; its ``ceiling.json`` and ``grid.png`` hold the report."""
-    from ..metrics.world import world_specs
+    from ..metrics.world import world_of, world_specs
 
     prompts = list(prompts)
     if not prompts:
@@ -68,7 +68,7 @@ def ceiling(
     seeds = seed_list(seeds, len(prompts))
     if len(seeds) != len(prompts):
         raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
-    specs = list(specs) if specs is not None else world_specs(prompts)
+    specs = list(specs) if specs is not None else world_specs(prompts, world_of(pipe) or "shapes")
     out = Path(output_dir)
     record = run_record(cfg, prompts, seeds)
     check_ceiling_folder(out, record)
@@ -184,9 +184,10 @@ def run_ceiling(job: CeilingJob) -> CeilingReport:
     if job.prompts or job.prompts_file:
         prompts, seeds = collect_prompts(job.prompts, job.prompts_file), job.config.seed
     elif is_mini(job.model):
-        from ..world import heldout_set
+        from ..metrics.world import world_of_model
+        from ..world.worlds import get_world
 
-        items = heldout_set(job.limit)
+        items = get_world(world_of_model(job.model)).heldout_set(job.limit)
         prompts, seeds, specs = (
             [it.prompt for it in items],
             [it.seed for it in items],
