@@ -693,3 +693,14 @@ def test_eval_makes_again_images_without_a_record(tiny_sd_dir, tmp_path):
     again = run_eval(job)
     assert again["rows"][0]["generated"] == 2
     assert sorted(json.loads(ln)["index"] for ln in meta.read_text().splitlines()) == [0, 1, 2]
+
+
+def test_eval_rows_are_the_methods_as_they_act_at_their_steps():
+    """An interval that gives no guided step at a row's step count (int(0.1 * 9) = 0) is the row of what runs,
+    unguided sampling, so eval.json never labels unguided images as CFG on the first steps."""
+    from dicecfg.evaluation.evaluate import EvalJob, make_rows
+    from dicecfg.sampling.methods import CFG, Unguided
+
+    rows = make_rows(EvalJob(methods=("unguided", "cfg:stop=0.1"), steps=(9, 20)), {}, notice=False)
+    assert [r.method for r in rows if r.steps == 9] == [Unguided()]
+    assert [r.method for r in rows if r.steps == 20] == [Unguided(), CFG(stop=0.1)]

@@ -242,7 +242,7 @@ def test_long_prompts_are_counted_in_bounded_chunks(tiny_sd, monkeypatch):
     edge = "a " * 38 + "red"  # 79 characters, 41 tokens: tokenized, not counted
     prompts = [*long, *short, *long[:2], edge]
     assert (
-        checks.warn_truncated(tiny_sd, family_of(tiny_sd), prompts) == 9
+        checks.check_prompts(tiny_sd, family_of(tiny_sd), prompts) == 9
     )  # the exact count, repeats included
     assert max(map(len, batches)) <= 3  # one call with every prompt before: 5.5 GB for 1M prompts
     assert sorted(p for b in batches for p in b) == sorted([*long, edge])  # the short ones skipped

@@ -177,13 +177,13 @@ def make_rows(
     rows: dict[str, Row] = {}
     asked = 0
     for steps in cfg.steps:
-        for m, tag in methods:
-            row, asked = Row(m, steps, tag), asked + 1
+        for m, tag in methods:  # each row as it acts at its steps (an interval with no guided step: what runs)
+            row, asked = Row(m.acting(steps), steps, tag), asked + 1
             rows.setdefault(row.key, row)
         for m, tag in methods if cfg.negative_prompt else ():
             w = getattr(m, "guidance_scale", cfg.cfg_scales[0])
             if m.uses_negative and w == cfg.cfg_scales[0]:
-                row, asked = Row(m, steps, tag, cfg.negative_prompt), asked + 1
+                row, asked = Row(m.acting(steps), steps, tag, cfg.negative_prompt), asked + 1
                 rows.setdefault(row.key, row)
     if notice and asked > len(rows):
         log.warning(

@@ -36,7 +36,7 @@ def check_text(prompts: Sequence[str], what: str = "prompts") -> None:
         )
 
 
-def warn_truncated(pipe: Any, fam: Any, prompts: Sequence[str], what: str = "prompts") -> int:
+def check_prompts(pipe: Any, fam: Any, prompts: Sequence[str], what: str = "prompts") -> int:
     """Refuse prompts that are not valid text (``check_text``: every prompt passes here before it is encoded),
     then warn once with the number of prompts longer than the text encoder's limit; returns that number.
     ``what`` names them in the messages (``"negative prompts"`` are counted apart from the prompts)."""

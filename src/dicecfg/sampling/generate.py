@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..families import Cond, Family, check_compatible, family_of
 from ..runs.guards import out_of_memory
 from ..sharpener import Sharpener
-from .checks import check_memory, check_seeds, check_size, sampling_memory, warn_truncated
+from .checks import check_memory, check_seeds, check_size, sampling_memory, check_prompts
 from .fast import fast_mode, path_ran, resolve_fast, speedup
 from .methods import Dice, Method, sharpen_cond
 from .spelling import as_method
@@ -92,8 +92,8 @@ def encoded_prompts(
         raise InputError("sharpen() needs at least one prompt.")
     negs = per_prompt(None if negative_prompt is None else texts(negative_prompt, "negative_prompt"),
                       len(prompts), "negative_prompt")  # fmt: skip
-    warn_truncated(pipe, fam, prompts)
-    warn_truncated(pipe, fam, [n for n in negs if n], "negative prompts")
+    check_prompts(pipe, fam, prompts)
+    check_prompts(pipe, fam, [n for n in negs if n], "negative prompts")
     return prompts, negs, fam.encode(pipe, prompts), fam.encode(pipe, negs)
 
 
@@ -311,8 +311,8 @@ def sampling_request(
         f"Sampling {per_call} image(s) per pipeline call",
         f"Use a smaller --batch-size (batch_size=; {BATCH_NOTE}) or a smaller image size.",
     )
-    warn_truncated(pipe, fam, prompts)
-    warn_truncated(pipe, fam, [n for n in negs if n], "negative prompts")
+    check_prompts(pipe, fam, prompts)
+    check_prompts(pipe, fam, [n for n in negs if n], "negative prompts")
     acting = m.acting(steps)
     if acting != m:
         log.warning(

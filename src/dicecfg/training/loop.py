@@ -38,7 +38,7 @@ from ..runs.folder import (
 from ..runs.guards import FiniteGuard, StopFlag, out_of_memory, run_lock
 from ..runs.jobs import on_rank_0
 from ..runs.parallel import Parallel
-from ..sampling.checks import check_memory, check_size, check_text, warn_truncated
+from ..sampling.checks import check_memory, check_size, check_text, check_prompts
 from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
 from .config import DistillConfig, compiles, lr_at
@@ -152,8 +152,8 @@ def _initialize(
     neg = fam.encode(pipe, [""])
     with par.main_process_first():  # rank 0 makes the teacher pool, the others then load it
         if par.main:
-            warn_truncated(pipe, fam, folder.captions if folder else prompts)
-            warn_truncated(pipe, fam, cfg.negative_prompts, "negative prompts")
+            check_prompts(pipe, fam, folder.captions if folder else prompts)
+            check_prompts(pipe, fam, cfg.negative_prompts, "negative prompts")
         if folder:
             source: XtSource = ImageSource(pipe, fam, folder, cfg, run_dir, par.rank, par.world)
         else:
