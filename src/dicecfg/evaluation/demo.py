@@ -91,7 +91,8 @@ def sample_in_turns(
     first = slice(0, batch_size)
     # The warm-up's one step gives an interval no guided step; that is expected here, so generate() stays quiet.
     quiet = logging.getLogger(generate.__module__)
-    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         for m in keys:
             warm = generate_kwargs | {"num_inference_steps": 1}
