@@ -146,7 +146,7 @@ def test_serve_refuses_unusable_recorded_settings_at_start(tiny_sd_dir, tmp_path
     sharp = random_sharpener(load_pipeline(tiny_sd_dir))
     sharp.config["sampling"] = {"alpha": 1.5, "stop": 0.5, "negative": "x"}
     sharp.save_pretrained(tmp_path / "s")
-    monkeypatch.setattr("dicecfg.app.job.load_pipeline", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr("dicecfg.app.job.job_pipeline", lambda *a, **k: pytest.fail("loaded"))
     code = main(["-q", "serve", "--model", str(tiny_sd_dir), "--sharpener", str(tmp_path / "s"), "--port",
                  str(free_port())])  # fmt: skip
     assert code == 2

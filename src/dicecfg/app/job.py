@@ -17,12 +17,10 @@ from ..pipeline import (
     device_option,
     dtype_option,
     is_mini,
-    load_pipeline,
     model_option,
-    resolve_device,
-    resolve_dtype,
     sharpener_option,
 )
+from ..runs.jobs import job_pipeline
 from ..sampling.methods import check_recorded
 from ..sharpener import Sharpener
 from .ui import CSS, build_app, import_gradio
@@ -74,8 +72,8 @@ def run_serve(job: ServeJob) -> Server:
         raise InputError("dice serve with a model of your own needs its sharpener (--sharpener).")
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
     check_recorded(sharp)  # recorded settings it cannot sample with: refused now, not on every request
-    device = resolve_device(job.device)
-    pipe = load_pipeline(job.model, dtype=resolve_dtype(job.dtype, device), device=device)
+    pipe = job_pipeline(job.model, job.device, job.dtype)
+    device = pipe.device
     fam = check_compatible(pipe, sharp)  # a sharpener for another model: refused before the page exists
     world = get_world(world_name) if (world_name := world_of(pipe)) else None
     model = "the shipped mini model" if is_mini(job.model) else job.model

@@ -177,7 +177,10 @@ def make_rows(
     rows: dict[str, Row] = {}
     asked = 0
     for steps in cfg.steps:
-        for m, tag in methods:  # each row as it acts at its steps (an interval with no guided step: what runs)
+        for (
+            m,
+            tag,
+        ) in methods:  # each row as it acts at its steps (an interval with no guided step: what runs)
             row, asked = Row(m.acting(steps), steps, tag), asked + 1
             rows.setdefault(row.key, row)
         for m, tag in methods if cfg.negative_prompt else ():

@@ -21,7 +21,9 @@ class PromptSet:
     scenes: list | None = None
 
     @classmethod
-    def given(cls, prompts: Sequence[str], seed: int, name: str = "prompts", world: str = "shapes") -> PromptSet:
+    def given(
+        cls, prompts: Sequence[str], seed: int, name: str = "prompts", world: str = "shapes"
+    ) -> PromptSet:
         """The user's prompts: item i gets ``seed + i``; ``world``'s specs when every prompt parses in its
         grammar."""
         from ..metrics.world import world_specs

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..families import Cond, Family, check_compatible, family_of
 from ..runs.guards import out_of_memory
+from ..runs.jobs import seeds_of
 from ..sharpener import Sharpener
-from .checks import check_memory, check_seeds, check_size, sampling_memory, check_prompts
+from .checks import check_memory, check_prompts, check_seeds, check_size, sampling_memory
 from .fast import fast_mode, path_ran, resolve_fast, speedup
 from .methods import Dice, Method, sharpen_cond
 from .spelling import as_method
@@ -296,7 +297,7 @@ def sampling_request(
     fast_mode(fast)
     steps = whole_number(num_inference_steps, "num_inference_steps")
     batch_size = whole_number(batch_size, "batch_size")
-    seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, numbers.Integral) else list(seeds)
+    seeds = seeds_of(seeds, range(len(prompts))) if isinstance(seeds, numbers.Integral) else list(seeds)
     if len(seeds) != len(prompts):
         raise InputError(f"Got {len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
     check_seeds(seeds)

@@ -38,7 +38,7 @@ from ..runs.folder import (
 from ..runs.guards import FiniteGuard, StopFlag, out_of_memory, run_lock
 from ..runs.jobs import on_rank_0
 from ..runs.parallel import Parallel
-from ..sampling.checks import check_memory, check_size, check_text, check_prompts
+from ..sampling.checks import check_memory, check_prompts, check_size, check_text
 from ..sampling.fast import compiled_denoiser
 from ..sharpener import Sharpener
 from .config import DistillConfig, compiles, lr_at
