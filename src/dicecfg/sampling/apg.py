@@ -26,8 +26,8 @@ import torch
 from ..errors import InputError
 from ..families import Cond, Family
 from .methods import (
+    GuidedOnInterval,
     Method,
-    Unguided,
     check_interval,
     finite,
     guidance_scale,
@@ -35,11 +35,11 @@ from .methods import (
     interval_text,
     shown,
 )
-from .steps import Guide, Plan, Predictions, Step, guided_steps
+from .steps import Guide, Plan, Predictions, Step
 
 
 @dataclass(frozen=True)
-class APG(Method):
+class APG(GuidedOnInterval, Method):
     """Adaptive projected guidance at scale w on the steps of [start, stop), the prompt alone elsewhere.
 
     Args:
@@ -78,15 +78,6 @@ class APG(Method):
         if not -1.0 < finite("APG", "momentum", self.momentum) < 1.0:
             raise InputError(f"APG: momentum must lie in (-1, 1) (got {shown(self.momentum)}).")
         check_interval("APG", self.start, self.stop)
-
-    def guided(self, steps: int) -> range:
-        return guided_steps(self.start, self.stop, steps) if self.guidance_scale > 1 else range(0)
-
-    def nfe(self, steps: int) -> int:
-        return steps + len(self.guided(steps))
-
-    def acting(self, steps: int) -> Method:
-        return Unguided() if self.guidance_scale > 1 and not self.guided(steps) else self
 
     def plan(
         self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None

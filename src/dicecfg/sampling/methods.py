@@ -208,8 +208,26 @@ def guidance_scale(owner: str, w: Any) -> float:
     return w
 
 
+class GuidedOnInterval:
+    """What the methods that guide at ``guidance_scale`` on the steps of ``[start, stop)`` share (CFG, APG): which
+    steps run both halves, the NFE, and what acts where no step is guided (unguided sampling)."""
+
+    guidance_scale: float
+    start: float
+    stop: float
+
+    def guided(self, steps: int) -> range:
+        return guided_steps(self.start, self.stop, steps) if self.guidance_scale > 1 else range(0)
+
+    def nfe(self, steps: int) -> int:
+        return steps + len(self.guided(steps))
+
+    def acting(self, steps: int) -> Method:
+        return Unguided() if self.guidance_scale > 1 and not self.guided(steps) else self
+
+
 @dataclass(frozen=True)
-class CFG(Method):
+class CFG(GuidedOnInterval, Method):
     """Classifier-free guidance at scale w on the steps of [start, stop), the prompt alone elsewhere.
 
     At ``guidance_scale=1`` the stock pipeline samples the prompt alone with one pass per step (conditional
@@ -233,15 +251,6 @@ class CFG(Method):
     def __post_init__(self) -> None:
         guidance_scale("CFG", self.guidance_scale)
         check_interval("CFG", self.start, self.stop)
-
-    def guided(self, steps: int) -> range:
-        return guided_steps(self.start, self.stop, steps) if self.guidance_scale > 1 else range(0)
-
-    def nfe(self, steps: int) -> int:
-        return steps + len(self.guided(steps))
-
-    def acting(self, steps: int) -> Method:
-        return Unguided() if self.guidance_scale > 1 and not self.guided(steps) else self
 
     def plan(
         self, pipe: Any, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
