@@ -140,7 +140,7 @@ def test_demo_agrees_with_eval(tmp_path, capsys):
         "--shown",
         "4",
         "--steps",
-        "6",
+        "10",
         "--batch-size",
         "3",
         "--out",
@@ -151,7 +151,7 @@ def test_demo_agrees_with_eval(tmp_path, capsys):
     summary = json.loads((tmp_path / "d" / "demo.json").read_text())
     rows = summary["methods"]
     assert [m["method"] for m in rows] == ["unguided", "cfg", "peer", "dice"]
-    assert [m["nfe"] for m in rows] == [6, 12, 6, 6]  # the peer guides int(0.1 * 6) = 0 of 6 steps
+    assert [m["nfe"] for m in rows] == [10, 20, 11, 10]  # the peer guides int(0.1 * 10) = 1 of 10 steps
     assert summary["eval_command"] in printed and "| DICE alpha=1.5 on [0,0.15)" in printed
     assert all(m["seconds_per_image"] > 0 for m in rows) and len(summary["shown"]) == 4
     assert (tmp_path / "d" / "grid.png").stat().st_size > 0
@@ -194,3 +194,15 @@ def test_shipped_text_encoder_keeps_relations_apart(pair):
         with torch.no_grad():
             c = fam.encode(pipe, [a, b]).embeds.float()
         assert ((c[0] - c[1]).norm() / c[0].norm()).item() > 0.4, (a, b)
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_demo_rows_say_what_acted(tmp_path):
+    """At 6 steps the peer's interval (the first 10%) holds no step: its row records unguided sampling, not CFG."""
+    from dicecfg.cli import main
+
+    args = ["-q", "demo", "--prompts", "2", "--shown", "2", "--steps", "6", "--out", str(tmp_path / "d")]
+    assert main(args) == 0
+    rows = {m["method"]: m for m in json.loads((tmp_path / "d" / "demo.json").read_text())["methods"]}
+    assert (rows["peer"]["setting"], rows["peer"]["nfe"]) == ("-", 6)
+    assert rows["peer"]["correct"] == rows["unguided"]["correct"]

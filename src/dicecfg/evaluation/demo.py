@@ -212,7 +212,8 @@ def run_demo(job: DemoJob) -> dict[str, Any]:
     sharp = Sharpener.from_pretrained(name)  # the small file first: a bad path fails before the model loads
     pipe = job_pipeline(model, job.device)
     check_compatible(pipe, sharp)
-    methods = demo_methods(job, sharp)
+    # each row as it acts at --steps: an interval with no guided step there is labelled by what runs
+    methods = {key: m.acting(job.steps) for key, m in demo_methods(job, sharp).items()}
     samples = sample_in_turns(
         pipe,
         prompts,
