@@ -349,3 +349,18 @@ def test_fine_world_run_records_its_world(tmp_path):
         )
         == 2
     )
+
+
+def test_every_weight_the_package_ships_fits_its_budget():
+    """Both worlds' mini models and their sharpeners together stay within the package's weight budget, each file
+    within the per-file limit (the second model's preset is sized for it: docs/mini_model.md)."""
+    from dicecfg.assets import ASSETS
+
+    sizes = {str(p.relative_to(ASSETS)): p.stat().st_size for p in ASSETS.rglob("*.safetensors")}
+    assert any("mini-model" in k for k in sizes) and any("mini-sharpener" in k for k in sizes)
+    assert max(sizes.values()) <= mm.WEIGHT_FILE_LIMIT, sizes
+    assert sum(sizes.values()) <= mm.PACKAGE_WEIGHT_LIMIT, sizes
+    fine = mm.weight_bytes(
+        {"unet": mm.make_unet(mm.PRESETS["fine"]), "vae": mm.make_vae(mm.PRESETS["fine"])}, bytes_per_param=2
+    )
+    assert sum(sizes.values()) + sum(fine.values()) < mm.PACKAGE_WEIGHT_LIMIT  # room for the second UNet and VAE

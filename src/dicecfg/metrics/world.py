@@ -50,11 +50,12 @@ def world_of_model(model: str | None) -> str:
     """The world whose prompts a model argument (``--model``; None = the shipped default) is measured on before
     it loads: the world its folder records, else the shapes world (whose grammar then decides, prompt by
     prompt, whether the oracle can judge)."""
+    from ..errors import ModelNotFoundError
     from ..pipeline import resolve_model
 
     try:
         folder = resolve_model(model)
-    except Exception:  # a shipped name whose folder is missing: loading says so
+    except ModelNotFoundError:  # a shipped name whose folder is missing: loading says so
         return "shapes"
     return recorded_world(folder) or "shapes"
 
