@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "images_per_s": round(images / wall, 2),
             "fast": sorted({r.get("fast") or "?" for r in report["rows"]}),
         }
-        if base is None:
-            base, base_files = row, files
-        row["speedup_wall"] = round(base["wall_s"] / wall, 3)
-        row["speedup_generation"] = round(base["generation_s"] / gen, 3) if gen else None
+        if base is None:  # the unrounded times of the first row: a ratio of rounded numbers is not 1 against itself
+            base, base_files = {"wall": wall, "gen": gen}, files
+        row["speedup_wall"] = round(base["wall"] / wall, 3)
+        row["speedup_generation"] = round(base["gen"] / gen, 3) if gen else None
         row["same_images"] = files == base_files
         rows.append(row)
         print(json.dumps(row), flush=True)
