@@ -101,6 +101,7 @@ def _start(cfg: MiniTrainConfig, stage: str) -> tuple[Path, torch.device, float]
     append_stats(out, {"stage": stage, "event": "start", "card": card, "time": time.time()})
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # a stage's shapes are fixed: pick each convolution's kernel once
     torch.manual_seed(cfg.seed)  # initial weights; per-step randomness is re-seeded by the loop
     return out, device, time.monotonic() + 60 * cfg.max_minutes
 

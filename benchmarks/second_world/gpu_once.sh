@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Train the shapes-fine mini model in ONE call of about 6 minutes (a short device budget): every stage on the
+# GPU machine, side by side where they can be, each bounded by the call's clock. Whatever exists is packed into
+# $OUT at once, so a call cut off at its limit still returns the finished stages.
+#
+#   LIMIT=340 bash benchmarks/second_world/gpu_once.sh      # repository root; wheels of diffusers etc. in .whl
+#
+# Order: the text encoder (GPU) beside the data (14 render processes); the VAE (GPU, from the first model's)
+# beside the rest of the text encoder; the UNet until LIMIT s; assemble. A stage cut off at its deadline is
+# finalised at the step it reached (a re-run with --*-steps 1 resumes its checkpoint and finishes it).
+# The realism study and the quality bar are not run here (benchmarks/second_world/README.md).
+set -uo pipefail
+RUN=${RUN:-/tmp/fine-run}
+LIMIT=${LIMIT:-340}  # seconds from the start at which the UNet stops (assembling and packing take ~20 s more)
+TEXT_S=${TEXT_S:-200}  # the text encoder's deadline (s from the start)
+VAE_S=${VAE_S:-150}  # the VAE's deadline (s from the start)
+t0=$(date +%s)
+since() { echo $(( $(date +%s) - t0 )); }
+mins_until() { python3 -c "print(max(0.1, ($1 - ($(date +%s) - $t0)) / 60))"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+T="python3 -m dicecfg.minimodel.train"
+DEV=${DEV:-cuda}
+C="--out $RUN --world shapes-fine --preset fine --no-progress ${EXTRA:-}"  # EXTRA: a CPU dry run's sizes
+TXT="--text-steps ${TEXT_STEPS:-2000} --text-captions ${TEXT_CAPTIONS:-100000}"
+VAE="--vae-init src/dicecfg/assets/mini-model/vae"
+L=/tmp/logs
+mkdir -p "$OUT" $L
+pack() {  # logs and stats so far (every stage calls it, so a cut-off call keeps what was done)
+  cp "$RUN"/stats.jsonl "$RUN"/run_*.json $L/ 2>/dev/null
+  tar -C /tmp -cf "$OUT/logs.tar" logs
+}
+$T text $C $TXT --device $DEV --max-minutes "$(mins_until "$TEXT_S")" > $L/text.log 2>&1 &
+TEXT=$!
+$T data $C --workers 14 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
+echo "data done at $(since) s"
+$T vae $C $VAE --device $DEV --vae-steps "${VAE_STEPS:-3000}" --max-minutes "$(mins_until "$VAE_S")" > $L/vae.log 2>&1
+[ -d "$RUN/vae/final" ] || $T vae $C $VAE --device $DEV --vae-steps 1 >> $L/vae.log 2>&1
+echo "vae done at $(since) s"; grep -E "PSNR|Error" $L/vae.log | tail -2
+wait $TEXT
+[ -d "$RUN/text/final" ] || $T text $C $TXT --text-steps 1 --device $DEV >> $L/text.log 2>&1
+echo "text done at $(since) s"; grep -E "held-out|Error" $L/text.log | tail -2
+tar -C "$RUN" -cf "$OUT/text_vae.tar" text/final vae/final tokenizer; pack
+$T unet $C --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1
+echo "unet stopped at $(since) s"; grep -E "Error|Traceback" $L/unet.log | tail -2
+$T assemble $C --device cpu > $L/assemble.log 2>&1 && tar -C "$RUN" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part_"
+echo "assembled at $(since) s"; pack
+# in parts under the 16 MB limit (cat the parts | tar -x); the UNet's checkpoint (weights, EMA, AdamW state) for: 
+# --unet-init or a resume later
+tar -C "$RUN" -cf - unet/ckpt.safetensors | split -b 15m - "$OUT/unet_ckpt.tar.part_"
+python3 - "$RUN" <<'PY'
+import json, sys
+from pathlib import Path
+rows = [json.loads(l) for l in (Path(sys.argv[1]) / "stats.jsonl").read_text().splitlines() if l.strip()]
+for r in rows:
+    if r.get("event") in ("done", "end") or (r.get("step", 0) % 500 == 0 and "loss" in r):
+        print({k: r[k] for k in r if k in ("stage", "event", "step", "loss", "psnr_eval", "heldout_exact", "elapsed_s", "it_s")})
+PY
+echo "done at $(since) s"
