@@ -42,13 +42,17 @@ wait $TEXT
 [ -d "$RUN/text/final" ] || $T text $C $TXT --text-steps 1 --device $DEV >> $L/text.log 2>&1
 echo "text done at $(since) s"; grep -E "held-out|Error" $L/text.log | tail -2
 tar -C "$RUN" -cf "$OUT/text_vae.tar" text/final vae/final tokenizer; pack
-$T unet $C --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1
-echo "unet stopped at $(since) s"; grep -E "Error|Traceback" $L/unet.log | tail -2
-$T assemble $C --device cpu > $L/assemble.log 2>&1 && tar -C "$RUN" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part_"
-echo "assembled at $(since) s"; pack
-# in parts under the 16 MB limit (cat the parts | tar -x); the UNet's checkpoint (weights, EMA, AdamW state) for: 
-# --unet-init or a resume later
-tar -C "$RUN" -cf - unet/ckpt.safetensors | split -b 15m - "$OUT/unet_ckpt.tar.part_"
+if [ "$(since)" -lt $((LIMIT - 45)) ]; then  # a UNet run shorter than ~45 s is not worth its start
+  $T unet $C --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1
+  echo "unet stopped at $(since) s"; grep -E "Error|Traceback" $L/unet.log | tail -2
+  $T assemble $C --device cpu > $L/assemble.log 2>&1 && tar -C "$RUN" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part_"
+  echo "assembled at $(since) s"; pack
+  # in parts under the 16 MB limit (cat the parts | tar -x); the UNet's checkpoint (weights, EMA, AdamW
+  # state) for --unet-init or a resume later
+  tar -C "$RUN" -cf - unet/ckpt.safetensors | split -b 15m - "$OUT/unet_ckpt.tar.part_"
+else
+  echo "no UNet: $(since) s of $LIMIT gone (text_vae.tar is reusable: --text-from / --vae-from)"
+fi
 python3 - "$RUN" <<'PY'
 import json, sys
 from pathlib import Path
