@@ -6,6 +6,9 @@ scenes), passes them through the VAE (posterior mean, no sampling) and scores bo
 key, with the PSNR of the reconstructions.
 
     python benchmarks/second_world/recon.py --vae RUN/vae/final --world shapes-fine [--n 512] [--device cpu]
+
+``--vae RUN/vae`` (a training stage's folder with ``ckpt.safetensors`` and no ``final``) scores the weights as
+trained so far, for a look at a VAE while it trains.
 """
 
 from __future__ import annotations
@@ -37,8 +40,24 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float((10 * np.log10(255.0**2 / mse)).mean())
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def load_vae(path: str):
+    """An AutoencoderKL folder, or a mini-model VAE stage's checkpoint (``minimodel.loop``) as trained so far."""
+    from pathlib import Path
+
     from diffusers import AutoencoderKL
+
+    if (Path(path) / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(path)
+    from dicecfg.minimodel import model as mm
+    from dicecfg.minimodel.loop import CKPT, final_weights
+    from dicecfg.runs.folder import read_checkpoint
+
+    vae = mm.make_vae(mm.config_from_dict(read_checkpoint(path, CKPT)[1]["model"]))
+    vae.load_state_dict(final_weights(path, "vae", prefer_ema=False))
+    return vae
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vae", required=True, help="an AutoencoderKL folder (a run's vae/final, a pipeline's vae)")
@@ -49,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     device = torch.device(resolve_device(args.device))
     world = get_world(args.world)
-    vae = AutoencoderKL.from_pretrained(args.vae).float().to(device).eval()
+    vae = load_vae(args.vae).float().to(device).eval()
     oracle = world.oracle()
     rows = []
     for split, items in (("heldout", world.heldout_set(args.n)), ("validation", world.validation_set(args.n))):
