@@ -42,6 +42,7 @@ wait $TEXT
 [ -d "$RUN/text/final" ] || $T text $C $TXT --text-steps 1 --device $DEV >> $L/text.log 2>&1
 echo "text done at $(since) s"; grep -E "held-out|Error" $L/text.log | tail -2
 tar -C "$RUN" -cf "$OUT/text_vae.tar" text/final vae/final tokenizer; pack
+python3 benchmarks/second_world/recon.py --vae "$RUN/vae/final" --n 512 --device $DEV --json $L/recon.json > $L/recon.md 2>&1 &
 if [ "$(since)" -lt $((LIMIT - 45)) ]; then  # a UNet run shorter than ~45 s is not worth its start
   $T unet $C --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1
   echo "unet stopped at $(since) s"; grep -E "Error|Traceback" $L/unet.log | tail -2
@@ -61,4 +62,5 @@ for r in rows:
     if r.get("event") in ("done", "end") or (r.get("step", 0) % 500 == 0 and "loss" in r):
         print({k: r[k] for k in r if k in ("stage", "event", "step", "loss", "psnr_eval", "heldout_exact", "elapsed_s", "it_s")})
 PY
+wait; pack; cat $L/recon.md
 echo "done at $(since) s"

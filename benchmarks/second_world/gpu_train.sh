@@ -9,8 +9,8 @@
 #                                                      # study of both worlds
 #
 # Every stage resumes when run again with the same RUN. What comes back in $OUT: logs.tar (the logs, stats.jsonl,
-# the stages' run_*.json), the text encoder and VAE (so a lost machine costs only the UNet), VAE reconstructions of
-# the held-out renders (recon.npz: the oracle's ceiling on this VAE, scored on a CPU), and after CALL=2 the
+# the stages' run_*.json), the text encoder and VAE (so a lost machine costs only the UNet), the oracle on the VAE's
+# reconstructions (recon.md / recon.json in logs.tar: the ceiling this VAE leaves the model), and after CALL=2 the
 # assembled fp16 pipeline (pipeline.tar), the study's JSON (in logs.tar) and a few of its images.
 set -uo pipefail
 RUN=${RUN:-/tmp/fine-run}
@@ -34,21 +34,7 @@ if [ "$CALL" != 2 ]; then  # 1, or 0: everything in one call (a short budget)
   echo "data + text done at $(( $(date +%s) - t0 )) s"; grep -E "held-out|Error" "$L/text.log" | tail -3
   $T vae $C --device cuda --vae-init src/dicecfg/assets/mini-model/vae --vae-steps 3000 --max-minutes "${VAE_MIN:-3}" > "$L/vae.log" 2>&1
   echo "vae done at $(( $(date +%s) - t0 )) s"; grep -E "PSNR|Error" "$L/vae.log" | tail -3
-  python3 - "$RUN" "$OUT/recon.npz" <<'PY'
-import sys, numpy as np, torch
-from pathlib import Path
-from diffusers import AutoencoderKL
-from dicecfg.minimodel.data import load_data, to_float
-run = Path(sys.argv[1])
-vae = AutoencoderKL.from_pretrained(run / "vae" / "final").float().cuda().eval()
-x = torch.from_numpy(load_data(run, "eval")[0][:1024]).cuda()
-with torch.no_grad():
-    rec = torch.cat([vae(to_float(b)).sample for b in x.split(256)])
-rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-caps = load_data(run, "eval", images=False)[1][:1024]
-np.savez_compressed(sys.argv[2], recon=rec, original=x.cpu().numpy(), captions=np.array(caps))
-print("recon saved", rec.shape)
-PY
+  python3 benchmarks/second_world/recon.py --vae "$RUN/vae/final" --n 512 --json "$L/recon.json" | tee "$L/recon.md"
 fi
 $T unet $C --device cuda --max-minutes "$(left_min)" > "$L/unet_call$CALL.log" 2>&1  # LIMIT leaves room for CALL 2's study
 echo "unet stopped at $(( $(date +%s) - t0 )) s"; grep -E "Error|Traceback" "$L/unet_call$CALL.log" | tail -3
