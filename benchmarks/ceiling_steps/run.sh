@@ -50,18 +50,24 @@ open(sys.argv[3], 'w').write(''.join(it.prompt + '\n' for it in items))" "$MODEL
     PROMPTS=(--prompts "$W/prompts.txt") ;;
 esac
 t0=$(date +%s)
+declare -A PID
 for layout in $LAYOUTS; do
   cmd=(python3 -m dicecfg.cli -q ceiling --model "$MODEL" "${PROMPTS[@]}" --steps "$STEPS" --draws "$DRAWS"
        --prompts-per-batch "$PPB" ${FLAGS[$layout]} --out "$W/$name/$layout")
   echo "${cmd[*]}" > "$W/$layout.cmd"
   timeout "$SECS" "${cmd[@]}" > "$W/$layout.log" 2>&1 &
+  PID[$layout]=$!
 done
-wait
-echo "done at $(( $(date +%s) - t0 )) s"
+for layout in $LAYOUTS; do
+  wait "${PID[$layout]}"
+  rc=$?
+  [ $rc -eq 124 ] && echo "cut by its time limit ($SECS s): no report" >> "$W/$layout.log"
+  echo "exit $rc at $(( $(date +%s) - t0 )) s" >> "$W/$layout.log"
+done
 for layout in $LAYOUTS; do
   echo "## $layout: $(cat "$W/$layout.cmd")"
   tail -n 25 "$W/$layout.log"
-  cp "$W/$layout.cmd" "$W/$layout.log" "$W/$name/$layout/" 2>/dev/null
+  mkdir -p "$W/$name/$layout" && cp "$W/$layout.cmd" "$W/$layout.log" "$W/$name/$layout/"
 done
 (cd "$W/$name" && tar czf "$OUT/ceiling_$name.tgz" --exclude=edits .)
 ls -la "$OUT"
