@@ -30,15 +30,18 @@ CFG = dict(
 def test_optimum_lowers_the_heldout_loss_and_reports_every_row(tiny_sd, prompts, tmp_path):
     report = ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "c", config=CeilingConfig(**CFG))
     rows = {r["row"]: r for r in report.rows}
-    assert list(rows) == ["unguided", "cfg", "cfg-first", "optimum"]  # no sharpener given
+    intervals = ["cfg [0,0.05)", "cfg [0,0.15)", "cfg [0,0.25)", "cfg [0.15,0.9)"]  # [0,0.1) is cfg-first
+    assert list(rows) == ["unguided", "cfg", "cfg-first", *intervals, "optimum"]  # no sharpener given
     assert rows["optimum"]["eval_loss"] < rows["unguided"]["eval_loss"], rows
     assert (
         rows["cfg"]["nfe"] == 2 * rows["optimum"]["nfe"] == 4 and rows["cfg-first"]["nfe"] == 2
     )  # 0 of 2 guided
+    assert [rows[r]["nfe"] for r in intervals] == [2, 2, 2, 3]  # of 2 steps, only [0.15,0.9) guides one
     assert "all" in rows["optimum"]  # these prompts are in the shapes-world grammar: the oracle scores them
     saved = json.loads((tmp_path / "c" / "ceiling.json").read_text())
     assert saved["rows"] == report.rows and (tmp_path / "c" / "grid.png").stat().st_size > 0
-    assert "| optimum | 2 |" in report.table()
+    assert "| optimum | 2 |" in report.table() and "Best CFG row at <= 2 NFE" in report.table()
+    assert saved["comparison"]["cheap_nfe"]["limit"] == 2  # int(2 * 1.25)
     edits = load_file(str(tmp_path / "c" / "edits" / "batch_0000.safetensors"))["delta"]
     assert torch.all(edits[:, 0] == 0) and edits[:, 1:].abs().sum() > 0  # token 0 (<SOS>) is kept
 
@@ -65,7 +68,8 @@ def test_interrupted_ceiling_resumes_to_the_same_edits(tiny_sd, prompts, tmp_pat
         b = load_file(str(tmp_path / "cut" / "edits" / name))
         assert torch.allclose(a["delta"], b["delta"], atol=1e-6), name
     full = json.loads((tmp_path / "full" / "ceiling.json").read_text())["rows"]
-    assert [r["eval_loss"] is None for r in report.rows] == [r["row"] == "cfg-first" for r in full]  # no loss
+    no_loss = [r["row"].startswith("cfg") and r["row"] != "cfg" for r in full]  # CFG on an interval: no loss
+    assert [r["eval_loss"] is None for r in report.rows] == no_loss
     losses = [r["eval_loss"] for r in report.rows if r["eval_loss"] is not None]
     assert losses == pytest.approx([r["eval_loss"] for r in full if r["eval_loss"] is not None], rel=1e-5)
     with pytest.raises(InputError, match="other prompts, seeds or settings") as e:
@@ -88,13 +92,13 @@ def test_ceiling_command_on_the_mini_model(tmp_path, capsys):
     args += ["--teacher-steps", "2", "--num-inference-steps", "2", "--device", "cpu", "--out", str(tmp_path)]
     assert main(["-q", "ceiling", *args]) == 0
     rows = json.loads((tmp_path / "ceiling.json").read_text())["rows"]
-    assert [r["row"] for r in rows] == [
-        "unguided",
-        "cfg",
-        "cfg-first",
-        "optimum",
-        "sharpener",
-    ]  # the shipped one
+    intervals = [
+        "cfg [0,0.05)",
+        "cfg [0,0.15)",
+        "cfg [0,0.25)",
+        "cfg [0.15,0.9)",
+    ]  # the default cfg_intervals
+    assert [r["row"] for r in rows] == ["unguided", "cfg", "cfg-first", *intervals, "optimum", "sharpener"]
     assert all(0 <= r["all"] <= 1 for r in rows)
     assert "held-out loss" in capsys.readouterr().out
     assert main(["-q", "ceiling", "--limit", "0", "--out", str(tmp_path / "x")]) == 2

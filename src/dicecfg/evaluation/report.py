@@ -299,16 +299,69 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
 
 
 def ceiling_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The `dice ceiling` table: per row NFE, held-out distillation loss and, on the shapes world, the oracle."""
+    """The `dice ceiling` table: per row NFE, held-out distillation loss and, on the shapes world, the oracle;
+    then the CFG rows the optimum is measured against (``ceiling_comparison``)."""
     keys = [k for k in ("all", "count", "shape", "colour", "size", "relation", "background") if k in rows[0]]
     body = (
         [r["row"], r["nfe"], "-" if r["eval_loss"] is None else f"{r['eval_loss']:.2f}"]
         + [f"{r[k]:.3f}" for k in keys]
         for r in rows
     )
-    return markdown(
+    table = markdown(
         ["row", "NFE", "held-out loss", *(k if k != "all" else "all-correct" for k in keys)], body
     )
+    lines = ceiling_comparison_text(ceiling_comparison(rows))
+    return table + ("\n\n" + "\n".join(lines) if lines else "")
+
+
+CHEAP_NFE = 1.25  # a cheap CFG row costs at most this times the optimum's NFE (25 at 20 steps)
+
+
+def ceiling_comparison(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The CFG rows (names starting with ``cfg``) that the optimum of `dice ceiling` is measured against: the
+    best by oracle all-correct at the optimum's NFE or less (``same_nfe``) and at most ``CHEAP_NFE`` times it
+    (``cheap_nfe``: 25 NFE at 20 steps); a tie goes to the fewer NFE. Each entry holds its NFE ``limit`` and the
+    chosen ``row``, ``nfe``, ``all`` (``row`` None: no CFG row within the limit). Without oracle scores
+    (prompts outside a world's grammar) rows are not ranked: ``scored`` is False. {} without an optimum row."""
+    opt = next((r for r in rows if r["row"] == "optimum"), None)
+    if opt is None:
+        return {}
+    scored = opt.get("all") is not None
+    out: dict[str, Any] = {"optimum_nfe": opt["nfe"], "optimum_all": opt.get("all"), "scored": scored}
+    for key, limit in (("same_nfe", opt["nfe"]), ("cheap_nfe", int(opt["nfe"] * CHEAP_NFE))):
+        peers = [r for r in rows if r["row"].startswith("cfg") and r["nfe"] <= limit]
+        best = max(peers, key=lambda r: (r["all"], -r["nfe"]), default=None) if scored else None
+        out[key] = {"limit": limit, "row": None} | (
+            {"row": best["row"], "nfe": best["nfe"], "all": best["all"]} if best else {}
+        )
+    return out
+
+
+def ceiling_comparison_text(c: dict[str, Any]) -> list[str]:
+    """``ceiling_comparison`` in sentences, for ceiling.md and the command's output."""
+    if not c:
+        return []
+    if not c["scored"]:
+        return [
+            "No oracle scores (the prompts are not in a world's grammar): the CFG rows are not ranked here; "
+            "compare the held-out loss and grid.png."
+        ]
+    lines = []
+    for key, what in (
+        ("same_nfe", "the optimum's NFE or less"),
+        ("cheap_nfe", f"at most {CHEAP_NFE - 1:.0%} more NFE"),
+    ):
+        e = c[key]
+        head = f"Best CFG row at <= {e['limit']} NFE ({what}): "
+        if e["row"] is None:
+            lines.append(head + "none (every CFG row costs more).")
+        else:
+            gap = c["optimum_all"] - e["all"]
+            lines.append(
+                head + f"{e['row']} ({e['nfe']} NFE), all-correct {e['all']:.3f}; the optimum "
+                f"({c['optimum_nfe']} NFE) {c['optimum_all']:.3f}, {gap:+.3f} against it."
+            )
+    return lines
 
 
 def pyplot():

@@ -76,7 +76,10 @@ def ceiling(
     atomic_write_json(out / RUN_FILE, record)
     rows, images = measure_ceiling(pipe, fam, prompts, seeds, specs, cfg, sharpener, out / "edits")
     report = CeilingReport(rows, out)
-    atomic_write_json(out / "ceiling.json", {"config": asdict(cfg), "rows": rows})
+    from ..evaluation.report import ceiling_comparison
+
+    summary = {"config": asdict(cfg), "rows": rows, "comparison": ceiling_comparison(rows)}
+    atomic_write_json(out / "ceiling.json", summary)
     atomic_write_text(out / "ceiling.md", report.table() + "\n")
     _grid(images, prompts, out / "grid.png")
     return report
@@ -85,15 +88,20 @@ def ceiling(
 RUN_FILE = "ceiling_run.json"  # the run's prompts, seeds and settings: the provenance of the folder
 FILES = ("ceiling.json", "ceiling.md", "grid.png", "edits")  # what a run writes beside it
 NOT_SETTINGS = ("progress",)  # config fields that do not shape the result: never compared
+# config fields whose rows every run samples anew from nothing the folder keeps (another value adds or drops
+# rows): never compared, so a finished run can be compared with other CFG intervals
+MEASURED_ANEW = ("cfg_intervals",)
+# settings added after the first version, as a record made before them ran: such a folder resumes
+BEFORE_RECORDED = {"edits": "static", "interval": "0,1"}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two ceiling_run.json records, each named (settings that do not shape the result
     left out)."""
     out = []
-    old_cfg = old.get("config") if isinstance(old.get("config"), dict) else {}
+    old_cfg = {**BEFORE_RECORDED, **old["config"]} if isinstance(old.get("config"), dict) else {}
     new_cfg = new["config"]
-    for k in sorted((set(old_cfg) | set(new_cfg)) - set(NOT_SETTINGS)):
+    for k in sorted((set(old_cfg) | set(new_cfg)) - set(NOT_SETTINGS) - set(MEASURED_ANEW)):
         if old_cfg.get(k) != new_cfg.get(k):
             out.append(f"{k}: {old_cfg.get(k, 'missing')!r} -> {new_cfg.get(k, 'missing')!r}")
     for k in ("prompts", "seeds"):
