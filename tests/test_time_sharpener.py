@@ -344,9 +344,10 @@ def test_bench_times_every_edit_of_a_continuous_time_sharpener(tiny_sd_dir):
 
     common = dict(model=str(tiny_sd_dir), batch_sizes=(2,), steps=4, repeats=1, warmup=0, device="cpu",
                   decode=False, peer_stop=0.0)  # fmt: skip
-    (row,) = run_bench(BenchConfig(time_embed="sinusoidal", **common))
+    (row,) = run_bench(BenchConfig(time_embed="sinusoidal", fast="graphs", **common))  # eager on a CPU
     assert row["time_embed"] == "sinusoidal" and row["sharpener_edits"] == 4
     assert row["sharpener_ms"] > 0 and row["sharpener_call_ms"] > 0
+    assert row["fast_sharpener_pct"] == pytest.approx(100 * row["sharpener_ms"] / row["fast_dice_ms"])
     (static,) = run_bench(BenchConfig(**common))
     assert static["time_embed"] == "none" and static["sharpener_edits"] == 1
     assert "| edits/image |" in bench_table([row, static])

@@ -9,9 +9,10 @@ denoiser passes of the same call (batch 1, one pass per step), in the same run:
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (full-size architectures
 with random weights, ``dicecfg.bench.archs``; no memory, no compute), as ``dicecfg.training.flops`` counts a
-training update. Wall time is measured on this machine's CPU in float32 (medians of repeats, threads as torch
-has them), each row with its own baseline; it says nothing about a GPU, where one small call is bound by kernel
-launches, not FLOPs: `dice bench --fast --time-embed sinusoidal` measures that (columns ``sharpener %``,
+training update. Wall time is measured on this machine's CPU in float32 (medians of repeats taken in rounds,
+the denoiser's in the same rounds; one thread by default: on a CPU shared with other work, two threads wait on
+each other and small calls in a row come out 2-3x slower than alone); it says nothing about a GPU, where one
+small call is bound by kernel launches, not FLOPs: `dice bench --fast --time-embed sinusoidal` measures that (columns ``sharpener %``,
 ``edits/image``, ``one sharpener call ms``).
 
 Prints a markdown table per mode: the denoiser's cost per call, each sharpener's cost per DICE call, and the
@@ -96,29 +97,34 @@ def flop_rows(archs: list[str], steps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median milliseconds of ``fn`` on the CPU."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: dict[str, int]) -> dict[str, float]:
+    """Median milliseconds of each function on the CPU, after one warm-up call each: timed in rounds, every
+    function once a round (``repeats[k]`` rounds for function k, spread over the rounds), so a change of load
+    on a shared machine hits them alike."""
+    rounds = max(repeats.values())
+    times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
-        for _ in range(warmup):
+        for fn in fns.values():
             fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+        for r in range(rounds):
+            for k, fn in fns.items():
+                if r % max(1, rounds // repeats[k]) == 0 and len(times[k]) < repeats[k]:
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append((time.perf_counter() - t0) * 1000.0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def cpu_rows(name: str, resolution: int, steps: int, repeats: int) -> list[dict[str, Any]]:
     pipe = random_pipeline(name, dtype=torch.float32, device="cpu")
     fam, x, t, cond, neg = inputs(pipe, resolution)
-    den = timed(lambda: fam.denoise(pipe, x, t, cond), max(1, repeats // 10))
-    rows = []
+    fns: dict[str, Callable[[], Any]] = {"denoiser": lambda: fam.denoise(pipe, x, t, cond)}
     for key, s in sharpeners(fam.dim(pipe), fam.num_tokens(pipe), fam.name, "cpu").items():
-        for how, fn in sharpener_calls(s, cond, neg, steps).items():
-            rows.append({"model": f"{name} {resolution}px", "sharpener": key, "how": how,
-                         "denoiser_per_call": den, "sharpener_per_dice_call": timed(fn, repeats)})  # fmt: skip
-    return rows
+        fns |= {f"{key}:{how}": fn for how, fn in sharpener_calls(s, cond, neg, steps).items()}
+    med = interleaved(fns, {k: max(1, repeats // 10) if k == "denoiser" else repeats for k in fns})
+    return [{"model": f"{name} {resolution}px", "sharpener": k.split(":")[0], "how": k.split(":")[1],
+             "denoiser_per_call": med["denoiser"], "sharpener_per_dice_call": v}
+            for k, v in med.items() if k != "denoiser"]  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]], steps: int, unit: str, scale: float) -> str:
@@ -154,8 +160,12 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=None, help="--cpu: pixels (default: native)")
     ap.add_argument("--steps", type=int, default=20, help="sampling steps of the DICE call")
     ap.add_argument("--repeats", type=int, default=30, help="--cpu: sharpener repeats (the denoiser: 1/10)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="--cpu: torch threads (1: steady on a shared machine)"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     print(f"command: python {' '.join(sys.argv)}")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; text widths: " +
