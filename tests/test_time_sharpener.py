@@ -116,6 +116,8 @@ def test_save_load_round_trip(tmp_path):
     ]  # fmt: skip
     c, cn, t = torch.randn(2, 77, 32), torch.randn(1, 77, 32), torch.tensor([800.0, 20.0])
     assert torch.equal(back.edit(c, cn, t=t), timed.edit(c, cn, t=t))
+    card = (tmp_path / "s" / "README.md").read_text()  # its usage: enable_dice, which sharpen() cannot replace
+    assert "r(c, c_neg, t)" in card and "enable_dice(pipe, sharp)(" in card and "sharpen(pipe" not in card
 
 
 # ---- files of sharpeners without the option --------------------------------------------------------------------
