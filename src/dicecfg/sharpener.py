@@ -18,11 +18,20 @@ Architectures (``arch``):
   h += SelfAttn(h) (tokens mix); h += CrossAttn(h, c_neg) (the paper's attention, now residual);
   h += MLP(h); r = proj_out(h). Negative prompts still enter through the cross-attention. About 0.9M
   parameters at d=256, inner 256 (the mini model), 3.9M at d=768, inner 512.
+
+Edits that depend on the timestep t (ours; either network), c' = c + alpha * r(c, c_neg, t):
+- ``time_edges``: one learned offset of the hidden state h = proj_in(c) per block of timesteps;
+- ``time_embed="sinusoidal"``: a sinusoidal embedding of t (``time_width`` wide) -> Linear + SiLU + Linear ->
+  a scale and a shift of h, h * (1 + scale(t)) + shift(t), smooth in t (the adaptive normalisation of
+  diffusion transformers, on the sharpener's hidden state).
+Both start at zero, so they start as the static edit (and an untrained sharpener as the identity edit). A
+sharpener without them has no such layers and its config no such keys: its edits are the static ones, exactly.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,12 @@ from .runs.io import atomic_save_tensors, atomic_write_json
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 ARCHS = ("paper", "block")  # see the module docstring
+TIME_EMBEDS = ("none", "sinusoidal")  # how the edit depends on a continuous timestep (module docstring)
+DEFAULT_TIME_WIDTH = 128  # width of the sinusoidal embedding of t, and of the hidden layer of its MLP
+# periods of the sinusoids of t, in timesteps: the longest spans the schedule several times (a slow trend), the
+# shortest is one step of a 50-step schedule, so the edit can change from one sampling step to the next but is
+# smooth between the timesteps training drew (other step counts and schedulers land between them)
+MIN_PERIOD, MAX_PERIOD = 20.0, 4000.0
 DEFAULT_NAME = "mini"  # the sharpener shipped with the package (see dicecfg.assets)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")  # refused by name, never opened
 # What the hub client raises when it cannot give a file: HTTP errors (no such repo, revision or file, gated),
@@ -75,6 +90,9 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         arch: ``paper`` (the paper's network) or ``block`` (a residual transformer block; module docstring).
         time_edges: timesteps (descending, in (0, 1000)) that cut the schedule into blocks, one edit per block
             (a learned offset each); empty: one edit for every step, the paper's.
+        time_embed: ``"none"`` (the paper's static edit) or ``"sinusoidal"``: the edit is a smooth function of the
+            timestep (a scale and shift of the hidden state from an MLP of a sinusoidal embedding of t).
+        time_width: width of that embedding and of its MLP's hidden layer (an even number).
         sampling: the sampling settings it was tuned for (``alpha``, ``start``, ``stop``, and a ``negative``
             entry for images with a negative prompt), which ``Dice(sharpener)`` uses; written by `dice tune`.
         base_model, base_revision, guidance_scale, train_steps, loss: training metadata.
@@ -93,6 +111,8 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         mask_mode: str = "keep",
         arch: str = "paper",
         time_edges: list[float] | tuple[float, ...] | None = None,
+        time_embed: str = "none",
+        time_width: int = DEFAULT_TIME_WIDTH,
         sampling: dict[str, float] | None = None,
         base_model: str | None = None,
         base_revision: str | None = None,
@@ -113,6 +133,7 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             raise ValueError(
                 f"time_edges must be distinct timesteps in (0, 1000), descending (got {time_edges})"
             )
+        check_time_embed(time_embed, time_width, bool(edges))
         self.config: dict[str, Any] = dict(
             dim=dim,
             inner_dim=inner_dim,
@@ -131,6 +152,8 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         )
         if edges:  # written only when set: files of sharpeners without them stay as they were
             self.config["time_edges"] = edges
+        if time_embed != "none":  # the same: written only when set
+            self.config |= {"time_embed": time_embed, "time_width": time_width}
         if sampling:  # the sampling settings it was tuned for (sampling/methods.py, Dice)
             self.config["sampling"] = json.loads(json.dumps(sampling))
         self.heads = heads
@@ -147,10 +170,22 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
         self.proj_out = nn.Linear(inner_dim, dim)
         nn.init.zeros_(self.proj_out.weight)  # untrained sharpener == unguided sampling
         nn.init.zeros_(self.proj_out.bias)
+        if time_embed != "none":  # made last: the other layers' initial weights of a seed stay as without it
+            self.time_mlp = nn.Sequential(
+                nn.Linear(time_width, time_width), nn.SiLU(), nn.Linear(time_width, 2 * inner_dim)
+            )
+            nn.init.zeros_(self.time_mlp[2].weight)  # scale 0, shift 0: the static edit
+            nn.init.zeros_(self.time_mlp[2].bias)
 
     @property
     def dim(self) -> int:
         return self.config["dim"]
+
+    @property
+    def time_dependent(self) -> bool:
+        """Whether the edit depends on the timestep (``time_edges`` or ``time_embed``): then it is made per step
+        (``Dice`` does), and callers of ``edit`` pass ``t``."""
+        return bool(self.config.get("time_edges")) or self.config.get("time_embed", "none") != "none"
 
     def time_block(self, t: torch.Tensor) -> torch.Tensor:
         """The block of each timestep in ``t`` (B,): 0 for the noisiest (t >= time_edges[0]), and so on."""
@@ -171,7 +206,8 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
             c_neg: the negative prompt's, (B, M, d) or (1, M, d).
             neg_mask: (B, M) or (1, M), the valid key positions of c_neg (1 = attend), for masked encoders
                 (PixArt); None: all valid.
-            t: (B,) timesteps, read only by a sharpener with ``time_edges`` (one edit per block of timesteps).
+            t: (B,) timesteps (or one for all rows), read only by a sharpener whose edit depends on the timestep
+                (``time_edges``: one edit per block of timesteps; ``time_embed``: a smooth function of t).
         """
         dtype = self.proj_in.weight.dtype
         c, c_neg = c.to(dtype), c_neg.to(dtype)
@@ -183,17 +219,30 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
                 neg_mask = neg_mask.expand(c.shape[0], -1)
             attn_mask = neg_mask.bool()[:, None, None, :]
         offset = 0.0
-        if "time_embed" in self._parameters:
+        if self.time_dependent:
             if t is None:
                 raise ValueError("this sharpener's edit depends on the timestep: pass t")
             t = t.expand(c.shape[0]) if t.dim() == 1 and t.shape[0] == 1 else t.reshape(-1)
-            offset = self.time_embed[self.time_block(t)].to(dtype)[:, None, :]
+            if "time_embed" in self._parameters:
+                offset = self.time_embed[self.time_block(t)].to(dtype)[:, None, :]
+            else:
+                scale, shift = self.time_mlp(sinusoidal(t, self.config["time_width"]).to(dtype)).chunk(2, -1)
+                return self._residual(c, c_neg, (scale[:, None, :], shift[:, None, :]), attn_mask)
         return self._residual(c, c_neg, offset, attn_mask)
 
-    # ---- the network variants (``arch``): r(c, c_neg) from the hidden state of c plus the time offset ----------
+    # ---- the network variants (``arch``): r(c, c_neg) from the hidden state of c, shaped by the timestep ------
+    @staticmethod
+    def _timed(h: torch.Tensor, offset) -> torch.Tensor:
+        """The hidden state of c at the timestep: h + offset (0 for a static sharpener, a block's offset for
+        ``time_edges``), or h * (1 + scale) + shift for ``time_embed`` (``offset`` is then the pair)."""
+        if isinstance(offset, tuple):
+            scale, shift = offset
+            return h * (1 + scale) + shift
+        return h + offset
+
     def _paper_residual(self, c, c_neg, offset, attn_mask) -> torch.Tensor:
         """``paper``: shared projection + ReLU, cross-attention from c to c_neg, ReLU, output projection."""
-        h = F.relu(self.proj_in(c) + offset)
+        h = F.relu(self._timed(self.proj_in(c), offset))
         m = F.relu(self.proj_in(c_neg))
         return self.proj_out(
             F.relu(self.attn_out(self._attend(self.to_q(h), self.to_k(m), self.to_v(m), attn_mask)))
@@ -213,7 +262,7 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
     def _block_residual(self, c, c_neg, offset, attn_mask) -> torch.Tensor:
         """``block``: one pre-norm transformer block on the prompt's tokens (self-attention, the paper's
         cross-attention to c_neg, MLP, each residual), then the output projection."""
-        h = self.proj_in(c) + offset
+        h = self._timed(self.proj_in(c), offset)
         m = self.norm_kv(self.proj_in(c_neg))
         q, k, v = self.self_qkv(self.norm_self(h)).chunk(3, dim=-1)
         h = h + self.self_out(self._attend(q, k, v, None))  # the prompt's tokens mix
@@ -337,6 +386,34 @@ class Sharpener(nn.Module, PyTorchModelHubMixin, library_name="dicecfg", tags=["
                     f"{tuple(own[k].shape)} (dim={self.dim}). The weights and config do not match."
                 )
         self.load_state_dict(state, strict=True)
+
+
+def sinusoidal(t: torch.Tensor, width: int) -> torch.Tensor:
+    """(B,) timesteps -> (B, width) float32 features [cos(2 pi t / p_k), sin(2 pi t / p_k)], the periods p_k on
+    a geometric scale from MAX_PERIOD down to MIN_PERIOD timesteps (the denoisers' timestep embedding, with
+    periods chosen for a smooth edit)."""
+    half = width // 2
+    k = torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
+    periods = MAX_PERIOD * (MIN_PERIOD / MAX_PERIOD) ** k
+    angles = t.float()[:, None] * (2 * math.pi / periods)[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def check_time_embed(time_embed: Any, time_width: Any, has_edges: bool) -> None:
+    """Refuse time options the network cannot be built from, naming the fix (``ValueError``: a config.json
+    that holds them is refused as not describing a sharpener)."""
+    if time_embed not in TIME_EMBEDS:
+        raise ValueError(f"time_embed must be one of {', '.join(TIME_EMBEDS)} (got {time_embed!r})")
+    if time_embed == "none":
+        return
+    if isinstance(time_width, bool) or not isinstance(time_width, int) or time_width < 2 or time_width % 2:
+        raise ValueError(
+            f"time_width must be an even integer >= 2 (got {time_width!r}), e.g. {DEFAULT_TIME_WIDTH}"
+        )
+    if has_edges:
+        raise ValueError(
+            "time_edges and time_embed are two ways of making the edit depend on the timestep; give one of them"
+        )
 
 
 HUB_OPTIONS = ("revision", "cache_dir", "force_download", "token", "local_files_only")  # snapshot_download's

@@ -5,7 +5,11 @@ embeddings and ``output_type="latent"`` (the scheduler loop and the denoiser), f
 stock pipeline runs c and c_neg as one batch of 2B) and for DICE (guidance_scale=1, batch B, the sharpener
 run inside the timed call). Text encoding is excluded: both methods encode the same prompt and the same
 negative prompt once. The VAE decode is excluded from both and reported in its own column (it is the same
-for both methods). The sharpener alone is timed too, as a percentage of the DICE run.
+for both methods). The sharpener alone is timed too, as a percentage of the DICE run: every edit one DICE call
+makes (one per image for the paper's sharpener; one per block for ``--time-edges``; one per step, all in one
+sharpener call, for ``--time-embed sinusoidal``), as ``sharpener_ms``, with the edits per image
+(``sharpener_edits``) and one sharpener call of a single edit per image (``sharpener_call_ms``: the cost per step
+of a continuous-time sharpener evaluated one step at a time).
 
 On CUDA: warm-up calls, then CUDA-event timing of each call, CFG and DICE interleaved, median of the repeats.
 On CPU: the same with wall-clock timing. Rows are appended to the JSON file as they finish, and rows already
@@ -30,9 +34,11 @@ from ..flags import Checked, opt
 from ..pipeline import device_option, dtype_option
 from ..sampling.fast import FAST_MODES, fast_mode
 from ..sampling.methods import PEER_STOP
+from ..sharpener import TIME_EMBEDS
 
 log = logging.getLogger(__name__)
 PROMPT = "a photo of a red car in the city at night"
+ENV_BEFORE = {"time_embed": "none"}  # what rows written before a setting was recorded were made with
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,12 @@ class BenchConfig(Checked):
     )
     time_edges: tuple[float, ...] = opt(
         (), "the random sharpener edits per block of timesteps cut at these (one sharpener call per image)"
+    )
+    time_embed: str = opt(
+        "none",
+        'the random sharpener\'s edit a smooth function of t ("sinusoidal"): an edit per step, all made in one '
+        "sharpener call per DICE call",
+        choices=TIME_EMBEDS,
     )
     peer_stop: float = opt(
         PEER_STOP,
@@ -110,14 +122,27 @@ class Timer:
         return (time.perf_counter() - t0) * 1000.0
 
 
-def random_sharpener(dim: int, family: str, num_tokens: int, seed: int = 0, time_edges=()):
+def random_sharpener(dim: int, family: str, num_tokens: int, seed: int = 0, time_edges=(), time_embed="none"):
     """A sharpener of the paper's size with random weights (speed does not depend on weights)."""
     from ..sharpener import Sharpener
 
     torch.manual_seed(seed)
-    sharp = Sharpener(dim, family=family, num_tokens=num_tokens, time_edges=list(time_edges))
+    sharp = Sharpener(
+        dim, family=family, num_tokens=num_tokens, time_edges=list(time_edges), time_embed=time_embed
+    )
     torch.nn.init.normal_(sharp.proj_out.weight, std=0.02)
+    if time_embed != "none":
+        torch.nn.init.normal_(sharp.time_mlp[2].weight, std=0.02)
     return sharp.eval()
+
+
+def edits_per_image(sharpener: Any, steps: int, stop: float) -> int:
+    """Edits the sharpener makes per image in one DICE call of ``steps`` steps with the edit on [0, stop)."""
+    from ..sampling.steps import guided_steps
+
+    if sharpener.config.get("time_embed", "none") != "none":
+        return len(guided_steps(0.0, stop, steps))
+    return len(sharpener.config.get("time_edges") or []) + 1
 
 
 def device_name(device: torch.device) -> str:
@@ -187,6 +212,8 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
     """
     from ..families import family_of
     from ..sampling.generate import generators, sample_batch
+    from ..sampling.methods import sharpen_cond
+    from ..sampling.steps import StepClock
 
     fam = family_of(pipe)
     device = pipe._execution_device
@@ -204,17 +231,32 @@ def bench_row(pipe: Any, sharpener: Any, batch: int, cfg: BenchConfig) -> dict[s
         )
         latents[:] = [out]
 
-    def sharpen() -> None:  # the sharpener's work of one DICE call: every edit it makes, once per image
-        methods["dice"].plan(pipe, fam, cond, neg)
+    def sharpen() -> None:  # the sharpener's work of one DICE call: every edit it makes, at every step
+        _, pick = methods["dice"].schedule(fam, cond, neg)
+        if (
+            pick is not None
+        ):  # an interval or a time-dependent edit: the steps of the last call (scheduler kept)
+            clock = StepClock(pipe.scheduler)
+            clock.begin(None)
+            for k in range(len(clock.times)):
+                pick(clock.at(k))
+
+    def one_call() -> None:  # one sharpener call, one edit per image (a step of a per-step evaluation)
+        t = torch.full((batch,), 500.0, device=device) if sharpener.time_dependent else None
+        sharpen_cond(fam, sharpener, cond, neg, 1.0, t=t)
 
     with torch.inference_mode():
         warmup = max(cfg.warmup, 1 if mode != "off" else 0)
         variants = bench_variants(methods, mode)
         times, first = time_variants(run, sharpen, variants, timer, warmup=warmup, repeats=cfg.repeats)
+        one_call()
+        times["sharpener_call"] = [timer(one_call) for _ in range(cfg.repeats)]
         decode_ms = _decode_ms(pipe, latents[0], timer, max(1, cfg.repeats // 2)) if cfg.decode else None
         diff = _fast_vs_eager(run, latents, ("cfg", "dice"), mode) if mode != "off" else {}
     med = {k: statistics.median(v) for k, v in times.items()}
     row = eager_columns(med, batch) | {
+        "sharpener_edits": edits_per_image(sharpener, cfg.steps, cfg.dice_stop or 1.0),
+        "sharpener_call_ms": med["sharpener_call"],
         "decode_ms": decode_ms,
         "times_ms": times,
         "latent_shape": list(latents[0].shape),
@@ -258,6 +300,9 @@ def fast_columns(med: dict[str, float], first: dict[str, float], mode: str) -> d
         "fast_ratio": med["fast_cfg"] / med["fast_dice"],  # fast CFG / fast DICE
         "speedup_vs_eager_cfg": med["cfg"] / med["fast_dice"],  # the fast path's aim: >= 2 at batch 1
         "fast_dice_over_unguided_pct": 100.0 * (med["fast_dice"] / med["fast_unguided"] - 1.0),
+        # the sharpener's work of a DICE call (every edit it makes) against a fast DICE call: the 2% budget of a
+        # time-dependent sharpener at batch 1 (issue 30)
+        "fast_sharpener_pct": 100.0 * med["sharpener"] / med["fast_dice"],
     }
 
 
@@ -277,12 +322,14 @@ TABLE = (
     Column("model", "name"), Column("device", "device"), Column("dtype", "dtype"), Column("batch", "batch"),
     Column("steps", "steps"), Column("CFG ms", "cfg_ms", "{:.1f}"), Column("DICE ms", "dice_ms", "{:.1f}"),
     Column("CFG/DICE", "ratio", "{:.3f}"), Column("sharpener %", "sharpener_pct", "{:.2f}"),
+    Column("edits/image", "sharpener_edits"), Column("one sharpener call ms", "sharpener_call_ms", "{:.2f}"),
     Column("peer", "peer", group="peer"), Column("peer NFE", "peer_nfe", group="peer"),
     Column("peer ms", "peer_ms", "{:.1f}", "peer"), Column("peer/DICE", "peer_dice_ratio", "{:.3f}", "peer"),
     Column("decode ms", "decode_ms", "{:.1f}"),
     Column("fast path", lambda r: r.get("fast_mode", "graphs"), group="fast"),
     Column("fast CFG ms", "fast_cfg_ms", "{:.1f}", "fast"), Column("fast DICE ms", "fast_dice_ms", "{:.1f}", "fast"),
     Column("fast unguided ms", "fast_unguided_ms", "{:.1f}", "fast"),
+    Column("sharpener % of fast DICE", "fast_sharpener_pct", "{:.2f}", "fast"),
     Column("eager CFG / fast DICE", "speedup_vs_eager_cfg", "{:.3f}", "fast"),
     Column("fast peer ms", "fast_peer_ms", "{:.1f}", "fast_peer"),
     Column("fast peer/DICE", "fast_peer_dice_ratio", "{:.3f}", "fast_peer"),
@@ -386,6 +433,8 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
     edges = list(cfg.time_edges)
     if any(not 0 < e < 1000 for e in edges) or edges != sorted(set(edges), reverse=True):
         raise InputError(f"--time-edges must be distinct timesteps in (0, 1000), descending (got {edges}).")
+    if edges and cfg.time_embed != "none":
+        raise InputError("--time-edges and --time-embed are two kinds of time-dependent sharpener; give one.")
     device = torch.device(resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device.type)
     names = [cfg.model] if cfg.model else list(cfg.archs or archs.available())
@@ -408,13 +457,16 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
         "peer_stop": cfg.peer_stop,
         "dice_stop": cfg.dice_stop,
         "time_edges": list(cfg.time_edges),
+        "time_embed": cfg.time_embed,
     }
     for name in names:
         todo = [
             b
             for b in cfg.batch_sizes
             if not any(
-                r["name"] == name and r["batch"] == b and all(r.get(k) == v for k, v in env.items())
+                r["name"] == name
+                and r["batch"] == b
+                and all(r.get(k, ENV_BEFORE.get(k)) == v for k, v in env.items())
                 for r in rows
             )
         ]
@@ -426,7 +478,13 @@ def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
         sharp = (
             _load_sharpener(cfg.sharpener)
             if cfg.model and cfg.sharpener
-            else random_sharpener(fam.dim(pipe), fam.name, fam.num_tokens(pipe), time_edges=cfg.time_edges)
+            else random_sharpener(
+                fam.dim(pipe),
+                fam.name,
+                fam.num_tokens(pipe),
+                time_edges=cfg.time_edges,
+                time_embed=cfg.time_embed,
+            )  # fmt: skip
         )
         for b in todo:
             log.info("%s: batch %d", name, b)

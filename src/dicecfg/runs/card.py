@@ -83,6 +83,12 @@ def card_text(
         else "not measured here (no `stats.jsonl` of a `dice train` run beside it)"
     )
     start, end = marks(CARD_SECTION)
+    edit, use = "it edits a prompt's text embedding once,\nc' = c + alpha * r(c, c_neg)", STATIC_USE
+    timed = c.get("time_embed", "none") != "none" or c.get("time_edges")
+    if timed:  # sharpen() cannot apply it (one embedding before the pipeline's timesteps): enable_dice can
+        how = f"time_embed={c['time_embed']}" if c.get("time_embed", "none") != "none" else "time_edges"
+        edit = f"it edits a prompt's text embedding at each step's\ntimestep ({how}), c' = c + alpha * r(c, c_neg, t)"
+        use = TIMED_USE
     return f"""---
 {OURS}
 tags: [dice, cfg-distillation]
@@ -90,8 +96,7 @@ tags: [dice, cfg-distillation]
 {start}
 # DICE sharpener for `{base}`
 
-A {num_params / 1e6:.2f}M-parameter sharpener (DICE, arXiv 2502.03726): it edits a prompt's text embedding once,
-c' = c + alpha * r(c, c_neg), so that sampling `{base}` without guidance approaches CFG at
+A {num_params / 1e6:.2f}M-parameter sharpener (DICE, arXiv 2502.03726): {edit}, so that sampling `{base}` without guidance approaches CFG at
 w={c.get("guidance_scale")}, with one network evaluation per step instead of two.
 
 - Base model: `{base}` (revision {c.get("base_revision") or "unknown"}), family `{c.get("family")}`
@@ -106,10 +111,18 @@ w={c.get("guidance_scale")}, with one network evaluation per step instead of two
 dice sample "a corgi on the beach" --model {base} --sharpener THIS_FOLDER
 ```
 ```python
-from dicecfg import Sharpener, load_pipeline, sharpen
+from dicecfg import Sharpener, load_pipeline{use[0]}
 pipe = load_pipeline("{base}")
 sharp = Sharpener.from_pretrained("THIS_FOLDER")
-image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.0).images[0]
+{use[1]}
 ```
 {end}
 """
+
+
+# the card's Python example: what it imports besides Sharpener and load_pipeline, and its last line
+STATIC_USE = (
+    ", sharpen",
+    'image = pipe(**sharpen(pipe, sharp, ["a corgi on the beach"]), guidance_scale=1.0).images[0]',
+)
+TIMED_USE = (", enable_dice", 'image = enable_dice(pipe, sharp)("a corgi on the beach").images[0]')

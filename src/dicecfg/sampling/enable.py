@@ -5,7 +5,8 @@ samples the sharpened prompts at one network evaluation per step, as ``generate(
 does: with the sharpener's recorded settings (``config["sampling"]``: alpha, and the steps the edit acts on)
 unless ``enable_dice`` is told otherwise. With the edit on every step the call is exactly
 ``pipe(**sharpen(pipe, sharpener, prompt, negative_prompt=..., alpha=..., num_images_per_prompt=...),
-guidance_scale=1.0, <every other argument>)`` on the stock pipeline.
+guidance_scale=1.0, <every other argument>)`` on the stock pipeline. A sharpener whose edit depends on the
+timestep (which ``sharpen`` refuses) is applied at each step's own timestep, as ``Dice`` does.
 
 How: the instance's class is swapped for a small subclass of its own class (made once per pipeline class)
 whose ``__call__`` encodes the prompts, asks the ``Dice`` method for its plan (the stock pipeline's keyword

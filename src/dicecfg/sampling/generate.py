@@ -27,7 +27,7 @@ from ..runs.jobs import seeds_of
 from ..sharpener import Sharpener
 from .checks import check_memory, check_prompts, check_seeds, check_size, sampling_memory
 from .fast import fast_mode, path_ran, resolve_fast, speedup
-from .methods import Dice, Method, sharpen_cond
+from .methods import Dice, Method, sharpen_cond, time_option
 from .spelling import as_method
 from .steps import StepClock, routed
 
@@ -135,6 +135,9 @@ def sharpen(
     carry a ``callback_on_step_end`` that switches the embedding between steps (pipelines that take one: SD1.x/2.x
     and SDXL; the interval must start at step 0, since the first step's embedding is given here, and step 0 runs
     sharpened even where the interval gives no step at the call's count: ``generate`` warns about that case).
+    A sharpener whose edit depends on the timestep (``time_edges``, ``time_embed``) is refused (unless alpha is
+    0): the first step's embedding is given before the pipeline sets its timesteps; ``generate`` and
+    ``enable_dice`` apply it.
 
     Args:
         pipe: a stock diffusers pipeline of a supported family (``load_pipeline``).
@@ -156,10 +159,18 @@ def sharpen(
     n = whole_number(num_images_per_prompt, "num_images_per_prompt")
     _, negs, cond, neg = encoded_prompts(pipe, fam, prompt, negative_prompt)
     negative = [bool(x) for x in negs]
+    used = {s for s, rows in ((method.settings, False), (method.neg_settings, True)) if rows in negative}
+    if sharpener.time_dependent:
+        if {alpha for alpha, _, _ in used} == {0.0}:  # no edit: the prompt alone, exactly
+            return {**fam.pipeline_kwargs(pipe, cond), "num_images_per_prompt": n}
+        raise InputError(
+            f"sharpen() cannot apply a sharpener whose edit depends on the timestep ({time_option(sharpener)}): "
+            "it gives the first step's embedding before the pipeline sets its timesteps. Use "
+            "generate(method=Dice(sharpener)) or enable_dice(pipe, sharpener), which edit at each step's timestep."
+        )
     fixed, pick = method.schedule(fam, cond, neg, negative)
     if fixed is not None:
         return {**fam.pipeline_kwargs(pipe, fixed), "num_images_per_prompt": n}
-    used = {s for s, rows in ((method.settings, False), (method.neg_settings, True)) if rows in negative}
     if any(start > 0 for _, start, _ in used):
         raise InputError(
             f"sharpen() cannot start the edit after step 0 ({method.label}): it gives the first step's "

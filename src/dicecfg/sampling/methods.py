@@ -67,8 +67,15 @@ def sharpen_cond(
         cond: the encoded prompts c.
         neg: the encoded negative prompts c_neg (batch 1 or the batch of ``cond``).
         alpha: strength of the edit.
-        t: (B,) timesteps, for a sharpener whose edit depends on it (``time_edges``); None otherwise.
+        t: (B,) timesteps, for a sharpener whose edit depends on it (``time_edges``, ``time_embed``); None
+            otherwise.
     """
+    if t is None and sharpener.time_dependent:
+        raise InputError(
+            f"This sharpener's edit depends on the timestep ({time_option(sharpener)}): it has no one edit per "
+            "prompt. Sample with it through generate(method=Dice(sharpener)), enable_dice() or `dice sample`, "
+            "which edit at each step's timestep."
+        )
     sharpener.to(cond.embeds.device)
     with torch.no_grad():
         embeds = sharpener.edit(cond.embeds, neg.embeds, alpha, neg_mask=fam.key_mask(neg), t=t)
@@ -78,6 +85,13 @@ def sharpen_cond(
             f"{str(embeds.dtype).removeprefix('torch.')}. Use a smaller alpha."
         )
     return fam.edited(cond, embeds, sharpener.config.get("mask_mode", "keep"))
+
+
+def time_option(sharpener: Sharpener) -> str:
+    """How a sharpener's edit depends on the timestep, for messages: ``time_embed=sinusoidal``."""
+    if sharpener.config.get("time_edges"):
+        return f"time_edges={sharpener.config['time_edges']}"
+    return f"time_embed={sharpener.config.get('time_embed', 'none')}"
 
 
 def scale_cond(cond: Cond, s: float, keep_first: bool = True) -> Cond:
@@ -367,8 +381,9 @@ class Dice(Method):
     wins over everything recorded: an alpha given applies to images with a negative prompt too (unless
     ``neg_alpha`` is given), and a start or stop given makes the whole interval (the other end 0 or 1), for both
     kinds of image (unless ``neg_start``/``neg_stop`` are given). A sharpener whose edit depends on the timestep
-    (``time_edges``) gets one edit per block of steps, all computed once per image. Two ``Dice`` are equal when
-    their settings are and their sharpener is the same object.
+    gets its edits computed once per image: one per block of steps (``time_edges``) when planned, or one at each
+    step's own timestep (``time_embed``) at the call's first step, for all its steps in one sharpener call. Two
+    ``Dice`` are equal when their settings are and their sharpener is the same object.
 
     Args:
         sharpener: the trained sharpener (``Sharpener.from_pretrained``); required.
@@ -477,19 +492,20 @@ class Dice(Method):
         neg = no_edit if empty[1] else dict(zip(RECORDED_KEYS, self.neg_settings, strict=True))
         return replace(self, **plain, **{"neg_" + k: v for k, v in neg.items()})
 
-    def edits(self, fam: Family, cond: Cond, neg: Cond, alpha: float) -> Callable[[float], Cond]:
-        """t -> c' of every row: one edit, or one per block of timesteps of a ``time_edges`` sharpener, all
-        computed here at once (one sharpener call for the batch x blocks)."""
+    def edits(
+        self, fam: Family, cond: Cond, neg: Cond, alpha: float, start: float = 0.0, stop: float = 1.0
+    ) -> Callable[[Step], Cond]:
+        """step -> c' of every row: one edit; or one per block of timesteps of a ``time_edges`` sharpener, all
+        computed here at once (one sharpener call for the batch x blocks); or, for a ``time_embed`` sharpener,
+        one at each step's timestep, made at the first step for every step of [start, stop) (``StepEdits``)."""
+        if self.sharpener.config.get("time_embed", "none") != "none":
+            return StepEdits(fam, self.sharpener, cond, neg, alpha, start, stop)
         edges = self.sharpener.config.get("time_edges") or []
         if not edges:
             sharp = sharpen_cond(fam, self.sharpener, cond, neg, alpha)
-            return lambda t: sharp
-        blocks, n = len(edges) + 1, len(cond)
-        rows = torch.arange(n, device=cond.embeds.device).repeat(blocks)
-        t_rep = block_timesteps(edges, cond.embeds.device).repeat_interleave(n)
-        every = sharpen_cond(fam, self.sharpener, cond.index(rows), neg.expand(n).index(rows), alpha, t=t_rep)
-        per_block = [every.index(slice(b * n, (b + 1) * n)) for b in range(blocks)]
-        return lambda t: per_block[block_of(edges, t)]
+            return lambda step: sharp
+        every = edits_at(fam, self.sharpener, cond, neg, alpha, block_timesteps(edges, cond.embeds.device))
+        return lambda step: every[block_of(edges, step.t)]
 
     def schedule(
         self, fam: Family, cond: Cond, neg: Cond, negative: Sequence[bool] | None = None
@@ -501,16 +517,16 @@ class Dice(Method):
             raise InputError(self._negative_problem)
         pairs = ((self.settings, ~rows), (self.neg_settings, rows))
         groups = {s: m for s, m in pairs if m.any()}  # settings -> their rows (one entry: the mask is unused)
-        if len(groups) == 1 and not self.sharpener.config.get("time_edges"):
+        if len(groups) == 1 and not self.sharpener.time_dependent:
             ((alpha, start, stop),) = groups
             if (start, stop) == (0.0, 1.0):  # the paper's use: the edit on every step
                 return sharpen_cond(fam, self.sharpener, cond, neg, alpha), None
-        schedules = [(self.edits(fam, cond, neg, a), s, e, m) for (a, s, e), m in groups.items()]
+        schedules = [(self.edits(fam, cond, neg, a, s, e), s, e, m) for (a, s, e), m in groups.items()]
 
         def pick(step: Step) -> Cond:
             out = None
             for edit, s, e, mask in schedules:
-                c = edit(step.t) if step.within(s, e) else cond
+                c = edit(step) if step.within(s, e) else cond
                 out = c if out is None else Cond.where(mask, c, out)
             return out
 
@@ -557,6 +573,55 @@ class Dice(Method):
         if self.neg_settings != self.settings:
             out |= {"neg_alpha": self.neg_alpha, "neg_start": self.neg_start, "neg_stop": self.neg_stop}
         return out
+
+
+def edits_at(
+    fam: Family, sharpener: Sharpener, cond: Cond, neg: Cond, alpha: float, ts: torch.Tensor
+) -> list[Cond]:
+    """c' of every row at each timestep of ``ts``, from one sharpener call over (timesteps x rows)."""
+    n, k = len(cond), len(ts)
+    rows = torch.arange(n, device=cond.embeds.device).repeat(k)
+    every = sharpen_cond(fam, sharpener, cond.index(rows), neg.expand(n).index(rows), alpha,
+                         t=ts.to(cond.embeds.device).repeat_interleave(n))  # fmt: skip
+    return [every.index(slice(i * n, (i + 1) * n)) for i in range(k)]
+
+
+class StepEdits:
+    """c' of every row at each step's own timestep, for a sharpener whose edit is a smooth function of t
+    (``time_embed``). At the first step it is asked for, the edits of every planned step inside [start, stop)
+    (``Step.plan``) are made in one sharpener call over (steps x rows); a step off the plan (a pipeline that
+    calls the denoiser more often than planned) gets one call of its own."""
+
+    def __init__(
+        self,
+        fam: Family,
+        sharpener: Sharpener,
+        cond: Cond,
+        neg: Cond,
+        alpha: float,
+        start: float,
+        stop: float,
+    ) -> None:
+        self.fam, self.sharpener, self.cond, self.neg, self.alpha = fam, sharpener, cond, neg, alpha
+        self.start, self.stop = start, stop
+        self.made: dict[float, Cond] = {}  # timestep -> c'
+
+    def __call__(self, step: Step) -> Cond:
+        if not math.isfinite(step.t):
+            raise InputError(
+                f"this sharpener's edit depends on the timestep ({time_option(self.sharpener)}), and the "
+                "pipeline's scheduler gave none for this step (no timesteps set)."
+            )
+        if step.t not in self.made:
+            ts = [step.t]
+            if not self.made:  # the first step: every step of the interval at once
+                count = step.count
+                inside = {t for i, t in step.plan if Step(i, count, t).within(self.start, self.stop)}
+                ts = sorted(inside | {step.t}, reverse=True)
+            every = edits_at(self.fam, self.sharpener, self.cond, self.neg, self.alpha,
+                             torch.tensor(ts, dtype=torch.float32))  # fmt: skip
+            self.made.update(zip(ts, every, strict=True))
+        return self.made[step.t]
 
 
 class SwapGuide(Guide):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,11 +39,15 @@ def guided_steps(start: float, stop: float, steps: int) -> range:
 @dataclass(frozen=True)
 class Step:
     """Where a call is in the trajectory of one pipeline call: step ``index`` (0-based) of the ``count`` steps
-    this call runs, at timestep ``t``."""
+    this call runs, at timestep ``t``. ``plan``: (step index, timestep) of every denoiser call the pipeline call
+    is planned to make, as the clock knows them at its first call (empty where unknown), so that work of every
+    step can be done at once (``Dice`` makes the edits of a continuous-time sharpener for all its steps in one
+    sharpener call)."""
 
     index: int
     count: int
     t: float
+    plan: tuple[tuple[int, float], ...] = field(default=(), compare=False, repr=False)
 
     def within(self, start: float, stop: float) -> bool:
         """Whether this step is inside [start, stop) (``guided_steps``)."""
@@ -62,6 +66,7 @@ class StepClock:
         self.scheduler = scheduler
         self.calls = 0
         self.times: list[float] = []  # timestep of each call this pipeline call makes
+        self.plan: tuple[tuple[int, float], ...] = ()  # (step, timestep) of each of those calls
         self.order = max(1, int(getattr(scheduler, "order", 1) or 1))
 
     def begin(self, t: Any) -> None:
@@ -80,6 +85,8 @@ class StepClock:
             value = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
             first = min(range(len(values)), key=lambda i: abs(values[i] - value))  # the first nearest
         self.times = values[int(first or 0) :] or [float("nan")]
+        self.plan = ()
+        self.plan = tuple((step.index, step.t) for step in map(self.at, range(len(self.times))))
 
     @property
     def count(self) -> int:
@@ -89,7 +96,9 @@ class StepClock:
     def at(self, k: int) -> Step:
         """The step of call ``k`` (0-based) of this pipeline call (a call past the planned ones: the last step)."""
         k = min(k, len(self.times) - 1)
-        return Step(min((k + self.order - 1) // self.order, self.count - 1), self.count, self.times[k])
+        return Step(
+            min((k + self.order - 1) // self.order, self.count - 1), self.count, self.times[k], self.plan
+        )
 
     def tick(self, t: Any) -> Step:
         """The step of the next denoiser call (``t``: the timestep it was given)."""

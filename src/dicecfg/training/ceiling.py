@@ -290,6 +290,11 @@ def measure_ceiling(
     loss, NFE and (with ``specs``) oracle scores, and its images. Returns (rows, images by row)."""
     from ..metrics.world import alignment
 
+    if sharpener is not None and sharpener.time_dependent:  # the sharpener row is one fixed edit per prompt
+        raise InputError(
+            "dice ceiling compares one fixed edit per prompt, and this sharpener's edit depends on the timestep "
+            "(time_edges / time_embed): leave out --sharpener, or compare it with `dice eval`."
+        )
     device = pipe._execution_device
     autocast = autocast_for(device, cfg.mixed_precision)
     fam.denoiser(pipe).requires_grad_(False)

@@ -12,8 +12,9 @@ import torch
 from ..errors import InputError
 from ..flags import Checked, opt
 from ..sampling.checks import check_text
-from ..sharpener import ARCHS
+from ..sharpener import ARCHS, DEFAULT_TIME_WIDTH, TIME_EMBEDS
 from .objective import LOSS_WEIGHTINGS
+from .sources import T_WEIGHTINGS
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,25 @@ class DistillConfig(Checked):
         "edit for all timesteps, the paper's)",
         metavar="T",
     )
+    time_embed: str = opt(
+        "none",
+        '"none" (the paper\'s one edit for all timesteps) or "sinusoidal": the edit a smooth function of the '
+        "timestep, made at each sampling step's own t (ours; docs/recipes.md)",
+        choices=TIME_EMBEDS,
+    )
+    time_width: int = opt(
+        DEFAULT_TIME_WIDTH,
+        "with --time-embed sinusoidal: width of the timestep's embedding and its MLP (even)",
+        min=2,
+    )
+    t_weighting: str = opt(
+        "uniform",
+        'how training timesteps are drawn inside --t-range: "uniform" (paper), "noisy" (density rising '
+        'linearly with t: 3/4 of the draws in the noisier half) or "steps" (only the timesteps of a --t-steps '
+        "sampling schedule of the model's scheduler)",
+        choices=T_WEIGHTINGS,
+    )
+    t_steps: int = opt(20, "with --t-weighting steps: the sampling steps whose timesteps are drawn", min=1)
     loss_weighting: str = opt(
         "none",
         '"none" (paper), "x0" (error of the implied x_0) or "relative" (error over the size of CFG\'s correction)',
@@ -144,6 +164,12 @@ class DistillConfig(Checked):
                 and list(self.time_edges) == sorted(set(self.time_edges), reverse=True),
                 f"time_edges must be distinct timesteps in (0, 1000), descending (got {list(self.time_edges)})",
             ),
+            (
+                self.time_embed == "none" or not self.time_edges,
+                "time_edges and time_embed are two ways of making the edit depend on the timestep; give one "
+                "(--time-edges or --time-embed)",
+            ),
+            (self.time_width % 2 == 0, f"time_width must be even (got {self.time_width}), e.g. 128"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -164,6 +190,12 @@ class DistillConfig(Checked):
         }
         if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
             skip |= {"negative_prompts", "negative_prob"}
+        if self.time_embed == "none":
+            skip |= {"time_embed", "time_width"}
+        if self.t_weighting == "uniform":
+            skip.add("t_weighting")
+        if self.t_weighting != "steps":
+            skip.add("t_steps")
         if self.lr_schedule != "constant" or self.warmup:
             skip.discard("steps")  # the schedule is a function of the run's length: it cannot grow on resume
         return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -358,6 +358,8 @@ def _new_sharpener(pipe: Any, fam, cfg: DistillConfig, device) -> Sharpener:
             mask_mode=cfg.mask_mode,
             arch=cfg.arch,
             time_edges=list(cfg.time_edges),
+            time_embed=cfg.time_embed,
+            time_width=cfg.time_width,
             sampling=interval_of(pipe, cfg),
             base_model=model_id(pipe),
             base_revision=model_revision(pipe),
@@ -445,13 +447,24 @@ def start_from(sharpener: Sharpener, name: str) -> None:
         diff.append(
             f"time_edges: {src.config['time_edges']} there, {sharpener.config.get('time_edges')} here"
         )
+    if src.config.get("time_embed", "none") != "none":  # its time MLP must have a place here, of its width
+
+        def timing(config: dict) -> str:
+            embed = config.get("time_embed", "none")
+            return repr(embed) if embed == "none" else f"{embed!r} of width {config.get('time_width')}"
+
+        if timing(src.config) != timing(sharpener.config):
+            diff.append(f"time_embed: {timing(src.config)} there, {timing(sharpener.config)} here")
     if diff:
         raise InputError(
             f"init_from={name}: that sharpener's network differs from this run's ({'; '.join(diff)}). "
-            "Give the options it was trained with (--arch, --inner-dim, --heads, --mask-mode, --time-edges)."
+            "Give the options it was trained with (--arch, --inner-dim, --heads, --mask-mode, --time-edges, "
+            "--time-embed, --time-width)."
         )
     own = dict(sharpener.named_parameters())
-    with torch.no_grad():  # a static sharpener may start a time-block one: each block starts from its edit
+    # a static sharpener may start a time-dependent one: a time-block one starts each block from its edit, a
+    # continuous-time one (its time MLP's last layer zero) from its edit at every timestep
+    with torch.no_grad():
         for k, q in src.named_parameters():
             own[k].copy_(q.to(own[k].dtype))
     log.info("starting from the weights of %s (%s steps)", name, src.config.get("train_steps", "?"))
@@ -463,14 +476,10 @@ def interval_of(pipe: Any, cfg: DistillConfig, steps: int = 20) -> dict[str, flo
     schedule: sample as the paper does). `dice tune` measures better settings on the model itself."""
     if tuple(cfg.t_range) == (0.0, 1.0):
         return None
-    import copy
+    from .sources import schedule_timesteps, timestep_window
 
-    from .sources import timestep_window
-
-    sched = copy.deepcopy(pipe.scheduler)
-    sched.set_timesteps(steps)
-    lo, hi = timestep_window(cfg, int(sched.config.num_train_timesteps))
-    inside = [i for i, t in enumerate(float(t) for t in sched.timesteps) if lo <= t < hi]
+    lo, hi = timestep_window(cfg, int(pipe.scheduler.config.num_train_timesteps))
+    inside = [i for i, t in enumerate(schedule_timesteps(pipe, steps)) if lo <= t < hi]
     if not inside:
         return None
     return {"alpha": 1.0, "start": inside[0] / steps, "stop": (inside[-1] + 1) / steps}

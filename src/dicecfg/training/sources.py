@@ -26,6 +26,7 @@ from ..runs.io import atomic_save_tensors, load_tensors
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond]  # x0, noise, t, cond
 TrainBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Cond, Cond | None]  # ... and c_neg (None: "")
+T_WEIGHTINGS = ("uniform", "noisy", "steps")  # how training timesteps are drawn (``XtSource.timesteps``)
 
 
 def add_noise(
@@ -57,6 +58,16 @@ def timestep_window(cfg: Any, num_timesteps: int) -> tuple[int, int]:
     lo_f, hi_f = getattr(cfg, "t_range", (0.0, 1.0))
     lo = min(int(round(lo_f * num_timesteps)), num_timesteps - 1)
     return lo, max(lo + 1, int(round(hi_f * num_timesteps)))
+
+
+def schedule_timesteps(pipe: Any, steps: int) -> list[float]:
+    """The timesteps of a ``steps``-step sampling schedule of the model's own scheduler (a copy: the pipeline's
+    scheduler is left as it is)."""
+    import copy
+
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    return [float(t) for t in sched.timesteps]
 
 
 class TextCache:
@@ -122,6 +133,7 @@ class XtSource:
         self.alphas_cumprod = train_alphas(pipe, self.device)
         self.num_timesteps = len(self.alphas_cumprod)
         self.t_lo, self.t_hi = timestep_window(cfg, self.num_timesteps)
+        self.t_choices = self._step_timesteps() if getattr(cfg, "t_weighting", "uniform") == "steps" else None
         self.text = TextCache(pipe, fam, [*(texts or []), *cfg.negative_prompts, ""])
 
     def generator(self, step: int, salt: int = 0) -> torch.Generator:
@@ -138,8 +150,36 @@ class XtSource:
         """Noise and timesteps for n samples, on the CPU (one t shared by all n when cfg.shared_timestep)."""
         noise = torch.randn((n, *self.shape), generator=g)
         k = 1 if self.cfg.shared_timestep else n
-        t = torch.randint(self.t_lo, self.t_hi, (k,), generator=g).expand(n)
+        t = self.timesteps(g, k).expand(n)
         return noise, t
+
+    def timesteps(self, g: torch.Generator, k: int) -> torch.Tensor:
+        """k training timesteps in [t_lo, t_hi), drawn as ``cfg.t_weighting`` says: ``uniform`` (the paper's),
+        ``noisy`` (density rising linearly from the clean end to the noisy one: t = lo + floor((hi - lo) sqrt(u)),
+        3/4 of the draws in the noisier half), ``steps`` (uniform over the timesteps of a ``t_steps``-step
+        sampling schedule inside the window: training sees exactly the timesteps sampling will)."""
+        kind = getattr(self.cfg, "t_weighting", "uniform")
+        if kind == "noisy":
+            u = torch.rand(k, generator=g, dtype=torch.float64)
+            return self.t_lo + ((self.t_hi - self.t_lo) * u.sqrt()).floor().long().clamp(
+                max=self.t_hi - self.t_lo - 1
+            )
+        if kind == "steps":
+            return self.t_choices[torch.randint(0, len(self.t_choices), (k,), generator=g)]
+        return torch.randint(self.t_lo, self.t_hi, (k,), generator=g)
+
+    def _step_timesteps(self) -> torch.Tensor:
+        """The (integer) timesteps of a ``t_steps`` sampling schedule inside [t_lo, t_hi); refused when none is."""
+        steps = self.cfg.t_steps
+        inside = sorted(
+            {int(round(t)) for t in schedule_timesteps(self.pipe, steps) if self.t_lo <= t < self.t_hi}
+        )
+        if not inside:
+            raise InputError(
+                f"t_weighting='steps': none of the {steps} sampling steps' timesteps lies in t_range "
+                f"{list(self.cfg.t_range)} (timesteps [{self.t_lo}, {self.t_hi})). Widen --t-range or raise --t-steps."
+            )
+        return torch.tensor(inside, dtype=torch.long)
 
     def split(self, n: int) -> tuple[list[int], list[int]]:
         """Train / held-out indices: hold out the last eval_pairs items when there are enough of them."""
