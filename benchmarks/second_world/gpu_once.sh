@@ -5,7 +5,8 @@
 #
 #   LIMIT=340 bash benchmarks/second_world/gpu_once.sh      # repository root; wheels of diffusers etc. in .whl
 #
-# Order: the text encoder (GPU) beside the data (14 render processes); the VAE (GPU, from the first model's)
+# Order: the text encoder (GPU) beside the data (14 render processes); the VAE (GPU, from the one trained on a
+# CPU on 2026-12-07)
 # beside the rest of the text encoder; the UNet until LIMIT s; assemble. A stage cut off at its deadline is
 # finalised at the step it reached (a re-run with --*-steps 1 resumes its checkpoint and finishes it).
 # The realism study and the quality bar are not run here (benchmarks/second_world/README.md).
@@ -24,7 +25,7 @@ T="python3 -m dicecfg.minimodel.train"
 DEV=${DEV:-cuda}
 C="--out $RUN --world shapes-fine --preset fine --no-progress ${EXTRA:-}"  # EXTRA: a CPU dry run's sizes
 TXT="--text-steps ${TEXT_STEPS:-2000} --text-captions ${TEXT_CAPTIONS:-100000}"
-VAE="--vae-init src/dicecfg/assets/mini-model/vae"
+VAE="--vae-init ${VAE_INIT:-benchmarks/second_world/results/vae_cpu_step1891}"  # trained on a CPU (README)
 L=/tmp/logs
 mkdir -p "$OUT" $L
 pack() {  # logs and stats so far (every stage calls it, so a cut-off call keeps what was done)
