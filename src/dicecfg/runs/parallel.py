@@ -11,6 +11,7 @@ processes itself (:class:`Workers`): it forwards signals to them, waits for them
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import socket
@@ -48,6 +49,7 @@ class Parallel:
             if backend == "nccl":  # collectives on objects (broadcast_object_list) use the current device
                 torch.cuda.set_device(device)
             dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+            atexit.register(_leave_group)
         return cls(dist.get_rank(), dist.get_world_size())
 
     def barrier(self) -> None:
@@ -118,6 +120,15 @@ class Parallel:
             n = p.grad.numel()
             p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
+
+
+def _leave_group() -> None:
+    """Destroy this process's group before the interpreter exits: a group left to the exit's destructors can
+    abort the process (``terminate called without an active exception``, SIGABRT) after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_device(device: str) -> str:
