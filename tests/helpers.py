@@ -382,3 +382,18 @@ def build_tiny_pixart(out: Path, *, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(str(out / "pipe"))
     return out / "pipe"
+
+
+# `dice ceiling` settings small enough for a tiny pipeline on a CPU (tests/test_ceiling*.py)
+TINY_CEILING = dict(
+    steps=8,
+    lr=0.05,
+    draws=2,
+    pool=1,
+    eval_draws=4,
+    teacher_steps=2,
+    num_inference_steps=2,
+    prompts_per_batch=2,
+    checkpoint_every=2,
+    progress=False,
+)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import TINY_CEILING
 from safetensors.torch import load_file
 
 from dicecfg.cli import main
@@ -12,18 +13,7 @@ from dicecfg.training import ceiling as ceiling_module
 from dicecfg.training.ceiling import CeilingConfig
 from dicecfg.training.ceiling_job import ceiling
 
-CFG = dict(
-    steps=8,
-    lr=0.05,
-    draws=2,
-    pool=1,
-    eval_draws=4,
-    teacher_steps=2,
-    num_inference_steps=2,
-    prompts_per_batch=2,
-    checkpoint_every=2,
-    progress=False,
-)
+CFG = TINY_CEILING
 
 
 @pytest.mark.integration  # end to end: a pipeline, a command or a process

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import one_line_error
+from helpers import TINY_CEILING, one_line_error
 from safetensors.torch import load_file, save_file
 
 from dicecfg.cli import main
@@ -22,18 +22,7 @@ from dicecfg.training.ceiling import CeilingConfig
 from dicecfg.training.ceiling_job import ceiling
 from dicecfg.training.ceiling_layout import StepEdits, edit_layout, step_timesteps, step_windows
 
-CFG = dict(
-    steps=8,
-    lr=0.05,
-    draws=2,
-    pool=1,
-    eval_draws=4,
-    teacher_steps=2,
-    num_inference_steps=2,
-    prompts_per_batch=2,
-    checkpoint_every=2,
-    progress=False,
-)
+CFG = TINY_CEILING
 
 
 def _mini_scheduler():
