@@ -397,3 +397,25 @@ TINY_CEILING = dict(
     checkpoint_every=2,
     progress=False,
 )
+
+
+def interrupt_ceiling(monkeypatch, run, at_call: int = 5) -> None:
+    """``run()`` with the ceiling's training loss raising KeyboardInterrupt at its ``at_call``-th call (with
+    TINY_CEILING: mid-way through the first batch, after the checkpoint of step 4); the loss restored after."""
+    import pytest
+
+    from dicecfg.training import ceiling as ceiling_module
+
+    real, calls = ceiling_module._Batch.loss, {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ceiling_module._Batch, "loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(ceiling_module._Batch, "loss", real)

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from helpers import TINY_CEILING
+from helpers import TINY_CEILING, interrupt_ceiling
 from safetensors.torch import load_file
 
 from dicecfg.cli import main
 from dicecfg.errors import InputError
-from dicecfg.training import ceiling as ceiling_module
 from dicecfg.training.ceiling import CeilingConfig
 from dicecfg.training.ceiling_job import ceiling
 
@@ -39,19 +38,10 @@ def test_optimum_lowers_the_heldout_loss_and_reports_every_row(tiny_sd, prompts,
 @pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_interrupted_ceiling_resumes_to_the_same_edits(tiny_sd, prompts, tmp_path, monkeypatch):
     ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "full", config=CeilingConfig(**CFG))
-    real, calls = ceiling_module._Batch.loss, {"n": 0}
-
-    def flaky(self, *args, **kwargs):
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == 5:  # mid-way through the first batch, after the checkpoint of step 4
-                raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ceiling_module._Batch, "loss", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**CFG))
-    monkeypatch.setattr(ceiling_module._Batch, "loss", real)
+    interrupt_ceiling(
+        monkeypatch,
+        lambda: ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**CFG)),
+    )
     report = ceiling(tiny_sd, prompts[:3], output_dir=tmp_path / "cut", config=CeilingConfig(**CFG))
     for name in ("batch_0000.safetensors", "batch_0001.safetensors"):
         a = load_file(str(tmp_path / "full" / "edits" / name))

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_CEILING, one_line_error
+from helpers import TINY_CEILING, interrupt_ceiling, one_line_error
 from safetensors.torch import load_file, save_file
 
 from dicecfg.cli import main
@@ -277,19 +277,9 @@ def test_an_interrupted_blocks_ceiling_resumes_exactly_and_refuses_another_layou
                               "draws": 3, "cfg_intervals": ("0.25,0.75",)})  # fmt: skip
     three = prompts[:3]
     full = ceiling(tiny_sd, three, output_dir=tmp_path / "full", config=config)
-    real, calls = ceiling_module._Batch.loss, {"n": 0}
-
-    def flaky(self, *args, **kwargs):
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == 5:  # mid-way through the first batch, after the checkpoint of step 4
-                raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(ceiling_module._Batch, "loss", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        ceiling(tiny_sd, three, output_dir=tmp_path / "cut", config=config)
-    monkeypatch.setattr(ceiling_module._Batch, "loss", real)
+    interrupt_ceiling(
+        monkeypatch, lambda: ceiling(tiny_sd, three, output_dir=tmp_path / "cut", config=config)
+    )
     cut = ceiling(tiny_sd, three, output_dir=tmp_path / "cut", config=config)
     for name in ("batch_0000.safetensors", "batch_0001.safetensors"):
         a, b = (load_file(str(tmp_path / f / "edits" / name)) for f in ("full", "cut"))
