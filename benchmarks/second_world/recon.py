@@ -14,13 +14,13 @@ trained so far, for a look at a VAE while it trains.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
 
 from dicecfg.pipeline import resolve_device
+from dicecfg.runs.io import atomic_write_json
 from dicecfg.world.worlds import get_world
 
 
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"| {r['split']} | {r['images']} | {cells} | {r['psnr']:.2f} |" if "psnr" in r else
               f"| {r['split']} | {r['images']} | {cells} | |")  # fmt: skip
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"vae": args.vae, "world": args.world, "n": args.n, "rows": rows}, f, indent=1)
+        atomic_write_json(args.json, {"vae": args.vae, "world": args.world, "n": args.n, "rows": rows})
     return rows
 
 
