@@ -51,7 +51,8 @@ if [ "$(since)" -lt $((LIMIT - 45)) ]; then  # a UNet run shorter than ~45 s is 
   echo "assembled at $(since) s"; pack
   # in parts under the 16 MB limit (cat the parts | tar -x); the UNet's checkpoint (weights, EMA, AdamW
   # state) for --unet-init or a resume later
-  tar -C "$RUN" -cf - unet/ckpt.safetensors | split -b 15m - "$OUT/unet_ckpt.tar.part_"
+  # (PACK_CKPT=0 keeps it on the machine only: with the pipeline's parts it can pass the limit of 8 files)
+  [ "${PACK_CKPT:-1}" = 1 ] && tar -C "$RUN" -cf - unet/ckpt.safetensors | split -b 15m - "$OUT/unet_ckpt.tar.part_"
 else
   echo "no UNet: $(since) s of $LIMIT gone (text_vae.tar is reusable: --text-from / --vae-from)"
 fi

@@ -7,12 +7,17 @@ the same + 10,000,000), 20 DPM-Solver++ steps:
    Kynkaanniemi et al. 2024 (the steps whose sigma lies in (0.28, 5.42], their SD-XL band), Adaptive Guidance
    and Scaling (the other training-free peers);
 3. for each row: NFE, all-correct with its standard error, each oracle key, the oracle Frechet distance to
-   clean renders of the same scenes, and the share of full CFG's all-correct gain over unguided recovered.
+   clean renders of the same scenes, and the share of full CFG's all-correct gain over unguided recovered;
+4. with ``--sharpener DIR`` (repeatable): DICE rows on the same images' prompts and seeds, at the sharpener's
+   recorded settings and at alpha 1 on every step (the evidence table; not part of the acceptance).
+A run re-started with the same ``--json`` reuses the rows already in it (same model, world and n): a cut-off
+run resumes, and a later run with ``--sharpener`` adds DICE rows beside the peers' without sampling them again.
 The acceptance rules (issue 29, fixed before any sharpener is trained on the world; DICE plays no part):
 - CFG on the first 10% of the steps recovers at most half of full CFG's gain;
 - recovering 95% of the gain needs CFG on at least the first 25% of the steps.
 
     python benchmarks/second_world/realism.py --model DIR --world shapes-fine --json OUT.json [--n 512]
+    python benchmarks/second_world/realism.py --model DIR --world shapes-fine --json OUT.json --sharpener S
 
 Everything goes through ``dicecfg.generate`` and the method objects (one sampling code path).
 """
@@ -30,7 +35,8 @@ import torch
 
 from dicecfg import generate, load_pipeline
 from dicecfg.pipeline import resolve_device
-from dicecfg.sampling.methods import CFG, AdaptiveGuidance, Scaling, Unguided
+from dicecfg.runs.io import atomic_write_json
+from dicecfg.sampling.methods import CFG, AdaptiveGuidance, Dice, Scaling, Unguided
 from dicecfg.world.oracle import frechet_distance
 from dicecfg.world.worlds import get_world
 
@@ -74,13 +80,30 @@ def sample(pipe, items, method, batch: int) -> tuple[np.ndarray, float]:
     return np.stack(images), float(np.mean(nfe))
 
 
-PARTIAL: dict = {"path": None, "rows": []}  # rows so far, written after each one (a cut-off run keeps them)
+PARTIAL: dict = {"path": None, "key": None, "rows": []}  # written after each row (a cut-off run keeps them)
+DONE: dict = {}  # row name -> a row of an earlier run with the same key (reused, not sampled again)
 SHOWN = {}  # row name -> its first images (seed set A), for a look by eye (--images)
 SHOWN_ROWS = ("unguided", "first 2 steps", "first 5 steps", "full")
 SHOWN_N = 24
 
 
+def resume(path: str, key: dict) -> None:
+    """Take the rows of an earlier run of the same model, world and n from ``path`` (a cut-off run's too)."""
+    if not Path(path).is_file():
+        return
+    old = json.loads(Path(path).read_text())
+    if {k: old.get(k) for k in key} != key:
+        raise SystemExit(f"{path} holds a run of other settings ({ {k: old.get(k) for k in key} }); give another --json")
+    DONE.update({r["row"]: r for r in old["rows"]})
+    print(f"reusing {len(DONE)} rows of {path}", flush=True)
+
+
 def row(name: str, method, pipe, world, items, batch: int, reference: np.ndarray) -> dict:
+    if name in DONE:
+        out = DONE[name]
+        print(f"{name:<28} (reused)  all {out['all']:.3f}", flush=True)
+        PARTIAL["rows"].append(out)
+        return out
     t = time.monotonic()
     images, nfe = sample(pipe, items, method, batch)
     if name in SHOWN_ROWS or name.startswith("cfg w="):
@@ -102,11 +125,35 @@ def row(name: str, method, pipe, world, items, batch: int, reference: np.ndarray
     print(
         f"{name:<28} nfe {nfe:5.1f}  all {out['all']:.3f} +- {out['se']:.3f}  fd {out['fd']:.3f}", flush=True
     )
+    PARTIAL["rows"].append(out)
+    if PARTIAL["path"]:
+        atomic_write_json(PARTIAL["path"], {**PARTIAL["key"], "partial": True, "rows": PARTIAL["rows"]})
     return out
 
 
-def run(model: str, world_name: str, n: int, batch: int, device: str) -> dict:
+def dice_rows(sharpeners: list[str], pipe, world, items, batch: int, reference: np.ndarray) -> list[dict]:
+    """DICE at each sharpener's recorded settings, and at alpha 1 on every step where those differ."""
+    from dicecfg import Sharpener
+    from dicecfg.sampling.methods import recorded_settings
+
+    rows = []
+    for path in sharpeners:
+        sharp = Sharpener.from_pretrained(path)
+        tag = Path(path).name or path
+        rec = recorded_settings(sharp)
+        shown = ",".join(f"{k}={v:g}" for k, v in rec.items()) or "alpha=1"
+        rows.append(row(f"dice {tag} ({shown})", Dice(sharp), pipe, world, items, batch, reference))
+        if rec and rec != {"alpha": 1.0, "start": 0.0, "stop": 1.0}:
+            every = Dice(sharp, alpha=1.0, start=0.0, stop=1.0)
+            rows.append(row(f"dice {tag} (alpha=1 every step)", every, pipe, world, items, batch, reference))
+    return rows
+
+
+def run(model: str, world_name: str, n: int, batch: int, device: str, sharpeners: list[str] = ()) -> dict:
     world = get_world(world_name)
+    PARTIAL["key"] = {"model": model, "world": world_name, "n_prompts": n}
+    if PARTIAL["path"]:
+        resume(PARTIAL["path"], PARTIAL["key"])
     pipe = load_pipeline(model, device=resolve_device(device), dtype="float32")
     pipe.set_progress_bar_config(disable=True)
     items = world.heldout_set(n)
@@ -136,6 +183,7 @@ def run(model: str, world_name: str, n: int, batch: int, device: str) -> dict:
     rows.append(cfg(f"band steps {b0}-{b1 - 1}", b0, b1))
     rows.append(row(f"ag w={w:g}", AdaptiveGuidance(guidance_scale=w), pipe, world, items, batch, reference))
     rows.append(row("scaling s=1.2", Scaling(scale=1.2), pipe, world, items, batch, reference))
+    rows += dice_rows(list(sharpeners), pipe, world, items, batch, reference)
     base, full = rows[0]["all"], best["all"]
     for r in rows:
         r["recovered"] = (r["all"] - base) / (full - base) if full > base else float("nan")
@@ -191,10 +239,11 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", required=True)
     p.add_argument("--images", default=None, help="npz with the first images of a few rows")
+    p.add_argument("--sharpener", action="append", default=[], help="add DICE rows of this sharpener (repeatable)")
     a = p.parse_args()
     PARTIAL["path"] = a.json
-    result = run(a.model, a.world, a.n, a.batch, a.device)
-    Path(a.json).write_text(json.dumps(result, indent=1))
+    result = run(a.model, a.world, a.n, a.batch, a.device, a.sharpener)
+    atomic_write_json(a.json, result)
     if a.images:
         prompts = [it.prompt for it in get_world(a.world).heldout_set(a.n)][:SHOWN_N]
         np.savez_compressed(

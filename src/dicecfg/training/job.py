@@ -76,5 +76,9 @@ def run_train(job: TrainJob) -> Sharpener:
         raise InputError("dice train needs --prompts FILE (prompt-only) or --images DIR (captioned images).")
     check_run_folder(job.out)  # before the model loads (distill checks it again)
     pipe = job_pipeline(job.model, job.device, job.dtype, training=True)
-    log.info("training a sharpener: %s", json.dumps(asdict(config)))
+    shown = asdict(config)  # the negative prompts by their file and count (a run can have tens of thousands)
+    if config.negative_prompts:
+        where = f" from {job.negative_prompts_file}" if job.negative_prompts_file else ""
+        shown["negative_prompts"] = f"{len(config.negative_prompts)} prompts{where}"
+    log.info("training a sharpener: %s", json.dumps(shown))
     return distill(pipe, prompts, config=config, images=job.images, output_dir=job.out)

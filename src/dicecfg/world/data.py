@@ -88,10 +88,11 @@ def export_image_folder(out, n: int, seed: int, *, workers: int = 1) -> int:
     return n
 
 
-def export_prompts(path, n: int, seed: int) -> int:
-    """Write ``n`` training captions (one per line, never held-out combinations) for prompt-only training."""
+def export_prompts(path, n: int, seed: int, world: str | World = DEFAULT_WORLD) -> int:
+    """Write ``n`` training captions of ``world`` (one per line, never held-out combinations) for prompt-only
+    training."""
     from pathlib import Path
 
-    _, captions = sample_training_scenes(n, seed, chunk=0)
+    _, captions = sample_training_scenes(n, seed, chunk=0, world=world)
     Path(path).write_text("\n".join(captions) + "\n", encoding="utf-8")
     return n
