@@ -170,6 +170,41 @@ def test_training_never_shows_a_heldout_combination():
     assert is_heldout(flipped)  # the same combination said the other way round is still held out
 
 
+def test_export_prompts_writes_the_named_worlds_training_captions(tmp_path):
+    """`export_prompts(..., world=)`: the prompts a sharpener of that world's model trains on; the default stays
+    the shapes world's (the shipped sharpener's commands)."""
+    world_data.export_prompts(tmp_path / "fine.txt", 300, seed=21, world="shapes-fine")
+    lines = (tmp_path / "fine.txt").read_text().splitlines()
+    assert lines == sample_training_scenes(300, seed=21, world="shapes-fine")[1]
+    specs = [parse(line) for line in lines]  # all in this world's grammar, none of a held-out combination
+    assert not any(is_heldout(sp) for sp in specs if sp.relation is not None)
+    assert any(o.pattern is not None for sp in specs for o in sp.objects)  # the fine words are there
+    world_data.export_prompts(tmp_path / "shapes.txt", 50, seed=21)
+    assert (tmp_path / "shapes.txt").read_text().splitlines() == sample_training_scenes(50, seed=21)[1]
+
+
+def test_realism_study_reuses_only_rows_of_the_same_run(tmp_path):
+    """benchmarks/second_world/realism.py: a run started again with the same --json takes the rows it has
+    (a cut-off run resumes; DICE rows are added beside the peers'), and refuses a file of other settings."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "second_world" / "realism.py"
+    spec = importlib.util.spec_from_file_location("realism_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    key = {"model": "m", "world": "shapes-fine", "n_prompts": 8}
+    done = tmp_path / "r.json"
+    done.write_text(json.dumps({**key, "partial": True, "rows": [{"row": "unguided", "all": 0.5}]}))
+    study.resume(str(done), key)
+    assert study.row("unguided", None, None, None, [], 1, None)["all"] == 0.5  # reused: nothing sampled
+    assert study.PARTIAL["rows"][-1]["row"] == "unguided"
+    study.resume(str(tmp_path / "none.json"), key)  # no file yet: a fresh run
+    with pytest.raises(SystemExit, match="other settings"):
+        study.resume(str(done), {**key, "n_prompts": 16})
+
+
 def test_validation_set_is_fixed_and_apart_from_heldout_and_training():
     v = validation_set()
     assert v == validation_set() and validation_set(600)[:512] == v

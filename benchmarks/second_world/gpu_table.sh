@@ -1,31 +1,36 @@
 #!/usr/bin/env bash
-# After gpu_once.sh, on the same warm machine (its run folder stays there): the UNet a little further, the realism
-# study of both worlds, the mini-fine sharpener and the evidence table, in two calls of under 10 minutes.
+# After gpu_once.sh, on the same warm machine (its run folder stays there): the realism study of both worlds, the
+# mini-fine sharpener, `dice tune` and the evidence table's DICE rows, in one call of under 10 minutes; a call cut
+# off resumes in the next (every piece skips or resumes what it already has).
 #
-#   CALL=a LIMIT=560 bash benchmarks/second_world/gpu_table.sh
-#       the UNet UNET_S s more (it resumes its checkpoint: weights, EMA, AdamW); assemble; then side by side until
-#       LIMIT s: the realism study of the first world (with the shipped sharpener's DICE rows), that of the second,
-#       and the training of the mini-fine sharpener (SHARP_STEPS steps, cut at LIMIT and resumed by call b)
-#   CALL=b LIMIT=400 bash benchmarks/second_world/gpu_table.sh
-#       the sharpener to its end (at most TRAIN_S s); `dice tune` on the second world's validation set (never the
-#       held-out one); both realism studies finished and the DICE rows added beside the peers' (realism.py reuses
-#       the rows it already has); the sharpener and every log packed into $OUT
+#   LIMIT=560 bash benchmarks/second_world/gpu_table.sh
 #
-# The sharpener: today's recipe (docs/recipes.md: `--recipe dicecfg`, the block network of the shipped one,
-# teacher pool, L1, w=5, negative prompts with probability 0.25), on 40,000 training captions of the second world
-# (export_prompts seed 21; negatives seed 22), 2,000 steps of batch 256.
+# Side by side until LIMIT s: the realism study of the first world (with the shipped sharpener's DICE rows), that
+# of the second, and the training of the mini-fine sharpener (SHARP_STEPS steps, stopped RESERVE s before LIMIT at
+# a checkpoint). Then `dice tune` on the second world's validation set (never the held-out one), and the DICE rows
+# added beside the peers' on the held-out prompts (realism.py reuses the rows it already has). UNET_S=S first
+# trains the UNet S s further (from its checkpoint) and assembles a new pipeline. The sharpener and every log are
+# packed into $OUT.
+#
+# The sharpener: today's recipe (docs/recipes.md: `--recipe dicecfg`, the block network, teacher pool, L1, w=5,
+# negative prompts with probability 0.25), on 40,000 training captions of the second world (export_prompts seed
+# 21; negatives seed 22), 2,000 steps of batch 256. Inner width 192 rather than the first world's 256 (543,616
+# parameters, 1.09 MB in fp16): the package's 40 MiB of weights leave 1.54 MB beside both models and the first
+# sharpener, and the 256-wide one needs 1.84 MB.
 set -uo pipefail
-CALL=${CALL:?CALL=a or CALL=b}
 RUN=${RUN:-/tmp/fine-run}    # gpu_once.sh's run folder
 W=${W:-/tmp/fine-table}      # this script's work folder
 LIMIT=${LIMIT:-560}          # seconds from the start by which everything has stopped (packing takes ~10 s more)
-UNET_S=${UNET_S:-180}        # call a: seconds of UNet training before assembling
-TRAIN_S=${TRAIN_S:-240}      # call b: at most this many seconds to finish the sharpener
+UNET_S=${UNET_S:-0}          # seconds of UNet training (from gpu_once.sh's checkpoint) before everything else
+RESERVE=${RESERVE:-150}      # seconds kept after the sharpener's training for tune and the DICE rows
 DEV=${DEV:-cuda}
 N=${N:-512}
 t0=$(date +%s)
 since() { echo $(( $(date +%s) - t0 )); }
-left() { echo $(( LIMIT - $(date +%s) + t0 )); }
+left() {  # seconds until LIMIT less $1, at least 1 (`timeout 0` would mean no limit at all)
+  local s=$(( LIMIT - $(date +%s) + t0 - ${1:-0} ))
+  echo $(( s > 0 ? s : 1 ))
+}
 if [ ! -f "$RUN/unet/ckpt.safetensors" ]; then
   echo "no $RUN/unet/ckpt.safetensors: run gpu_once.sh on this machine first (a fresh machine has no run folder)"
   exit 3
@@ -42,7 +47,7 @@ S=benchmarks/second_world/realism.py
 T="python3 -m dicecfg.minimodel.train"
 C="--out $RUN --world shapes-fine --preset fine --no-progress ${EXTRA:-}"
 TRAIN=(python3 -m dicecfg.cli -q train --model "$RUN/pipeline" --prompts "$W/prompts.txt"
-  --negative-prompts "$W/negatives.txt" --negative-prob 0.25 --recipe dicecfg --inner-dim 256 --heads 4
+  --negative-prompts "$W/negatives.txt" --negative-prob 0.25 --recipe dicecfg --inner-dim "${INNER:-192}" --heads 4
   --lr 5e-4 --guidance-scale 5 --loss l1 --xt-source teacher --teacher-pool "${POOL:-16384}"
   --batch-size "${SHARP_BATCH:-256}" --steps "${SHARP_STEPS:-2000}" --eval-pairs "${EVAL_PAIRS:-256}" --eval-every 250
   --checkpoint-every 250 --log-every 50 --no-compile --device "$DEV" --out "$SH")
@@ -56,40 +61,39 @@ realism() {  # WORLD MODEL NAME [--sharpener S]...: bounded by the call's clock;
 pack() {
   cp "$RUN"/stats.jsonl "$L/fine_run_stats.jsonl" 2> /dev/null
   cp "$SH"/stats.jsonl "$L/sharpener_stats.jsonl" 2> /dev/null
-  tar -C "$W" -cf "$OUT/logs_$CALL.tar" logs
+  tar -C "$W" -cf "$OUT/logs.tar" logs
 }
-if [ "$CALL" = a ]; then
-  realism shapes "${SHAPES_MODEL:-}" shapes --sharpener "${SHAPES_SHARPENER:-mini}" &
+if [ "$UNET_S" -gt 0 ]; then  # the UNet further from its checkpoint (weights, EMA, AdamW), then a new pipeline
   $T unet $C --device "$DEV" --ema-decay "${EMA:-0.999}" \
     --max-minutes "$(python3 -c "print($UNET_S / 60)")" > "$L/unet_more.log" 2>&1
   echo "unet stopped at $(since) s"; grep -E "Error|Traceback" "$L/unet_more.log" | tail -2
   $T assemble $C --device cpu > "$L/assemble.log" 2>&1 || { echo "assemble failed"; tail "$L/assemble.log"; exit 1; }
   tar -C "$RUN" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part_"
   echo "assembled at $(since) s"
-  realism shapes-fine "$RUN/pipeline" fine &
-  python3 -c "
+fi
+realism shapes "${SHAPES_MODEL:-}" shapes --sharpener "${SHAPES_SHARPENER:-mini}" &
+realism shapes-fine "$RUN/pipeline" fine &
+FINE=$!
+[ -f "$W/negatives.txt" ] || python3 -c "
 import sys
 from dicecfg.world.data import export_prompts
 export_prompts(sys.argv[1], 40000, seed=21, world='shapes-fine')
 export_prompts(sys.argv[2], 20000, seed=22, world='shapes-fine')" "$W/prompts.txt" "$W/negatives.txt" || exit 1
-  timeout -s TERM "$(left)" "${TRAIN[@]}" >> "$L/sharpener.log" 2>&1
+if [ ! -f "$SH/model.safetensors" ]; then  # cut RESERVE s before LIMIT (a later call resumes it)
+  timeout -s TERM "$(left "$RESERVE")" "${TRAIN[@]}" >> "$L/sharpener.log" 2>&1
   echo "sharpener: exit $? at $(since) s"
-  wait
-else
-  [ -f "$SH/model.safetensors" ] || timeout -s TERM "$TRAIN_S" "${TRAIN[@]}" >> "$L/sharpener.log" 2>&1
-  echo "sharpener: at $(since) s"; ls "$SH"
-  if [ -f "$SH/model.safetensors" ]; then
-    python3 -m dicecfg.cli -q tune --model "$RUN/pipeline" --sharpener "$SH" --stops 0.05 0.1 0.15 0.25 0.5 1 \
-      --batch-size 256 --limit "$N" --device "$DEV" --out "$L/tune" > "$L/tune.log" 2>&1
-    echo "tune: exit $? at $(since) s"; tail -n 25 "$L/tune.log"
-    realism shapes-fine "$RUN/pipeline" fine --sharpener "$SH" &
-  else
-    echo "the sharpener did not finish: no tune, no DICE rows"
-    realism shapes-fine "$RUN/pipeline" fine &
-  fi
-  realism shapes "${SHAPES_MODEL:-}" shapes --sharpener "${SHAPES_SHARPENER:-mini}" &
-  wait
 fi
+if [ -f "$SH/model.safetensors" ]; then
+  [ -f "$L/tune/tune.json" ] || timeout -s TERM "$(left 30)" python3 -m dicecfg.cli -q tune \
+    --model "$RUN/pipeline" --sharpener "$SH" --stops 0.05 0.1 0.15 0.25 0.5 1 --batch-size 256 --limit "$N" \
+    --device "$DEV" --out "$L/tune" > "$L/tune.log" 2>&1
+  echo "tune: exit $? at $(since) s"; tail -n 25 "$L/tune.log"
+  wait $FINE  # the peers' rows first (bounded by the clock), then the DICE rows beside them
+  realism shapes-fine "$RUN/pipeline" fine --sharpener "$SH"
+else
+  echo "the sharpener did not finish: no tune, no DICE rows"
+fi
+wait
 if [ -f "$SH/model.safetensors" ]; then  # a finished sharpener (config.json records what tune chose)
   tar -C "$W" -cf "$OUT/sharpener.tar" --exclude='*teacher_pool*' --exclude='*checkpoint*' sharpener
 fi
