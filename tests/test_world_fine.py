@@ -205,6 +205,35 @@ def test_realism_study_reuses_only_rows_of_the_same_run(tmp_path):
         study.resume(str(done), {**key, "n_prompts": 16})
 
 
+def test_realism_report_shows_each_worlds_criteria_and_refuses_a_cut_off_run(tmp_path):
+    """benchmarks/second_world/report.py: the acceptance of each world in one table, each row's change per oracle
+    key against unguided; a run cut off before its end is refused (it would read as a finished study)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "second_world" / "report.py"
+    spec = importlib.util.spec_from_file_location("realism_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rows = [
+        {"row": "unguided", "nfe": 20.0, "all": 0.5, "se": 0.02, "pattern": 0.6, "fd": 0.1, "recovered": 0.0},
+        {"row": "cfg w=5", "nfe": 40.0, "all": 0.9, "se": 0.01, "pattern": 0.95, "fd": 0.2, "recovered": 1.0},
+        {"row": "first 2 steps", "nfe": 22.0, "all": 0.6, "se": 0.02, "pattern": 0.55, "fd": 0.1, "recovered": 0.25},
+    ]
+    criteria = {"gain": 0.4, "first_10pct_recovered": 0.25, "rule_1_first_10pct_at_most_half": True,
+                "steps_for_95pct": 8, "rule_2_95pct_needs_25pct": True}  # fmt: skip
+    done = {"world": "shapes-fine", "card": "X", "n_prompts": 4, "seed_sets": [0, 1], "w_star": 5.0, "steps": 20,
+            "rows": rows, "criteria": criteria}  # fmt: skip
+    (tmp_path / "fine.json").write_text(json.dumps(done))
+    text = report.main([str(tmp_path / "fine.json")])
+    assert "| shapes-fine | X | 4 x 2 | 5 | 0.500 | 0.900 | +0.400 | 0.25 | 8 of 20 | holds | holds |" in text
+    assert "| first 2 steps | 22.0 | -0.050 |" in text  # pattern: 0.55 against unguided's 0.6
+    (tmp_path / "cut.json").write_text(json.dumps({"partial": True, "rows": rows}))
+    with pytest.raises(SystemExit, match="not finished"):
+        report.main([str(tmp_path / "cut.json")])
+
+
 def test_validation_set_is_fixed_and_apart_from_heldout_and_training():
     v = validation_set()
     assert v == validation_set() and validation_set(600)[:512] == v
