@@ -93,7 +93,9 @@ def resume(path: str, key: dict) -> None:
         return
     old = json.loads(Path(path).read_text())
     if {k: old.get(k) for k in key} != key:
-        raise SystemExit(f"{path} holds a run of other settings ({ {k: old.get(k) for k in key} }); give another --json")
+        raise SystemExit(
+            f"{path} holds a run of other settings ({ {k: old.get(k) for k in key} }); give another --json"
+        )
     DONE.update({r["row"]: r for r in old["rows"]})
     print(f"reusing {len(DONE)} rows of {path}", flush=True)
 
@@ -239,7 +241,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", required=True)
     p.add_argument("--images", default=None, help="npz with the first images of a few rows")
-    p.add_argument("--sharpener", action="append", default=[], help="add DICE rows of this sharpener (repeatable)")
+    p.add_argument(
+        "--sharpener", action="append", default=[], help="add DICE rows of this sharpener (repeatable)"
+    )
     a = p.parse_args()
     PARTIAL["path"] = a.json
     result = run(a.model, a.world, a.n, a.batch, a.device, a.sharpener)

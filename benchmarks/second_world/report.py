@@ -61,11 +61,18 @@ def main(argv: list[str] | None = None) -> str:
     results = [json.loads(Path(f).read_text()) for f in a.json]
     partial = [f for f, r in zip(a.json, results, strict=True) if r.get("partial") or "criteria" not in r]
     if partial:
-        raise SystemExit(f"not finished (a cut-off run: run realism.py again with the same --json): {partial}")
+        raise SystemExit(
+            f"not finished (a cut-off run: run realism.py again with the same --json): {partial}"
+        )
     table = _realism().table
     parts = ["## Acceptance", criteria_table(results)]
     for r in results:
-        parts += [f"## {r['world']}: every row", table(r), f"## {r['world']}: against unguided", changes_table(r)]
+        parts += [
+            f"## {r['world']}: every row",
+            table(r),
+            f"## {r['world']}: against unguided",
+            changes_table(r),
+        ]
     text = "\n\n".join(parts) + "\n"
     print(text)
     return text
