@@ -234,6 +234,24 @@ def test_realism_report_shows_each_worlds_criteria_and_refuses_a_cut_off_run(tmp
         report.main([str(tmp_path / "cut.json")])
 
 
+def test_negative_prompt_probe_of_this_world_negates_one_pattern():
+    """benchmarks/negative_prompts/negative_prompts.py --world shapes-fine: each prompt names a colour and a shape
+    and leaves the pattern open; its negative prompt names the same object with exactly the negated pattern."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "negative_prompts" / "negative_prompts.py"
+    spec = importlib.util.spec_from_file_location("negative_prompts_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    prompts, negs, negated, field, _ = probe.probe("shapes-fine", 2)
+    assert field == "pattern" and len(prompts) == 2 * 5 * 7 * len(PATTERNS) and set(negated) == set(PATTERNS)
+    for prompt, neg, pattern in zip(prompts, negs, negated, strict=True):
+        (asked,), (denied,) = parse(prompt).objects, parse(neg).objects
+        assert asked.pattern is None and denied.pattern == pattern
+        assert (asked.shape, asked.colour) == (denied.shape, denied.colour) and None not in (asked.shape, asked.colour)
+
+
 def test_validation_set_is_fixed_and_apart_from_heldout_and_training():
     v = validation_set()
     assert v == validation_set() and validation_set(600)[:512] == v

@@ -1,11 +1,14 @@
-"""Negative prompts on the shapes world: does the negated colour stay away?
+"""Negative prompts on a world: does the negated attribute stay away?
 
     python benchmarks/negative_prompts/negative_prompts.py [--seeds 4] [--steps 20] [--sharpener mini [--sharpener RUN ...]]
+    python benchmarks/negative_prompts/negative_prompts.py --world shapes-fine --model mini-fine --sharpener mini-fine
 
-Prompts name a shape and leave the colour open ("a circle"); the negative prompt names one colour of that shape
-("a red circle"). For every method the same prompts and seeds are used; the oracle detects the objects and we
-report how often any detected object has the negated colour. Without a negative prompt, each of the 7 colours
-would be expected about 1/7 of the time.
+The shapes world (the default): prompts name a shape and leave the colour open ("a circle"); the negative prompt
+names one colour of that shape ("a red circle"); each of the 7 colours would be expected about 1/7 of the time
+without it. The shapes-fine world: prompts name a colour and a shape and leave the pattern open ("a red circle");
+the negative prompt names one pattern of it ("a red circle with vertical stripes", "a hollow red circle"); each of
+the 4 patterns would be expected about 1/4 of the time. For every method the same prompts and seeds are used; the
+oracle detects the objects and we report how often any detected object has the negated attribute.
 """
 
 from __future__ import annotations
@@ -16,12 +19,41 @@ import numpy as np
 import torch
 
 from dicecfg import Sharpener, generate, load_pipeline
-from dicecfg.world import COLOURS, SHAPES, Oracle
+from dicecfg.world import COLOURS, SHAPES
+from dicecfg.world.worlds import get_world
+
+
+def probe(world: str, seeds: int) -> tuple[list[str], list[str], list[str], str, str]:
+    """(prompts, negative prompts, the negated value of each, the detection field it is read from, a label)."""
+    prompts, negs, negated = [], [], []
+    if world == "shapes":
+        for shape in SHAPES:
+            for colour in COLOURS:
+                prompts += [f"a {shape}"] * seeds
+                negs += [f"a {colour} {shape}"] * seeds
+                negated += [colour] * seeds
+        return prompts, negs, negated, "colour", "a COLOUR SHAPE"
+    from dicecfg.world.fine.captions import FILL_WORDS, STRIPE_PHRASES
+    from dicecfg.world.fine.scenes import PATTERNS
+
+    for shape in SHAPES:
+        for colour in COLOURS:
+            for pattern in PATTERNS:
+                noun = f"{colour} {shape}"
+                phrase = f"{FILL_WORDS[pattern][0]} {noun}" if pattern in FILL_WORDS else f"{noun} "
+                phrase += STRIPE_PHRASES.get(pattern, "")
+                prompts += [f"a {noun}"] * seeds
+                negs += [f"a {phrase.strip()}"] * seeds
+                negated += [pattern] * seeds
+    return prompts, negs, negated, "pattern", "a PATTERN COLOUR SHAPE"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--world", default="shapes", choices=("shapes", "shapes-fine"))
+    ap.add_argument(
+        "--seeds", type=int, default=None, help="images per combination (shapes 4, shapes-fine 1)"
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--model")
     ap.add_argument("--sharpener", action="append", help="repeatable; default: the shipped one (mini)")
@@ -36,25 +68,20 @@ def main() -> None:
     )
     a = ap.parse_args()
     names = a.sharpener or ["mini"]
-    prompts, negs, negated = [], [], []
-    for shape in SHAPES:
-        for colour in COLOURS:
-            for _ in range(a.seeds):
-                prompts.append(f"a {shape}")
-                negs.append(f"a {colour} {shape}")
-                negated.append(colour)
+    n_seeds = a.seeds or (4 if a.world == "shapes" else 1)
+    prompts, negs, negated, field, label = probe(a.world, n_seeds)
     seeds = list(range(len(prompts)))
-    pipe, oracle = load_pipeline(a.model, device=a.device), Oracle()
+    pipe, oracle = load_pipeline(a.model, device=a.device), get_world(a.world).oracle()
     runs = [("unguided", None, None), ("cfg", None, None), ("cfg", negs, None)] if a.baselines else []
     for name in names:
         sharp = Sharpener.from_pretrained(name)
         for spec in a.dice or ["dice"]:
             runs += [(spec, None, (name, sharp)), (spec, negs, (name, sharp))]
     print(
-        f"{len(prompts)} images per row ({len(SHAPES)} shapes x {len(COLOURS)} negated colours x {a.seeds} "
-        f"seeds), {a.steps} steps, torch {torch.__version__}"
+        f"{a.world}: {len(prompts)} images per row ({len(set(negs))} negative prompts x {n_seeds} seeds), "
+        f"{a.steps} steps, torch {torch.__version__}"
     )
-    print("| method | sharpener | negative prompt | negated colour present | any object found |")
+    print(f"| method | sharpener | negative prompt | negated {field} present | any object found |")
     print("|---|---|---|---|---|")
     for method, neg, named in runs:
         imgs = np.stack(
@@ -73,11 +100,11 @@ def main() -> None:
                 )
             ]
         )
-        dets, _ = oracle.detect(imgs)
-        hit = np.mean([any(d.colour == c for d in ds) for ds, c in zip(dets, negated, strict=True)])
+        dets = oracle.detect(imgs)[0]
+        hit = np.mean([any(getattr(d, field) == v for d in ds) for ds, v in zip(dets, negated, strict=True)])
         found = np.mean([len(ds) > 0 for ds in dets])
         label = named[0] if named else "-"
-        print(f"| {method} | {label} | {'a COLOUR SHAPE' if neg else '-'} | {hit:.3f} | {found:.3f} |")
+        print(f"| {method} | {label} | {label if neg else '-'} | {hit:.3f} | {found:.3f} |")
 
 
 if __name__ == "__main__":
