@@ -8,7 +8,8 @@
 # Side by side until LIMIT s: the realism study of the first world (with the shipped sharpener's DICE rows), that
 # of the second, and the training of the mini-fine sharpener (SHARP_STEPS steps, stopped RESERVE s before LIMIT at
 # a checkpoint). Then `dice tune` on the second world's validation set (never the held-out one), and the DICE rows
-# added beside the peers' on the held-out prompts (realism.py reuses the rows it already has). UNET_S=S first
+# added beside the peers' on the held-out prompts (realism.py reuses the rows it already has), and the negative-
+# prompt probe of the second world (benchmarks/negative_prompts, a negated pattern). UNET_S=S first
 # trains the UNet S s further (from its checkpoint) and assembles a new pipeline. The sharpener and every log are
 # packed into $OUT.
 #
@@ -88,6 +89,8 @@ if [ -f "$SH/model.safetensors" ]; then
     --model "$RUN/pipeline" --sharpener "$SH" --stops 0.05 0.1 0.15 0.25 0.5 1 --batch-size 256 --limit "$N" \
     --device "$DEV" --out "$L/tune" > "$L/tune.log" 2>&1
   echo "tune: exit $? at $(since) s"; tail -n 25 "$L/tune.log"
+  timeout -s TERM "$(left)" python3 benchmarks/negative_prompts/negative_prompts.py --world shapes-fine \
+    --model "$RUN/pipeline" --sharpener "$SH" --device "$DEV" > "$L/negatives_fine.log" 2>&1 &
   wait $FINE  # the peers' rows first (bounded by the clock), then the DICE rows beside them
   realism shapes-fine "$RUN/pipeline" fine --sharpener "$SH"
 else
@@ -100,5 +103,6 @@ fi
 pack
 for f in "$L"/realism_*.log; do echo "== $f"; grep -E "nfe|w\* =|reused|criteria|rule" "$f" | tail -n 30; done
 tail -n 5 "$L/sharpener.log" 2> /dev/null
+grep "|" "$L/negatives_fine.log" 2> /dev/null
 ls -la "$OUT"
 echo "done at $(since) s"
