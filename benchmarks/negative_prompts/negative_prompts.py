@@ -69,7 +69,7 @@ def main() -> None:
     a = ap.parse_args()
     names = a.sharpener or ["mini"]
     n_seeds = a.seeds or (4 if a.world == "shapes" else 1)
-    prompts, negs, negated, field, label = probe(a.world, n_seeds)
+    prompts, negs, negated, field, neg_label = probe(a.world, n_seeds)
     seeds = list(range(len(prompts)))
     pipe, oracle = load_pipeline(a.model, device=a.device), get_world(a.world).oracle()
     runs = [("unguided", None, None), ("cfg", None, None), ("cfg", negs, None)] if a.baselines else []
@@ -104,7 +104,7 @@ def main() -> None:
         hit = np.mean([any(getattr(d, field) == v for d in ds) for ds, v in zip(dets, negated, strict=True)])
         found = np.mean([len(ds) > 0 for ds in dets])
         label = named[0] if named else "-"
-        print(f"| {method} | {label} | {label if neg else '-'} | {hit:.3f} | {found:.3f} |")
+        print(f"| {method} | {label} | {neg_label if neg else '-'} | {hit:.3f} | {found:.3f} |")
 
 
 if __name__ == "__main__":
