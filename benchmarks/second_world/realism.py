@@ -248,11 +248,11 @@ def main() -> None:
     PARTIAL["path"] = a.json
     result = run(a.model, a.world, a.n, a.batch, a.device, a.sharpener)
     atomic_write_json(a.json, result)
-    if a.images:
+    if a.images and SHOWN:  # rows sampled by this run, beside those an earlier run of the same study kept
         prompts = [it.prompt for it in get_world(a.world).heldout_set(a.n)][:SHOWN_N]
-        np.savez_compressed(
-            a.images, prompts=np.array(prompts), **{k.replace(" ", "_"): v for k, v in SHOWN.items()}
-        )
+        kept = dict(np.load(a.images)) if Path(a.images).is_file() else {}
+        kept.update({k.replace(" ", "_"): v for k, v in SHOWN.items()}, prompts=np.array(prompts))
+        np.savez_compressed(a.images, **kept)
     print(table(result))
     print(json.dumps(result["criteria"]))
 
