@@ -6,15 +6,16 @@
 #   LIMIT=340 bash benchmarks/second_world/gpu_once.sh      # repository root; wheels of diffusers etc. in .whl
 #
 # Order: the text encoder (GPU) beside the data (14 render processes); the VAE (GPU, from the one trained on a
-# CPU on 2026-12-07)
-# beside the rest of the text encoder; the UNet until LIMIT s; assemble. A stage cut off at its deadline is
-# finalised at the step it reached (a re-run with --*-steps 1 resumes its checkpoint and finishes it).
-# The realism study and the quality bar are not run here (benchmarks/second_world/README.md).
+# CPU on 2026-12-07) for VAE_S s once the data exists, beside the rest of the text encoder; the UNet until LIMIT s;
+# assemble. A stage cut off at its deadline is finalised at the step it reached (a re-run with --*-steps 1 resumes
+# its checkpoint and finishes it). The realism study and the quality bar are not run here (gpu_table.sh).
+# To continue an earlier run (benchmarks/second_world/README.md, "Next"): TEXT_FROM=PIPELINE reuses its tokenizer
+# and text encoder, UNET_INIT=PIPELINE starts the UNet from its weights, VAE_INIT=PIPELINE/vae its VAE.
 set -uo pipefail
 RUN=${RUN:-/tmp/fine-run}
 LIMIT=${LIMIT:-340}  # seconds from the start at which the UNet stops (assembling and packing take ~20 s more)
 TEXT_S=${TEXT_S:-200}  # the text encoder's deadline (s from the start)
-VAE_S=${VAE_S:-150}  # the VAE's deadline (s from the start)
+VAE_S=${VAE_S:-120}  # seconds of VAE training once the data exists (rendering 200,000 took 171 s on 14 processes)
 t0=$(date +%s)
 since() { echo $(( $(date +%s) - t0 )); }
 mins_until() { python3 -c "print(max(0.1, ($1 - ($(date +%s) - $t0)) / 60))"; }
@@ -25,7 +26,9 @@ T="python3 -m dicecfg.minimodel.train"
 DEV=${DEV:-cuda}
 C="--out $RUN --world shapes-fine --preset fine --no-progress ${EXTRA:-}"  # EXTRA: a CPU dry run's sizes
 TXT="--text-steps ${TEXT_STEPS:-2000} --text-captions ${TEXT_CAPTIONS:-100000}"
+[ -n "${TEXT_FROM:-}" ] && TXT="--text-from $TEXT_FROM"  # a pipeline whose tokenizer and text encoder to reuse
 VAE="--vae-init ${VAE_INIT:-benchmarks/second_world/results/vae_cpu_step1891}"  # trained on a CPU (README)
+UNET="${UNET_INIT:+--unet-init $UNET_INIT}"  # a pipeline whose UNet to start from (its EMA weights)
 L=/tmp/logs
 mkdir -p "$OUT" $L
 pack() {  # logs and stats so far (every stage calls it, so a cut-off call keeps what was done)
@@ -36,7 +39,8 @@ $T text $C $TXT --device $DEV --max-minutes "$(mins_until "$TEXT_S")" > $L/text.
 TEXT=$!
 $T data $C --workers 14 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
 echo "data done at $(since) s"
-$T vae $C $VAE --device $DEV --vae-steps "${VAE_STEPS:-3000}" --max-minutes "$(mins_until "$VAE_S")" > $L/vae.log 2>&1
+vae_until=$(( $(since) + VAE_S ))
+$T vae $C $VAE --device $DEV --vae-steps "${VAE_STEPS:-3000}" --max-minutes "$(mins_until "$vae_until")" > $L/vae.log 2>&1
 [ -d "$RUN/vae/final" ] || $T vae $C $VAE --device $DEV --vae-steps 1 >> $L/vae.log 2>&1
 echo "vae done at $(since) s"; grep -E "PSNR|Error" $L/vae.log | tail -2
 wait $TEXT
@@ -45,7 +49,7 @@ echo "text done at $(since) s"; grep -E "held-out|Error" $L/text.log | tail -2
 tar -C "$RUN" -cf "$OUT/text_vae.tar" text/final vae/final tokenizer; pack
 python3 benchmarks/second_world/recon.py --vae "$RUN/vae/final" --n 512 --device $DEV --json $L/recon.json > $L/recon.md 2>&1 &
 if [ "$(since)" -lt $((LIMIT - 45)) ]; then  # a UNet run shorter than ~45 s is not worth its start
-  $T unet $C --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1
+  $T unet $C $UNET --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1
   echo "unet stopped at $(since) s"; grep -E "Error|Traceback" $L/unet.log | tail -2
   $T assemble $C --device cpu > $L/assemble.log 2>&1 && tar -C "$RUN" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part_"
   echo "assembled at $(since) s"; pack
