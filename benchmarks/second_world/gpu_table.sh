@@ -10,7 +10,8 @@
 # a checkpoint). Then `dice tune` on the second world's validation set (never the held-out one), and the DICE rows
 # added beside the peers' on the held-out prompts (realism.py reuses the rows it already has), and the negative-
 # prompt probe of the second world (benchmarks/negative_prompts, a negated pattern). UNET_S=S first
-# trains the UNet S s further (from its checkpoint) and assembles a new pipeline. The sharpener and every log are
+# trains the UNet S s further (from its checkpoint) and assembles a new pipeline; SHARPENER=0 runs the realism
+# studies alone; TEACHER_W sets the sharpener's teacher w (5; use the model's w*). The sharpener and every log are
 # packed into $OUT.
 #
 # The sharpener: today's recipe (docs/recipes.md: `--recipe dicecfg`, the block network, teacher pool, L1, w=5,
@@ -24,6 +25,7 @@ W=${W:-/tmp/fine-table}      # this script's work folder
 LIMIT=${LIMIT:-560}          # seconds from the start by which everything has stopped (packing takes ~10 s more)
 UNET_S=${UNET_S:-0}          # seconds of UNet training (from gpu_once.sh's checkpoint) before everything else
 RESERVE=${RESERVE:-150}      # seconds kept after the sharpener's training for tune and the DICE rows
+SHARPENER=${SHARPENER:-1}    # 0: the realism studies alone (no sharpener, tune, DICE rows or probe)
 DEV=${DEV:-cuda}
 N=${N:-512}
 t0=$(date +%s)
@@ -49,7 +51,7 @@ T="python3 -m dicecfg.minimodel.train"
 C="--out $RUN --world shapes-fine --preset fine --no-progress ${EXTRA:-}"
 TRAIN=(python3 -m dicecfg.cli -q train --model "$RUN/pipeline" --prompts "$W/prompts.txt"
   --negative-prompts "$W/negatives.txt" --negative-prob 0.25 --recipe dicecfg --inner-dim "${INNER:-192}" --heads 4
-  --lr 5e-4 --guidance-scale 5 --loss l1 --xt-source teacher --teacher-pool "${POOL:-16384}"
+  --lr 5e-4 --guidance-scale "${TEACHER_W:-5}" --loss l1 --xt-source teacher --teacher-pool "${POOL:-16384}"
   --batch-size "${SHARP_BATCH:-256}" --steps "${SHARP_STEPS:-2000}" --eval-pairs "${EVAL_PAIRS:-256}" --eval-every 250
   --checkpoint-every 250 --log-every 50 --no-compile --device "$DEV" --out "$SH")
 realism() {  # WORLD MODEL NAME [--sharpener S]...: bounded by the call's clock; a cut-off study resumes later
@@ -75,6 +77,10 @@ fi
 realism shapes "${SHAPES_MODEL:-}" shapes --sharpener "${SHAPES_SHARPENER:-mini}" &
 realism shapes-fine "$RUN/pipeline" fine &
 FINE=$!
+if [ "$SHARPENER" = 0 ]; then
+  wait; pack; for f in "$L"/realism_*.log; do echo "== $f"; grep -E "nfe|w\* =|rule" "$f" | tail -n 30; done
+  echo "done at $(since) s (no sharpener)"; exit 0
+fi
 [ -f "$W/negatives.txt" ] || python3 -c "
 import sys
 from dicecfg.world.data import export_prompts
