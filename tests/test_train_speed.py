@@ -167,3 +167,62 @@ def test_a_compile_mode_without_compiling_says_it_has_no_effect(tiny_sd, prompts
         "compile_mode='reduce-overhead' has no effect: the denoiser runs eager on cpu" in r.getMessage()
         for r in caplog.records
     )
+
+
+def _where_time_goes():
+    """benchmarks/speed_profile/where_time_goes.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed_profile" / "where_time_goes.py"
+    spec = importlib.util.spec_from_file_location("where_time_goes", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    return study
+
+
+def test_padding_attention_heads_to_64_leaves_attention_unchanged():
+    """where_time_goes.py's pad64 variant: heads narrower than 64 padded with zeros give the same attention (and
+    gradients); wider heads pass through."""
+    import torch.nn.functional as F
+
+    padded = _where_time_goes().padded_sdpa(F.scaled_dot_product_attention)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7 if i == 0 else 5, 40, generator=gen, requires_grad=True) for i in range(3))
+    mask = torch.randn(2, 1, 7, 5, generator=gen)
+    out, ref = padded(q, k, v, attn_mask=mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-6)
+    (g1,) = torch.autograd.grad(out.square().sum(), q)
+    (g2,) = torch.autograd.grad(ref.square().sum(), q)
+    assert torch.allclose(g1, g2, atol=1e-5)
+    wide = torch.randn(1, 2, 4, 64, generator=gen)
+    assert torch.equal(padded(wide, wide, wide), F.scaled_dot_product_attention(wide, wide, wide))
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_where_time_goes_variants_run_on_a_cpu(tiny_sd_dir):
+    """The speed profile's distill rows on the tiny pipeline: variants are checked, the AdamW forced fused and the
+    padded attention train like the plain ones, and the row says what ran."""
+    study = _where_time_goes()
+    for bad, words in (
+        ("fast", "unknown variant"),
+        ("eager,ro", "eager excludes ro"),
+        ("ro,mat", "excludes"),
+    ):
+        with pytest.raises(SystemExit, match=words):
+            study.parse_variants(bad)
+    common = ["distill", "--model", str(tiny_sd_dir), "--device", "cpu", "--batch-size", "4", "--steps", "5"]
+    plain = study.main([*common, "--variant", "eager", "--no-eval"])
+    other = study.main([*common, "--variant", "eager,pad64,fusedadam", "--no-eval"])
+    assert (plain["adam_fused"], other["adam_fused"]) == (False, True) and not other["interrupted"]
+    assert plain["eval_losses"] == [] and len(plain["losses"]) == 1
+    assert other["losses"] == pytest.approx(plain["losses"], rel=1e-4)
+
+
+def test_the_speed_profiles_variants_are_all_documented():
+    from pathlib import Path
+
+    study = _where_time_goes()
+    readme = (Path(study.__file__).parent / "README.md").read_text()
+    for name in study.VARIANTS:
+        assert f"``{name}``" in study.__doc__ and f"`{name}`" in readme, name
