@@ -299,7 +299,7 @@ def run_distill(a) -> dict:
         "study": "distill",
         "card": card,
         "torch": torch.__version__,
-        "arch": a.arch,
+        "arch": a.model or a.arch,
         "batch": a.batch_size,
         "variant": a.variant,
         "steps": a.steps,
