@@ -62,8 +62,8 @@ def cheap_compile(monkeypatch):
     torch._dynamo.reset()
     made = []
 
-    def compile_forward(forward, graphs):
-        made.append(graphs)
+    def compile_forward(forward, mode):
+        made.append(mode)
         return torch.compile(forward, backend="eager", dynamic=False)
 
     monkeypatch.setattr(fastmod, "compile_forward", compile_forward)

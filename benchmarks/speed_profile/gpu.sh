@@ -3,7 +3,8 @@
 # its row to $OUT/rows.jsonl; a run that would start after DEADLINE seconds is skipped. From the repository root,
 # wheels in .whl (see the device notes). "old:ARGS" runs ARGS on the code in .old/src (a baseline: carry .old,
 # made by `git archive COMMIT src | tar -x -C .old`); "cli:ARGS" runs `dice ARGS` instead of the study script;
-# a leading "T=SECONDS:" caps that run's time (else it may run until DEADLINE + 40 s).
+# a leading "T=SECONDS:" caps that run's time (else it may run until DEADLINE + 40 s): at the cap a distill run gets
+# SIGTERM, ends its step and still writes the windows it logged ("interrupted": true); 20 s later it is killed.
 #
 #   benchmarks/speed_profile/gpu.sh DEADLINE "what args" "what args" ...
 #   benchmarks/speed_profile/gpu.sh 540 "sample --arch pixart --batch-size 1 --profile 1" "old:distill --variant eager"
@@ -25,7 +26,7 @@ for args in "$@"; do
   case $args in old:*) src=$PWD/.old/src; args=${args#old:}; tail+=(--code old);; esac
   case $args in cli:*) cmd=(-m dicecfg.cli); args=${args#cli:}; tail=();; esac
   # shellcheck disable=SC2086
-  PYTHONPATH=/tmp/site:$src timeout "$cap" python3 "${cmd[@]}" $args "${tail[@]}" \
+  PYTHONPATH=/tmp/site:$src timeout -k 20 "$cap" python3 "${cmd[@]}" $args "${tail[@]}" \
     > "$OUT/last.log" 2>&1 || { echo "failed ($?): $args"; tail -5 "$OUT/last.log"; }
   tail -1 "$OUT/last.log" | cut -c1-600
 done

@@ -211,7 +211,28 @@ def restore_checkpoint(
         if k.startswith(("optim.", "opt.")):
             _, i, name = k.split(".", 2)
             state.setdefault(int(i), {})[name] = v if name == "step" else v.to(device)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict(
+        {"state": state, "param_groups": live_implementation(meta["param_groups"], optimizer)}
+    )
+
+
+# How an optimizer computes its update, not what it computes: the choice of the process that resumes (a run saved
+# with the fused CUDA AdamW resumes unfused on a CPU, and the other way round), never the checkpoint's.
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+
+
+def live_implementation(
+    saved: list[dict[str, Any]], optimizer: torch.optim.Optimizer
+) -> list[dict[str, Any]]:
+    """The checkpoint's param groups (learning rate, betas, weight decay, ...) with ``optimizer``'s own
+    ``IMPLEMENTATION_KEYS``: ``load_state_dict`` would otherwise take them from the checkpoint too."""
+    live = optimizer.param_groups
+    if len(saved) != len(live):  # load_state_dict refuses it, naming the mismatch
+        return saved
+    return [
+        {**group, **{k: own[k] for k in IMPLEMENTATION_KEYS if k in own}}
+        for group, own in zip(saved, live, strict=True)
+    ]
 
 
 def load_checkpoint(

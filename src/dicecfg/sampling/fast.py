@@ -311,11 +311,11 @@ def fast_denoiser(pipe: Any, denoiser: torch.nn.Module) -> Iterator[GraphedForwa
         yield graphed
 
 
-def compile_forward(forward: Callable[..., Any], graphs: bool) -> Callable[..., Any]:
-    """``torch.compile`` of a denoiser's forward: one graph per shape (no dynamic shapes); with ``graphs`` in
-    ``reduce-overhead`` mode (Inductor's kernels replayed as CUDA graphs). Tests swap this for a cheaper
-    backend."""
-    return torch.compile(forward, dynamic=False, mode="reduce-overhead" if graphs else None)
+def compile_forward(forward: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """``torch.compile`` of a denoiser's forward in torch.compile's ``mode`` ("default"; "reduce-overhead":
+    Inductor's kernels replayed as CUDA graphs; ...): one graph per shape (no dynamic shapes). Tests swap this for
+    a cheaper backend."""
+    return torch.compile(forward, dynamic=False, mode=mode)
 
 
 @dataclass
@@ -368,13 +368,15 @@ def compile_unsupported(module: torch.nn.Module) -> str | None:
 
 @contextlib.contextmanager
 def compiled_denoiser(
-    pipe: Any, denoiser: torch.nn.Module, training: bool = False
+    pipe: Any, denoiser: torch.nn.Module, training: bool = False, mode: str | None = None
 ) -> Iterator[CompiledForward | None]:
     """Swap ``denoiser.forward`` for its compiled version while the block runs (restored after).
 
     For sampling the compiled function stays on the denoiser, so later calls of this process reuse what was
-    compiled (on CUDA with CUDA graphs). For ``distill`` (``training``, ``DistillConfig.compile``) it is
-    compiled afresh for the run, without CUDA graphs (the student's pass is differentiated)."""
+    compiled (on CUDA in ``reduce-overhead`` mode, with CUDA graphs). For ``distill`` (``training``,
+    ``DistillConfig.compile``) it is compiled afresh for the run, in torch.compile's ``mode``
+    (``DistillConfig.compile_mode``; "default", as None: no CUDA graphs; "reduce-overhead": CUDA graph trees,
+    which capture the student's differentiated pass and its backward as well)."""
     reason = compile_unsupported(denoiser)
     if reason is not None:
         notice(reason)
@@ -382,8 +384,11 @@ def compiled_denoiser(
         return
     compiled = None if training else denoiser.__dict__.get("_dice_compiled")
     if compiled is None:
-        graphs = pipe._execution_device.type == "cuda" and not training
-        compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, graphs), graphs)
+        on_gpu = pipe._execution_device.type == "cuda"
+        if mode is None:  # sampling: CUDA graphs on CUDA; training: Inductor's kernels alone
+            mode = "reduce-overhead" if on_gpu and not training else "default"
+        graphs = on_gpu and mode == "reduce-overhead"
+        compiled = CompiledForward(denoiser.forward, compile_forward(denoiser.forward, mode), graphs)
         cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "PyTorch's default cache folder")
         log.info(
             "torch.compile: the first call of each shape compiles (%s; kept in %s)",

@@ -16,6 +16,8 @@ from ..sharpener import ARCHS, DEFAULT_TIME_WIDTH, TIME_EMBEDS
 from .objective import LOSS_WEIGHTINGS
 from .sources import T_WEIGHTINGS
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's modes we offer
+
 
 @dataclass(frozen=True)
 class DistillConfig(Checked):
@@ -110,6 +112,19 @@ class DistillConfig(Checked):
         "to float rounding; --no-compile runs eager (a speed option: a run may resume with or without it; "
         "docs/recipes.md)",
     )
+    compile_mode: str = opt(
+        "default",
+        "with compiling, torch.compile's mode for the frozen denoiser: \"default\" (Inductor's kernels), "
+        '"reduce-overhead" (replayed as CUDA graphs, no launch gaps; more memory) or "max-autotune-no-cudagraphs" '
+        "(kernels chosen by timing them: a longer first compile); a speed option like --compile",
+        choices=COMPILE_MODES,
+    )
+    channels_last: bool | None = opt(
+        None,
+        "the frozen denoiser's convolutions and its latents in channels_last memory format while training (cuDNN's "
+        "own layout; default: as loaded); a speed option: losses equal up to float rounding, a run may resume with "
+        "or without it",
+    )
     checkpoint_every: int = opt(500, "steps between atomic checkpoints", min=1)
     eval_every: int = opt(
         250, "steps between held-out distillation-loss evaluations (0: start and end only)", min=0
@@ -170,6 +185,19 @@ class DistillConfig(Checked):
                 "(--time-edges or --time-embed)",
             ),
             (self.time_width % 2 == 0, f"time_width must be even (got {self.time_width}), e.g. 128"),
+            (
+                self.compile is None or isinstance(self.compile, bool),
+                f"compile must be True, False or None (got {self.compile!r})",
+            ),
+            (
+                self.channels_last is None or isinstance(self.channels_last, bool),
+                f"channels_last must be True, False or None (got {self.channels_last!r})",
+            ),
+            (
+                self.compile is not False or self.compile_mode == "default",
+                f"compile_mode={self.compile_mode!r} needs compiling, which compile=False turns off; drop "
+                "--no-compile or --compile-mode",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -186,7 +214,9 @@ class DistillConfig(Checked):
             "eval_every",
             "log_every",
             "validate_every",
-            "compile",
+            "compile",  # the speed options: a run may resume with other values
+            "compile_mode",
+            "channels_last",
         }
         if not self.negative_prompts:  # options added later are left out at their defaults: old runs resume
             skip |= {"negative_prompts", "negative_prob"}
@@ -226,6 +256,12 @@ def compiles(cfg: DistillConfig, device: torch.device) -> bool:
     """Whether ``distill`` compiles the frozen denoiser: ``cfg.compile`` when set, else on CUDA only (compiling
     on a CPU takes minutes for what it saves)."""
     return cfg.compile if cfg.compile is not None else device.type == "cuda"
+
+
+def channels_last_on(cfg: DistillConfig, device: torch.device) -> bool:
+    """Whether ``distill`` trains with the frozen denoiser in channels_last: ``cfg.channels_last`` when set, else
+    the layout as loaded (no default is measured yet: benchmarks/speed_profile/issue32.md plans it)."""
+    return bool(cfg.channels_last)
 
 
 def lr_at(cfg: DistillConfig, step: int) -> float:

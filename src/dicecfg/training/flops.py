@@ -11,12 +11,15 @@ any machine. Achieved FLOP/s = ``per_sample`` x measured samples/s (``benchmarks
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..families import family_of
+from ..sampling.fast import swapped_forward
 from ..sharpener import Sharpener
 from .objective import cfg_target, sample_loss, student
 
@@ -25,6 +28,22 @@ def _counted(fn: Any) -> tuple[Any, int]:
     with FlopCounterMode(display=False) as counter:
         out = fn()
     return out, counter.get_total_flops()
+
+
+@contextlib.contextmanager
+def unmasked_text_encoders(pipe: Any) -> Iterator[None]:
+    """The pipeline's text encoders called without their padding mask while the block runs. On the meta device
+    transformers' T5 (PixArt) would ask whether the mask masks anything, a value meta tensors lack; the output's
+    shape is the same, and encoding is no part of an update's FLOPs (prompts are encoded once)."""
+    encoders = [getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")]
+    with contextlib.ExitStack() as stack:
+        for enc in encoders:
+            if isinstance(enc, torch.nn.Module):
+                forward = enc.forward
+                stack.enter_context(
+                    swapped_forward(enc, lambda *a, attention_mask=None, _f=forward, **k: _f(*a, **k))
+                )
+        yield
 
 
 def update_flops(
@@ -46,7 +65,8 @@ def update_flops(
     x_t = torch.randn(batch_size, fam.latent_channels(pipe), size // f, size // f, device=param.device)
     x_t = x_t.to(param.dtype)
     t = torch.full((batch_size,), 500, device=param.device, dtype=torch.long)
-    with torch.no_grad():
+    meta = param.device.type == "meta"
+    with torch.no_grad(), unmasked_text_encoders(pipe) if meta else contextlib.nullcontext():
         cond = fam.encode(pipe, ["a photo of a cat on the beach"] * batch_size)
         neg = fam.encode(pipe, [""] * batch_size)
     sharpener = sharpener.to(device=param.device, dtype=cond.embeds.dtype)

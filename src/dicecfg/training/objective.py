@@ -102,6 +102,8 @@ class Objective:
     autocast: Any = field(default=contextlib.nullcontext)
     # a factory of the context the denoiser runs in, inside autocast (default: ``own_precision`` of the denoiser)
     denoiser_precision: Any = None
+    # the memory format of the latents given to the denoiser (None: as made; DistillConfig.channels_last)
+    memory_format: torch.memory_format | None = None
 
     def __post_init__(self) -> None:
         if self.denoiser_precision is None:
@@ -112,6 +114,8 @@ class Objective:
     ) -> torch.Tensor:
         """Distillation loss of one batch; c_neg is "" unless ``neg`` gives one per sample."""
         x_t = self.source.add_noise(x0, noise, t)
+        if self.memory_format is not None and x_t.dim() == 4:
+            x_t = x_t.contiguous(memory_format=self.memory_format)
         neg = self.neg.expand(len(cond)) if neg is None else neg
         with self.autocast():
             with self.denoiser_precision():
