@@ -258,6 +258,28 @@ def test_make_dataset_is_deterministic_for_any_worker_count(monkeypatch):
     assert captions[:128] == first_captions and np.array_equal(images[:128], render(first_scenes))
 
 
+def test_render_into_writes_make_datasets_images_in_place(monkeypatch, tmp_path):
+    """`render_into` (the mini model's data stage: workers write their chunks into one .npy) gives exactly
+    `make_dataset`'s images and captions, with one pool for several files and without a pool."""
+    monkeypatch.setattr(world_data, "CHUNK", 128)
+    images, captions = make_dataset(300, seed=5)
+    pool = world_data.render_pool(2)
+    try:
+        pooled = world_data.render_into(tmp_path / "a.npy", 300, 5, pool=pool)
+        other = world_data.render_into(tmp_path / "b.npy", 130, 6, pool=pool)  # the same pool, a second file
+    finally:
+        pool.close()
+        pool.join()
+    alone = world_data.render_into(tmp_path / "c.npy", 300, 5)
+    assert pooled == captions == alone
+    assert np.array_equal(np.load(tmp_path / "a.npy"), images) and np.array_equal(
+        np.load(tmp_path / "c.npy"), images
+    )
+    expected, expected_captions = make_dataset(130, seed=6)
+    assert other == expected_captions and np.array_equal(np.load(tmp_path / "b.npy"), expected)
+    assert world_data.render_pool(1) is None
+
+
 def test_frechet_distance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 8))

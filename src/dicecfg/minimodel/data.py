@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +16,6 @@ import torch
 from dicecfg.runs.io import atomic_save_tensors, atomic_write, atomic_write_json, load_tensors
 
 log = logging.getLogger(__name__)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
-            np.save(f, array)
-
-    atomic_write(path, write)
 
 
 def render_shards(
@@ -39,25 +32,37 @@ def render_shards(
 
     Existing shards are kept, so an interrupted run resumes; stops between shards after ``deadline``.
     """
-    from dicecfg.world.data import make_dataset
+    from dicecfg.world.data import render_into, render_pool
 
     data.mkdir(parents=True, exist_ok=True)
     shards = [("eval", n_eval, 999)] + [
         (f"{k:03d}", min(shard_size, n_images - k * shard_size), k)
         for k in range(math.ceil(n_images / shard_size))
     ]
-    for name, n, k in shards:
-        if (data / f"images_{name}.npy").exists():
-            continue
-        if deadline is not None and time.monotonic() > deadline:
-            log.info("data: time limit reached; re-run to continue")
-            return
-        t = time.monotonic()
-        kw = {"world": world} if world != "shapes" else {}  # the shapes world's shards as before
-        images, captions = make_dataset(n, 1_000_000 * (seed + 1) + 1000 * k, workers=workers, **kw)
-        atomic_write_json(data / f"captions_{name}.json", list(captions))
-        _save_npy(data / f"images_{name}.npy", np.asarray(images, dtype=np.uint8))
-        yield {"shard": name, "n": n, "seconds": time.monotonic() - t}
+    todo = [s for s in shards if not (data / f"images_{s[0]}.npy").exists()]
+    pool = render_pool(workers) if todo else None  # one pool for every shard
+    try:
+        for name, n, k in todo:
+            if deadline is not None and time.monotonic() > deadline:
+                log.info("data: time limit reached; re-run to continue")
+                return
+            t = time.monotonic()
+            captions: list[str] = []
+
+            def write(tmp: str, n=n, k=k, captions=captions) -> None:  # workers fill the file in place
+                captions += render_into(tmp, n, 1_000_000 * (seed + 1) + 1000 * k, pool=pool, world=world)
+
+            atomic_write(
+                data / f"images_{name}.npy.part", write
+            )  # whole, then renamed below with its captions
+            atomic_write_json(data / f"captions_{name}.json", captions)
+            os.replace(data / f"images_{name}.npy.part", data / f"images_{name}.npy")  # the shard is done
+            log.info("data: shard %s, %d renders in %.1f s", name, n, time.monotonic() - t)
+            yield {"shard": name, "n": n, "seconds": time.monotonic() - t}
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
 
 
 def load_data(out: Path, split: str = "train", images: bool = True) -> tuple[np.ndarray | None, list[str]]:

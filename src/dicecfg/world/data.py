@@ -41,6 +41,42 @@ def _make_chunk(args: tuple[int, int, int, str]) -> tuple[np.ndarray, list[str]]
     return get_world(world).render(scenes), captions
 
 
+def _render_chunk_into(args: tuple[int, int, int, str, str, int]) -> list[str]:
+    """Render one chunk straight into rows ``offset:offset + n`` of the .npy at ``path``; return its captions."""
+    n, seed, chunk, world, path, offset = args
+    scenes, captions = sample_training_scenes(n, seed, chunk, world)
+    images = np.load(path, mmap_mode="r+")
+    images[offset : offset + n] = get_world(world).render(scenes)
+    images.flush()
+    return captions
+
+
+def render_pool(workers: int):
+    """A spawn-based pool of ``workers`` render processes (safe on every platform), or None for ``workers <= 1``:
+    start it once and pass it to :func:`render_into` for every shard (a pool per shard re-imports every worker)."""
+    return multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+
+
+def render_into(path, n: int, seed: int, *, pool=None, world: str = DEFAULT_WORLD) -> list[str]:
+    """Write the images of ``make_dataset(n, seed, world=world)`` to a new .npy file at ``path`` and return their
+    captions: the same chunks, the same images, but each worker writes its chunk in place (a memory-mapped file),
+    so only captions travel back to this process. ``path`` is written as given (not atomically: callers rename)."""
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    res = get_world(world).resolution
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, res, res, 3)).flush()
+    tasks = [
+        (min(CHUNK, n - start), seed, k, world, str(path), start)
+        for k, start in enumerate(range(0, n, CHUNK))
+    ]
+    parts = (
+        pool.map(_render_chunk_into, tasks)
+        if pool is not None and len(tasks) > 1
+        else map(_render_chunk_into, tasks)
+    )
+    return [c for p in parts for c in p]
+
+
 def make_dataset(
     n: int, seed: int, *, workers: int = 1, world: str = DEFAULT_WORLD
 ) -> tuple[np.ndarray, list[str]]:
