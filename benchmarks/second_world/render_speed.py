@@ -3,8 +3,10 @@
 python benchmarks/second_world/render_speed.py OUT_FOLDER [WORKERS]
 """
 
-import sys, time
+import sys
+import time
 from pathlib import Path
+
 from dicecfg.minimodel.data import render_shards
 
 if __name__ == "__main__":
