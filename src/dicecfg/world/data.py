@@ -35,6 +35,11 @@ def sample_training_scenes(
     return scenes, captions
 
 
+def _chunks(n: int, seed: int, world: str) -> list[tuple[int, int, int, str]]:
+    """(size, seed, chunk index, world) of each chunk of a dataset of ``n`` items: what fixes its contents."""
+    return [(min(CHUNK, n - start), seed, k, world) for k, start in enumerate(range(0, n, CHUNK))]
+
+
 def _make_chunk(args: tuple[int, int, int, str]) -> tuple[np.ndarray, list[str]]:
     n, seed, chunk, world = args
     scenes, captions = sample_training_scenes(n, seed, chunk, world)
@@ -65,10 +70,7 @@ def render_into(path, n: int, seed: int, *, pool=None, world: str = DEFAULT_WORL
         raise ValueError(f"n must be non-negative, got {n}")
     res = get_world(world).resolution
     np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, res, res, 3)).flush()
-    tasks = [
-        (min(CHUNK, n - start), seed, k, world, str(path), start)
-        for k, start in enumerate(range(0, n, CHUNK))
-    ]
+    tasks = [(*chunk, str(path), chunk[2] * CHUNK) for chunk in _chunks(n, seed, world)]  # + where it goes
     parts = (
         pool.map(_render_chunk_into, tasks)
         if pool is not None and len(tasks) > 1
@@ -89,7 +91,7 @@ def make_dataset(
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     res = get_world(world).resolution
-    tasks = [(min(CHUNK, n - start), seed, k, world) for k, start in enumerate(range(0, n, CHUNK))]
+    tasks = _chunks(n, seed, world)
     if workers > 1 and len(tasks) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(min(workers, len(tasks))) as pool:
