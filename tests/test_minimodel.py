@@ -186,6 +186,27 @@ def test_resume_is_bitwise_identical(run_dir, tmp_path, stage):
 
 
 @pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_cached_caption_states_train_as_encoding_every_step(run_dir, tmp_path, caplog):
+    """The UNet stage encodes each distinct caption once when the states fit --text-cache-gb; with a budget of
+    0 it runs the frozen encoder on every batch. Both see the same states, so both train the same weights."""
+    runs = []
+    caplog.set_level("INFO", logger="dicecfg.minimodel.train")
+    for name, gb, said in (("cached", 16.0, "encoded once"), ("every-step", 0.0, "encoding every step")):
+        caplog.clear()
+        out = tmp_path / name
+        shutil.copytree(run_dir / "data", out / "data")
+        for part in ("vae/final", "text/final", "tokenizer"):
+            shutil.copytree(run_dir / part, out / part)
+        run_stage("unet", _cfg(out, unet_steps=3, text_cache_gb=gb))
+        assert said in caplog.text
+        runs.append(read_checkpoint(out / "unet", CKPT)[0])
+    a, b = runs
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
 def test_checkpoints_with_the_old_optimizer_keys_resume_exactly(run_dir, tmp_path):
     """Mini-model checkpoints written before the shared run-folder format named the optimizer state opt.*"""
     import json

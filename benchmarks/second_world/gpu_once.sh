@@ -11,6 +11,9 @@
 # its checkpoint and finishes it). The realism study and the quality bar are not run here (gpu_table.sh).
 # To continue an earlier run (benchmarks/second_world/README.md, "Next"): TEXT_FROM=PIPELINE reuses its tokenizer
 # and text encoder, UNET_INIT=PIPELINE starts the UNet from its weights, VAE_INIT=PIPELINE/vae its VAE.
+# SPEED=1 times the UNet step first (unet_speed.py, while the CPUs render) and trains at the fastest batch and
+# compile setting (kept in /tmp/unet_flags for gpu_table.sh); VAE_EARLY=N trains the VAE for VAE_S s on N renders
+# of its own, beside the main render, instead of after it.
 set -uo pipefail
 RUN=${RUN:-/tmp/fine-run}
 LIMIT=${LIMIT:-340}  # seconds from the start at which the UNet stops (assembling and packing take ~20 s more)
@@ -29,6 +32,7 @@ TXT="--text-steps ${TEXT_STEPS:-2000} --text-captions ${TEXT_CAPTIONS:-100000}"
 [ -n "${TEXT_FROM:-}" ] && TXT="--text-from $TEXT_FROM"  # a pipeline whose tokenizer and text encoder to reuse
 VAE="--vae-init ${VAE_INIT:-benchmarks/second_world/results/vae_cpu_step1891}"  # trained on a CPU (README)
 UNET="${UNET_INIT:+--unet-init $UNET_INIT}"  # a pipeline whose UNet to start from (its EMA weights)
+UNET_FLAGS=
 L=/tmp/logs
 mkdir -p "$OUT" $L
 pack() {  # logs and stats so far (every stage calls it, so a cut-off call keeps what was done)
@@ -37,19 +41,61 @@ pack() {  # logs and stats so far (every stage calls it, so a cut-off call keeps
 }
 $T text $C $TXT --device $DEV --max-minutes "$(mins_until "$TEXT_S")" > $L/text.log 2>&1 &
 TEXT=$!
-$T data $C --workers 14 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
-echo "data done at $(since) s"
-vae_until=$(( $(since) + VAE_S ))
-$T vae $C $VAE --device $DEV --vae-steps "${VAE_STEPS:-3000}" --max-minutes "$(mins_until "$vae_until")" > $L/vae.log 2>&1
-[ -d "$RUN/vae/final" ] || $T vae $C $VAE --device $DEV --vae-steps 1 >> $L/vae.log 2>&1
+PROBE=
+if [ "${SPEED:-0}" = 1 ]; then  # the UNet step's speed by batch and compile, while the CPUs render (unet_speed.py)
+  timeout ${PROBE_S:-110} python3 benchmarks/second_world/unet_speed.py --preset fine --json $L/unet_speed.json --best ${PROBE_ARGS:-} \
+    > $L/unet_speed.log 2>&1 &
+  PROBE=$!
+fi
+VAE_TRAIN="--vae-steps ${VAE_STEPS:-3000}"
+if [ "${VAE_EARLY:-0}" -gt 0 ]; then
+  # the VAE on a small set of its own (VAE_EARLY renders) in $RUN-vae, trained beside the main render; the run
+  # then reuses it (--vae-from: copied, its PSNR measured again on the run's eval renders)
+  VR=$RUN-vae
+  $T data --out $VR --world shapes-fine --preset fine --no-progress ${EXTRA:-} --workers 14 --n-images "$VAE_EARLY" \
+    --max-minutes 2 > $L/vae_data.log 2>&1
+  echo "vae data done at $(since) s"
+  [ -n "$PROBE" ] && wait $PROBE
+  vae_until=$(( $(since) + VAE_S ))
+  $T vae --out $VR --world shapes-fine --preset fine --no-progress ${EXTRA:-} $VAE $VAE_TRAIN --device $DEV \
+    --max-minutes "$(mins_until "$vae_until")" > $L/vae.log 2>&1 &
+  VJOB=$!
+  $T data $C --workers 13 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
+  echo "data done at $(since) s"
+  wait $VJOB
+  [ -d "$VR/vae/final" ] || $T vae --out $VR --world shapes-fine --preset fine --no-progress ${EXTRA:-} $VAE --device $DEV \
+    --vae-steps 1 >> $L/vae.log 2>&1
+  cp $VR/stats.jsonl $L/vae_run_stats.jsonl 2>/dev/null
+  $T vae $C --vae-from $VR/vae/final --device $DEV >> $L/vae.log 2>&1
+else
+  $T data $C --workers 14 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
+  echo "data done at $(since) s"
+  vae_until=$(( $(since) + VAE_S ))
+  $T vae $C $VAE $VAE_TRAIN --device $DEV --max-minutes "$(mins_until "$vae_until")" > $L/vae.log 2>&1
+  [ -d "$RUN/vae/final" ] || $T vae $C $VAE --device $DEV --vae-steps 1 >> $L/vae.log 2>&1
+fi
 echo "vae done at $(since) s"; grep -E "PSNR|Error" $L/vae.log | tail -2
+if [ -n "$PROBE" ]; then  # the fastest variant's batch and compile flag; the LR scales with sqrt(batch / 512)
+  wait $PROBE; cat $L/unet_speed.log | grep -v "^\[" | tail -8
+  read -r B CMP < <(cd benchmarks/second_world && python3 -c "import json, unet_speed as u
+print(*u.best(json.load(open('$L/unet_speed.json'))))")
+  if [[ "$B" =~ ^[0-9]+$ ]]; then
+    UNET_FLAGS="--unet-batch $B --unet-lr $(python3 -c "print(4e-4 * ($B / 512) ** 0.5)")"
+    [ "$CMP" = 1 ] && UNET_FLAGS="$UNET_FLAGS --unet-compile"
+    echo "$UNET_FLAGS" > /tmp/unet_flags; echo "UNet flags: $UNET_FLAGS"
+  fi
+fi
+UNET="$UNET ${UNET_FLAGS:-$(cat /tmp/unet_flags 2>/dev/null)}"
 wait $TEXT
 [ -d "$RUN/text/final" ] || $T text $C $TXT --text-steps 1 --device $DEV >> $L/text.log 2>&1
 echo "text done at $(since) s"; grep -E "held-out|Error" $L/text.log | tail -2
 tar -C "$RUN" -cf "$OUT/text_vae.tar" text/final vae/final tokenizer; pack
 python3 benchmarks/second_world/recon.py --vae "$RUN/vae/final" --n 512 --device $DEV --json $L/recon.json > $L/recon.md 2>&1 &
 if [ "$(since)" -lt $((LIMIT - 45)) ]; then  # a UNet run shorter than ~45 s is not worth its start
-  $T unet $C $UNET --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1
+  $T unet $C $UNET --device $DEV --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" > $L/unet.log 2>&1 \
+    || { [[ "$UNET" == *--unet-compile* ]] && echo "unet failed compiled at $(since) s: again eager" \
+      && sed -i 's/--unet-compile//' /tmp/unet_flags 2>/dev/null; $T unet $C ${UNET//--unet-compile/} --device $DEV \
+      --ema-decay "${EMA:-0.999}" --max-minutes "$(mins_until "$LIMIT")" >> $L/unet.log 2>&1; }
   echo "unet stopped at $(since) s"; grep -E "Error|Traceback" $L/unet.log | tail -2
   $T assemble $C --device cpu > $L/assemble.log 2>&1 && tar -C "$RUN" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part_"
   echo "assembled at $(since) s"; pack

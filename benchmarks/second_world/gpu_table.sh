@@ -11,8 +11,9 @@
 # added beside the peers' on the held-out prompts (realism.py reuses the rows it already has), and the negative-
 # prompt probe of the second world (benchmarks/negative_prompts, a negated pattern). UNET_S=S first
 # trains the UNet S s further (from its checkpoint) and assembles a new pipeline; SHARPENER=0 runs the realism
-# studies alone; TEACHER_W sets the sharpener's teacher w (5; use the model's w*). The sharpener and every log are
-# packed into $OUT.
+# studies alone; SHAPES=0 leaves out the first world's study; TEACHER_W sets the sharpener's teacher w (5; use the
+# model's w*). The UNet keeps the batch and compile setting gpu_once.sh chose (/tmp/unet_flags). The sharpener and
+# every log are packed into $OUT.
 #
 # The sharpener: today's recipe (docs/recipes.md: `--recipe dicecfg`, the block network, teacher pool, L1, w=5,
 # negative prompts with probability 0.25), on 40,000 training captions of the second world (export_prompts seed
@@ -67,14 +68,14 @@ pack() {
   tar -C "$W" -cf "$OUT/logs.tar" logs
 }
 if [ "$UNET_S" -gt 0 ]; then  # the UNet further from its checkpoint (weights, EMA, AdamW), then a new pipeline
-  $T unet $C --device "$DEV" --ema-decay "${EMA:-0.999}" \
+  $T unet $C $(cat /tmp/unet_flags 2> /dev/null) --device "$DEV" --ema-decay "${EMA:-0.999}" \
     --max-minutes "$(python3 -c "print($UNET_S / 60)")" > "$L/unet_more.log" 2>&1
   echo "unet stopped at $(since) s"; grep -E "Error|Traceback" "$L/unet_more.log" | tail -2
   $T assemble $C --device cpu > "$L/assemble.log" 2>&1 || { echo "assemble failed"; tail "$L/assemble.log"; exit 1; }
   tar -C "$RUN" -cf - pipeline | split -b 15m - "$OUT/pipeline.tar.part_"
   echo "assembled at $(since) s"
 fi
-realism shapes "${SHAPES_MODEL:-}" shapes --sharpener "${SHAPES_SHARPENER:-mini}" &
+[ "${SHAPES:-1}" = 1 ] && realism shapes "${SHAPES_MODEL:-}" shapes --sharpener "${SHAPES_SHARPENER:-mini}" &
 realism shapes-fine "$RUN/pipeline" fine &
 FINE=$!
 if [ "$SHARPENER" = 0 ]; then

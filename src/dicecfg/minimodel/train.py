@@ -75,6 +75,10 @@ class MiniTrainConfig(Checked):
     unet_steps: int = opt(100_000, "UNet training steps: an upper bound; --max-minutes usually stops first")
     unet_batch: int = opt(512, "latents per UNet step")
     unet_lr: float = opt(4e-4, "UNet AdamW peak learning rate")
+    unet_compile: bool = opt(False, "torch.compile the UNet's forward (benchmarks/second_world/unet_speed.py measures whether it pays)")
+    text_cache_gb: float = opt(
+        16.0, "encode every distinct caption once if their states fit in this many GB (else every step)"
+    )
     unet_init: str = opt(
         "", "a mini-model pipeline folder whose UNet to start from (a fresh optimizer; same sizes)"
     )
@@ -288,6 +292,9 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
     unet = unet.to(device)
     ac = DDPMScheduler.from_config(mm.make_scheduler().config).alphas_cumprod.to(device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    cached = torch.bfloat16 if amp.fast_dtype == torch.bfloat16 and device.type == "cuda" else torch.float32
+    encode = _caption_states(text_encoder, ids_unique, amp, cached, cfg.text_cache_gb)
+    forward = torch.compile(unet) if cfg.unet_compile else unet
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         b = cfg.unet_batch
@@ -299,11 +306,9 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
         a = ac[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # DDPM forward process q(z_t | z_0)
         drop = torch.rand(b, generator=g, device=device) < cfg.caption_dropout
-        ids = ids_unique[torch.where(drop, empty, cap_idx[idx])]
+        emb = encode(torch.where(drop, empty, cap_idx[idx]))
         with amp:
-            with torch.no_grad():  # last hidden state after final LN, as encode_prompt(clip_skip=None)
-                emb = text_encoder(ids)[0]
-            pred = unet(zt, t, emb).sample.float()
+            pred = forward(zt, t, emb).sample.float()
         mse = ((pred - eps) ** 2).mean(dim=(1, 2, 3))
         if cfg.snr_gamma > 0:  # min-SNR-gamma weighting for epsilon prediction (Hang et al. 2023)
             snr = a.view(-1) / (1 - a.view(-1))
@@ -325,6 +330,32 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
         out, {"stage": "unet", "event": "end", **{k: meta[k] for k in ("step", "elapsed_s", "loss")}}
     )
     return out / "unet"
+
+
+def _caption_states(text_encoder, ids: torch.Tensor, amp, dtype: torch.dtype, cache_gb: float):
+    """``encode(rows)``: the frozen encoder's last hidden states (after its final LN, as
+    ``encode_prompt(clip_skip=None)``) of the token rows ``ids[rows]``.
+
+    When the states of every distinct caption fit in ``cache_gb``, they are computed once here and each step
+    only gathers them (the encoder is frozen, so the step sees the same states; on a GPU they are kept in
+    bfloat16, ``dtype``, the one the UNet's cross-attention projections read them in under autocast).
+    Otherwise each step runs the encoder on its batch.
+    """
+    width = text_encoder.config.hidden_size
+    need = len(ids) * ids.shape[1] * width * (2 if dtype == torch.bfloat16 else 4)
+
+    @torch.no_grad()
+    def run(rows: torch.Tensor) -> torch.Tensor:
+        with amp:
+            return text_encoder(ids[rows])[0]
+
+    if need > cache_gb * 1e9:
+        log.info("unet: %.1f GB of caption states exceed --text-cache-gb; encoding every step", need / 1e9)
+        return run
+    rows = torch.arange(len(ids), device=ids.device)
+    table = torch.cat([run(r).to(dtype) for r in rows.split(1024)])
+    log.info("unet: %d distinct captions encoded once (%.2f GB)", len(ids), need / 1e9)
+    return lambda r: table[r]
 
 
 # ---------------------------------------------------------------- assemble, eval
