@@ -379,3 +379,27 @@ def test_make_dataset_is_deterministic_for_any_worker_count(monkeypatch):
     first_scenes, first_captions = sample_training_scenes(128, seed=5, chunk=0, world="shapes-fine")
     assert captions[:128] == first_captions and np.array_equal(images[:128], render(first_scenes))
     assert all(parse(c) for c in captions)
+
+
+def test_unet_speed_probe_times_each_variant_and_picks_the_fastest(tmp_path):
+    """benchmarks/second_world/unet_speed.py: the mini model's UNet step timed per batch size (the stage's step on
+    random latents), rows written to --json, and the fastest variant by samples per second picked (512 eager when
+    none ran, e.g. a probe cut off by its timeout)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "second_world" / "unet_speed.py"
+    spec = importlib.util.spec_from_file_location("unet_speed", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    out = tmp_path / "speed.json"
+    args = ["--preset", "tiny", "--device", "cpu", "--batches", "2", "4", "--compile-batches", "--warm", "1"]
+    rows = probe.main([*args, "--steps", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == rows
+    timed = [r for r in rows if "samples_s" in r]
+    assert [r["batch"] for r in timed] == [2, 4] and all(r["samples_s"] > 0 for r in timed)
+    assert rows[1]["text_ms"] > 0
+    fake = [{"batch": 512, "compile": False, "samples_s": 10.0}, {"batch": 1024, "compile": True, "samples_s": 30.0},
+            {"batch": 2048, "error": "OutOfMemoryError"}]
+    assert probe.best(fake) == (1024, 1) and probe.best([]) == (512, 0)
