@@ -385,3 +385,23 @@ def test_every_weight_the_package_ships_fits_its_budget():
         {"unet": mm.make_unet(mm.PRESETS["fine"]), "vae": mm.make_vae(mm.PRESETS["fine"])}, bytes_per_param=2
     )
     assert sum(sizes.values()) + sum(fine.values()) < mm.PACKAGE_WEIGHT_LIMIT  # room for the second UNet and VAE
+
+
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_model_card_names_a_reused_text_encoder_and_the_unet_it_went_on_from(run_dir, tmp_path):
+    """A run that reuses a text encoder (--text-from) and starts its UNet from another pipeline (--unet-init)
+    says so on its card, rather than reporting no pre-training and a UNet trained from scratch."""
+    from dicecfg.minimodel.report import write_model_card
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    plain = write_model_card(out).read_text()
+    assert "reused from" not in plain and "from the UNet of" not in plain
+    for stage, field, value in (("text", "text_from", "earlier/pipeline"), ("unet", "unet_init", "earlier/pipeline")):
+        path = out / f"run_{stage}.json"
+        run = json.loads(path.read_text())
+        run["config"][field] = value
+        path.write_text(json.dumps(run))
+    card = write_model_card(out).read_text()
+    assert "| text encoder pre-training steps / batch | reused from `earlier/pipeline` |" in card
+    assert "(from the UNet of `earlier/pipeline`)" in card

@@ -13,7 +13,9 @@
 # and text encoder, UNET_INIT=PIPELINE starts the UNet from its weights, VAE_INIT=PIPELINE/vae its VAE.
 # SPEED=1 times the UNet step first (unet_speed.py, while the CPUs render) and trains at the fastest batch and
 # compile setting (kept in /tmp/unet_flags for gpu_table.sh); VAE_EARLY=N trains the VAE for VAE_S s on N renders
-# of its own, beside the main render, instead of after it.
+# of its own, beside the main render, instead of after it; VAE_FROM=FOLDER takes a trained VAE as it is (to go on
+# with a UNet trained on its latents). UNET_FLAGS="--unet-batch 2048 --unet-lr 8e-4" sets the UNet's batch and LR
+# without the probe (the 2026-12-07 probe: benchmarks/second_world/README.md).
 set -uo pipefail
 RUN=${RUN:-/tmp/fine-run}
 LIMIT=${LIMIT:-340}  # seconds from the start at which the UNet stops (assembling and packing take ~20 s more)
@@ -32,7 +34,7 @@ TXT="--text-steps ${TEXT_STEPS:-2000} --text-captions ${TEXT_CAPTIONS:-100000}"
 [ -n "${TEXT_FROM:-}" ] && TXT="--text-from $TEXT_FROM"  # a pipeline whose tokenizer and text encoder to reuse
 VAE="--vae-init ${VAE_INIT:-benchmarks/second_world/results/vae_cpu_step1891}"  # trained on a CPU (README)
 UNET="${UNET_INIT:+--unet-init $UNET_INIT}"  # a pipeline whose UNet to start from (its EMA weights)
-UNET_FLAGS=
+UNET_FLAGS=${UNET_FLAGS:-}
 L=/tmp/logs
 mkdir -p "$OUT" $L
 pack() {  # logs and stats so far (every stage calls it, so a cut-off call keeps what was done)
@@ -55,18 +57,22 @@ if [ "${VAE_EARLY:-0}" -gt 0 ]; then
   $T data --out $VR --world shapes-fine --preset fine --no-progress ${EXTRA:-} --workers 14 --n-images "$VAE_EARLY" \
     --max-minutes 2 > $L/vae_data.log 2>&1
   echo "vae data done at $(since) s"
-  [ -n "$PROBE" ] && wait $PROBE
+  $T data $C --workers 13 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1 &
+  DJOB=$!
+  [ -n "$PROBE" ] && wait $PROBE  # the GPU to itself while it times the step (the renders are on the CPUs)
   vae_until=$(( $(since) + VAE_S ))
   $T vae --out $VR --world shapes-fine --preset fine --no-progress ${EXTRA:-} $VAE $VAE_TRAIN --device $DEV \
-    --max-minutes "$(mins_until "$vae_until")" > $L/vae.log 2>&1 &
-  VJOB=$!
-  $T data $C --workers 13 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
+    --max-minutes "$(mins_until "$vae_until")" > $L/vae.log 2>&1
+  wait $DJOB
   echo "data done at $(since) s"
-  wait $VJOB
   [ -d "$VR/vae/final" ] || $T vae --out $VR --world shapes-fine --preset fine --no-progress ${EXTRA:-} $VAE --device $DEV \
     --vae-steps 1 >> $L/vae.log 2>&1
   cp $VR/stats.jsonl $L/vae_run_stats.jsonl 2>/dev/null
   $T vae $C --vae-from $VR/vae/final --device $DEV >> $L/vae.log 2>&1
+elif [ -n "${VAE_FROM:-}" ]; then  # a trained VAE as it is (a UNet continued on its latents needs the same one)
+  $T data $C --workers 14 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
+  echo "data done at $(since) s"
+  $T vae $C --vae-from "$VAE_FROM" --device $DEV > $L/vae.log 2>&1
 else
   $T data $C --workers 14 --n-images "${N_IMAGES:-200000}" --max-minutes 3 > $L/data.log 2>&1
   echo "data done at $(since) s"
@@ -86,6 +92,7 @@ print(*u.best(json.load(open('$L/unet_speed.json'))))")
   fi
 fi
 UNET="$UNET ${UNET_FLAGS:-$(cat /tmp/unet_flags 2>/dev/null)}"
+[ -n "$UNET_FLAGS" ] && echo "$UNET_FLAGS" > /tmp/unet_flags  # gpu_table.sh's UNET_S goes on with them
 wait $TEXT
 [ -d "$RUN/text/final" ] || $T text $C $TXT --text-steps 1 --device $DEV >> $L/text.log 2>&1
 echo "text done at $(since) s"; grep -E "held-out|Error" $L/text.log | tail -2

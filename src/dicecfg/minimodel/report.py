@@ -63,6 +63,12 @@ def write_model_card(out: str | Path) -> Path:
     world = cfg.get("world", "shapes")
     prompt = EXAMPLE_PROMPTS[world]
     vae_steps = f"reused from `{vae['source']}`" if vae.get("source") else f"{_fmt(vae.get('step'))} steps"
+    text_steps = (
+        f"reused from `{tcfg['text_from']}`"
+        if tcfg.get("text_from")
+        else f"{_fmt(text.get('step'))} / {tcfg.get('text_batch', 'n/a')}"
+    )
+    unet_from = f" (from the UNet of `{cfg['unet_init']}`)" if cfg.get("unet_init") else ""
     lines = [
         "---",
         "library_name: diffusers",
@@ -82,14 +88,11 @@ def write_model_card(out: str | Path) -> Path:
     ]
     fields = [
         ("training renders", f"{n_train} ({_fmt(data_s, '.0f')} s to render)"),
-        (
-            "text encoder pre-training steps / batch",
-            f"{_fmt(text.get('step'))} / {tcfg.get('text_batch', 'n/a')}",
-        ),
+        ("text encoder pre-training steps / batch", text_steps),
         ("held-out prompts parsed exactly", _fmt(text.get("heldout_exact"), ".4f")),
         ("VAE / held-out PSNR", f"{vae_steps} / {_fmt(vae.get('psnr_eval'), '.2f')} dB"),
         ("VAE scaling_factor", _fmt(vae.get("scaling_factor"), ".4f")),
-        ("UNet steps / batch", f"{_fmt(unet.get('step'))} / {cfg.get('unet_batch', 'n/a')}"),
+        ("UNet steps / batch", f"{_fmt(unet.get('step'))} / {cfg.get('unet_batch', 'n/a')}{unet_from}"),
         ("final training loss", _fmt(unet.get("loss"), ".4f")),
         (
             "caption dropout / lr / EMA",
