@@ -405,3 +405,9 @@ def test_model_card_names_a_reused_text_encoder_and_the_unet_it_went_on_from(run
     card = write_model_card(out).read_text()
     assert "| text encoder pre-training steps / batch | reused from `earlier/pipeline` |" in card
     assert "(from the UNet of `earlier/pipeline`)" in card
+
+
+def test_a_negative_caption_cache_budget_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["unet", "--out", "unused", "--text-cache-gb", "-1"])
+    assert e.value.code == 2 and "--text-cache-gb must be >= 0" in capsys.readouterr().err

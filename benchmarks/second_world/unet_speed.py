@@ -1,7 +1,8 @@
 """How fast the mini model's UNet step runs, and what bounds it: batch size, the text encoder, torch.compile.
 
-The step is `stage_unet`'s (min-SNR epsilon loss under bf16 autocast, AdamW, clipping, the weight EMA) on random
-latents and random caption states of the preset's shapes, so it needs no run folder; the text encoder's own
+The step is the UNet stage's own (`train.unet_loss`: min-SNR epsilon loss under bf16 autocast; `loop.optimizer_step`:
+AdamW, clipping, the weight EMA) on random latents and random caption states of the preset's shapes, so it needs no
+run folder; the text encoder's own
 forward is timed apart on token rows of the pipeline's tokenizer length. One JSON row per variant:
 
     python benchmarks/second_world/unet_speed.py --preset fine --json speed.json            # GPU machine
@@ -24,30 +25,31 @@ from dicecfg.minimodel import model as mm
 
 
 def _step_fn(unet, batch: int, device: torch.device, compiled: bool):
+    """The UNet stage's step (`train.unet_loss`, then `loop.optimizer_step`) on random latent posteriors and
+    random caption states (4,096 captions) of the preset's shapes."""
+    from diffusers import DDPMScheduler
+
+    from dicecfg.minimodel.loop import optimizer_step
+    from dicecfg.minimodel.train import MiniTrainConfig, unet_loss
+
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.99))
     ema = [p.detach().clone().float() for p in params]
     forward = torch.compile(unet) if compiled else unet
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     size, ch = unet.config.sample_size, unet.config.in_channels
-    width = unet.config.cross_attention_dim
-    table = torch.randn(4096, 77, width, device=device).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
+    states = torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = torch.randn(4096, 77, unet.config.cross_attention_dim, device=device).to(states)
+    lat = {k: torch.randn(8192, ch, size, size, device=device).half() for k in ("mean", "std")}
+    cap_idx = torch.randint(1, len(table), (len(lat["mean"]),), device=device)
+    ac = DDPMScheduler.from_config(mm.make_scheduler().config).alphas_cumprod.to(device)
+    cfg = MiniTrainConfig(out="", unet_batch=batch)
+    loss_fn = unet_loss(forward, lambda rows: table[rows], lat, 1.0, ac, cap_idx, 0, cfg, amp)
     g = torch.Generator(device=device).manual_seed(0)
 
     def step() -> torch.Tensor:
-        z0 = torch.randn(batch, ch, size, size, generator=g, device=device)
-        t = torch.randint(0, 1000, (batch,), generator=g, device=device)
-        eps = torch.randn(z0.shape, generator=g, device=device)
-        a = (1 - t.float() / 1000).clamp(min=1e-3).view(-1, 1, 1, 1)
-        emb = table[torch.randint(len(table), (batch,), generator=g, device=device)]
-        with amp:
-            pred = forward(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, emb).sample.float()
-        loss = ((pred - eps) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1e-3)
+        loss = loss_fn(g)
+        optimizer_step(loss, opt, params, 1.0, ema, 0.999)
         return loss.detach()
 
     return step

@@ -53,6 +53,19 @@ def final_weights(run_dir: str | Path, name: str, prefer_ema: bool = True) -> di
     raise KeyError(f"module {name!r} not in {run_dir}/{CKPT}")
 
 
+def optimizer_step(
+    loss: torch.Tensor, opt, params: list, grad_clip: float, ema: list | None = None, decay: float = 0.0
+) -> None:
+    """One update: backward, clip the gradient norm to ``grad_clip``, the optimizer's step, then the weight EMA
+    (``ema <- decay * ema + (1 - decay) * weights``) when there is one."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    if ema is not None:
+        torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - decay)
+
+
 def train(
     run_dir: str | Path,
     stats_dir: str | Path,
@@ -101,13 +114,8 @@ def train(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
         loss = loss_fn(gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        if ema is not None:
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - decay)
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if ema is not None else 0.0
+        optimizer_step(loss, opt, params, cfg.grad_clip, ema, decay)
         step += 1
         losses.append(loss.detach())
         bar.update(1)

@@ -295,6 +295,31 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
     cached = torch.bfloat16 if amp.fast_dtype == torch.bfloat16 and device.type == "cuda" else torch.float32
     encode = _caption_states(text_encoder, ids_unique, amp, cached, cfg.text_cache_gb)
     forward = torch.compile(unet) if cfg.unet_compile else unet
+    loss_fn = unet_loss(forward, encode, lat, scale, ac, cap_idx, empty, cfg, amp)
+
+    loop = _loop(
+        cfg,
+        deadline,
+        cfg.unet_steps,
+        cfg.unet_lr,
+        warmup=cfg.warmup,
+        weight_decay=0.01,
+        ema_decay=cfg.ema_decay,
+    )
+    modules = {"unet": unet}
+    meta = train(out / "unet", out, "unet", modules, loss_fn, loop, device, {"model": mm.config_dict(mcfg)})
+    append_stats(
+        out, {"stage": "unet", "event": "end", **{k: meta[k] for k in ("step", "elapsed_s", "loss")}}
+    )
+    return out / "unet"
+
+
+def unet_loss(forward, encode, lat: dict, scale: float, ac: torch.Tensor, cap_idx: torch.Tensor, empty: int,
+              cfg: MiniTrainConfig, amp):
+    """The UNet stage's loss: ``loss_fn(generator)`` draws a batch of training images (their latent posteriors
+    ``lat``), timesteps, noise and caption dropout, and returns the min-SNR-weighted epsilon MSE of ``forward``
+    (the UNet, or its compiled form) on the caption states ``encode(rows)``."""
+    device = ac.device
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         b = cfg.unet_batch
@@ -315,21 +340,7 @@ def stage_unet(cfg: MiniTrainConfig) -> Path:
             mse = mse * snr.clamp(max=cfg.snr_gamma) / snr
         return mse.mean()
 
-    loop = _loop(
-        cfg,
-        deadline,
-        cfg.unet_steps,
-        cfg.unet_lr,
-        warmup=cfg.warmup,
-        weight_decay=0.01,
-        ema_decay=cfg.ema_decay,
-    )
-    modules = {"unet": unet}
-    meta = train(out / "unet", out, "unet", modules, loss_fn, loop, device, {"model": mm.config_dict(mcfg)})
-    append_stats(
-        out, {"stage": "unet", "event": "end", **{k: meta[k] for k in ("step", "elapsed_s", "loss")}}
-    )
-    return out / "unet"
+    return loss_fn
 
 
 def _caption_states(text_encoder, ids: torch.Tensor, amp, dtype: torch.dtype, cache_gb: float):
@@ -414,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.text_cache_gb is not None and ns.text_cache_gb < 0:
+        parser.error(f"--text-cache-gb must be >= 0 (0 encodes every step), got {ns.text_cache_gb}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run_stage(ns.stage, from_flags(ns, MiniTrainConfig))
     if isinstance(result, dict):
