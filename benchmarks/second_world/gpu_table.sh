@@ -12,7 +12,9 @@
 # prompt probe of the second world (benchmarks/negative_prompts, a negated pattern). UNET_S=S first
 # trains the UNet S s further (from its checkpoint) and assembles a new pipeline; SHARPENER=0 runs the realism
 # studies alone; SHAPES=0 leaves out the first world's study; TEACHER_W sets the sharpener's teacher w (5; use the
-# model's w*). The UNet keeps the batch and compile setting gpu_once.sh chose (/tmp/unet_flags). The sharpener and
+# model's w*). TIMED=1 trains a second sharpener beside the first, the same recipe with `--time-embed sinusoidal`
+# (the edit a function of the timestep, issue 30), in $W/sharpener-t, and gives it the same tune, DICE rows and
+# probe. The UNet keeps the batch and compile setting gpu_once.sh chose (/tmp/unet_flags). The sharpeners and
 # every log are packed into $OUT.
 #
 # The sharpener: today's recipe (docs/recipes.md: `--recipe dicecfg`, the block network, teacher pool, L1, w=5,
@@ -45,7 +47,6 @@ fi
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2> /dev/null
 L=$W/logs
-SH=$W/sharpener
 mkdir -p "$L" "$OUT"
 S=benchmarks/second_world/realism.py
 T="python3 -m dicecfg.minimodel.train"
@@ -54,7 +55,7 @@ TRAIN=(python3 -m dicecfg.cli -q train --model "$RUN/pipeline" --prompts "$W/pro
   --negative-prompts "$W/negatives.txt" --negative-prob 0.25 --recipe dicecfg --inner-dim "${INNER:-192}" --heads 4
   --lr 5e-4 --guidance-scale "${TEACHER_W:-5}" --loss l1 --xt-source teacher --teacher-pool "${POOL:-16384}"
   --batch-size "${SHARP_BATCH:-256}" --steps "${SHARP_STEPS:-2000}" --eval-pairs "${EVAL_PAIRS:-256}" --eval-every 250
-  --checkpoint-every 250 --log-every 50 --no-compile --device "$DEV" --out "$SH")
+  --checkpoint-every 250 --log-every 50 --no-compile --device "$DEV")
 realism() {  # WORLD MODEL NAME [--sharpener S]...: bounded by the call's clock; a cut-off study resumes later
   local world=$1 model=$2 name=$3
   shift 3
@@ -64,7 +65,7 @@ realism() {  # WORLD MODEL NAME [--sharpener S]...: bounded by the call's clock;
 }
 pack() {
   cp "$RUN"/stats.jsonl "$L/fine_run_stats.jsonl" 2> /dev/null
-  cp "$SH"/stats.jsonl "$L/sharpener_stats.jsonl" 2> /dev/null
+  for s in sharpener sharpener-t; do cp "$W/$s/stats.jsonl" "$L/${s}_stats.jsonl" 2> /dev/null; done
   tar -C "$W" -cf "$OUT/logs.tar" logs
 }
 if [ "$UNET_S" -gt 0 ]; then  # the UNet further from its checkpoint (weights, EMA, AdamW), then a new pipeline
@@ -87,29 +88,44 @@ import sys
 from dicecfg.world.data import export_prompts
 export_prompts(sys.argv[1], 40000, seed=21, world='shapes-fine')
 export_prompts(sys.argv[2], 20000, seed=22, world='shapes-fine')" "$W/prompts.txt" "$W/negatives.txt" || exit 1
-if [ ! -f "$SH/model.safetensors" ]; then  # cut RESERVE s before LIMIT (a later call resumes it)
-  timeout -s TERM "$(left "$RESERVE")" "${TRAIN[@]}" >> "$L/sharpener.log" 2>&1
-  echo "sharpener: exit $? at $(since) s"
-fi
-if [ -f "$SH/model.safetensors" ]; then
-  [ -f "$L/tune/tune.json" ] || timeout -s TERM "$(left 30)" python3 -m dicecfg.cli -q tune \
-    --model "$RUN/pipeline" --sharpener "$SH" --stops 0.05 0.1 0.15 0.25 0.5 1 --batch-size 256 --limit "$N" \
-    --device "$DEV" --out "$L/tune" > "$L/tune.log" 2>&1
-  echo "tune: exit $? at $(since) s"; tail -n 25 "$L/tune.log"
+SHS=(sharpener)
+[ "${TIMED:-0}" = 1 ] && SHS+=(sharpener-t)
+PIDS=()
+for s in "${SHS[@]}"; do  # side by side, cut RESERVE s before LIMIT (a later call resumes them)
+  [ -f "$W/$s/model.safetensors" ] && continue
+  extra=(); [ "$s" = sharpener-t ] && extra=(--time-embed sinusoidal)
+  ( timeout -s TERM "$(left "$RESERVE")" "${TRAIN[@]}" "${extra[@]}" --out "$W/$s" >> "$L/$s.log" 2>&1
+    echo "$s: exit $? at $(since) s" ) &
+  PIDS+=($!)
+done
+[ ${#PIDS[@]} -gt 0 ] && wait "${PIDS[@]}"
+DONE=(); PIDS=()
+for s in "${SHS[@]}"; do  # each finished sharpener tuned on validation prompts, side by side
+  [ -f "$W/$s/model.safetensors" ] || { echo "$s did not finish: no tune, no DICE rows"; continue; }
+  DONE+=(--sharpener "$W/$s")
+  [ -f "$L/tune_$s/tune.json" ] && continue
+  ( timeout -s TERM "$(left 30)" python3 -m dicecfg.cli -q tune --model "$RUN/pipeline" --sharpener "$W/$s" \
+      --stops 0.05 0.1 0.15 0.25 0.5 1 --batch-size 256 --limit "$N" --device "$DEV" --out "$L/tune_$s" \
+      > "$L/tune_$s.log" 2>&1
+    echo "tune $s: exit $? at $(since) s" ) &
+  PIDS+=($!)
+done
+[ ${#PIDS[@]} -gt 0 ] && wait "${PIDS[@]}"
+for s in "${SHS[@]}"; do
+  [ -f "$W/$s/model.safetensors" ] || continue
+  tail -n 25 "$L/tune_$s.log" 2> /dev/null
   timeout -s TERM "$(left)" python3 benchmarks/negative_prompts/negative_prompts.py --world shapes-fine \
-    --model "$RUN/pipeline" --sharpener "$SH" --device "$DEV" > "$L/negatives_fine.log" 2>&1 &
-  wait $FINE  # the peers' rows first (bounded by the clock), then the DICE rows beside them
-  realism shapes-fine "$RUN/pipeline" fine --sharpener "$SH"
-else
-  echo "the sharpener did not finish: no tune, no DICE rows"
-fi
+    --model "$RUN/pipeline" --sharpener "$W/$s" --device "$DEV" > "$L/negatives_fine_$s.log" 2>&1 &
+done
+wait $FINE  # the peers' rows first (bounded by the clock), then the DICE rows beside them
+[ ${#DONE[@]} -gt 0 ] && realism shapes-fine "$RUN/pipeline" fine "${DONE[@]}"
 wait
-if [ -f "$SH/model.safetensors" ]; then  # a finished sharpener (config.json records what tune chose)
-  tar -C "$W" -cf "$OUT/sharpener.tar" --exclude='*teacher_pool*' --exclude='*checkpoint*' sharpener
-fi
+for s in "${SHS[@]}"; do  # finished sharpeners (config.json records what tune chose)
+  [ -f "$W/$s/model.safetensors" ] && tar -C "$W" -cf "$OUT/$s.tar" --exclude='*teacher_pool*' \
+    --exclude='*checkpoint*' "$s"
+done
 pack
 for f in "$L"/realism_*.log; do echo "== $f"; grep -E "nfe|w\* =|reused|criteria|rule" "$f" | tail -n 30; done
-tail -n 5 "$L/sharpener.log" 2> /dev/null
-grep "|" "$L/negatives_fine.log" 2> /dev/null
+for s in "${SHS[@]}"; do tail -n 3 "$L/$s.log" 2> /dev/null; grep "|" "$L/negatives_fine_$s.log" 2> /dev/null; done
 ls -la "$OUT"
 echo "done at $(since) s"
