@@ -172,6 +172,15 @@ def test_demo_text_says_what_the_numbers_are():
     assert NEXT_STEPS["eval"] in text and NEXT_STEPS["train"] in text and NEXT_STEPS["serve"] not in text
 
 
+def test_next_eval_step_names_the_demos_model():
+    summary, _ = _summary()
+    summary["eval_command"] = (
+        "dice eval --limit 48 --methods unguided cfg --device cpu --model mini-fine --out x"
+    )
+    text = demo_summary(summary, commands={"eval"})
+    assert "dice eval --model mini-fine --limit 512 --out runs/eval-mini-fine:" in text
+
+
 def test_next_steps_name_real_commands():
     from dicecfg.cli import COMMANDS
 

@@ -6,7 +6,7 @@
 # grid.png, ceiling_run.json; not its edits, which are large) is packed into $OUT/ceiling_<name>.tgz.
 #
 #   bash benchmarks/ceiling_steps/run.sh mini             # the shapes world's shipped model
-#   bash benchmarks/ceiling_steps/run.sh mini-fine        # the shapes-fine model, once it is shipped
+#   bash benchmarks/ceiling_steps/run.sh mini-fine        # the shapes-fine model (shipped)
 #   bash benchmarks/ceiling_steps/run.sh path/to/pipeline # a trained shapes-fine pipeline folder (its world's
 #                                                         # held-out prompts are written to a file first)
 # Knobs (environment): LIMIT (held-out prompts, 256), STEPS (Adam steps, 400), DRAWS (8), PPB (prompts per batch,

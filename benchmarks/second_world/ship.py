@@ -58,6 +58,7 @@ def stage(pipeline: Path, sharpener: Path, out: Path) -> None:
         k: v.to(torch.float16).contiguous() for k, v in load_file(sharpener / "model.safetensors").items()
     }
     save_file(weights, sharp / "model.safetensors")
+    (sharp / "model.safetensors").chmod(0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -254,8 +255,17 @@ def demo_summary(summary: dict[str, Any], commands: Collection[str] = NEXT_STEPS
         + (f"; all 512 held-out prompts shrink the error {(512 / n) ** 0.5:.1f}x." if n < 512 else ".")
     )
     lines.append(f"Grid: {summary['grid']} ({len(summary['shown'])} of the {n} prompts). Next:")
-    lines += [f"  {text}" for name, text in NEXT_STEPS.items() if name in commands]
+    lines += [f"  {next_step(name, summary['eval_command'])}" for name in NEXT_STEPS if name in commands]
     return "\n".join(lines)
+
+
+def next_step(name: str, eval_command: str) -> str:
+    """A "where to go next" line; `dice eval`'s names the demo's model when the demo's command does."""
+    text = NEXT_STEPS[name]
+    if name == "eval" and (model := re.search(r" --model (\S+)", eval_command)):
+        text = text.replace("dice eval ", f"dice eval --model {model[1]} ", 1)
+        text = text.replace("runs/eval-mini", f"runs/eval-{Path(model[1]).name}", 1)
+    return text
 
 
 def demo_grid(summary: dict[str, Any], images: dict[str, np.ndarray]):
