@@ -226,10 +226,17 @@ def server(tmp_path_factory):
                 time.sleep(0.2)
         yield url, time.perf_counter() - t0, tmp / "serve.log"
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: the app closes and the command exits 0
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        # Ctrl-C: the app closes and the command exits 0. Once (2026-12-08, the full suite) a first SIGINT left no
+        # trace in the log within 30 s; a person presses Ctrl-C again, and so does this
+        code = None
+        for _ in range(2):
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        if code is None:
             proc.kill()
             code = proc.wait()
         log.close()

@@ -1,11 +1,11 @@
-"""The shipped shapes-fine model (``mini-fine``) and its sharpener: loading by name offline, one tiny image, the
-package's weight budget (issue 29: both models and both sharpeners at most 40 MiB, no file over 16 MB)."""
+"""The shipped shapes-fine model (``mini-fine``) and its sharpener: loading by name offline, one tiny image (the
+package's weight budget, both worlds together: tests/test_minimodel.py)."""
 
 import numpy as np
 import pytest
 
 from dicecfg import Sharpener, generate, load_pipeline
-from dicecfg.assets import ASSETS, MODELS, SHARPENERS
+from dicecfg.assets import MODELS
 from dicecfg.families import check_compatible
 from dicecfg.metrics.world import world_of
 from dicecfg.world.fine import heldout_set
@@ -33,10 +33,3 @@ def test_mini_fine_loads_by_name_and_samples_one_image():
     )
     image = np.asarray(sample.image)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and image.std() > 5
-
-
-def test_shipped_weights_fit_the_package_budget():
-    files = list(ASSETS.rglob("*.safetensors"))
-    assert {MODELS["mini-fine"], SHARPENERS["mini-fine"]} <= {p.parents[i] for p in files for i in range(2)}
-    assert max(p.stat().st_size for p in files) <= 16 * 10**6
-    assert sum(p.stat().st_size for p in files) <= 40 * 2**20

@@ -5,8 +5,8 @@
 The pipeline must be the shapes-fine world's (its ``dicecfg_world.json``); its weights are stored in fp16 as
 ``assemble`` wrote them. The sharpener's ``config.json`` (with the settings `dice tune` recorded) is copied and its
 weights stored in fp16. Every other file of the two folders is left behind. Refused (exit 2, nothing written) when a
-weight file passes 16 MB or all the package's weights together pass 40 MiB (DESIGN.md's budget, raised by issue 29
-for the second model). The model cards (README.md) are written by hand after this, from the run's logs.
+weight file passes 16 MiB or all the package's weights together pass 40 MiB (`minimodel.model`'s limits: DESIGN.md's
+budget, raised by issue 29 for the second model). The model cards (README.md) are written by hand after this, from the run's logs.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dicecfg.assets import ASSETS, MODELS, SHARPENERS
+from dicecfg.minimodel.model import PACKAGE_WEIGHT_LIMIT as TOTAL_LIMIT
+from dicecfg.minimodel.model import WEIGHT_FILE_LIMIT as FILE_LIMIT
 
-FILE_LIMIT = 16 * 10**6
-TOTAL_LIMIT = 40 * 2**20
 MODEL_FILES = ("model_index.json", "dicecfg_world.json", "README.md")
 
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if big or total > TOTAL_LIMIT:
             print(
                 f"error: over the budget: {total:,} bytes of weights (limit {TOTAL_LIMIT:,}); "
-                f"files over 16 MB: {[str(p) for p in big] or 'none'}. Nothing was written."
+                f"files over {FILE_LIMIT:,} bytes: {[str(p) for p in big] or 'none'}. Nothing was written."
             )
             return 2
         for d in new:
