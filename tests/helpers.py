@@ -419,3 +419,14 @@ def interrupt_ceiling(monkeypatch, run, at_call: int = 5) -> None:
     with pytest.raises(KeyboardInterrupt):
         run()
     monkeypatch.setattr(ceiling_module._Batch, "loss", real)
+
+
+def bench_script(relpath: str):
+    """A benchmark script of this repository (``benchmarks/<relpath>``) imported as a module, for its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

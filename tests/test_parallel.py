@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import bench_script
 
 from dicecfg import DistillConfig, Sharpener, distill
 from dicecfg.runs.folder import read_stats
@@ -146,13 +147,7 @@ def test_eval_on_two_ranks_resumes_and_equals_one_process(tiny_sd_dir, prompts, 
 @pytest.mark.integration  # processes of their own
 def test_parallel_sampling_study_runs_on_cpu(tiny_sd_dir, tmp_path):
     """benchmarks/parallel_sampling/study.py (made for 2 GPUs) in a tiny CPU setting: rows, ratios, same images."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "parallel_sampling" / "study.py"
-    spec = importlib.util.spec_from_file_location("parallel_sampling_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = bench_script("parallel_sampling/study.py")
     rows = study.main(["--work", str(tmp_path), "--prompts", "3", "--gpus", "1", "--model", str(tiny_sd_dir),
                        "--methods", "unguided", "--steps", "1", "--batch-size", "2", "--device", "cpu",
                        "--fast", "auto"])  # fmt: skip

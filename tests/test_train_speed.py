@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from helpers import FAST_FAULTS
+from helpers import FAST_FAULTS, bench_script
 from safetensors import safe_open
 
 from dicecfg import DistillConfig, distill
@@ -171,13 +171,7 @@ def test_a_compile_mode_without_compiling_says_it_has_no_effect(tiny_sd, prompts
 
 def _where_time_goes():
     """benchmarks/speed_profile/where_time_goes.py as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed_profile" / "where_time_goes.py"
-    spec = importlib.util.spec_from_file_location("where_time_goes", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = bench_script("speed_profile/where_time_goes.py")
     return study
 
 

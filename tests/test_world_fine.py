@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import bench_script
 
 from dicecfg.world import data as world_data
 from dicecfg.world import degrade, frechet_distance, make_dataset, sample_training_scenes
@@ -186,14 +187,9 @@ def test_export_prompts_writes_the_named_worlds_training_captions(tmp_path):
 def test_realism_study_reuses_only_rows_of_the_same_run(tmp_path):
     """benchmarks/second_world/realism.py: a run started again with the same --json takes the rows it has
     (a cut-off run resumes; DICE rows are added beside the peers'), and refuses a file of other settings."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "second_world" / "realism.py"
-    spec = importlib.util.spec_from_file_location("realism_study", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = bench_script("second_world/realism.py")
     key = {"model": "m", "world": "shapes-fine", "n_prompts": 8}
     done = tmp_path / "r.json"
     done.write_text(json.dumps({**key, "partial": True, "rows": [{"row": "unguided", "all": 0.5}]}))
@@ -208,14 +204,9 @@ def test_realism_study_reuses_only_rows_of_the_same_run(tmp_path):
 def test_realism_report_shows_each_worlds_criteria_and_refuses_a_cut_off_run(tmp_path):
     """benchmarks/second_world/report.py: the acceptance of each world in one table, each row's change per oracle
     key against unguided; a run cut off before its end is refused (it would read as a finished study)."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "second_world" / "report.py"
-    spec = importlib.util.spec_from_file_location("realism_report", path)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = bench_script("second_world/report.py")
     rows = [
         {"row": "unguided", "nfe": 20.0, "all": 0.5, "se": 0.02, "pattern": 0.6, "fd": 0.1, "recovered": 0.0},
         {"row": "cfg w=5", "nfe": 40.0, "all": 0.9, "se": 0.01, "pattern": 0.95, "fd": 0.2, "recovered": 1.0},
@@ -237,13 +228,7 @@ def test_realism_report_shows_each_worlds_criteria_and_refuses_a_cut_off_run(tmp
 def test_negative_prompt_probe_of_this_world_negates_one_pattern():
     """benchmarks/negative_prompts/negative_prompts.py --world shapes-fine: each prompt names a colour and a shape
     and leaves the pattern open; its negative prompt names the same object with exactly the negated pattern."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "negative_prompts" / "negative_prompts.py"
-    spec = importlib.util.spec_from_file_location("negative_prompts_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = bench_script("negative_prompts/negative_prompts.py")
     prompts, negs, negated, field, _ = probe.probe("shapes-fine", 2)
     assert field == "pattern" and len(prompts) == 2 * 5 * 7 * len(PATTERNS) and set(negated) == set(PATTERNS)
     for prompt, neg, pattern in zip(prompts, negs, negated, strict=True):
@@ -385,14 +370,9 @@ def test_unet_speed_probe_times_each_variant_and_picks_the_fastest(tmp_path):
     """benchmarks/second_world/unet_speed.py: the mini model's UNet step timed per batch size (the stage's step on
     random latents), rows written to --json, and the fastest variant by samples per second picked (512 eager when
     none ran, e.g. a probe cut off by its timeout)."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "second_world" / "unet_speed.py"
-    spec = importlib.util.spec_from_file_location("unet_speed", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = bench_script("second_world/unet_speed.py")
     out = tmp_path / "speed.json"
     args = ["--preset", "tiny", "--device", "cpu", "--batches", "2", "4", "--compile-batches", "--warm", "1"]
     rows = probe.main([*args, "--steps", "1", "--json", str(out)])
@@ -403,3 +383,40 @@ def test_unet_speed_probe_times_each_variant_and_picks_the_fastest(tmp_path):
     fake = [{"batch": 512, "compile": False, "samples_s": 10.0}, {"batch": 1024, "compile": True, "samples_s": 30.0},
             {"batch": 2048, "error": "OutOfMemoryError"}]
     assert probe.best(fake) == (1024, 1) and probe.best([]) == (512, 0)
+
+
+def test_ship_refuses_another_worlds_model_and_a_budget_overrun_writing_nothing(tmp_path, monkeypatch):
+    """benchmarks/second_world/ship.py: a pipeline of another world, or weights over the package's budget, exit 2
+    and leave the assets folder as it was; within the budget the model and sharpener land, the sharpener in fp16."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    ship = bench_script("second_world/ship.py")
+    pipe, sharp, assets = tmp_path / "pipe", tmp_path / "sharp", tmp_path / "assets"
+    for sub in ("scheduler", "text_encoder", "tokenizer", "unet", "vae"):
+        (pipe / sub).mkdir(parents=True)
+    save_file({"w": torch.zeros(1000, dtype=torch.float16)}, pipe / "unet" / "diffusion_pytorch_model.safetensors")
+    (pipe / "model_index.json").write_text("{}")
+    sharp.mkdir()
+    (sharp / "config.json").write_text(json.dumps({"arch": "block"}))
+    save_file({"w": torch.ones(100)}, sharp / "model.safetensors")
+    (assets / "mini-sharpener").mkdir(parents=True)
+    save_file({"w": torch.zeros(500)}, assets / "mini-sharpener" / "model.safetensors")
+    args = ["--pipeline", str(pipe), "--sharpener", str(sharp), "--assets", str(assets)]
+
+    def listing():
+        return sorted(str(p.relative_to(assets)) for p in assets.rglob("*"))
+
+    before = listing()
+    (pipe / "dicecfg_world.json").write_text(json.dumps({"world": "shapes"}))
+    assert ship.main(args) == 2 and listing() == before
+    (pipe / "dicecfg_world.json").write_text(json.dumps({"world": "shapes-fine"}))
+    monkeypatch.setattr(ship, "TOTAL_LIMIT", 4000)  # 2,000 bytes of the existing sharpener + 2,000 + 200 new
+    assert ship.main(args) == 2 and listing() == before
+    monkeypatch.setattr(ship, "TOTAL_LIMIT", 10_000)
+    assert ship.main(args) == 0
+    assert load_file(assets / "mini-fine-sharpener" / "model.safetensors")["w"].dtype == torch.float16
+    assert (assets / "mini-fine-model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    shipped = listing()
+    assert ship.main(args) == 0 and listing() == shipped  # again: the two folders replaced, nothing left over

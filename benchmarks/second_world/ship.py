@@ -6,7 +6,8 @@ The pipeline must be the shapes-fine world's (its ``dicecfg_world.json``); its w
 ``assemble`` wrote them. The sharpener's ``config.json`` (with the settings `dice tune` recorded) is copied and its
 weights stored in fp16. Every other file of the two folders is left behind. Refused (exit 2, nothing written) when a
 weight file passes 16 MiB or all the package's weights together pass 40 MiB (`minimodel.model`'s limits: DESIGN.md's
-budget, raised by issue 29 for the second model). The model cards (README.md) are written by hand after this, from the run's logs.
+budget, raised by issue 29 for the second model). The model cards (README.md) are written by hand after
+this, from the run's logs.
 """
 
 from __future__ import annotations
@@ -91,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"files over {FILE_LIMIT:,} bytes: {[str(p) for p in big] or 'none'}. Nothing was written."
             )
             return 2
-        for d in new:
+        for d in new:  # the folder it replaces moves aside (into tmp, removed on exit), then the new one in
             dest = args.assets / d.name
             if dest.exists():
-                shutil.rmtree(dest)
+                dest.rename(Path(tmp) / f"old-{d.name}")
             d.rename(dest)
     print(
         f"shipped {args.pipeline} and {args.sharpener}: the package holds {total:,} bytes of weights "
