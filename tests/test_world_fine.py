@@ -229,12 +229,13 @@ def test_negative_prompt_probe_of_this_world_negates_one_pattern():
     """benchmarks/negative_prompts/negative_prompts.py --world shapes-fine: each prompt names a colour and a shape
     and leaves the pattern open; its negative prompt names the same object with exactly the negated pattern."""
     probe = bench_script("negative_prompts/negative_prompts.py")
-    prompts, negs, negated, field, _ = probe.probe("shapes-fine", 2)
+    prompts, negs, negated, wanted, field, _ = probe.probe("shapes-fine", 2)
     assert field == "pattern" and len(prompts) == 2 * 5 * 7 * len(PATTERNS) and set(negated) == set(PATTERNS)
-    for prompt, neg, pattern in zip(prompts, negs, negated, strict=True):
+    for prompt, neg, pattern, want in zip(prompts, negs, negated, wanted, strict=True):
         (asked,), (denied,) = parse(prompt).objects, parse(neg).objects
         assert asked.pattern is None and denied.pattern == pattern
         assert (asked.shape, asked.colour) == (denied.shape, denied.colour) and None not in (asked.shape, asked.colour)
+        assert want == {"colour": asked.colour, "shape": asked.shape}  # what "prompt kept" reads
 
 
 def test_validation_set_is_fixed_and_apart_from_heldout_and_training():
