@@ -136,6 +136,26 @@ def test_killed_at_any_step_resumes_exactly(tiny_sd, prompts, tmp_path, monkeypa
     assert [r["step"] for r in stats if "eval_loss" in r] == [0, 12]
 
 
+@pytest.mark.integration  # end to end: a pipeline, a command or a process
+def test_a_run_folder_moved_without_its_pool_and_lock_resumes_exactly(tiny_sd, prompts, tmp_path, monkeypatch):
+    """How a run cut on one machine goes on on another (benchmarks/second_world/gpu_table.sh packs the folder
+    without its teacher pool, which is large and made again from the same seeds, and without run.lock)."""
+    cfg = DistillConfig(steps=12, **FAST_FAULTS)
+    full = distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "full")
+    _fail_at(monkeypatch, 7, RuntimeError("killed"))
+    with pytest.raises(RuntimeError, match="killed"):
+        distill(tiny_sd, prompts, config=cfg, output_dir=tmp_path / "part")
+    monkeypatch.undo()
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    (tmp_path / "part").rename(moved)
+    (moved / "teacher_pool.safetensors").unlink()
+    assert ckpt_step(moved) == 4 and not (moved / "run.lock").exists()
+    resumed = distill(tiny_sd, prompts, config=cfg, output_dir=moved)
+    assert same_weights(full, resumed)
+    assert [r["step"] for r in read_stats(moved) if "loss" in r] == list(range(1, 13))
+
+
 def _logged(run):
     try:
         return [r for r in read_stats(run) if "loss" in r]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dicecfg import Sharpener, generate, load_pipeline
+from dicecfg.sampling.spelling import parse_method
 from dicecfg.world import COLOURS, SHAPES
 from dicecfg.world.worlds import get_world
 
@@ -84,8 +85,13 @@ def main() -> None:
     runs = [("unguided", None, None), ("cfg", None, None), ("cfg", negs, None)] if a.baselines else []
     for name in names:
         sharp = Sharpener.from_pretrained(name)
+        plain = set()  # the settings of images without a negative prompt already run (neg_* do not act there)
         for spec in a.dice or ["dice"]:
-            runs += [(spec, None, (name, sharp)), (spec, negs, (name, sharp))]
+            kwargs = parse_method(spec)[1]
+            key = tuple(sorted((k, v) for k, v in kwargs.items() if not k.startswith("neg_")))
+            runs += [] if key in plain else [(spec, None, (name, sharp))]
+            runs += [(spec, negs, (name, sharp))]
+            plain.add(key)
     print(
         f"{a.world}: {len(prompts)} images per row ({len(set(negs))} negative prompts x {n_seeds} seeds), "
         f"{a.steps} steps, seeds {seeds[0]}-{seeds[-1]}, torch {torch.__version__}"
@@ -111,9 +117,8 @@ def main() -> None:
         )
         dets = oracle.detect(imgs)[0]
         hit = np.mean([any(getattr(d, field) == v for d in ds) for ds, v in zip(dets, negated, strict=True)])
-        kept = np.mean(
-            [any(all(getattr(d, k) == v for k, v in want.items()) for d in ds) for ds, want in zip(dets, asked)]
-        )
+        pairs = zip(dets, asked, strict=True)
+        kept = np.mean([any(all(getattr(d, k) == v for k, v in want.items()) for d in ds) for ds, want in pairs])
         found = np.mean([len(ds) > 0 for ds in dets])
         label = named[0] if named else "-"
         print(f"| {method} | {label} | {neg_label if neg else '-'} | {hit:.3f} | {kept:.3f} | {found:.3f} |")

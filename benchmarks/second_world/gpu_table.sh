@@ -15,7 +15,15 @@
 # model's w*). TIMED=1 trains a second sharpener beside the first, the same recipe with `--time-embed sinusoidal`
 # (the edit a function of the timestep, issue 30), in $W/sharpener-t, and gives it the same tune, DICE rows and
 # probe. The UNet keeps the batch and compile setting gpu_once.sh chose (/tmp/unet_flags). The sharpeners and
-# every log are packed into $OUT.
+# every log are packed into $OUT; a sharpener cut before its last step is packed as `$OUT/<name>_ckpt.tar` (its
+# checkpoint: weights, AdamW state, step; not the teacher pool, which is made again), and CKPT_FROM=DIR puts such
+# tars back before training, so a later call on another machine resumes it.
+#
+# On a fresh machine (no gpu_once.sh run): PIPE=src/dicecfg/assets/mini-fine-model (the shipped model) and no UNET_S;
+# a sharpener folder already holding model.safetensors (e.g. a copy of the shipped one in $W/sharpener) is not
+# trained again but tuned, probed and sampled beside the new one:
+#   mkdir -p /tmp/ft && cp -r src/dicecfg/assets/mini-fine-sharpener /tmp/ft/sharpener
+#   PIPE=src/dicecfg/assets/mini-fine-model W=/tmp/ft TIMED=1 SHAPES=0 bash benchmarks/second_world/gpu_table.sh
 #
 # The sharpener: today's recipe (docs/recipes.md: `--recipe dicecfg`, the block network, teacher pool, L1, w=5,
 # negative prompts with probability 0.25), on 40,000 training captions of the second world (export_prompts seed
@@ -24,6 +32,7 @@
 # sharpener, and the 256-wide one needs 1.84 MB.
 set -uo pipefail
 RUN=${RUN:-/tmp/fine-run}    # gpu_once.sh's run folder
+PIPE=${PIPE:-$RUN/pipeline}  # the shapes-fine pipeline every stage uses
 W=${W:-/tmp/fine-table}      # this script's work folder
 LIMIT=${LIMIT:-560}          # seconds from the start by which everything has stopped (packing takes ~10 s more)
 UNET_S=${UNET_S:-0}          # seconds of UNet training (from gpu_once.sh's checkpoint) before everything else
@@ -37,8 +46,12 @@ left() {  # seconds until LIMIT less $1, at least 1 (`timeout 0` would mean no l
   local s=$(( LIMIT - $(date +%s) + t0 - ${1:-0} ))
   echo $(( s > 0 ? s : 1 ))
 }
-if [ ! -f "$RUN/unet/ckpt.safetensors" ]; then
-  echo "no $RUN/unet/ckpt.safetensors: run gpu_once.sh on this machine first (a fresh machine has no run folder)"
+if [ "$UNET_S" -gt 0 ] && [ ! -f "$RUN/unet/ckpt.safetensors" ]; then
+  echo "no $RUN/unet/ckpt.safetensors: UNET_S needs gpu_once.sh's run folder on this machine (run it first)"
+  exit 3
+fi
+if [ "$UNET_S" -eq 0 ] && [ ! -f "$PIPE/model_index.json" ]; then
+  echo "no pipeline at $PIPE: run gpu_once.sh on this machine first, or give PIPE=src/dicecfg/assets/mini-fine-model"
   exit 3
 fi
 if ls .whl/*.whl > /dev/null 2>&1; then
@@ -51,11 +64,11 @@ mkdir -p "$L" "$OUT"
 S=benchmarks/second_world/realism.py
 T="python3 -m dicecfg.minimodel.train"
 C="--out $RUN --world shapes-fine --preset fine --no-progress ${EXTRA:-}"
-TRAIN=(python3 -m dicecfg.cli -q train --model "$RUN/pipeline" --prompts "$W/prompts.txt"
+TRAIN=(python3 -m dicecfg.cli -q train --model "$PIPE" --prompts "$W/prompts.txt"
   --negative-prompts "$W/negatives.txt" --negative-prob 0.25 --recipe dicecfg --inner-dim "${INNER:-192}" --heads 4
   --lr 5e-4 --guidance-scale "${TEACHER_W:-5}" --loss l1 --xt-source teacher --teacher-pool "${POOL:-16384}"
   --batch-size "${SHARP_BATCH:-256}" --steps "${SHARP_STEPS:-2000}" --eval-pairs "${EVAL_PAIRS:-256}" --eval-every 250
-  --checkpoint-every 250 --log-every 50 --no-compile --device "$DEV")
+  --checkpoint-every "${CKPT_EVERY:-250}" --log-every 50 --no-compile --device "$DEV")
 realism() {  # WORLD MODEL NAME [--sharpener S]...: bounded by the call's clock; a cut-off study resumes later
   local world=$1 model=$2 name=$3
   shift 3
@@ -77,7 +90,7 @@ if [ "$UNET_S" -gt 0 ]; then  # the UNet further from its checkpoint (weights, E
   echo "assembled at $(since) s"
 fi
 [ "${SHAPES:-1}" = 1 ] && realism shapes "${SHAPES_MODEL:-}" shapes --sharpener "${SHAPES_SHARPENER:-mini}" &
-realism shapes-fine "$RUN/pipeline" fine &
+realism shapes-fine "$PIPE" fine &
 FINE=$!
 if [ "$SHARPENER" = 0 ]; then
   wait; pack; for f in "$L"/realism_*.log; do echo "== $f"; grep -E "nfe|w\* =|rule" "$f" | tail -n 30; done
@@ -93,6 +106,9 @@ SHS=(sharpener)
 PIDS=()
 for s in "${SHS[@]}"; do  # side by side, cut RESERVE s before LIMIT (a later call resumes them)
   [ -f "$W/$s/model.safetensors" ] && continue
+  if [ -n "${CKPT_FROM:-}" ] && [ -f "$CKPT_FROM/${s}_ckpt.tar" ] && [ ! -d "$W/$s" ]; then
+    tar -C "$W" -xf "$CKPT_FROM/${s}_ckpt.tar" && echo "$s: resuming from $CKPT_FROM/${s}_ckpt.tar"
+  fi
   extra=(); [ "$s" = sharpener-t ] && extra=(--time-embed sinusoidal)
   ( timeout -s TERM "$(left "$RESERVE")" "${TRAIN[@]}" "${extra[@]}" --out "$W/$s" >> "$L/$s.log" 2>&1
     echo "$s: exit $? at $(since) s" ) &
@@ -104,7 +120,7 @@ for s in "${SHS[@]}"; do  # each finished sharpener tuned on validation prompts,
   [ -f "$W/$s/model.safetensors" ] || { echo "$s did not finish: no tune, no DICE rows"; continue; }
   DONE+=(--sharpener "$W/$s")
   [ -f "$L/tune_$s/tune.json" ] && continue
-  ( timeout -s TERM "$(left 30)" python3 -m dicecfg.cli -q tune --model "$RUN/pipeline" --sharpener "$W/$s" \
+  ( timeout -s TERM "$(left 30)" python3 -m dicecfg.cli -q tune --model "$PIPE" --sharpener "$W/$s" \
       --stops 0.05 0.1 0.15 0.25 0.5 1 --batch-size 256 --limit "$N" --device "$DEV" --out "$L/tune_$s" \
       > "$L/tune_$s.log" 2>&1
     echo "tune $s: exit $? at $(since) s" ) &
@@ -115,14 +131,17 @@ for s in "${SHS[@]}"; do
   [ -f "$W/$s/model.safetensors" ] || continue
   tail -n 25 "$L/tune_$s.log" 2> /dev/null
   timeout -s TERM "$(left)" python3 benchmarks/negative_prompts/negative_prompts.py --world shapes-fine \
-    --model "$RUN/pipeline" --sharpener "$W/$s" --device "$DEV" > "$L/negatives_fine_$s.log" 2>&1 &
+    --model "$PIPE" --sharpener "$W/$s" --device "$DEV" > "$L/negatives_fine_$s.log" 2>&1 &
 done
 wait $FINE  # the peers' rows first (bounded by the clock), then the DICE rows beside them
-[ ${#DONE[@]} -gt 0 ] && realism shapes-fine "$RUN/pipeline" fine "${DONE[@]}"
+[ ${#DONE[@]} -gt 0 ] && realism shapes-fine "$PIPE" fine "${DONE[@]}"
 wait
-for s in "${SHS[@]}"; do  # finished sharpeners (config.json records what tune chose)
-  [ -f "$W/$s/model.safetensors" ] && tar -C "$W" -cf "$OUT/$s.tar" --exclude='*teacher_pool*' \
-    --exclude='*checkpoint*' "$s"
+for s in "${SHS[@]}"; do  # finished sharpeners (config.json records what tune chose); cut ones as checkpoints
+  if [ -f "$W/$s/model.safetensors" ]; then
+    tar -C "$W" -cf "$OUT/$s.tar" --exclude='*teacher_pool*' --exclude='*checkpoint*' "$s"
+  elif [ -d "$W/$s" ]; then
+    tar -C "$W" -cf "$OUT/${s}_ckpt.tar" --exclude='*teacher_pool*' --exclude=run.lock "$s" && echo "$s: cut; packed ${s}_ckpt.tar"
+  fi
 done
 pack
 for f in "$L"/realism_*.log; do echo "== $f"; grep -E "nfe|w\* =|reused|criteria|rule" "$f" | tail -n 30; done

@@ -12,6 +12,8 @@ the same + 10,000,000), 20 DPM-Solver++ steps:
    recorded settings and at alpha 1 on every step (the evidence table; not part of the acceptance).
 A run re-started with the same ``--json`` reuses the rows already in it (same model, world and n): a cut-off
 run resumes, and a later run with ``--sharpener`` adds DICE rows beside the peers' without sampling them again.
+``--rows NAME ...`` samples only the named peer rows (and the DICE rows): a comparison of a few rows on another
+device, where the images differ from the same seeds; such a run has no acceptance criteria (they need every row).
 The acceptance rules (issue 29, fixed before any sharpener is trained on the world; DICE plays no part):
 - CFG on the first 10% of the steps recovers at most half of full CFG's gain;
 - recovering 95% of the gain needs CFG on at least the first 25% of the steps.
@@ -82,6 +84,7 @@ def sample(pipe, items, method, batch: int) -> tuple[np.ndarray, float]:
 
 PARTIAL: dict = {"path": None, "key": None, "rows": []}  # written after each row (a cut-off run keeps them)
 DONE: dict = {}  # row name -> a row of an earlier run with the same key (reused, not sampled again)
+ONLY: set = set()  # --rows: the peer rows to sample (empty: all); the others are left out of the run
 SHOWN = {}  # row name -> its first images (seed set A), for a look by eye (--images)
 SHOWN_ROWS = ("unguided", "first 2 steps", "first 5 steps", "full")
 SHOWN_N = 24
@@ -100,7 +103,9 @@ def resume(path: str, key: dict) -> None:
     print(f"reusing {len(DONE)} rows of {path}", flush=True)
 
 
-def row(name: str, method, pipe, world, items, batch: int, reference: np.ndarray) -> dict:
+def row(name: str, method, pipe, world, items, batch: int, reference: np.ndarray) -> dict | None:
+    if ONLY and name not in ONLY and not name.startswith("dice "):
+        return None
     if name in DONE:
         out = DONE[name]
         print(f"{name:<28} (reused)  all {out['all']:.3f}", flush=True)
@@ -164,6 +169,7 @@ def run(model: str, world_name: str, n: int, batch: int, device: str, sharpeners
     sigmas = step_sigmas(pipe)
     rows = [row("unguided", Unguided(), pipe, world, items, batch, reference)]
     rows += [row(f"cfg w={w:g}", CFG(guidance_scale=w), pipe, world, items, batch, reference) for w in SWEEP]
+    rows = [r for r in rows if r is not None]
     best = max(rows[1:], key=lambda r: r["all"])
     w = float(best["row"].split("=")[1])
     print(f"w* = {w:g}", flush=True)
@@ -186,18 +192,11 @@ def run(model: str, world_name: str, n: int, batch: int, device: str, sharpeners
     rows.append(row(f"ag w={w:g}", AdaptiveGuidance(guidance_scale=w), pipe, world, items, batch, reference))
     rows.append(row("scaling s=1.2", Scaling(scale=1.2), pipe, world, items, batch, reference))
     rows += dice_rows(list(sharpeners), pipe, world, items, batch, reference)
+    rows = [r for r in rows if r is not None]
     base, full = rows[0]["all"], best["all"]
     for r in rows:
         r["recovered"] = (r["all"] - base) / (full - base) if full > base else float("nan")
-    first = {k: next(r for r in rows if r["row"] == f"first {k} steps")["recovered"] for k in PREFIX_STEPS}
-    need = min((k for k in PREFIX_STEPS if first[k] >= 0.95), default=None)
-    criteria = {
-        "gain": full - base,
-        "first_10pct_recovered": first[2],
-        "rule_1_first_10pct_at_most_half": first[2] <= 0.5,
-        "steps_for_95pct": need,
-        "rule_2_95pct_needs_25pct": need is None or need >= 5,
-    }
+    criteria = None if ONLY else acceptance(rows, full - base)
     return {
         "model": model,
         "world": world_name,
@@ -211,6 +210,19 @@ def run(model: str, world_name: str, n: int, batch: int, device: str, sharpeners
         "versions": {"torch": torch.__version__},
         "rows": rows,
         "criteria": criteria,
+    }
+
+
+def acceptance(rows: list[dict], gain: float) -> dict:
+    """The world's two realism rules from the rows of a whole study."""
+    first = {k: next(r for r in rows if r["row"] == f"first {k} steps")["recovered"] for k in PREFIX_STEPS}
+    need = min((k for k in PREFIX_STEPS if first[k] >= 0.95), default=None)
+    return {
+        "gain": gain,
+        "first_10pct_recovered": first[2],
+        "rule_1_first_10pct_at_most_half": first[2] <= 0.5,
+        "steps_for_95pct": need,
+        "rule_2_95pct_needs_25pct": need is None or need >= 5,
     }
 
 
@@ -244,7 +256,17 @@ def main() -> None:
     p.add_argument(
         "--sharpener", action="append", default=[], help="add DICE rows of this sharpener (repeatable)"
     )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help='sample only these peer rows, e.g. unguided "cfg w=5" "first 5 steps" (no acceptance criteria)',
+    )
     a = p.parse_args()
+    ONLY.update(a.rows)
+    if ONLY and not ("unguided" in ONLY and any(n.startswith("cfg w=") for n in ONLY)):
+        p.error('--rows needs "unguided" and one full-CFG row ("cfg w=5"): the recovered share is measured on them')
     PARTIAL["path"] = a.json
     result = run(a.model, a.world, a.n, a.batch, a.device, a.sharpener)
     atomic_write_json(a.json, result)
