@@ -96,7 +96,9 @@ def main() -> None:
         f"{a.world}: {len(prompts)} images per row ({len(set(negs))} negative prompts x {n_seeds} seeds), "
         f"{a.steps} steps, seeds {seeds[0]}-{seeds[-1]}, torch {torch.__version__}"
     )
-    print(f"| method | sharpener | negative prompt | negated {field} present | prompt kept | any object found |")
+    print(
+        f"| method | sharpener | negative prompt | negated {field} present | prompt kept | any object found |"
+    )
     print("|---|---|---|---|---|---|")
     for method, neg, named in runs:
         imgs = np.stack(
@@ -118,7 +120,9 @@ def main() -> None:
         dets = oracle.detect(imgs)[0]
         hit = np.mean([any(getattr(d, field) == v for d in ds) for ds, v in zip(dets, negated, strict=True)])
         pairs = zip(dets, asked, strict=True)
-        kept = np.mean([any(all(getattr(d, k) == v for k, v in want.items()) for d in ds) for ds, want in pairs])
+        kept = np.mean(
+            [any(all(getattr(d, k) == v for k, v in want.items()) for d in ds) for ds, want in pairs]
+        )
         found = np.mean([len(ds) > 0 for ds in dets])
         label = named[0] if named else "-"
         print(f"| {method} | {label} | {neg_label if neg else '-'} | {hit:.3f} | {kept:.3f} | {found:.3f} |")

@@ -266,7 +266,9 @@ def main() -> None:
     a = p.parse_args()
     ONLY.update(a.rows)
     if ONLY and not ("unguided" in ONLY and any(n.startswith("cfg w=") for n in ONLY)):
-        p.error('--rows needs "unguided" and one full-CFG row ("cfg w=5"): the recovered share is measured on them')
+        p.error(
+            '--rows needs "unguided" and one full-CFG row ("cfg w=5"): the recovered share is measured on them'
+        )
     PARTIAL["path"] = a.json
     result = run(a.model, a.world, a.n, a.batch, a.device, a.sharpener)
     atomic_write_json(a.json, result)
