@@ -137,9 +137,7 @@ def test_killed_at_any_step_resumes_exactly(tiny_sd, prompts, tmp_path, monkeypa
 
 
 @pytest.mark.integration  # end to end: a pipeline, a command or a process
-def test_a_run_folder_moved_without_its_pool_and_lock_resumes_exactly(
-    tiny_sd, prompts, tmp_path, monkeypatch
-):
+def test_a_run_folder_moved_without_its_pool_and_lock_resumes_exactly(tiny_sd, prompts, tmp_path, monkeypatch):
     """How a run cut on one machine goes on on another (benchmarks/second_world/gpu_table.sh packs the folder
     without its teacher pool, which is large and made again from the same seeds, and without run.lock)."""
     cfg = DistillConfig(steps=12, **FAST_FAULTS)

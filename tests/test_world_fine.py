@@ -210,15 +210,7 @@ def test_realism_report_shows_each_worlds_criteria_and_refuses_a_cut_off_run(tmp
     rows = [
         {"row": "unguided", "nfe": 20.0, "all": 0.5, "se": 0.02, "pattern": 0.6, "fd": 0.1, "recovered": 0.0},
         {"row": "cfg w=5", "nfe": 40.0, "all": 0.9, "se": 0.01, "pattern": 0.95, "fd": 0.2, "recovered": 1.0},
-        {
-            "row": "first 2 steps",
-            "nfe": 22.0,
-            "all": 0.6,
-            "se": 0.02,
-            "pattern": 0.55,
-            "fd": 0.1,
-            "recovered": 0.25,
-        },
+        {"row": "first 2 steps", "nfe": 22.0, "all": 0.6, "se": 0.02, "pattern": 0.55, "fd": 0.1, "recovered": 0.25},
     ]
     criteria = {"gain": 0.4, "first_10pct_recovered": 0.25, "rule_1_first_10pct_at_most_half": True,
                 "steps_for_95pct": 8, "rule_2_95pct_needs_25pct": True}  # fmt: skip
@@ -242,10 +234,7 @@ def test_negative_prompt_probe_of_this_world_negates_one_pattern():
     for prompt, neg, pattern, want in zip(prompts, negs, negated, wanted, strict=True):
         (asked,), (denied,) = parse(prompt).objects, parse(neg).objects
         assert asked.pattern is None and denied.pattern == pattern
-        assert (asked.shape, asked.colour) == (denied.shape, denied.colour) and None not in (
-            asked.shape,
-            asked.colour,
-        )
+        assert (asked.shape, asked.colour) == (denied.shape, denied.colour) and None not in (asked.shape, asked.colour)
         assert want == {"colour": asked.colour, "shape": asked.shape}  # what "prompt kept" reads
 
 
@@ -392,11 +381,8 @@ def test_unet_speed_probe_times_each_variant_and_picks_the_fastest(tmp_path):
     timed = [r for r in rows if "samples_s" in r]
     assert [r["batch"] for r in timed] == [2, 4] and all(r["samples_s"] > 0 for r in timed)
     assert rows[1]["text_ms"] > 0
-    fake = [
-        {"batch": 512, "compile": False, "samples_s": 10.0},
-        {"batch": 1024, "compile": True, "samples_s": 30.0},
-        {"batch": 2048, "error": "OutOfMemoryError"},
-    ]
+    fake = [{"batch": 512, "compile": False, "samples_s": 10.0}, {"batch": 1024, "compile": True, "samples_s": 30.0},
+            {"batch": 2048, "error": "OutOfMemoryError"}]
     assert probe.best(fake) == (1024, 1) and probe.best([]) == (512, 0)
 
 
@@ -411,9 +397,7 @@ def test_ship_refuses_another_worlds_model_and_a_budget_overrun_writing_nothing(
     pipe, sharp, assets = tmp_path / "pipe", tmp_path / "sharp", tmp_path / "assets"
     for sub in ("scheduler", "text_encoder", "tokenizer", "unet", "vae"):
         (pipe / sub).mkdir(parents=True)
-    save_file(
-        {"w": torch.zeros(1000, dtype=torch.float16)}, pipe / "unet" / "diffusion_pytorch_model.safetensors"
-    )
+    save_file({"w": torch.zeros(1000, dtype=torch.float16)}, pipe / "unet" / "diffusion_pytorch_model.safetensors")
     (pipe / "model_index.json").write_text("{}")
     sharp.mkdir()
     (sharp / "config.json").write_text(json.dumps({"arch": "block"}))
