@@ -14,10 +14,13 @@
 # studies alone; SHAPES=0 leaves out the first world's study; TEACHER_W sets the sharpener's teacher w (5; use the
 # model's w*). TIMED=1 trains a second sharpener beside the first, the same recipe with `--time-embed sinusoidal`
 # (the edit a function of the timestep, issue 30), in $W/sharpener-t, and gives it the same tune, DICE rows and
-# probe. The UNet keeps the batch and compile setting gpu_once.sh chose (/tmp/unet_flags). The sharpeners and
-# every log are packed into $OUT; a sharpener cut before its last step is packed as `$OUT/<name>_ckpt.tar` (its
-# checkpoint: weights, AdamW state, step; not the teacher pool, which is made again), and CKPT_FROM=DIR puts such
-# tars back before training, so a later call on another machine resumes it.
+# probe; T_WEIGHTINGS="uniform noisy steps" trains one such sharpener per `--t-weighting` (sharpener-t for uniform,
+# sharpener-t-noisy, sharpener-t-steps), side by side. The UNet keeps the batch and compile setting gpu_once.sh
+# chose (/tmp/unet_flags). The sharpeners and every log are packed into $OUT; a sharpener cut before its last step
+# is packed as `$OUT/<name>_ckpt.tar` (its checkpoint: weights, AdamW state, step; not the teacher pool, which is
+# made again). RESTORE=DIR (a previous call's $OUT, copied under the repository and carried) puts its logs (the
+# study's rows, the tunes' rows) and its sharpeners, finished or cut, back before anything runs: a later call on
+# another machine goes on where that one stopped.
 #
 # On a fresh machine (no gpu_once.sh run): PIPE=src/dicecfg/assets/mini-fine-model (the shipped model) and no UNET_S;
 # a sharpener folder already holding model.safetensors (e.g. a copy of the shipped one in $W/sharpener) is not
@@ -61,6 +64,21 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONW
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2> /dev/null
 L=$W/logs
 mkdir -p "$L" "$OUT"
+SHS=(sharpener)  # the sharpeners of this call: TIMED=1 adds sharpener-t (uniform t) and one per other weighting
+if [ "${TIMED:-0}" = 1 ]; then
+  for tw in ${T_WEIGHTINGS:-uniform}; do
+    [ "$tw" = uniform ] && SHS+=(sharpener-t) || SHS+=("sharpener-t-$tw")
+  done
+fi
+if [ -n "${RESTORE:-}" ]; then  # a previous call's $OUT: its logs (study rows, tune rows) and sharpeners, cut or not
+  [ -f "$RESTORE/logs.tar" ] && [ -z "$(ls -A "$L")" ] && tar -C "$W" -xf "$RESTORE/logs.tar" && echo "restored logs"
+  for f in "$RESTORE"/sharpener*.tar; do
+    [ -f "$f" ] || continue
+    s=$(basename "$f" .tar)
+    s=${s%_ckpt}
+    [ -d "$W/$s" ] || { tar -C "$W" -xf "$f" && echo "restored $s from $f"; }
+  done
+fi
 S=benchmarks/second_world/realism.py
 T="python3 -m dicecfg.minimodel.train"
 C="--out $RUN --world shapes-fine --preset fine --no-progress ${EXTRA:-}"
@@ -78,7 +96,7 @@ realism() {  # WORLD MODEL NAME [--sharpener S]...: bounded by the call's clock;
 }
 pack() {
   cp "$RUN"/stats.jsonl "$L/fine_run_stats.jsonl" 2> /dev/null
-  for s in sharpener sharpener-t; do cp "$W/$s/stats.jsonl" "$L/${s}_stats.jsonl" 2> /dev/null; done
+  for s in "${SHS[@]}"; do cp "$W/$s/stats.jsonl" "$L/${s}_stats.jsonl" 2> /dev/null; done
   tar -C "$W" -cf "$OUT/logs.tar" logs
 }
 if [ "$UNET_S" -gt 0 ]; then  # the UNet further from its checkpoint (weights, EMA, AdamW), then a new pipeline
@@ -101,15 +119,14 @@ import sys
 from dicecfg.world.data import export_prompts
 export_prompts(sys.argv[1], 40000, seed=21, world='shapes-fine')
 export_prompts(sys.argv[2], 20000, seed=22, world='shapes-fine')" "$W/prompts.txt" "$W/negatives.txt" || exit 1
-SHS=(sharpener)
-[ "${TIMED:-0}" = 1 ] && SHS+=(sharpener-t)
 PIDS=()
 for s in "${SHS[@]}"; do  # side by side, cut RESERVE s before LIMIT (a later call resumes them)
   [ -f "$W/$s/model.safetensors" ] && continue
-  if [ -n "${CKPT_FROM:-}" ] && [ -f "$CKPT_FROM/${s}_ckpt.tar" ] && [ ! -d "$W/$s" ]; then
-    tar -C "$W" -xf "$CKPT_FROM/${s}_ckpt.tar" && echo "$s: resuming from $CKPT_FROM/${s}_ckpt.tar"
-  fi
-  extra=(); [ "$s" = sharpener-t ] && extra=(--time-embed sinusoidal)
+  extra=()
+  case "$s" in
+    sharpener-t) extra=(--time-embed sinusoidal) ;;
+    sharpener-t-*) extra=(--time-embed sinusoidal --t-weighting "${s#sharpener-t-}") ;;
+  esac
   ( timeout -s TERM "$(left "$RESERVE")" "${TRAIN[@]}" "${extra[@]}" --out "$W/$s" >> "$L/$s.log" 2>&1
     echo "$s: exit $? at $(since) s" ) &
   PIDS+=($!)
