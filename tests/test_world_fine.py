@@ -201,6 +201,38 @@ def test_realism_study_reuses_only_rows_of_the_same_run(tmp_path):
         study.resume(str(done), {**key, "n_prompts": 16})
 
 
+def test_realism_rows_option_samples_only_the_named_peers_and_every_dice_row(tmp_path):
+    """realism.py --rows: a peer row not named is neither sampled nor reported; DICE rows always are; the
+    acceptance criteria, which need every row, are measured only for a whole study."""
+    study = bench_script("second_world/realism.py")
+    study.ONLY.update({"unguided", "cfg w=5"})
+    study.DONE.update({n: {"row": n, "all": 0.5} for n in ("unguided", "dice s (alpha=1)")})
+    assert study.row("first 2 steps", None, None, None, [], 1, None) is None  # would fail if it sampled
+    assert study.row("unguided", None, None, None, [], 1, None)["all"] == 0.5
+    assert study.row("dice s (alpha=1)", None, None, None, [], 1, None)["all"] == 0.5
+    rows = [{"row": f"first {k} steps", "recovered": 0.1 * k} for k in study.PREFIX_STEPS]
+    crit = study.acceptance(rows, 0.2)
+    assert crit["first_10pct_recovered"] == 0.2 and crit["rule_1_first_10pct_at_most_half"]
+    assert crit["steps_for_95pct"] == 10 and crit["rule_2_95pct_needs_25pct"]
+
+
+def test_fd_parts_measures_each_feature_group_alone():
+    """benchmarks/second_world/fd_parts.py: a shift of one group's features moves that group's FD (and the
+    whole's) and leaves the others at the FD of two samples of one distribution."""
+    parts = bench_script("second_world/fd_parts.py")
+    rng = np.random.default_rng(0)
+    ref, feats = rng.normal(size=(2000, 116)), rng.normal(size=(2000, 116))
+    base = parts.parts(feats, ref)
+    moved = feats.copy()
+    moved[:, parts.GROUPS["histogram"]] += 0.5
+    shifted = parts.parts(moved, ref)
+    assert shifted["histogram"]["mean"] > 0.5**2 * 64 * 0.9 and shifted["histogram"]["fd"] > 10 * base["histogram"]["fd"]
+    for g in ("colour moments", "background", "counts"):
+        assert shifted[g] == base[g]
+    assert shifted["all"]["fd"] > base["all"]["fd"] + 0.9 * shifted["histogram"]["mean"]
+    assert sum(sl.stop - sl.start for sl in parts.GROUPS.values()) == 116
+
+
 def test_realism_report_shows_each_worlds_criteria_and_refuses_a_cut_off_run(tmp_path):
     """benchmarks/second_world/report.py: the acceptance of each world in one table, each row's change per oracle
     key against unguided; a run cut off before its end is refused (it would read as a finished study)."""
