@@ -1,8 +1,9 @@
 """Where a method's oracle Frechet distance comes from: the FD of each group of the oracle's features.
 
-The oracle's 116 features (``Oracle.features``) fall into four groups: per palette colour its area, centroid and
-second moments (42), the background (3), a 4x4x4 colour histogram (64) and the counts of detected shapes and sizes
-(7). For each row this prints the FD of the whole feature vector (as realism.py reports it) and of each group
+The shapes world's oracle has 116 features (``Oracle.features``) in four groups: per palette colour its area,
+centroid and second moments (42), the background (3), a 4x4x4 colour histogram (64) and the counts of detected
+shapes and sizes (7). The shapes-fine oracle adds 11 (127 in all): the counts of patterns (4) and the dot count
+one-hot with the share of dot-coloured pixels (7), shown as two more groups. For each row this prints the FD of the whole feature vector (as realism.py reports it) and of each group
 alone (the Gaussians of that group's features), against clean renders of the same scenes, and splits each into
 its mean term ``|mu_a - mu_b|^2`` and its covariance term. A group's FD is not a share of the whole (the groups'
 cross-covariances are left out): it says which kind of feature a method moves away from the renders.
@@ -28,11 +29,33 @@ from dicecfg import Sharpener, load_pipeline
 from dicecfg.pipeline import resolve_device
 from dicecfg.runs.io import atomic_write_json
 from dicecfg.sampling.methods import CFG, Dice, Unguided
+from dicecfg.world.fine.oracle import N_FEATURES
+from dicecfg.world.fine.scenes import PATTERNS
 from dicecfg.world.oracle import frechet_distance
+from dicecfg.world.scenes import BACKGROUNDS, COLOURS, SHAPES
 from dicecfg.world.worlds import get_world
 
-GROUPS = {"colour moments": slice(0, 42), "background": slice(42, 45), "histogram": slice(45, 109)}
-GROUPS["counts"] = slice(109, 116)
+
+def _slices(sizes: dict[str, int]) -> dict[str, slice]:
+    ends = np.cumsum(list(sizes.values()))
+    return {k: slice(int(e - n), int(e)) for (k, n), e in zip(sizes.items(), ends, strict=True)}
+
+
+# group -> its features, in the order Oracle.features (world/oracle.py) and FineOracle.features write them
+SIZES = {"colour moments": 6 * len(COLOURS), "background": len(BACKGROUNDS), "histogram": 4**3}
+SIZES["counts"] = len(SHAPES) + 2  # shapes, then small and large
+GROUPS = _slices(SIZES)
+FINE_GROUPS = _slices(  # then the dots: their count one-hot (0-4 and more) and the share of dot pixels
+    {**SIZES, "patterns": len(PATTERNS), "dots": N_FEATURES - sum(SIZES.values()) - len(PATTERNS)}
+)
+
+
+def groups(width: int) -> dict[str, slice]:
+    """The groups of a feature vector of this width (either world's oracle)."""
+    for g in (GROUPS, FINE_GROUPS):
+        if max(sl.stop for sl in g.values()) == width:
+            return g
+    raise ValueError(f"{width} oracle features: neither world's layout (fd_parts.py's GROUPS)")
 
 
 def _realism():
@@ -45,7 +68,7 @@ def _realism():
 def parts(feats: np.ndarray, ref: np.ndarray) -> dict[str, dict[str, float]]:
     """FD of the whole vector and of each group, each with its mean term (the rest is the covariance term)."""
     out = {}
-    for name, sl in {"all": slice(None), **GROUPS}.items():
+    for name, sl in {"all": slice(None), **groups(feats.shape[1])}.items():
         a, b = feats[:, sl], ref[:, sl]
         mean = float(((a.mean(0) - b.mean(0)) ** 2).sum())
         out[name] = {"fd": frechet_distance(a, b), "mean": mean}
@@ -77,17 +100,23 @@ def main() -> None:
         f"cfg w={a.w:g}": CFG(guidance_scale=a.w),
         "first 2 steps": CFG(guidance_scale=a.w, stop=2 / steps),
         "first 5 steps": CFG(guidance_scale=a.w, stop=5 / steps),
-        "dice (recorded settings)": Dice(sharp),
-        "dice (alpha 1 every step)": Dice(sharp, alpha=1.0, start=0.0, stop=1.0),
+        f"dice {a.sharpener} (recorded settings)": Dice(sharp),
+        f"dice {a.sharpener} (alpha 1 every step)": Dice(sharp, alpha=1.0, start=0.0, stop=1.0),
     }
-    done = json.loads(Path(a.json).read_text())["rows"] if Path(a.json).is_file() else {}
+    key = {"world": a.world, "model": a.model, "n_prompts": a.n}
+    old = json.loads(Path(a.json).read_text()) if Path(a.json).is_file() else {**key, "rows": {}}
+    if {k: old.get(k) for k in key} != key:
+        p.error(
+            f"{a.json} holds rows of other settings ({ {k: old.get(k) for k in key} }); give another --json"
+        )
+    done = old["rows"]
     for name, method in rows.items():
         if name not in done:
             images, nfe = realism.sample(pipe, items, method, a.batch)
             done[name] = {"nfe": nfe, **parts(oracle.features(images), ref)}
-            atomic_write_json(a.json, {"world": a.world, "model": a.model, "n_prompts": a.n, "rows": done})
+            atomic_write_json(a.json, {**key, "rows": done})
         r = done[name]
-        cells = "  ".join(f"{g} {r[g]['fd']:.3f} (mean {r[g]['mean']:.3f})" for g in ("all", *GROUPS))
+        cells = "  ".join(f"{g} {v['fd']:.3f} (mean {v['mean']:.3f})" for g, v in r.items() if g != "nfe")
         print(f"{name:<26} nfe {r['nfe']:4.1f}  {cells}", flush=True)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -265,6 +266,12 @@ def main() -> None:
     )
     a = p.parse_args()
     ONLY.update(a.rows)
+    known = re.compile(
+        r"unguided|cfg w=\S+|fifth [1-5] \(steps \d+-\d+\)|first \d+ steps|band steps \d+-\d+|ag w=\S+|scaling s=\S+"
+    )
+    unknown = [n for n in ONLY if not known.fullmatch(n)]
+    if unknown:
+        p.error(f'--rows: no row is named {unknown} (names as the study prints them, e.g. "first 5 steps")')
     if ONLY and not ("unguided" in ONLY and any(n.startswith("cfg w=") for n in ONLY)):
         p.error(
             '--rows needs "unguided" and one full-CFG row ("cfg w=5"): the recovered share is measured on them'
